@@ -1,0 +1,227 @@
+//! The statechart of one job attempt, built with `statig`.
+//!
+//! ```text
+//! live ─┬─ pending ─┬─ accepted
+//!       │           └─ loading_spec
+//!       └─ running ─┬─ starting
+//!                   ├─ executing {pid}
+//!                   └─ cancelling
+//! terminal ─┬─ done {outcome}
+//!           └─ errored {kind, message}
+//! ```
+//!
+//! Handlers only decide: they push [`Effect`]s into the [`Decision`]
+//! context and name the next state. An event no state of the current branch
+//! handles reaches `live` and is marked rejected; every event reaching
+//! `terminal` is absorbed.
+#![allow(missing_docs)]
+
+use statig::prelude::*;
+
+use crate::effect::Effect;
+use crate::event::{Event, ProcessKind};
+use crate::state::{ErrorKind, JobState, Outcome as JobOutcome, RunPhase};
+
+/// What applying one event decided.
+#[derive(Debug, Default)]
+pub(crate) struct Decision {
+    pub(crate) effects: Vec<Effect>,
+    pub(crate) disposition: Disposition,
+}
+
+/// Whether the event moved the machine, was absorbed, or was illegal.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    #[default]
+    Applied,
+    Absorbed,
+    Rejected,
+}
+
+/// The statig machine. It has no shared storage: all data is state-local.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct JobChart;
+
+#[state_machine(
+    initial = "State::accepted()",
+    state(derive(Debug, Clone, PartialEq, Eq)),
+    superstate(derive(Debug))
+)]
+impl JobChart {
+    #[state(superstate = "pending", entry_action = "enter_accepted")]
+    fn accepted(event: &Event) -> Outcome<State> {
+        match event {
+            Event::SpecLoadStarted => Transition(State::loading_spec()),
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_accepted(context: &mut Decision) {
+        context.effects.push(Effect::StartSpecLoad);
+    }
+
+    #[state(superstate = "pending")]
+    fn loading_spec(context: &mut Decision, event: &Event) -> Outcome<State> {
+        match event {
+            Event::SpecLoaded {
+                process: ProcessKind::Docker,
+                ..
+            } => {
+                context.effects.push(Effect::SpawnProcess);
+                Transition(State::starting())
+            }
+            Event::SpecLoaded {
+                process: ProcessKind::Other { name },
+                ..
+            } => errored(
+                context,
+                ErrorKind::Unsupported,
+                format!(
+                    "process.type {name:?} is not supported: this worker runs \
+                     process.type \"docker\" commands as host processes only"
+                ),
+            ),
+            Event::SpecLoadFailed { kind, message } if kind.is_spec_error() => {
+                errored(context, *kind, message.clone())
+            }
+            _ => Super,
+        }
+    }
+
+    /// Before the process exists, a cancel just stops the spec read.
+    #[superstate(superstate = "live")]
+    fn pending(context: &mut Decision, event: &Event) -> Outcome<State> {
+        match event {
+            Event::CancelRequested => {
+                context.effects.push(Effect::AbortSpecLoad);
+                Transition(State::done(JobOutcome::Cancelled))
+            }
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "running")]
+    fn starting(context: &mut Decision, event: &Event) -> Outcome<State> {
+        match event {
+            Event::ProcessStarted { pid } => {
+                context.effects.push(Effect::ReportStarted);
+                Transition(State::executing(*pid))
+            }
+            Event::LaunchFailed { message } => {
+                errored(context, ErrorKind::LaunchFailed, message.clone())
+            }
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "running")]
+    #[allow(unused_variables)]
+    fn executing(pid: &u32, context: &mut Decision, event: &Event) -> Outcome<State> {
+        match event {
+            Event::ProcessExited { exit, .. } => {
+                context.effects.push(Effect::ReportComplete);
+                if exit.is_success() {
+                    Transition(State::done(JobOutcome::Succeeded))
+                } else {
+                    Transition(State::done(JobOutcome::Failed { exit: *exit }))
+                }
+            }
+            _ => Super,
+        }
+    }
+
+    /// A cancel arrived while running: whatever the process does next, the
+    /// attempt ends cancelled. A restart ends it cancelled too: the driver
+    /// asked for it, so it is not reported.
+    #[state(superstate = "running")]
+    fn cancelling(event: &Event) -> Outcome<State> {
+        match event {
+            Event::ProcessStarted { .. } | Event::CancelRequested => Handled,
+            Event::LaunchFailed { .. }
+            | Event::ProcessExited { .. }
+            | Event::WorkerRestarted => Transition(State::done(JobOutcome::Cancelled)),
+            _ => Super,
+        }
+    }
+
+    /// Once the process may exist, a cancel must end it.
+    #[superstate(superstate = "live")]
+    fn running(context: &mut Decision, event: &Event) -> Outcome<State> {
+        match event {
+            Event::CancelRequested => {
+                context.effects.push(Effect::KillProcess);
+                Transition(State::cancelling())
+            }
+            _ => Super,
+        }
+    }
+
+    /// Shared by every non-terminal state: a restart errors the attempt,
+    /// anything else unhandled is illegal here.
+    #[superstate]
+    fn live(context: &mut Decision, event: &Event) -> Outcome<State> {
+        match event {
+            Event::WorkerRestarted => errored(
+                context,
+                ErrorKind::WorkerRestarted,
+                "the worker restarted while the job was live; its process, if any, is gone"
+                    .to_owned(),
+            ),
+            _ => {
+                context.disposition = Disposition::Rejected;
+                Handled
+            }
+        }
+    }
+
+    #[state(superstate = "terminal")]
+    #[allow(unused_variables)]
+    fn done(outcome: &JobOutcome, event: &Event) -> Outcome<State> {
+        Super
+    }
+
+    #[state(superstate = "terminal")]
+    #[allow(unused_variables)]
+    fn errored(kind: &ErrorKind, message: &String, event: &Event) -> Outcome<State> {
+        Super
+    }
+
+    /// Terminal states absorb every event.
+    #[superstate]
+    fn terminal(context: &mut Decision) -> Outcome<State> {
+        context.disposition = Disposition::Absorbed;
+        Handled
+    }
+}
+
+/// Moves to `Errored{kind, message}` and asks for the error to be reported.
+fn errored(context: &mut Decision, kind: ErrorKind, message: String) -> Outcome<State> {
+    context.effects.push(Effect::ReportComplete);
+    Transition(State::errored(kind, message))
+}
+
+impl From<&State> for JobState {
+    fn from(state: &State) -> JobState {
+        match state {
+            State::Accepted {} => JobState::Accepted,
+            State::LoadingSpec {} => JobState::LoadingSpec,
+            State::Starting {} => JobState::Running {
+                phase: RunPhase::Starting,
+            },
+            State::Executing { pid } => JobState::Running {
+                phase: RunPhase::Executing { pid: *pid },
+            },
+            State::Cancelling {} => JobState::Running {
+                phase: RunPhase::Cancelling,
+            },
+            State::Done { outcome } => JobState::Done {
+                outcome: outcome.clone(),
+            },
+            State::Errored { kind, message } => JobState::Errored {
+                kind: *kind,
+                message: message.clone(),
+            },
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Effects: what the shell must do after an event is applied.
+//!
+//! The state machine never performs IO; it pushes effects. The worker's
+//! supervisor performs them, in order, after the event that produced them is
+//! recorded. The replay tool recomputes and discards them.
+
+use serde::{Deserialize, Serialize};
+
+/// One instruction for the shell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Effect {
+    /// Start reading the job spec (from the bunch, or the create body for
+    /// format 1), then record `SpecLoadStarted` and its result.
+    StartSpecLoad,
+    /// Abort an in-flight spec read, if any.
+    AbortSpecLoad,
+    /// Spawn the job's process from the loaded spec.
+    SpawnProcess,
+    /// End the job's process (SIGTERM, then SIGKILL after a grace period).
+    KillProcess,
+    /// Send `job_started` to the driver.
+    ReportStarted,
+    /// Send `job_complete` to the driver with the attempt's final state.
+    ReportComplete,
+}

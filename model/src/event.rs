@@ -1,0 +1,136 @@
+//! Events: the facts that move a job attempt from state to state.
+//!
+//! Every event is past tense: it records something that already happened in
+//! the shell (a call was accepted, a read finished, a process exited). Events
+//! are what the journal stores, so their serde shape is a persistent format:
+//! add variants and optional fields, never change existing ones without
+//! bumping [`EVENT_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::ErrorKind;
+
+/// Version of the serialised shape of [`Event`]; journal records carry it.
+pub const EVENT_VERSION: u32 = 1;
+
+/// One fact about one job attempt.
+///
+/// Serialised as `{"type": "spec_loaded", ...fields}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The create endpoint accepted the attempt (a well-formed body, no
+    /// duplicate). This is always an attempt's first event.
+    Created {
+        /// The create body's `format_version` (1: spec inline, >1: bunch).
+        format_version: u32,
+    },
+    /// The spec loader began reading the job spec.
+    SpecLoadStarted,
+    /// The job spec was read and validated.
+    SpecLoaded {
+        /// The spec's `process.type`.
+        process: ProcessKind,
+        /// Size of the spec's JSON text, in bytes.
+        size_bytes: u64,
+    },
+    /// The job spec could not be used; `kind` says why.
+    SpecLoadFailed {
+        /// One of the spec error kinds (`spec_missing`, `spec_corrupt`,
+        /// `spec_timeout`, `spec_unavailable`).
+        kind: ErrorKind,
+        /// What went wrong, for a person: which object, which field.
+        message: String,
+    },
+    /// The job's process was spawned.
+    ProcessStarted {
+        /// The host process id.
+        pid: u32,
+    },
+    /// The job's process could not be spawned (no such program, permission
+    /// denied, working directory could not be made, ...).
+    LaunchFailed {
+        /// The operating system's or runner's error text.
+        message: String,
+    },
+    /// The job's process ended.
+    ProcessExited {
+        /// How it ended.
+        exit: ExitStatus,
+        /// Wall time from spawn to exit, in ms.
+        duration_ms: u64,
+    },
+    /// The driver (or an operator) asked for the attempt to be cancelled.
+    CancelRequested,
+    /// The worker restarted while the attempt was live; its process, if any,
+    /// is gone.
+    WorkerRestarted,
+}
+
+impl Event {
+    /// The event's snake_case name, as in its serde tag (`"spec_loaded"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Created { .. } => "created",
+            Event::SpecLoadStarted => "spec_load_started",
+            Event::SpecLoaded { .. } => "spec_loaded",
+            Event::SpecLoadFailed { .. } => "spec_load_failed",
+            Event::ProcessStarted { .. } => "process_started",
+            Event::LaunchFailed { .. } => "launch_failed",
+            Event::ProcessExited { .. } => "process_exited",
+            Event::CancelRequested => "cancel_requested",
+            Event::WorkerRestarted => "worker_restarted",
+        }
+    }
+}
+
+/// The `process.type` of a job spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProcessKind {
+    /// `{"type": "docker", "command": [...]}`: run `command`.
+    Docker,
+    /// Any other type (e.g. `"jvm"`), which this worker cannot run yet.
+    Other {
+        /// The type named in the spec.
+        name: String,
+    },
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// Exited by itself with this code.
+    Code {
+        /// The exit code (0 is success).
+        code: i32,
+    },
+    /// Ended by this signal (not sent by the worker's timeout).
+    Signal {
+        /// The signal number, e.g. 9 for SIGKILL.
+        signal: i32,
+    },
+    /// Ended by the worker because it ran past the spec's `timeout`.
+    TimedOut {
+        /// The spec's timeout, in seconds.
+        timeout_s: u64,
+    },
+}
+
+impl ExitStatus {
+    /// The exit code reported to the driver: the code itself, `128 + signal`
+    /// for a signal (the shell convention), and `None` for a timeout.
+    pub fn exit_code(&self) -> Option<i32> {
+        match *self {
+            ExitStatus::Code { code } => Some(code),
+            ExitStatus::Signal { signal } => Some(128 + signal),
+            ExitStatus::TimedOut { .. } => None,
+        }
+    }
+
+    /// Whether this counts as success (exit code 0).
+    pub fn is_success(&self) -> bool {
+        matches!(self, ExitStatus::Code { code: 0 })
+    }
+}
