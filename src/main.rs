@@ -1,1 +1,51 @@
-fn main(){}
+//! The `batch-worker` binary: parses the command line and runs it.
+
+use anyhow::Context;
+use batch_worker::cli::{build_worker, Cli, Command};
+use batch_worker::{demo, server};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        Command::Demo(_) => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => {
+            let worker = build_worker(&args)?;
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            tracing::info!(listen = %listener.local_addr()?, name = worker.name(), "batch-worker serving");
+            server::serve(listener, worker, args.max_body_bytes, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Demo(args) => {
+            let report = demo::run(&args).await?;
+            print!("{}", report.render());
+            if !report.passed() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

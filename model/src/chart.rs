@@ -66,8 +66,9 @@ impl JobChart {
         match event {
             Event::SpecLoaded {
                 process: ProcessKind::Docker,
+                unsupported,
                 ..
-            } => {
+            } if unsupported.is_empty() => {
                 context.effects.push(Effect::SpawnProcess);
                 Transition(State::starting())
             }
@@ -80,6 +81,15 @@ impl JobChart {
                 format!(
                     "process.type {name:?} is not supported: this worker runs \
                      process.type \"docker\" commands as host processes only"
+                ),
+            ),
+            Event::SpecLoaded { unsupported, .. } if !unsupported.is_empty() => errored(
+                context,
+                ErrorKind::Unsupported,
+                format!(
+                    "the spec uses {} which this worker cannot honour yet; \
+                     running the job without them would lose its data",
+                    unsupported.join(" and ")
                 ),
             ),
             Event::SpecLoadFailed { kind, message } if kind.is_spec_error() => {

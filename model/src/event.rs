@@ -33,6 +33,10 @@ pub enum Event {
         process: ProcessKind,
         /// Size of the spec's JSON text, in bytes.
         size_bytes: u64,
+        /// Spec features this worker cannot honour (e.g. `"input_files"`);
+        /// non-empty means the attempt errors `unsupported`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unsupported: Vec<String>,
     },
     /// The job spec could not be used; `kind` says why.
     SpecLoadFailed {

@@ -19,6 +19,7 @@ fn docker_loaded() -> Event {
     Event::SpecLoaded {
         process: ProcessKind::Docker,
         size_bytes: 120,
+        unsupported: vec![],
     }
 }
 
@@ -69,6 +70,12 @@ fn all_events() -> Vec<Event> {
         Event::SpecLoaded {
             process: ProcessKind::Other { name: "jvm".into() },
             size_bytes: 10,
+            unsupported: vec![],
+        },
+        Event::SpecLoaded {
+            process: ProcessKind::Docker,
+            size_bytes: 10,
+            unsupported: vec!["output_files".into()],
         },
         Event::SpecLoadFailed {
             kind: ErrorKind::SpecCorrupt,
@@ -113,7 +120,14 @@ fn legal(state: &str, event: &Event) -> Option<(JobState, Vec<Effect>)> {
         ("accepted" | "loading_spec", Event::CancelRequested) => {
             Some((done(Outcome::Cancelled), vec![AbortSpecLoad]))
         }
-        ("loading_spec", Event::SpecLoaded { process: ProcessKind::Docker, .. }) => {
+        (
+            "loading_spec",
+            Event::SpecLoaded {
+                process: ProcessKind::Docker,
+                unsupported,
+                ..
+            },
+        ) if unsupported.is_empty() => {
             Some((running(RunPhase::Starting), vec![SpawnProcess]))
         }
         ("loading_spec", Event::SpecLoaded { .. }) => {
@@ -262,6 +276,7 @@ fn unsupported_process_type_names_the_type() {
         .apply(&Event::SpecLoaded {
             process: ProcessKind::Other { name: "jvm".into() },
             size_bytes: 1,
+            unsupported: vec![],
         })
         .unwrap();
     match attempt.state() {

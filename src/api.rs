@@ -1,0 +1,154 @@
+//! The worker's HTTP API (axum): thin handlers that extract, validate,
+//! hand one call to the [`Worker`], and answer.
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | POST | `/api/v1alpha/batches/jobs/create` | 200 empty; 400, 403, 413, 503 |
+//! | DELETE | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/delete` | 200 `{"state": ...}`; 404 |
+//! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/status` | status JSON; 404 |
+//! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/events` | event history; 404 |
+//! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/log/{container}` | log text; 404 |
+//! | GET | `/healthcheck` | `{"name": worker}` |
+//! | POST | `/api/v1alpha/kill` | 200; the worker begins shutdown |
+//!
+//! No handler touches the spec store: a create answers from memory.
+
+mod error;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::supervisor::Worker;
+use crate::wire::{CreateJob, FieldError};
+
+/// Path of the create call.
+pub const CREATE_PATH: &str = "/api/v1alpha/batches/jobs/create";
+
+/// The API's router over `worker`. Create bodies over `max_body_bytes`
+/// get 413.
+pub fn router(worker: Worker, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route(CREATE_PATH, post(create))
+        .route(
+            "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/delete",
+            delete(cancel),
+        )
+        .route(
+            "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/status",
+            get(status),
+        )
+        .route(
+            "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/events",
+            get(events),
+        )
+        .route(
+            "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/log/{container}",
+            get(log),
+        )
+        .route("/healthcheck", get(healthcheck))
+        .route("/api/v1alpha/kill", post(kill))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(worker)
+}
+
+async fn create(
+    State(worker): State<Worker>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = body.map_err(ApiError::from_body_rejection)?;
+    let job = CreateJob::parse(&body)?;
+    worker.create(job)?;
+    Ok(StatusCode::OK)
+}
+
+async fn cancel(
+    State(worker): State<Worker>,
+    Path((batch_id, job_id)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (batch_id, job_id) = ids(&batch_id, &job_id)?;
+    let state = worker.cancel(batch_id, job_id)?;
+    Ok(Json(json!({ "state": state.wire_state(), "worker_state": state })))
+}
+
+async fn status(
+    State(worker): State<Worker>,
+    Path((batch_id, job_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (batch_id, job_id) = ids(&batch_id, &job_id)?;
+    Ok(Json(worker.status(batch_id, job_id)?).into_response())
+}
+
+async fn events(
+    State(worker): State<Worker>,
+    Path((batch_id, job_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (batch_id, job_id) = ids(&batch_id, &job_id)?;
+    Ok(Json(worker.events(batch_id, job_id)?).into_response())
+}
+
+async fn log(
+    State(worker): State<Worker>,
+    Path((batch_id, job_id, container)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let (batch_id, job_id) = ids(&batch_id, &job_id)?;
+    let path = worker.main_log(batch_id, job_id)?;
+    if container != "main" {
+        return Err(ApiError::NotFound(format!(
+            "job {batch_id}:{job_id} has no container {container:?}; this worker runs one, \"main\""
+        )));
+    }
+    let body = match tokio::fs::File::open(&path).await {
+        Ok(file) => Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+        // No process was started (yet): an empty log.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Body::empty(),
+        Err(e) => {
+            return Err(ApiError::Unavailable(format!(
+                "cannot read the log of job {batch_id}:{job_id}: {e}"
+            )))
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+async fn healthcheck(State(worker): State<Worker>) -> Json<serde_json::Value> {
+    Json(json!({ "name": worker.name() }))
+}
+
+async fn kill(State(worker): State<Worker>) -> StatusCode {
+    worker.begin_shutdown();
+    StatusCode::OK
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+/// Parses the path's ids, naming the bad one.
+fn ids(batch_id: &str, job_id: &str) -> Result<(i64, i64), ApiError> {
+    let parse = |field: &str, text: &str| {
+        text.parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| {
+                ApiError::BadRequest(FieldError {
+                    field: field.to_owned(),
+                    message: format!(
+                        "expected a non-negative integer in the path, got {:?}",
+                        crate::wire::truncate(text, 40)
+                    ),
+                })
+            })
+    };
+    Ok((parse("batch_id", batch_id)?, parse("job_id", job_id)?))
+}

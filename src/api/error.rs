@@ -1,0 +1,105 @@
+//! [`ApiError`]: every error answer of the API, with one JSON envelope:
+//! `{"error": {"status": 400, "code": "bad_request", "field": "token", "message": "..."}}`
+//! (`field` only for 400s that name one).
+
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::supervisor::{CreateError, UnknownJob};
+use crate::wire::FieldError;
+
+/// An error answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed; names the field.
+    #[error("{0}")]
+    BadRequest(FieldError),
+    /// 413: the body is larger than the limit.
+    #[error("the body is larger than the worker's limit: {0}")]
+    PayloadTooLarge(String),
+    /// 403: this `(batch_id, job_id)` is already present.
+    #[error("{0}")]
+    Duplicate(CreateError),
+    /// 404: unknown job, container or endpoint.
+    #[error("{0}")]
+    NotFound(String),
+    /// 503: shutting down, or a resource of the worker failed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// Maps axum's body rejection: 413 stays 413, anything else is a 400
+    /// on `body`.
+    pub fn from_body_rejection(rejection: BytesRejection) -> ApiError {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(rejection.body_text())
+        } else {
+            ApiError::BadRequest(FieldError {
+                field: "body".into(),
+                message: rejection.body_text(),
+            })
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Duplicate(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Duplicate(_) => "duplicate_job",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::BadRequest(e)
+    }
+}
+
+impl From<CreateError> for ApiError {
+    fn from(e: CreateError) -> Self {
+        match e {
+            CreateError::Duplicate { .. } => ApiError::Duplicate(e),
+            CreateError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<UnknownJob> for ApiError {
+    fn from(e: UnknownJob) -> Self {
+        ApiError::NotFound(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut error = json!({
+            "status": status.as_u16(),
+            "code": self.code(),
+            "message": self.to_string(),
+        });
+        if let ApiError::BadRequest(field) = &self {
+            error["field"] = json!(field.field);
+            error["message"] = json!(field.message);
+        }
+        (status, Json(json!({ "error": error }))).into_response()
+    }
+}

@@ -1,0 +1,210 @@
+//! The command line (clap): `serve`, `demo`, and how their flags become a
+//! running worker.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use object_store::local::LocalFileSystem;
+use object_store::throttle::{ThrottleConfig, ThrottledStore};
+use object_store::ObjectStore;
+use url::Url;
+
+use crate::driver_client::{DriverClient, ReportRetry};
+use crate::runner::HostRunner;
+use crate::spec_store::{open_store, SpecLoadConfig, SpecStore, StoreOpenError};
+use crate::supervisor::{Worker, WorkerConfig};
+
+/// `batch-worker`: a worker agent for batch job systems, wire-compatible
+/// with Hail Batch's driver.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker's HTTP API until SIGINT/SIGTERM or `POST /api/v1alpha/kill`.
+    Serve(ServeArgs),
+    /// Run a worker and an embedded driver on loopback, schedule jobs with
+    /// good, failing, missing and corrupt specs, and print what became of
+    /// each. Exits non-zero if any job ends other than planned or any
+    /// create call fails.
+    Demo(DemoArgs),
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+    /// Directory for attempts' working directories and logs.
+    #[arg(long, default_value = "batch-worker-data")]
+    pub data_dir: PathBuf,
+    /// Root URL of the spec store: file:///abs/path, memory://, s3://bucket/prefix,
+    /// gs://bucket/prefix, az://container/prefix. Default: file://{data-dir}/specs.
+    #[arg(long)]
+    pub spec_store: Option<Url>,
+    /// The driver's base URL, for job_started / job_complete. None: no reports.
+    #[arg(long)]
+    pub driver_url: Option<Url>,
+    /// The worker's name (X-Hail-Instance-Name, /healthcheck). Default: the host name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The token sent as X-Hail-Instance-Token.
+    #[arg(long, env = "BATCH_WORKER_INSTANCE_TOKEN", default_value = "", hide_env_values = true)]
+    pub instance_token: String,
+    /// Largest accepted create body, in bytes (larger: 413).
+    #[arg(long, default_value_t = 17 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Spec loading limits.
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+/// Spec-loading and process flags, shared by `serve` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct SpecArgs {
+    /// Added latency of every blob read, in ms (object_store's throttle).
+    #[arg(long, default_value_t = 0)]
+    pub blob_latency_ms: u64,
+    /// Largest spec, in bytes; larger specs error as spec_corrupt.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub spec_max_bytes: u64,
+    /// Deadline of one spec load, retries included, in ms.
+    #[arg(long, default_value_t = 60_000)]
+    pub spec_timeout_ms: u64,
+    /// Attempts per spec read on transient store errors.
+    #[arg(long, default_value_t = 5)]
+    pub spec_read_attempts: usize,
+    /// Spec loads in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub spec_load_concurrency: usize,
+    /// Time between SIGTERM and SIGKILL when ending a process, in ms.
+    #[arg(long, default_value_t = 5_000)]
+    pub kill_grace_ms: u64,
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many jobs to schedule.
+    #[arg(long, default_value_t = 200)]
+    pub jobs: usize,
+    /// Added latency of every blob read, in ms.
+    #[arg(long, default_value_t = 0)]
+    pub blob_latency_ms: u64,
+    /// Keep what the demo writes (specs, logs) in this directory; default:
+    /// a temporary directory, removed at exit.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A worker could not be built from its flags.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be made.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spec store URL could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreOpenError),
+    /// The driver client could not be built.
+    #[error("cannot build the driver client: {0}")]
+    Driver(#[from] reqwest::Error),
+}
+
+impl SpecArgs {
+    /// The spec-load limits these flags give.
+    pub fn load_config(&self) -> SpecLoadConfig {
+        SpecLoadConfig {
+            max_spec_bytes: self.spec_max_bytes,
+            deadline: Duration::from_millis(self.spec_timeout_ms),
+            max_attempts: self.spec_read_attempts.max(1),
+            max_concurrent_loads: self.spec_load_concurrency.max(1),
+            ..SpecLoadConfig::default()
+        }
+    }
+}
+
+/// Makes `path` absolute and creates it.
+///
+/// # Errors
+/// [`StartError::DataDir`].
+pub fn prepare_dir(path: &Path) -> Result<PathBuf, StartError> {
+    let fail = |source| StartError::DataDir {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(fail)?;
+    std::path::absolute(path).map_err(fail)
+}
+
+/// Builds the worker `serve` runs: the data directory, the spec store
+/// (throttled when `blob_latency_ms` > 0), the driver client.
+///
+/// # Errors
+/// [`StartError`] naming what could not be set up.
+pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
+    let data_dir = prepare_dir(&args.data_dir)?;
+    let (store, root) = match &args.spec_store {
+        Some(url) => open_store(url)?,
+        None => {
+            let dir = prepare_dir(&data_dir.join("specs"))?;
+            let store = LocalFileSystem::new_with_prefix(&dir).map_err(|source| StoreOpenError {
+                url: format!("file://{}", dir.display()),
+                source,
+            })?;
+            (Arc::new(store) as Arc<dyn ObjectStore>, Default::default())
+        }
+    };
+    let specs = SpecStore::new(throttled(store, args.spec.blob_latency_ms), root, args.spec.load_config());
+    let name = args.name.clone().unwrap_or_else(default_name);
+    let driver = args
+        .driver_url
+        .clone()
+        .map(|url| DriverClient::new(url, name.clone(), args.instance_token.clone(), ReportRetry::default()))
+        .transpose()?;
+    let config = WorkerConfig {
+        name,
+        data_dir,
+        runner: HostRunner {
+            kill_grace: Duration::from_millis(args.spec.kill_grace_ms),
+        },
+    };
+    Ok(Worker::new(config, specs, driver))
+}
+
+/// Wraps `store` in object_store's throttle, adding `latency_ms` to every
+/// get (range reads and heads); unchanged when 0.
+pub fn throttled(store: Arc<dyn ObjectStore>, latency_ms: u64) -> Arc<dyn ObjectStore> {
+    if latency_ms == 0 {
+        return store;
+    }
+    let config = ThrottleConfig {
+        wait_get_per_call: Duration::from_millis(latency_ms),
+        ..ThrottleConfig::default()
+    };
+    Arc::new(ThrottledStore::new(store, config))
+}
+
+/// The host name, or `batch-worker` if it cannot be read.
+pub fn default_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|n| n.into_string().ok())
+        .unwrap_or_else(|| "batch-worker".into())
+}

@@ -1,0 +1,546 @@
+//! `batch-worker demo`: the main job on an embedded default. It starts a
+//! worker on a free loopback port with a local-file spec store, writes
+//! bunches of job specs (good, failing, missing and corrupt in every way the
+//! spec store classifies), acts as the driver (creates over real HTTP with
+//! a 2 s timeout, receives `job_started` / `job_complete`), and reports what
+//! became of every job against what its spec was made for.
+
+pub mod driver;
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use batch_worker_model::{ErrorKind, JobState};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use rand::distr::{Alphanumeric, SampleString};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::api::CREATE_PATH;
+use crate::cli::{prepare_dir, throttled, DemoArgs, StartError};
+use crate::driver_client::{DriverClient, ReportRetry};
+use crate::runner::HostRunner;
+use crate::server::serve;
+use crate::spec_store::{SpecLoadConfig, SpecStore};
+use crate::supervisor::{Worker, WorkerConfig};
+use plan::{Expected, Kind, DEMO_BATCH_ID, DEMO_SPEC_MAX_BYTES};
+
+/// The create calls' client timeout, like the driver's.
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Concurrent create calls.
+pub const CREATE_CONCURRENCY: usize = 64;
+/// Most jobs per well-formed bunch.
+const BUNCH_JOBS: usize = 64;
+
+/// The demo could not run (as opposed to: ran, and found a problem).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Setting up the worker failed.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// Local IO failed.
+    #[error("demo IO: {0}")]
+    Io(#[from] std::io::Error),
+    /// Writing specs failed.
+    #[error("writing specs: {0}")]
+    Store(#[from] object_store::Error),
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// One planned job and what became of it.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    /// The job's id.
+    pub job_id: i64,
+    /// What it was made to do.
+    pub kind: Kind,
+    /// The state its spec was made for.
+    pub expected: Expected,
+    /// The state the worker's status JSON gave at the end (`None`: not final).
+    pub actual: Option<Expected>,
+    /// The status's error message, if any.
+    pub error: Option<String>,
+    /// The state in the driver's `job_complete`, if one arrived.
+    pub reported_state: Option<String>,
+}
+
+/// The create calls' figures.
+#[derive(Debug, Clone)]
+pub struct CreateStats {
+    /// Calls sent.
+    pub sent: usize,
+    /// Calls answered 200.
+    pub ok: usize,
+    /// Calls that got another status or a connection error.
+    pub failed: usize,
+    /// Calls that hit the 2 s timeout.
+    pub timed_out: usize,
+    /// Latency p50, in µs.
+    pub p50_us: u64,
+    /// Latency p99, in µs.
+    pub p99_us: u64,
+    /// Latency max, in µs.
+    pub max_us: u64,
+}
+
+/// The demo's findings.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// Every job, by id.
+    pub jobs: Vec<JobResult>,
+    /// Create-call figures.
+    pub creates: CreateStats,
+    /// `job_started` bodies received.
+    pub started_received: usize,
+    /// `job_complete` bodies received.
+    pub complete_received: usize,
+    /// `job_complete` bodies for an attempt already reported.
+    pub complete_duplicates: usize,
+    /// Driver calls without `X-Hail-Instance-Name`.
+    pub missing_instance_header: usize,
+    /// Bunches written.
+    pub bunches: usize,
+    /// Added blob latency, in ms.
+    pub blob_latency_ms: u64,
+    /// Wall time of the whole run, in ms.
+    pub elapsed_ms: u64,
+    /// Where the specs and logs are, when kept.
+    pub kept_dir: Option<PathBuf>,
+}
+
+struct PlannedJob {
+    job_id: i64,
+    kind: Kind,
+    body: Value,
+}
+
+/// Runs the demo.
+///
+/// # Errors
+/// [`DemoError`] when the demo itself cannot run; job outcomes are in the
+/// report, see [`DemoReport::passed`].
+pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
+    let began = Instant::now();
+    let temp = match &args.data_dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("batch-worker-demo-").tempdir()?),
+    };
+    let data_dir = match (&args.data_dir, &temp) {
+        (Some(dir), _) => prepare_dir(dir)?,
+        (None, Some(t)) => t.path().to_owned(),
+        (None, None) => unreachable!("a temporary directory is made when no --data-dir is given"),
+    };
+    let spec_dir = prepare_dir(&data_dir.join("specs"))?;
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&spec_dir)?);
+
+    let (planned, bunches) = write_specs(&local, args.jobs).await?;
+
+    let driver = driver::EmbeddedDriver::start().await?;
+    let config = WorkerConfig {
+        name: "demo-worker".into(),
+        data_dir: prepare_dir(&data_dir.join("worker"))?,
+        runner: HostRunner {
+            kill_grace: Duration::from_secs(2),
+        },
+    };
+    let specs = SpecStore::new(
+        throttled(local, args.blob_latency_ms),
+        Path::default(),
+        SpecLoadConfig {
+            max_spec_bytes: DEMO_SPEC_MAX_BYTES,
+            ..SpecLoadConfig::default()
+        },
+    );
+    let client = DriverClient::new(
+        driver.url.clone(),
+        "demo-worker".into(),
+        "demo-token".into(),
+        ReportRetry::default(),
+    )?;
+    let worker = Worker::new(config, specs, Some(client));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = Url::parse(&format!("http://{}/", listener.local_addr()?)).expect("socket address URL");
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(listener, worker.clone(), 17 << 20, stop.clone().cancelled_owned()));
+
+    let http = reqwest::Client::builder().timeout(CREATE_TIMEOUT).build()?;
+    let creates = create_all(&http, &base, &planned).await;
+
+    let progress = ProgressBar::new(planned.len() as u64).with_style(
+        ProgressStyle::with_template("{spinner} {pos}/{len} jobs final [{bar:30}] {elapsed}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let deadline = Duration::from_secs(90) + Duration::from_millis(args.blob_latency_ms * 8);
+    let finished = tokio::time::timeout(deadline, async {
+        cancel_when_running(&http, &base, &worker, &planned).await;
+        let mut changes = driver.changes();
+        let reported = planned.iter().filter(|j| j.kind.expected() != Expected::Cancelled).count();
+        loop {
+            let terminal = planned
+                .iter()
+                .filter(|j| worker.state_of(DEMO_BATCH_ID, j.job_id).is_ok_and(|s| s.is_terminal()))
+                .count();
+            progress.set_position(terminal as u64);
+            if terminal == planned.len() && driver.received().complete.len() >= reported {
+                break;
+            }
+            let mut worker_changes = worker.changes();
+            tokio::select! {
+                _ = changes.changed() => {},
+                _ = worker_changes.changed() => {},
+            }
+        }
+    })
+    .await;
+    progress.finish_and_clear();
+    if finished.is_err() {
+        tracing::warn!(deadline_ms = deadline.as_millis() as u64, "not every job finished before the deadline");
+    }
+
+    let received = driver.received();
+    let jobs = collect_results(&http, &base, &planned, &received).await;
+    stop.cancel();
+    let _ = server.await;
+
+    let mut seen = std::collections::HashSet::new();
+    let complete_duplicates = received
+        .complete
+        .iter()
+        .filter(|c| !seen.insert((c.status.batch_id, c.status.job_id, c.status.attempt_id.clone())))
+        .count();
+    Ok(DemoReport {
+        jobs,
+        creates,
+        started_received: received.started.len(),
+        complete_received: received.complete.len(),
+        complete_duplicates,
+        missing_instance_header: received.missing_instance_header,
+        bunches,
+        blob_latency_ms: args.blob_latency_ms,
+        elapsed_ms: began.elapsed().as_millis() as u64,
+        kept_dir: args.data_dir.as_ref().map(|_| data_dir.clone()),
+    })
+}
+
+/// Writes the bunches: runs of well-formed specs share bunches of up to
+/// [`BUNCH_JOBS`]; every other job gets a bunch of its own, then damaged.
+async fn write_specs(
+    store: &Arc<dyn ObjectStore>,
+    jobs: usize,
+) -> Result<(Vec<PlannedJob>, usize), DemoError> {
+    let writer = SpecStore::new(store.clone(), Path::default(), SpecLoadConfig::default());
+    let mut planned = Vec::with_capacity(jobs);
+    let mut bunches = 0;
+    let mut run: Vec<(i64, Kind)> = Vec::new();
+    let ids: Vec<i64> = (1..=jobs as i64).collect();
+    let flush = |run: &mut Vec<(i64, Kind)>, planned: &mut Vec<PlannedJob>| -> Option<(String, Vec<(i64, Kind)>)> {
+        if run.is_empty() {
+            return None;
+        }
+        let token = Alphanumeric.sample_string(&mut rand::rng(), 16);
+        let members = std::mem::take(run);
+        for (job_id, kind) in &members {
+            planned.push(PlannedJob {
+                job_id: *job_id,
+                kind: *kind,
+                body: create_body(*job_id, Some((&token, members[0].0)), None),
+            });
+        }
+        Some((token, members))
+    };
+    let mut pending = Vec::new();
+    for job_id in ids {
+        let kind = plan::kind_of(job_id);
+        if job_id == 1 {
+            // One format-1 job: the whole spec inline in the create body.
+            let spec: Value = serde_json::from_slice(&plan::spec_json(job_id, kind)).expect("a demo spec is JSON");
+            planned.push(PlannedJob { job_id, kind, body: create_body(job_id, None, Some(spec)) });
+            continue;
+        }
+        if kind.well_formed() {
+            run.push((job_id, kind));
+            if run.len() == BUNCH_JOBS {
+                pending.extend(flush(&mut run, &mut planned));
+            }
+        } else {
+            pending.extend(flush(&mut run, &mut planned));
+            run.push((job_id, kind));
+            pending.extend(flush(&mut run, &mut planned));
+        }
+    }
+    pending.extend(flush(&mut run, &mut planned));
+    for (token, members) in pending {
+        let specs: Vec<Vec<u8>> = members.iter().map(|(id, kind)| plan::spec_json(*id, *kind)).collect();
+        let keys = writer.write_bunch(DEMO_BATCH_ID, &token, &specs).await?;
+        bunches += 1;
+        if let [(_, kind)] = members[..] {
+            let specs_len = specs[0].len() as u64;
+            let index = store.get(&keys.index).await?.bytes().await?;
+            if let Some(damaged) = plan::damaged_index(kind, &index, specs_len) {
+                store.put(&keys.index, PutPayload::from(damaged)).await?;
+            }
+            match kind {
+                Kind::SpecsDeleted => store.delete(&keys.specs).await?,
+                Kind::IndexDeleted => store.delete(&keys.index).await?,
+                _ => {}
+            }
+        }
+    }
+    planned.sort_by_key(|j| j.job_id);
+    Ok((planned, bunches))
+}
+
+/// A create body like the driver's (`shared/samples/create-v7.json`).
+fn create_body(job_id: i64, bunch: Option<(&str, i64)>, inline: Option<Value>) -> Value {
+    let attempt_id = Alphanumeric.sample_string(&mut rand::rng(), 6);
+    let mut job_spec = inline.unwrap_or_else(|| json!({}));
+    job_spec["attempt_id"] = json!(attempt_id);
+    job_spec["job_group_id"] = json!(0);
+    job_spec["secrets"] = json!([{
+        "namespace": "default", "name": "demo-user-gsa-key", "mount_path": "/gsa-key",
+        "data": {"key.json": "ZGVtby1zZWNyZXQ="}
+    }]);
+    job_spec["env"] = json!([{"name": "HAIL_REGION", "value": "local"}]);
+    json!({
+        "batch_id": DEMO_BATCH_ID,
+        "job_id": job_id,
+        "format_version": if bunch.is_some() { 7 } else { 1 },
+        "token": bunch.map(|(t, _)| t),
+        "start_job_id": bunch.map(|(_, s)| s),
+        "user": "demo-user",
+        "gsa_key": {"key.json": "ZGVtby1zZWNyZXQ="},
+        "job_spec": job_spec,
+        "queue_time": crate::supervisor::now_ms(),
+    })
+}
+
+async fn create_all(http: &reqwest::Client, base: &Url, planned: &[PlannedJob]) -> CreateStats {
+    let url = base.join(CREATE_PATH.trim_start_matches('/')).expect("a valid path");
+    let outcomes: Vec<(Duration, Result<reqwest::StatusCode, reqwest::Error>)> =
+        futures::stream::iter(planned)
+            .map(|job| {
+                let request = http.post(url.clone()).json(&job.body);
+                async move {
+                    let t = Instant::now();
+                    let result = request.send().await.map(|r| r.status());
+                    (t.elapsed(), result)
+                }
+            })
+            .buffer_unordered(CREATE_CONCURRENCY)
+            .collect()
+            .await;
+    // 1 µs to 1 h, 3 significant digits.
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    let (mut ok, mut failed, mut timed_out) = (0, 0, 0);
+    for (latency, result) in &outcomes {
+        hist.saturating_record((latency.as_micros() as u64).max(1));
+        match result {
+            Ok(s) if s.is_success() => ok += 1,
+            Err(e) if e.is_timeout() => timed_out += 1,
+            _ => failed += 1,
+        }
+    }
+    CreateStats {
+        sent: outcomes.len(),
+        ok,
+        failed,
+        timed_out,
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        max_us: hist.max(),
+    }
+}
+
+/// Cancels the `Cancelled` jobs once their process runs, over HTTP.
+async fn cancel_when_running(http: &reqwest::Client, base: &Url, worker: &Worker, planned: &[PlannedJob]) {
+    for job in planned.iter().filter(|j| j.kind == Kind::Cancelled) {
+        worker
+            .wait_until(|w| {
+                w.state_of(DEMO_BATCH_ID, job.job_id)
+                    .is_ok_and(|s| s.is_terminal() || matches!(s, JobState::Running { .. }))
+            })
+            .await;
+        let url = base
+            .join(&format!("api/v1alpha/batches/{DEMO_BATCH_ID}/jobs/{}/delete", job.job_id))
+            .expect("a valid path");
+        if let Err(e) = http.delete(url).send().await {
+            tracing::warn!(job_id = job.job_id, error = %e, "cancel call failed");
+        }
+    }
+}
+
+async fn collect_results(
+    http: &reqwest::Client,
+    base: &Url,
+    planned: &[PlannedJob],
+    received: &driver::Received,
+) -> Vec<JobResult> {
+    let reported: HashMap<i64, String> = received
+        .complete
+        .iter()
+        .map(|c| (c.status.job_id, c.status.state.clone()))
+        .collect();
+    let mut results = Vec::with_capacity(planned.len());
+    for job in planned {
+        let url = base
+            .join(&format!("api/v1alpha/batches/{DEMO_BATCH_ID}/jobs/{}/status", job.job_id))
+            .expect("a valid path");
+        let status: Option<Value> = match http.get(url).send().await {
+            Ok(r) if r.status().is_success() => r.json().await.ok(),
+            _ => None,
+        };
+        let actual = status.as_ref().and_then(actual_state);
+        results.push(JobResult {
+            job_id: job.job_id,
+            kind: job.kind,
+            expected: job.kind.expected(),
+            actual,
+            error: status.as_ref().and_then(|s| s["error"].as_str().map(str::to_owned)),
+            reported_state: reported.get(&job.job_id).cloned(),
+        });
+    }
+    results
+}
+
+/// Reads a final state from status JSON (`None` while not final).
+fn actual_state(status: &Value) -> Option<Expected> {
+    match status["state"].as_str()? {
+        "succeeded" => Some(Expected::Succeeded),
+        "failed" => Some(Expected::Failed(
+            status["container_statuses"]["main"]["exit_code"].as_i64().map(|c| c as i32),
+        )),
+        "cancelled" => Some(Expected::Cancelled),
+        "error" => serde_json::from_value::<ErrorKind>(status["error_kind"].clone())
+            .ok()
+            .map(Expected::Error),
+        _ => None,
+    }
+}
+
+impl JobResult {
+    /// Whether the job ended as planned, and the driver heard the same
+    /// (cancelled jobs are not reported).
+    pub fn as_planned(&self) -> bool {
+        let wire = |e: Expected| match e {
+            Expected::Succeeded => "succeeded",
+            Expected::Failed(_) => "failed",
+            Expected::Cancelled => "cancelled",
+            Expected::Error(_) => "error",
+        };
+        let reported_ok = match self.expected {
+            Expected::Cancelled => self.reported_state.is_none(),
+            e => self.reported_state.as_deref() == Some(wire(e)),
+        };
+        self.actual == Some(self.expected) && reported_ok
+    }
+}
+
+impl DemoReport {
+    /// True when every job ended as planned and no create call failed.
+    pub fn passed(&self) -> bool {
+        self.jobs.iter().all(JobResult::as_planned)
+            && self.creates.failed == 0
+            && self.creates.timed_out == 0
+            && self.creates.ok == self.creates.sent
+            && self.missing_instance_header == 0
+    }
+
+    /// The report as the demo prints it.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let ms = |us: u64| us as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "batch-worker demo: {} jobs in {} bunches, blob latency {} ms, finished in {:.1} s\n",
+            self.jobs.len(),
+            self.bunches,
+            self.blob_latency_ms,
+            self.elapsed_ms as f64 / 1000.0
+        );
+        let mut by_expected: BTreeMap<Expected, (usize, usize)> = BTreeMap::new();
+        for job in &self.jobs {
+            let row = by_expected.entry(job.expected).or_default();
+            row.0 += 1;
+            row.1 += usize::from(job.as_planned());
+        }
+        let _ = writeln!(out, "{:<28} {:>6} {:>11}", "final state (planned)", "jobs", "as planned");
+        for (expected, (jobs, ok)) in &by_expected {
+            let _ = writeln!(out, "{:<28} {:>6} {:>11}", expected.to_string(), jobs, ok);
+        }
+        let _ = writeln!(out, "\nspecial jobs (first of each kind):");
+        let mut shown = std::collections::HashSet::new();
+        for job in self.jobs.iter().filter(|j| j.kind != Kind::Succeeds) {
+            if !shown.insert(job.kind) {
+                continue;
+            }
+            let got = job.actual.map_or("not final".to_owned(), |a| a.to_string());
+            let mark = if job.as_planned() { "ok " } else { "BAD" };
+            let _ = writeln!(
+                out,
+                "  {mark} job {:>4}  {:<30} -> {}{}",
+                job.job_id,
+                job.kind.describe(),
+                got,
+                job.error
+                    .as_ref()
+                    .map(|e| format!("\n                 {}", crate::wire::truncate(e, 110)))
+                    .unwrap_or_default()
+            );
+        }
+        for job in self.jobs.iter().filter(|j| !j.as_planned()) {
+            let _ = writeln!(
+                out,
+                "  BAD job {:>4}: planned {}, got {}, driver told {}",
+                job.job_id,
+                job.expected,
+                job.actual.map_or("not final".to_owned(), |a| a.to_string()),
+                job.reported_state.as_deref().unwrap_or("nothing")
+            );
+        }
+        let c = &self.creates;
+        let _ = writeln!(
+            out,
+            "\ncreate calls: {} sent, {} answered 200, {} failed, {} timed out (2 s client timeout, {} concurrent)",
+            c.sent, c.ok, c.failed, c.timed_out, CREATE_CONCURRENCY
+        );
+        let _ = writeln!(
+            out,
+            "create latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            ms(c.p50_us),
+            ms(c.p99_us),
+            ms(c.max_us)
+        );
+        let _ = writeln!(
+            out,
+            "driver received: {} job_started, {} job_complete ({} duplicates)",
+            self.started_received, self.complete_received, self.complete_duplicates
+        );
+        if let Some(dir) = &self.kept_dir {
+            let _ = writeln!(out, "specs and logs kept in {}", dir.display());
+        }
+        let planned_ok = self.jobs.iter().filter(|j| j.as_planned()).count();
+        let _ = writeln!(
+            out,
+            "\n{}: {planned_ok}/{} jobs ended as planned; {} create calls failed or timed out",
+            if self.passed() { "PASS" } else { "FAIL" },
+            self.jobs.len(),
+            c.failed + c.timed_out + (c.sent - c.ok - c.failed - c.timed_out)
+        );
+        out
+    }
+}

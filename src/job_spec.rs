@@ -1,0 +1,271 @@
+//! Job specs: parsing and validating one spec's JSON, and applying the
+//! create request's per-attempt overrides.
+//!
+//! A spec is a JSON object (source: DESIGN.md, "Spec storage"): `job_id`,
+//! `process` (`{type: "docker", image, command: [argv...]}` or another
+//! type), `resources` (`cores_mcpu`, `memory_bytes`, `storage_gib`),
+//! optional `env`, `timeout` (seconds), `input_files`, `output_files`.
+
+use std::time::Duration;
+
+use batch_worker_model::ProcessKind;
+use serde_json::{Map, Value};
+
+use crate::wire::{truncate, validate_env, AttemptFields, EnvVar};
+
+/// Why spec bytes are unusable; becomes `Errored{spec_corrupt}` with this
+/// text as the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecCorrupt(pub String);
+
+/// A validated job spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// The spec's `job_id` (equal to the create request's).
+    pub job_id: i64,
+    /// `process.type`.
+    pub process: ProcessKind,
+    /// `process.command`: the argv to run (non-empty for `docker`).
+    pub command: Vec<String>,
+    /// `process.image`, if any (recorded; host processes ignore it).
+    pub image: Option<String>,
+    /// The spec's `env`, then the request's `env`.
+    pub env: Vec<EnvVar>,
+    /// `timeout`, if present and positive.
+    pub timeout: Option<Duration>,
+    /// `resources`, as sent (`cores_mcpu`, `memory_bytes`, `storage_gib`).
+    pub resources: Value,
+    /// Spec features this worker cannot honour yet (non-empty
+    /// `input_files` / `output_files`): the job errors `unsupported` rather
+    /// than run without them.
+    pub unsupported: Vec<String>,
+    /// Size of the spec's JSON text, in bytes.
+    pub size_bytes: u64,
+}
+
+impl JobSpec {
+    /// Parses spec bytes read from a bunch.
+    ///
+    /// # Errors
+    /// [`SpecCorrupt`] when the bytes are empty, not UTF-8, not JSON, not an
+    /// object, or the object is not a usable spec for `expected_job_id`.
+    pub fn parse(bytes: &[u8], expected_job_id: i64) -> Result<JobSpec, SpecCorrupt> {
+        if bytes.is_empty() {
+            return Err(SpecCorrupt("the spec is empty (0 bytes)".into()));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            SpecCorrupt(format!(
+                "the spec is not UTF-8: invalid byte at offset {} of {} bytes",
+                e.valid_up_to(),
+                bytes.len()
+            ))
+        })?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| SpecCorrupt(format!("the spec is not valid JSON: {e}")))?;
+        match value {
+            Value::Object(map) => JobSpec::from_object(map, expected_job_id, bytes.len() as u64),
+            other => Err(SpecCorrupt(format!(
+                "the spec is a JSON {}, expected an object",
+                json_type(&other)
+            ))),
+        }
+    }
+
+    /// Validates a spec object (from a bunch, or the create body for
+    /// format 1).
+    ///
+    /// # Errors
+    /// [`SpecCorrupt`] naming the field: `job_id` missing or not
+    /// `expected_job_id`, `process` not an object, `process.type` not a
+    /// string, `process.command` not a non-empty list of strings (for
+    /// `docker`), bad `env`, `timeout` not a non-negative number.
+    pub fn from_object(
+        spec: Map<String, Value>,
+        expected_job_id: i64,
+        size_bytes: u64,
+    ) -> Result<JobSpec, SpecCorrupt> {
+        let job_id = spec.get("job_id").and_then(Value::as_i64).ok_or_else(|| {
+            SpecCorrupt(format!(
+                "job_id: expected an integer, got {}",
+                describe(spec.get("job_id"))
+            ))
+        })?;
+        if job_id != expected_job_id {
+            return Err(SpecCorrupt(format!(
+                "job_id is {job_id} but the create call is for job {expected_job_id}: \
+                 the bunch index points at another job's spec"
+            )));
+        }
+        let process = spec
+            .get("process")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                SpecCorrupt(format!(
+                    "process: expected an object, got {}",
+                    describe(spec.get("process"))
+                ))
+            })?;
+        let kind = process.get("type").and_then(Value::as_str).ok_or_else(|| {
+            SpecCorrupt(format!(
+                "process.type: expected a string, got {}",
+                describe(process.get("type"))
+            ))
+        })?;
+        let (process_kind, command) = if kind == "docker" {
+            (ProcessKind::Docker, command(process.get("command"))?)
+        } else {
+            (
+                ProcessKind::Other {
+                    name: truncate(kind, 64),
+                },
+                Vec::new(),
+            )
+        };
+        let env: Vec<EnvVar> = match spec.get("env") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                SpecCorrupt(format!("env: expected a list of {{name, value}}: {e}"))
+            })?,
+        };
+        validate_env("env", &env).map_err(|e| SpecCorrupt(e.to_string()))?;
+        let timeout = match spec.get("timeout") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let secs = v.as_f64().filter(|s| s.is_finite() && *s >= 0.0).ok_or_else(|| {
+                    SpecCorrupt(format!(
+                        "timeout: expected a non-negative number of seconds, got {}",
+                        describe(Some(v))
+                    ))
+                })?;
+                (secs > 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
+            }
+        };
+        let unsupported = ["input_files", "output_files"]
+            .into_iter()
+            .filter(|field| match spec.get(*field) {
+                None | Some(Value::Null) => false,
+                Some(Value::Array(list)) => !list.is_empty(),
+                Some(_) => true,
+            })
+            .map(str::to_owned)
+            .collect();
+        Ok(JobSpec {
+            job_id,
+            process: process_kind,
+            command,
+            image: process.get("image").and_then(Value::as_str).map(str::to_owned),
+            env,
+            timeout,
+            resources: spec.get("resources").cloned().unwrap_or(Value::Null),
+            unsupported,
+            size_bytes,
+        })
+    }
+
+    /// Applies the create request's per-attempt fields: its `env` is
+    /// appended after the spec's (later entries win when the process
+    /// starts). `attempt_id`, `job_group_id` and `secrets` come from the
+    /// request wherever the worker uses them; the spec's are never read.
+    pub fn with_attempt(mut self, attempt: &AttemptFields) -> JobSpec {
+        self.env.extend(attempt.env.iter().cloned());
+        self
+    }
+}
+
+fn command(value: Option<&Value>) -> Result<Vec<String>, SpecCorrupt> {
+    let bad = || {
+        SpecCorrupt(format!(
+            "process.command: expected a non-empty list of strings whose first \
+             element names a program, got {}",
+            describe(value)
+        ))
+    };
+    let list = value.and_then(Value::as_array).ok_or_else(bad)?;
+    let argv: Vec<String> = list
+        .iter()
+        .map(|v| v.as_str().map(str::to_owned))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    if argv.first().is_none_or(|p| p.is_empty()) || argv.iter().any(|a| a.contains('\0')) {
+        return Err(bad());
+    }
+    Ok(argv)
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A short description of a JSON value for error messages.
+fn describe(value: Option<&Value>) -> String {
+    match value {
+        None => "nothing (field missing)".into(),
+        Some(v @ (Value::Array(_) | Value::Object(_))) => {
+            format!("{} {}", json_type(v), truncate(&v.to_string(), 60))
+        }
+        Some(v) => truncate(&v.to_string(), 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> Result<JobSpec, SpecCorrupt> {
+        JobSpec::parse(text.as_bytes(), 12)
+    }
+
+    #[test]
+    fn a_good_spec_parses() {
+        let s = spec(
+            r#"{"job_id":12,"process":{"type":"docker","image":"ubuntu","command":["sh","-c","exit 3"]},
+               "env":[{"name":"A","value":"1"}],"timeout":2.5,"resources":{"cores_mcpu":250}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.command, ["sh", "-c", "exit 3"]);
+        assert_eq!(s.timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(s.process, ProcessKind::Docker);
+        assert!(s.unsupported.is_empty());
+    }
+
+    #[test]
+    fn each_defect_names_its_field() {
+        let cases = [
+            ("", "empty"),
+            ("[1]", "JSON array"),
+            ("{\"job_id\":12", "not valid JSON"),
+            ("{\"job_id\":13,\"process\":{}}", "job_id is 13"),
+            ("{\"process\":{}}", "job_id: expected an integer"),
+            ("{\"job_id\":12}", "process: expected an object"),
+            ("{\"job_id\":12,\"process\":{}}", "process.type"),
+            ("{\"job_id\":12,\"process\":{\"type\":\"docker\"}}", "process.command"),
+            ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[]}}", "process.command"),
+            ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[1]}}", "process.command"),
+            ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[\"\"]}}", "process.command"),
+            ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[\"x\"]},\"timeout\":-1}", "timeout"),
+            ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[\"x\"]},\"env\":[{\"name\":\"A=B\",\"value\":\"\"}]}", "env[0].name"),
+        ];
+        for (text, needle) in cases {
+            let err = spec(text).unwrap_err();
+            assert!(err.0.contains(needle), "{text:?}: {err} lacks {needle:?}");
+        }
+        let err = JobSpec::parse(b"{\"job_id\":\xff}", 12).unwrap_err();
+        assert!(err.0.contains("not UTF-8: invalid byte at offset 10"), "{err}");
+    }
+
+    #[test]
+    fn other_process_types_and_files_are_flagged_not_rejected() {
+        let s = spec(r#"{"job_id":12,"process":{"type":"jvm"},"input_files":[{"from":"a","to":"b"}]}"#)
+            .unwrap();
+        assert_eq!(s.process, ProcessKind::Other { name: "jvm".into() });
+        assert_eq!(s.unsupported, ["input_files"]);
+    }
+}

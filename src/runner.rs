@@ -1,0 +1,212 @@
+//! The process runner: runs a job's `process.command` as a host process.
+//!
+//! Each attempt gets a directory `{data_dir}/jobs/{batch_id}/{job_id}/{attempt_id}/`
+//! holding `work/` (the process's working directory and `HOME`) and
+//! `main.log` (its stdout and stderr). The process leads its own process
+//! group, so ending it (timeout, cancel) ends everything it started:
+//! SIGTERM to the group, then SIGKILL after the grace period.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use batch_worker_model::{ExitStatus, JobKey};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::wire::EnvVar;
+
+/// Where an attempt's files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptDir {
+    /// `{data_dir}/jobs/{batch_id}/{job_id}/{attempt_id}`.
+    pub root: PathBuf,
+}
+
+impl AttemptDir {
+    /// The directory of attempt `key` under `data_dir`. The key's parts are
+    /// validated ids (digits, ASCII alphanumerics), so the path stays inside
+    /// `data_dir`.
+    pub fn new(data_dir: &Path, key: &JobKey) -> AttemptDir {
+        AttemptDir {
+            root: data_dir
+                .join("jobs")
+                .join(key.batch_id.to_string())
+                .join(key.job_id.to_string())
+                .join(&key.attempt_id),
+        }
+    }
+
+    /// The process's working directory.
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+
+    /// The log of the `main` container: stdout and stderr, interleaved.
+    pub fn main_log(&self) -> PathBuf {
+        self.root.join("main.log")
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ProcessRequest {
+    /// The attempt.
+    pub key: JobKey,
+    /// argv; `argv[0]` is looked up in `PATH`.
+    pub argv: Vec<String>,
+    /// Environment, applied in order after the worker's base variables.
+    pub env: Vec<EnvVar>,
+    /// The attempt's directory.
+    pub dir: AttemptDir,
+}
+
+/// A process could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LaunchError(pub String);
+
+/// Runs host processes.
+#[derive(Debug, Clone)]
+pub struct HostRunner {
+    /// Time between SIGTERM and SIGKILL when ending a process (default 5 s).
+    pub kill_grace: Duration,
+}
+
+impl Default for HostRunner {
+    fn default() -> Self {
+        HostRunner {
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A spawned process.
+#[derive(Debug)]
+pub struct RunningProcess {
+    child: Child,
+    pid: u32,
+    started: Instant,
+    kill_grace: Duration,
+}
+
+impl HostRunner {
+    /// Makes the attempt's directory and log, and spawns the process.
+    ///
+    /// The environment is cleared, then `PATH` (the worker's), `HOME` (the
+    /// working directory), `HAIL_BATCH_ID`, `HAIL_JOB_ID`, `HAIL_ATTEMPT_ID`,
+    /// then `request.env` in order.
+    ///
+    /// # Errors
+    /// [`LaunchError`] naming the program or path that failed.
+    pub async fn spawn(&self, request: &ProcessRequest) -> Result<RunningProcess, LaunchError> {
+        let work = request.dir.work();
+        tokio::fs::create_dir_all(&work)
+            .await
+            .map_err(|e| LaunchError(format!("cannot create {}: {e}", work.display())))?;
+        let log_path = request.dir.main_log();
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| LaunchError(format!("cannot create {}: {e}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| LaunchError(format!("cannot open {}: {e}", log_path.display())))?;
+        let (program, args) = request
+            .argv
+            .split_first()
+            .ok_or_else(|| LaunchError("process.command is empty".into()))?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .current_dir(&work)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
+            .env("HOME", &work)
+            .env("HAIL_BATCH_ID", request.key.batch_id.to_string())
+            .env("HAIL_JOB_ID", request.key.job_id.to_string())
+            .env("HAIL_ATTEMPT_ID", &request.key.attempt_id)
+            .envs(request.env.iter().map(|v| (&v.name, &v.value)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .map_err(|e| LaunchError(format!("cannot run {program:?}: {e}")))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| LaunchError(format!("{program:?} exited before it could be watched")))?;
+        Ok(RunningProcess {
+            child,
+            pid,
+            started: Instant::now(),
+            kill_grace: self.kill_grace,
+        })
+    }
+}
+
+impl RunningProcess {
+    /// The host process id (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for the process to end: by itself, by running past `timeout`
+    /// (then [`ExitStatus::TimedOut`]), or by `kill` being cancelled (then
+    /// the status the signal produced). Either way the whole process group
+    /// is ended before returning. Returns the status and the run time in ms.
+    pub async fn wait(
+        mut self,
+        timeout: Option<Duration>,
+        kill: CancellationToken,
+    ) -> (ExitStatus, u64) {
+        let timer = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let status = tokio::select! {
+            status = self.child.wait() => exit_status(status),
+            () = timer => {
+                self.end_group().await;
+                ExitStatus::TimedOut { timeout_s: timeout.map_or(0, |t| t.as_secs_f64().ceil() as u64) }
+            }
+            () = kill.cancelled() => self.end_group().await,
+        };
+        // Leave nothing of the job behind, even if the leader exited alone.
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        (status, self.started.elapsed().as_millis() as u64)
+    }
+
+    /// SIGTERM to the group, SIGKILL after the grace period.
+    async fn end_group(&mut self) -> ExitStatus {
+        let group = Pid::from_raw(self.pid as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        match tokio::time::timeout(self.kill_grace, self.child.wait()).await {
+            Ok(status) => exit_status(status),
+            Err(_) => {
+                let _ = killpg(group, Signal::SIGKILL);
+                exit_status(self.child.wait().await)
+            }
+        }
+    }
+}
+
+fn exit_status(status: std::io::Result<std::process::ExitStatus>) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => ExitStatus::Code { code },
+            (None, Some(signal)) => ExitStatus::Signal { signal },
+            (None, None) => ExitStatus::Code { code: -1 },
+        },
+        // waitpid failed: the process is gone and its status unknown.
+        Err(_) => ExitStatus::Code { code: -1 },
+    }
+}

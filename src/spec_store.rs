@@ -1,0 +1,355 @@
+//! The spec store: reads one job's spec from a bunch in any `object_store`
+//! backend, classifying every failure into a spec error kind.
+//!
+//! One spec load is two range reads: 16 bytes of `specs.idx`, then the
+//! spec's byte range of `specs` (see [`crate::bunch`]). Never the whole file.
+//! Failures map to [`ErrorKind`]s:
+//!
+//! | what happened                                              | kind               |
+//! |------------------------------------------------------------|--------------------|
+//! | `specs` or `specs.idx` not found                           | `spec_missing`     |
+//! | index short/garbled, offsets reversed or past the end, over the size cap, bytes not a valid spec | `spec_corrupt` |
+//! | the whole load took longer than the deadline               | `spec_timeout`     |
+//! | transient errors until retries ran out; credentials refused | `spec_unavailable` |
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use batch_worker_model::ErrorKind;
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::sync::Semaphore;
+use url::Url;
+
+use crate::bunch::{self, BunchKeys};
+use crate::job_spec::{JobSpec, SpecCorrupt};
+use crate::wire::{CreateJob, SpecSource};
+
+/// Limits of spec loading.
+#[derive(Debug, Clone)]
+pub struct SpecLoadConfig {
+    /// Largest spec accepted, in bytes (default 16 MiB). Larger is
+    /// `spec_corrupt`, decided from the index before reading.
+    pub max_spec_bytes: u64,
+    /// Deadline for one whole load, retries included (default 60 s).
+    pub deadline: Duration,
+    /// Attempts per read on transient errors, the first included (default 5).
+    pub max_attempts: usize,
+    /// First retry delay; doubles up to `max_backoff` (default 100 ms).
+    pub min_backoff: Duration,
+    /// Longest retry delay (default 5 s).
+    pub max_backoff: Duration,
+    /// Spec loads in flight at once (default 256); further loads wait.
+    pub max_concurrent_loads: usize,
+}
+
+impl Default for SpecLoadConfig {
+    fn default() -> Self {
+        SpecLoadConfig {
+            max_spec_bytes: 16 * 1024 * 1024,
+            deadline: Duration::from_secs(60),
+            max_attempts: 5,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            max_concurrent_loads: 256,
+        }
+    }
+}
+
+/// Why a spec could not be loaded: the `Errored{kind, message}` to record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct SpecLoadError {
+    /// `spec_missing`, `spec_corrupt`, `spec_timeout` or `spec_unavailable`.
+    pub kind: ErrorKind,
+    /// What went wrong, naming the object and the bytes.
+    pub message: String,
+}
+
+impl SpecLoadError {
+    fn corrupt(message: impl Into<String>) -> SpecLoadError {
+        SpecLoadError {
+            kind: ErrorKind::SpecCorrupt,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<SpecCorrupt> for SpecLoadError {
+    fn from(e: SpecCorrupt) -> Self {
+        SpecLoadError::corrupt(e.0)
+    }
+}
+
+/// A store URL that `object_store` cannot open.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open spec store {url}: {source}")]
+pub struct StoreOpenError {
+    /// The URL, without credentials (object_store URLs carry none).
+    pub url: String,
+    /// The cause.
+    #[source]
+    pub source: object_store::Error,
+}
+
+/// Opens an object store from a URL (`file://`, `memory://`, `s3://`,
+/// `gs://`, `az://`), with options from the `AWS_*`, `AZURE_*` and
+/// `GOOGLE_*` environment variables. Returns the store and the URL's path,
+/// the root under which keys live.
+///
+/// # Errors
+/// [`StoreOpenError`] for an unknown scheme or a bad configuration.
+pub fn open_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), StoreOpenError> {
+    let options = std::env::vars().filter(|(k, _)| {
+        k.starts_with("AWS_") || k.starts_with("AZURE_") || k.starts_with("GOOGLE_")
+    });
+    let (store, root) =
+        object_store::parse_url_opts(url, options).map_err(|source| StoreOpenError {
+            url: url.to_string(),
+            source,
+        })?;
+    Ok((Arc::from(store), root))
+}
+
+/// Reads job specs from bunches under a root of one object store.
+#[derive(Debug, Clone)]
+pub struct SpecStore {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    config: SpecLoadConfig,
+    permits: Arc<Semaphore>,
+}
+
+/// One failed read attempt: retry it, or give up with this error.
+enum ReadFailure {
+    Transient(String),
+    Permanent(SpecLoadError),
+}
+
+impl SpecStore {
+    /// A spec store over `store`, with keys under `root`.
+    pub fn new(store: Arc<dyn ObjectStore>, root: Path, config: SpecLoadConfig) -> SpecStore {
+        let permits = Arc::new(Semaphore::new(config.max_concurrent_loads.max(1)));
+        SpecStore {
+            store,
+            root,
+            config,
+            permits,
+        }
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &SpecLoadConfig {
+        &self.config
+    }
+
+    /// The object keys of bunch `token` of batch `batch_id`.
+    pub fn bunch_keys(&self, batch_id: i64, token: &str) -> BunchKeys {
+        BunchKeys::new(&self.root, batch_id, token)
+    }
+
+    /// Loads and validates the spec of a create request, applying its
+    /// per-attempt fields. Waits for one of the `max_concurrent_loads`
+    /// permits first; the deadline counts from when the permit is held.
+    ///
+    /// # Errors
+    /// [`SpecLoadError`] with the kind and a message a person can act on.
+    pub async fn load(&self, job: &CreateJob) -> Result<JobSpec, SpecLoadError> {
+        let spec = match &job.spec_source {
+            SpecSource::Inline(map) => JobSpec::from_object(map.clone(), job.job_id, 0)?,
+            SpecSource::Bunch {
+                token,
+                start_job_id,
+            } => {
+                let _permit = self.permits.acquire().await.map_err(|_| SpecLoadError {
+                    kind: ErrorKind::SpecUnavailable,
+                    message: "the spec loader is shut down".into(),
+                })?;
+                let bytes = self
+                    .read_spec(job.batch_id, job.job_id, token, *start_job_id)
+                    .await?;
+                JobSpec::parse(&bytes, job.job_id)?
+            }
+        };
+        Ok(spec.with_attempt(&job.attempt))
+    }
+
+    /// Reads the raw bytes of job `job_id`'s spec from bunch `token`: two
+    /// range reads, retried on transient errors, under the deadline.
+    ///
+    /// # Errors
+    /// [`SpecLoadError`]; the bytes are not validated as a spec here.
+    pub async fn read_spec(
+        &self,
+        batch_id: i64,
+        job_id: i64,
+        token: &str,
+        start_job_id: i64,
+    ) -> Result<Bytes, SpecLoadError> {
+        let deadline = self.config.deadline;
+        tokio::time::timeout(deadline, self.read_spec_unbounded(batch_id, job_id, token, start_job_id))
+            .await
+            .unwrap_or_else(|_| {
+                Err(SpecLoadError {
+                    kind: ErrorKind::SpecTimeout,
+                    message: format!(
+                        "reading the spec of job {job_id} from bunch {token} took longer than \
+                         the {} ms deadline (store: {})",
+                        deadline.as_millis(),
+                        self.store
+                    ),
+                })
+            })
+    }
+
+    async fn read_spec_unbounded(
+        &self,
+        batch_id: i64,
+        job_id: i64,
+        token: &str,
+        start_job_id: i64,
+    ) -> Result<Bytes, SpecLoadError> {
+        let keys = self.bunch_keys(batch_id, token);
+        let entry_range = bunch::index_range(job_id, start_job_id).ok_or_else(|| {
+            SpecLoadError::corrupt(format!(
+                "job {job_id} cannot be in a bunch starting at job {start_job_id}"
+            ))
+        })?;
+        let entry = self.read_range(&keys.index, entry_range.clone()).await?;
+        let (start, end) = bunch::decode_entry(&entry).ok_or_else(|| {
+            SpecLoadError::corrupt(format!(
+                "{}: index entry for job {job_id} is {} bytes, expected 16",
+                keys.index,
+                entry.len()
+            ))
+        })?;
+        if end < start {
+            return Err(SpecLoadError::corrupt(format!(
+                "{}: offsets for job {job_id} are reversed (start {start} > end {end})",
+                keys.index
+            )));
+        }
+        let size = end - start;
+        if size > self.config.max_spec_bytes {
+            return Err(SpecLoadError::corrupt(format!(
+                "{}: the spec of job {job_id} is {size} bytes, over the {} byte cap",
+                keys.specs, self.config.max_spec_bytes
+            )));
+        }
+        if size == 0 {
+            return Ok(Bytes::new());
+        }
+        self.read_range(&keys.specs, start..end).await
+    }
+
+    /// One range read with retries. A failure or a short result is checked
+    /// with a `head` call: a missing object or one shorter than the range is
+    /// permanent; anything else is transient.
+    async fn read_range(&self, key: &Path, range: Range<u64>) -> Result<Bytes, SpecLoadError> {
+        let attempt = || async {
+            let failure = match self.store.get_range(key, range.clone()).await {
+                Ok(bytes) if bytes.len() as u64 == range.end - range.start => return Ok(bytes),
+                Ok(bytes) => format!("short read: {} of {} bytes", bytes.len(), range.end - range.start),
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(ReadFailure::Permanent(missing(key)))
+                }
+                Err(e @ (object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. })) => {
+                    return Err(ReadFailure::Permanent(SpecLoadError {
+                        kind: ErrorKind::SpecUnavailable,
+                        message: format!("{key}: the store refused the credentials: {e}"),
+                    }))
+                }
+                Err(e) => e.to_string(),
+            };
+            Err(self.explain(key, &range, failure).await)
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.config.min_backoff)
+            .with_max_delay(self.config.max_backoff)
+            .with_max_times(self.config.max_attempts.saturating_sub(1))
+            .with_jitter();
+        let mut tries = 0usize;
+        attempt
+            .retry(backoff)
+            .when(|f| matches!(f, ReadFailure::Transient(_)))
+            .notify(|f, delay| {
+                tries += 1;
+                if let ReadFailure::Transient(why) = f {
+                    tracing::debug!(key = %key, retry = tries, delay_ms = delay.as_millis() as u64, error = %why, "retrying spec read");
+                }
+            })
+            .await
+            .map_err(|f| match f {
+                ReadFailure::Permanent(e) => e,
+                ReadFailure::Transient(why) => SpecLoadError {
+                    kind: ErrorKind::SpecUnavailable,
+                    message: format!(
+                        "{key}: bytes {}..{} still unreadable after {} attempts: {why}",
+                        range.start,
+                        range.end,
+                        self.config.max_attempts.max(1)
+                    ),
+                },
+            })
+    }
+
+    /// Classifies a failed or short read by asking for the object's size.
+    async fn explain(&self, key: &Path, range: &Range<u64>, failure: String) -> ReadFailure {
+        match self.store.head(key).await {
+            Err(object_store::Error::NotFound { .. }) => ReadFailure::Permanent(missing(key)),
+            Ok(meta) if meta.size < range.end => {
+                let what = if key.filename() == Some("specs.idx") {
+                    format!(
+                        "{key} is {} bytes, too short for bytes {}..{} (the index holds {} \
+                         offsets; this job is not in the bunch, or the index is truncated)",
+                        meta.size,
+                        range.start,
+                        range.end,
+                        meta.size / bunch::OFFSET_BYTES
+                    )
+                } else {
+                    format!(
+                        "{key} is {} bytes, but the index places the spec at bytes {}..{}",
+                        meta.size, range.start, range.end
+                    )
+                };
+                ReadFailure::Permanent(SpecLoadError::corrupt(what))
+            }
+            _ => ReadFailure::Transient(failure),
+        }
+    }
+
+    /// Writes a bunch the way the driver does: `specs` then `specs.idx`.
+    /// Used by the demo and tests.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub async fn write_bunch<S: AsRef<[u8]>>(
+        &self,
+        batch_id: i64,
+        token: &str,
+        specs: &[S],
+    ) -> Result<BunchKeys, object_store::Error> {
+        let keys = self.bunch_keys(batch_id, token);
+        let (data, index) = bunch::encode(specs);
+        self.store.put(&keys.specs, PutPayload::from(data)).await?;
+        self.store.put(&keys.index, PutPayload::from(index)).await?;
+        Ok(keys)
+    }
+}
+
+fn missing(key: &Path) -> SpecLoadError {
+    SpecLoadError {
+        kind: ErrorKind::SpecMissing,
+        message: format!("{key} does not exist in the spec store"),
+    }
+}

@@ -1,0 +1,694 @@
+//! The supervisor: the worker's table of job attempts, and the shell that
+//! performs the effects the `model` machine asks for.
+//!
+//! Every change to an attempt goes through [`Worker::record`]: the event is
+//! applied to the attempt's [`JobAttempt`] under the table lock, appended to
+//! the attempt's history, and only then are its effects performed (spawning
+//! the spec-load task, the process task, report tasks; cancelling tokens).
+//! The state of every attempt is therefore the fold of its recorded events.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use batch_worker_model::{
+    Effect, ErrorKind, Event, JobAttempt, JobKey, JobState, Outcome, RunPhase,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::driver_client::DriverClient;
+use crate::job_spec::JobSpec;
+use crate::runner::{AttemptDir, HostRunner, ProcessRequest};
+use crate::spec_store::SpecStore;
+use crate::wire::{
+    CreateJob, JobCompleteBody, JobCompleteStatus, JobStartedBody, JobStartedStatus,
+    STATUS_VERSION,
+};
+
+/// Settings of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The worker's name: `/healthcheck`, status JSON, `X-Hail-Instance-Name`.
+    pub name: String,
+    /// Where attempts' working directories and logs go.
+    pub data_dir: PathBuf,
+    /// How processes are run and ended.
+    pub runner: HostRunner,
+}
+
+/// Why a create call was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateError {
+    /// An attempt of this `(batch_id, job_id)` is already on the worker.
+    #[error("job {batch_id}:{job_id} is already present on this worker (attempt {attempt_id})")]
+    Duplicate {
+        /// The batch.
+        batch_id: i64,
+        /// The job.
+        job_id: i64,
+        /// The attempt already present.
+        attempt_id: String,
+    },
+    /// The worker is shutting down and takes no new jobs.
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+}
+
+/// No attempt of this `(batch_id, job_id)` is on the worker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job {batch_id}:{job_id} is not on this worker")]
+pub struct UnknownJob {
+    /// The batch.
+    pub batch_id: i64,
+    /// The job.
+    pub job_id: i64,
+}
+
+/// One recorded event of an attempt, as `GET .../events` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRecord {
+    /// Position in the attempt's history, from 0.
+    pub seq: u64,
+    /// When it was recorded, ms since the Unix epoch.
+    pub time_ms: i64,
+    /// The event.
+    pub event: Event,
+    /// The state after applying it (see [`JobState::name`]).
+    pub state_after: &'static str,
+}
+
+/// The status JSON of one attempt (`GET .../status`), a superset of Hail's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobStatus {
+    /// Always [`STATUS_VERSION`].
+    pub version: u32,
+    /// The worker's name.
+    pub worker: String,
+    /// The batch.
+    pub batch_id: i64,
+    /// The job.
+    pub job_id: i64,
+    /// The attempt.
+    pub attempt_id: String,
+    /// The job group.
+    pub job_group_id: i64,
+    /// The user.
+    pub user: String,
+    /// `pending`, `initializing`, `running`, `succeeded`, `failed`, `error`
+    /// or `cancelled`.
+    pub state: &'static str,
+    /// The create body's `format_version`.
+    pub format_version: u32,
+    /// The error message, when `state` is `error`.
+    pub error: Option<String>,
+    /// The error kind (`spec_missing`, ...), when `state` is `error`.
+    pub error_kind: Option<ErrorKind>,
+    /// When the process started (else when the attempt was accepted), ms
+    /// since the Unix epoch.
+    pub start_time: i64,
+    /// When the attempt ended, ms since the Unix epoch.
+    pub end_time: Option<i64>,
+    /// The spec's `resources`, once loaded.
+    pub resources: Value,
+    /// `{"main": {...}}` once a process was started, else `{}`.
+    pub container_statuses: Value,
+    /// The exact state-machine state.
+    pub worker_state: JobState,
+    /// The names (never values) of the secrets the attempt carries.
+    pub secrets: Vec<String>,
+}
+
+/// One attempt in the table.
+struct JobEntry {
+    key: JobKey,
+    attempt: JobAttempt,
+    request: Arc<CreateJob>,
+    spec: Option<Arc<JobSpec>>,
+    history: Vec<EventRecord>,
+    accepted_at_ms: i64,
+    started_at_ms: Option<i64>,
+    ended_at_ms: Option<i64>,
+    exit_duration_ms: Option<u64>,
+    spec_load: CancellationToken,
+    kill: CancellationToken,
+    started_report: Option<JoinHandle<()>>,
+    started_delivered: Arc<AtomicBool>,
+}
+
+/// An effect with the data needed to perform it, taken under the lock.
+enum Work {
+    LoadSpec(JobKey, Arc<CreateJob>, CancellationToken),
+    Spawn(JobKey, Arc<CreateJob>, Arc<JobSpec>, CancellationToken),
+    ReportStarted(JobKey, JobStartedBody, Arc<AtomicBool>),
+    ReportComplete(JobKey, JobCompleteStatus, Option<JoinHandle<()>>, Arc<AtomicBool>),
+}
+
+struct Inner {
+    config: WorkerConfig,
+    specs: SpecStore,
+    driver: Option<DriverClient>,
+    jobs: Mutex<HashMap<(i64, i64), JobEntry>>,
+    shutting_down: AtomicBool,
+    shutdown_requested: CancellationToken,
+    changes: watch::Sender<u64>,
+}
+
+/// The worker: cheap to clone, shared by the HTTP handlers and job tasks.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("name", &self.inner.config.name)
+            .finish()
+    }
+}
+
+/// Now, in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Worker {
+    /// A worker reading specs from `specs` and reporting to `driver` (none:
+    /// reports are skipped).
+    pub fn new(config: WorkerConfig, specs: SpecStore, driver: Option<DriverClient>) -> Worker {
+        Worker {
+            inner: Arc::new(Inner {
+                config,
+                specs,
+                driver,
+                jobs: Mutex::new(HashMap::new()),
+                shutting_down: AtomicBool::new(false),
+                shutdown_requested: CancellationToken::new(),
+                changes: watch::channel(0).0,
+            }),
+        }
+    }
+
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    fn jobs(&self) -> MutexGuard<'_, HashMap<(i64, i64), JobEntry>> {
+        // A panic while holding the lock cannot leave an entry half-updated
+        // (updates are single assignments after the pure apply), so a
+        // poisoned lock is still consistent.
+        self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Accepts a validated create request: records `Created` and starts the
+    /// attempt's own life. Does no blob-store IO and never waits on a job.
+    ///
+    /// # Errors
+    /// [`CreateError::Duplicate`] if the `(batch_id, job_id)` is present,
+    /// [`CreateError::ShuttingDown`] during shutdown.
+    pub fn create(&self, job: CreateJob) -> Result<JobKey, CreateError> {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(CreateError::ShuttingDown);
+        }
+        let key = JobKey {
+            batch_id: job.batch_id,
+            job_id: job.job_id,
+            attempt_id: job.attempt.attempt_id.clone(),
+        };
+        let format_version = job.format_version;
+        let work = {
+            let mut jobs = self.jobs();
+            if let Some(existing) = jobs.get(&(key.batch_id, key.job_id)) {
+                return Err(CreateError::Duplicate {
+                    batch_id: key.batch_id,
+                    job_id: key.job_id,
+                    attempt_id: existing.key.attempt_id.clone(),
+                });
+            }
+            let (attempt, applied) = JobAttempt::accept();
+            let now = now_ms();
+            let mut entry = JobEntry {
+                key: key.clone(),
+                history: vec![EventRecord {
+                    seq: 0,
+                    time_ms: now,
+                    event: Event::Created { format_version },
+                    state_after: attempt.state().name(),
+                }],
+                attempt,
+                request: Arc::new(job),
+                spec: None,
+                accepted_at_ms: now,
+                started_at_ms: None,
+                ended_at_ms: None,
+                exit_duration_ms: None,
+                spec_load: CancellationToken::new(),
+                kill: CancellationToken::new(),
+                started_report: None,
+                started_delivered: Arc::new(AtomicBool::new(false)),
+            };
+            let work = self.plan(&mut entry, &applied.effects);
+            jobs.insert((key.batch_id, key.job_id), entry);
+            work
+        };
+        tracing::info!(batch_id = key.batch_id, job_id = key.job_id, attempt_id = %key.attempt_id, format_version, "job accepted");
+        self.inner.changes.send_modify(|n| *n += 1);
+        self.perform(work);
+        Ok(key)
+    }
+
+    /// Records one event for attempt `key` and performs its effects.
+    /// Events for an attempt that is no longer in the table, or illegal in
+    /// its state, are logged and dropped; they never panic.
+    pub fn record(&self, key: &JobKey, event: Event) {
+        self.record_with(key, event, |_| {});
+    }
+
+    fn record_with(&self, key: &JobKey, event: Event, before: impl FnOnce(&mut JobEntry)) {
+        let work = {
+            let mut jobs = self.jobs();
+            let Some(entry) = jobs
+                .get_mut(&(key.batch_id, key.job_id))
+                .filter(|e| e.key.attempt_id == key.attempt_id)
+            else {
+                tracing::warn!(%key, event = event.name(), "event for an attempt not on this worker; dropped");
+                return;
+            };
+            before(entry);
+            let applied = match entry.attempt.apply(&event) {
+                Ok(applied) => applied,
+                Err(illegal) => {
+                    tracing::error!(%key, error = %illegal, "illegal transition; event dropped");
+                    return;
+                }
+            };
+            if applied.absorbed {
+                tracing::debug!(%key, event = event.name(), "event after a terminal state; absorbed");
+                return;
+            }
+            let now = now_ms();
+            let state = entry.attempt.state();
+            match (&event, &state) {
+                (Event::ProcessStarted { .. }, _) => entry.started_at_ms = Some(now),
+                (Event::ProcessExited { duration_ms, .. }, _) => {
+                    entry.exit_duration_ms = Some(*duration_ms)
+                }
+                _ => {}
+            }
+            if state.is_terminal() {
+                entry.ended_at_ms = Some(now);
+            }
+            entry.history.push(EventRecord {
+                seq: entry.history.len() as u64,
+                time_ms: now,
+                event: event.clone(),
+                state_after: state.name(),
+            });
+            log_transition(key, &event, &state);
+            self.plan(entry, &applied.effects)
+        };
+        self.inner.changes.send_modify(|n| *n += 1);
+        self.perform(work);
+    }
+
+    /// Turns effects into work, cancelling tokens right away (no IO).
+    fn plan(&self, entry: &mut JobEntry, effects: &[Effect]) -> Vec<Work> {
+        let mut work = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::StartSpecLoad => work.push(Work::LoadSpec(
+                    entry.key.clone(),
+                    entry.request.clone(),
+                    entry.spec_load.clone(),
+                )),
+                Effect::AbortSpecLoad => entry.spec_load.cancel(),
+                Effect::SpawnProcess => match &entry.spec {
+                    Some(spec) => work.push(Work::Spawn(
+                        entry.key.clone(),
+                        entry.request.clone(),
+                        spec.clone(),
+                        entry.kill.clone(),
+                    )),
+                    None => tracing::error!(key = %entry.key, "spawn asked for without a spec"),
+                },
+                Effect::KillProcess => entry.kill.cancel(),
+                Effect::ReportStarted => work.push(Work::ReportStarted(
+                    entry.key.clone(),
+                    JobStartedBody {
+                        status: JobStartedStatus {
+                            version: STATUS_VERSION,
+                            batch_id: entry.key.batch_id,
+                            job_id: entry.key.job_id,
+                            attempt_id: entry.key.attempt_id.clone(),
+                            start_time: entry.started_at_ms.unwrap_or(entry.accepted_at_ms),
+                            resources: Vec::new(),
+                        },
+                    },
+                    entry.started_delivered.clone(),
+                )),
+                Effect::ReportComplete => {
+                    work.push(Work::ReportComplete(
+                        entry.key.clone(),
+                        complete_status(entry),
+                        entry.started_report.take(),
+                        entry.started_delivered.clone(),
+                    ));
+                    // The spec is no longer needed; keep the table small.
+                    entry.spec = None;
+                }
+            }
+        }
+        work
+    }
+
+    fn perform(&self, work: Vec<Work>) {
+        for item in work {
+            match item {
+                Work::LoadSpec(key, request, cancel) => {
+                    tokio::spawn(self.clone().load_spec(key, request, cancel));
+                }
+                Work::Spawn(key, request, spec, kill) => {
+                    tokio::spawn(self.clone().run_process(key, request, spec, kill));
+                }
+                Work::ReportStarted(key, body, delivered) => {
+                    let Some(driver) = self.inner.driver.clone() else { continue };
+                    let slot = (key.batch_id, key.job_id);
+                    let attempt_id = key.attempt_id.clone();
+                    let handle = tokio::spawn(async move {
+                        match driver.job_started(&body).await {
+                            Ok(()) => delivered.store(true, Ordering::SeqCst),
+                            Err(e) => tracing::warn!(%key, error = %e, "job_started not delivered"),
+                        }
+                    });
+                    if let Some(entry) = self.jobs().get_mut(&slot) {
+                        if entry.key.attempt_id == attempt_id {
+                            entry.started_report = Some(handle);
+                        }
+                    }
+                }
+                Work::ReportComplete(key, status, started, delivered) => {
+                    let Some(driver) = self.inner.driver.clone() else { continue };
+                    tokio::spawn(async move {
+                        // Never wait for job_started: if it is still being
+                        // retried, drop it and say so in marked_job_started.
+                        if let Some(started) = started {
+                            if !started.is_finished() {
+                                started.abort();
+                            }
+                        }
+                        let body = JobCompleteBody {
+                            status,
+                            marked_job_started: delivered.load(Ordering::SeqCst),
+                        };
+                        match driver.job_complete(&body).await {
+                            Ok(()) => tracing::info!(%key, state = %body.status.state, "job_complete delivered"),
+                            Err(e) => tracing::warn!(%key, error = %e, "job_complete not delivered"),
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// The spec-load task: `SpecLoadStarted`, then the result.
+    async fn load_spec(self, key: JobKey, request: Arc<CreateJob>, cancel: CancellationToken) {
+        self.record(&key, Event::SpecLoadStarted);
+        let started = std::time::Instant::now();
+        let result = tokio::select! {
+            result = self.inner.specs.load(&request) => result,
+            () = cancel.cancelled() => return,
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(spec) => {
+                tracing::debug!(%key, duration_ms, size_bytes = spec.size_bytes, "spec loaded");
+                let event = Event::SpecLoaded {
+                    process: spec.process.clone(),
+                    size_bytes: spec.size_bytes,
+                    unsupported: spec.unsupported.clone(),
+                };
+                let spec = Arc::new(spec);
+                self.record_with(&key, event, move |entry| entry.spec = Some(spec));
+            }
+            Err(e) => {
+                tracing::debug!(%key, duration_ms, error = %e, "spec load failed");
+                self.record(
+                    &key,
+                    Event::SpecLoadFailed {
+                        kind: e.kind,
+                        message: e.message,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The process task: spawn, `ProcessStarted`, wait, `ProcessExited`.
+    async fn run_process(
+        self,
+        key: JobKey,
+        _request: Arc<CreateJob>,
+        spec: Arc<JobSpec>,
+        kill: CancellationToken,
+    ) {
+        let request = ProcessRequest {
+            key: key.clone(),
+            argv: spec.command.clone(),
+            env: spec.env.clone(),
+            dir: AttemptDir::new(&self.inner.config.data_dir, &key),
+        };
+        match self.inner.config.runner.spawn(&request).await {
+            Err(e) => self.record(&key, Event::LaunchFailed { message: e.0 }),
+            Ok(process) => {
+                self.record(&key, Event::ProcessStarted { pid: process.pid() });
+                let (exit, duration_ms) = process.wait(spec.timeout, kill).await;
+                self.record(&key, Event::ProcessExited { exit, duration_ms });
+            }
+        }
+    }
+
+    /// Asks for attempt `(batch_id, job_id)` to be cancelled; returns the
+    /// state after the request. Cancelling a terminal attempt changes nothing.
+    ///
+    /// # Errors
+    /// [`UnknownJob`] when no attempt of that job is on the worker.
+    pub fn cancel(&self, batch_id: i64, job_id: i64) -> Result<JobState, UnknownJob> {
+        let key = self.key_of(batch_id, job_id)?;
+        self.record(&key, Event::CancelRequested);
+        self.state_of(batch_id, job_id)
+    }
+
+    fn key_of(&self, batch_id: i64, job_id: i64) -> Result<JobKey, UnknownJob> {
+        self.jobs()
+            .get(&(batch_id, job_id))
+            .map(|e| e.key.clone())
+            .ok_or(UnknownJob { batch_id, job_id })
+    }
+
+    /// The current state of attempt `(batch_id, job_id)`.
+    ///
+    /// # Errors
+    /// [`UnknownJob`].
+    pub fn state_of(&self, batch_id: i64, job_id: i64) -> Result<JobState, UnknownJob> {
+        self.jobs()
+            .get(&(batch_id, job_id))
+            .map(|e| e.attempt.state())
+            .ok_or(UnknownJob { batch_id, job_id })
+    }
+
+    /// The status JSON of attempt `(batch_id, job_id)`.
+    ///
+    /// # Errors
+    /// [`UnknownJob`].
+    pub fn status(&self, batch_id: i64, job_id: i64) -> Result<JobStatus, UnknownJob> {
+        let jobs = self.jobs();
+        let entry = jobs
+            .get(&(batch_id, job_id))
+            .ok_or(UnknownJob { batch_id, job_id })?;
+        let state = entry.attempt.state();
+        let (error, error_kind) = match &state {
+            JobState::Errored { kind, message } => (Some(message.clone()), Some(*kind)),
+            _ => (None, None),
+        };
+        let container_statuses = match entry.started_at_ms {
+            None => json!({}),
+            Some(started) => {
+                let exit = match &state {
+                    JobState::Done {
+                        outcome: Outcome::Failed { exit },
+                    } => exit.exit_code(),
+                    JobState::Done {
+                        outcome: Outcome::Succeeded,
+                    } => Some(0),
+                    _ => None,
+                };
+                let running = matches!(
+                    state,
+                    JobState::Running {
+                        phase: RunPhase::Executing { .. } | RunPhase::Cancelling
+                    }
+                );
+                json!({"main": {
+                    "name": "main",
+                    "state": if running { "running" } else { "completed" },
+                    "start_time": started,
+                    "end_time": entry.ended_at_ms,
+                    "exit_code": exit,
+                    "duration_ms": entry.exit_duration_ms,
+                }})
+            }
+        };
+        Ok(JobStatus {
+            version: STATUS_VERSION,
+            worker: self.inner.config.name.clone(),
+            batch_id,
+            job_id,
+            attempt_id: entry.key.attempt_id.clone(),
+            job_group_id: entry.request.attempt.job_group_id,
+            user: entry.request.user.clone(),
+            state: state.wire_state().as_str(),
+            format_version: entry.request.format_version,
+            error,
+            error_kind,
+            start_time: entry.started_at_ms.unwrap_or(entry.accepted_at_ms),
+            end_time: entry.ended_at_ms,
+            resources: entry
+                .spec
+                .as_ref()
+                .map_or(Value::Null, |s| s.resources.clone()),
+            container_statuses,
+            worker_state: state,
+            secrets: entry.request.redacted_secrets(),
+        })
+    }
+
+    /// The recorded events of attempt `(batch_id, job_id)`, oldest first.
+    ///
+    /// # Errors
+    /// [`UnknownJob`].
+    pub fn events(&self, batch_id: i64, job_id: i64) -> Result<Vec<EventRecord>, UnknownJob> {
+        self.jobs()
+            .get(&(batch_id, job_id))
+            .map(|e| e.history.clone())
+            .ok_or(UnknownJob { batch_id, job_id })
+    }
+
+    /// The `main` log file of attempt `(batch_id, job_id)` (it may not
+    /// exist yet).
+    ///
+    /// # Errors
+    /// [`UnknownJob`].
+    pub fn main_log(&self, batch_id: i64, job_id: i64) -> Result<PathBuf, UnknownJob> {
+        let key = self.key_of(batch_id, job_id)?;
+        Ok(AttemptDir::new(&self.inner.config.data_dir, &key).main_log())
+    }
+
+    /// States of every attempt on the worker, keyed by attempt.
+    pub fn snapshot(&self) -> Vec<(JobKey, JobState)> {
+        let mut all: Vec<_> = self
+            .jobs()
+            .values()
+            .map(|e| (e.key.clone(), e.attempt.state()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// A receiver that changes whenever any attempt records an event.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Waits until `done` holds for the worker (checked after every event).
+    pub async fn wait_until(&self, mut done: impl FnMut(&Worker) -> bool) {
+        let mut changes = self.changes();
+        while !done(self) {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Stops taking jobs (creates get [`CreateError::ShuttingDown`]) and
+    /// wakes [`Worker::shutdown_requested`].
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.shutdown_requested.cancel();
+    }
+
+    /// Whether [`Worker::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Completes when shutdown was requested (e.g. by `POST /api/v1alpha/kill`).
+    pub async fn shutdown_requested(&self) {
+        self.inner.shutdown_requested.cancelled().await
+    }
+
+    /// Ends every live attempt's process group and spec load, for exit.
+    pub fn end_all(&self) {
+        for entry in self.jobs().values() {
+            if !entry.attempt.is_terminal() {
+                entry.spec_load.cancel();
+                entry.kill.cancel();
+            }
+        }
+    }
+}
+
+fn complete_status(entry: &JobEntry) -> JobCompleteStatus {
+    let state = entry.attempt.state();
+    let exit_code = match &state {
+        JobState::Done {
+            outcome: Outcome::Succeeded,
+        } => Some(0),
+        JobState::Done {
+            outcome: Outcome::Failed { exit },
+        } => exit.exit_code(),
+        _ => None,
+    };
+    let start = entry.started_at_ms.unwrap_or(entry.accepted_at_ms);
+    let end = entry.ended_at_ms.unwrap_or_else(now_ms);
+    JobCompleteStatus {
+        version: STATUS_VERSION,
+        batch_id: entry.key.batch_id,
+        job_id: entry.key.job_id,
+        attempt_id: entry.key.attempt_id.clone(),
+        job_group_id: entry.request.attempt.job_group_id,
+        state: state.wire_state().as_str().to_owned(),
+        start_time: start,
+        end_time: end,
+        resources: Vec::new(),
+        status: (
+            exit_code,
+            Some(entry.exit_duration_ms.unwrap_or((end - start).max(0) as u64)),
+        ),
+    }
+}
+
+fn log_transition(key: &JobKey, event: &Event, state: &JobState) {
+    match state {
+        JobState::Errored { kind, message } => tracing::info!(
+            batch_id = key.batch_id, job_id = key.job_id, attempt_id = %key.attempt_id,
+            event = event.name(), error_kind = %kind, error = %message, "job errored"
+        ),
+        JobState::Done { outcome } => tracing::info!(
+            batch_id = key.batch_id, job_id = key.job_id, attempt_id = %key.attempt_id,
+            event = event.name(), outcome = ?outcome, "job done"
+        ),
+        _ => tracing::debug!(
+            batch_id = key.batch_id, job_id = key.job_id, attempt_id = %key.attempt_id,
+            event = event.name(), state = state.name(), "job event"
+        ),
+    }
+}

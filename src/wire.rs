@@ -1,0 +1,423 @@
+//! The wire contract with Hail Batch's driver: the create body, the status
+//! JSON and the `job_started` / `job_complete` bodies.
+//!
+//! Source: `DESIGN.md` ("Wire contract"), checked against the byte-exact
+//! samples in `shared/samples/` by the integration tests.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The `format_version`s this worker understands: 1 (spec inline in the
+/// create body) and 2 through 7 (spec in a bunch in the spec store).
+pub const SUPPORTED_FORMAT_VERSIONS: std::ops::RangeInclusive<u32> = 1..=7;
+
+/// Longest accepted `token` and `attempt_id`, in characters.
+pub const MAX_ID_CHARS: usize = 64;
+
+/// The version number of the status bodies the worker sends (`status.version`).
+pub const STATUS_VERSION: u32 = 5;
+
+/// The body of `POST /api/v1alpha/batches/jobs/create`, as sent.
+///
+/// Unknown fields are ignored. Secrets (`gsa_key`, `job_spec.secrets[].data`)
+/// are kept in memory only; see [`CreateJob::redacted_secrets`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateJobBody {
+    /// The batch's id (≥ 0).
+    pub batch_id: i64,
+    /// The job's id (≥ 0).
+    pub job_id: i64,
+    /// 1: the whole spec is in `job_spec`; 2..=7: the spec is in a bunch.
+    pub format_version: i64,
+    /// The bunch's random alphanumeric token (required for format > 1).
+    pub token: Option<String>,
+    /// The first job id of the bunch (required for format > 1, ≤ `job_id`).
+    pub start_job_id: Option<i64>,
+    /// The user the job runs for.
+    pub user: String,
+    /// Credential files, `{file name: base64 content}`. Secret.
+    #[serde(default)]
+    pub gsa_key: Option<BTreeMap<String, String>>,
+    /// When the driver queued the job, ms since the Unix epoch.
+    #[serde(default)]
+    pub queue_time: Option<i64>,
+    /// Per-attempt fields (and, for format 1, the whole spec).
+    pub job_spec: Map<String, Value>,
+}
+
+/// The per-attempt fields the driver sends in `job_spec`, which override the
+/// stored spec's.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AttemptFields {
+    /// The attempt's id: non-empty, alphanumeric, at most [`MAX_ID_CHARS`].
+    pub attempt_id: String,
+    /// The job group (≥ 0).
+    pub job_group_id: i64,
+    /// Secrets to mount. `data` is secret.
+    #[serde(default)]
+    pub secrets: Vec<SecretMount>,
+    /// Environment variables appended after the spec's own.
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+}
+
+/// One `job_spec.secrets[]` entry.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct SecretMount {
+    /// The secret's name.
+    pub name: String,
+    /// Its Kubernetes-style namespace.
+    pub namespace: String,
+    /// Where the job expects the files.
+    pub mount_path: String,
+    /// `{file name: base64 content}`. Secret: never serialised.
+    #[serde(default, skip_serializing)]
+    pub data: Option<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for SecretMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretMount")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("mount_path", &self.mount_path)
+            .field("data", &self.data.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// One environment variable, `{name, value}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct EnvVar {
+    /// Non-empty, without `=` or NUL.
+    pub name: String,
+    /// Without NUL.
+    pub value: String,
+}
+
+/// A create body that failed validation: which field, what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// The field's path, e.g. `job_spec.attempt_id`, or `body` for the
+    /// whole body.
+    pub field: String,
+    /// What was expected and what came.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a job's spec comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecSource {
+    /// Format 1: the create body's `job_spec` is the spec.
+    Inline(Map<String, Value>),
+    /// Format > 1: a bunch in the spec store.
+    Bunch {
+        /// The bunch's token (validated alphanumeric).
+        token: String,
+        /// The bunch's first job id (≤ the job's id).
+        start_job_id: i64,
+    },
+}
+
+/// A validated create request.
+#[derive(Debug, Clone)]
+pub struct CreateJob {
+    /// The batch's id.
+    pub batch_id: i64,
+    /// The job's id.
+    pub job_id: i64,
+    /// The body's `format_version` (in [`SUPPORTED_FORMAT_VERSIONS`]).
+    pub format_version: u32,
+    /// The user.
+    pub user: String,
+    /// Where the spec is.
+    pub spec_source: SpecSource,
+    /// The per-attempt overrides.
+    pub attempt: AttemptFields,
+    /// Queue time, ms since the Unix epoch.
+    pub queue_time: Option<i64>,
+    /// Credential files. Secret: kept in memory only.
+    pub gsa_key: Option<BTreeMap<String, String>>,
+}
+
+impl CreateJob {
+    /// Parses and validates a create body.
+    ///
+    /// # Errors
+    /// A [`FieldError`] naming the first offending field: `body` for bytes
+    /// that are not a JSON object, otherwise the field's path.
+    pub fn parse(bytes: &[u8]) -> Result<CreateJob, FieldError> {
+        let body: CreateJobBody = from_json(bytes, "")?;
+        CreateJob::validate(body)
+    }
+
+    fn validate(body: CreateJobBody) -> Result<CreateJob, FieldError> {
+        non_negative("batch_id", body.batch_id)?;
+        non_negative("job_id", body.job_id)?;
+        let format_version = u32::try_from(body.format_version)
+            .ok()
+            .filter(|v| SUPPORTED_FORMAT_VERSIONS.contains(v))
+            .ok_or_else(|| {
+                FieldError::new(
+                    "format_version",
+                    format!(
+                        "expected an integer in {}..={}, got {}",
+                        SUPPORTED_FORMAT_VERSIONS.start(),
+                        SUPPORTED_FORMAT_VERSIONS.end(),
+                        body.format_version
+                    ),
+                )
+            })?;
+        if body.user.is_empty() {
+            return Err(FieldError::new("user", "expected a non-empty string"));
+        }
+        let attempt: AttemptFields =
+            serde_json::from_value(Value::Object(body.job_spec.clone()))
+                .map_err(|e| value_error("job_spec", e))?;
+        safe_id("job_spec.attempt_id", &attempt.attempt_id)?;
+        non_negative("job_spec.job_group_id", attempt.job_group_id)?;
+        validate_env("job_spec.env", &attempt.env)?;
+        let spec_source = if format_version == 1 {
+            SpecSource::Inline(body.job_spec)
+        } else {
+            let token = body.token.ok_or_else(|| {
+                FieldError::new(
+                    "token",
+                    format!("expected the bunch's token (format_version {format_version}), got null"),
+                )
+            })?;
+            safe_id("token", &token)?;
+            let start_job_id = body.start_job_id.ok_or_else(|| {
+                FieldError::new(
+                    "start_job_id",
+                    format!("expected the bunch's first job id (format_version {format_version}), got null"),
+                )
+            })?;
+            non_negative("start_job_id", start_job_id)?;
+            if start_job_id > body.job_id {
+                return Err(FieldError::new(
+                    "start_job_id",
+                    format!(
+                        "expected at most job_id ({}), got {start_job_id}",
+                        body.job_id
+                    ),
+                ));
+            }
+            SpecSource::Bunch {
+                token,
+                start_job_id,
+            }
+        };
+        Ok(CreateJob {
+            batch_id: body.batch_id,
+            job_id: body.job_id,
+            format_version,
+            user: body.user,
+            spec_source,
+            attempt,
+            queue_time: body.queue_time,
+            gsa_key: body.gsa_key,
+        })
+    }
+
+    /// The names of the secrets this request carries (`gsa_key` files and
+    /// `secrets[].name`), never their values: what logs and status may show.
+    pub fn redacted_secrets(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .gsa_key
+            .iter()
+            .flat_map(|files| files.keys().map(|f| format!("gsa_key/{f}")))
+            .collect();
+        names.extend(self.attempt.secrets.iter().map(|s| s.name.clone()));
+        names
+    }
+}
+
+/// Deserialises JSON, naming the failing field (`prefix` + serde's path).
+///
+/// # Errors
+/// `body` (or `prefix`) when the bytes are empty or not JSON; the field's
+/// path when a value has the wrong type or a required field is missing.
+pub fn from_json<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> Result<T, FieldError> {
+    let whole = if prefix.is_empty() { "body" } else { prefix };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(FieldError::new(whole, "expected a JSON object, got an empty body"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+            return FieldError::new(whole, format!("expected a JSON object: {inner}"));
+        }
+        field_from_serde(prefix, &path, &inner)
+    })?;
+    de.end()
+        .map_err(|e| FieldError::new(whole, format!("unexpected data after the JSON value: {e}")))?;
+    Ok(value)
+}
+
+fn value_error(prefix: &str, err: serde_json::Error) -> FieldError {
+    field_from_serde(prefix, ".", &err)
+}
+
+/// Turns serde's message into a field error; "missing field `x`" names `x`.
+fn field_from_serde(prefix: &str, path: &str, err: &serde_json::Error) -> FieldError {
+    let text = err.to_string();
+    let text = text.split(" at line ").next().unwrap_or(&text).to_owned();
+    let mut field = join_path(prefix, if path == "." { "" } else { path });
+    if let Some(name) = text
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        field = join_path(&field, name);
+        return FieldError::new(field, "required field is missing");
+    }
+    if field.is_empty() {
+        field = "body".into();
+    }
+    FieldError::new(field, text)
+}
+
+fn join_path(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_owned(),
+        (false, true) => a.to_owned(),
+        (false, false) => format!("{a}.{b}"),
+    }
+}
+
+fn non_negative(field: &str, value: i64) -> Result<(), FieldError> {
+    if value < 0 {
+        return Err(FieldError::new(
+            field,
+            format!("expected a non-negative integer, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Ids that become parts of object keys and directory names: non-empty,
+/// ASCII alphanumeric, at most [`MAX_ID_CHARS`] characters.
+fn safe_id(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.is_empty()
+        || value.chars().count() > MAX_ID_CHARS
+        || !value.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "expected 1 to {MAX_ID_CHARS} ASCII letters and digits, got {:?}",
+                truncate(value, 80)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks environment variables: names non-empty without `=` or NUL,
+/// values without NUL.
+///
+/// # Errors
+/// The first bad entry, e.g. `job_spec.env[2].name`.
+pub fn validate_env(field: &str, env: &[EnvVar]) -> Result<(), FieldError> {
+    for (i, var) in env.iter().enumerate() {
+        if var.name.is_empty() || var.name.contains(['=', '\0']) {
+            return Err(FieldError::new(
+                format!("{field}[{i}].name"),
+                format!(
+                    "expected a non-empty name without '=' or NUL, got {:?}",
+                    truncate(&var.name, 80)
+                ),
+            ));
+        }
+        if var.value.contains('\0') {
+            return Err(FieldError::new(
+                format!("{field}[{i}].value"),
+                "expected a value without NUL",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// At most `max` characters of `s`, for error messages.
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
+
+/// `POST {driver}/api/v1alpha/instances/job_started` body.
+/// Sample: `shared/samples/job_started.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStartedBody {
+    /// The attempt's status.
+    pub status: JobStartedStatus,
+}
+
+/// The `status` object of [`JobStartedBody`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStartedStatus {
+    /// Always [`STATUS_VERSION`].
+    pub version: u32,
+    /// The batch's id.
+    pub batch_id: i64,
+    /// The job's id.
+    pub job_id: i64,
+    /// The attempt's id.
+    pub attempt_id: String,
+    /// When the process started, ms since the Unix epoch.
+    pub start_time: i64,
+    /// Resource usage records (`[]`: this worker does not meter yet).
+    pub resources: Vec<Value>,
+}
+
+/// `POST {driver}/api/v1alpha/instances/job_complete` body.
+/// Samples: `shared/samples/job_complete-failed.json`, `-error.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobCompleteBody {
+    /// The attempt's final status.
+    pub status: JobCompleteStatus,
+    /// Whether a `job_started` for this attempt reached the driver.
+    pub marked_job_started: bool,
+}
+
+/// The `status` object of [`JobCompleteBody`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobCompleteStatus {
+    /// Always [`STATUS_VERSION`].
+    pub version: u32,
+    /// The batch's id.
+    pub batch_id: i64,
+    /// The job's id.
+    pub job_id: i64,
+    /// The attempt's id.
+    pub attempt_id: String,
+    /// The job group.
+    pub job_group_id: i64,
+    /// `succeeded`, `failed` or `error`.
+    pub state: String,
+    /// When the process started (or, if it never did, when the attempt was
+    /// accepted), ms since the Unix epoch.
+    pub start_time: i64,
+    /// When the attempt ended, ms since the Unix epoch.
+    pub end_time: i64,
+    /// Resource usage records (`[]`).
+    pub resources: Vec<Value>,
+    /// `[exit_code or null, duration_ms or null]`.
+    pub status: (Option<i32>, Option<u64>),
+}
