@@ -78,7 +78,9 @@ async fn cancel(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (batch_id, job_id) = ids(&batch_id, &job_id)?;
     let state = worker.cancel(batch_id, job_id)?;
-    Ok(Json(json!({ "state": state.wire_state(), "worker_state": state })))
+    Ok(Json(
+        json!({ "state": state.wire_state(), "worker_state": state }),
+    ))
 }
 
 async fn status(
@@ -137,18 +139,15 @@ async fn not_found() -> ApiError {
 /// Parses the path's ids, naming the bad one.
 fn ids(batch_id: &str, job_id: &str) -> Result<(i64, i64), ApiError> {
     let parse = |field: &str, text: &str| {
-        text.parse::<i64>()
-            .ok()
-            .filter(|v| *v >= 0)
-            .ok_or_else(|| {
-                ApiError::BadRequest(FieldError {
-                    field: field.to_owned(),
-                    message: format!(
-                        "expected a non-negative integer in the path, got {:?}",
-                        crate::wire::truncate(text, 40)
-                    ),
-                })
+        text.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+            ApiError::BadRequest(FieldError {
+                field: field.to_owned(),
+                message: format!(
+                    "expected a non-negative integer in the path, got {:?}",
+                    crate::wire::truncate(text, 40)
+                ),
             })
+        })
     };
     Ok((parse("batch_id", batch_id)?, parse("job_id", job_id)?))
 }

@@ -96,7 +96,8 @@ mod tests {
         assert_eq!(index.len(), 32);
         for (i, spec) in specs.iter().enumerate() {
             let range = index_range(10 + i as i64, 10).unwrap();
-            let (start, end) = decode_entry(&index[range.start as usize..range.end as usize]).unwrap();
+            let (start, end) =
+                decode_entry(&index[range.start as usize..range.end as usize]).unwrap();
             assert_eq!(&data[start as usize..end as usize], spec.as_bytes());
         }
     }

@@ -59,7 +59,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// The token sent as X-Hail-Instance-Token.
-    #[arg(long, env = "BATCH_WORKER_INSTANCE_TOKEN", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "BATCH_WORKER_INSTANCE_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub instance_token: String,
     /// Largest accepted create body, in bytes (larger: 413).
     #[arg(long, default_value_t = 17 * 1024 * 1024)]
@@ -164,19 +169,31 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
         Some(url) => open_store(url)?,
         None => {
             let dir = prepare_dir(&data_dir.join("specs"))?;
-            let store = LocalFileSystem::new_with_prefix(&dir).map_err(|source| StoreOpenError {
-                url: format!("file://{}", dir.display()),
-                source,
-            })?;
+            let store =
+                LocalFileSystem::new_with_prefix(&dir).map_err(|source| StoreOpenError {
+                    url: format!("file://{}", dir.display()),
+                    source,
+                })?;
             (Arc::new(store) as Arc<dyn ObjectStore>, Default::default())
         }
     };
-    let specs = SpecStore::new(throttled(store, args.spec.blob_latency_ms), root, args.spec.load_config());
+    let specs = SpecStore::new(
+        throttled(store, args.spec.blob_latency_ms),
+        root,
+        args.spec.load_config(),
+    );
     let name = args.name.clone().unwrap_or_else(default_name);
     let driver = args
         .driver_url
         .clone()
-        .map(|url| DriverClient::new(url, name.clone(), args.instance_token.clone(), ReportRetry::default()))
+        .map(|url| {
+            DriverClient::new(
+                url,
+                name.clone(),
+                args.instance_token.clone(),
+                ReportRetry::default(),
+            )
+        })
         .transpose()?;
     let config = WorkerConfig {
         name,

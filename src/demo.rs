@@ -136,7 +136,11 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let began = Instant::now();
     let temp = match &args.data_dir {
         Some(_) => None,
-        None => Some(tempfile::Builder::new().prefix("batch-worker-demo-").tempdir()?),
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("batch-worker-demo-")
+                .tempdir()?,
+        ),
     };
     let data_dir = match (&args.data_dir, &temp) {
         (Some(dir), _) => prepare_dir(dir)?,
@@ -172,9 +176,15 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     )?;
     let worker = Worker::new(config, specs, Some(client));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base = Url::parse(&format!("http://{}/", listener.local_addr()?)).expect("socket address URL");
+    let base =
+        Url::parse(&format!("http://{}/", listener.local_addr()?)).expect("socket address URL");
     let stop = CancellationToken::new();
-    let server = tokio::spawn(serve(listener, worker.clone(), 17 << 20, stop.clone().cancelled_owned()));
+    let server = tokio::spawn(serve(
+        listener,
+        worker.clone(),
+        17 << 20,
+        stop.clone().cancelled_owned(),
+    ));
 
     let http = reqwest::Client::builder().timeout(CREATE_TIMEOUT).build()?;
     let creates = create_all(&http, &base, &planned).await;
@@ -188,11 +198,18 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let finished = tokio::time::timeout(deadline, async {
         cancel_when_running(&http, &base, &worker, &planned).await;
         let mut changes = driver.changes();
-        let reported = planned.iter().filter(|j| j.kind.expected() != Expected::Cancelled).count();
+        let reported = planned
+            .iter()
+            .filter(|j| j.kind.expected() != Expected::Cancelled)
+            .count();
         loop {
             let terminal = planned
                 .iter()
-                .filter(|j| worker.state_of(DEMO_BATCH_ID, j.job_id).is_ok_and(|s| s.is_terminal()))
+                .filter(|j| {
+                    worker
+                        .state_of(DEMO_BATCH_ID, j.job_id)
+                        .is_ok_and(|s| s.is_terminal())
+                })
                 .count();
             progress.set_position(terminal as u64);
             if terminal == planned.len() && driver.received().complete.len() >= reported {
@@ -208,7 +225,10 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     .await;
     progress.finish_and_clear();
     if finished.is_err() {
-        tracing::warn!(deadline_ms = deadline.as_millis() as u64, "not every job finished before the deadline");
+        tracing::warn!(
+            deadline_ms = deadline.as_millis() as u64,
+            "not every job finished before the deadline"
+        );
     }
 
     let received = driver.received();
@@ -220,7 +240,13 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let complete_duplicates = received
         .complete
         .iter()
-        .filter(|c| !seen.insert((c.status.batch_id, c.status.job_id, c.status.attempt_id.clone())))
+        .filter(|c| {
+            !seen.insert((
+                c.status.batch_id,
+                c.status.job_id,
+                c.status.attempt_id.clone(),
+            ))
+        })
         .count();
     Ok(DemoReport {
         jobs,
@@ -247,7 +273,9 @@ async fn write_specs(
     let mut bunches = 0;
     let mut run: Vec<(i64, Kind)> = Vec::new();
     let ids: Vec<i64> = (1..=jobs as i64).collect();
-    let flush = |run: &mut Vec<(i64, Kind)>, planned: &mut Vec<PlannedJob>| -> Option<(String, Vec<(i64, Kind)>)> {
+    let flush = |run: &mut Vec<(i64, Kind)>,
+                 planned: &mut Vec<PlannedJob>|
+     -> Option<(String, Vec<(i64, Kind)>)> {
         if run.is_empty() {
             return None;
         }
@@ -267,8 +295,13 @@ async fn write_specs(
         let kind = plan::kind_of(job_id);
         if job_id == 1 {
             // One format-1 job: the whole spec inline in the create body.
-            let spec: Value = serde_json::from_slice(&plan::spec_json(job_id, kind)).expect("a demo spec is JSON");
-            planned.push(PlannedJob { job_id, kind, body: create_body(job_id, None, Some(spec)) });
+            let spec: Value = serde_json::from_slice(&plan::spec_json(job_id, kind))
+                .expect("a demo spec is JSON");
+            planned.push(PlannedJob {
+                job_id,
+                kind,
+                body: create_body(job_id, None, Some(spec)),
+            });
             continue;
         }
         if kind.well_formed() {
@@ -284,7 +317,10 @@ async fn write_specs(
     }
     pending.extend(flush(&mut run, &mut planned));
     for (token, members) in pending {
-        let specs: Vec<Vec<u8>> = members.iter().map(|(id, kind)| plan::spec_json(*id, *kind)).collect();
+        let specs: Vec<Vec<u8>> = members
+            .iter()
+            .map(|(id, kind)| plan::spec_json(*id, *kind))
+            .collect();
         let keys = writer.write_bunch(DEMO_BATCH_ID, &token, &specs).await?;
         bunches += 1;
         if let [(_, kind)] = members[..] {
@@ -329,7 +365,9 @@ fn create_body(job_id: i64, bunch: Option<(&str, i64)>, inline: Option<Value>) -
 }
 
 async fn create_all(http: &reqwest::Client, base: &Url, planned: &[PlannedJob]) -> CreateStats {
-    let url = base.join(CREATE_PATH.trim_start_matches('/')).expect("a valid path");
+    let url = base
+        .join(CREATE_PATH.trim_start_matches('/'))
+        .expect("a valid path");
     let outcomes: Vec<(Duration, Result<reqwest::StatusCode, reqwest::Error>)> =
         futures::stream::iter(planned)
             .map(|job| {
@@ -367,7 +405,12 @@ async fn create_all(http: &reqwest::Client, base: &Url, planned: &[PlannedJob]) 
 }
 
 /// Cancels the `Cancelled` jobs once their process runs, over HTTP.
-async fn cancel_when_running(http: &reqwest::Client, base: &Url, worker: &Worker, planned: &[PlannedJob]) {
+async fn cancel_when_running(
+    http: &reqwest::Client,
+    base: &Url,
+    worker: &Worker,
+    planned: &[PlannedJob],
+) {
     for job in planned.iter().filter(|j| j.kind == Kind::Cancelled) {
         worker
             .wait_until(|w| {
@@ -376,7 +419,10 @@ async fn cancel_when_running(http: &reqwest::Client, base: &Url, worker: &Worker
             })
             .await;
         let url = base
-            .join(&format!("api/v1alpha/batches/{DEMO_BATCH_ID}/jobs/{}/delete", job.job_id))
+            .join(&format!(
+                "api/v1alpha/batches/{DEMO_BATCH_ID}/jobs/{}/delete",
+                job.job_id
+            ))
             .expect("a valid path");
         if let Err(e) = http.delete(url).send().await {
             tracing::warn!(job_id = job.job_id, error = %e, "cancel call failed");
@@ -398,7 +444,10 @@ async fn collect_results(
     let mut results = Vec::with_capacity(planned.len());
     for job in planned {
         let url = base
-            .join(&format!("api/v1alpha/batches/{DEMO_BATCH_ID}/jobs/{}/status", job.job_id))
+            .join(&format!(
+                "api/v1alpha/batches/{DEMO_BATCH_ID}/jobs/{}/status",
+                job.job_id
+            ))
             .expect("a valid path");
         let status: Option<Value> = match http.get(url).send().await {
             Ok(r) if r.status().is_success() => r.json().await.ok(),
@@ -410,7 +459,9 @@ async fn collect_results(
             kind: job.kind,
             expected: job.kind.expected(),
             actual,
-            error: status.as_ref().and_then(|s| s["error"].as_str().map(str::to_owned)),
+            error: status
+                .as_ref()
+                .and_then(|s| s["error"].as_str().map(str::to_owned)),
             reported_state: reported.get(&job.job_id).cloned(),
         });
     }
@@ -422,7 +473,9 @@ fn actual_state(status: &Value) -> Option<Expected> {
     match status["state"].as_str()? {
         "succeeded" => Some(Expected::Succeeded),
         "failed" => Some(Expected::Failed(
-            status["container_statuses"]["main"]["exit_code"].as_i64().map(|c| c as i32),
+            status["container_statuses"]["main"]["exit_code"]
+                .as_i64()
+                .map(|c| c as i32),
         )),
         "cancelled" => Some(Expected::Cancelled),
         "error" => serde_json::from_value::<ErrorKind>(status["error_kind"].clone())
@@ -478,7 +531,11 @@ impl DemoReport {
             row.0 += 1;
             row.1 += usize::from(job.as_planned());
         }
-        let _ = writeln!(out, "{:<28} {:>6} {:>11}", "final state (planned)", "jobs", "as planned");
+        let _ = writeln!(
+            out,
+            "{:<28} {:>6} {:>11}",
+            "final state (planned)", "jobs", "as planned"
+        );
         for (expected, (jobs, ok)) in &by_expected {
             let _ = writeln!(out, "{:<28} {:>6} {:>11}", expected.to_string(), jobs, ok);
         }

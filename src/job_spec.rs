@@ -132,12 +132,15 @@ impl JobSpec {
         let timeout = match spec.get("timeout") {
             None | Some(Value::Null) => None,
             Some(v) => {
-                let secs = v.as_f64().filter(|s| s.is_finite() && *s >= 0.0).ok_or_else(|| {
-                    SpecCorrupt(format!(
-                        "timeout: expected a non-negative number of seconds, got {}",
-                        describe(Some(v))
-                    ))
-                })?;
+                let secs = v
+                    .as_f64()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| {
+                        SpecCorrupt(format!(
+                            "timeout: expected a non-negative number of seconds, got {}",
+                            describe(Some(v))
+                        ))
+                    })?;
                 (secs > 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
             }
         };
@@ -154,7 +157,10 @@ impl JobSpec {
             job_id,
             process: process_kind,
             command,
-            image: process.get("image").and_then(Value::as_str).map(str::to_owned),
+            image: process
+                .get("image")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             env,
             timeout,
             resources: spec.get("resources").cloned().unwrap_or(Value::Null),
@@ -258,13 +264,17 @@ mod tests {
             assert!(err.0.contains(needle), "{text:?}: {err} lacks {needle:?}");
         }
         let err = JobSpec::parse(b"{\"job_id\":\xff}", 12).unwrap_err();
-        assert!(err.0.contains("not UTF-8: invalid byte at offset 10"), "{err}");
+        assert!(
+            err.0.contains("not UTF-8: invalid byte at offset 10"),
+            "{err}"
+        );
     }
 
     #[test]
     fn other_process_types_and_files_are_flagged_not_rejected() {
-        let s = spec(r#"{"job_id":12,"process":{"type":"jvm"},"input_files":[{"from":"a","to":"b"}]}"#)
-            .unwrap();
+        let s =
+            spec(r#"{"job_id":12,"process":{"type":"jvm"},"input_files":[{"from":"a","to":"b"}]}"#)
+                .unwrap();
         assert_eq!(s.process, ProcessKind::Other { name: "jvm".into() });
         assert_eq!(s.unsupported, ["input_files"]);
     }

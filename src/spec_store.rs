@@ -195,19 +195,22 @@ impl SpecStore {
         start_job_id: i64,
     ) -> Result<Bytes, SpecLoadError> {
         let deadline = self.config.deadline;
-        tokio::time::timeout(deadline, self.read_spec_unbounded(batch_id, job_id, token, start_job_id))
-            .await
-            .unwrap_or_else(|_| {
-                Err(SpecLoadError {
-                    kind: ErrorKind::SpecTimeout,
-                    message: format!(
-                        "reading the spec of job {job_id} from bunch {token} took longer than \
+        tokio::time::timeout(
+            deadline,
+            self.read_spec_unbounded(batch_id, job_id, token, start_job_id),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(SpecLoadError {
+                kind: ErrorKind::SpecTimeout,
+                message: format!(
+                    "reading the spec of job {job_id} from bunch {token} took longer than \
                          the {} ms deadline (store: {})",
-                        deadline.as_millis(),
-                        self.store
-                    ),
-                })
+                    deadline.as_millis(),
+                    self.store
+                ),
             })
+        })
     }
 
     async fn read_spec_unbounded(
@@ -257,12 +260,18 @@ impl SpecStore {
         let attempt = || async {
             let failure = match self.store.get_range(key, range.clone()).await {
                 Ok(bytes) if bytes.len() as u64 == range.end - range.start => return Ok(bytes),
-                Ok(bytes) => format!("short read: {} of {} bytes", bytes.len(), range.end - range.start),
+                Ok(bytes) => format!(
+                    "short read: {} of {} bytes",
+                    bytes.len(),
+                    range.end - range.start
+                ),
                 Err(object_store::Error::NotFound { .. }) => {
                     return Err(ReadFailure::Permanent(missing(key)))
                 }
-                Err(e @ (object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. })) => {
+                Err(
+                    e @ (object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }),
+                ) => {
                     return Err(ReadFailure::Permanent(SpecLoadError {
                         kind: ErrorKind::SpecUnavailable,
                         message: format!("{key}: the store refused the credentials: {e}"),

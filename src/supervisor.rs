@@ -27,8 +27,7 @@ use crate::job_spec::JobSpec;
 use crate::runner::{AttemptDir, HostRunner, ProcessRequest};
 use crate::spec_store::SpecStore;
 use crate::wire::{
-    CreateJob, JobCompleteBody, JobCompleteStatus, JobStartedBody, JobStartedStatus,
-    STATUS_VERSION,
+    CreateJob, JobCompleteBody, JobCompleteStatus, JobStartedBody, JobStartedStatus, STATUS_VERSION,
 };
 
 /// Settings of one worker.
@@ -130,6 +129,8 @@ struct JobEntry {
     attempt: JobAttempt,
     request: Arc<CreateJob>,
     spec: Option<Arc<JobSpec>>,
+    /// The spec's `resources`, kept after the spec is dropped.
+    resources: Value,
     history: Vec<EventRecord>,
     accepted_at_ms: i64,
     started_at_ms: Option<i64>,
@@ -146,7 +147,12 @@ enum Work {
     LoadSpec(JobKey, Arc<CreateJob>, CancellationToken),
     Spawn(JobKey, Arc<CreateJob>, Arc<JobSpec>, CancellationToken),
     ReportStarted(JobKey, JobStartedBody, Arc<AtomicBool>),
-    ReportComplete(JobKey, JobCompleteStatus, Option<JoinHandle<()>>, Arc<AtomicBool>),
+    ReportComplete(
+        JobKey,
+        JobCompleteStatus,
+        Option<JoinHandle<()>>,
+        Arc<AtomicBool>,
+    ),
 }
 
 struct Inner {
@@ -247,6 +253,7 @@ impl Worker {
                 attempt,
                 request: Arc::new(job),
                 spec: None,
+                resources: Value::Null,
                 accepted_at_ms: now,
                 started_at_ms: None,
                 ended_at_ms: None,
@@ -380,7 +387,9 @@ impl Worker {
                     tokio::spawn(self.clone().run_process(key, request, spec, kill));
                 }
                 Work::ReportStarted(key, body, delivered) => {
-                    let Some(driver) = self.inner.driver.clone() else { continue };
+                    let Some(driver) = self.inner.driver.clone() else {
+                        continue;
+                    };
                     let slot = (key.batch_id, key.job_id);
                     let attempt_id = key.attempt_id.clone();
                     let handle = tokio::spawn(async move {
@@ -396,7 +405,9 @@ impl Worker {
                     }
                 }
                 Work::ReportComplete(key, status, started, delivered) => {
-                    let Some(driver) = self.inner.driver.clone() else { continue };
+                    let Some(driver) = self.inner.driver.clone() else {
+                        continue;
+                    };
                     tokio::spawn(async move {
                         // Never wait for job_started: if it is still being
                         // retried, drop it and say so in marked_job_started.
@@ -410,8 +421,12 @@ impl Worker {
                             marked_job_started: delivered.load(Ordering::SeqCst),
                         };
                         match driver.job_complete(&body).await {
-                            Ok(()) => tracing::info!(%key, state = %body.status.state, "job_complete delivered"),
-                            Err(e) => tracing::warn!(%key, error = %e, "job_complete not delivered"),
+                            Ok(()) => {
+                                tracing::info!(%key, state = %body.status.state, "job_complete delivered")
+                            }
+                            Err(e) => {
+                                tracing::warn!(%key, error = %e, "job_complete not delivered")
+                            }
                         }
                     });
                 }
@@ -437,7 +452,10 @@ impl Worker {
                     unsupported: spec.unsupported.clone(),
                 };
                 let spec = Arc::new(spec);
-                self.record_with(&key, event, move |entry| entry.spec = Some(spec));
+                self.record_with(&key, event, move |entry| {
+                    entry.resources = spec.resources.clone();
+                    entry.spec = Some(spec);
+                });
             }
             Err(e) => {
                 tracing::debug!(%key, duration_ms, error = %e, "spec load failed");
@@ -561,10 +579,7 @@ impl Worker {
             error_kind,
             start_time: entry.started_at_ms.unwrap_or(entry.accepted_at_ms),
             end_time: entry.ended_at_ms,
-            resources: entry
-                .spec
-                .as_ref()
-                .map_or(Value::Null, |s| s.resources.clone()),
+            resources: entry.resources.clone(),
             container_statuses,
             worker_state: state,
             secrets: entry.request.redacted_secrets(),
@@ -671,7 +686,11 @@ fn complete_status(entry: &JobEntry) -> JobCompleteStatus {
         resources: Vec::new(),
         status: (
             exit_code,
-            Some(entry.exit_duration_ms.unwrap_or((end - start).max(0) as u64)),
+            Some(
+                entry
+                    .exit_duration_ms
+                    .unwrap_or((end - start).max(0) as u64),
+            ),
         ),
     }
 }

@@ -19,6 +19,25 @@ pub const MAX_ID_CHARS: usize = 64;
 /// The version number of the status bodies the worker sends (`status.version`).
 pub const STATUS_VERSION: u32 = 5;
 
+/// A secret value: deserialised from the wire, never serialised, and shown
+/// as `<redacted>` by `Debug`. Read it with [`Secret::expose`].
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// The secret value, for the one place that must use it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The body of `POST /api/v1alpha/batches/jobs/create`, as sent.
 ///
 /// Unknown fields are ignored. Secrets (`gsa_key`, `job_spec.secrets[].data`)
@@ -39,7 +58,7 @@ pub struct CreateJobBody {
     pub user: String,
     /// Credential files, `{file name: base64 content}`. Secret.
     #[serde(default)]
-    pub gsa_key: Option<BTreeMap<String, String>>,
+    pub gsa_key: Option<Secret<BTreeMap<String, String>>>,
     /// When the driver queued the job, ms since the Unix epoch.
     #[serde(default)]
     pub queue_time: Option<i64>,
@@ -64,7 +83,7 @@ pub struct AttemptFields {
 }
 
 /// One `job_spec.secrets[]` entry.
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct SecretMount {
     /// The secret's name.
     pub name: String,
@@ -74,18 +93,7 @@ pub struct SecretMount {
     pub mount_path: String,
     /// `{file name: base64 content}`. Secret: never serialised.
     #[serde(default, skip_serializing)]
-    pub data: Option<BTreeMap<String, String>>,
-}
-
-impl std::fmt::Debug for SecretMount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretMount")
-            .field("name", &self.name)
-            .field("namespace", &self.namespace)
-            .field("mount_path", &self.mount_path)
-            .field("data", &self.data.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    pub data: Option<Secret<BTreeMap<String, String>>>,
 }
 
 /// One environment variable, `{name, value}`.
@@ -149,7 +157,7 @@ pub struct CreateJob {
     /// Queue time, ms since the Unix epoch.
     pub queue_time: Option<i64>,
     /// Credential files. Secret: kept in memory only.
-    pub gsa_key: Option<BTreeMap<String, String>>,
+    pub gsa_key: Option<Secret<BTreeMap<String, String>>>,
 }
 
 impl CreateJob {
@@ -183,19 +191,28 @@ impl CreateJob {
         if body.user.is_empty() {
             return Err(FieldError::new("user", "expected a non-empty string"));
         }
-        let attempt: AttemptFields =
-            serde_json::from_value(Value::Object(body.job_spec.clone()))
-                .map_err(|e| value_error("job_spec", e))?;
+        let attempt: AttemptFields = serde_path_to_error::deserialize(Value::Object(
+            body.job_spec.clone(),
+        ))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            field_from_serde("job_spec", &path, e.inner())
+        })?;
         safe_id("job_spec.attempt_id", &attempt.attempt_id)?;
         non_negative("job_spec.job_group_id", attempt.job_group_id)?;
         validate_env("job_spec.env", &attempt.env)?;
         let spec_source = if format_version == 1 {
-            SpecSource::Inline(body.job_spec)
+            // The secrets' data must not travel with the spec.
+            let mut spec = body.job_spec;
+            spec.remove("secrets");
+            SpecSource::Inline(spec)
         } else {
             let token = body.token.ok_or_else(|| {
                 FieldError::new(
                     "token",
-                    format!("expected the bunch's token (format_version {format_version}), got null"),
+                    format!(
+                        "expected the bunch's token (format_version {format_version}), got null"
+                    ),
                 )
             })?;
             safe_id("token", &token)?;
@@ -238,7 +255,7 @@ impl CreateJob {
         let mut names: Vec<String> = self
             .gsa_key
             .iter()
-            .flat_map(|files| files.keys().map(|f| format!("gsa_key/{f}")))
+            .flat_map(|files| files.expose().keys().map(|f| format!("gsa_key/{f}")))
             .collect();
         names.extend(self.attempt.secrets.iter().map(|s| s.name.clone()));
         names
@@ -250,10 +267,16 @@ impl CreateJob {
 /// # Errors
 /// `body` (or `prefix`) when the bytes are empty or not JSON; the field's
 /// path when a value has the wrong type or a required field is missing.
-pub fn from_json<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> Result<T, FieldError> {
+pub fn from_json<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+    prefix: &str,
+) -> Result<T, FieldError> {
     let whole = if prefix.is_empty() { "body" } else { prefix };
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(FieldError::new(whole, "expected a JSON object, got an empty body"));
+        return Err(FieldError::new(
+            whole,
+            "expected a JSON object, got an empty body",
+        ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -264,13 +287,10 @@ pub fn from_json<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> Re
         }
         field_from_serde(prefix, &path, &inner)
     })?;
-    de.end()
-        .map_err(|e| FieldError::new(whole, format!("unexpected data after the JSON value: {e}")))?;
+    de.end().map_err(|e| {
+        FieldError::new(whole, format!("unexpected data after the JSON value: {e}"))
+    })?;
     Ok(value)
-}
-
-fn value_error(prefix: &str, err: serde_json::Error) -> FieldError {
-    field_from_serde(prefix, ".", &err)
 }
 
 /// Turns serde's message into a field error; "missing field `x`" names `x`.

@@ -148,9 +148,9 @@ impl JobChart {
     fn cancelling(event: &Event) -> Outcome<State> {
         match event {
             Event::ProcessStarted { .. } | Event::CancelRequested => Handled,
-            Event::LaunchFailed { .. }
-            | Event::ProcessExited { .. }
-            | Event::WorkerRestarted => Transition(State::done(JobOutcome::Cancelled)),
+            Event::LaunchFailed { .. } | Event::ProcessExited { .. } | Event::WorkerRestarted => {
+                Transition(State::done(JobOutcome::Cancelled))
+            }
             _ => Super,
         }
     }

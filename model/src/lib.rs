@@ -21,10 +21,10 @@
 //! - [`key`]: [`JobKey`], the identity of one attempt.
 #![deny(missing_docs)]
 
+mod chart;
 pub mod effect;
 pub mod event;
 pub mod key;
-mod chart;
 pub mod machine;
 pub mod state;
 

@@ -51,7 +51,9 @@ impl JobAttempt {
     /// effect `StartSpecLoad`.
     pub fn accept() -> (JobAttempt, Applied) {
         let mut decision = Decision::default();
-        let chart = JobChart.uninitialized_state_machine().init_with_context(&mut decision);
+        let chart = JobChart
+            .uninitialized_state_machine()
+            .init_with_context(&mut decision);
         let applied = Applied {
             effects: decision.effects,
             absorbed: false,

@@ -47,9 +47,15 @@ impl JobState {
         match self {
             JobState::Accepted => "accepted",
             JobState::LoadingSpec => "loading_spec",
-            JobState::Running { phase: RunPhase::Starting } => "running.starting",
-            JobState::Running { phase: RunPhase::Executing { .. } } => "running.executing",
-            JobState::Running { phase: RunPhase::Cancelling } => "running.cancelling",
+            JobState::Running {
+                phase: RunPhase::Starting,
+            } => "running.starting",
+            JobState::Running {
+                phase: RunPhase::Executing { .. },
+            } => "running.executing",
+            JobState::Running {
+                phase: RunPhase::Cancelling,
+            } => "running.cancelling",
             JobState::Done { .. } => "done",
             JobState::Errored { .. } => "errored",
         }
@@ -59,13 +65,20 @@ impl JobState {
     pub fn wire_state(&self) -> WireState {
         match self {
             JobState::Accepted => WireState::Pending,
-            JobState::LoadingSpec | JobState::Running { phase: RunPhase::Starting } => {
-                WireState::Initializing
-            }
+            JobState::LoadingSpec
+            | JobState::Running {
+                phase: RunPhase::Starting,
+            } => WireState::Initializing,
             JobState::Running { .. } => WireState::Running,
-            JobState::Done { outcome: Outcome::Succeeded } => WireState::Succeeded,
-            JobState::Done { outcome: Outcome::Failed { .. } } => WireState::Failed,
-            JobState::Done { outcome: Outcome::Cancelled } => WireState::Cancelled,
+            JobState::Done {
+                outcome: Outcome::Succeeded,
+            } => WireState::Succeeded,
+            JobState::Done {
+                outcome: Outcome::Failed { .. },
+            } => WireState::Failed,
+            JobState::Done {
+                outcome: Outcome::Cancelled,
+            } => WireState::Cancelled,
             JobState::Errored { .. } => WireState::Error,
         }
     }

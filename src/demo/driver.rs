@@ -69,7 +69,11 @@ impl EmbeddedDriver {
 
     /// A copy of what was received so far.
     pub fn received(&self) -> Received {
-        self.shared.received.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A receiver that changes on every call received.

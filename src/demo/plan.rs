@@ -174,11 +174,21 @@ pub fn spec_json(job_id: i64, kind: Kind) -> Vec<u8> {
         }
         Kind::Cancelled => docker(json!(["sleep", "60"])),
         Kind::LaunchFails => docker(json!(["/nonexistent/batch-worker-demo-program"])),
-        Kind::Unsupported => json!({"type": "jvm", "jar_spec": {"type": "jar_url", "value": "gs://x/y.jar"}, "command": ["is.hail.Main"]}),
+        Kind::Unsupported => {
+            json!({"type": "jvm", "jar_spec": {"type": "jar_url", "value": "gs://x/y.jar"}, "command": ["is.hail.Main"]})
+        }
         Kind::NoCommand => docker(json!([])),
-        _ => docker(json!(["sh", "-c", format!("echo \"hello from job {job_id} (é)\"; sleep 0.1")])),
+        _ => docker(json!([
+            "sh",
+            "-c",
+            format!("echo \"hello from job {job_id} (é)\"; sleep 0.1")
+        ])),
     };
-    let spec_job_id = if kind == Kind::WrongJobId { job_id + 1 } else { job_id };
+    let spec_job_id = if kind == Kind::WrongJobId {
+        job_id + 1
+    } else {
+        job_id
+    };
     let mut spec = json!({
         "always_run": false,
         "job_id": spec_job_id,
@@ -238,7 +248,11 @@ mod tests {
         for kind in SPECIAL.into_iter().chain([Kind::Succeeds]) {
             let parsed = JobSpec::parse(&spec_json(20, kind), 20);
             match kind {
-                Kind::NotUtf8 | Kind::NotJson | Kind::NotObject | Kind::WrongJobId | Kind::NoCommand => {
+                Kind::NotUtf8
+                | Kind::NotJson
+                | Kind::NotObject
+                | Kind::WrongJobId
+                | Kind::NoCommand => {
                     assert!(parsed.is_err(), "{kind:?} parsed")
                 }
                 Kind::TooLarge => {

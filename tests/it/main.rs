@@ -1,1 +1,17 @@
-//! Integration tests.
+//! Integration tests: a real worker on a loopback port, real HTTP, real
+//! files and processes, an embedded driver receiving the reports.
+//!
+//! - `support`: the harness and test stores.
+//! - `create_api`: create-body validation, duplicates, store-root safety.
+//! - `hanging_store`: creates answer while every blob read hangs; cancel.
+//! - `spec_properties`: proptest over corrupt and missing bunches.
+//! - `processes`: exit codes, timeouts, cancel while running, status and
+//!   `job_complete` agree.
+//! - `wire_samples`: the shared byte-exact samples.
+
+mod create_api;
+mod hanging_store;
+mod processes;
+mod spec_properties;
+mod support;
+mod wire_samples;

@@ -127,9 +127,7 @@ fn legal(state: &str, event: &Event) -> Option<(JobState, Vec<Effect>)> {
                 unsupported,
                 ..
             },
-        ) if unsupported.is_empty() => {
-            Some((running(RunPhase::Starting), vec![SpawnProcess]))
-        }
+        ) if unsupported.is_empty() => Some((running(RunPhase::Starting), vec![SpawnProcess])),
         ("loading_spec", Event::SpecLoaded { .. }) => {
             Some((errored(ErrorKind::Unsupported), vec![ReportComplete]))
         }

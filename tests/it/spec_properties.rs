@@ -1,0 +1,376 @@
+//! Property: whatever a bunch's bytes are (truncated, flipped, reversed or
+//! out-of-range offsets, invalid UTF-8, JSON that is not an object, another
+//! job's id, missing objects), every well-formed create answers 200, no
+//! endpoint answers 5xx, and every job ends as an independent oracle
+//! predicts: `succeeded` for an intact good spec, otherwise `Errored` with
+//! the right kind, reported to the driver exactly once with state `error`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use batch_worker::spec_store::SpecLoadConfig;
+use batch_worker_model::{ErrorKind, JobState, Outcome};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, FileFailurePersistence};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::support::{create_body, Harness};
+
+/// The spec size cap in these tests, in bytes.
+const CAP: u64 = 2048;
+
+#[derive(Debug, Clone)]
+enum SpecDamage {
+    None,
+    NotUtf8(usize),
+    Truncate(usize),
+    NotObject(&'static str),
+    WrongJobId(i64),
+    Garbage(Vec<u8>),
+    NoCommand,
+    Oversize,
+    Empty,
+}
+
+#[derive(Debug, Clone)]
+enum IndexDamage {
+    None,
+    Truncate(usize),
+    Flip(usize, u8),
+    Swap(usize),
+    PastEnd(usize, u64),
+    Garbage(Vec<u8>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Missing {
+    None,
+    Specs,
+    Index,
+    Both,
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    specs: Vec<SpecDamage>,
+    index: IndexDamage,
+    missing: Missing,
+    /// Also create the job just past the bunch's end.
+    one_past_the_end: bool,
+    /// A token that may not be well-formed (None: the bunch's own).
+    token: Option<String>,
+}
+
+fn spec_damage() -> impl Strategy<Value = SpecDamage> {
+    prop_oneof![
+        4 => Just(SpecDamage::None),
+        1 => any::<usize>().prop_map(SpecDamage::NotUtf8),
+        1 => any::<usize>().prop_map(SpecDamage::Truncate),
+        1 => prop::sample::select(vec!["[]", "42", "\"s\"", "null", "true", "[{\"job_id\":1}]"]).prop_map(SpecDamage::NotObject),
+        1 => (1i64..5).prop_map(SpecDamage::WrongJobId),
+        1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(SpecDamage::Garbage),
+        1 => Just(SpecDamage::NoCommand),
+        1 => Just(SpecDamage::Oversize),
+        1 => Just(SpecDamage::Empty),
+    ]
+}
+
+fn index_damage() -> impl Strategy<Value = IndexDamage> {
+    prop_oneof![
+        3 => Just(IndexDamage::None),
+        1 => any::<usize>().prop_map(IndexDamage::Truncate),
+        1 => (any::<usize>(), 1u8..=255).prop_map(|(at, x)| IndexDamage::Flip(at, x)),
+        1 => any::<usize>().prop_map(IndexDamage::Swap),
+        1 => (any::<usize>(), 1u64..1_000_000).prop_map(|(s, e)| IndexDamage::PastEnd(s, e)),
+        1 => prop::collection::vec(any::<u8>(), 0..48).prop_map(IndexDamage::Garbage),
+    ]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        prop::collection::vec(spec_damage(), 1..6),
+        index_damage(),
+        prop_oneof![6 => Just(Missing::None), 1 => Just(Missing::Specs), 1 => Just(Missing::Index), 1 => Just(Missing::Both)],
+        any::<bool>(),
+        prop_oneof![6 => Just(None), 1 => "[ -~]{0,12}".prop_map(Some)],
+    )
+        .prop_map(|(specs, index, missing, one_past_the_end, token)| Case {
+            specs,
+            index,
+            missing,
+            one_past_the_end,
+            token,
+        })
+}
+
+fn good_spec(job_id: i64) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({"job_id": job_id, "process": {"type": "docker", "command": ["true"]}}),
+    )
+    .unwrap()
+}
+
+fn damaged_spec(job_id: i64, damage: &SpecDamage) -> Vec<u8> {
+    let good = good_spec(job_id);
+    match damage {
+        SpecDamage::None => good,
+        SpecDamage::NotUtf8(at) => {
+            let mut b = good;
+            let at = at % b.len();
+            b[at] = 0xff;
+            b
+        }
+        SpecDamage::Truncate(len) => good[..len % good.len()].to_vec(),
+        SpecDamage::NotObject(text) => text.as_bytes().to_vec(),
+        SpecDamage::WrongJobId(d) => good_spec(job_id + d),
+        SpecDamage::Garbage(bytes) => bytes.clone(),
+        SpecDamage::NoCommand => serde_json::to_vec(
+            &json!({"job_id": job_id, "process": {"type": "docker", "command": []}}),
+        )
+        .unwrap(),
+        SpecDamage::Oversize => {
+            let mut v: Value = serde_json::from_slice(&good).unwrap();
+            v["padding"] = json!("x".repeat(CAP as usize));
+            serde_json::to_vec(&v).unwrap()
+        }
+        SpecDamage::Empty => Vec::new(),
+    }
+}
+
+fn damage_index(mut index: Vec<u8>, damage: &IndexDamage) -> Vec<u8> {
+    let slots = index.len() / 8;
+    match damage {
+        IndexDamage::None => {}
+        IndexDamage::Truncate(len) => index.truncate(len % index.len()),
+        IndexDamage::Flip(at, x) => {
+            let at = at % index.len();
+            index[at] ^= x;
+        }
+        IndexDamage::Swap(slot) => {
+            let s = slot % (slots - 1);
+            let (a, b) = (
+                index[s * 8..s * 8 + 8].to_vec(),
+                index[s * 8 + 8..s * 8 + 16].to_vec(),
+            );
+            index[s * 8..s * 8 + 8].copy_from_slice(&b);
+            index[s * 8 + 8..s * 8 + 16].copy_from_slice(&a);
+        }
+        IndexDamage::PastEnd(slot, extra) => {
+            let s = 1 + slot % (slots - 1);
+            let v = u64::from_le_bytes(index[s * 8..s * 8 + 8].try_into().unwrap());
+            index[s * 8..s * 8 + 8].copy_from_slice(&(v + extra).to_le_bytes());
+        }
+        IndexDamage::Garbage(bytes) => index = bytes.clone(),
+    }
+    index
+}
+
+/// What job `slot` of the bunch must end as, from the final bytes alone.
+fn oracle(
+    index: Option<&[u8]>,
+    specs: Option<&[u8]>,
+    slot: usize,
+    intact: Option<&[u8]>,
+) -> Result<(), ErrorKind> {
+    let index = index.ok_or(ErrorKind::SpecMissing)?;
+    let entry = index
+        .get(slot * 8..slot * 8 + 16)
+        .ok_or(ErrorKind::SpecCorrupt)?;
+    let start = u64::from_le_bytes(entry[..8].try_into().unwrap());
+    let end = u64::from_le_bytes(entry[8..].try_into().unwrap());
+    if end <= start || end - start > CAP {
+        return Err(ErrorKind::SpecCorrupt);
+    }
+    let specs = specs.ok_or(ErrorKind::SpecMissing)?;
+    let bytes = specs
+        .get(start as usize..end as usize)
+        .ok_or(ErrorKind::SpecCorrupt)?;
+    match intact {
+        Some(good) if good == bytes => Ok(()),
+        _ => Err(ErrorKind::SpecCorrupt),
+    }
+}
+
+struct World {
+    runtime: tokio::runtime::Runtime,
+    harness: Harness,
+    store: Arc<dyn ObjectStore>,
+    next_batch: AtomicI64,
+}
+
+/// One worker for every case (each case uses its own batch id).
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let config = SpecLoadConfig {
+            max_spec_bytes: CAP,
+            ..SpecLoadConfig::default()
+        };
+        let harness = runtime.block_on(Harness::start(store.clone(), Path::from("specs"), config));
+        World {
+            runtime,
+            harness,
+            store,
+            next_batch: AtomicI64::new(1000),
+        }
+    })
+}
+
+async fn check(world: &World, case: Case) -> Result<(), TestCaseError> {
+    let h = &world.harness;
+    let batch_id = world.next_batch.fetch_add(1, Ordering::SeqCst);
+    let start_job_id = 1 + batch_id % 7;
+    let token = format!("bunch{batch_id}");
+    let specs: Vec<Vec<u8>> = case
+        .specs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| damaged_spec(start_job_id + i as i64, d))
+        .collect();
+    let keys = h
+        .writer
+        .write_bunch(batch_id, &token, &specs)
+        .await
+        .unwrap();
+    let (data, index) = batch_worker::bunch::encode(&specs);
+    let index = damage_index(index, &case.index);
+    world
+        .store
+        .put(&keys.index, PutPayload::from(index.clone()))
+        .await
+        .unwrap();
+    let (has_specs, has_index) = match case.missing {
+        Missing::None => (true, true),
+        Missing::Specs => (false, true),
+        Missing::Index => (true, false),
+        Missing::Both => (false, false),
+    };
+    if !has_specs {
+        world.store.delete(&keys.specs).await.unwrap();
+    }
+    if !has_index {
+        world.store.delete(&keys.index).await.unwrap();
+    }
+
+    let token_ok = case.token.as_ref().is_none_or(|t| {
+        !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric())
+    });
+    let used_token = case.token.clone().unwrap_or(token.clone());
+    let jobs = specs.len() + usize::from(case.one_past_the_end);
+    let mut expected = HashMap::new();
+    for slot in 0..jobs {
+        let job_id = start_job_id + slot as i64;
+        let (status, answer) = h
+            .create(&create_body(batch_id, job_id, &used_token, start_job_id))
+            .await;
+        if !token_ok {
+            prop_assert_eq!(status, StatusCode::BAD_REQUEST, "{}", answer);
+            prop_assert_eq!(&answer["error"]["field"], &json!("token"));
+            continue;
+        }
+        prop_assert_eq!(status, StatusCode::OK, "{}", answer);
+        let want = if case.token.as_ref().is_some_and(|t| *t != token) {
+            Err(ErrorKind::SpecMissing)
+        } else {
+            let intact = match case.specs.get(slot) {
+                Some(SpecDamage::None) => Some(specs[slot].as_slice()),
+                _ => None,
+            };
+            oracle(
+                has_index.then_some(&index[..]),
+                has_specs.then_some(&data[..]),
+                slot,
+                intact,
+            )
+        };
+        expected.insert(job_id, want);
+    }
+
+    for (&job_id, want) in &expected {
+        let state = h.wait_final(batch_id, job_id).await;
+        match want {
+            Ok(()) => prop_assert_eq!(
+                &state,
+                &JobState::Done {
+                    outcome: Outcome::Succeeded
+                }
+            ),
+            Err(kind) => prop_assert!(
+                matches!(&state, JobState::Errored { kind: k, .. } if k == kind),
+                "job {}: want {:?}, got {:?}",
+                job_id,
+                kind,
+                state
+            ),
+        }
+        for path in ["status", "events", "log/main"] {
+            let (status, _) = h
+                .get(&format!(
+                    "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/{path}"
+                ))
+                .await;
+            prop_assert_eq!(status, StatusCode::OK, "{}", path);
+        }
+        prop_assert_eq!(h.cancel(batch_id, job_id).await.0, StatusCode::OK);
+    }
+    // Exactly one job_complete per job, in the state the status shows.
+    let reported = expected.len();
+    let mut changes = h.driver.changes();
+    tokio::time::timeout(crate::support::HANG_GUARD, async {
+        while h
+            .driver
+            .received()
+            .complete
+            .iter()
+            .filter(|c| c.status.batch_id == batch_id)
+            .count()
+            < reported
+        {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .map_err(|_| TestCaseError::fail("job_complete reports missing"))?;
+    let complete: Vec<_> = h
+        .driver
+        .received()
+        .complete
+        .into_iter()
+        .filter(|c| c.status.batch_id == batch_id)
+        .collect();
+    prop_assert_eq!(complete.len(), reported);
+    for c in complete {
+        let want = if expected[&c.status.job_id].is_ok() {
+            "succeeded"
+        } else {
+            "error"
+        };
+        prop_assert_eq!(c.status.state.as_str(), want, "job {}", c.status.job_id);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(Config {
+        cases: 96,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/spec_properties.txt"))),
+        ..Config::default()
+    })]
+
+    #[test]
+    fn any_bunch_bytes_end_in_the_oracles_state_and_never_a_5xx(case in case()) {
+        let world = world();
+        world.runtime.block_on(check(world, case))?;
+    }
+}

@@ -1,0 +1,338 @@
+//! The test harness: a worker served on `127.0.0.1:0` over a chosen object
+//! store, an embedded driver, and an HTTP client.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use batch_worker::demo::driver::EmbeddedDriver;
+use batch_worker::driver_client::{DriverClient, ReportRetry};
+use batch_worker::runner::HostRunner;
+use batch_worker::server::serve;
+use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
+use batch_worker::supervisor::{Worker, WorkerConfig};
+use batch_worker_model::JobState;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+/// Longest any test waits for a job to become final: a guard against a
+/// hang, not a timing assertion.
+pub const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// A running worker and its driver.
+pub struct Harness {
+    pub worker: Worker,
+    pub base: Url,
+    pub http: reqwest::Client,
+    pub driver: EmbeddedDriver,
+    /// Writes bunches into the worker's store, under its root.
+    pub writer: SpecStore,
+    pub data: tempfile::TempDir,
+    stop: CancellationToken,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Harness {
+    /// A worker over a fresh in-memory store.
+    pub async fn in_memory() -> Harness {
+        Harness::start(
+            Arc::new(InMemory::new()),
+            Path::from("root"),
+            SpecLoadConfig::default(),
+        )
+        .await
+    }
+
+    /// A worker over `store`, reading bunches under `root`.
+    pub async fn start(store: Arc<dyn ObjectStore>, root: Path, config: SpecLoadConfig) -> Harness {
+        let data = tempfile::tempdir().expect("a temporary directory");
+        let driver = EmbeddedDriver::start().await.expect("the driver starts");
+        let retry = ReportRetry {
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(100),
+            ..ReportRetry::default()
+        };
+        let client = DriverClient::new(
+            driver.url.clone(),
+            "test-worker".into(),
+            "t0ken".into(),
+            retry,
+        )
+        .expect("a driver client");
+        let worker = Worker::new(
+            WorkerConfig {
+                name: "test-worker".into(),
+                data_dir: data.path().to_owned(),
+                runner: HostRunner {
+                    kill_grace: Duration::from_secs(2),
+                },
+            },
+            SpecStore::new(store.clone(), root.clone(), config),
+            Some(client),
+        );
+        let writer = SpecStore::new(store, root, SpecLoadConfig::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            worker.clone(),
+            1 << 20,
+            stop.clone().cancelled_owned(),
+        ));
+        Harness {
+            worker,
+            base,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            driver,
+            writer,
+            data,
+            stop,
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> Url {
+        self.base.join(path.trim_start_matches('/')).unwrap()
+    }
+
+    /// POSTs raw bytes to the create endpoint; returns status and JSON body
+    /// (`null` when empty).
+    pub async fn create_raw(&self, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.url("/api/v1alpha/batches/jobs/create"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("the worker answers");
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn create(&self, body: &Value) -> (StatusCode, Value) {
+        self.create_raw(serde_json::to_vec(body).unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the worker answers");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn status(&self, batch_id: i64, job_id: i64) -> (StatusCode, Value) {
+        self.get(&format!(
+            "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/status"
+        ))
+        .await
+    }
+
+    pub async fn cancel(&self, batch_id: i64, job_id: i64) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .delete(self.url(&format!(
+                "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/delete"
+            )))
+            .send()
+            .await
+            .expect("the worker answers");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until the job is final (guarded by [`HANG_GUARD`]).
+    pub async fn wait_final(&self, batch_id: i64, job_id: i64) -> JobState {
+        self.wait_for(batch_id, job_id, JobState::is_terminal).await
+    }
+
+    /// Waits until the job's state satisfies `done`.
+    pub async fn wait_for(
+        &self,
+        batch_id: i64,
+        job_id: i64,
+        done: impl Fn(&JobState) -> bool,
+    ) -> JobState {
+        tokio::time::timeout(
+            HANG_GUARD,
+            self.worker
+                .wait_until(|w| w.state_of(batch_id, job_id).is_ok_and(|s| done(&s))),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "job {batch_id}:{job_id} stuck in {:?}",
+                self.worker.state_of(batch_id, job_id)
+            )
+        });
+        self.worker.state_of(batch_id, job_id).unwrap()
+    }
+
+    /// Waits until the driver received `n` job_complete bodies.
+    pub async fn wait_reports(&self, n: usize) {
+        let mut changes = self.driver.changes();
+        tokio::time::timeout(HANG_GUARD, async {
+            while self.driver.received().complete.len() < n {
+                changes.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("fewer than {n} job_complete reports arrived"));
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// A create body for a bunch job (format 7), like `create-v7.json`.
+pub fn create_body(batch_id: i64, job_id: i64, token: &str, start_job_id: i64) -> Value {
+    json!({
+        "batch_id": batch_id,
+        "job_id": job_id,
+        "format_version": 7,
+        "token": token,
+        "start_job_id": start_job_id,
+        "user": "test-user",
+        "gsa_key": null,
+        "job_spec": {"attempt_id": format!("a{job_id}"), "job_group_id": 0, "secrets": []},
+        "queue_time": null
+    })
+}
+
+/// A well-formed spec running `sh -c script`.
+pub fn shell_spec(job_id: i64, script: &str) -> Value {
+    json!({
+        "job_id": job_id,
+        "process": {"type": "docker", "image": "ubuntu:24.04", "command": ["sh", "-c", script]},
+        "resources": {"cores_mcpu": 250, "memory_bytes": 1_000_000, "storage_gib": 0},
+    })
+}
+
+/// An object store wrapper that records every key read and can make every
+/// read hang forever.
+#[derive(Debug)]
+pub struct TestStore {
+    inner: Arc<dyn ObjectStore>,
+    hang_reads: bool,
+    reads: Mutex<Vec<String>>,
+}
+
+impl TestStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, hang_reads: bool) -> TestStore {
+        TestStore {
+            inner,
+            hang_reads,
+            reads: Mutex::default(),
+        }
+    }
+
+    /// Every key read so far (gets, range reads and heads).
+    pub fn reads(&self) -> Vec<String> {
+        self.reads.lock().unwrap().clone()
+    }
+
+    async fn before_read(&self, location: &Path) {
+        self.reads.lock().unwrap().push(location.to_string());
+        if self.hang_reads {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl fmt::Display for TestStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TestStore({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for TestStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.before_read(location).await;
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.before_read(location).await;
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
