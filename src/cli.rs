@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the worker's HTTP API until SIGINT/SIGTERM or `POST /api/v1alpha/kill`.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a worker and an embedded driver on loopback, schedule jobs with
     /// good, failing, missing and corrupt specs, and print what became of
     /// each. Exits non-zero if any job ends other than planned or any

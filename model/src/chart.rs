@@ -192,7 +192,7 @@ impl JobChart {
     }
 
     #[state(superstate = "terminal")]
-    #[allow(unused_variables)]
+    #[allow(unused_variables, clippy::ptr_arg)] // statig passes state-local storage by reference
     fn errored(kind: &ErrorKind, message: &String, event: &Event) -> Outcome<State> {
         Super
     }

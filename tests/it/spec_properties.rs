@@ -269,6 +269,7 @@ async fn check(world: &World, case: Case) -> Result<(), TestCaseError> {
     let used_token = case.token.clone().unwrap_or(token.clone());
     let jobs = specs.len() + usize::from(case.one_past_the_end);
     let mut expected = HashMap::new();
+    #[allow(clippy::needless_range_loop)] // slots run one past `specs`
     for slot in 0..jobs {
         let job_id = start_job_id + slot as i64;
         let (status, answer) = h
