@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use object_store::local::LocalFileSystem;
-use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use object_store::ObjectStore;
 use url::Url;
 
 use crate::driver_client::{DriverClient, ReportRetry};
 use crate::runner::HostRunner;
-use crate::spec_store::{open_store, SpecLoadConfig, SpecStore, StoreOpenError};
+use crate::spec_store::{SpecLoadConfig, SpecStore};
+use crate::store::{open_store, throttled, StoreOpenError};
 use crate::supervisor::{Worker, WorkerConfig};
 
 /// `batch-worker`: a worker agent for batch job systems, wire-compatible
@@ -203,19 +203,6 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
         },
     };
     Ok(Worker::new(config, specs, driver))
-}
-
-/// Wraps `store` in object_store's throttle, adding `latency_ms` to every
-/// get (range reads and heads); unchanged when 0.
-pub fn throttled(store: Arc<dyn ObjectStore>, latency_ms: u64) -> Arc<dyn ObjectStore> {
-    if latency_ms == 0 {
-        return store;
-    }
-    let config = ThrottleConfig {
-        wait_get_per_call: Duration::from_millis(latency_ms),
-        ..ThrottleConfig::default()
-    };
-    Arc::new(ThrottledStore::new(store, config))
 }
 
 /// The host name, or `batch-worker` if it cannot be read.

@@ -28,11 +28,12 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::api::CREATE_PATH;
-use crate::cli::{prepare_dir, throttled, DemoArgs, StartError};
+use crate::cli::{prepare_dir, DemoArgs, StartError};
 use crate::driver_client::{DriverClient, ReportRetry};
 use crate::runner::HostRunner;
 use crate::server::serve;
 use crate::spec_store::{SpecLoadConfig, SpecStore};
+use crate::store::throttled;
 use crate::supervisor::{Worker, WorkerConfig};
 use plan::{Expected, Kind, DEMO_BATCH_ID, DEMO_SPEC_MAX_BYTES};
 

@@ -9,5 +9,6 @@ pub mod job_spec;
 pub mod runner;
 pub mod server;
 pub mod spec_store;
+pub mod store;
 pub mod supervisor;
 pub mod wire;

@@ -22,7 +22,6 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::Semaphore;
-use url::Url;
 
 use crate::bunch::{self, BunchKeys};
 use crate::job_spec::{JobSpec, SpecCorrupt};
@@ -82,36 +81,6 @@ impl From<SpecCorrupt> for SpecLoadError {
     fn from(e: SpecCorrupt) -> Self {
         SpecLoadError::corrupt(e.0)
     }
-}
-
-/// A store URL that `object_store` cannot open.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot open spec store {url}: {source}")]
-pub struct StoreOpenError {
-    /// The URL, without credentials (object_store URLs carry none).
-    pub url: String,
-    /// The cause.
-    #[source]
-    pub source: object_store::Error,
-}
-
-/// Opens an object store from a URL (`file://`, `memory://`, `s3://`,
-/// `gs://`, `az://`), with options from the `AWS_*`, `AZURE_*` and
-/// `GOOGLE_*` environment variables. Returns the store and the URL's path,
-/// the root under which keys live.
-///
-/// # Errors
-/// [`StoreOpenError`] for an unknown scheme or a bad configuration.
-pub fn open_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), StoreOpenError> {
-    let options = std::env::vars().filter(|(k, _)| {
-        k.starts_with("AWS_") || k.starts_with("AZURE_") || k.starts_with("GOOGLE_")
-    });
-    let (store, root) =
-        object_store::parse_url_opts(url, options).map_err(|source| StoreOpenError {
-            url: url.to_string(),
-            source,
-        })?;
-    Ok((Arc::from(store), root))
 }
 
 /// Reads job specs from bunches under a root of one object store.

@@ -16,8 +16,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use batch_worker_model::{
     Effect, ErrorKind, Event, JobAttempt, JobKey, JobState, Outcome, RunPhase,
 };
+use futures::FutureExt;
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::panic::AssertUnwindSafe;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::driver_client::DriverClient;
 use crate::job_spec::JobSpec;
 use crate::runner::{AttemptDir, HostRunner, ProcessRequest};
-use crate::spec_store::SpecStore;
+use crate::spec_store::{SpecLoadError, SpecStore};
 use crate::wire::{
     CreateJob, JobCompleteBody, JobCompleteStatus, JobStartedBody, JobStartedStatus, STATUS_VERSION,
 };
@@ -438,8 +440,13 @@ impl Worker {
     async fn load_spec(self, key: JobKey, request: Arc<CreateJob>, cancel: CancellationToken) {
         self.record(&key, Event::SpecLoadStarted);
         let started = std::time::Instant::now();
+        // A store that panics must not strand the job in LoadingSpec.
+        let load = AssertUnwindSafe(self.inner.specs.load(&request)).catch_unwind();
         let result = tokio::select! {
-            result = self.inner.specs.load(&request) => result,
+            result = load => result.unwrap_or_else(|panic| Err(SpecLoadError {
+                kind: ErrorKind::SpecUnavailable,
+                message: format!("the spec store failed unexpectedly: {}", panic_text(&panic)),
+            })),
             () = cancel.cancelled() => return,
         };
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -659,6 +666,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
 }
 
 fn complete_status(entry: &JobEntry) -> JobCompleteStatus {

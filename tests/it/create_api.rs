@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::support::{create_body, shell_spec, Harness, TestStore};
+use crate::support::{create_body, shell_spec, Harness, OnRead, TestStore};
 
 /// `body` with `field` (a dotted path) replaced by `value`, or removed
 /// when `value` is `None`.
@@ -227,7 +227,7 @@ async fn an_oversized_body_gets_413_in_the_error_envelope() {
 
 #[tokio::test]
 async fn nothing_is_read_outside_the_store_root() {
-    let store = Arc::new(TestStore::new(Arc::new(InMemory::new()), false));
+    let store = Arc::new(TestStore::new(Arc::new(InMemory::new()), OnRead::Pass));
     let h = Harness::start(store.clone(), Path::from("root/specs"), Default::default()).await;
     h.writer
         .write_bunch(

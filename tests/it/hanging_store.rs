@@ -1,20 +1,20 @@
-//! With a store whose every read hangs, creates still answer 200 (the
+//! With a store whose every read hangs (or panics), creates still answer 200 (the
 //! handler does no blob IO), jobs sit in `LoadingSpec`, and cancel ends
 //! them `Done(cancelled)` without any report to the driver.
 
 use std::sync::Arc;
 
-use batch_worker_model::{JobState, Outcome};
+use batch_worker_model::{ErrorKind, JobState, Outcome};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{create_body, Harness, TestStore};
+use crate::support::{create_body, Harness, OnRead, TestStore};
 
 #[tokio::test]
 async fn creates_answer_while_blob_reads_hang_and_cancel_ends_the_loads() {
-    let store = Arc::new(TestStore::new(Arc::new(InMemory::new()), true));
+    let store = Arc::new(TestStore::new(Arc::new(InMemory::new()), OnRead::Hang));
     let h = Harness::start(store.clone(), Path::from("root"), Default::default()).await;
     let jobs = 50;
     for job_id in 1..=jobs {
@@ -56,4 +56,23 @@ async fn creates_answer_while_blob_reads_hang_and_cancel_ends_the_loads() {
         .map(|e| e["event"]["type"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["created", "spec_load_started", "cancel_requested"]);
+}
+
+#[tokio::test]
+async fn a_store_that_panics_errors_the_job_instead_of_stranding_it() {
+    let store = Arc::new(TestStore::new(Arc::new(InMemory::new()), OnRead::Panic));
+    let h = Harness::start(store, Path::from("root"), Default::default()).await;
+    assert_eq!(
+        h.create(&create_body(5, 1, "boom", 1)).await.0,
+        StatusCode::OK
+    );
+    let state = h.wait_final(5, 1).await;
+    assert!(
+        matches!(&state, JobState::Errored { kind: ErrorKind::SpecUnavailable, message } if message.contains("panics on read")),
+        "{state:?}"
+    );
+    h.wait_reports(1).await;
+    assert_eq!(h.driver.received().complete[0].status.state, "error");
+    // The worker still serves.
+    assert_eq!(h.get("/healthcheck").await.0, StatusCode::OK);
 }

@@ -238,20 +238,31 @@ pub fn shell_spec(job_id: i64, script: &str) -> Value {
     })
 }
 
+/// What a [`TestStore`] does on a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRead {
+    /// Read from the inner store.
+    Pass,
+    /// Never answer.
+    Hang,
+    /// Panic, as a buggy store client would.
+    Panic,
+}
+
 /// An object store wrapper that records every key read and can make every
-/// read hang forever.
+/// read hang or panic.
 #[derive(Debug)]
 pub struct TestStore {
     inner: Arc<dyn ObjectStore>,
-    hang_reads: bool,
+    on_read: OnRead,
     reads: Mutex<Vec<String>>,
 }
 
 impl TestStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, hang_reads: bool) -> TestStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, on_read: OnRead) -> TestStore {
         TestStore {
             inner,
-            hang_reads,
+            on_read,
             reads: Mutex::default(),
         }
     }
@@ -263,8 +274,10 @@ impl TestStore {
 
     async fn before_read(&self, location: &Path) {
         self.reads.lock().unwrap().push(location.to_string());
-        if self.hang_reads {
-            std::future::pending::<()>().await;
+        match self.on_read {
+            OnRead::Pass => {}
+            OnRead::Hang => std::future::pending::<()>().await,
+            OnRead::Panic => panic!("test store panics on read of {location}"),
         }
     }
 }
