@@ -153,7 +153,18 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
 
     let (planned, bunches) = write_specs(&local, args.jobs).await?;
 
-    let driver = driver::EmbeddedDriver::start().await?;
+    // The driver side (its endpoint and its create calls) runs on a runtime
+    // of its own, as it would in its own process: its latency figures then
+    // measure the worker, not the demo's scheduling of its own client.
+    let driver_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("demo-driver")
+        .enable_all()
+        .build()?;
+    let driver = driver_runtime
+        .spawn(driver::EmbeddedDriver::start())
+        .await
+        .expect("the driver's start does not panic")?;
     let config = WorkerConfig {
         name: "demo-worker".into(),
         data_dir: prepare_dir(&data_dir.join("worker"))?,
@@ -188,7 +199,14 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     ));
 
     let http = reqwest::Client::builder().timeout(CREATE_TIMEOUT).build()?;
-    let creates = create_all(&http, &base, &planned).await;
+    let bodies: Vec<Value> = planned.iter().map(|j| j.body.clone()).collect();
+    let creates = {
+        let (http, base) = (http.clone(), base.clone());
+        driver_runtime
+            .spawn(async move { create_all(&http, &base, bodies).await })
+            .await
+            .expect("the create calls do not panic")
+    };
 
     let progress = ProgressBar::new(planned.len() as u64).with_style(
         ProgressStyle::with_template("{spinner} {pos}/{len} jobs final [{bar:30}] {elapsed}")
@@ -236,6 +254,8 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let jobs = collect_results(&http, &base, &planned, &received).await;
     stop.cancel();
     let _ = server.await;
+    drop(driver);
+    driver_runtime.shutdown_background();
 
     let mut seen = std::collections::HashSet::new();
     let complete_duplicates = received
@@ -365,14 +385,14 @@ fn create_body(job_id: i64, bunch: Option<(&str, i64)>, inline: Option<Value>) -
     })
 }
 
-async fn create_all(http: &reqwest::Client, base: &Url, planned: &[PlannedJob]) -> CreateStats {
+async fn create_all(http: &reqwest::Client, base: &Url, bodies: Vec<Value>) -> CreateStats {
     let url = base
         .join(CREATE_PATH.trim_start_matches('/'))
         .expect("a valid path");
     let outcomes: Vec<(Duration, Result<reqwest::StatusCode, reqwest::Error>)> =
-        futures::stream::iter(planned)
-            .map(|job| {
-                let request = http.post(url.clone()).json(&job.body);
+        futures::stream::iter(bodies)
+            .map(|body| {
+                let request = http.post(url.clone()).json(&body);
                 async move {
                     let t = Instant::now();
                     let result = request.send().await.map(|r| r.status());
