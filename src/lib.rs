@@ -1,5 +1,30 @@
 //! batch-worker: a worker agent for batch job systems, wire-compatible with
 //! Hail Batch's driver.
+//!
+//! A create call is answered from memory: the handler validates the body,
+//! records the attempt's `Created` event and starts the attempt's own task.
+//! The job spec is read later, inside that task, so blob-store latency and
+//! failures never reach the driver's scheduling loop: a missing or corrupt
+//! spec ends that one job as `Errored`, reported to the driver as `error`.
+//!
+//! The rules of an attempt's life live in the `batch-worker-model` crate
+//! (a pure `statig` state machine); this crate is the shell that performs
+//! the effects the machine asks for.
+//!
+//! # Layout
+//!
+//! - [`api`]: the HTTP API (axum): thin handlers and the one error envelope.
+//! - [`server`]: [`server::serve`], the API until a shutdown future completes.
+//! - [`supervisor`]: the job table; records events and performs effects.
+//! - [`wire`]: the driver's wire formats: create body, report bodies.
+//! - [`bunch`]: the spec bunch layout (`specs`, `specs.idx`).
+//! - [`job_spec`]: parsing and validating one spec.
+//! - [`spec_store`]: loading a spec over `object_store`, classifying failures.
+//! - [`store`]: opening stores from URLs; latency injection.
+//! - [`runner`]: running a spec's command as a host process.
+//! - [`driver_client`]: `job_started` / `job_complete` with retries.
+//! - [`cli`]: the command line; [`demo`]: the embedded end-to-end demo.
+
 pub mod api;
 pub mod bunch;
 pub mod cli;

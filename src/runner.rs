@@ -143,11 +143,9 @@ fn spawn_now(request: &ProcessRequest) -> Result<(Child, u32), LaunchError> {
     // for a program given as a path, and otherwise forks, which stalls every
     // worker thread on copy-on-write faults.
     let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
-    let resolved = which::which_in(program, Some(&path), &work).map_err(|e| {
-        LaunchError(format!(
-            "cannot run {program:?}: {e} (PATH={})",
-            path.to_string_lossy()
-        ))
+    let resolved = which::which_in(program, Some(&path), &work).map_err(|_| {
+        let place = if program.contains('/') { "" } else { " in PATH" };
+        LaunchError(format!("cannot run {program:?}: no executable file of that name{place}"))
     })?;
     let mut command = Command::new(&resolved);
     command
