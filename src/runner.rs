@@ -144,8 +144,14 @@ fn spawn_now(request: &ProcessRequest) -> Result<(Child, u32), LaunchError> {
     // worker thread on copy-on-write faults.
     let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
     let resolved = which::which_in(program, Some(&path), &work).map_err(|_| {
-        let place = if program.contains('/') { "" } else { " in PATH" };
-        LaunchError(format!("cannot run {program:?}: no executable file of that name{place}"))
+        let place = if program.contains('/') {
+            ""
+        } else {
+            " in PATH"
+        };
+        LaunchError(format!(
+            "cannot run {program:?}: no executable file of that name{place}"
+        ))
     })?;
     let mut command = Command::new(&resolved);
     command
