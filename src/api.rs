@@ -57,6 +57,7 @@ pub fn router(worker: Worker, max_body_bytes: usize) -> Router {
         .route("/healthcheck", get(healthcheck))
         .route("/api/v1alpha/kill", post(kill))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http())
         .with_state(worker)
@@ -134,6 +135,10 @@ async fn kill(State(worker): State<Worker>) -> StatusCode {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on this endpoint"))
 }
 
 /// Parses the path's ids, naming the bad one.

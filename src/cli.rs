@@ -100,8 +100,8 @@ pub struct SpecArgs {
 /// Flags of `demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// How many jobs to schedule.
-    #[arg(long, default_value_t = 200)]
+    /// How many jobs to schedule (at least 1).
+    #[arg(long, default_value_t = 200, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub jobs: usize,
     /// Added latency of every blob read, in ms.
     #[arg(long, default_value_t = 0)]

@@ -540,9 +540,10 @@ impl DemoReport {
         let ms = |us: u64| us as f64 / 1000.0;
         let _ = writeln!(
             out,
-            "batch-worker demo: {} jobs in {} bunches, blob latency {} ms, finished in {:.1} s\n",
+            "batch-worker demo: {} jobs in {} bunch{}, blob latency {} ms, finished in {:.1} s\n",
             self.jobs.len(),
             self.bunches,
+            if self.bunches == 1 { "" } else { "es" },
             self.blob_latency_ms,
             self.elapsed_ms as f64 / 1000.0
         );

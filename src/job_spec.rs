@@ -94,7 +94,7 @@ impl JobSpec {
         if job_id != expected_job_id {
             return Err(SpecCorrupt(format!(
                 "job_id is {job_id} but the create call is for job {expected_job_id}: \
-                 the bunch index points at another job's spec"
+                 the spec belongs to another job"
             )));
         }
         let process = spec

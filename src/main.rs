@@ -25,7 +25,14 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
-            tracing::info!(listen = %listener.local_addr()?, name = worker.name(), "batch-worker serving");
+            tracing::info!(
+                listen = %listener.local_addr()?,
+                name = worker.name(),
+                data_dir = %args.data_dir.display(),
+                spec_store = args.spec_store.as_ref().map_or("file://{data-dir}/specs".into(), |u| u.to_string()),
+                driver_url = args.driver_url.as_ref().map_or("none (no reports)".into(), |u| u.to_string()),
+                "batch-worker serving"
+            );
             server::serve(listener, worker, args.max_body_bytes, shutdown_signal()).await?;
             Ok(())
         }

@@ -9,7 +9,8 @@ use crate::supervisor::Worker;
 
 /// Serves `worker`'s API on `listener` until `shutdown` completes or the
 /// API's kill call arrives. Then it stops taking jobs (creates get 503),
-/// finishes in-flight requests, and ends every live attempt's process.
+/// finishes in-flight requests, and ends every job's process group (see
+/// [`Worker::end_processes`]) before returning.
 ///
 /// # Errors
 /// An IO error of the listener.
@@ -31,6 +32,6 @@ pub async fn serve(
             tracing::info!("shutting down: no new jobs");
         })
         .await?;
-    worker.end_all();
+    worker.end_processes().await;
     Ok(())
 }

@@ -120,6 +120,16 @@ impl SpecStore {
         &self.config
     }
 
+    /// `key` as messages show it: relative to the store's root
+    /// (`7/bunch/{token}/specs.idx`), the same for every kind of store.
+    fn shown(&self, key: &Path) -> String {
+        let root = self.root.as_ref();
+        key.as_ref()
+            .strip_prefix(root)
+            .map_or(key.as_ref(), |rest| rest.trim_start_matches('/'))
+            .to_owned()
+    }
+
     /// The object keys of bunch `token` of batch `batch_id`.
     pub fn bunch_keys(&self, batch_id: i64, token: &str) -> BunchKeys {
         BunchKeys::new(&self.root, batch_id, token)
@@ -133,7 +143,10 @@ impl SpecStore {
     /// [`SpecLoadError`] with the kind and a message a person can act on.
     pub async fn load(&self, job: &CreateJob) -> Result<JobSpec, SpecLoadError> {
         let spec = match &job.spec_source {
-            SpecSource::Inline(map) => JobSpec::from_object(map.clone(), job.job_id, 0)?,
+            SpecSource::Inline(map) => {
+                let size_bytes = serde_json::to_vec(map).map_or(0, |v| v.len() as u64);
+                JobSpec::from_object(map.clone(), job.job_id, size_bytes)?
+            }
             SpecSource::Bunch {
                 token,
                 start_job_id,
@@ -199,21 +212,22 @@ impl SpecStore {
         let (start, end) = bunch::decode_entry(&entry).ok_or_else(|| {
             SpecLoadError::corrupt(format!(
                 "{}: index entry for job {job_id} is {} bytes, expected 16",
-                keys.index,
+                self.shown(&keys.index),
                 entry.len()
             ))
         })?;
         if end < start {
             return Err(SpecLoadError::corrupt(format!(
                 "{}: offsets for job {job_id} are reversed (start {start} > end {end})",
-                keys.index
+                self.shown(&keys.index)
             )));
         }
         let size = end - start;
         if size > self.config.max_spec_bytes {
             return Err(SpecLoadError::corrupt(format!(
                 "{}: the spec of job {job_id} is {size} bytes, over the {} byte cap",
-                keys.specs, self.config.max_spec_bytes
+                self.shown(&keys.specs),
+                self.config.max_spec_bytes
             )));
         }
         if size == 0 {
@@ -226,6 +240,7 @@ impl SpecStore {
     /// with a `head` call: a missing object or one shorter than the range is
     /// permanent; anything else is transient.
     async fn read_range(&self, key: &Path, range: Range<u64>) -> Result<Bytes, SpecLoadError> {
+        let shown = self.shown(key);
         let attempt = || async {
             let failure = match self.store.get_range(key, range.clone()).await {
                 Ok(bytes) if bytes.len() as u64 == range.end - range.start => return Ok(bytes),
@@ -235,7 +250,7 @@ impl SpecStore {
                     range.end - range.start
                 ),
                 Err(object_store::Error::NotFound { .. }) => {
-                    return Err(ReadFailure::Permanent(missing(key)))
+                    return Err(ReadFailure::Permanent(missing(&shown)))
                 }
                 Err(
                     e @ (object_store::Error::PermissionDenied { .. }
@@ -243,7 +258,7 @@ impl SpecStore {
                 ) => {
                     return Err(ReadFailure::Permanent(SpecLoadError {
                         kind: ErrorKind::SpecUnavailable,
-                        message: format!("{key}: the store refused the credentials: {e}"),
+                        message: format!("{shown}: the store refused the credentials: {e}"),
                     }))
                 }
                 Err(e) => e.to_string(),
@@ -271,7 +286,7 @@ impl SpecStore {
                 ReadFailure::Transient(why) => SpecLoadError {
                     kind: ErrorKind::SpecUnavailable,
                     message: format!(
-                        "{key}: bytes {}..{} still unreadable after {} attempts: {why}",
+                        "{shown}: bytes {}..{} still unreadable after {} attempts: {why}",
                         range.start,
                         range.end,
                         self.config.max_attempts.max(1)
@@ -282,12 +297,13 @@ impl SpecStore {
 
     /// Classifies a failed or short read by asking for the object's size.
     async fn explain(&self, key: &Path, range: &Range<u64>, failure: String) -> ReadFailure {
+        let shown = self.shown(key);
         match self.store.head(key).await {
-            Err(object_store::Error::NotFound { .. }) => ReadFailure::Permanent(missing(key)),
+            Err(object_store::Error::NotFound { .. }) => ReadFailure::Permanent(missing(&shown)),
             Ok(meta) if meta.size < range.end => {
                 let what = if key.filename() == Some("specs.idx") {
                     format!(
-                        "{key} is {} bytes, too short for bytes {}..{} (the index holds {} \
+                        "{shown} is {} bytes, too short for bytes {}..{} (the index holds {} \
                          offsets; this job is not in the bunch, or the index is truncated)",
                         meta.size,
                         range.start,
@@ -296,7 +312,7 @@ impl SpecStore {
                     )
                 } else {
                     format!(
-                        "{key} is {} bytes, but the index places the spec at bytes {}..{}",
+                        "{shown} is {} bytes, but the index places the spec at bytes {}..{}",
                         meta.size, range.start, range.end
                     )
                 };
@@ -325,9 +341,9 @@ impl SpecStore {
     }
 }
 
-fn missing(key: &Path) -> SpecLoadError {
+fn missing(shown: &str) -> SpecLoadError {
     SpecLoadError {
         kind: ErrorKind::SpecMissing,
-        message: format!("{key} does not exist in the spec store"),
+        message: format!("{shown} does not exist in the spec store"),
     }
 }

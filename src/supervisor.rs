@@ -165,6 +165,10 @@ struct Inner {
     shutting_down: AtomicBool,
     shutdown_requested: CancellationToken,
     changes: watch::Sender<u64>,
+    /// Set by [`Worker::end_processes`]: events are no longer recorded.
+    stopping: AtomicBool,
+    /// Job processes spawning or running.
+    live_processes: watch::Sender<usize>,
 }
 
 /// The worker: cheap to clone, shared by the HTTP handlers and job tasks.
@@ -201,6 +205,8 @@ impl Worker {
                 shutting_down: AtomicBool::new(false),
                 shutdown_requested: CancellationToken::new(),
                 changes: watch::channel(0).0,
+                stopping: AtomicBool::new(false),
+                live_processes: watch::channel(0).0,
             }),
         }
     }
@@ -283,6 +289,10 @@ impl Worker {
     }
 
     fn record_with(&self, key: &JobKey, event: Event, before: impl FnOnce(&mut JobEntry)) {
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            tracing::debug!(%key, event = event.name(), "worker stopping; event not recorded");
+            return;
+        }
         let work = {
             let mut jobs = self.jobs();
             let Some(entry) = jobs
@@ -485,6 +495,15 @@ impl Worker {
         spec: Arc<JobSpec>,
         kill: CancellationToken,
     ) {
+        // Counted from before the spawn, so that shutdown also waits for a
+        // process whose spawn is in flight.
+        self.inner.live_processes.send_modify(|n| *n += 1);
+        self.spawn_and_wait(&key, &spec, kill).await;
+        self.inner.live_processes.send_modify(|n| *n -= 1);
+    }
+
+    async fn spawn_and_wait(&self, key: &JobKey, spec: &JobSpec, kill: CancellationToken) {
+        let key = key.clone();
         let request = ProcessRequest {
             key: key.clone(),
             argv: spec.command.clone(),
@@ -657,13 +676,29 @@ impl Worker {
         self.inner.shutdown_requested.cancelled().await
     }
 
-    /// Ends every live attempt's process group and spec load, for exit.
-    pub fn end_all(&self) {
+    /// For exit: stops recording events, aborts every spec load and ends
+    /// every job's process group (SIGTERM, SIGKILL after the grace period),
+    /// and waits until no job process is left (at most the grace period
+    /// plus 2 s). The attempts stay as they were: no report is sent for
+    /// work the worker itself abandons.
+    pub async fn end_processes(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
         for entry in self.jobs().values() {
             if !entry.attempt.is_terminal() {
                 entry.spec_load.cancel();
                 entry.kill.cancel();
             }
+        }
+        let limit = self.inner.config.runner.kill_grace + std::time::Duration::from_secs(2);
+        let mut live = self.inner.live_processes.subscribe();
+        if tokio::time::timeout(limit, live.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                processes = *live.borrow(),
+                "job processes still running at exit"
+            );
         }
     }
 }

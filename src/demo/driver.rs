@@ -24,12 +24,16 @@ pub struct Received {
     pub complete: Vec<JobCompleteBody>,
     /// Calls that lacked the `X-Hail-Instance-Name` header.
     pub missing_instance_header: usize,
+    /// Calls answered with an injected failure (not in `started`/`complete`).
+    pub refused: usize,
 }
 
 #[derive(Clone)]
 struct Shared {
     received: Arc<Mutex<Received>>,
     changes: watch::Sender<usize>,
+    /// The next `.0` calls are answered `.1` instead of 200.
+    refuse: Arc<Mutex<(usize, StatusCode)>>,
 }
 
 /// A running embedded driver.
@@ -52,6 +56,7 @@ impl EmbeddedDriver {
         let shared = Shared {
             received: Arc::default(),
             changes: watch::channel(0).0,
+            refuse: Arc::new(Mutex::new((0, StatusCode::OK))),
         };
         let app = Router::new()
             .route(&format!("/{JOB_STARTED_PATH}"), post(job_started))
@@ -76,6 +81,12 @@ impl EmbeddedDriver {
             .clone()
     }
 
+    /// Answers the next `calls` calls with `status` instead of 200 (to test
+    /// the worker's retries, or its stop on 404).
+    pub fn refuse_next(&self, calls: usize, status: StatusCode) {
+        *self.shared.refuse.lock().unwrap_or_else(|p| p.into_inner()) = (calls, status);
+    }
+
     /// A receiver that changes on every call received.
     pub fn changes(&self) -> watch::Receiver<usize> {
         self.shared.changes.subscribe()
@@ -88,15 +99,26 @@ impl Drop for EmbeddedDriver {
     }
 }
 
-fn note(shared: &Shared, headers: &HeaderMap, add: impl FnOnce(&mut Received)) {
+fn note(shared: &Shared, headers: &HeaderMap, add: impl FnOnce(&mut Received)) -> StatusCode {
+    let refused = {
+        let mut refuse = shared.refuse.lock().unwrap_or_else(|p| p.into_inner());
+        (refuse.0 > 0).then(|| {
+            refuse.0 -= 1;
+            refuse.1
+        })
+    };
     {
         let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
         if !headers.contains_key("x-hail-instance-name") {
             received.missing_instance_header += 1;
         }
-        add(&mut received);
+        match refused {
+            Some(_) => received.refused += 1,
+            None => add(&mut received),
+        }
     }
     shared.changes.send_modify(|n| *n += 1);
+    refused.unwrap_or(StatusCode::OK)
 }
 
 async fn job_started(
@@ -104,8 +126,7 @@ async fn job_started(
     headers: HeaderMap,
     Json(body): Json<JobStartedBody>,
 ) -> StatusCode {
-    note(&shared, &headers, |r| r.started.push(body));
-    StatusCode::OK
+    note(&shared, &headers, |r| r.started.push(body))
 }
 
 async fn job_complete(
@@ -113,6 +134,5 @@ async fn job_complete(
     headers: HeaderMap,
     Json(body): Json<JobCompleteBody>,
 ) -> StatusCode {
-    note(&shared, &headers, |r| r.complete.push(body));
-    StatusCode::OK
+    note(&shared, &headers, |r| r.complete.push(body))
 }

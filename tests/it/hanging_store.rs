@@ -25,9 +25,7 @@ async fn creates_answer_while_blob_reads_hang_and_cancel_ends_the_loads() {
         h.wait_for(5, job_id, |s| *s == JobState::LoadingSpec).await;
     }
     // Every load is stuck inside the store, not before it.
-    h.worker
-        .wait_until(|_| store.reads().len() >= jobs as usize)
-        .await;
+    store.wait_reads(jobs as usize).await;
     let (_, status) = h.status(5, 3).await;
     assert_eq!(status["state"], json!("initializing"));
     assert_eq!(status["worker_state"], json!({"state": "loading_spec"}));

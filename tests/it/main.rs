@@ -4,14 +4,18 @@
 //! - `support`: the harness and test stores.
 //! - `create_api`: create-body validation, duplicates, store-root safety.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
+//! - `reports`: report retries and the stop on 404.
 //! - `spec_properties`: proptest over corrupt and missing bunches.
 //! - `processes`: exit codes, timeouts, cancel while running, status and
 //!   `job_complete` agree.
+//! - `store_faults`: retries, spec_unavailable, spec_timeout, the load cap.
 //! - `wire_samples`: the shared byte-exact samples.
 
 mod create_api;
 mod hanging_store;
 mod processes;
+mod reports;
 mod spec_properties;
+mod store_faults;
 mod support;
 mod wire_samples;

@@ -176,18 +176,7 @@ async fn cancel_while_running_ends_the_process_group_and_is_not_reported() {
             outcome: Outcome::Cancelled
         }
     );
-    tokio::time::timeout(crate::support::HANG_GUARD, async {
-        while !live_group_members(pid).is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "processes of group {pid} outlived the cancel: {:?}",
-            live_group_members(pid)
-        )
-    });
+    wait_group_gone(pid).await;
     assert!(h.driver.received().complete.is_empty());
 }
 
@@ -226,6 +215,76 @@ async fn launch_failures_and_inline_specs() {
     );
     h.wait_reports(2).await;
     assert_eq!(complete_for(&h, 1)["status"]["state"], json!("error"));
+}
+
+/// Like the binary: the runtime ends right after `serve` returns, so only
+/// what `serve` itself finished counts.
+#[test]
+fn shutdown_ends_running_jobs_before_serve_returns() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (pid, reported) = runtime.block_on(async {
+        let mut h = Harness::in_memory().await;
+        bunch(
+            &h,
+            7,
+            "long",
+            &[shell_spec(1, "trap '' TERM; sleep 30 & sleep 30; wait")],
+        )
+        .await;
+        assert_eq!(
+            h.create(&create_body(7, 1, "long", 1)).await.0,
+            StatusCode::OK
+        );
+        let JobState::Running {
+            phase: RunPhase::Executing { pid },
+        } = h
+            .wait_for(7, 1, |s| {
+                matches!(
+                    s,
+                    JobState::Running {
+                        phase: RunPhase::Executing { .. }
+                    }
+                )
+            })
+            .await
+        else {
+            unreachable!()
+        };
+        h.shutdown().await;
+        (pid, h.driver.received().complete.len())
+    });
+    runtime.shutdown_background();
+    assert_eq!(reported, 0, "no report for work the worker abandons");
+    let deadline = std::time::Instant::now() + crate::support::HANG_GUARD;
+    while !live_group_members(pid).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes of group {pid} outlived the worker: {:?}",
+            live_group_members(pid)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits until no live process of group `pgid` is left; the members' exits
+/// are not events the test can wait on, so it looks at /proc.
+async fn wait_group_gone(pgid: u32) {
+    tokio::time::timeout(crate::support::HANG_GUARD, async {
+        while !live_group_members(pgid).is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "processes of group {pgid} outlived the worker's end: {:?}",
+            live_group_members(pgid)
+        )
+    });
 }
 
 /// Pids of processes in group `pgid` that are not zombies (a zombie is

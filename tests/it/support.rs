@@ -110,6 +110,17 @@ impl Harness {
         }
     }
 
+    /// Stops the server as SIGTERM would, and waits for `serve` to return.
+    pub async fn shutdown(&mut self) {
+        self.stop.cancel();
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("serve does not panic")
+                .expect("serve ends cleanly");
+        }
+    }
+
     pub fn url(&self, path: &str) -> Url {
         self.base.join(path.trim_start_matches('/')).unwrap()
     }
@@ -247,6 +258,8 @@ pub enum OnRead {
     Hang,
     /// Panic, as a buggy store client would.
     Panic,
+    /// Fail this many reads with a transient error, then pass.
+    FailFirst(usize),
 }
 
 /// An object store wrapper that records every key read and can make every
@@ -256,6 +269,14 @@ pub struct TestStore {
     inner: Arc<dyn ObjectStore>,
     on_read: OnRead,
     reads: Mutex<Vec<String>>,
+    read_count: tokio::sync::watch::Sender<usize>,
+}
+
+fn injected_error() -> object_store::Error {
+    object_store::Error::Generic {
+        store: "TestStore",
+        source: "injected transient failure (HTTP 503)".into(),
+    }
 }
 
 impl TestStore {
@@ -264,7 +285,17 @@ impl TestStore {
             inner,
             on_read,
             reads: Mutex::default(),
+            read_count: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Waits until at least `n` reads were made (guarded by [`HANG_GUARD`]).
+    pub async fn wait_reads(&self, n: usize) {
+        let mut count = self.read_count.subscribe();
+        tokio::time::timeout(HANG_GUARD, count.wait_for(|c| *c >= n))
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {n} reads: {:?}", self.reads()))
+            .unwrap();
     }
 
     /// Every key read so far (gets, range reads and heads).
@@ -272,12 +303,19 @@ impl TestStore {
         self.reads.lock().unwrap().clone()
     }
 
-    async fn before_read(&self, location: &Path) {
-        self.reads.lock().unwrap().push(location.to_string());
+    async fn before_read(&self, location: &Path) -> object_store::Result<()> {
+        let reads = {
+            let mut reads = self.reads.lock().unwrap();
+            reads.push(location.to_string());
+            reads.len()
+        };
+        self.read_count.send_replace(reads);
         match self.on_read {
-            OnRead::Pass => {}
-            OnRead::Hang => std::future::pending::<()>().await,
+            OnRead::Pass => Ok(()),
+            OnRead::Hang => std::future::pending().await,
             OnRead::Panic => panic!("test store panics on read of {location}"),
+            OnRead::FailFirst(n) if reads <= n => Err(injected_error()),
+            OnRead::FailFirst(_) => Ok(()),
         }
     }
 }
@@ -312,7 +350,7 @@ impl ObjectStore for TestStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        self.before_read(location).await;
+        self.before_read(location).await?;
         self.inner.get_opts(location, options).await
     }
 
@@ -321,7 +359,7 @@ impl ObjectStore for TestStore {
         location: &Path,
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
-        self.before_read(location).await;
+        self.before_read(location).await?;
         self.inner.get_ranges(location, ranges).await
     }
 
