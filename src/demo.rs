@@ -361,7 +361,7 @@ async fn write_specs(
     Ok((planned, bunches))
 }
 
-/// A create body like the driver's (`shared/samples/create-v7.json`).
+/// A create body like the driver's (`tests/fixtures/samples/create-v7.json`).
 fn create_body(job_id: i64, bunch: Option<(&str, i64)>, inline: Option<Value>) -> Value {
     let attempt_id = Alphanumeric.sample_string(&mut rand::rng(), 6);
     let mut job_spec = inline.unwrap_or_else(|| json!({}));

@@ -2,7 +2,8 @@
 //! JSON and the `job_started` / `job_complete` bodies.
 //!
 //! Source: `DESIGN.md` ("Wire contract"), checked against the byte-exact
-//! samples in `shared/samples/` by the integration tests.
+//! samples (copied from the team's `shared/samples/` into `tests/fixtures/samples/`) by the
+//! integration tests.
 
 use std::collections::BTreeMap;
 
@@ -382,7 +383,7 @@ pub fn truncate(s: &str, max: usize) -> String {
 }
 
 /// `POST {driver}/api/v1alpha/instances/job_started` body.
-/// Sample: `shared/samples/job_started.json`.
+/// Sample: `tests/fixtures/samples/job_started.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStartedBody {
     /// The attempt's status.
@@ -407,7 +408,7 @@ pub struct JobStartedStatus {
 }
 
 /// `POST {driver}/api/v1alpha/instances/job_complete` body.
-/// Samples: `shared/samples/job_complete-failed.json`, `-error.json`.
+/// Samples: `tests/fixtures/samples/job_complete-failed.json`, `-error.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobCompleteBody {
     /// The attempt's final status.
