@@ -156,11 +156,15 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     // The driver side (its endpoint and its create calls) runs on a runtime
     // of its own, as it would in its own process: its latency figures then
     // measure the worker, not the demo's scheduling of its own client.
-    let driver_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("demo-driver")
-        .enable_all()
-        .build()?;
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+    };
+    let driver_runtime = runtime("demo-driver")?;
+    let client_runtime = runtime("demo-client")?;
     let driver = driver_runtime
         .spawn(driver::EmbeddedDriver::start())
         .await
@@ -202,7 +206,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let bodies: Vec<Value> = planned.iter().map(|j| j.body.clone()).collect();
     let creates = {
         let (http, base) = (http.clone(), base.clone());
-        driver_runtime
+        client_runtime
             .spawn(async move { create_all(&http, &base, bodies).await })
             .await
             .expect("the create calls do not panic")
@@ -256,6 +260,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let _ = server.await;
     drop(driver);
     driver_runtime.shutdown_background();
+    client_runtime.shutdown_background();
 
     let mut seen = std::collections::HashSet::new();
     let complete_duplicates = received
