@@ -15,10 +15,14 @@
 
 mod error;
 
+use std::collections::HashMap;
+
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -59,6 +63,11 @@ pub fn router(worker: Worker, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                refuse_declared_oversize(request, next, max_body_bytes)
+            },
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(worker)
 }
@@ -73,11 +82,58 @@ async fn create(
     Ok(StatusCode::OK)
 }
 
+/// Answers 413 before reading a body whose `Content-Length` is over the
+/// limit (the body limit alone would wait for the bytes to arrive).
+async fn refuse_declared_oversize(request: Request, next: Next, max_body_bytes: usize) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max_body_bytes as u64 => ApiError::PayloadTooLarge(format!(
+            "Content-Length is {length} bytes; the limit is {max_body_bytes}"
+        ))
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// The `{batch_id}` and `{job_id}` (and `{container}`) of a job path.
+struct JobPath {
+    batch_id: i64,
+    job_id: i64,
+    container: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for JobPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| {
+                ApiError::BadRequest(FieldError {
+                    field: "path".into(),
+                    message: e.body_text(),
+                })
+            })?;
+        let param = |name: &str| params.get(name).map(String::as_str).unwrap_or_default();
+        let (batch_id, job_id) = ids(param("batch_id"), param("job_id"))?;
+        Ok(JobPath {
+            batch_id,
+            job_id,
+            container: params.get("container").cloned(),
+        })
+    }
+}
+
 async fn cancel(
     State(worker): State<Worker>,
-    Path((batch_id, job_id)): Path<(String, String)>,
+    JobPath {
+        batch_id, job_id, ..
+    }: JobPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (batch_id, job_id) = ids(&batch_id, &job_id)?;
     let state = worker.cancel(batch_id, job_id)?;
     Ok(Json(
         json!({ "state": state.wire_state(), "worker_state": state }),
@@ -86,26 +142,32 @@ async fn cancel(
 
 async fn status(
     State(worker): State<Worker>,
-    Path((batch_id, job_id)): Path<(String, String)>,
+    JobPath {
+        batch_id, job_id, ..
+    }: JobPath,
 ) -> Result<Response, ApiError> {
-    let (batch_id, job_id) = ids(&batch_id, &job_id)?;
     Ok(Json(worker.status(batch_id, job_id)?).into_response())
 }
 
 async fn events(
     State(worker): State<Worker>,
-    Path((batch_id, job_id)): Path<(String, String)>,
+    JobPath {
+        batch_id, job_id, ..
+    }: JobPath,
 ) -> Result<Response, ApiError> {
-    let (batch_id, job_id) = ids(&batch_id, &job_id)?;
     Ok(Json(worker.events(batch_id, job_id)?).into_response())
 }
 
 async fn log(
     State(worker): State<Worker>,
-    Path((batch_id, job_id, container)): Path<(String, String, String)>,
+    JobPath {
+        batch_id,
+        job_id,
+        container,
+    }: JobPath,
 ) -> Result<Response, ApiError> {
-    let (batch_id, job_id) = ids(&batch_id, &job_id)?;
     let path = worker.main_log(batch_id, job_id)?;
+    let container = container.unwrap_or_default();
     if container != "main" {
         return Err(ApiError::NotFound(format!(
             "job {batch_id}:{job_id} has no container {container:?}; this worker runs one, \"main\""

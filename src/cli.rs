@@ -127,6 +127,9 @@ pub enum StartError {
     /// The spec store URL could not be opened.
     #[error(transparent)]
     Store(#[from] StoreOpenError),
+    /// A runtime's threads could not be started.
+    #[error("cannot start the spec store's threads: {0}")]
+    Runtime(std::io::Error),
     /// The driver client could not be built.
     #[error("cannot build the driver client: {0}")]
     Driver(#[from] reqwest::Error),
@@ -181,7 +184,8 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
         throttled(store, args.spec.blob_latency_ms),
         root,
         args.spec.load_config(),
-    );
+    )
+    .map_err(StartError::Runtime)?;
     let name = args.name.clone().unwrap_or_else(default_name);
     let driver = args
         .driver_url

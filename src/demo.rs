@@ -183,7 +183,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             max_spec_bytes: DEMO_SPEC_MAX_BYTES,
             ..SpecLoadConfig::default()
         },
-    );
+    )?;
     let client = DriverClient::new(
         driver.url.clone(),
         "demo-worker".into(),
@@ -294,7 +294,7 @@ async fn write_specs(
     store: &Arc<dyn ObjectStore>,
     jobs: usize,
 ) -> Result<(Vec<PlannedJob>, usize), DemoError> {
-    let writer = SpecStore::new(store.clone(), Path::default(), SpecLoadConfig::default());
+    let writer = SpecStore::new(store.clone(), Path::default(), SpecLoadConfig::default())?;
     let mut planned = Vec::with_capacity(jobs);
     let mut bunches = 0;
     let mut run: Vec<(i64, Kind)> = Vec::new();

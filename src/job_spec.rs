@@ -144,15 +144,20 @@ impl JobSpec {
                 (secs > 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
             }
         };
-        let unsupported = ["input_files", "output_files"]
-            .into_iter()
-            .filter(|field| match spec.get(*field) {
-                None | Some(Value::Null) => false,
-                Some(Value::Array(list)) => !list.is_empty(),
-                Some(_) => true,
-            })
-            .map(str::to_owned)
-            .collect();
+        let mut unsupported = Vec::new();
+        for field in ["input_files", "output_files"] {
+            match spec.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(list)) if list.is_empty() => {}
+                Some(Value::Array(_)) => unsupported.push(field.to_owned()),
+                Some(other) => {
+                    return Err(SpecCorrupt(format!(
+                        "{field}: expected a list of {{from, to}}, got {}",
+                        describe(Some(other))
+                    )))
+                }
+            }
+        }
         Ok(JobSpec {
             job_id,
             process: process_kind,

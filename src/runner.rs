@@ -21,6 +21,9 @@ use crate::wire::EnvVar;
 /// The niceness of job processes (the worker's own is left as it is).
 pub const JOB_NICENESS: i32 = 10;
 
+/// Longest wait for a process to start (spawn returns once it has exec'd).
+pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// `PATH` for jobs when the worker has none.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -209,7 +212,7 @@ impl RunningProcess {
             status = self.child.wait() => exit_status(status),
             () = timer => {
                 self.end_group().await;
-                ExitStatus::TimedOut { timeout_s: timeout.map_or(0, |t| t.as_secs_f64().ceil() as u64) }
+                ExitStatus::TimedOut { timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64) }
             }
             () = kill.cancelled() => self.end_group().await,
         };

@@ -84,12 +84,31 @@ impl From<SpecCorrupt> for SpecLoadError {
 }
 
 /// Reads job specs from bunches under a root of one object store.
+///
+/// Store IO runs on a small runtime of its own ("spec-io"): a store whose
+/// reads hang in blocking threads (a FIFO or a dead mount under a `file://`
+/// root) can exhaust only that runtime's blocking threads, never those the
+/// worker needs to start processes or serve logs.
 #[derive(Debug, Clone)]
 pub struct SpecStore {
     store: Arc<dyn ObjectStore>,
     root: Path,
     config: SpecLoadConfig,
     permits: Arc<Semaphore>,
+    io: Arc<IoRuntime>,
+}
+
+/// The spec store's own runtime; shut down without waiting when the last
+/// [`SpecStore`] clone goes (a thread stuck in a read must not block exit).
+#[derive(Debug)]
+struct IoRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for IoRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// One failed read attempt: retry it, or give up with this error.
@@ -100,14 +119,28 @@ enum ReadFailure {
 
 impl SpecStore {
     /// A spec store over `store`, with keys under `root`.
-    pub fn new(store: Arc<dyn ObjectStore>, root: Path, config: SpecLoadConfig) -> SpecStore {
-        let permits = Arc::new(Semaphore::new(config.max_concurrent_loads.max(1)));
-        SpecStore {
+    ///
+    /// # Errors
+    /// The spec-io runtime's threads could not be started.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        root: Path,
+        config: SpecLoadConfig,
+    ) -> std::io::Result<SpecStore> {
+        let loads = config.max_concurrent_loads.max(1);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(loads)
+            .thread_name("spec-io")
+            .enable_all()
+            .build()?;
+        Ok(SpecStore {
             store,
             root,
             config,
-            permits,
-        }
+            permits: Arc::new(Semaphore::new(loads)),
+            io: Arc::new(IoRuntime(Some(runtime))),
+        })
     }
 
     /// The underlying object store.
@@ -177,22 +210,34 @@ impl SpecStore {
         start_job_id: i64,
     ) -> Result<Bytes, SpecLoadError> {
         let deadline = self.config.deadline;
-        tokio::time::timeout(
-            deadline,
-            self.read_spec_unbounded(batch_id, job_id, token, start_job_id),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(SpecLoadError {
-                kind: ErrorKind::SpecTimeout,
-                message: format!(
-                    "reading the spec of job {job_id} from bunch {token} took longer than \
+        let this = self.clone();
+        let owned_token = token.to_owned();
+        let Some(io) = self.io.0.as_ref() else {
+            unreachable!("the spec-io runtime lives as long as the store")
+        };
+        let mut read = io.spawn(async move {
+            this.read_spec_unbounded(batch_id, job_id, &owned_token, start_job_id)
+                .await
+        });
+        match tokio::time::timeout(deadline, &mut read).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(failed)) => Err(SpecLoadError {
+                kind: ErrorKind::SpecUnavailable,
+                message: format!("the spec store failed unexpectedly: {failed}"),
+            }),
+            Err(_) => {
+                read.abort();
+                Err(SpecLoadError {
+                    kind: ErrorKind::SpecTimeout,
+                    message: format!(
+                        "reading the spec of job {job_id} from bunch {token} took longer than \
                          the {} ms deadline (store: {})",
-                    deadline.as_millis(),
-                    self.store
-                ),
-            })
-        })
+                        deadline.as_millis(),
+                        self.store
+                    ),
+                })
+            }
+        }
     }
 
     async fn read_spec_unbounded(

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::driver_client::DriverClient;
 use crate::job_spec::JobSpec;
-use crate::runner::{AttemptDir, HostRunner, ProcessRequest};
+use crate::runner::{AttemptDir, HostRunner, LaunchError, ProcessRequest, SPAWN_TIMEOUT};
 use crate::spec_store::{SpecLoadError, SpecStore};
 use crate::wire::{
     CreateJob, JobCompleteBody, JobCompleteStatus, JobStartedBody, JobStartedStatus, STATUS_VERSION,
@@ -129,7 +129,11 @@ pub struct JobStatus {
 struct JobEntry {
     key: JobKey,
     attempt: JobAttempt,
-    request: Arc<CreateJob>,
+    /// The create request, until the spec-load task takes it: the entry
+    /// keeps only the small [`AttemptSummary`], so that a format-1 spec (up
+    /// to the body limit) is not held for the life of the table.
+    request: Option<Arc<CreateJob>>,
+    summary: AttemptSummary,
     spec: Option<Arc<JobSpec>>,
     /// The spec's `resources`, kept after the spec is dropped.
     resources: Value,
@@ -144,10 +148,18 @@ struct JobEntry {
     started_delivered: Arc<AtomicBool>,
 }
 
+/// What the status and reports need of the create request.
+struct AttemptSummary {
+    user: String,
+    format_version: u32,
+    job_group_id: i64,
+    secret_names: Vec<String>,
+}
+
 /// An effect with the data needed to perform it, taken under the lock.
 enum Work {
     LoadSpec(JobKey, Arc<CreateJob>, CancellationToken),
-    Spawn(JobKey, Arc<CreateJob>, Arc<JobSpec>, CancellationToken),
+    Spawn(JobKey, Arc<JobSpec>, CancellationToken),
     ReportStarted(JobKey, JobStartedBody, Arc<AtomicBool>),
     ReportComplete(
         JobKey,
@@ -259,7 +271,13 @@ impl Worker {
                     state_after: attempt.state().name(),
                 }],
                 attempt,
-                request: Arc::new(job),
+                summary: AttemptSummary {
+                    user: job.user.clone(),
+                    format_version,
+                    job_group_id: job.attempt.job_group_id,
+                    secret_names: job.redacted_secrets(),
+                },
+                request: Some(Arc::new(job)),
                 spec: None,
                 resources: Value::Null,
                 accepted_at_ms: now,
@@ -344,16 +362,18 @@ impl Worker {
         let mut work = Vec::new();
         for effect in effects {
             match effect {
-                Effect::StartSpecLoad => work.push(Work::LoadSpec(
-                    entry.key.clone(),
-                    entry.request.clone(),
-                    entry.spec_load.clone(),
-                )),
+                Effect::StartSpecLoad => match entry.request.take() {
+                    Some(request) => work.push(Work::LoadSpec(
+                        entry.key.clone(),
+                        request,
+                        entry.spec_load.clone(),
+                    )),
+                    None => tracing::error!(key = %entry.key, "spec load asked for twice"),
+                },
                 Effect::AbortSpecLoad => entry.spec_load.cancel(),
                 Effect::SpawnProcess => match &entry.spec {
                     Some(spec) => work.push(Work::Spawn(
                         entry.key.clone(),
-                        entry.request.clone(),
                         spec.clone(),
                         entry.kill.clone(),
                     )),
@@ -395,8 +415,8 @@ impl Worker {
                 Work::LoadSpec(key, request, cancel) => {
                     tokio::spawn(self.clone().load_spec(key, request, cancel));
                 }
-                Work::Spawn(key, request, spec, kill) => {
-                    tokio::spawn(self.clone().run_process(key, request, spec, kill));
+                Work::Spawn(key, spec, kill) => {
+                    tokio::spawn(self.clone().run_process(key, spec, kill));
                 }
                 Work::ReportStarted(key, body, delivered) => {
                     let Some(driver) = self.inner.driver.clone() else {
@@ -488,13 +508,7 @@ impl Worker {
     }
 
     /// The process task: spawn, `ProcessStarted`, wait, `ProcessExited`.
-    async fn run_process(
-        self,
-        key: JobKey,
-        _request: Arc<CreateJob>,
-        spec: Arc<JobSpec>,
-        kill: CancellationToken,
-    ) {
+    async fn run_process(self, key: JobKey, spec: Arc<JobSpec>, kill: CancellationToken) {
         // Counted from before the spawn, so that shutdown also waits for a
         // process whose spawn is in flight.
         self.inner.live_processes.send_modify(|n| *n += 1);
@@ -510,7 +524,23 @@ impl Worker {
             env: spec.env.clone(),
             dir: AttemptDir::new(&self.inner.config.data_dir, &key),
         };
-        match self.inner.config.runner.spawn(&request).await {
+        if kill.is_cancelled() {
+            // Cancelled while the spec was being turned into a process.
+            let message = "cancelled before the process started".to_owned();
+            self.record(&key, Event::LaunchFailed { message });
+            return;
+        }
+        // A spawn that hangs (a program on a dead network mount) or is
+        // cancelled is abandoned: dropping it drops the child, if one ever
+        // appears, which kills it (kill_on_drop).
+        let spawned = tokio::select! {
+            spawned = self.inner.config.runner.spawn(&request) => spawned,
+            () = kill.cancelled() => Err(LaunchError("cancelled while the process was starting".into())),
+            () = tokio::time::sleep(SPAWN_TIMEOUT) => Err(LaunchError(format!(
+                "the process did not start within {} s", SPAWN_TIMEOUT.as_secs()
+            ))),
+        };
+        match spawned {
             Err(e) => self.record(&key, Event::LaunchFailed { message: e.0 }),
             Ok(process) => {
                 self.record(&key, Event::ProcessStarted { pid: process.pid() });
@@ -597,10 +627,10 @@ impl Worker {
             batch_id,
             job_id,
             attempt_id: entry.key.attempt_id.clone(),
-            job_group_id: entry.request.attempt.job_group_id,
-            user: entry.request.user.clone(),
+            job_group_id: entry.summary.job_group_id,
+            user: entry.summary.user.clone(),
             state: state.wire_state().as_str(),
-            format_version: entry.request.format_version,
+            format_version: entry.summary.format_version,
             error,
             error_kind,
             start_time: entry.started_at_ms.unwrap_or(entry.accepted_at_ms),
@@ -608,7 +638,7 @@ impl Worker {
             resources: entry.resources.clone(),
             container_statuses,
             worker_state: state,
-            secrets: entry.request.redacted_secrets(),
+            secrets: entry.summary.secret_names.clone(),
         })
     }
 
@@ -730,7 +760,7 @@ fn complete_status(entry: &JobEntry) -> JobCompleteStatus {
         batch_id: entry.key.batch_id,
         job_id: entry.key.job_id,
         attempt_id: entry.key.attempt_id.clone(),
-        job_group_id: entry.request.attempt.job_group_id,
+        job_group_id: entry.summary.job_group_id,
         state: state.wire_state().as_str().to_owned(),
         start_time: start,
         end_time: end,

@@ -202,6 +202,9 @@ impl CreateJob {
         safe_id("job_spec.attempt_id", &attempt.attempt_id)?;
         non_negative("job_spec.job_group_id", attempt.job_group_id)?;
         validate_env("job_spec.env", &attempt.env)?;
+        if let Some(token) = &body.token {
+            safe_id("token", token)?;
+        }
         let spec_source = if format_version == 1 {
             // The secrets' data must not travel with the spec.
             let mut spec = body.job_spec;
@@ -295,10 +298,19 @@ pub fn from_json<'de, T: Deserialize<'de>>(
 }
 
 /// Turns serde's message into a field error; "missing field `x`" names `x`.
+/// For secret fields (`gsa_key`, `job_spec.secrets[].data`) the offending
+/// value is not repeated, only what was expected.
 fn field_from_serde(prefix: &str, path: &str, err: &serde_json::Error) -> FieldError {
     let text = err.to_string();
-    let text = text.split(" at line ").next().unwrap_or(&text).to_owned();
+    let mut text = text.split(" at line ").next().unwrap_or(&text).to_owned();
     let mut field = join_path(prefix, if path == "." { "" } else { path });
+    if is_secret_field(&field) {
+        let expected = text.rsplit_once(", expected ").map(|(_, e)| e.to_owned());
+        text = match expected {
+            Some(e) => format!("invalid value (not shown: the field is secret), expected {e}"),
+            None => "invalid value (not shown: the field is secret)".to_owned(),
+        };
+    }
     if let Some(name) = text
         .strip_prefix("missing field `")
         .and_then(|rest| rest.split('`').next())
@@ -310,6 +322,12 @@ fn field_from_serde(prefix: &str, path: &str, err: &serde_json::Error) -> FieldE
         field = "body".into();
     }
     FieldError::new(field, text)
+}
+
+fn is_secret_field(field: &str) -> bool {
+    field == "gsa_key"
+        || field.starts_with("gsa_key.")
+        || (field.contains("secrets[") && field.contains("].data"))
 }
 
 fn join_path(a: &str, b: &str) -> String {

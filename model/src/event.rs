@@ -117,8 +117,8 @@ pub enum ExitStatus {
     },
     /// Ended by the worker because it ran past the spec's `timeout`.
     TimedOut {
-        /// The spec's timeout, in seconds.
-        timeout_s: u64,
+        /// The spec's timeout, in ms.
+        timeout_ms: u64,
     },
 }
 

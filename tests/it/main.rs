@@ -5,6 +5,8 @@
 //! - `create_api`: create-body validation, duplicates, store-root safety.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
 //! - `reports`: report retries and the stop on 404.
+//! - `server_limits`: 413 up front, envelopes, shutdown with a stalled
+//!   client, a store that blocks threads forever.
 //! - `spec_properties`: proptest over corrupt and missing bunches.
 //! - `processes`: exit codes, timeouts, cancel while running, status and
 //!   `job_complete` agree.
@@ -15,6 +17,7 @@ mod create_api;
 mod hanging_store;
 mod processes;
 mod reports;
+mod server_limits;
 mod spec_properties;
 mod store_faults;
 mod support;

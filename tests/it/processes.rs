@@ -129,7 +129,7 @@ async fn a_timeout_fails_the_job_with_no_exit_code() {
         h.wait_final(4, 1).await,
         JobState::Done {
             outcome: Outcome::Failed {
-                exit: ExitStatus::TimedOut { timeout_s: 1 }
+                exit: ExitStatus::TimedOut { timeout_ms: 300 }
             }
         }
     );

@@ -80,10 +80,11 @@ impl Harness {
                     kill_grace: Duration::from_secs(2),
                 },
             },
-            SpecStore::new(store.clone(), root.clone(), config),
+            SpecStore::new(store.clone(), root.clone(), config).expect("spec-io threads"),
             Some(client),
         );
-        let writer = SpecStore::new(store, root, SpecLoadConfig::default());
+        let writer =
+            SpecStore::new(store, root, SpecLoadConfig::default()).expect("spec-io threads");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");

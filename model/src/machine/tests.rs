@@ -96,7 +96,7 @@ fn all_events() -> Vec<Event> {
             duration_ms: 1,
         },
         Event::ProcessExited {
-            exit: ExitStatus::TimedOut { timeout_s: 1 },
+            exit: ExitStatus::TimedOut { timeout_ms: 1000 },
             duration_ms: 1000,
         },
         Event::CancelRequested,
