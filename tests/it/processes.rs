@@ -82,15 +82,7 @@ async fn exit_codes_end_succeeded_or_failed_and_status_agrees_with_the_driver() 
                 .any(|s| s.status.job_id == job_id));
         }
     }
-    let log = h
-        .http
-        .get(h.url("/api/v1alpha/batches/2/jobs/1/log/main"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = h.log_text(2, 1).await;
     assert_eq!(log, "out\nerr\n");
     let (status, _) = h.get("/api/v1alpha/batches/2/jobs/1/log/input").await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -146,15 +146,7 @@ async fn blocked_store_scenario() {
             outcome: Outcome::Succeeded
         }
     );
-    let log = h
-        .http
-        .get(h.url("/api/v1alpha/batches/5/jobs/1/log/main"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = h.log_text(5, 1).await;
     assert_eq!(log, "still running\n");
     // Release the threads stuck in open().
     let _writer = std::fs::OpenOptions::new()

@@ -157,6 +157,20 @@ impl Harness {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The job's `main` log, through the API.
+    pub async fn log_text(&self, batch_id: i64, job_id: i64) -> String {
+        self.http
+            .get(self.url(&format!(
+                "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/log/main"
+            )))
+            .send()
+            .await
+            .expect("the worker answers")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
     pub async fn status(&self, batch_id: i64, job_id: i64) -> (StatusCode, Value) {
         self.get(&format!(
             "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/status"
