@@ -301,12 +301,16 @@ impl Worker {
 
     /// Records one event for attempt `key` and performs its effects.
     /// Events for an attempt that is no longer in the table, or illegal in
-    /// its state, are logged and dropped; they never panic.
+    /// its state, are logged and dropped; events after a terminal state are
+    /// absorbed; none of them panics.
     pub fn record(&self, key: &JobKey, event: Event) {
         self.record_with(key, event, |_| {});
     }
 
-    fn record_with(&self, key: &JobKey, event: Event, before: impl FnOnce(&mut JobEntry)) {
+    /// [`Worker::record`], with `update` applied to the entry when the
+    /// event is taken (not when it is dropped or absorbed), before effects
+    /// are planned.
+    fn record_with(&self, key: &JobKey, event: Event, update: impl FnOnce(&mut JobEntry)) {
         if self.inner.stopping.load(Ordering::SeqCst) {
             tracing::debug!(%key, event = event.name(), "worker stopping; event not recorded");
             return;
@@ -320,7 +324,6 @@ impl Worker {
                 tracing::warn!(%key, event = event.name(), "event for an attempt not on this worker; dropped");
                 return;
             };
-            before(entry);
             let applied = match entry.attempt.apply(&event) {
                 Ok(applied) => applied,
                 Err(illegal) => {
@@ -332,11 +335,12 @@ impl Worker {
                 tracing::debug!(%key, event = event.name(), "event after a terminal state; absorbed");
                 return;
             }
+            update(entry);
             let now = now_ms();
             let state = entry.attempt.state();
-            match (&event, &state) {
-                (Event::ProcessStarted { .. }, _) => entry.started_at_ms = Some(now),
-                (Event::ProcessExited { duration_ms, .. }, _) => {
+            match &event {
+                Event::ProcessStarted { .. } => entry.started_at_ms = Some(now),
+                Event::ProcessExited { duration_ms, .. } => {
                     entry.exit_duration_ms = Some(*duration_ms)
                 }
                 _ => {}
@@ -351,7 +355,12 @@ impl Worker {
                 state_after: state.name(),
             });
             log_transition(key, &event, &state);
-            self.plan(entry, &applied.effects)
+            let work = self.plan(entry, &applied.effects);
+            if state.is_terminal() {
+                // The spec is no longer needed; keep the table small.
+                entry.spec = None;
+            }
+            work
         };
         self.inner.changes.send_modify(|n| *n += 1);
         self.perform(work);
@@ -394,16 +403,12 @@ impl Worker {
                     },
                     entry.started_delivered.clone(),
                 )),
-                Effect::ReportComplete => {
-                    work.push(Work::ReportComplete(
-                        entry.key.clone(),
-                        complete_status(entry),
-                        entry.started_report.take(),
-                        entry.started_delivered.clone(),
-                    ));
-                    // The spec is no longer needed; keep the table small.
-                    entry.spec = None;
-                }
+                Effect::ReportComplete => work.push(Work::ReportComplete(
+                    entry.key.clone(),
+                    complete_status(entry),
+                    entry.started_report.take(),
+                    entry.started_delivered.clone(),
+                )),
             }
         }
         work
