@@ -19,6 +19,8 @@
 //! - [`wire`]: the driver's wire formats: create body, report bodies.
 //! - [`bunch`]: the spec bunch layout (`specs`, `specs.idx`).
 //! - [`job_spec`]: parsing and validating one spec.
+//! - [`journal`]: the event journal's byte format (framing, checksums, torn
+//!   tails); the writer, recovery and replay that use it are not built yet.
 //! - [`spec_store`]: loading a spec over `object_store`, classifying failures.
 //! - [`store`]: opening stores from URLs; latency injection.
 //! - [`runner`]: running a spec's command as a host process.
@@ -31,6 +33,7 @@ pub mod cli;
 pub mod demo;
 pub mod driver_client;
 pub mod job_spec;
+pub mod journal;
 pub mod runner;
 pub mod server;
 pub mod spec_store;

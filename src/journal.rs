@@ -1,0 +1,46 @@
+//! The event journal's on-disk format: a versioned header, then records,
+//! each framed with its length and a CRC32C checksum.
+//!
+//! This module is the format only (encode, and a decode that tells a torn
+//! tail from a corrupt middle); the writer task, recovery and replay build
+//! on it.
+//!
+//! ```text
+//! header:  b"BWJOURNL" | format version: u32 LE | reserved: u32 LE (0)           16 bytes
+//! record:  length n: u32 LE | crc32c(length bytes): u32 LE | crc32c(payload): u32 LE
+//!          | payload                                                      12 + n bytes
+//! payload: JSON of a JournalRecord
+//! ```
+//!
+//! The length has a checksum of its own so that a damaged length is seen as
+//! damage, not as a record running past the end of the file (which would
+//! look like a torn write and silently drop every later record).
+
+mod codec;
+#[cfg(test)]
+mod tests;
+
+pub use codec::{
+    decode, encode_header, encode_record, Decoded, JournalError, TailDamage, FORMAT_VERSION,
+    HEADER_BYTES, MAGIC, MAX_RECORD_BYTES,
+};
+
+use batch_worker_model::{Event, JobKey};
+use serde::{Deserialize, Serialize};
+
+/// One journal record: one event of one attempt.
+///
+/// Secrets never appear here: events carry none, and keys are ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    /// Position in the journal, from 1, without gaps.
+    pub seq: u64,
+    /// When the event was recorded, ms since the Unix epoch.
+    pub time_ms: i64,
+    /// The serde shape version of `event` ([`batch_worker_model::EVENT_VERSION`]).
+    pub event_version: u32,
+    /// The attempt.
+    pub key: JobKey,
+    /// The event.
+    pub event: Event,
+}

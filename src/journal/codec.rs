@@ -1,0 +1,209 @@
+//! Encoding and decoding journal bytes.
+
+use super::JournalRecord;
+
+/// The first 8 bytes of every journal file.
+pub const MAGIC: &[u8; 8] = b"BWJOURNL";
+/// The version of this byte format (not of the events inside).
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of the file header, in bytes.
+pub const HEADER_BYTES: usize = 16;
+/// Largest payload a record may have, in bytes; a larger length field is
+/// corruption.
+pub const MAX_RECORD_BYTES: u32 = 16 * 1024 * 1024;
+/// Size of a record's frame (length, its checksum, the payload's), in bytes.
+pub const FRAME_BYTES: usize = 12;
+
+/// The file header.
+pub fn encode_header() -> [u8; HEADER_BYTES] {
+    let mut header = [0u8; HEADER_BYTES];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header
+}
+
+/// One framed record, appended to `out`.
+///
+/// # Errors
+/// The record does not serialise (it always does for the model's types) or
+/// is larger than [`MAX_RECORD_BYTES`].
+pub fn encode_record(record: &JournalRecord, out: &mut Vec<u8>) -> Result<(), JournalError> {
+    let payload = serde_json::to_vec(record).map_err(|e| JournalError::Encode(e.to_string()))?;
+    let length = u32::try_from(payload.len())
+        .ok()
+        .filter(|n| *n <= MAX_RECORD_BYTES)
+        .ok_or(JournalError::Encode(format!(
+            "record of {} bytes is over the {MAX_RECORD_BYTES} byte limit",
+            payload.len()
+        )))?;
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&length.to_le_bytes()).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(())
+}
+
+/// What was cut off the end of a journal: the bytes after the last whole,
+/// valid record (a write the process did not finish).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailDamage {
+    /// Byte offset where the valid prefix ends.
+    pub offset: u64,
+    /// Bytes after it.
+    pub bytes: u64,
+    /// Why they are not a record.
+    pub reason: String,
+}
+
+/// A decoded journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// The valid records, in order.
+    pub records: Vec<JournalRecord>,
+    /// Length of the valid prefix, in bytes (header included).
+    pub valid_bytes: u64,
+    /// A torn tail, if one was cut off.
+    pub tail: Option<TailDamage>,
+}
+
+/// Why journal bytes cannot be used as they are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    /// The header is missing, not ours, or of another format version.
+    #[error("not a batch-worker journal: {0}")]
+    Header(String),
+    /// A record before the last one is damaged: the journal lost data in
+    /// the middle, which a torn write cannot explain.
+    #[error("corrupt record at byte {offset} (after {valid_records} valid records): {reason}")]
+    CorruptMiddle {
+        /// Byte offset of the damaged record.
+        offset: u64,
+        /// Records before it.
+        valid_records: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A record could not be encoded.
+    #[error("cannot encode a journal record: {0}")]
+    Encode(String),
+}
+
+/// Decodes journal bytes.
+///
+/// A damaged *last* record is a torn write: a short frame, a payload cut
+/// short, a payload checksum failing on the bytes that end the file, or a
+/// zero-filled end. It is reported in [`Decoded::tail`] and the records
+/// before it are returned. Any other damage (a length failing its
+/// checksum, a bad payload with more bytes after it, a payload that passes
+/// its checksum but does not parse) is [`JournalError::CorruptMiddle`].
+///
+/// # Errors
+/// [`JournalError::Header`] or [`JournalError::CorruptMiddle`].
+pub fn decode(bytes: &[u8]) -> Result<Decoded, JournalError> {
+    if bytes.len() < HEADER_BYTES {
+        // A file cut inside its header holds no record: an empty journal.
+        if MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
+            return Ok(Decoded {
+                records: Vec::new(),
+                valid_bytes: 0,
+                tail: (!bytes.is_empty()).then(|| TailDamage {
+                    offset: 0,
+                    bytes: bytes.len() as u64,
+                    reason: "the file ends inside its header".into(),
+                }),
+            });
+        }
+        return Err(JournalError::Header(
+            "the file does not start with the journal magic".into(),
+        ));
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(JournalError::Header(
+            "the file does not start with the journal magic".into(),
+        ));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(JournalError::Header(format!(
+            "format version {version}; this worker reads version {FORMAT_VERSION}"
+        )));
+    }
+    let mut records = Vec::new();
+    let mut at = HEADER_BYTES;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let torn = |reason: String| TailDamage {
+            offset: at as u64,
+            bytes: rest.len() as u64,
+            reason,
+        };
+        let corrupt = |reason: String| JournalError::CorruptMiddle {
+            offset: at as u64,
+            valid_records: records.len(),
+            reason,
+        };
+        if rest.iter().all(|b| *b == 0) {
+            // Space the file system allocated but the write never filled.
+            return Ok(finish(records, at, Some(torn("zero-filled tail".into()))));
+        }
+        if rest.len() < FRAME_BYTES {
+            return Ok(finish(
+                records,
+                at,
+                Some(torn(format!("{} bytes of a record frame", rest.len()))),
+            ));
+        }
+        let length_bytes: [u8; 4] = rest[..4].try_into().expect("4 bytes");
+        let length = u32::from_le_bytes(length_bytes);
+        let length_check = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let checksum = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&length_bytes) != length_check {
+            return Err(corrupt("the length field fails its checksum".into()));
+        }
+        if length > MAX_RECORD_BYTES {
+            return Err(corrupt(format!(
+                "length {length} is over the {MAX_RECORD_BYTES} byte limit"
+            )));
+        }
+        let end = FRAME_BYTES + length as usize;
+        if rest.len() < end {
+            return Ok(finish(
+                records,
+                at,
+                Some(torn(format!(
+                    "{} of {length} payload bytes",
+                    rest.len() - FRAME_BYTES
+                ))),
+            ));
+        }
+        let payload = &rest[FRAME_BYTES..end];
+        let last = end == rest.len();
+        if crc32c::crc32c(payload) != checksum {
+            let reason = "checksum mismatch".to_owned();
+            return match last {
+                true => Ok(finish(records, at, Some(torn(reason)))),
+                false => Err(corrupt(reason)),
+            };
+        }
+        match serde_json::from_slice::<JournalRecord>(payload) {
+            Ok(record) => records.push(record),
+            // The checksum held: these bytes were written as they are, so
+            // this is not a torn write.
+            Err(e) => {
+                return Err(corrupt(format!(
+                    "checksum holds but the record does not parse: {e}"
+                )))
+            }
+        }
+        at += end;
+    }
+    Ok(finish(records, at, None))
+}
+
+fn finish(records: Vec<JournalRecord>, valid: usize, tail: Option<TailDamage>) -> Decoded {
+    Decoded {
+        records,
+        valid_bytes: valid as u64,
+        tail,
+    }
+}

@@ -1,0 +1,168 @@
+//! Property tests of the journal format: round trips, a journal cut at any
+//! byte recovers exactly the whole records before the cut, and a flipped
+//! byte is never silently taken for a shorter journal unless it lies in
+//! the last record.
+
+use batch_worker_model::{ErrorKind, Event, ExitStatus, JobKey, ProcessKind, EVENT_VERSION};
+use proptest::prelude::*;
+
+use super::*;
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        (1u32..8).prop_map(|format_version| Event::Created { format_version }),
+        Just(Event::SpecLoadStarted),
+        (any::<u64>(), prop::collection::vec("[a-z_]{1,12}", 0..2)).prop_map(
+            |(size_bytes, unsupported)| {
+                Event::SpecLoaded {
+                    process: ProcessKind::Docker,
+                    size_bytes,
+                    unsupported,
+                }
+            }
+        ),
+        "\\PC{0,40}".prop_map(|message| Event::SpecLoadFailed {
+            kind: ErrorKind::SpecCorrupt,
+            message
+        }),
+        any::<u32>().prop_map(|pid| Event::ProcessStarted { pid }),
+        (any::<i32>(), any::<u64>()).prop_map(|(code, duration_ms)| Event::ProcessExited {
+            exit: ExitStatus::Code { code },
+            duration_ms
+        }),
+        Just(Event::CancelRequested),
+        Just(Event::WorkerRestarted),
+    ]
+}
+
+fn records() -> impl Strategy<Value = Vec<JournalRecord>> {
+    prop::collection::vec(
+        (
+            any::<i64>(),
+            0i64..1000,
+            0i64..1000,
+            "[A-Za-z0-9]{1,8}",
+            event(),
+        ),
+        1..12,
+    )
+    .prop_map(|items| {
+        items
+            .into_iter()
+            .enumerate()
+            .map(
+                |(i, (time_ms, batch_id, job_id, attempt_id, event))| JournalRecord {
+                    seq: i as u64 + 1,
+                    time_ms,
+                    event_version: EVENT_VERSION,
+                    key: JobKey {
+                        batch_id,
+                        job_id,
+                        attempt_id,
+                    },
+                    event,
+                },
+            )
+            .collect()
+    })
+}
+
+/// The journal bytes and the end offset of each record.
+fn encode_all(records: &[JournalRecord]) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = encode_header().to_vec();
+    let mut ends = Vec::new();
+    for record in records {
+        encode_record(record, &mut bytes).unwrap();
+        ends.push(bytes.len());
+    }
+    (bytes, ends)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn records_round_trip(records in records()) {
+        let (bytes, _) = encode_all(&records);
+        let decoded = decode(&bytes).unwrap();
+        prop_assert_eq!(decoded.records, records);
+        prop_assert_eq!(decoded.valid_bytes, bytes.len() as u64);
+        prop_assert_eq!(decoded.tail, None);
+    }
+
+    #[test]
+    fn a_cut_at_any_byte_recovers_the_whole_records_before_it(records in records()) {
+        let (bytes, ends) = encode_all(&records);
+        for cut in 0..=bytes.len() {
+            let decoded = decode(&bytes[..cut]).unwrap();
+            let whole = ends.iter().filter(|end| **end <= cut).count();
+            prop_assert_eq!(&decoded.records[..], &records[..whole], "cut at {}", cut);
+            let boundary = cut == 0 || cut == HEADER_BYTES || ends.contains(&cut);
+            prop_assert_eq!(decoded.tail.is_none(), boundary, "cut at {}: {:?}", cut, decoded.tail);
+            if let Some(tail) = decoded.tail {
+                prop_assert_eq!(tail.offset + tail.bytes, cut as u64);
+                prop_assert_eq!(tail.offset, decoded.valid_bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_is_never_taken_for_a_shorter_journal_unless_in_the_last_record(
+        records in records(),
+        at in any::<prop::sample::Index>(),
+        xor in 1u8..=255,
+    ) {
+        let (mut bytes, ends) = encode_all(&records);
+        let position = HEADER_BYTES + at.index(bytes.len() - HEADER_BYTES);
+        bytes[position] ^= xor;
+        let in_record = ends.iter().position(|end| position < *end).unwrap();
+        match decode(&bytes) {
+            Err(JournalError::CorruptMiddle { valid_records, .. }) => {
+                prop_assert_eq!(valid_records, in_record);
+            }
+            Err(other) => prop_assert!(false, "unexpected error {other}"),
+            Ok(decoded) => {
+                // Only damage in the last record may pass as a torn write,
+                // and what remains is exactly the records before it.
+                prop_assert_eq!(in_record, records.len() - 1);
+                prop_assert_eq!(&decoded.records[..], &records[..in_record]);
+                prop_assert!(decoded.tail.is_some());
+            }
+        }
+    }
+}
+
+#[test]
+fn headers_that_are_not_ours_are_refused() {
+    assert!(matches!(
+        decode(b"not a journal at all"),
+        Err(JournalError::Header(_))
+    ));
+    let mut other_version = encode_header();
+    other_version[8] = 9;
+    assert!(
+        matches!(decode(&other_version), Err(JournalError::Header(m)) if m.contains("version 9"))
+    );
+    assert_eq!(decode(&[]).unwrap().records.len(), 0);
+}
+
+#[test]
+fn a_zero_filled_tail_is_a_torn_write() {
+    let record = JournalRecord {
+        seq: 1,
+        time_ms: 5,
+        event_version: EVENT_VERSION,
+        key: JobKey {
+            batch_id: 1,
+            job_id: 2,
+            attempt_id: "a".into(),
+        },
+        event: Event::SpecLoadStarted,
+    };
+    let (mut bytes, ends) = encode_all(std::slice::from_ref(&record));
+    bytes.extend_from_slice(&[0u8; 100]);
+    let decoded = decode(&bytes).unwrap();
+    assert_eq!(decoded.records, vec![record]);
+    let tail = decoded.tail.unwrap();
+    assert_eq!((tail.offset, tail.bytes), (ends[0] as u64, 100));
+}
