@@ -158,6 +158,25 @@ mod tests {
     use object_store::local::LocalFileSystem;
     use object_store::ObjectStoreExt;
 
+    #[test]
+    fn store_urls_open_with_their_path_as_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Url::from_directory_path(dir.path()).unwrap();
+        let (_, root) = open_store(&file).unwrap();
+        assert_eq!(
+            root.as_ref(),
+            dir.path().to_str().unwrap().trim_matches('/')
+        );
+        let (_, root) = open_store(&Url::parse("memory:///specs").unwrap()).unwrap();
+        assert_eq!(root.as_ref(), "specs");
+        // Cloud stores build without touching the network.
+        let (store, root) = open_store(&Url::parse("s3://bucket/batch/specs").unwrap()).unwrap();
+        assert_eq!(root.as_ref(), "batch/specs");
+        assert!(store.to_string().contains("bucket"), "{store}");
+        let err = open_store(&Url::parse("ftp://host/x").unwrap()).unwrap_err();
+        assert!(err.to_string().contains("ftp://host/x"), "{err}");
+    }
+
     #[tokio::test]
     async fn throttled_local_files_are_read_not_panicked_on() {
         let dir = tempfile::tempdir().unwrap();
