@@ -37,6 +37,38 @@ pub enum Command {
     /// each. Exits non-zero if any job ends other than planned or any
     /// create call fails.
     Demo(DemoArgs),
+    /// Replay a journal file (or a directory of `*.jnl` files) through the
+    /// job state machine: per-attempt timelines, a summary, and problems.
+    Replay(ReplayArgs),
+}
+
+/// Flags of `replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A journal file, or a directory of `*.jnl` files.
+    pub path: PathBuf,
+    /// Show only this job's timelines, as BATCH:JOB.
+    #[arg(long, value_parser = parse_job)]
+    pub job: Option<(i64, i64)>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 if there is any problem (illegal transition, sequence gap,
+    /// torn or corrupt record, two live attempts, event after a terminal
+    /// state).
+    #[arg(long)]
+    pub check: bool,
+    /// Replay only records up to this sequence number.
+    #[arg(long)]
+    pub until: Option<u64>,
+}
+
+fn parse_job(text: &str) -> Result<(i64, i64), String> {
+    let (batch, job) = text
+        .split_once(':')
+        .ok_or_else(|| format!("expected BATCH:JOB, got {text:?}"))?;
+    let id = |s: &str| s.parse::<i64>().map_err(|e| format!("{s:?}: {e}"));
+    Ok((id(batch)?, id(job)?))
 }
 
 /// Flags of `serve`.

@@ -21,8 +21,8 @@ mod codec;
 mod tests;
 
 pub use codec::{
-    decode, encode_header, encode_record, Decoded, JournalError, TailDamage, FORMAT_VERSION,
-    HEADER_BYTES, MAGIC, MAX_RECORD_BYTES,
+    decode, decode_prefix, encode_header, encode_record, Decoded, JournalError, TailDamage,
+    FORMAT_VERSION, HEADER_BYTES, MAGIC, MAX_RECORD_BYTES,
 };
 
 use batch_worker_model::{Event, JobKey};

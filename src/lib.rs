@@ -25,6 +25,7 @@
 //! - [`store`]: opening stores from URLs; latency injection.
 //! - [`runner`]: running a spec's command as a host process.
 //! - [`driver_client`]: `job_started` / `job_complete` with retries.
+//! - [`replay`]: rebuilds attempts from journal records; `--check` reports.
 //! - [`cli`]: the command line; [`demo`]: the embedded end-to-end demo.
 
 pub mod api;
@@ -34,6 +35,7 @@ pub mod demo;
 pub mod driver_client;
 pub mod job_spec;
 pub mod journal;
+pub mod replay;
 pub mod runner;
 pub mod server;
 pub mod spec_store;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use batch_worker::cli::{build_worker, Cli, Command};
-use batch_worker::{demo, server};
+use batch_worker::{demo, replay, server};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
-        Command::Demo(_) => "warn",
+        Command::Demo(_) | Command::Replay(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -34,6 +34,22 @@ async fn main() -> anyhow::Result<()> {
                 "batch-worker serving"
             );
             server::serve(listener, worker, args.max_body_bytes, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Replay(args) => {
+            let options = replay::ReplayOptions {
+                job: args.job,
+                until: args.until,
+            };
+            let report = replay::replay_path(&args.path, options)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            if args.check && !report.problems.is_empty() {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Demo(args) => {

@@ -100,34 +100,45 @@ pub enum JournalError {
 /// # Errors
 /// [`JournalError::Header`] or [`JournalError::CorruptMiddle`].
 pub fn decode(bytes: &[u8]) -> Result<Decoded, JournalError> {
-    if bytes.len() < HEADER_BYTES {
-        // A file cut inside its header holds no record: an empty journal.
-        if MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
-            return Ok(Decoded {
-                records: Vec::new(),
-                valid_bytes: 0,
-                tail: (!bytes.is_empty()).then(|| TailDamage {
-                    offset: 0,
-                    bytes: bytes.len() as u64,
-                    reason: "the file ends inside its header".into(),
-                }),
-            });
-        }
-        return Err(JournalError::Header(
-            "the file does not start with the journal magic".into(),
-        ));
+    if let Some(empty) = header(bytes)? {
+        return Ok(empty);
     }
-    if &bytes[..8] != MAGIC {
-        return Err(JournalError::Header(
-            "the file does not start with the journal magic".into(),
-        ));
+    let (records, valid, end) = frames(bytes);
+    match end {
+        End::Clean => Ok(finish(records, valid, None)),
+        End::Torn(tail) => Ok(finish(records, valid, Some(tail))),
+        End::Corrupt(e) => Err(e),
     }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
-        return Err(JournalError::Header(format!(
-            "format version {version}; this worker reads version {FORMAT_VERSION}"
-        )));
+}
+
+/// Like [`decode`], but a corrupt middle still yields the valid prefix
+/// before it, with the error beside it (what `--repair` keeps, and what
+/// `replay --check` reports on).
+///
+/// # Errors
+/// [`JournalError::Header`] only.
+pub fn decode_prefix(bytes: &[u8]) -> Result<(Decoded, Option<JournalError>), JournalError> {
+    if let Some(empty) = header(bytes)? {
+        return Ok((empty, None));
     }
+    let (records, valid, end) = frames(bytes);
+    Ok(match end {
+        End::Clean => (finish(records, valid, None), None),
+        End::Torn(tail) => (finish(records, valid, Some(tail)), None),
+        End::Corrupt(e) => (finish(records, valid, None), Some(e)),
+    })
+}
+
+/// How the records end.
+enum End {
+    Clean,
+    Torn(TailDamage),
+    Corrupt(JournalError),
+}
+
+/// Reads the records after a valid header: the records, the length of the
+/// valid prefix, and how it ends.
+fn frames(bytes: &[u8]) -> (Vec<JournalRecord>, usize, End) {
     let mut records = Vec::new();
     let mut at = HEADER_BYTES;
     while at < bytes.len() {
@@ -144,60 +155,90 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, JournalError> {
         };
         if rest.iter().all(|b| *b == 0) {
             // Space the file system allocated but the write never filled.
-            return Ok(finish(records, at, Some(torn("zero-filled tail".into()))));
+            return (records, at, End::Torn(torn("zero-filled tail".into())));
         }
         if rest.len() < FRAME_BYTES {
-            return Ok(finish(
-                records,
-                at,
-                Some(torn(format!("{} bytes of a record frame", rest.len()))),
-            ));
+            let tail = torn(format!("{} bytes of a record frame", rest.len()));
+            return (records, at, End::Torn(tail));
         }
         let length_bytes: [u8; 4] = rest[..4].try_into().expect("4 bytes");
         let length = u32::from_le_bytes(length_bytes);
         let length_check = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let checksum = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
         if crc32c::crc32c(&length_bytes) != length_check {
-            return Err(corrupt("the length field fails its checksum".into()));
+            let error = corrupt("the length field fails its checksum".into());
+            return (records, at, End::Corrupt(error));
         }
         if length > MAX_RECORD_BYTES {
-            return Err(corrupt(format!(
+            let error = corrupt(format!(
                 "length {length} is over the {MAX_RECORD_BYTES} byte limit"
-            )));
+            ));
+            return (records, at, End::Corrupt(error));
         }
         let end = FRAME_BYTES + length as usize;
         if rest.len() < end {
-            return Ok(finish(
-                records,
-                at,
-                Some(torn(format!(
-                    "{} of {length} payload bytes",
-                    rest.len() - FRAME_BYTES
-                ))),
+            let tail = torn(format!(
+                "{} of {length} payload bytes",
+                rest.len() - FRAME_BYTES
             ));
+            return (records, at, End::Torn(tail));
         }
         let payload = &rest[FRAME_BYTES..end];
         let last = end == rest.len();
         if crc32c::crc32c(payload) != checksum {
             let reason = "checksum mismatch".to_owned();
-            return match last {
-                true => Ok(finish(records, at, Some(torn(reason)))),
-                false => Err(corrupt(reason)),
+            let end = match last {
+                true => End::Torn(torn(reason)),
+                false => End::Corrupt(corrupt(reason)),
             };
+            return (records, at, end);
         }
         match serde_json::from_slice::<JournalRecord>(payload) {
             Ok(record) => records.push(record),
             // The checksum held: these bytes were written as they are, so
             // this is not a torn write.
             Err(e) => {
-                return Err(corrupt(format!(
-                    "checksum holds but the record does not parse: {e}"
-                )))
+                let error = corrupt(format!("checksum holds but the record does not parse: {e}"));
+                return (records, at, End::Corrupt(error));
             }
         }
         at += end;
     }
-    Ok(finish(records, at, None))
+    (records, at, End::Clean)
+}
+
+/// Checks the header. `Some` is the empty journal of a file cut inside its
+/// header; `None` means records follow.
+fn header(bytes: &[u8]) -> Result<Option<Decoded>, JournalError> {
+    if bytes.len() < HEADER_BYTES {
+        // A file cut inside its header holds no record: an empty journal.
+        if MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
+            return Ok(Some(Decoded {
+                records: Vec::new(),
+                valid_bytes: 0,
+                tail: (!bytes.is_empty()).then(|| TailDamage {
+                    offset: 0,
+                    bytes: bytes.len() as u64,
+                    reason: "the file ends inside its header".into(),
+                }),
+            }));
+        }
+        return Err(JournalError::Header(
+            "the file does not start with the journal magic".into(),
+        ));
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(JournalError::Header(
+            "the file does not start with the journal magic".into(),
+        ));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(JournalError::Header(format!(
+            "format version {version}; this worker reads version {FORMAT_VERSION}"
+        )));
+    }
+    Ok(None)
 }
 
 fn finish(records: Vec<JournalRecord>, valid: usize, tail: Option<TailDamage>) -> Decoded {

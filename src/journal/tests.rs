@@ -119,6 +119,10 @@ proptest! {
         match decode(&bytes) {
             Err(JournalError::CorruptMiddle { valid_records, .. }) => {
                 prop_assert_eq!(valid_records, in_record);
+                // What --repair keeps: exactly the records before the damage.
+                let (prefix, error) = decode_prefix(&bytes).unwrap();
+                prop_assert!(error.is_some());
+                prop_assert_eq!(&prefix.records[..], &records[..in_record]);
             }
             Err(other) => prop_assert!(false, "unexpected error {other}"),
             Ok(decoded) => {

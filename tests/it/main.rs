@@ -4,6 +4,7 @@
 //! - `support`: the harness and test stores.
 //! - `create_api`: create-body validation, duplicates, store-root safety.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
+//! - `replay`: the replay tool against the committed journal corpus.
 //! - `reports`: report retries and the stop on 404.
 //! - `server_limits`: 413 up front, envelopes, shutdown with a stalled
 //!   client, a store that blocks threads forever.
@@ -16,6 +17,7 @@
 mod create_api;
 mod hanging_store;
 mod processes;
+mod replay;
 mod reports;
 mod server_limits;
 mod spec_properties;

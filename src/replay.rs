@@ -1,0 +1,508 @@
+//! Replay: rebuilds every attempt from journal records with the `model`
+//! crate's transition function (the one definition of the rules), and
+//! reports timelines, a summary and every problem found.
+//!
+//! `batch-worker replay PATH [--job BATCH:JOB] [--json] [--check] [--until SEQ]`
+//! reads a journal file, or every `*.jnl` file (in name order) of a
+//! directory. The worker does not write journals yet (issue 3); the format
+//! is [`crate::journal`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use batch_worker_model::{Event, JobAttempt, JobKey, JobState};
+use serde::Serialize;
+
+use crate::journal::{decode_prefix, JournalError, JournalRecord};
+
+/// One event of one attempt, as replayed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// When it was recorded, ms since the Unix epoch.
+    pub time_ms: i64,
+    /// Time since the attempt's previous event, in ms.
+    pub since_prev_ms: Option<i64>,
+    /// The event.
+    pub event: Event,
+    /// The state after it.
+    pub state_after: JobState,
+}
+
+/// An attempt's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timeline {
+    /// The attempt.
+    pub key: JobKey,
+    /// Its events, in order (illegal ones left out, see the problems).
+    pub steps: Vec<Step>,
+    /// The state after the last event.
+    pub final_state: JobState,
+}
+
+/// Something wrong with a journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    /// The journal ends in a torn (partly written) record.
+    TornTail {
+        /// File the damage is in.
+        file: String,
+        /// Byte offset of the torn record.
+        offset: u64,
+        /// Bytes dropped.
+        bytes: u64,
+        /// Why they are not a record.
+        reason: String,
+    },
+    /// A damaged record with valid records after it; replay stops there.
+    CorruptRecord {
+        /// File the damage is in.
+        file: String,
+        /// What is wrong, with its offset.
+        reason: String,
+    },
+    /// Sequence numbers skip (records lost) or go backwards.
+    SequenceGap {
+        /// The last sequence number seen.
+        after_seq: u64,
+        /// The next one.
+        next_seq: u64,
+    },
+    /// An attempt's first event is not `created`.
+    FirstEventNotCreated {
+        /// The record.
+        seq: u64,
+        /// The attempt.
+        key: JobKey,
+        /// The event found.
+        event: &'static str,
+    },
+    /// An event the model rejects in the attempt's state.
+    IllegalTransition {
+        /// The record.
+        seq: u64,
+        /// The attempt.
+        key: JobKey,
+        /// The state it was in.
+        state: &'static str,
+        /// The rejected event.
+        event: &'static str,
+    },
+    /// An event for an attempt already `done` or `errored`.
+    EventAfterTerminal {
+        /// The record.
+        seq: u64,
+        /// The attempt.
+        key: JobKey,
+        /// The event.
+        event: &'static str,
+    },
+    /// A second attempt of a job was created while another was live.
+    TwoLiveAttempts {
+        /// The record creating the second attempt.
+        seq: u64,
+        /// The batch.
+        batch_id: i64,
+        /// The job.
+        job_id: i64,
+        /// The live attempt, then the new one.
+        attempts: [String; 2],
+    },
+}
+
+/// p50 / p99 / max of a set of durations, in ms.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Percentiles {
+    /// How many durations.
+    pub count: usize,
+    /// Median.
+    pub p50_ms: i64,
+    /// 99th percentile.
+    pub p99_ms: i64,
+    /// Largest.
+    pub max_ms: i64,
+}
+
+impl Percentiles {
+    fn of(mut values: Vec<i64>) -> Percentiles {
+        if values.is_empty() {
+            return Percentiles::default();
+        }
+        values.sort_unstable();
+        let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+        Percentiles {
+            count: values.len(),
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: *values.last().expect("not empty"),
+        }
+    }
+}
+
+/// Counts and durations over every attempt replayed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Records replayed.
+    pub records: usize,
+    /// Attempts seen.
+    pub attempts: usize,
+    /// Attempts by final state (`succeeded`, `error`, ...).
+    pub by_state: BTreeMap<String, usize>,
+    /// Errored attempts by kind.
+    pub by_error_kind: BTreeMap<String, usize>,
+    /// From `created` to `process_started`.
+    pub accepted_to_running: Percentiles,
+    /// From `spec_load_started` to `spec_loaded` or `spec_load_failed`.
+    pub spec_load: Percentiles,
+}
+
+/// The result of a replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Timelines (of the selected job only, with `--job`).
+    pub timelines: Vec<Timeline>,
+    /// Summary over every attempt.
+    pub summary: Summary,
+    /// Problems found; `--check` fails when there is any.
+    pub problems: Vec<Problem>,
+}
+
+/// What to replay.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplayOptions {
+    /// Only this `(batch_id, job_id)`'s timelines (checks still cover all).
+    pub job: Option<(i64, i64)>,
+    /// Stop after this sequence number (the state at a past moment).
+    pub until: Option<u64>,
+}
+
+/// A journal that cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The path could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not a journal.
+    #[error("{path}: {source}")]
+    Journal {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: JournalError,
+    },
+}
+
+/// Reads the journal at `path` (a file, or a directory of `*.jnl` files)
+/// and replays it.
+///
+/// # Errors
+/// [`ReplayError`] when a file cannot be read or is not a journal.
+pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, ReplayError> {
+    let io = |source| ReplayError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut files = Vec::new();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(io)? {
+            let file = entry.map_err(io)?.path();
+            if file.extension().is_some_and(|e| e == "jnl") {
+                files.push(file);
+            }
+        }
+        files.sort();
+    } else {
+        files.push(path.to_owned());
+    }
+    let mut records = Vec::new();
+    let mut problems = Vec::new();
+    for file in &files {
+        let name = file.display().to_string();
+        let bytes = std::fs::read(file).map_err(|source| ReplayError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        let (decoded, corrupt) = decode_prefix(&bytes).map_err(|source| ReplayError::Journal {
+            path: name.clone(),
+            source,
+        })?;
+        records.extend(decoded.records);
+        if let Some(tail) = decoded.tail {
+            problems.push(Problem::TornTail {
+                file: name.clone(),
+                offset: tail.offset,
+                bytes: tail.bytes,
+                reason: tail.reason,
+            });
+        }
+        if let Some(error) = corrupt {
+            problems.push(Problem::CorruptRecord {
+                file: name.clone(),
+                reason: error.to_string(),
+            });
+        }
+    }
+    let mut report = replay_records(&records, options);
+    problems.append(&mut report.problems);
+    report.problems = problems;
+    Ok(report)
+}
+
+/// Replays records already decoded.
+pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Report {
+    let mut attempts: BTreeMap<JobKey, (JobAttempt, Timeline)> = BTreeMap::new();
+    let mut live: HashMap<(i64, i64), String> = HashMap::new();
+    let mut problems = Vec::new();
+    let mut last_seq: Option<u64> = None;
+    let mut replayed = 0;
+    let mut accepted_to_running = Vec::new();
+    let mut spec_load = Vec::new();
+    let mut started_at: HashMap<JobKey, (i64, Option<i64>)> = HashMap::new();
+    for record in records {
+        if options.until.is_some_and(|until| record.seq > until) {
+            break;
+        }
+        replayed += 1;
+        let expected = last_seq.map_or(1, |s| s + 1);
+        if record.seq != expected {
+            problems.push(Problem::SequenceGap {
+                after_seq: last_seq.unwrap_or(0),
+                next_seq: record.seq,
+            });
+        }
+        last_seq = Some(record.seq);
+        let key = &record.key;
+        let slot = (key.batch_id, key.job_id);
+        let Some((attempt, timeline)) = attempts.get_mut(key) else {
+            if !matches!(record.event, Event::Created { .. }) {
+                problems.push(Problem::FirstEventNotCreated {
+                    seq: record.seq,
+                    key: key.clone(),
+                    event: record.event.name(),
+                });
+                continue;
+            }
+            if let Some(other) = live.get(&slot) {
+                problems.push(Problem::TwoLiveAttempts {
+                    seq: record.seq,
+                    batch_id: key.batch_id,
+                    job_id: key.job_id,
+                    attempts: [other.clone(), key.attempt_id.clone()],
+                });
+            }
+            let (attempt, _) = JobAttempt::accept();
+            live.insert(slot, key.attempt_id.clone());
+            started_at.insert(key.clone(), (record.time_ms, None));
+            let state = attempt.state();
+            let timeline = Timeline {
+                key: key.clone(),
+                steps: vec![Step {
+                    seq: record.seq,
+                    time_ms: record.time_ms,
+                    since_prev_ms: None,
+                    event: record.event.clone(),
+                    state_after: state.clone(),
+                }],
+                final_state: state,
+            };
+            attempts.insert(key.clone(), (attempt, timeline));
+            continue;
+        };
+        if attempt.is_terminal() {
+            problems.push(Problem::EventAfterTerminal {
+                seq: record.seq,
+                key: key.clone(),
+                event: record.event.name(),
+            });
+            continue;
+        }
+        if let Err(illegal) = attempt.apply(&record.event) {
+            problems.push(Problem::IllegalTransition {
+                seq: record.seq,
+                key: key.clone(),
+                state: illegal.state,
+                event: illegal.event,
+            });
+            continue;
+        }
+        let state = attempt.state();
+        let times = started_at
+            .entry(key.clone())
+            .or_insert((record.time_ms, None));
+        match &record.event {
+            Event::ProcessStarted { .. } => accepted_to_running.push(record.time_ms - times.0),
+            Event::SpecLoadStarted => times.1 = Some(record.time_ms),
+            Event::SpecLoaded { .. } | Event::SpecLoadFailed { .. } => {
+                if let Some(began) = times.1 {
+                    spec_load.push(record.time_ms - began);
+                }
+            }
+            _ => {}
+        }
+        if state.is_terminal() && live.get(&slot) == Some(&key.attempt_id) {
+            live.remove(&slot);
+        }
+        let previous = timeline.steps.last().map(|s| s.time_ms);
+        timeline.steps.push(Step {
+            seq: record.seq,
+            time_ms: record.time_ms,
+            since_prev_ms: previous.map(|p| record.time_ms - p),
+            event: record.event.clone(),
+            state_after: state.clone(),
+        });
+        timeline.final_state = state;
+    }
+    let mut by_state = BTreeMap::new();
+    let mut by_error_kind = BTreeMap::new();
+    for (_, timeline) in attempts.values() {
+        *by_state
+            .entry(timeline.final_state.wire_state().as_str().to_owned())
+            .or_default() += 1;
+        if let JobState::Errored { kind, .. } = &timeline.final_state {
+            *by_error_kind.entry(kind.as_str().to_owned()).or_default() += 1;
+        }
+    }
+    let summary = Summary {
+        records: replayed,
+        attempts: attempts.len(),
+        by_state,
+        by_error_kind,
+        accepted_to_running: Percentiles::of(accepted_to_running),
+        spec_load: Percentiles::of(spec_load),
+    };
+    let timelines = attempts
+        .into_values()
+        .map(|(_, t)| t)
+        .filter(|t| {
+            options
+                .job
+                .is_none_or(|job| job == (t.key.batch_id, t.key.job_id))
+        })
+        .collect();
+    Report {
+        timelines,
+        summary,
+        problems,
+    }
+}
+
+impl Report {
+    /// The report as text: timelines, summary, problems.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for timeline in &self.timelines {
+            let _ = writeln!(out, "attempt {}", timeline.key);
+            for step in &timeline.steps {
+                let since = step
+                    .since_prev_ms
+                    .map_or(String::new(), |ms| format!("+{ms} ms"));
+                let _ = writeln!(
+                    out,
+                    "  seq {:>6}  {:>15}  {:>10}  {:<18} -> {}",
+                    step.seq,
+                    step.time_ms,
+                    since,
+                    step.event.name(),
+                    step.state_after.name()
+                );
+            }
+            let _ = writeln!(out, "  final: {}", describe(&timeline.final_state));
+        }
+        let s = &self.summary;
+        let _ = writeln!(out, "\n{} records, {} attempts", s.records, s.attempts);
+        for (state, n) in &s.by_state {
+            let _ = writeln!(out, "  {state:<12} {n}");
+        }
+        for (kind, n) in &s.by_error_kind {
+            let _ = writeln!(out, "  error: {kind:<16} {n}");
+        }
+        for (name, p) in [
+            ("accepted -> running", &s.accepted_to_running),
+            ("spec load", &s.spec_load),
+        ] {
+            let _ = writeln!(
+                out,
+                "  {name:<20} n={} p50 {} ms, p99 {} ms, max {} ms",
+                p.count, p.p50_ms, p.p99_ms, p.max_ms
+            );
+        }
+        if self.problems.is_empty() {
+            let _ = writeln!(out, "\nno problems");
+        } else {
+            let _ = writeln!(out, "\n{} problem(s):", self.problems.len());
+            for problem in &self.problems {
+                let _ = writeln!(out, "  {}", problem.describe());
+            }
+        }
+        out
+    }
+}
+
+fn describe(state: &JobState) -> String {
+    match state {
+        JobState::Errored { kind, message } => format!("errored ({kind}): {message}"),
+        JobState::Done { outcome } => format!(
+            "done: {}",
+            serde_json::to_string(outcome).unwrap_or_default()
+        ),
+        other => other.name().to_owned(),
+    }
+}
+
+impl Problem {
+    /// One line a person can act on.
+    pub fn describe(&self) -> String {
+        match self {
+            Problem::TornTail {
+                file,
+                offset,
+                bytes,
+                reason,
+            } => {
+                format!("torn tail in {file}: {bytes} bytes at offset {offset} ({reason})")
+            }
+            Problem::CorruptRecord { file, reason } => {
+                format!("corrupt record in {file}: {reason}")
+            }
+            Problem::SequenceGap {
+                after_seq,
+                next_seq,
+            } => {
+                format!("sequence gap: seq {next_seq} follows seq {after_seq}")
+            }
+            Problem::FirstEventNotCreated { seq, key, event } => {
+                format!("seq {seq}: attempt {key} begins with {event}, not created")
+            }
+            Problem::IllegalTransition {
+                seq,
+                key,
+                state,
+                event,
+            } => {
+                format!("seq {seq}: illegal transition for {key}: {event} in state {state}")
+            }
+            Problem::EventAfterTerminal { seq, key, event } => {
+                format!("seq {seq}: {event} for {key} after its terminal state")
+            }
+            Problem::TwoLiveAttempts {
+                seq,
+                batch_id,
+                job_id,
+                attempts,
+            } => format!(
+                "seq {seq}: two live attempts of job {batch_id}:{job_id}: {} and {}",
+                attempts[0], attempts[1]
+            ),
+        }
+    }
+}
