@@ -78,7 +78,7 @@ async fn create(
 ) -> Result<StatusCode, ApiError> {
     let body = body.map_err(ApiError::from_body_rejection)?;
     let job = CreateJob::parse(&body)?;
-    worker.create(job)?;
+    worker.create(job).await?;
     Ok(StatusCode::OK)
 }
 

@@ -12,6 +12,7 @@ use object_store::ObjectStore;
 use url::Url;
 
 use crate::driver_client::{DriverClient, ReportRetry};
+use crate::journal::{open_journal, Durability, RecoveryError};
 use crate::runner::HostRunner;
 use crate::spec_store::{SpecLoadConfig, SpecStore};
 use crate::store::{open_store, throttled, StoreOpenError};
@@ -98,6 +99,14 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub instance_token: String,
+    /// When a journal record counts as written: `fsync` (survives power
+    /// loss) or `flush` (survives the worker's crash).
+    #[arg(long, value_enum, default_value = "fsync")]
+    pub durability: Durability,
+    /// Start even if the journal is damaged in the middle: keep the records
+    /// before the damage and drop the rest (saying what was dropped).
+    #[arg(long)]
+    pub repair: bool,
     /// Largest accepted create body, in bytes (larger: 413).
     #[arg(long, default_value_t = 17 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -162,6 +171,9 @@ pub enum StartError {
     /// A runtime's threads could not be started.
     #[error("cannot start the spec store's threads: {0}")]
     Runtime(std::io::Error),
+    /// The journal could not be opened or recovered.
+    #[error(transparent)]
+    Journal(#[from] RecoveryError),
     /// The driver client could not be built.
     #[error("cannot build the driver client: {0}")]
     Driver(#[from] reqwest::Error),
@@ -238,7 +250,24 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
             kill_grace: Duration::from_millis(args.spec.kill_grace_ms),
         },
     };
-    Ok(Worker::new(config, specs, driver))
+    let recovered = open_journal(
+        &config.data_dir,
+        args.durability,
+        args.repair,
+        tokio::runtime::Handle::current(),
+    )?;
+    if let Some(reason) = &recovered.cut_reason {
+        tracing::warn!(cut_bytes = recovered.cut_bytes, reason = %reason, "journal: damaged records cut off");
+    }
+    let worker = Worker::new(config, specs, driver, Some(recovered.writer));
+    let (restored, restarted) = worker.recover(&recovered.records);
+    tracing::info!(
+        records = recovered.records.len(),
+        attempts = restored,
+        errored_by_restart = restarted,
+        "journal recovered"
+    );
+    Ok(worker)
 }
 
 /// The host name, or `batch-worker` if it cannot be read.

@@ -120,6 +120,10 @@ pub struct DemoReport {
     pub elapsed_ms: u64,
     /// Where the specs and logs are, when kept.
     pub kept_dir: Option<PathBuf>,
+    /// Records in the worker's journal at the end.
+    pub journal_records: usize,
+    /// What `replay --check` found in it (nothing, when all is well).
+    pub journal_problems: Vec<String>,
 }
 
 struct PlannedJob {
@@ -190,7 +194,16 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         "demo-token".into(),
         ReportRetry::default(),
     )?;
-    let worker = Worker::new(config, specs, Some(client));
+    let journal = crate::journal::open_journal(
+        &config.data_dir,
+        crate::journal::Durability::Fsync,
+        false,
+        tokio::runtime::Handle::current(),
+    )
+    .map_err(StartError::from)?;
+    let journal_file = journal.writer.path().to_owned();
+    let worker = Worker::new(config, specs, Some(client), Some(journal.writer));
+    worker.recover(&journal.records);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base =
         Url::parse(&format!("http://{}/", listener.local_addr()?)).expect("socket address URL");
@@ -258,6 +271,16 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let jobs = collect_results(&http, &base, &planned, &received).await;
     stop.cancel();
     let _ = server.await;
+    // The journal of the run, through the replay tool's checks.
+    let replayed =
+        crate::replay::replay_path(&journal_file, crate::replay::ReplayOptions::default());
+    let (journal_records, journal_problems) = match replayed {
+        Ok(report) => (
+            report.summary.records,
+            report.problems.iter().map(|p| p.describe()).collect(),
+        ),
+        Err(e) => (0, vec![e.to_string()]),
+    };
     drop(driver);
     driver_runtime.shutdown_background();
     client_runtime.shutdown_background();
@@ -285,6 +308,8 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         blob_latency_ms: args.blob_latency_ms,
         elapsed_ms: began.elapsed().as_millis() as u64,
         kept_dir: args.data_dir.as_ref().map(|_| data_dir.clone()),
+        journal_records,
+        journal_problems,
     })
 }
 
@@ -537,6 +562,7 @@ impl DemoReport {
             && self.creates.timed_out == 0
             && self.creates.ok == self.creates.sent
             && self.missing_instance_header == 0
+            && self.journal_problems.is_empty()
     }
 
     /// The report as the demo prints it.
@@ -613,6 +639,16 @@ impl DemoReport {
             out,
             "driver received: {} job_started, {} job_complete ({} duplicates)",
             self.started_received, self.complete_received, self.complete_duplicates
+        );
+        let _ = writeln!(
+            out,
+            "journal: {} records (fsync), replay --check: {}",
+            self.journal_records,
+            if self.journal_problems.is_empty() {
+                "no problems".to_owned()
+            } else {
+                self.journal_problems.join("; ")
+            }
         );
         if let Some(dir) = &self.kept_dir {
             let _ = writeln!(out, "specs and logs kept in {}", dir.display());

@@ -1,9 +1,8 @@
 //! The event journal's on-disk format: a versioned header, then records,
 //! each framed with its length and a CRC32C checksum.
 //!
-//! This module is the format only (encode, and a decode that tells a torn
-//! tail from a corrupt middle); the writer task, recovery and replay build
-//! on it.
+//! This module holds the format (encode, and a decode that tells a torn
+//! tail from a corrupt middle) and the group-commit writer.
 //!
 //! ```text
 //! header:  b"BWJOURNL" | format version: u32 LE | reserved: u32 LE (0)           16 bytes
@@ -17,13 +16,17 @@
 //! look like a torn write and silently drop every later record).
 
 mod codec;
+mod recovery;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 pub use codec::{
     decode, decode_prefix, encode_header, encode_record, Decoded, JournalError, TailDamage,
     FORMAT_VERSION, HEADER_BYTES, MAGIC, MAX_RECORD_BYTES,
 };
+pub use recovery::{journal_path, open_journal, Recovered, RecoveryError};
+pub use writer::{AfterWrite, Durability, JournalWriter};
 
 use batch_worker_model::{Event, JobKey};
 use serde::{Deserialize, Serialize};
@@ -43,4 +46,19 @@ pub struct JournalRecord {
     pub key: JobKey,
     /// The event.
     pub event: Event,
+    /// On `created` records: what the worker needs of the create request
+    /// to report the attempt after a restart. Never a secret value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<AttemptInfo>,
+}
+
+/// The non-secret facts of a create request, kept on its `created` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptInfo {
+    /// The user.
+    pub user: String,
+    /// The job group.
+    pub job_group_id: i64,
+    /// Names of the secrets it carried (never values).
+    pub secret_names: Vec<String>,
 }

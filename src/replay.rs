@@ -318,22 +318,25 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
             attempts.insert(key.clone(), (attempt, timeline));
             continue;
         };
-        if attempt.is_terminal() {
-            problems.push(Problem::EventAfterTerminal {
-                seq: record.seq,
-                key: key.clone(),
-                event: record.event.name(),
-            });
-            continue;
-        }
-        if let Err(illegal) = attempt.apply(&record.event) {
-            problems.push(Problem::IllegalTransition {
-                seq: record.seq,
-                key: key.clone(),
-                state: illegal.state,
-                event: illegal.event,
-            });
-            continue;
+        match attempt.apply(&record.event) {
+            Ok(applied) if applied.absorbed => {
+                problems.push(Problem::EventAfterTerminal {
+                    seq: record.seq,
+                    key: key.clone(),
+                    event: record.event.name(),
+                });
+                continue;
+            }
+            Ok(_) => {}
+            Err(illegal) => {
+                problems.push(Problem::IllegalTransition {
+                    seq: record.seq,
+                    key: key.clone(),
+                    state: illegal.state,
+                    event: illegal.event,
+                });
+                continue;
+            }
         }
         let state = attempt.state();
         let times = started_at

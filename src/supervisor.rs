@@ -14,18 +14,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use batch_worker_model::{
-    Effect, ErrorKind, Event, JobAttempt, JobKey, JobState, Outcome, RunPhase,
+    Effect, ErrorKind, Event, JobAttempt, JobKey, JobState, Outcome, RunPhase, WireState,
+    EVENT_VERSION,
 };
 use futures::FutureExt;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::panic::AssertUnwindSafe;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::driver_client::DriverClient;
+use crate::driver_client::{DriverClient, ReportError};
 use crate::job_spec::JobSpec;
+use crate::journal::{encode_record, AttemptInfo, JournalRecord, JournalWriter};
 use crate::runner::{AttemptDir, HostRunner, LaunchError, ProcessRequest, SPAWN_TIMEOUT};
 use crate::spec_store::{SpecLoadError, SpecStore};
 use crate::wire::{
@@ -59,6 +61,9 @@ pub enum CreateError {
     /// The worker is shutting down and takes no new jobs.
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// The `created` record could not be written to the journal.
+    #[error("the worker's journal cannot be written; the job was not accepted")]
+    JournalUnavailable,
 }
 
 /// No attempt of this `(batch_id, job_id)` is on the worker.
@@ -148,6 +153,36 @@ struct JobEntry {
     started_delivered: Arc<AtomicBool>,
 }
 
+impl JobEntry {
+    /// A fresh entry for an attempt just created at `now` (ms).
+    fn new(key: JobKey, attempt: JobAttempt, summary: AttemptSummary, now: i64) -> JobEntry {
+        JobEntry {
+            history: vec![EventRecord {
+                seq: 0,
+                time_ms: now,
+                event: Event::Created {
+                    format_version: summary.format_version,
+                },
+                state_after: attempt.state().name(),
+            }],
+            key,
+            attempt,
+            summary,
+            request: None,
+            spec: None,
+            resources: Value::Null,
+            accepted_at_ms: now,
+            started_at_ms: None,
+            ended_at_ms: None,
+            exit_duration_ms: None,
+            spec_load: CancellationToken::new(),
+            kill: CancellationToken::new(),
+            started_report: None,
+            started_delivered: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
 /// What the status and reports need of the create request.
 struct AttemptSummary {
     user: String,
@@ -169,11 +204,33 @@ enum Work {
     ),
 }
 
+/// The job table and the journal's next sequence number, under one lock so
+/// that records reach the journal in the order events were applied.
+#[derive(Default)]
+struct Table {
+    entries: HashMap<(i64, i64), JobEntry>,
+    next_seq: u64,
+}
+
+impl std::ops::Deref for Table {
+    type Target = HashMap<(i64, i64), JobEntry>;
+    fn deref(&self) -> &Self::Target {
+        &self.entries
+    }
+}
+
+impl std::ops::DerefMut for Table {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.entries
+    }
+}
+
 struct Inner {
     config: WorkerConfig,
     specs: SpecStore,
     driver: Option<DriverClient>,
-    jobs: Mutex<HashMap<(i64, i64), JobEntry>>,
+    journal: Option<JournalWriter>,
+    jobs: Mutex<Table>,
     shutting_down: AtomicBool,
     shutdown_requested: CancellationToken,
     changes: watch::Sender<u64>,
@@ -205,15 +262,25 @@ pub fn now_ms() -> i64 {
 }
 
 impl Worker {
-    /// A worker reading specs from `specs` and reporting to `driver` (none:
-    /// reports are skipped).
-    pub fn new(config: WorkerConfig, specs: SpecStore, driver: Option<DriverClient>) -> Worker {
+    /// A worker reading specs from `specs`, reporting to `driver` (none:
+    /// reports are skipped) and recording every event in `journal` before
+    /// acting on it (none: events are kept in memory only).
+    pub fn new(
+        config: WorkerConfig,
+        specs: SpecStore,
+        driver: Option<DriverClient>,
+        journal: Option<JournalWriter>,
+    ) -> Worker {
         Worker {
             inner: Arc::new(Inner {
                 config,
                 specs,
                 driver,
-                jobs: Mutex::new(HashMap::new()),
+                journal,
+                jobs: Mutex::new(Table {
+                    entries: HashMap::new(),
+                    next_seq: 1,
+                }),
                 shutting_down: AtomicBool::new(false),
                 shutdown_requested: CancellationToken::new(),
                 changes: watch::channel(0).0,
@@ -228,7 +295,7 @@ impl Worker {
         &self.inner.config.name
     }
 
-    fn jobs(&self) -> MutexGuard<'_, HashMap<(i64, i64), JobEntry>> {
+    fn jobs(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock cannot leave an entry half-updated
         // (updates are single assignments after the pure apply), so a
         // poisoned lock is still consistent.
@@ -241,7 +308,7 @@ impl Worker {
     /// # Errors
     /// [`CreateError::Duplicate`] if the `(batch_id, job_id)` is present,
     /// [`CreateError::ShuttingDown`] during shutdown.
-    pub fn create(&self, job: CreateJob) -> Result<JobKey, CreateError> {
+    pub async fn create(&self, job: CreateJob) -> Result<JobKey, CreateError> {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(CreateError::ShuttingDown);
         }
@@ -251,7 +318,7 @@ impl Worker {
             attempt_id: job.attempt.attempt_id.clone(),
         };
         let format_version = job.format_version;
-        let work = {
+        let (work, durable) = {
             let mut jobs = self.jobs();
             if let Some(existing) = jobs.get(&(key.batch_id, key.job_id)) {
                 return Err(CreateError::Duplicate {
@@ -262,41 +329,187 @@ impl Worker {
             }
             let (attempt, applied) = JobAttempt::accept();
             let now = now_ms();
-            let mut entry = JobEntry {
-                key: key.clone(),
-                history: vec![EventRecord {
-                    seq: 0,
-                    time_ms: now,
-                    event: Event::Created { format_version },
-                    state_after: attempt.state().name(),
-                }],
-                attempt,
-                summary: AttemptSummary {
-                    user: job.user.clone(),
-                    format_version,
-                    job_group_id: job.attempt.job_group_id,
-                    secret_names: job.redacted_secrets(),
-                },
-                request: Some(Arc::new(job)),
-                spec: None,
-                resources: Value::Null,
-                accepted_at_ms: now,
-                started_at_ms: None,
-                ended_at_ms: None,
-                exit_duration_ms: None,
-                spec_load: CancellationToken::new(),
-                kill: CancellationToken::new(),
-                started_report: None,
-                started_delivered: Arc::new(AtomicBool::new(false)),
+            let summary = AttemptSummary {
+                user: job.user.clone(),
+                format_version,
+                job_group_id: job.attempt.job_group_id,
+                secret_names: job.redacted_secrets(),
             };
+            let info = AttemptInfo {
+                user: summary.user.clone(),
+                job_group_id: summary.job_group_id,
+                secret_names: summary.secret_names.clone(),
+            };
+            let mut entry = JobEntry::new(key.clone(), attempt, summary, now);
+            entry.request = Some(Arc::new(job));
             let work = self.plan(&mut entry, &applied.effects);
             jobs.insert((key.batch_id, key.job_id), entry);
-            work
+            let event = Event::Created { format_version };
+            self.commit(&mut jobs, &key, now, event, Some(info), work, false)
         };
-        tracing::info!(batch_id = key.batch_id, job_id = key.job_id, attempt_id = %key.attempt_id, format_version, "job accepted");
         self.inner.changes.send_modify(|n| *n += 1);
-        self.perform(work);
+        match durable {
+            // No journal: act now.
+            None => self.perform(work),
+            Some(durable) => {
+                if !durable.await.unwrap_or(false) {
+                    // Not recorded: forget the attempt, so that the driver's
+                    // retry (here or elsewhere) is not refused.
+                    self.jobs().remove(&(key.batch_id, key.job_id));
+                    return Err(CreateError::JournalUnavailable);
+                }
+            }
+        }
+        tracing::info!(batch_id = key.batch_id, job_id = key.job_id, attempt_id = %key.attempt_id, format_version, "job accepted");
         Ok(key)
+    }
+
+    /// Gives one event's record to the journal, under the table lock (so
+    /// records keep the order events were applied in). With a journal, the
+    /// work runs on the writer thread once the record is written, and the
+    /// returned receiver says whether it is durable; without one, the work
+    /// is handed back to run now. When `act_if_lost` is false, work whose
+    /// record could not be written is dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        table: &mut Table,
+        key: &JobKey,
+        time_ms: i64,
+        event: Event,
+        attempt: Option<AttemptInfo>,
+        work: Vec<Work>,
+        act_if_lost: bool,
+    ) -> (Vec<Work>, Option<oneshot::Receiver<bool>>) {
+        let Some(journal) = &self.inner.journal else {
+            return (work, None);
+        };
+        let record = JournalRecord {
+            seq: table.next_seq,
+            time_ms,
+            event_version: EVENT_VERSION,
+            key: key.clone(),
+            event,
+            attempt,
+        };
+        table.next_seq += 1;
+        let mut bytes = Vec::new();
+        if let Err(e) = encode_record(&record, &mut bytes) {
+            tracing::error!(%key, error = %e, "event not journaled");
+            return (work, None);
+        }
+        let (done, durable) = oneshot::channel();
+        let worker = self.clone();
+        journal.append(
+            bytes,
+            Box::new(move |ok| {
+                if ok || act_if_lost {
+                    worker.perform(work);
+                }
+                let _ = done.send(ok);
+            }),
+        );
+        (Vec::new(), Some(durable))
+    }
+
+    /// Rebuilds the job table from journal records (as read at start), each
+    /// attempt through the same state machine, then records
+    /// `WorkerRestarted` for every attempt that was not terminal: it ends
+    /// `Errored{worker_restarted}` and is reported to the driver. Returns
+    /// (attempts restored, attempts errored by the restart).
+    ///
+    /// Terminal attempts whose `job_complete` was not acknowledged
+    /// (`CompleteDelivered` is journaled on acknowledgement) are reported
+    /// again: at least once on the wire, per attempt.
+    pub fn recover(&self, records: &[JournalRecord]) -> (usize, usize) {
+        let mut restarted = Vec::new();
+        let mut unreported = Vec::new();
+        let restored = {
+            let mut jobs = self.jobs();
+            for record in records {
+                let key = &record.key;
+                let slot = (key.batch_id, key.job_id);
+                if let Event::Created { format_version } = record.event {
+                    let info = record.attempt.clone().unwrap_or(AttemptInfo {
+                        user: String::new(),
+                        job_group_id: 0,
+                        secret_names: Vec::new(),
+                    });
+                    let summary = AttemptSummary {
+                        user: info.user,
+                        format_version,
+                        job_group_id: info.job_group_id,
+                        secret_names: info.secret_names,
+                    };
+                    let (attempt, _) = JobAttempt::accept();
+                    let mut entry = JobEntry::new(key.clone(), attempt, summary, record.time_ms);
+                    entry.history[0].time_ms = record.time_ms;
+                    jobs.insert(slot, entry);
+                } else if let Some(entry) = jobs.get_mut(&slot).filter(|e| e.key == *key) {
+                    match entry.attempt.apply(&record.event) {
+                        Ok(applied) if !applied.absorbed => {
+                            let state = entry.attempt.state();
+                            match &record.event {
+                                Event::ProcessStarted { .. } => {
+                                    entry.started_at_ms = Some(record.time_ms)
+                                }
+                                Event::ProcessExited { duration_ms, .. } => {
+                                    entry.exit_duration_ms = Some(*duration_ms)
+                                }
+                                _ => {}
+                            }
+                            if state.is_terminal() {
+                                entry.ended_at_ms = Some(record.time_ms);
+                            }
+                            entry.history.push(EventRecord {
+                                seq: entry.history.len() as u64,
+                                time_ms: record.time_ms,
+                                event: record.event.clone(),
+                                state_after: state.name(),
+                            });
+                        }
+                        Ok(_) => {}
+                        Err(illegal) => {
+                            tracing::warn!(%key, seq = record.seq, error = %illegal, "journal record skipped at recovery")
+                        }
+                    }
+                } else {
+                    tracing::warn!(%key, seq = record.seq, "journal record for an unknown attempt skipped at recovery");
+                }
+                jobs.next_seq = jobs.next_seq.max(record.seq + 1);
+            }
+            for entry in jobs.values() {
+                let state = entry.attempt.state();
+                if !state.is_terminal() {
+                    restarted.push(entry.key.clone());
+                    continue;
+                }
+                let reported = state.wire_state() != WireState::Cancelled;
+                let delivered = entry
+                    .history
+                    .iter()
+                    .any(|r| r.event == Event::CompleteDelivered);
+                if reported && !delivered {
+                    unreported.push(Work::ReportComplete(
+                        entry.key.clone(),
+                        complete_status(entry),
+                        None,
+                        entry.started_delivered.clone(),
+                    ));
+                }
+            }
+            jobs.len()
+        };
+        tracing::info!(
+            reports = unreported.len(),
+            "job_complete reports not acknowledged before the restart: sending again"
+        );
+        self.perform(unreported);
+        for key in &restarted {
+            self.record(key, Event::WorkerRestarted);
+        }
+        self.inner.changes.send_modify(|n| *n += 1);
+        (restored, restarted.len())
     }
 
     /// Records one event for attempt `key` and performs its effects.
@@ -360,7 +573,10 @@ impl Worker {
                 // The spec is no longer needed; keep the table small.
                 entry.spec = None;
             }
-            work
+            // Effects run once the event is in the journal; if it cannot be
+            // written the worker still acts (the write failure is logged and
+            // creates are refused), rather than strand the attempt.
+            self.commit(&mut jobs, key, now, event, None, work, true).0
         };
         self.inner.changes.send_modify(|n| *n += 1);
         self.perform(work);
@@ -445,6 +661,7 @@ impl Worker {
                     let Some(driver) = self.inner.driver.clone() else {
                         continue;
                     };
+                    let worker = self.clone();
                     tokio::spawn(async move {
                         // Never wait for job_started: if it is still being
                         // retried, drop it and say so in marked_job_started.
@@ -459,7 +676,12 @@ impl Worker {
                         };
                         match driver.job_complete(&body).await {
                             Ok(()) => {
-                                tracing::info!(%key, state = %body.status.state, "job_complete delivered")
+                                tracing::info!(%key, state = %body.status.state, "job_complete delivered");
+                                worker.record(&key, Event::CompleteDelivered);
+                            }
+                            Err(e @ ReportError::Gone { .. }) => {
+                                tracing::warn!(%key, error = %e, "job_complete refused by the driver");
+                                worker.record(&key, Event::CompleteDelivered);
                             }
                             Err(e) => {
                                 tracing::warn!(%key, error = %e, "job_complete not delivered")
@@ -677,6 +899,14 @@ impl Worker {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// Completes once every event recorded so far is in the journal (at
+    /// once without a journal).
+    pub async fn sync_journal(&self) {
+        if let Some(journal) = &self.inner.journal {
+            journal.barrier().await;
+        }
     }
 
     /// A receiver that changes whenever any attempt records an event.

@@ -197,10 +197,13 @@ impl JobChart {
         Super
     }
 
-    /// Terminal states absorb every event.
+    /// Terminal states absorb every event but the delivery of their report,
+    /// which they take without changing.
     #[superstate]
-    fn terminal(context: &mut Decision) -> Outcome<State> {
-        context.disposition = Disposition::Absorbed;
+    fn terminal(context: &mut Decision, event: &Event) -> Outcome<State> {
+        if *event != Event::CompleteDelivered {
+            context.disposition = Disposition::Absorbed;
+        }
         Handled
     }
 }

@@ -69,6 +69,10 @@ pub enum Event {
     /// The worker restarted while the attempt was live; its process, if any,
     /// is gone.
     WorkerRestarted,
+    /// The driver acknowledged the attempt's `job_complete` (or answered
+    /// 404: it no longer wants it). Legal only once the attempt is terminal;
+    /// it changes no state, and tells a restarted worker not to report again.
+    CompleteDelivered,
 }
 
 impl Event {
@@ -84,6 +88,7 @@ impl Event {
             Event::ProcessExited { .. } => "process_exited",
             Event::CancelRequested => "cancel_requested",
             Event::WorkerRestarted => "worker_restarted",
+            Event::CompleteDelivered => "complete_delivered",
         }
     }
 }

@@ -82,7 +82,9 @@ impl From<CreateError> for ApiError {
     fn from(e: CreateError) -> Self {
         match e {
             CreateError::Duplicate { .. } => ApiError::Duplicate(e),
-            CreateError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            CreateError::ShuttingDown | CreateError::JournalUnavailable => {
+                ApiError::Unavailable(e.to_string())
+            }
         }
     }
 }

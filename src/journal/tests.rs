@@ -61,6 +61,7 @@ fn records() -> impl Strategy<Value = Vec<JournalRecord>> {
                         attempt_id,
                     },
                     event,
+                    attempt: None,
                 },
             )
             .collect()
@@ -162,6 +163,7 @@ fn a_zero_filled_tail_is_a_torn_write() {
             attempt_id: "a".into(),
         },
         event: Event::SpecLoadStarted,
+        attempt: None,
     };
     let (mut bytes, ends) = encode_all(std::slice::from_ref(&record));
     bytes.extend_from_slice(&[0u8; 100]);

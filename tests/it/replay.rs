@@ -33,6 +33,7 @@ fn records(events: &[(JobKey, Event)]) -> Vec<JournalRecord> {
             event_version: EVENT_VERSION,
             key: key.clone(),
             event: event.clone(),
+            attempt: None,
         })
         .collect()
 }

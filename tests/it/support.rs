@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use batch_worker::demo::driver::EmbeddedDriver;
 use batch_worker::driver_client::{DriverClient, ReportRetry};
+use batch_worker::journal::{decode, journal_path, open_journal, Durability, JournalRecord};
 use batch_worker::runner::HostRunner;
 use batch_worker::server::serve;
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
@@ -72,6 +73,15 @@ impl Harness {
             retry,
         )
         .expect("a driver client");
+        // Every test runs with the journal on (flush: the tests do not
+        // simulate power loss).
+        let journal = open_journal(
+            data.path(),
+            Durability::Flush,
+            false,
+            tokio::runtime::Handle::current(),
+        )
+        .expect("a journal");
         let worker = Worker::new(
             WorkerConfig {
                 name: "test-worker".into(),
@@ -82,6 +92,7 @@ impl Harness {
             },
             SpecStore::new(store.clone(), root.clone(), config).expect("spec-io threads"),
             Some(client),
+            Some(journal.writer),
         );
         let writer =
             SpecStore::new(store, root, SpecLoadConfig::default()).expect("spec-io threads");
@@ -109,6 +120,12 @@ impl Harness {
             stop,
             server: Some(server),
         }
+    }
+
+    /// The records of the worker's journal so far.
+    pub fn journal_records(&self) -> Vec<JournalRecord> {
+        let bytes = std::fs::read(journal_path(self.data.path())).expect("the journal exists");
+        decode(&bytes).expect("the journal decodes").records
     }
 
     /// Stops the server as SIGTERM would, and waits for `serve` to return.

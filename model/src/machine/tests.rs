@@ -101,6 +101,7 @@ fn all_events() -> Vec<Event> {
         },
         Event::CancelRequested,
         Event::WorkerRestarted,
+        Event::CompleteDelivered,
     ]
 }
 
@@ -188,6 +189,17 @@ fn every_state_event_pair_is_legal_rejected_or_absorbed() {
             let result = attempt.apply(&event);
             // Then
             match (before.is_terminal(), legal(name, &event)) {
+                (true, _) if event == Event::CompleteDelivered => {
+                    assert_eq!(
+                        result,
+                        Ok(Applied {
+                            effects: vec![],
+                            absorbed: false
+                        }),
+                        "{name} takes complete_delivered"
+                    );
+                    assert_eq!(attempt.state(), before);
+                }
                 (true, _) => {
                     assert_eq!(
                         result,
