@@ -3,9 +3,9 @@
 //! reports timelines, a summary and every problem found.
 //!
 //! `batch-worker replay PATH [--job BATCH:JOB] [--json] [--check] [--until SEQ]`
-//! reads a journal file, or every `*.jnl` file (in name order) of a
-//! directory. The worker does not write journals yet (issue 3); the format
-//! is [`crate::journal`].
+//! reads a journal file, every `*.jnl` file (in name order) of a
+//! directory, or a worker's data directory (its `journal/`). The format is
+//! [`crate::journal`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -213,6 +213,13 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
         source,
     };
     let mut files = Vec::new();
+    // A worker's data directory: its journal directory.
+    let journal_dir = path.join("journal");
+    let path = if journal_dir.is_dir() {
+        journal_dir.as_path()
+    } else {
+        path
+    };
     if path.is_dir() {
         for entry in std::fs::read_dir(path).map_err(io)? {
             let file = entry.map_err(io)?.path();

@@ -6,6 +6,7 @@
 use batch_worker_model::{ErrorKind, Event, ExitStatus, JobKey, ProcessKind, EVENT_VERSION};
 use proptest::prelude::*;
 
+use super::codec::FRAME_BYTES;
 use super::*;
 
 fn event() -> impl Strategy<Value = Event> {
@@ -171,4 +172,67 @@ fn a_zero_filled_tail_is_a_torn_write() {
     assert_eq!(decoded.records, vec![record]);
     let tail = decoded.tail.unwrap();
     assert_eq!((tail.offset, tail.bytes), (ends[0] as u64, 100));
+}
+
+fn sample_records(n: u64) -> Vec<JournalRecord> {
+    (1..=n)
+        .map(|seq| JournalRecord {
+            seq,
+            time_ms: seq as i64,
+            event_version: EVENT_VERSION,
+            key: JobKey {
+                batch_id: 1,
+                job_id: seq as i64,
+                attempt_id: "a".into(),
+            },
+            event: Event::Created { format_version: 7 },
+            attempt: None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn opening_cuts_a_torn_tail_and_refuses_a_corrupt_middle_unless_repairing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_path(dir.path());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let (bytes, ends) = encode_all(&sample_records(3));
+    let handle = tokio::runtime::Handle::current();
+
+    // A torn tail: cut, and the file is left ending at the last whole record.
+    std::fs::write(&path, &bytes[..ends[2] - 5]).unwrap();
+    let opened = open_journal(dir.path(), Durability::Flush, false, handle.clone()).unwrap();
+    assert_eq!(opened.records, sample_records(2));
+    assert_eq!(opened.cut_bytes, (ends[2] - 5 - ends[1]) as u64);
+    drop(opened);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), ends[1] as u64);
+
+    // A corrupt middle: refused, with the way out in the message.
+    let mut corrupt = bytes.clone();
+    corrupt[ends[0] + FRAME_BYTES + 2] ^= 1;
+    std::fs::write(&path, &corrupt).unwrap();
+    let err = open_journal(dir.path(), Durability::Flush, false, handle.clone()).unwrap_err();
+    assert!(err.to_string().contains("--repair"), "{err}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        corrupt,
+        "nothing is changed without --repair"
+    );
+
+    // With repair: the prefix is kept, the rest dropped and said so.
+    let opened = open_journal(dir.path(), Durability::Flush, true, handle).unwrap();
+    assert_eq!(opened.records, sample_records(1));
+    assert!(opened.cut_reason.unwrap().contains("checksum"));
+    // The writer appends after the kept prefix.
+    let mut more = Vec::new();
+    encode_record(&sample_records(2)[1], &mut more).unwrap();
+    let (done, wait) = tokio::sync::oneshot::channel();
+    opened
+        .writer
+        .append(more, Box::new(move |ok| done.send(ok).unwrap()));
+    assert!(wait.await.unwrap());
+    assert_eq!(
+        decode(&std::fs::read(&path).unwrap()).unwrap().records,
+        sample_records(2)
+    );
 }
