@@ -147,10 +147,13 @@ pub struct DemoArgs {
     /// Added latency of every blob read, in ms.
     #[arg(long, default_value_t = 0)]
     pub blob_latency_ms: u64,
-    /// Keep what the demo writes (specs, logs) in this directory; default:
-    /// a temporary directory, removed at exit.
+    /// Keep what the demo writes (specs, logs, journal) in this directory;
+    /// default: a temporary directory, removed at exit.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The worker's journal durability.
+    #[arg(long, value_enum, default_value = "fsync")]
+    pub durability: Durability,
 }
 
 /// A worker could not be built from its flags.

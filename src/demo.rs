@@ -122,6 +122,8 @@ pub struct DemoReport {
     pub kept_dir: Option<PathBuf>,
     /// Records in the worker's journal at the end.
     pub journal_records: usize,
+    /// The journal's durability.
+    pub durability: crate::journal::Durability,
     /// What `replay --check` found in it (nothing, when all is well).
     pub journal_problems: Vec<String>,
 }
@@ -196,7 +198,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     )?;
     let journal = crate::journal::open_journal(
         &config.data_dir,
-        crate::journal::Durability::Fsync,
+        args.durability,
         false,
         tokio::runtime::Handle::current(),
     )
@@ -310,6 +312,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         kept_dir: args.data_dir.as_ref().map(|_| data_dir.clone()),
         journal_records,
         journal_problems,
+        durability: args.durability,
     })
 }
 
@@ -642,8 +645,9 @@ impl DemoReport {
         );
         let _ = writeln!(
             out,
-            "journal: {} records (fsync), replay --check: {}",
+            "journal: {} records ({:?}), replay --check: {}",
             self.journal_records,
+            self.durability,
             if self.journal_problems.is_empty() {
                 "no problems".to_owned()
             } else {

@@ -10,6 +10,7 @@ use std::sync::mpsc;
 
 /// How durable a record is before what follows it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[clap(rename_all = "lower")]
 pub enum Durability {
     /// `fdatasync` after every batch: survives a power loss.
     Fsync,
