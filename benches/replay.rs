@@ -69,7 +69,7 @@ fn main() {
         &path,
         ReplayOptions {
             job: Some((-1, -1)),
-            until: None,
+            ..ReplayOptions::default()
         },
     )
     .expect("replays");

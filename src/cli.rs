@@ -16,7 +16,9 @@ use crate::journal::{open_journal, Durability, RecoveryError};
 use crate::runner::HostRunner;
 use crate::spec_store::{SpecLoadConfig, SpecStore};
 use crate::store::{open_store, throttled, StoreOpenError};
-use crate::supervisor::{Worker, WorkerConfig};
+use crate::supervisor::{
+    Worker, WorkerConfig, DEFAULT_JOURNAL_SEGMENT_BYTES, DEFAULT_RETENTION_HOURS,
+};
 
 /// `batch-worker`: a worker agent for batch job systems, wire-compatible
 /// with Hail Batch's driver.
@@ -107,6 +109,13 @@ pub struct ServeArgs {
     /// before the damage and drop the rest (saying what was dropped).
     #[arg(long)]
     pub repair: bool,
+    /// Compact the journal after this many bytes appended.
+    #[arg(long, default_value_t = DEFAULT_JOURNAL_SEGMENT_BYTES)]
+    pub journal_segment_bytes: u64,
+    /// Remember finished, reported attempts (403 for a repeated create,
+    /// across restarts) for this many hours.
+    #[arg(long, default_value_t = DEFAULT_RETENTION_HOURS)]
+    pub retention_hours: u64,
     /// Largest accepted create body, in bytes (larger: 413).
     #[arg(long, default_value_t = 17 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -252,6 +261,8 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
         runner: HostRunner {
             kill_grace: Duration::from_millis(args.spec.kill_grace_ms),
         },
+        journal_segment_bytes: args.journal_segment_bytes,
+        retention: Duration::from_secs(args.retention_hours * 3600),
     };
     let recovered = open_journal(
         &config.data_dir,

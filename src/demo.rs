@@ -181,6 +181,8 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         runner: HostRunner {
             kill_grace: Duration::from_secs(2),
         },
+        journal_segment_bytes: crate::supervisor::DEFAULT_JOURNAL_SEGMENT_BYTES,
+        retention: Duration::from_secs(crate::supervisor::DEFAULT_RETENTION_HOURS * 3600),
     };
     let specs = SpecStore::new(
         throttled(local, args.blob_latency_ms),
@@ -203,7 +205,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         tokio::runtime::Handle::current(),
     )
     .map_err(StartError::from)?;
-    let journal_file = journal.writer.path().to_owned();
+    let journal_file = journal.writer.dir().to_owned();
     let worker = Worker::new(config, specs, Some(client), Some(journal.writer));
     worker.recover(&journal.records);
     let listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -5,7 +5,7 @@
 //! tail from a corrupt middle) and the group-commit writer.
 //!
 //! ```text
-//! header:  b"BWJOURNL" | format version: u32 LE | reserved: u32 LE (0)           16 bytes
+//! header:  b"BWJOURNL" | format version: u32 LE | flags: u32 LE (1: snapshot)    16 bytes
 //! record:  length n: u32 LE | crc32c(length bytes): u32 LE | crc32c(payload): u32 LE
 //!          | payload                                                      12 + n bytes
 //! payload: JSON of a JournalRecord
@@ -22,11 +22,11 @@ mod tests;
 mod writer;
 
 pub use codec::{
-    decode, decode_prefix, encode_header, encode_record, Decoded, JournalError, TailDamage,
-    FORMAT_VERSION, HEADER_BYTES, MAGIC, MAX_RECORD_BYTES,
+    decode, decode_prefix, encode_header, encode_record, encode_snapshot_header, Decoded,
+    JournalError, TailDamage, FLAG_SNAPSHOT, FORMAT_VERSION, HEADER_BYTES, MAGIC, MAX_RECORD_BYTES,
 };
-pub use recovery::{journal_path, open_journal, Recovered, RecoveryError};
-pub use writer::{AfterWrite, Durability, JournalWriter};
+pub use recovery::{journal_dir, open_journal, Recovered, RecoveryError};
+pub use writer::{segment_path, segments, AfterWrite, Durability, JournalWriter};
 
 use batch_worker_model::{Event, JobKey};
 use serde::{Deserialize, Serialize};

@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
             let options = replay::ReplayOptions {
                 job: args.job,
                 until: args.until,
+                ..Default::default()
             };
             let report = replay::replay_path(&args.path, options)?;
             if args.json {

@@ -177,6 +177,9 @@ pub struct ReplayOptions {
     pub job: Option<(i64, i64)>,
     /// Stop after this sequence number (the state at a past moment).
     pub until: Option<u64>,
+    /// Sequence gaps up to this number are expected (a compaction snapshot
+    /// dropped finished attempts); set by [`replay_path`].
+    pub gaps_allowed_through: u64,
 }
 
 /// A journal that cannot be read at all.
@@ -233,16 +236,38 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
     }
     let mut records = Vec::new();
     let mut problems = Vec::new();
+    // A snapshot (written by compaction) supersedes the files before it;
+    // its records keep their sequence numbers, so gaps are expected up to
+    // the first record after it.
+    let mut decoded_files = Vec::new();
     for file in &files {
         let name = file.display().to_string();
         let bytes = std::fs::read(file).map_err(|source| ReplayError::Io {
             path: name.clone(),
             source,
         })?;
-        let (decoded, corrupt) = decode_prefix(&bytes).map_err(|source| ReplayError::Journal {
+        let decoded = decode_prefix(&bytes).map_err(|source| ReplayError::Journal {
             path: name.clone(),
             source,
         })?;
+        decoded_files.push((name, decoded));
+    }
+    let start = decoded_files
+        .iter()
+        .rposition(|(_, (decoded, _))| decoded.snapshot)
+        .unwrap_or(0);
+    let mut gaps_allowed_through = 0;
+    let mut after_snapshot = false;
+    for (name, (decoded, corrupt)) in decoded_files.into_iter().skip(start) {
+        if decoded.snapshot {
+            gaps_allowed_through = decoded.records.last().map_or(0, |r| r.seq);
+            after_snapshot = true;
+        } else if after_snapshot {
+            if let Some(first) = decoded.records.first() {
+                gaps_allowed_through = gaps_allowed_through.max(first.seq);
+                after_snapshot = false;
+            }
+        }
         records.extend(decoded.records);
         if let Some(tail) = decoded.tail {
             problems.push(Problem::TornTail {
@@ -259,6 +284,10 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
             });
         }
     }
+    let options = ReplayOptions {
+        gaps_allowed_through,
+        ..options
+    };
     let mut report = replay_records(&records, options);
     problems.append(&mut report.problems);
     report.problems = problems;
@@ -281,7 +310,8 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
         }
         replayed += 1;
         let expected = last_seq.map_or(1, |s| s + 1);
-        if record.seq != expected {
+        let compacted = record.seq <= options.gaps_allowed_through && record.seq > expected;
+        if record.seq != expected && !compacted {
             problems.push(Problem::SequenceGap {
                 after_seq: last_seq.unwrap_or(0),
                 next_seq: record.seq,

@@ -43,7 +43,19 @@ pub struct WorkerConfig {
     pub data_dir: PathBuf,
     /// How processes are run and ended.
     pub runner: HostRunner,
+    /// Bytes appended to the journal after which it is compacted into a
+    /// snapshot of the attempts still kept (default 64 MiB).
+    pub journal_segment_bytes: u64,
+    /// How long a finished, reported attempt is remembered (a create for it
+    /// gets 403, across restarts) before compaction may forget it
+    /// (default 24 h).
+    pub retention: std::time::Duration,
 }
+
+/// Default of [`WorkerConfig::journal_segment_bytes`].
+pub const DEFAULT_JOURNAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default of [`WorkerConfig::retention`], in hours.
+pub const DEFAULT_RETENTION_HOURS: u64 = 24;
 
 /// Why a create call was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,7 +91,8 @@ pub struct UnknownJob {
 /// One recorded event of an attempt, as `GET .../events` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventRecord {
-    /// Position in the attempt's history, from 0.
+    /// The record's sequence number in the worker's journal (counted even
+    /// without a journal): increasing over all attempts.
     pub seq: u64,
     /// When it was recorded, ms since the Unix epoch.
     pub time_ms: i64,
@@ -155,10 +168,16 @@ struct JobEntry {
 
 impl JobEntry {
     /// A fresh entry for an attempt just created at `now` (ms).
-    fn new(key: JobKey, attempt: JobAttempt, summary: AttemptSummary, now: i64) -> JobEntry {
+    fn new(
+        key: JobKey,
+        attempt: JobAttempt,
+        summary: AttemptSummary,
+        now: i64,
+        seq: u64,
+    ) -> JobEntry {
         JobEntry {
             history: vec![EventRecord {
-                seq: 0,
+                seq,
                 time_ms: now,
                 event: Event::Created {
                     format_version: summary.format_version,
@@ -210,6 +229,8 @@ enum Work {
 struct Table {
     entries: HashMap<(i64, i64), JobEntry>,
     next_seq: u64,
+    /// Bytes appended to the journal since the last compaction.
+    journal_bytes: u64,
 }
 
 impl std::ops::Deref for Table {
@@ -280,6 +301,7 @@ impl Worker {
                 jobs: Mutex::new(Table {
                     entries: HashMap::new(),
                     next_seq: 1,
+                    journal_bytes: 0,
                 }),
                 shutting_down: AtomicBool::new(false),
                 shutdown_requested: CancellationToken::new(),
@@ -340,12 +362,13 @@ impl Worker {
                 job_group_id: summary.job_group_id,
                 secret_names: summary.secret_names.clone(),
             };
-            let mut entry = JobEntry::new(key.clone(), attempt, summary, now);
+            let seq = jobs.next_seq;
+            let mut entry = JobEntry::new(key.clone(), attempt, summary, now, seq);
             entry.request = Some(Arc::new(job));
             let work = self.plan(&mut entry, &applied.effects);
             jobs.insert((key.batch_id, key.job_id), entry);
             let event = Event::Created { format_version };
-            self.commit(&mut jobs, &key, now, event, Some(info), work, false)
+            self.commit(&mut jobs, seq, &key, now, event, Some(info), work, false)
         };
         self.inner.changes.send_modify(|n| *n += 1);
         match durable {
@@ -374,6 +397,7 @@ impl Worker {
     fn commit(
         &self,
         table: &mut Table,
+        seq: u64,
         key: &JobKey,
         time_ms: i64,
         event: Event,
@@ -381,23 +405,24 @@ impl Worker {
         work: Vec<Work>,
         act_if_lost: bool,
     ) -> (Vec<Work>, Option<oneshot::Receiver<bool>>) {
+        table.next_seq = seq + 1;
         let Some(journal) = &self.inner.journal else {
             return (work, None);
         };
         let record = JournalRecord {
-            seq: table.next_seq,
+            seq,
             time_ms,
             event_version: EVENT_VERSION,
             key: key.clone(),
             event,
             attempt,
         };
-        table.next_seq += 1;
         let mut bytes = Vec::new();
         if let Err(e) = encode_record(&record, &mut bytes) {
             tracing::error!(%key, error = %e, "event not journaled");
             return (work, None);
         }
+        table.journal_bytes += bytes.len() as u64;
         let (done, durable) = oneshot::channel();
         let worker = self.clone();
         journal.append(
@@ -409,7 +434,71 @@ impl Worker {
                 let _ = done.send(ok);
             }),
         );
+        if table.journal_bytes >= self.inner.config.journal_segment_bytes {
+            self.compact(table, journal);
+        }
         (Vec::new(), Some(durable))
+    }
+
+    /// Compaction, under the table lock: forgets attempts finished,
+    /// reported and older than the retention window, and hands the journal
+    /// a snapshot of every attempt still kept (their whole histories, with
+    /// their sequence numbers), which replaces the segments before it.
+    fn compact(&self, table: &mut Table, journal: &JournalWriter) {
+        let now = now_ms();
+        let retention_ms = self.inner.config.retention.as_millis() as i64;
+        let reports = self.inner.driver.is_some();
+        let before = table.entries.len();
+        table.entries.retain(|_, entry| {
+            let state = entry.attempt.state();
+            let reported = !reports
+                || state.wire_state() == WireState::Cancelled
+                || entry
+                    .history
+                    .iter()
+                    .any(|r| r.event == Event::CompleteDelivered);
+            let expired = entry.ended_at_ms.is_some_and(|t| t <= now - retention_ms);
+            !(state.is_terminal() && reported && expired)
+        });
+        let mut records: Vec<JournalRecord> = Vec::new();
+        for entry in table.entries.values() {
+            for (i, step) in entry.history.iter().enumerate() {
+                records.push(JournalRecord {
+                    seq: step.seq,
+                    time_ms: step.time_ms,
+                    event_version: EVENT_VERSION,
+                    key: entry.key.clone(),
+                    event: step.event.clone(),
+                    attempt: (i == 0).then(|| AttemptInfo {
+                        user: entry.summary.user.clone(),
+                        job_group_id: entry.summary.job_group_id,
+                        secret_names: entry.summary.secret_names.clone(),
+                    }),
+                });
+            }
+        }
+        records.sort_by_key(|r| r.seq);
+        let mut bytes = Vec::new();
+        for record in &records {
+            if let Err(e) = encode_record(record, &mut bytes) {
+                tracing::error!(error = %e, "journal compaction skipped");
+                return;
+            }
+        }
+        table.journal_bytes = 0;
+        let (kept, forgotten, size_bytes) = (
+            table.entries.len(),
+            before - table.entries.len(),
+            bytes.len(),
+        );
+        journal.snapshot(
+            bytes,
+            Box::new(move |ok| {
+                if ok {
+                    tracing::info!(kept, forgotten, size_bytes, "journal compacted");
+                }
+            }),
+        );
     }
 
     /// Rebuilds the job table from journal records (as read at start), each
@@ -442,8 +531,8 @@ impl Worker {
                         secret_names: info.secret_names,
                     };
                     let (attempt, _) = JobAttempt::accept();
-                    let mut entry = JobEntry::new(key.clone(), attempt, summary, record.time_ms);
-                    entry.history[0].time_ms = record.time_ms;
+                    let entry =
+                        JobEntry::new(key.clone(), attempt, summary, record.time_ms, record.seq);
                     jobs.insert(slot, entry);
                 } else if let Some(entry) = jobs.get_mut(&slot).filter(|e| e.key == *key) {
                     match entry.attempt.apply(&record.event) {
@@ -462,7 +551,7 @@ impl Worker {
                                 entry.ended_at_ms = Some(record.time_ms);
                             }
                             entry.history.push(EventRecord {
-                                seq: entry.history.len() as u64,
+                                seq: record.seq,
                                 time_ms: record.time_ms,
                                 event: record.event.clone(),
                                 state_after: state.name(),
@@ -530,6 +619,7 @@ impl Worker {
         }
         let work = {
             let mut jobs = self.jobs();
+            let seq = jobs.next_seq;
             let Some(entry) = jobs
                 .get_mut(&(key.batch_id, key.job_id))
                 .filter(|e| e.key.attempt_id == key.attempt_id)
@@ -562,7 +652,7 @@ impl Worker {
                 entry.ended_at_ms = Some(now);
             }
             entry.history.push(EventRecord {
-                seq: entry.history.len() as u64,
+                seq,
                 time_ms: now,
                 event: event.clone(),
                 state_after: state.name(),
@@ -576,7 +666,8 @@ impl Worker {
             // Effects run once the event is in the journal; if it cannot be
             // written the worker still acts (the write failure is logged and
             // creates are refused), rather than strand the attempt.
-            self.commit(&mut jobs, key, now, event, None, work, true).0
+            self.commit(&mut jobs, seq, key, now, event, None, work, true)
+                .0
         };
         self.inner.changes.send_modify(|n| *n += 1);
         self.perform(work);

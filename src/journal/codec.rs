@@ -14,11 +14,27 @@ pub const MAX_RECORD_BYTES: u32 = 16 * 1024 * 1024;
 /// Size of a record's frame (length, its checksum, the payload's), in bytes.
 pub const FRAME_BYTES: usize = 12;
 
-/// The file header.
+/// Header flag: the segment is a snapshot written by compaction. It holds
+/// the whole history of every attempt still kept, with their original
+/// sequence numbers (so gaps are expected), and supersedes every earlier
+/// segment.
+pub const FLAG_SNAPSHOT: u32 = 1;
+
+/// The file header of an appended segment.
 pub fn encode_header() -> [u8; HEADER_BYTES] {
+    header_with(0)
+}
+
+/// The file header of a snapshot segment ([`FLAG_SNAPSHOT`]).
+pub fn encode_snapshot_header() -> [u8; HEADER_BYTES] {
+    header_with(FLAG_SNAPSHOT)
+}
+
+fn header_with(flags: u32) -> [u8; HEADER_BYTES] {
     let mut header = [0u8; HEADER_BYTES];
     header[..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&flags.to_le_bytes());
     header
 }
 
@@ -64,6 +80,8 @@ pub struct Decoded {
     pub valid_bytes: u64,
     /// A torn tail, if one was cut off.
     pub tail: Option<TailDamage>,
+    /// Whether the file is a compaction snapshot ([`FLAG_SNAPSHOT`]).
+    pub snapshot: bool,
 }
 
 /// Why journal bytes cannot be used as they are.
@@ -104,9 +122,16 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, JournalError> {
         return Ok(empty);
     }
     let (records, valid, end) = frames(bytes);
+    let snapshot = is_snapshot(bytes);
     match end {
-        End::Clean => Ok(finish(records, valid, None)),
-        End::Torn(tail) => Ok(finish(records, valid, Some(tail))),
+        End::Clean => Ok(Decoded {
+            snapshot,
+            ..finish(records, valid, None)
+        }),
+        End::Torn(tail) => Ok(Decoded {
+            snapshot,
+            ..finish(records, valid, Some(tail))
+        }),
         End::Corrupt(e) => Err(e),
     }
 }
@@ -122,11 +147,13 @@ pub fn decode_prefix(bytes: &[u8]) -> Result<(Decoded, Option<JournalError>), Jo
         return Ok((empty, None));
     }
     let (records, valid, end) = frames(bytes);
-    Ok(match end {
+    let (mut decoded, error) = match end {
         End::Clean => (finish(records, valid, None), None),
         End::Torn(tail) => (finish(records, valid, Some(tail)), None),
         End::Corrupt(e) => (finish(records, valid, None), Some(e)),
-    })
+    };
+    decoded.snapshot = is_snapshot(bytes);
+    Ok((decoded, error))
 }
 
 /// How the records end.
@@ -207,6 +234,12 @@ fn frames(bytes: &[u8]) -> (Vec<JournalRecord>, usize, End) {
     (records, at, End::Clean)
 }
 
+/// Whether a (valid) header carries [`FLAG_SNAPSHOT`].
+fn is_snapshot(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER_BYTES
+        && u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) & FLAG_SNAPSHOT != 0
+}
+
 /// Checks the header. `Some` is the empty journal of a file cut inside its
 /// header; `None` means records follow.
 fn header(bytes: &[u8]) -> Result<Option<Decoded>, JournalError> {
@@ -214,6 +247,7 @@ fn header(bytes: &[u8]) -> Result<Option<Decoded>, JournalError> {
         // A file cut inside its header holds no record: an empty journal.
         if MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
             return Ok(Some(Decoded {
+                snapshot: false,
                 records: Vec::new(),
                 valid_bytes: 0,
                 tail: (!bytes.is_empty()).then(|| TailDamage {
@@ -243,6 +277,7 @@ fn header(bytes: &[u8]) -> Result<Option<Decoded>, JournalError> {
 
 fn finish(records: Vec<JournalRecord>, valid: usize, tail: Option<TailDamage>) -> Decoded {
     Decoded {
+        snapshot: false,
         records,
         valid_bytes: valid as u64,
         tail,

@@ -1,14 +1,18 @@
-//! Opening a worker's journal at start: read what is there, cut a torn
-//! tail, refuse (or, with repair, cut at) a corrupt middle, and start the
-//! writer after the valid records.
+//! Opening a worker's journal at start: read the segments from the last
+//! snapshot on, cut a torn tail, refuse (or, with repair, cut at) damage
+//! anywhere else, and start the writer after the valid records.
 
 use std::path::{Path, PathBuf};
 
-use super::{decode_prefix, Durability, JournalError, JournalRecord, JournalWriter};
+use super::writer::{segment_path, segments};
+use super::{
+    decode_prefix, Durability, JournalError, JournalRecord, JournalWriter, FLAG_SNAPSHOT,
+    HEADER_BYTES,
+};
 
-/// The journal file of a data directory.
-pub fn journal_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("journal").join("000001.jnl")
+/// The journal directory of a data directory.
+pub fn journal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("journal")
 }
 
 /// Why the journal could not be opened.
@@ -17,13 +21,13 @@ pub enum RecoveryError {
     /// IO on the journal failed.
     #[error("journal {path}: {source}")]
     Io {
-        /// The file.
+        /// The file or directory.
         path: String,
         /// The cause.
         #[source]
         source: std::io::Error,
     },
-    /// The file is not a journal, or is damaged in the middle (and repair
+    /// A file is not a journal, or is damaged before its end (and repair
     /// was not asked for).
     #[error("journal {path}: {source}{hint}")]
     Damaged {
@@ -42,65 +46,114 @@ pub enum RecoveryError {
 pub struct Recovered {
     /// The writer, positioned after the valid records.
     pub writer: JournalWriter,
-    /// The valid records, in order.
+    /// The valid records, in order (from the last snapshot on).
     pub records: Vec<JournalRecord>,
-    /// Bytes cut off the end (a torn tail, or with repair everything from
-    /// the corrupt record on).
+    /// Bytes cut off (a torn tail, or with repair everything from the
+    /// damage on).
     pub cut_bytes: u64,
     /// What was cut, for the log.
     pub cut_reason: Option<String>,
 }
 
+const REPAIR_HINT: &str = "; start with --repair to keep the records before it and drop the rest";
+
 /// Opens (or creates) the journal of `data_dir`.
 ///
 /// # Errors
-/// [`RecoveryError`]: IO failure; a file that is not a journal; a corrupt
-/// record in the middle unless `repair` (then the valid prefix is kept and
-/// the rest cut, and said so).
+/// [`RecoveryError`]: IO failure; a file that is not a journal; a damaged
+/// record before the end of the last segment unless `repair` (then the
+/// valid prefix is kept, the rest cut, and said so).
 pub fn open_journal(
     data_dir: &Path,
     durability: Durability,
     repair: bool,
     runtime: tokio::runtime::Handle,
 ) -> Result<Recovered, RecoveryError> {
-    let path = journal_path(data_dir);
-    let name = path.display().to_string();
-    let io = |source| RecoveryError::Io {
-        path: name.clone(),
-        source,
+    let dir = journal_dir(data_dir);
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| RecoveryError::Io { path, source }
     };
-    std::fs::create_dir_all(path.parent().expect("a journal path has a parent")).map_err(io)?;
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(io(e)),
-    };
-    let (decoded, corrupt) = decode_prefix(&bytes).map_err(|source| RecoveryError::Damaged {
-        path: name.clone(),
-        source,
-        hint: "",
-    })?;
-    let (cut_bytes, cut_reason) = match (&corrupt, &decoded.tail) {
-        (Some(error), _) if !repair => {
-            return Err(RecoveryError::Damaged {
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let all = segments(&dir).map_err(io(&dir))?;
+    // A snapshot supersedes every segment before it (a compaction that
+    // stopped before deleting them leaves them behind).
+    let start = all
+        .iter()
+        .rposition(|(_, path)| is_snapshot(path))
+        .unwrap_or(0);
+    for (_, old) in &all[..start] {
+        std::fs::remove_file(old).map_err(io(old))?;
+    }
+    let live = &all[start..];
+    let mut records = Vec::new();
+    let mut cut_bytes = 0;
+    let mut cut_reason = None;
+    let mut position = (live.first().map_or(1, |(n, _)| *n), None);
+    for (i, (number, path)) in live.iter().enumerate() {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let (decoded, corrupt) =
+            decode_prefix(&bytes).map_err(|source| RecoveryError::Damaged {
                 path: name.clone(),
-                source: error.clone(),
-                hint: "; start with --repair to keep the records before it and drop the rest",
-            })
+                source,
+                hint: "",
+            })?;
+        let last = i + 1 == live.len();
+        records.extend(decoded.records.iter().cloned());
+        position = (*number, None);
+        let damage = match (corrupt, decoded.tail) {
+            (Some(error), _) => Some(error),
+            (None, Some(tail)) if last => {
+                cut_bytes += tail.bytes;
+                cut_reason = Some(format!("torn tail of {name}: {}", tail.reason));
+                position = (*number, Some(decoded.valid_bytes));
+                None
+            }
+            (None, Some(tail)) => Some(JournalError::CorruptMiddle {
+                offset: tail.offset,
+                valid_records: decoded.records.len(),
+                reason: format!(
+                    "a torn record ({}) in a segment that is not the last",
+                    tail.reason
+                ),
+            }),
+            (None, None) => None,
+        };
+        if let Some(error) = damage {
+            if !repair {
+                return Err(RecoveryError::Damaged {
+                    path: name,
+                    source: error,
+                    hint: REPAIR_HINT,
+                });
+            }
+            cut_bytes += bytes.len() as u64 - decoded.valid_bytes;
+            for (_, later) in &live[i + 1..] {
+                cut_bytes += std::fs::metadata(later).map_or(0, |m| m.len());
+                std::fs::remove_file(later).map_err(io(later))?;
+            }
+            cut_reason = Some(format!("repair: {name}: {error}; later segments dropped"));
+            position = (*number, Some(decoded.valid_bytes.max(HEADER_BYTES as u64)));
+            break;
         }
-        (Some(error), _) => (
-            bytes.len() as u64 - decoded.valid_bytes,
-            Some(error.to_string()),
-        ),
-        (None, Some(tail)) => (tail.bytes, Some(format!("torn tail: {}", tail.reason))),
-        (None, None) => (0, None),
-    };
-    let valid = (cut_bytes > 0).then_some(decoded.valid_bytes);
-    let writer = JournalWriter::open(&path, valid, durability, runtime).map_err(io)?;
+    }
+    let writer = JournalWriter::open(&dir, position.0, position.1, durability, runtime)
+        .map_err(io(&segment_path(&dir, position.0)))?;
     Ok(Recovered {
         writer,
-        records: decoded.records,
+        records,
         cut_bytes,
         cut_reason,
     })
+}
+
+/// Whether the segment at `path` starts with a snapshot header.
+fn is_snapshot(path: &Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; HEADER_BYTES];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok()
+        && u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")) & FLAG_SNAPSHOT != 0
 }

@@ -194,7 +194,7 @@ fn sample_records(n: u64) -> Vec<JournalRecord> {
 #[tokio::test]
 async fn opening_cuts_a_torn_tail_and_refuses_a_corrupt_middle_unless_repairing() {
     let dir = tempfile::tempdir().unwrap();
-    let path = journal_path(dir.path());
+    let path = segment_path(&journal_dir(dir.path()), 1);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let (bytes, ends) = encode_all(&sample_records(3));
     let handle = tokio::runtime::Handle::current();

@@ -1,7 +1,13 @@
 //! The journal writer: one thread takes framed records from every job, in
 //! the order they were handed over, writes them in batches and makes each
 //! batch durable once (group commit). What must follow a record — an
-//! event's effects, a create's answer — runs after its batch is durable.
+//! event's effects, a create's answer — runs after its batch is written.
+//!
+//! The journal is a directory of segments `000001.jnl`, `000002.jnl`, ...
+//! Compaction writes a snapshot segment (the whole history of every
+//! attempt still kept), makes it durable, and only then deletes the
+//! segments before it; a snapshot supersedes everything before it, so a
+//! crash in between loses nothing.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -25,57 +31,91 @@ const MAX_BATCH: usize = 4096;
 /// What runs after a record's batch is written; `true` when it is durable.
 pub type AfterWrite = Box<dyn FnOnce(bool) + Send>;
 
-struct Append {
-    bytes: Vec<u8>,
-    then: AfterWrite,
+enum Message {
+    Append { bytes: Vec<u8>, then: AfterWrite },
+    Snapshot { bytes: Vec<u8>, then: AfterWrite },
 }
 
 /// Hands records to the writer thread. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct JournalWriter {
-    tx: mpsc::Sender<Append>,
-    path: PathBuf,
+    tx: mpsc::Sender<Message>,
+    dir: PathBuf,
+}
+
+/// The segment file number `n` of `dir`.
+pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:06}.jnl"))
+}
+
+/// The segments of `dir`, in order, with their numbers.
+///
+/// # Errors
+/// The directory cannot be read.
+pub fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let number = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".jnl"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(number) = number {
+            found.push((number, path));
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 impl JournalWriter {
-    /// Opens (creating, with its header, if absent) the journal file at
-    /// `path`, cut to `valid_bytes` when given (dropping a torn tail), and
-    /// starts the writer thread. Callbacks run on that thread, inside
-    /// `runtime` (so they may spawn tasks).
+    /// Starts the writer on segment `segment` of `dir` (created, with its
+    /// header, if absent; cut to `valid_bytes` when given, dropping a torn
+    /// tail). Callbacks run on the writer thread, inside `runtime` (so they
+    /// may spawn tasks).
     ///
     /// # Errors
     /// The file cannot be opened, cut, or written.
     pub fn open(
-        path: &Path,
+        dir: &Path,
+        segment: u64,
         valid_bytes: Option<u64>,
         durability: Durability,
         runtime: tokio::runtime::Handle,
     ) -> std::io::Result<JournalWriter> {
-        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+        let path = segment_path(dir, segment);
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
         if let Some(valid) = valid_bytes {
             file.set_len(valid)?;
         }
         if file.metadata()?.len() == 0 {
             file.write_all(&super::encode_header())?;
             file.sync_all()?;
+            sync_dir(dir)?;
         }
-        let (tx, rx) = mpsc::channel::<Append>();
-        let name = path.display().to_string();
+        let (tx, rx) = mpsc::channel::<Message>();
+        let mut state = Segments {
+            dir: dir.to_owned(),
+            number: segment,
+            file,
+            durability,
+        };
         std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || {
                 let _runtime = runtime.enter();
-                write_loop(file, rx, durability, &name);
+                state.run(rx);
             })?;
         Ok(JournalWriter {
             tx,
-            path: path.to_owned(),
+            dir: dir.to_owned(),
         })
     }
 
-    /// The journal file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Completes once every record queued before it is written (or the
@@ -94,46 +134,123 @@ impl JournalWriter {
     /// Queues one framed record; `then` runs once it is written (with
     /// `false` if the write or sync failed, or the writer is gone).
     pub fn append(&self, bytes: Vec<u8>, then: AfterWrite) {
-        if let Err(mpsc::SendError(append)) = self.tx.send(Append { bytes, then }) {
-            (append.then)(false);
+        self.send(Message::Append { bytes, then });
+    }
+
+    /// Queues a compaction: `bytes` (framed records) become a new snapshot
+    /// segment that replaces every segment before it. Records queued
+    /// before this call are covered by the snapshot; later ones follow it.
+    pub fn snapshot(&self, bytes: Vec<u8>, then: AfterWrite) {
+        self.send(Message::Snapshot { bytes, then });
+    }
+
+    fn send(&self, message: Message) {
+        if let Err(mpsc::SendError(message)) = self.tx.send(message) {
+            match message {
+                Message::Append { then, .. } | Message::Snapshot { then, .. } => then(false),
+            }
         }
     }
 }
 
-fn write_loop(mut file: File, rx: mpsc::Receiver<Append>, durability: Durability, name: &str) {
-    let mut buffer = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
+struct Segments {
+    dir: PathBuf,
+    number: u64,
+    file: File,
+    durability: Durability,
+}
+
+impl Segments {
+    fn run(&mut self, rx: mpsc::Receiver<Message>) {
+        let mut buffer = Vec::new();
+        let mut pending = None;
+        loop {
+            let first = match pending.take() {
+                Some(message) => message,
+                None => match rx.recv() {
+                    Ok(message) => message,
+                    Err(_) => return,
+                },
+            };
+            let (bytes, then) = match first {
+                Message::Snapshot { bytes, then } => {
+                    let ok = self.write_snapshot(&bytes).map_err(|e| {
+                        tracing::error!(dir = %self.dir.display(), error = %e, "journal compaction failed");
+                    });
+                    then(ok.is_ok());
+                    continue;
+                }
+                Message::Append { bytes, then } => (bytes, then),
+            };
+            buffer.clear();
+            buffer.extend_from_slice(&bytes);
+            let mut batch = vec![then];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Message::Append { bytes, then }) => {
+                        buffer.extend_from_slice(&bytes);
+                        batch.push(then);
+                    }
+                    Ok(snapshot) => {
+                        pending = Some(snapshot);
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
-        }
-        buffer.clear();
-        for append in &batch {
-            buffer.extend_from_slice(&append.bytes);
-        }
-        let started = std::time::Instant::now();
-        let written = file.write_all(&buffer).and_then(|()| match durability {
-            Durability::Fsync => file.sync_data(),
-            Durability::Flush => Ok(()),
-        });
-        let ok = match written {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(journal = name, error = %e, records = batch.len(), "journal write failed");
-                false
+            let started = std::time::Instant::now();
+            let written = self
+                .file
+                .write_all(&buffer)
+                .and_then(|()| match self.durability {
+                    Durability::Fsync => self.file.sync_data(),
+                    Durability::Flush => Ok(()),
+                });
+            let ok = match written {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(dir = %self.dir.display(), error = %e, records = batch.len(), "journal write failed");
+                    false
+                }
+            };
+            tracing::trace!(
+                records = batch.len(),
+                size_bytes = buffer.len(),
+                sync_ms = started.elapsed().as_millis() as u64,
+                "journal batch"
+            );
+            for then in batch {
+                then(ok);
             }
-        };
-        tracing::trace!(
-            records = batch.len(),
-            size_bytes = buffer.len(),
-            sync_ms = started.elapsed().as_millis() as u64,
-            "journal batch"
-        );
-        for append in batch {
-            (append.then)(ok);
         }
     }
+
+    /// Writes the snapshot as the next segment, durably, then deletes every
+    /// earlier segment and appends to the new one from now on.
+    fn write_snapshot(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let next = self.number + 1;
+        let path = segment_path(&self.dir, next);
+        let partial = path.with_extension("jnl.partial");
+        {
+            let mut file = File::create(&partial)?;
+            file.write_all(&super::encode_snapshot_header())?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&partial, &path)?;
+        sync_dir(&self.dir)?;
+        for (number, old) in segments(&self.dir)? {
+            if number < next {
+                std::fs::remove_file(old)?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        self.file = OpenOptions::new().append(true).open(&path)?;
+        self.number = next;
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }

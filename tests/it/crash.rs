@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use batch_worker::demo::driver::EmbeddedDriver;
-use batch_worker::journal::journal_path;
+use batch_worker::journal::{journal_dir, segments};
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use object_store::local::LocalFileSystem;
 use rand::Rng;
@@ -198,6 +198,20 @@ async fn sigkill_at_random_moments_loses_no_accepted_job() {
     })
     .await
     .unwrap_or_else(|_| panic!("missing job_complete reports; states {states:?}"));
+    // A finished attempt is remembered across the restarts: a repeated
+    // create of its job is refused, not run twice.
+    let first = *accepted.iter().next().unwrap();
+    let again = http
+        .post(format!("{}/api/v1alpha/batches/jobs/create", serve.base))
+        .json(&body(first))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::FORBIDDEN,
+        "job {first} would run twice"
+    );
     eprintln!("accepted {} of {total}: {states:?}", accepted.len());
     assert!(
         states.values().any(|s| s == "error:worker_restarted"),
@@ -207,7 +221,11 @@ async fn sigkill_at_random_moments_loses_no_accepted_job() {
     serve.child.kill().unwrap();
     serve.child.wait().unwrap();
 
-    let journal = std::fs::read(journal_path(&data)).unwrap();
+    let journal: Vec<u8> = segments(&journal_dir(&data))
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, path)| std::fs::read(path).unwrap())
+        .collect();
     assert!(
         !journal
             .windows(SECRET.len())
@@ -216,7 +234,7 @@ async fn sigkill_at_random_moments_loses_no_accepted_job() {
     );
     let check = Command::new(env!("CARGO_BIN_EXE_batch-worker"))
         .arg("replay")
-        .arg(journal_path(&data))
+        .arg(&data)
         .arg("--check")
         .output()
         .unwrap();

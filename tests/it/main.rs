@@ -2,6 +2,7 @@
 //! files and processes, an embedded driver receiving the reports.
 //!
 //! - `support`: the harness and test stores.
+//! - `compaction`: the journal stays small; expired attempts are forgotten.
 //! - `crash`: SIGKILL a `serve` child at random moments; restart; nothing lost.
 //! - `create_api`: create-body validation, duplicates, store-root safety.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
@@ -16,6 +17,7 @@
 //! - `store_faults`: retries, spec_unavailable, spec_timeout, the load cap.
 //! - `wire_samples`: the shared byte-exact samples.
 
+mod compaction;
 mod crash;
 mod create_api;
 mod hanging_store;

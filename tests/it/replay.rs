@@ -172,6 +172,7 @@ fn replay_rebuilds_final_states_and_durations() {
         ReplayOptions {
             job: Some((7, 12)),
             until: Some(5),
+            ..ReplayOptions::default()
         },
     )
     .unwrap();

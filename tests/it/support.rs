@@ -9,11 +9,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use batch_worker::demo::driver::EmbeddedDriver;
 use batch_worker::driver_client::{DriverClient, ReportRetry};
-use batch_worker::journal::{decode, journal_path, open_journal, Durability, JournalRecord};
+use batch_worker::journal::{
+    decode, journal_dir, open_journal, segments, Durability, JournalRecord,
+};
 use batch_worker::runner::HostRunner;
 use batch_worker::server::serve;
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
-use batch_worker::supervisor::{Worker, WorkerConfig};
+use batch_worker::supervisor::{Worker, WorkerConfig, DEFAULT_JOURNAL_SEGMENT_BYTES};
 use batch_worker_model::JobState;
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -59,6 +61,25 @@ impl Harness {
 
     /// A worker over `store`, reading bunches under `root`.
     pub async fn start(store: Arc<dyn ObjectStore>, root: Path, config: SpecLoadConfig) -> Harness {
+        Harness::start_with_journal(
+            store,
+            root,
+            config,
+            DEFAULT_JOURNAL_SEGMENT_BYTES,
+            Duration::from_secs(86_400),
+        )
+        .await
+    }
+
+    /// A worker whose journal compacts after `segment_bytes` and forgets
+    /// reported attempts after `retention`.
+    pub async fn start_with_journal(
+        store: Arc<dyn ObjectStore>,
+        root: Path,
+        config: SpecLoadConfig,
+        segment_bytes: u64,
+        retention: Duration,
+    ) -> Harness {
         let data = tempfile::tempdir().expect("a temporary directory");
         let driver = EmbeddedDriver::start().await.expect("the driver starts");
         let retry = ReportRetry {
@@ -89,6 +110,8 @@ impl Harness {
                 runner: HostRunner {
                     kill_grace: Duration::from_secs(2),
                 },
+                journal_segment_bytes: segment_bytes,
+                retention,
             },
             SpecStore::new(store.clone(), root.clone(), config).expect("spec-io threads"),
             Some(client),
@@ -124,8 +147,16 @@ impl Harness {
 
     /// The records of the worker's journal so far.
     pub fn journal_records(&self) -> Vec<JournalRecord> {
-        let bytes = std::fs::read(journal_path(self.data.path())).expect("the journal exists");
-        decode(&bytes).expect("the journal decodes").records
+        let dir = journal_dir(self.data.path());
+        segments(&dir)
+            .expect("the journal exists")
+            .into_iter()
+            .flat_map(|(_, path)| {
+                decode(&std::fs::read(path).unwrap())
+                    .expect("the journal decodes")
+                    .records
+            })
+            .collect()
     }
 
     /// Stops the server as SIGTERM would, and waits for `serve` to return.
