@@ -570,6 +570,14 @@ impl Worker {
             for entry in jobs.values() {
                 let state = entry.attempt.state();
                 if !state.is_terminal() {
+                    if let JobState::Running {
+                        phase: RunPhase::Executing { pid },
+                    } = state
+                    {
+                        // Not killed: after a reboot the pid may be another
+                        // process's.
+                        tracing::warn!(key = %entry.key, pid, "the attempt's process may still run from before the restart; not killed");
+                    }
                     restarted.push(entry.key.clone());
                     continue;
                 }
