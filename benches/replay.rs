@@ -31,6 +31,7 @@ fn main() {
                 kind: ErrorKind::SpecCorrupt,
                 message: "7/bunch/q4w8e2r6t1y9u3i5/specs.idx is 8 bytes, too short".into(),
             });
+            lifecycle.push(Event::LogsUploaded);
             lifecycle.push(Event::CompleteDelivered);
         } else {
             lifecycle.extend([
@@ -38,12 +39,17 @@ fn main() {
                     process: ProcessKind::Docker,
                     size_bytes: 311,
                     unsupported: vec![],
+                    cores_mcpu: 1000,
+                    memory_bytes: 3_750_000_000,
                 },
+                Event::ResourcesGranted,
                 Event::ProcessStarted { pid: 4242 },
+                Event::StartedDelivered,
                 Event::ProcessExited {
                     exit: ExitStatus::Code { code: 0 },
                     duration_ms: 1200,
                 },
+                Event::LogsUploaded,
                 Event::CompleteDelivered,
             ]);
         }

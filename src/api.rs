@@ -8,7 +8,7 @@
 //! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/status` | status JSON; 404 |
 //! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/events` | event history; 404 |
 //! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/log/{container}` | log text; 404 |
-//! | GET | `/healthcheck` | `{"name": worker}` |
+//! | GET | `/healthcheck` | `{"name": worker, "activated": bool}` |
 //! | POST | `/api/v1alpha/kill` | 200; the worker begins shutdown |
 //!
 //! No handler touches the spec store: a create answers from memory.
@@ -187,7 +187,7 @@ async fn log(
 }
 
 async fn healthcheck(State(worker): State<Worker>) -> Json<serde_json::Value> {
-    Json(json!({ "name": worker.name() }))
+    Json(json!({ "name": worker.name(), "activated": worker.is_activated() }))
 }
 
 async fn kill(State(worker): State<Worker>) -> StatusCode {

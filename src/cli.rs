@@ -11,13 +11,16 @@ use object_store::local::LocalFileSystem;
 use object_store::ObjectStore;
 use url::Url;
 
+use crate::admission::Capacity;
 use crate::driver_client::{DriverClient, ReportRetry};
 use crate::journal::{open_journal, Durability, RecoveryError};
+use crate::logs_store::LogsStore;
 use crate::runner::HostRunner;
 use crate::spec_store::{SpecLoadConfig, SpecStore};
 use crate::store::{open_store, throttled, StoreOpenError};
 use crate::supervisor::{
-    Worker, WorkerConfig, DEFAULT_JOURNAL_SEGMENT_BYTES, DEFAULT_RETENTION_HOURS,
+    Worker, WorkerConfig, DEFAULT_JOURNAL_SEGMENT_BYTES, DEFAULT_REPORT_DRAIN_MS,
+    DEFAULT_RETENTION_HOURS,
 };
 
 /// `batch-worker`: a worker agent for batch job systems, wire-compatible
@@ -87,20 +90,46 @@ pub struct ServeArgs {
     /// gs://bucket/prefix, az://container/prefix. Default: file://{data-dir}/specs.
     #[arg(long)]
     pub spec_store: Option<Url>,
-    /// The driver's base URL, for job_started / job_complete. None: no reports.
+    /// The driver's base URL. The worker activates there before taking
+    /// jobs (creates get 503 until then) and sends job_started /
+    /// job_complete. None: no activation, no reports.
     #[arg(long)]
     pub driver_url: Option<Url>,
     /// The worker's name (X-Hail-Instance-Name, /healthcheck). Default: the host name.
     #[arg(long)]
     pub name: Option<String>,
-    /// The token sent as X-Hail-Instance-Token.
+    /// The activation token, sent as X-Hail-Instance-Token on the activate
+    /// call; the driver's answer replaces it for every later call.
     #[arg(
         long,
-        env = "BATCH_WORKER_INSTANCE_TOKEN",
+        env = "BATCH_WORKER_ACTIVATION_TOKEN",
         default_value = "",
         hide_env_values = true
     )]
-    pub instance_token: String,
+    pub activation_token: String,
+    /// The IP address sent to the driver on activation (where it reaches
+    /// this worker). Default: the --listen address's IP.
+    #[arg(long)]
+    pub ip_address: Option<std::net::IpAddr>,
+    /// Driver calls on the wire at once (reports are retried until
+    /// acknowledged; waiting out a backoff holds no slot).
+    #[arg(long, default_value_t = 64)]
+    pub report_concurrency: usize,
+    /// At shutdown, the longest wait for reports still being delivered, in ms.
+    #[arg(long, default_value_t = DEFAULT_REPORT_DRAIN_MS)]
+    pub report_drain_ms: u64,
+    /// Cores jobs may reserve in all (fractions allowed, e.g. 1.5).
+    /// Default: the machine's.
+    #[arg(long)]
+    pub cores: Option<f64>,
+    /// Memory jobs may reserve in all, e.g. 8GiB or 512MiB or 1000000.
+    /// Default: the machine's.
+    #[arg(long)]
+    pub memory: Option<bytesize::ByteSize>,
+    /// Root URL where finished attempts' status.json and main log are
+    /// written (same schemes as --spec-store). Default: file://{data-dir}/logs.
+    #[arg(long)]
+    pub logs_store: Option<Url>,
     /// When a journal record counts as written: `fsync` (survives power
     /// loss) or `flush` (survives the worker's crash).
     #[arg(long, value_enum, default_value = "fsync")]
@@ -189,6 +218,9 @@ pub enum StartError {
     /// The driver client could not be built.
     #[error("cannot build the driver client: {0}")]
     Driver(#[from] reqwest::Error),
+    /// `--cores` or `--memory` is unusable.
+    #[error("{0}")]
+    Capacity(String),
 }
 
 impl SpecArgs {
@@ -218,30 +250,22 @@ pub fn prepare_dir(path: &Path) -> Result<PathBuf, StartError> {
 }
 
 /// Builds the worker `serve` runs: the data directory, the spec store
-/// (throttled when `blob_latency_ms` > 0), the driver client.
+/// (throttled when `blob_latency_ms` > 0), the logs store, the driver
+/// client, the capacity; recovers the journal. Activation is the caller's
+/// (it needs the listening address).
 ///
 /// # Errors
 /// [`StartError`] naming what could not be set up.
 pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
     let data_dir = prepare_dir(&args.data_dir)?;
-    let (store, root) = match &args.spec_store {
-        Some(url) => open_store(url)?,
-        None => {
-            let dir = prepare_dir(&data_dir.join("specs"))?;
-            let store =
-                LocalFileSystem::new_with_prefix(&dir).map_err(|source| StoreOpenError {
-                    url: format!("file://{}", dir.display()),
-                    source,
-                })?;
-            (Arc::new(store) as Arc<dyn ObjectStore>, Default::default())
-        }
-    };
+    let (store, root) = store_or_local(args.spec_store.as_ref(), &data_dir.join("specs"))?;
     let specs = SpecStore::new(
         throttled(store, args.spec.blob_latency_ms),
         root,
         args.spec.load_config(),
     )
     .map_err(StartError::Runtime)?;
+    let (logs, logs_root) = store_or_local(args.logs_store.as_ref(), &data_dir.join("logs"))?;
     let name = args.name.clone().unwrap_or_else(default_name);
     let driver = args
         .driver_url
@@ -250,8 +274,11 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
             DriverClient::new(
                 url,
                 name.clone(),
-                args.instance_token.clone(),
-                ReportRetry::default(),
+                args.activation_token.clone(),
+                ReportRetry {
+                    max_in_flight: args.report_concurrency.max(1),
+                    ..ReportRetry::default()
+                },
             )
         })
         .transpose()?;
@@ -263,6 +290,9 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
         },
         journal_segment_bytes: args.journal_segment_bytes,
         retention: Duration::from_secs(args.retention_hours * 3600),
+        capacity: args.capacity()?,
+        logs: LogsStore::new(logs, logs_root),
+        report_drain: Duration::from_millis(args.report_drain_ms),
     };
     let recovered = open_journal(
         &config.data_dir,
@@ -282,6 +312,48 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
         "journal recovered"
     );
     Ok(worker)
+}
+
+/// The store at `url`, or a local directory `default` (created).
+fn store_or_local(
+    url: Option<&Url>,
+    default: &Path,
+) -> Result<(Arc<dyn ObjectStore>, object_store::path::Path), StartError> {
+    match url {
+        Some(url) => Ok(open_store(url)?),
+        None => {
+            let dir = prepare_dir(default)?;
+            let store =
+                LocalFileSystem::new_with_prefix(&dir).map_err(|source| StoreOpenError {
+                    url: format!("file://{}", dir.display()),
+                    source,
+                })?;
+            Ok((Arc::new(store) as Arc<dyn ObjectStore>, Default::default()))
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The capacity `--cores` and `--memory` give, the machine's where absent.
+    ///
+    /// # Errors
+    /// [`StartError::Capacity`] for a negative, zero or non-finite `--cores`.
+    pub fn capacity(&self) -> Result<Capacity, StartError> {
+        let machine = Capacity::of_machine();
+        let cores_mcpu = match self.cores {
+            None => machine.cores_mcpu,
+            Some(c) if c.is_finite() && c > 0.0 && c < 1e9 => (c * 1000.0).round() as u64,
+            Some(c) => {
+                return Err(StartError::Capacity(format!(
+                    "--cores: expected a positive number of cores, got {c}"
+                )))
+            }
+        };
+        Ok(Capacity {
+            cores_mcpu,
+            memory_bytes: self.memory.map_or(machine.memory_bytes, |m| m.as_u64()),
+        })
+    }
 }
 
 /// The host name, or `batch-worker` if it cannot be read.

@@ -27,9 +27,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::admission::Capacity;
 use crate::api::CREATE_PATH;
 use crate::cli::{prepare_dir, DemoArgs, StartError};
 use crate::driver_client::{DriverClient, ReportRetry};
+use crate::logs_store::LogsStore;
 use crate::runner::HostRunner;
 use crate::server::serve;
 use crate::spec_store::{SpecLoadConfig, SpecStore};
@@ -59,6 +61,9 @@ pub enum DemoError {
     /// The HTTP client could not be built.
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The worker could not activate with the embedded driver.
+    #[error("activation: {0}")]
+    Activation(#[from] crate::driver_client::ReportError),
 }
 
 /// One planned job and what became of it.
@@ -183,6 +188,14 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         },
         journal_segment_bytes: crate::supervisor::DEFAULT_JOURNAL_SEGMENT_BYTES,
         retention: Duration::from_secs(crate::supervisor::DEFAULT_RETENTION_HOURS * 3600),
+        capacity: Capacity::of_machine(),
+        logs: LogsStore::new(
+            Arc::new(LocalFileSystem::new_with_prefix(prepare_dir(
+                &data_dir.join("logs"),
+            )?)?),
+            Path::default(),
+        ),
+        report_drain: Duration::from_millis(crate::supervisor::DEFAULT_REPORT_DRAIN_MS),
     };
     let specs = SpecStore::new(
         throttled(local, args.blob_latency_ms),
@@ -208,6 +221,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let journal_file = journal.writer.dir().to_owned();
     let worker = Worker::new(config, specs, Some(client), Some(journal.writer));
     worker.recover(&journal.records);
+    worker.activate("127.0.0.1").await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base =
         Url::parse(&format!("http://{}/", listener.local_addr()?)).expect("socket address URL");

@@ -1,10 +1,19 @@
-//! The driver client: sends `job_started` and `job_complete` to the driver.
+//! The driver client: activation, `job_started` and `job_complete`.
+//!
+//! A worker first activates: `POST {driver}/api/v1alpha/instances/activate`
+//! with `{"ip_address": ...}` and its activation token, answered with
+//! `{"token": ...}`, the instance token every later call carries (source:
+//! Hail Batch's `worker.py`, `activate`).
 //!
 //! Delivery is at-least-once: each report is retried with exponential
-//! backoff and jitter until the driver answers 2xx, answers 404 ("this job
-//! is not mine any more": stop), or the attempts run out. Every call carries
+//! backoff and jitter (capped at 2 minutes) until the driver answers 2xx or
+//! 404 ("this job is not mine any more": stop); by default it never gives
+//! up, since a dropped report means the driver never learns the outcome.
+//! At most [`ReportRetry::max_in_flight`] calls are on the wire at once;
+//! waiting out a backoff holds no slot. Every call carries
 //! `X-Hail-Instance-Name` and `X-Hail-Instance-Token`.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -14,6 +23,8 @@ use url::Url;
 
 use crate::wire::{JobCompleteBody, JobStartedBody};
 
+/// Path of the activation call under the driver's URL.
+pub const ACTIVATE_PATH: &str = "api/v1alpha/instances/activate";
 /// Path of the `job_started` call under the driver's URL.
 pub const JOB_STARTED_PATH: &str = "api/v1alpha/instances/job_started";
 /// Path of the `job_complete` call under the driver's URL.
@@ -24,21 +35,25 @@ pub const JOB_COMPLETE_PATH: &str = "api/v1alpha/instances/job_complete";
 pub struct ReportRetry {
     /// First retry delay (default 200 ms); doubles with jitter.
     pub min_backoff: Duration,
-    /// Longest delay (default 30 s).
+    /// Longest delay (default 2 minutes).
     pub max_backoff: Duration,
-    /// Attempts, the first included (default 20: about 7 minutes).
-    pub max_attempts: usize,
+    /// Attempts, the first included; `None` (the default): until the
+    /// driver answers 2xx or 404.
+    pub max_attempts: Option<usize>,
     /// Timeout of one HTTP call (default 10 s).
     pub request_timeout: Duration,
+    /// Driver calls on the wire at once, over all reports (default 64).
+    pub max_in_flight: usize,
 }
 
 impl Default for ReportRetry {
     fn default() -> Self {
         ReportRetry {
             min_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(30),
-            max_attempts: 20,
+            max_backoff: Duration::from_secs(120),
+            max_attempts: None,
             request_timeout: Duration::from_secs(10),
+            max_in_flight: 64,
         }
     }
 }
@@ -65,6 +80,9 @@ pub enum ReportError {
     /// The driver URL could not be joined with the path.
     #[error("bad driver URL: {0}")]
     Url(#[from] url::ParseError),
+    /// The activation answer had no string `token`.
+    #[error("the driver's activation answer has no \"token\" string: {0}")]
+    BadActivation(String),
 }
 
 enum CallFailure {
@@ -78,12 +96,17 @@ pub struct DriverClient {
     http: reqwest::Client,
     base: Url,
     instance_name: String,
-    instance_token: String,
+    /// The activation token until [`DriverClient::activate`] replaces it
+    /// with the instance token.
+    instance_token: Arc<RwLock<String>>,
     retry: ReportRetry,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl DriverClient {
-    /// A client for the driver at `base` (e.g. `http://driver:5000/`).
+    /// A client for the driver at `base` (e.g. `http://driver:5000/`),
+    /// sending `token` (the activation token, or the instance token when
+    /// activation is skipped) until [`DriverClient::activate`] replaces it.
     ///
     /// # Errors
     /// The HTTP client could not be built (TLS setup).
@@ -104,9 +127,42 @@ impl DriverClient {
             http,
             base,
             instance_name,
-            instance_token,
+            instance_token: Arc::new(RwLock::new(instance_token)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(retry.max_in_flight.max(1))),
             retry,
         })
+    }
+
+    /// Activates the worker: sends its `ip_address`, keeps the instance
+    /// token the driver answers with for every later call. Retried like a
+    /// report (a driver still starting answers 5xx or refuses connections).
+    ///
+    /// # Errors
+    /// [`ReportError`]: 404 (the driver does not know this instance), the
+    /// attempts ran out, or the answer had no `token`.
+    pub async fn activate(&self, ip_address: &str) -> Result<(), ReportError> {
+        let body = serde_json::json!({ "ip_address": ip_address });
+        let answer = self.post(ACTIVATE_PATH, &body).await?;
+        let token = serde_json::from_slice::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|v| v.get("token")?.as_str().map(str::to_owned))
+            .ok_or_else(|| {
+                ReportError::BadActivation(
+                    String::from_utf8_lossy(&answer).chars().take(200).collect(),
+                )
+            })?;
+        *self
+            .instance_token
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = token;
+        Ok(())
+    }
+
+    fn token(&self) -> String {
+        self.instance_token
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The driver's base URL.
@@ -119,7 +175,7 @@ impl DriverClient {
     /// # Errors
     /// [`ReportError`] once retries are spent or the driver says 404.
     pub async fn job_started(&self, body: &JobStartedBody) -> Result<(), ReportError> {
-        self.post(JOB_STARTED_PATH, body).await
+        self.post(JOB_STARTED_PATH, body).await.map(drop)
     }
 
     /// Sends `job_complete`.
@@ -127,23 +183,33 @@ impl DriverClient {
     /// # Errors
     /// [`ReportError`] once retries are spent or the driver says 404.
     pub async fn job_complete(&self, body: &JobCompleteBody) -> Result<(), ReportError> {
-        self.post(JOB_COMPLETE_PATH, body).await
+        self.post(JOB_COMPLETE_PATH, body).await.map(drop)
     }
 
-    async fn post<B: Serialize>(&self, path: &'static str, body: &B) -> Result<(), ReportError> {
+    /// POSTs `body` with retries; returns the 2xx answer's body.
+    async fn post<B: Serialize>(
+        &self,
+        path: &'static str,
+        body: &B,
+    ) -> Result<bytes::Bytes, ReportError> {
         let url = self.base.join(path)?;
         let call = || async {
+            // Waiting out a backoff holds no slot; only the call does.
+            let _slot = self.in_flight.acquire().await;
             let response = self
                 .http
                 .post(url.clone())
                 .header("X-Hail-Instance-Name", &self.instance_name)
-                .header("X-Hail-Instance-Token", &self.instance_token)
+                .header("X-Hail-Instance-Token", self.token())
                 .json(body)
                 .send()
                 .await
                 .map_err(|e| CallFailure::Retry(e.to_string()))?;
             match response.status() {
-                s if s.is_success() => Ok(()),
+                s if s.is_success() => response
+                    .bytes()
+                    .await
+                    .map_err(|e| CallFailure::Retry(e.to_string())),
                 StatusCode::NOT_FOUND => Err(CallFailure::Gone),
                 s => Err(CallFailure::Retry(format!("HTTP {s}"))),
             }
@@ -151,8 +217,11 @@ impl DriverClient {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry.min_backoff)
             .with_max_delay(self.retry.max_backoff)
-            .with_max_times(self.retry.max_attempts.saturating_sub(1))
             .with_jitter();
+        let backoff = match self.retry.max_attempts {
+            Some(n) => backoff.with_max_times(n.saturating_sub(1)),
+            None => backoff.without_max_times(),
+        };
         call.retry(backoff)
             .when(|f| matches!(f, CallFailure::Retry(_)))
             .notify(|f, delay| {
@@ -165,7 +234,7 @@ impl DriverClient {
                 CallFailure::Gone => ReportError::Gone { path },
                 CallFailure::Retry(last) => ReportError::GaveUp {
                     path,
-                    attempts: self.retry.max_attempts.max(1),
+                    attempts: self.retry.max_attempts.unwrap_or(usize::MAX).max(1),
                     last,
                 },
             })

@@ -13,6 +13,10 @@ use serde_json::{Map, Value};
 
 use crate::wire::{truncate, validate_env, AttemptFields, EnvVar};
 
+/// CPU reserved for a spec whose `resources.cores_mcpu` is absent: one
+/// core, in mcpu.
+pub const DEFAULT_CORES_MCPU: u64 = 1000;
+
 /// Why spec bytes are unusable; becomes `Errored{spec_corrupt}` with this
 /// text as the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +40,12 @@ pub struct JobSpec {
     pub timeout: Option<Duration>,
     /// `resources`, as sent (`cores_mcpu`, `memory_bytes`, `storage_gib`).
     pub resources: Value,
+    /// `resources.cores_mcpu`: CPU the job reserves, in mcpu
+    /// ([`DEFAULT_CORES_MCPU`] when absent).
+    pub cores_mcpu: u64,
+    /// `resources.memory_bytes`: memory the job reserves, in bytes (0 when
+    /// absent).
+    pub memory_bytes: u64,
     /// Spec features this worker cannot honour yet (non-empty
     /// `input_files` / `output_files`): the job errors `unsupported` rather
     /// than run without them.
@@ -79,7 +89,9 @@ impl JobSpec {
     /// [`SpecCorrupt`] naming the field: `job_id` missing or not
     /// `expected_job_id`, `process` not an object, `process.type` not a
     /// string, `process.command` not a non-empty list of strings (for
-    /// `docker`), bad `env`, `timeout` not a non-negative number.
+    /// `docker`), bad `env`, `timeout` not a non-negative number,
+    /// `resources` not an object or its `cores_mcpu` / `memory_bytes` not
+    /// non-negative integers.
     pub fn from_object(
         spec: Map<String, Value>,
         expected_job_id: i64,
@@ -144,6 +156,27 @@ impl JobSpec {
                 (secs > 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
             }
         };
+        let resources = match spec.get("resources") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(map)) => Some(map),
+            Some(other) => {
+                return Err(SpecCorrupt(format!(
+                    "resources: expected an object with cores_mcpu and memory_bytes, got {}",
+                    describe(Some(other))
+                )))
+            }
+        };
+        let amount = |field: &str, default: u64| match resources.and_then(|r| r.get(field)) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_u64().ok_or_else(|| {
+                SpecCorrupt(format!(
+                    "resources.{field}: expected a non-negative integer, got {}",
+                    describe(Some(v))
+                ))
+            }),
+        };
+        let cores_mcpu = amount("cores_mcpu", DEFAULT_CORES_MCPU)?;
+        let memory_bytes = amount("memory_bytes", 0)?;
         let mut unsupported = Vec::new();
         for field in ["input_files", "output_files"] {
             match spec.get(field) {
@@ -169,6 +202,8 @@ impl JobSpec {
             env,
             timeout,
             resources: spec.get("resources").cloned().unwrap_or(Value::Null),
+            cores_mcpu,
+            memory_bytes,
             unsupported,
             size_bytes,
         })

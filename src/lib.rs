@@ -19,15 +19,19 @@
 //! - [`wire`]: the driver's wire formats: create body, report bodies.
 //! - [`bunch`]: the spec bunch layout (`specs`, `specs.idx`).
 //! - [`job_spec`]: parsing and validating one spec.
-//! - [`journal`]: the event journal's byte format (framing, checksums, torn
-//!   tails); the writer, recovery and replay that use it are not built yet.
+//! - [`journal`]: the event journal: byte format (framing, checksums, torn
+//!   tails), the group-commit writer, segments, snapshots and recovery.
 //! - [`spec_store`]: loading a spec over `object_store`, classifying failures.
 //! - [`store`]: opening stores from URLs; latency injection.
+//! - [`admission`]: the first-come-first-served queue for cores and memory.
 //! - [`runner`]: running a spec's command as a host process.
-//! - [`driver_client`]: `job_started` / `job_complete` with retries.
+//! - [`logs_store`]: finished attempts' `status.json` and main log in a store.
+//! - [`driver_client`]: activation, `job_started` / `job_complete`, retried
+//!   until acknowledged, with a bound on calls in flight.
 //! - [`replay`]: rebuilds attempts from journal records; `--check` reports.
 //! - [`cli`]: the command line; [`demo`]: the embedded end-to-end demo.
 
+pub mod admission;
 pub mod api;
 pub mod bunch;
 pub mod cli;
@@ -35,6 +39,7 @@ pub mod demo;
 pub mod driver_client;
 pub mod job_spec;
 pub mod journal;
+pub mod logs_store;
 pub mod replay;
 pub mod runner;
 pub mod server;

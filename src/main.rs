@@ -33,7 +33,17 @@ async fn main() -> anyhow::Result<()> {
                 driver_url = args.driver_url.as_ref().map_or("none (no reports)".into(), |u| u.to_string()),
                 "batch-worker serving"
             );
-            server::serve(listener, worker, args.max_body_bytes, shutdown_signal()).await?;
+            let ip_address = args
+                .ip_address
+                .unwrap_or_else(|| listener.local_addr().map_or(args.listen.ip(), |a| a.ip()))
+                .to_string();
+            let activating = worker.clone();
+            tokio::spawn(async move {
+                if let Err(e) = activating.activate(&ip_address).await {
+                    tracing::error!(error = %e, "activation with the driver failed; creates are refused (503)");
+                }
+            });
+            server::serve(listener, worker, args.max_body_bytes, shutdown_signals()).await?;
             Ok(())
         }
         Command::Replay(args) => {
@@ -64,12 +74,29 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+/// Completes on the first SIGINT or SIGTERM (graceful shutdown); a second
+/// one exits the process at once, with status 1.
+fn shutdown_signals() -> impl std::future::Future<Output = ()> {
+    let (first, received) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .expect("installing a SIGINT handler");
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("signal received: shutting down; a second SIGTERM or SIGINT exits at once");
+        let _ = first.send(());
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        tracing::warn!("second signal: exiting now without draining");
+        std::process::exit(1);
+    });
+    async move {
+        let _ = received.await;
     }
 }

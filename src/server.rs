@@ -30,8 +30,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// API's kill call arrives. Then it stops accepting (creates that still
 /// arrive on open connections get 503), and, at the same time, lets
 /// requests in flight finish (at most [`DRAIN_TIMEOUT`]) and ends every
-/// job's process group (see [`Worker::end_processes`]); it returns when
-/// both are done.
+/// job's process group (see [`Worker::end_processes`]); then it lets
+/// reports drain (see [`Worker::drain_reports`]), waits until the journal
+/// holds every record, and returns.
 ///
 /// # Errors
 /// An IO error of the listener other than a failed accept (which is
@@ -90,5 +91,8 @@ pub async fn serve(
         }
     };
     tokio::join!(drain, worker.end_processes());
+    let left = worker.drain_reports().await;
+    worker.sync_journal().await;
+    tracing::info!(reports_left = left, "shut down");
     Ok(())
 }

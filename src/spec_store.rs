@@ -215,10 +215,12 @@ impl SpecStore {
         let Some(io) = self.io.0.as_ref() else {
             unreachable!("the spec-io runtime lives as long as the store")
         };
-        let mut read = io.spawn(async move {
+        // Aborted when this future is dropped (the attempt was cancelled):
+        // a read on the spec-io runtime must not outlive its attempt.
+        let mut read = tokio_util::task::AbortOnDropHandle::new(io.spawn(async move {
             this.read_spec_unbounded(batch_id, job_id, &owned_token, start_job_id)
                 .await
-        });
+        }));
         match tokio::time::timeout(deadline, &mut read).await {
             Ok(Ok(result)) => result,
             Ok(Err(failed)) => Err(SpecLoadError {

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use batch_worker_model::{
-    Effect, ErrorKind, Event, JobAttempt, JobKey, JobState, Outcome, RunPhase, WireState,
-    EVENT_VERSION,
+    Effect, ErrorKind, Event, ExitStatus, JobAttempt, JobKey, JobState, Outcome, RunPhase,
+    WireState, EVENT_VERSION,
 };
 use futures::FutureExt;
 use serde::Serialize;
@@ -25,9 +25,11 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Admission, Capacity, Grant, Request};
 use crate::driver_client::{DriverClient, ReportError};
 use crate::job_spec::JobSpec;
 use crate::journal::{encode_record, AttemptInfo, JournalRecord, JournalWriter};
+use crate::logs_store::LogsStore;
 use crate::runner::{AttemptDir, HostRunner, LaunchError, ProcessRequest, SPAWN_TIMEOUT};
 use crate::spec_store::{SpecLoadError, SpecStore};
 use crate::wire::{
@@ -50,7 +52,17 @@ pub struct WorkerConfig {
     /// gets 403, across restarts) before compaction may forget it
     /// (default 24 h).
     pub retention: std::time::Duration,
+    /// The cores and memory jobs may reserve in all.
+    pub capacity: Capacity,
+    /// Where finished attempts' `status.json` and main log are written.
+    pub logs: LogsStore,
+    /// At shutdown, the longest wait for reports still being delivered
+    /// (default 30 s).
+    pub report_drain: std::time::Duration,
 }
+
+/// Default of [`WorkerConfig::report_drain`], in ms.
+pub const DEFAULT_REPORT_DRAIN_MS: u64 = 30_000;
 
 /// Default of [`WorkerConfig::journal_segment_bytes`].
 pub const DEFAULT_JOURNAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -73,6 +85,9 @@ pub enum CreateError {
     /// The worker is shutting down and takes no new jobs.
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// The worker has not activated with its driver yet.
+    #[error("the worker has not activated with its driver yet")]
+    NotActivated,
     /// The `created` record could not be written to the journal.
     #[error("the worker's journal cannot be written; the job was not accepted")]
     JournalUnavailable,
@@ -163,7 +178,9 @@ struct JobEntry {
     spec_load: CancellationToken,
     kill: CancellationToken,
     started_report: Option<JoinHandle<()>>,
-    started_delivered: Arc<AtomicBool>,
+    /// The reserved cores and memory, from `ResourcesGranted` until the
+    /// process task takes them (and frees them when it ends).
+    grant: Option<Grant>,
 }
 
 impl JobEntry {
@@ -197,8 +214,23 @@ impl JobEntry {
             spec_load: CancellationToken::new(),
             kill: CancellationToken::new(),
             started_report: None,
-            started_delivered: Arc::new(AtomicBool::new(false)),
+            grant: None,
         }
+    }
+
+    /// Whether the history holds `event` (a delivery record).
+    fn has(&self, event: &Event) -> bool {
+        self.history.iter().any(|r| r.event == *event)
+    }
+
+    /// Whether the history holds a logs upload result.
+    fn logs_done(&self) -> bool {
+        self.history.iter().any(|r| {
+            matches!(
+                r.event,
+                Event::LogsUploaded | Event::LogsUploadFailed { .. }
+            )
+        })
     }
 }
 
@@ -213,14 +245,28 @@ struct AttemptSummary {
 /// An effect with the data needed to perform it, taken under the lock.
 enum Work {
     LoadSpec(JobKey, Arc<CreateJob>, CancellationToken),
-    Spawn(JobKey, Arc<JobSpec>, CancellationToken),
-    ReportStarted(JobKey, JobStartedBody, Arc<AtomicBool>),
-    ReportComplete(
-        JobKey,
-        JobCompleteStatus,
-        Option<JoinHandle<()>>,
-        Arc<AtomicBool>,
-    ),
+    Admit(JobKey, Request, CancellationToken),
+    Spawn(JobKey, Arc<JobSpec>, CancellationToken, Option<Grant>),
+    UploadLogs(JobKey, Vec<u8>, PathBuf),
+    ReportStarted(JobKey, JobStartedBody),
+    ReportComplete(JobKey, JobCompleteStatus, Option<JoinHandle<()>>),
+}
+
+/// Counts one report task in [`Inner::reports_pending`] while alive (also
+/// when the task is aborted).
+struct PendingReport(watch::Sender<usize>);
+
+impl PendingReport {
+    fn new(counter: &watch::Sender<usize>) -> PendingReport {
+        counter.send_modify(|n| *n += 1);
+        PendingReport(counter.clone())
+    }
+}
+
+impl Drop for PendingReport {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// The job table and the journal's next sequence number, under one lock so
@@ -259,6 +305,11 @@ struct Inner {
     stopping: AtomicBool,
     /// Job processes spawning or running.
     live_processes: watch::Sender<usize>,
+    admission: Admission,
+    /// False until the driver activated the worker (true without a driver).
+    activated: AtomicBool,
+    /// Report tasks (job_started, job_complete) not finished.
+    reports_pending: watch::Sender<usize>,
 }
 
 /// The worker: cheap to clone, shared by the HTTP handlers and job tasks.
@@ -285,7 +336,9 @@ pub fn now_ms() -> i64 {
 impl Worker {
     /// A worker reading specs from `specs`, reporting to `driver` (none:
     /// reports are skipped) and recording every event in `journal` before
-    /// acting on it (none: events are kept in memory only).
+    /// acting on it (none: events are kept in memory only). With a driver,
+    /// creates get [`CreateError::NotActivated`] until
+    /// [`Worker::activate`] succeeds.
     pub fn new(
         config: WorkerConfig,
         specs: SpecStore,
@@ -294,6 +347,9 @@ impl Worker {
     ) -> Worker {
         Worker {
             inner: Arc::new(Inner {
+                admission: Admission::new(config.capacity),
+                activated: AtomicBool::new(driver.is_none()),
+                reports_pending: watch::channel(0).0,
                 config,
                 specs,
                 driver,
@@ -329,10 +385,15 @@ impl Worker {
     ///
     /// # Errors
     /// [`CreateError::Duplicate`] if the `(batch_id, job_id)` is present,
-    /// [`CreateError::ShuttingDown`] during shutdown.
+    /// [`CreateError::ShuttingDown`] during shutdown,
+    /// [`CreateError::NotActivated`] before activation,
+    /// [`CreateError::JournalUnavailable`] when `Created` cannot be written.
     pub async fn create(&self, job: CreateJob) -> Result<JobKey, CreateError> {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(CreateError::ShuttingDown);
+        }
+        if !self.inner.activated.load(Ordering::SeqCst) {
+            return Err(CreateError::NotActivated);
         }
         let key = JobKey {
             batch_id: job.batch_id,
@@ -581,17 +642,15 @@ impl Worker {
                     restarted.push(entry.key.clone());
                     continue;
                 }
-                let reported = state.wire_state() != WireState::Cancelled;
-                let delivered = entry
-                    .history
-                    .iter()
-                    .any(|r| r.event == Event::CompleteDelivered);
-                if reported && !delivered {
+                if !entry.logs_done() {
+                    unreported.push(self.upload_work(entry));
+                } else if state.wire_state() != WireState::Cancelled
+                    && !entry.has(&Event::CompleteDelivered)
+                {
                     unreported.push(Work::ReportComplete(
                         entry.key.clone(),
                         complete_status(entry),
                         None,
-                        entry.started_delivered.clone(),
                     ));
                 }
             }
@@ -599,7 +658,7 @@ impl Worker {
         };
         tracing::info!(
             reports = unreported.len(),
-            "job_complete reports not acknowledged before the restart: sending again"
+            "finished attempts whose logs upload or job_complete was not done before the restart: doing it again"
         );
         self.perform(unreported);
         for key in &restarted {
@@ -621,7 +680,9 @@ impl Worker {
     /// event is taken (not when it is dropped or absorbed), before effects
     /// are planned.
     fn record_with(&self, key: &JobKey, event: Event, update: impl FnOnce(&mut JobEntry)) {
-        if self.inner.stopping.load(Ordering::SeqCst) {
+        // While stopping, the processes the worker itself ends must not
+        // turn into outcomes; deliveries still count (reports drain).
+        if self.inner.stopping.load(Ordering::SeqCst) && !event.is_delivery() {
             tracing::debug!(%key, event = event.name(), "worker stopping; event not recorded");
             return;
         }
@@ -695,15 +756,28 @@ impl Worker {
                     None => tracing::error!(key = %entry.key, "spec load asked for twice"),
                 },
                 Effect::AbortSpecLoad => entry.spec_load.cancel(),
+                Effect::RequestResources => match &entry.spec {
+                    Some(spec) => work.push(Work::Admit(
+                        entry.key.clone(),
+                        Request {
+                            cores_mcpu: spec.cores_mcpu,
+                            memory_bytes: spec.memory_bytes,
+                        },
+                        entry.kill.clone(),
+                    )),
+                    None => tracing::error!(key = %entry.key, "resources asked for without a spec"),
+                },
+                Effect::CancelResourceRequest | Effect::KillProcess => entry.kill.cancel(),
                 Effect::SpawnProcess => match &entry.spec {
                     Some(spec) => work.push(Work::Spawn(
                         entry.key.clone(),
                         spec.clone(),
                         entry.kill.clone(),
+                        entry.grant.take(),
                     )),
                     None => tracing::error!(key = %entry.key, "spawn asked for without a spec"),
                 },
-                Effect::KillProcess => entry.kill.cancel(),
+                Effect::UploadLogs => work.push(self.upload_work(entry)),
                 Effect::ReportStarted => work.push(Work::ReportStarted(
                     entry.key.clone(),
                     JobStartedBody {
@@ -716,17 +790,22 @@ impl Worker {
                             resources: Vec::new(),
                         },
                     },
-                    entry.started_delivered.clone(),
                 )),
                 Effect::ReportComplete => work.push(Work::ReportComplete(
                     entry.key.clone(),
                     complete_status(entry),
                     entry.started_report.take(),
-                    entry.started_delivered.clone(),
                 )),
             }
         }
         work
+    }
+
+    /// The `UploadLogs` work of `entry`: its status JSON now, its log file.
+    fn upload_work(&self, entry: &JobEntry) -> Work {
+        let status = serde_json::to_vec(&self.status_of(entry)).unwrap_or_default();
+        let log = AttemptDir::new(&self.inner.config.data_dir, &entry.key).main_log();
+        Work::UploadLogs(entry.key.clone(), status, log)
     }
 
     fn perform(&self, work: Vec<Work>) {
@@ -735,18 +814,43 @@ impl Worker {
                 Work::LoadSpec(key, request, cancel) => {
                     tokio::spawn(self.clone().load_spec(key, request, cancel));
                 }
-                Work::Spawn(key, spec, kill) => {
-                    tokio::spawn(self.clone().run_process(key, spec, kill));
+                Work::Admit(key, request, cancel) => {
+                    tokio::spawn(self.clone().admit(key, request, cancel));
                 }
-                Work::ReportStarted(key, body, delivered) => {
+                Work::Spawn(key, spec, kill, grant) => {
+                    tokio::spawn(self.clone().run_process(key, spec, kill, grant));
+                }
+                Work::UploadLogs(key, status, log) => {
+                    let worker = self.clone();
+                    tokio::spawn(async move {
+                        let started = std::time::Instant::now();
+                        let uploaded = worker.inner.config.logs.upload(&key, status, &log).await;
+                        let duration_ms = started.elapsed().as_millis() as u64;
+                        match uploaded {
+                            Ok(()) => {
+                                tracing::debug!(%key, duration_ms, "status and log uploaded");
+                                worker.record(&key, Event::LogsUploaded);
+                            }
+                            Err(e) => {
+                                tracing::warn!(%key, duration_ms, error = %e, "status and log upload failed");
+                                let message = e.to_string();
+                                worker.record(&key, Event::LogsUploadFailed { message });
+                            }
+                        }
+                    });
+                }
+                Work::ReportStarted(key, body) => {
                     let Some(driver) = self.inner.driver.clone() else {
                         continue;
                     };
                     let slot = (key.batch_id, key.job_id);
                     let attempt_id = key.attempt_id.clone();
+                    let pending = PendingReport::new(&self.inner.reports_pending);
+                    let worker = self.clone();
                     let handle = tokio::spawn(async move {
+                        let _pending = pending;
                         match driver.job_started(&body).await {
-                            Ok(()) => delivered.store(true, Ordering::SeqCst),
+                            Ok(()) => worker.record(&key, Event::StartedDelivered),
                             Err(e) => tracing::warn!(%key, error = %e, "job_started not delivered"),
                         }
                     });
@@ -756,12 +860,14 @@ impl Worker {
                         }
                     }
                 }
-                Work::ReportComplete(key, status, started, delivered) => {
+                Work::ReportComplete(key, status, started) => {
                     let Some(driver) = self.inner.driver.clone() else {
                         continue;
                     };
+                    let pending = PendingReport::new(&self.inner.reports_pending);
                     let worker = self.clone();
                     tokio::spawn(async move {
+                        let _pending = pending;
                         // Never wait for job_started: if it is still being
                         // retried, drop it and say so in marked_job_started.
                         if let Some(started) = started {
@@ -769,9 +875,13 @@ impl Worker {
                                 started.abort();
                             }
                         }
+                        let marked_job_started = worker
+                            .jobs()
+                            .get(&(key.batch_id, key.job_id))
+                            .is_some_and(|e| e.key == key && e.has(&Event::StartedDelivered));
                         let body = JobCompleteBody {
                             status,
-                            marked_job_started: delivered.load(Ordering::SeqCst),
+                            marked_job_started,
                         };
                         match driver.job_complete(&body).await {
                             Ok(()) => {
@@ -788,6 +898,30 @@ impl Worker {
                         }
                     });
                 }
+            }
+        }
+    }
+
+    /// The admission task: waits for the job's cores and memory, then
+    /// `ResourcesGranted` (holding them) or `ResourcesRefused`. A cancel
+    /// leaves the queue.
+    async fn admit(self, key: JobKey, request: Request, cancel: CancellationToken) {
+        let admitted = tokio::select! {
+            admitted = self.inner.admission.request(request) => admitted,
+            () = cancel.cancelled() => return,
+        };
+        match admitted {
+            Ok(grant) => {
+                tracing::debug!(%key, cores_mcpu = request.cores_mcpu, memory_bytes = request.memory_bytes, "resources granted");
+                // If the event is not taken (cancelled meanwhile), the
+                // closure and the grant in it are dropped: freed.
+                self.record_with(&key, Event::ResourcesGranted, move |entry| {
+                    entry.grant = Some(grant)
+                });
+            }
+            Err(refused) => {
+                let message = refused.to_string();
+                self.record(&key, Event::ResourcesRefused { message });
             }
         }
     }
@@ -813,6 +947,8 @@ impl Worker {
                     process: spec.process.clone(),
                     size_bytes: spec.size_bytes,
                     unsupported: spec.unsupported.clone(),
+                    cores_mcpu: spec.cores_mcpu,
+                    memory_bytes: spec.memory_bytes,
                 };
                 let spec = Arc::new(spec);
                 self.record_with(&key, event, move |entry| {
@@ -834,11 +970,19 @@ impl Worker {
     }
 
     /// The process task: spawn, `ProcessStarted`, wait, `ProcessExited`.
-    async fn run_process(self, key: JobKey, spec: Arc<JobSpec>, kill: CancellationToken) {
+    /// The process holds `grant` (the job's cores and memory) until it ends.
+    async fn run_process(
+        self,
+        key: JobKey,
+        spec: Arc<JobSpec>,
+        kill: CancellationToken,
+        grant: Option<Grant>,
+    ) {
         // Counted from before the spawn, so that shutdown also waits for a
         // process whose spawn is in flight.
         self.inner.live_processes.send_modify(|n| *n += 1);
         self.spawn_and_wait(&key, &spec, kill).await;
+        drop(grant);
         self.inner.live_processes.send_modify(|n| *n -= 1);
     }
 
@@ -914,9 +1058,25 @@ impl Worker {
         let entry = jobs
             .get(&(batch_id, job_id))
             .ok_or(UnknownJob { batch_id, job_id })?;
+        Ok(self.status_of(entry))
+    }
+
+    fn status_of(&self, entry: &JobEntry) -> JobStatus {
         let state = entry.attempt.state();
         let (error, error_kind) = match &state {
             JobState::Errored { kind, message } => (Some(message.clone()), Some(*kind)),
+            JobState::Done {
+                outcome:
+                    Outcome::Failed {
+                        exit: ExitStatus::TimedOut { timeout_ms },
+                    },
+            } => (
+                Some(format!(
+                    "the job ran past its timeout of {} s and was ended (SIGTERM, then SIGKILL)",
+                    *timeout_ms as f64 / 1000.0
+                )),
+                None,
+            ),
             _ => (None, None),
         };
         let container_statuses = match entry.started_at_ms {
@@ -947,11 +1107,11 @@ impl Worker {
                 }})
             }
         };
-        Ok(JobStatus {
+        JobStatus {
             version: STATUS_VERSION,
             worker: self.inner.config.name.clone(),
-            batch_id,
-            job_id,
+            batch_id: entry.key.batch_id,
+            job_id: entry.key.job_id,
             attempt_id: entry.key.attempt_id.clone(),
             job_group_id: entry.summary.job_group_id,
             user: entry.summary.user.clone(),
@@ -965,7 +1125,7 @@ impl Worker {
             container_statuses,
             worker_state: state,
             secrets: entry.summary.secret_names.clone(),
-        })
+        }
     }
 
     /// The recorded events of attempt `(batch_id, job_id)`, oldest first.
@@ -1023,6 +1183,57 @@ impl Worker {
         }
     }
 
+    /// Activates the worker with its driver (see
+    /// [`DriverClient::activate`]), sending `ip_address`; creates are taken
+    /// from then on. Without a driver there is nothing to do.
+    ///
+    /// # Errors
+    /// [`ReportError`] from the activation call: the worker stays
+    /// unactivated and answers creates with 503.
+    pub async fn activate(&self, ip_address: &str) -> Result<(), ReportError> {
+        if let Some(driver) = &self.inner.driver {
+            driver.activate(ip_address).await?;
+            tracing::info!(driver = %driver.base(), ip_address, "activated with the driver");
+        }
+        self.inner.activated.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether creates are taken (activated, or no driver).
+    pub fn is_activated(&self) -> bool {
+        self.inner.activated.load(Ordering::SeqCst)
+    }
+
+    /// Report tasks (`job_started`, `job_complete`) not yet finished.
+    pub fn reports_pending(&self) -> usize {
+        *self.inner.reports_pending.borrow()
+    }
+
+    /// Free cores (mcpu) and memory (MiB) of the admission queue.
+    pub fn resources_available(&self) -> (u64, u64) {
+        self.inner.admission.available()
+    }
+
+    /// For exit: waits until no report task is left, or
+    /// [`WorkerConfig::report_drain`] passed; returns how many are left.
+    /// Logs uploads that finish meanwhile send their `job_complete` too.
+    pub async fn drain_reports(&self) -> usize {
+        let mut pending = self.inner.reports_pending.subscribe();
+        let limit = self.inner.config.report_drain;
+        let drained = tokio::time::timeout(limit, pending.wait_for(|n| *n == 0))
+            .await
+            .is_ok();
+        let left = *pending.borrow();
+        if !drained {
+            tracing::warn!(
+                reports = left,
+                timeout_ms = limit.as_millis() as u64,
+                "reports still undelivered at exit; they are sent again after a restart"
+            );
+        }
+        left
+    }
+
     /// Stops taking jobs (creates get [`CreateError::ShuttingDown`]) and
     /// wakes [`Worker::shutdown_requested`].
     pub fn begin_shutdown(&self) {
@@ -1040,7 +1251,8 @@ impl Worker {
         self.inner.shutdown_requested.cancelled().await
     }
 
-    /// For exit: stops recording events, aborts every spec load and ends
+    /// For exit: stops recording events (but deliveries), aborts every spec
+    /// load and admission wait, and ends
     /// every job's process group (SIGTERM, SIGKILL after the grace period),
     /// and waits until no job process is left (at most the grace period
     /// plus 2 s). The attempts stay as they were: no report is sent for

@@ -3,7 +3,8 @@
 //! ```text
 //! live ─┬─ pending ─┬─ accepted
 //!       │           └─ loading_spec
-//!       └─ running ─┬─ starting
+//!       └─ running ─┬─ waiting_for_resources
+//!                   ├─ starting
 //!                   ├─ executing {pid}
 //!                   └─ cancelling
 //! terminal ─┬─ done {outcome}
@@ -12,8 +13,13 @@
 //!
 //! Handlers only decide: they push [`Effect`]s into the [`Decision`]
 //! context and name the next state. An event no state of the current branch
-//! handles reaches `live` and is marked rejected; every event reaching
-//! `terminal` is absorbed.
+//! handles reaches `live` and is marked rejected.
+//!
+//! Entering `terminal` asks for the logs upload; its result (uploaded or
+//! failed) asks for `job_complete`, except for a cancelled attempt. So the
+//! driver hears of a job only once its status and log are in the logs store
+//! (or could not be put there). Delivery events are taken without a change
+//! of state; every other event reaching `terminal` is absorbed.
 #![allow(missing_docs)]
 
 use statig::prelude::*;
@@ -69,14 +75,13 @@ impl JobChart {
                 unsupported,
                 ..
             } if unsupported.is_empty() => {
-                context.effects.push(Effect::SpawnProcess);
-                Transition(State::starting())
+                context.effects.push(Effect::RequestResources);
+                Transition(State::waiting_for_resources())
             }
             Event::SpecLoaded {
                 process: ProcessKind::Other { name },
                 ..
             } => errored(
-                context,
                 ErrorKind::Unsupported,
                 format!(
                     "process.type {name:?} is not supported: this worker runs \
@@ -84,7 +89,6 @@ impl JobChart {
                 ),
             ),
             Event::SpecLoaded { unsupported, .. } if !unsupported.is_empty() => errored(
-                context,
                 ErrorKind::Unsupported,
                 format!(
                     "the spec uses {} which this worker cannot honour yet; \
@@ -93,7 +97,7 @@ impl JobChart {
                 ),
             ),
             Event::SpecLoadFailed { kind, message } if kind.is_spec_error() => {
-                errored(context, *kind, message.clone())
+                errored(*kind, message.clone())
             }
             _ => Super,
         }
@@ -111,6 +115,26 @@ impl JobChart {
         }
     }
 
+    /// Loaded, queued for cores and memory. No process exists yet, so a
+    /// cancel only leaves the queue.
+    #[state(superstate = "running")]
+    fn waiting_for_resources(context: &mut Decision, event: &Event) -> Outcome<State> {
+        match event {
+            Event::ResourcesGranted => {
+                context.effects.push(Effect::SpawnProcess);
+                Transition(State::starting())
+            }
+            Event::ResourcesRefused { message } => {
+                errored(ErrorKind::InsufficientResources, message.clone())
+            }
+            Event::CancelRequested => {
+                context.effects.push(Effect::CancelResourceRequest);
+                Transition(State::done(JobOutcome::Cancelled))
+            }
+            _ => Super,
+        }
+    }
+
     #[state(superstate = "running")]
     fn starting(context: &mut Decision, event: &Event) -> Outcome<State> {
         match event {
@@ -118,19 +142,17 @@ impl JobChart {
                 context.effects.push(Effect::ReportStarted);
                 Transition(State::executing(*pid))
             }
-            Event::LaunchFailed { message } => {
-                errored(context, ErrorKind::LaunchFailed, message.clone())
-            }
+            Event::LaunchFailed { message } => errored(ErrorKind::LaunchFailed, message.clone()),
             _ => Super,
         }
     }
 
     #[state(superstate = "running")]
     #[allow(unused_variables)]
-    fn executing(pid: &u32, context: &mut Decision, event: &Event) -> Outcome<State> {
+    fn executing(pid: &u32, event: &Event) -> Outcome<State> {
         match event {
+            Event::StartedDelivered => Handled,
             Event::ProcessExited { exit, .. } => {
-                context.effects.push(Effect::ReportComplete);
                 if exit.is_success() {
                     Transition(State::done(JobOutcome::Succeeded))
                 } else {
@@ -147,7 +169,9 @@ impl JobChart {
     #[state(superstate = "running")]
     fn cancelling(event: &Event) -> Outcome<State> {
         match event {
-            Event::ProcessStarted { .. } | Event::CancelRequested => Handled,
+            Event::ProcessStarted { .. } | Event::CancelRequested | Event::StartedDelivered => {
+                Handled
+            }
             Event::LaunchFailed { .. } | Event::ProcessExited { .. } | Event::WorkerRestarted => {
                 Transition(State::done(JobOutcome::Cancelled))
             }
@@ -173,7 +197,6 @@ impl JobChart {
     fn live(context: &mut Decision, event: &Event) -> Outcome<State> {
         match event {
             Event::WorkerRestarted => errored(
-                context,
                 ErrorKind::WorkerRestarted,
                 "the worker restarted while the job was live; its process, if any, is gone"
                     .to_owned(),
@@ -185,32 +208,56 @@ impl JobChart {
         }
     }
 
+    /// A cancelled attempt is not reported: the driver asked for it.
     #[state(superstate = "terminal")]
-    #[allow(unused_variables)]
-    fn done(outcome: &JobOutcome, event: &Event) -> Outcome<State> {
-        Super
+    fn done(context: &mut Decision, outcome: &JobOutcome, event: &Event) -> Outcome<State> {
+        match event {
+            Event::LogsUploaded | Event::LogsUploadFailed { .. } => {
+                if *outcome != JobOutcome::Cancelled {
+                    context.effects.push(Effect::ReportComplete);
+                }
+                Handled
+            }
+            _ => Super,
+        }
     }
 
     #[state(superstate = "terminal")]
     #[allow(unused_variables, clippy::ptr_arg)] // statig passes state-local storage by reference
-    fn errored(kind: &ErrorKind, message: &String, event: &Event) -> Outcome<State> {
-        Super
+    fn errored(
+        context: &mut Decision,
+        kind: &ErrorKind,
+        message: &String,
+        event: &Event,
+    ) -> Outcome<State> {
+        match event {
+            Event::LogsUploaded | Event::LogsUploadFailed { .. } => {
+                context.effects.push(Effect::ReportComplete);
+                Handled
+            }
+            _ => Super,
+        }
     }
 
-    /// Terminal states absorb every event but the delivery of their report,
-    /// which they take without changing.
-    #[superstate]
+    /// Terminal states take the delivery of their reports without a change;
+    /// they absorb every other event.
+    #[superstate(entry_action = "enter_terminal")]
     fn terminal(context: &mut Decision, event: &Event) -> Outcome<State> {
-        if *event != Event::CompleteDelivered {
+        if !matches!(event, Event::CompleteDelivered | Event::StartedDelivered) {
             context.disposition = Disposition::Absorbed;
         }
         Handled
     }
+
+    #[action]
+    fn enter_terminal(context: &mut Decision) {
+        context.effects.push(Effect::UploadLogs);
+    }
 }
 
-/// Moves to `Errored{kind, message}` and asks for the error to be reported.
-fn errored(context: &mut Decision, kind: ErrorKind, message: String) -> Outcome<State> {
-    context.effects.push(Effect::ReportComplete);
+/// Moves to `Errored{kind, message}` (entering `terminal` asks for the
+/// logs upload, then the report).
+fn errored(kind: ErrorKind, message: String) -> Outcome<State> {
     Transition(State::errored(kind, message))
 }
 
@@ -219,6 +266,9 @@ impl From<&State> for JobState {
         match state {
             State::Accepted {} => JobState::Accepted,
             State::LoadingSpec {} => JobState::LoadingSpec,
+            State::WaitingForResources {} => JobState::Running {
+                phase: RunPhase::WaitingForResources,
+            },
             State::Starting {} => JobState::Running {
                 phase: RunPhase::Starting,
             },

@@ -15,12 +15,23 @@ pub enum Effect {
     StartSpecLoad,
     /// Abort an in-flight spec read, if any.
     AbortSpecLoad,
-    /// Spawn the job's process from the loaded spec.
+    /// Queue for the job's cores and memory (the spec's `resources`), then
+    /// record `ResourcesGranted`, or `ResourcesRefused` if they can never fit.
+    RequestResources,
+    /// Leave the resource queue (the attempt was cancelled while waiting).
+    CancelResourceRequest,
+    /// Spawn the job's process from the loaded spec, holding the granted
+    /// resources until it ends.
     SpawnProcess,
     /// End the job's process (SIGTERM, then SIGKILL after a grace period).
     KillProcess,
-    /// Send `job_started` to the driver.
+    /// Write the attempt's `status.json` and main log to the logs store,
+    /// then record `LogsUploaded` or `LogsUploadFailed`.
+    UploadLogs,
+    /// Send `job_started` to the driver (durably: retried until the driver
+    /// acknowledges or answers 404, then `StartedDelivered` is recorded).
     ReportStarted,
-    /// Send `job_complete` to the driver with the attempt's final state.
+    /// Send `job_complete` to the driver with the attempt's final state
+    /// (retried until acknowledged or 404, then `CompleteDelivered`).
     ReportComplete,
 }

@@ -37,6 +37,21 @@ pub enum Event {
         /// non-empty means the attempt errors `unsupported`.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         unsupported: Vec<String>,
+        /// The spec's `resources.cores_mcpu`: CPU to reserve, in mcpu
+        /// (1000 = one core). 0 in records written before admission existed.
+        #[serde(default)]
+        cores_mcpu: u64,
+        /// The spec's `resources.memory_bytes`: memory to reserve, in bytes.
+        #[serde(default)]
+        memory_bytes: u64,
+    },
+    /// The worker reserved the job's cores and memory; the process may start.
+    ResourcesGranted,
+    /// The job asks for more cores or memory than the worker has in all: it
+    /// can never run here.
+    ResourcesRefused {
+        /// What was asked for and what the worker has.
+        message: String,
     },
     /// The job spec could not be used; `kind` says why.
     SpecLoadFailed {
@@ -69,6 +84,18 @@ pub enum Event {
     /// The worker restarted while the attempt was live; its process, if any,
     /// is gone.
     WorkerRestarted,
+    /// The driver acknowledged the attempt's `job_started` (or answered 404).
+    /// It changes no state; `job_complete` then says `marked_job_started`.
+    StartedDelivered,
+    /// The attempt's `status.json` and main log were written to the logs
+    /// store. Legal only once the attempt is terminal; it changes no state.
+    LogsUploaded,
+    /// The status and log upload failed after its retries. The outcome is
+    /// unchanged: the job is reported all the same.
+    LogsUploadFailed {
+        /// The store's error text.
+        message: String,
+    },
     /// The driver acknowledged the attempt's `job_complete` (or answered
     /// 404: it no longer wants it). Legal only once the attempt is terminal;
     /// it changes no state, and tells a restarted worker not to report again.
@@ -83,13 +110,31 @@ impl Event {
             Event::SpecLoadStarted => "spec_load_started",
             Event::SpecLoaded { .. } => "spec_loaded",
             Event::SpecLoadFailed { .. } => "spec_load_failed",
+            Event::ResourcesGranted => "resources_granted",
+            Event::ResourcesRefused { .. } => "resources_refused",
             Event::ProcessStarted { .. } => "process_started",
             Event::LaunchFailed { .. } => "launch_failed",
             Event::ProcessExited { .. } => "process_exited",
             Event::CancelRequested => "cancel_requested",
             Event::WorkerRestarted => "worker_restarted",
+            Event::StartedDelivered => "started_delivered",
+            Event::LogsUploaded => "logs_uploaded",
+            Event::LogsUploadFailed { .. } => "logs_upload_failed",
             Event::CompleteDelivered => "complete_delivered",
         }
+    }
+
+    /// Whether the event only records the delivery of a report or upload
+    /// (`started_delivered`, `logs_uploaded`, `logs_upload_failed`,
+    /// `complete_delivered`): it never moves the attempt to another state.
+    pub fn is_delivery(&self) -> bool {
+        matches!(
+            self,
+            Event::StartedDelivered
+                | Event::LogsUploaded
+                | Event::LogsUploadFailed { .. }
+                | Event::CompleteDelivered
+        )
     }
 }
 

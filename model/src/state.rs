@@ -15,8 +15,8 @@ pub enum JobState {
     Accepted,
     /// The job spec is being read.
     LoadingSpec,
-    /// The spec is loaded and the process is being started, runs, or is
-    /// being ended after a cancel.
+    /// The spec is loaded: the job waits for resources, or its process is
+    /// being started, runs, or is being ended after a cancel.
     Running {
         /// Which part of running.
         phase: RunPhase,
@@ -48,6 +48,9 @@ impl JobState {
             JobState::Accepted => "accepted",
             JobState::LoadingSpec => "loading_spec",
             JobState::Running {
+                phase: RunPhase::WaitingForResources,
+            } => "running.waiting_for_resources",
+            JobState::Running {
                 phase: RunPhase::Starting,
             } => "running.starting",
             JobState::Running {
@@ -64,7 +67,10 @@ impl JobState {
     /// The state as Hail's status JSON and the driver see it.
     pub fn wire_state(&self) -> WireState {
         match self {
-            JobState::Accepted => WireState::Pending,
+            JobState::Accepted
+            | JobState::Running {
+                phase: RunPhase::WaitingForResources,
+            } => WireState::Pending,
             JobState::LoadingSpec
             | JobState::Running {
                 phase: RunPhase::Starting,
@@ -88,6 +94,9 @@ impl JobState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum RunPhase {
+    /// The spec is loaded; the job waits in the worker's queue until its
+    /// cores and memory are free.
+    WaitingForResources,
     /// The process is being spawned.
     Starting,
     /// The process runs.
@@ -136,11 +145,13 @@ pub enum ErrorKind {
     Unsupported,
     /// The worker restarted while the attempt was live.
     WorkerRestarted,
+    /// The job asks for more cores or memory than the worker has in all.
+    InsufficientResources,
 }
 
 impl ErrorKind {
     /// All kinds, in declaration order.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::SpecMissing,
         ErrorKind::SpecCorrupt,
         ErrorKind::SpecTimeout,
@@ -148,6 +159,7 @@ impl ErrorKind {
         ErrorKind::LaunchFailed,
         ErrorKind::Unsupported,
         ErrorKind::WorkerRestarted,
+        ErrorKind::InsufficientResources,
     ];
 
     /// The snake_case name, as serialised.
@@ -160,6 +172,7 @@ impl ErrorKind {
             ErrorKind::LaunchFailed => "launch_failed",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::WorkerRestarted => "worker_restarted",
+            ErrorKind::InsufficientResources => "insufficient_resources",
         }
     }
 
@@ -185,7 +198,8 @@ impl fmt::Display for ErrorKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WireState {
-    /// Accepted, spec not yet being read.
+    /// Accepted, spec not yet being read; or loaded and waiting for the
+    /// worker's cores and memory.
     Pending,
     /// Spec being read or process being started.
     Initializing,

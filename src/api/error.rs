@@ -82,9 +82,9 @@ impl From<CreateError> for ApiError {
     fn from(e: CreateError) -> Self {
         match e {
             CreateError::Duplicate { .. } => ApiError::Duplicate(e),
-            CreateError::ShuttingDown | CreateError::JournalUnavailable => {
-                ApiError::Unavailable(e.to_string())
-            }
+            CreateError::ShuttingDown
+            | CreateError::NotActivated
+            | CreateError::JournalUnavailable => ApiError::Unavailable(e.to_string()),
         }
     }
 }

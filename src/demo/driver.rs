@@ -1,7 +1,11 @@
-//! The demo's embedded driver endpoint: receives `job_started` and
-//! `job_complete` on loopback and keeps every body.
+//! The demo's (and the tests') embedded driver: a real axum server on
+//! loopback that activates workers, receives `job_started` and
+//! `job_complete`, keeps every body, and can be told to fail, slow down or
+//! go away and come back on the same port.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -12,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::driver_client::{JOB_COMPLETE_PATH, JOB_STARTED_PATH};
+use crate::driver_client::{ACTIVATE_PATH, JOB_COMPLETE_PATH, JOB_STARTED_PATH};
 use crate::wire::{JobCompleteBody, JobStartedBody};
 
 /// Everything the driver received.
@@ -26,7 +30,19 @@ pub struct Received {
     pub missing_instance_header: usize,
     /// Calls answered with an injected failure (not in `started`/`complete`).
     pub refused: usize,
+    /// Activation calls answered with a token.
+    pub activations: usize,
+    /// Report calls whose `X-Hail-Instance-Token` was not the token the
+    /// activation handed out.
+    pub wrong_token: usize,
+    /// Report calls being answered right now.
+    pub in_flight: usize,
+    /// The most report calls ever answered at once.
+    pub max_in_flight: usize,
 }
+
+/// The instance token the embedded driver hands out on activation.
+pub const INSTANCE_TOKEN: &str = "embedded-instance-token";
 
 #[derive(Clone)]
 struct Shared {
@@ -34,6 +50,8 @@ struct Shared {
     changes: watch::Sender<usize>,
     /// The next `.0` calls are answered `.1` instead of 200.
     refuse: Arc<Mutex<(usize, StatusCode)>>,
+    /// Added before answering each call.
+    delay: Arc<Mutex<Duration>>,
 }
 
 /// A running embedded driver.
@@ -50,15 +68,20 @@ impl EmbeddedDriver {
     /// # Errors
     /// The bind's IO error.
     pub async fn start() -> std::io::Result<EmbeddedDriver> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = Url::parse(&format!("http://{}/", listener.local_addr()?))
-            .expect("a socket address makes a URL");
         let shared = Shared {
             received: Arc::default(),
             changes: watch::channel(0).0,
             refuse: Arc::new(Mutex::new((0, StatusCode::OK))),
+            delay: Arc::default(),
         };
+        EmbeddedDriver::serve(TcpListener::bind("127.0.0.1:0").await?, shared)
+    }
+
+    fn serve(listener: TcpListener, shared: Shared) -> std::io::Result<EmbeddedDriver> {
+        let url = Url::parse(&format!("http://{}/", listener.local_addr()?))
+            .expect("a socket address makes a URL");
         let app = Router::new()
+            .route(&format!("/{ACTIVATE_PATH}"), post(activate))
             .route(&format!("/{JOB_STARTED_PATH}"), post(job_started))
             .route(&format!("/{JOB_COMPLETE_PATH}"), post(job_complete))
             .with_state(shared.clone());
@@ -70,6 +93,51 @@ impl EmbeddedDriver {
                 .await;
         });
         Ok(EmbeddedDriver { url, shared, stop })
+    }
+
+    /// Stops serving (calls then fail to connect) and returns what was
+    /// received; [`EmbeddedDriver::restart`] brings it back.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Serves again on the same port after [`EmbeddedDriver::stop`], keeping
+    /// what was received (a driver that restarted).
+    ///
+    /// # Errors
+    /// The bind's IO error (the port was taken meanwhile).
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        let addr: SocketAddr = format!(
+            "{}:{}",
+            self.url.host_str().unwrap_or("127.0.0.1"),
+            self.url.port().unwrap_or(80)
+        )
+        .parse()
+        .map_err(std::io::Error::other)?;
+        self.stop.cancel();
+        // The old listener closes once its server has wound down.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 250 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let restarted = EmbeddedDriver::serve(listener, self.shared.clone())?;
+        // Take over the new server's stop token; the new handle's drop must
+        // not stop it.
+        self.stop = restarted.stop.clone();
+        std::mem::forget(restarted);
+        Ok(())
+    }
+
+    /// Answers every later call only after `delay` (a slow driver).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.shared.delay.lock().unwrap_or_else(|p| p.into_inner()) = delay;
     }
 
     /// A copy of what was received so far.
@@ -99,19 +167,38 @@ impl Drop for EmbeddedDriver {
     }
 }
 
-fn note(shared: &Shared, headers: &HeaderMap, add: impl FnOnce(&mut Received)) -> StatusCode {
-    let refused = {
-        let mut refuse = shared.refuse.lock().unwrap_or_else(|p| p.into_inner());
-        (refuse.0 > 0).then(|| {
-            refuse.0 -= 1;
-            refuse.1
-        })
-    };
+/// Waits out the injected delay, then takes one injected refusal, if any.
+async fn delay_then_refusal(shared: &Shared) -> Option<StatusCode> {
+    let delay = *shared.delay.lock().unwrap_or_else(|p| p.into_inner());
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut refuse = shared.refuse.lock().unwrap_or_else(|p| p.into_inner());
+    (refuse.0 > 0).then(|| {
+        refuse.0 -= 1;
+        refuse.1
+    })
+}
+
+async fn note(shared: &Shared, headers: &HeaderMap, add: impl FnOnce(&mut Received)) -> StatusCode {
+    {
+        let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
+        received.in_flight += 1;
+        received.max_in_flight = received.max_in_flight.max(received.in_flight);
+    }
+    let refused = delay_then_refusal(shared).await;
     {
         let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
         if !headers.contains_key("x-hail-instance-name") {
             received.missing_instance_header += 1;
         }
+        let token = headers
+            .get("x-hail-instance-token")
+            .and_then(|t| t.to_str().ok());
+        if token != Some(INSTANCE_TOKEN) {
+            received.wrong_token += 1;
+        }
+        received.in_flight -= 1;
         match refused {
             Some(_) => received.refused += 1,
             None => add(&mut received),
@@ -126,7 +213,7 @@ async fn job_started(
     headers: HeaderMap,
     Json(body): Json<JobStartedBody>,
 ) -> StatusCode {
-    note(&shared, &headers, |r| r.started.push(body))
+    note(&shared, &headers, |r| r.started.push(body)).await
 }
 
 async fn job_complete(
@@ -134,5 +221,34 @@ async fn job_complete(
     headers: HeaderMap,
     Json(body): Json<JobCompleteBody>,
 ) -> StatusCode {
-    note(&shared, &headers, |r| r.complete.push(body))
+    note(&shared, &headers, |r| r.complete.push(body)).await
+}
+
+/// `POST /api/v1alpha/instances/activate`: answers `{"token": ...}` to a
+/// call carrying the instance's name (Hail's driver also checks the
+/// activation token; this one takes any).
+async fn activate(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Json(_body): Json<serde_json::Value>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let refused = delay_then_refusal(&shared).await;
+    {
+        let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
+        match refused {
+            Some(_) => received.refused += 1,
+            None if !headers.contains_key("x-hail-instance-name") => {
+                received.missing_instance_header += 1
+            }
+            None => received.activations += 1,
+        }
+    }
+    shared.changes.send_modify(|n| *n += 1);
+    match refused {
+        Some(status) => (status, Json(serde_json::json!({}))),
+        None => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "token": INSTANCE_TOKEN })),
+        ),
+    }
 }

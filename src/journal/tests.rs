@@ -13,15 +13,26 @@ fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         (1u32..8).prop_map(|format_version| Event::Created { format_version }),
         Just(Event::SpecLoadStarted),
-        (any::<u64>(), prop::collection::vec("[a-z_]{1,12}", 0..2)).prop_map(
-            |(size_bytes, unsupported)| {
+        (
+            any::<u64>(),
+            prop::collection::vec("[a-z_]{1,12}", 0..2),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(size_bytes, unsupported, cores_mcpu, memory_bytes)| {
                 Event::SpecLoaded {
                     process: ProcessKind::Docker,
                     size_bytes,
                     unsupported,
+                    cores_mcpu,
+                    memory_bytes,
                 }
-            }
-        ),
+            }),
+        Just(Event::ResourcesGranted),
+        Just(Event::StartedDelivered),
+        Just(Event::LogsUploaded),
+        "\\PC{0,40}".prop_map(|message| Event::ResourcesRefused { message }),
+        "\\PC{0,40}".prop_map(|message| Event::LogsUploadFailed { message }),
         "\\PC{0,40}".prop_map(|message| Event::SpecLoadFailed {
             kind: ErrorKind::SpecCorrupt,
             message

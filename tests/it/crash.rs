@@ -7,8 +7,7 @@
 //! and `replay --check` passes on what is left.
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use batch_worker::demo::driver::EmbeddedDriver;
@@ -19,58 +18,10 @@ use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{create_body, shell_spec, HANG_GUARD};
+use crate::support::{create_body, shell_spec, ServeChild, HANG_GUARD};
 
 const SECRET: &str = "CRASHTESTSECRET0123456789";
 const BATCH: i64 = 9;
-
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-async fn start(data: &Path, specs: &Path, driver: &str) -> Serve {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_batch-worker"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--spec-store")
-        .arg(url::Url::from_directory_path(specs).unwrap().as_str())
-        .args([
-            "--driver-url",
-            driver,
-            "--durability",
-            "fsync",
-            "--kill-grace-ms",
-            "200",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    // The child's start is not an event this test can wait on: poll.
-    tokio::time::timeout(HANG_GUARD, async {
-        while http
-            .get(format!("{base}/healthcheck"))
-            .send()
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the worker starts");
-    Serve { child, base }
-}
 
 fn body(job_id: i64) -> Value {
     let mut body = create_body(BATCH, job_id, "crash", 1);
@@ -107,7 +58,7 @@ async fn sigkill_at_random_moments_loses_no_accepted_job() {
     let http = reqwest::Client::new();
     let mut accepted = BTreeSet::new();
     for round in 0..rounds {
-        let mut serve = start(&data, &specs_dir, driver.url.as_str()).await;
+        let mut serve = ServeChild::start(&data, &specs_dir, driver.url.as_str(), &[]).await;
         let creates = (round * jobs_per_round + 1..=(round + 1) * jobs_per_round).map(|job_id| {
             let request = http
                 .post(format!("{}/api/v1alpha/batches/jobs/create", serve.base))
@@ -144,7 +95,7 @@ async fn sigkill_at_random_moments_loses_no_accepted_job() {
     );
 
     // Restart for good and let everything end.
-    let serve = start(&data, &specs_dir, driver.url.as_str()).await;
+    let serve = ServeChild::start(&data, &specs_dir, driver.url.as_str(), &[]).await;
     let mut states = std::collections::BTreeMap::new();
     for job_id in &accepted {
         let url = format!(

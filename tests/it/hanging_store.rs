@@ -45,6 +45,7 @@ async fn creates_answer_while_blob_reads_hang_and_cancel_ends_the_loads() {
     }
     // Cancelling again is harmless; a cancelled job is never reported.
     assert_eq!(h.cancel(5, 1).await.0, StatusCode::OK);
+    h.wait_event(5, 1, "logs_uploaded").await;
     assert!(h.driver.received().complete.is_empty());
     let (_, events) = h.get("/api/v1alpha/batches/5/jobs/1/events").await;
     let names: Vec<&str> = events
@@ -53,7 +54,15 @@ async fn creates_answer_while_blob_reads_hang_and_cancel_ends_the_loads() {
         .iter()
         .map(|e| e["event"]["type"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["created", "spec_load_started", "cancel_requested"]);
+    assert_eq!(
+        names,
+        [
+            "created",
+            "spec_load_started",
+            "cancel_requested",
+            "logs_uploaded"
+        ]
+    );
 }
 
 #[tokio::test]

@@ -118,8 +118,8 @@ async fn check(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
         h.wait_final(batch_id, *job_id).await;
     }
     // What the live table says now; the journal holds at least that once
-    // synced (a `complete_delivered` may land in between: it changes no
-    // state).
+    // synced (a delivery, such as `complete_delivered`, may land in
+    // between: it changes no state).
     let live: Vec<_> = ops_with_ids
         .iter()
         .map(|(job_id, _)| h.worker.events(batch_id, *job_id).unwrap())
@@ -154,9 +154,9 @@ async fn check(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
             job_id
         );
         prop_assert!(
-            replayed_steps[live_steps.len()..]
+            replayed.steps[live_steps.len()..]
                 .iter()
-                .all(|(event, _)| *event == "complete_delivered"),
+                .all(|s| s.event.is_delivery()),
             "job {}: {:?}",
             job_id,
             replayed_steps

@@ -1,13 +1,20 @@
 //! Integration tests: a real worker on a loopback port, real HTTP, real
 //! files and processes, an embedded driver receiving the reports.
 //!
-//! - `support`: the harness and test stores.
+//! - `support`: the harness, test stores, process-group checks.
+//! - `admission`: jobs wait for cores and memory; too big errors.
+//! - `cancellation`: cancel in every state; no report for a cancelled job.
+//! - `logs_upload`: status.json and the main log, before job_complete.
+//! - `report_recovery`: reports survive a SIGKILL; delivered ones are not
+//!   sent again.
+//! - `shutdown`: SIGTERM / kill drain reports; a second SIGTERM exits.
 //! - `compaction`: the journal stays small; expired attempts are forgotten.
 //! - `crash`: SIGKILL a `serve` child at random moments; restart; nothing lost.
 //! - `create_api`: create-body validation, duplicates, store-root safety.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
 //! - `replay`: the replay tool against the committed journal corpus.
-//! - `reports`: report retries and the stop on 404.
+//! - `reports`: activation, retries through a failing, slow, restarting
+//!   driver, the stop on 404, the bound on calls in flight.
 //! - `server_limits`: 413 up front, envelopes, shutdown with a stalled
 //!   client, a store that blocks threads forever.
 //! - `spec_properties`: proptest over corrupt and missing bunches.
@@ -17,15 +24,20 @@
 //! - `store_faults`: retries, spec_unavailable, spec_timeout, the load cap.
 //! - `wire_samples`: the shared byte-exact samples.
 
+mod admission;
+mod cancellation;
 mod compaction;
 mod crash;
 mod create_api;
 mod hanging_store;
 mod journal_replay;
+mod logs_upload;
 mod processes;
 mod replay;
+mod report_recovery;
 mod reports;
 mod server_limits;
+mod shutdown;
 mod spec_properties;
 mod store_faults;
 mod support;

@@ -5,15 +5,9 @@ use batch_worker_model::{ErrorKind, ExitStatus, JobState, Outcome, RunPhase};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{create_body, shell_spec, Harness};
-
-async fn bunch(h: &Harness, batch_id: i64, token: &str, specs: &[Value]) {
-    let bytes: Vec<Vec<u8>> = specs
-        .iter()
-        .map(|s| serde_json::to_vec(s).unwrap())
-        .collect();
-    h.writer.write_bunch(batch_id, token, &bytes).await.unwrap();
-}
+use crate::support::{
+    bunch, create_body, live_group_members, shell_spec, wait_group_gone, Harness,
+};
 
 fn complete_for(h: &Harness, job_id: i64) -> Value {
     let received = h.driver.received();
@@ -260,44 +254,4 @@ fn shutdown_ends_running_jobs_before_serve_returns() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-}
-
-/// Waits until no live process of group `pgid` is left; the members' exits
-/// are not events the test can wait on, so it looks at /proc.
-async fn wait_group_gone(pgid: u32) {
-    tokio::time::timeout(crate::support::HANG_GUARD, async {
-        while !live_group_members(pgid).is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "processes of group {pgid} outlived the worker's end: {:?}",
-            live_group_members(pgid)
-        )
-    });
-}
-
-/// Pids of processes in group `pgid` that are not zombies (a zombie is
-/// dead; only its parent's reaping is pending).
-fn live_group_members(pgid: u32) -> Vec<u32> {
-    let mut live = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command: state ppid pgrp ...
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(2) == Some(&pgid.to_string().as_str()) && fields.first() != Some(&"Z") {
-            live.push(pid);
-        }
-    }
-    live
 }

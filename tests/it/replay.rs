@@ -59,6 +59,8 @@ fn good_events() -> Vec<(JobKey, Event)> {
                 process: ProcessKind::Docker,
                 size_bytes: 311,
                 unsupported: vec![],
+                cores_mcpu: 1000,
+                memory_bytes: 1 << 30,
             },
         ),
         (
@@ -68,6 +70,7 @@ fn good_events() -> Vec<(JobKey, Event)> {
                 message: "7/bunch/q4w8/specs.idx does not exist in the spec store".into(),
             },
         ),
+        (a.clone(), Event::ResourcesGranted),
         (a.clone(), Event::ProcessStarted { pid: 4242 }),
         (
             a,
@@ -144,12 +147,12 @@ fn the_committed_corpus_is_current_and_each_journal_reports_what_it_should() {
 #[test]
 fn replay_rebuilds_final_states_and_durations() {
     let report = replay_path(&fixtures().join("good.jnl"), ReplayOptions::default()).unwrap();
-    assert_eq!(report.summary.records, 8);
+    assert_eq!(report.summary.records, 9);
     assert_eq!(report.summary.attempts, 2);
     assert_eq!(report.summary.by_state.get("failed"), Some(&1));
     assert_eq!(report.summary.by_error_kind.get("spec_missing"), Some(&1));
-    // created (t+0) -> process_started (t+60); each spec load takes 20 ms
-    assert_eq!(report.summary.accepted_to_running.p50_ms, 60);
+    // created (t+0) -> process_started (t+70); each spec load takes 20 ms
+    assert_eq!(report.summary.accepted_to_running.p50_ms, 70);
     assert_eq!(report.summary.spec_load.count, 2);
     assert_eq!(report.summary.spec_load.max_ms, 20);
     let job12 = report
@@ -177,7 +180,10 @@ fn replay_rebuilds_final_states_and_durations() {
     )
     .unwrap();
     assert_eq!(until.timelines.len(), 1);
-    assert_eq!(until.timelines[0].final_state.name(), "running.starting");
+    assert_eq!(
+        until.timelines[0].final_state.name(),
+        "running.waiting_for_resources"
+    );
 }
 
 #[test]

@@ -1,14 +1,20 @@
-//! Reports to the driver: retried through failures, stopped by a 404.
+//! Reports to the driver: activation first; retried through failures, a
+//! slow driver and a driver restart; stopped by a 404; bounded in flight;
+//! `marked_job_started` truthful.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use batch_worker::demo::driver::EmbeddedDriver;
 use batch_worker::driver_client::{DriverClient, ReportError, ReportRetry};
 use batch_worker::wire::{JobCompleteBody, JobCompleteStatus};
 use batch_worker_model::JobState;
+use object_store::memory::InMemory;
+use object_store::path::Path;
 use reqwest::StatusCode;
+use serde_json::json;
 
-use crate::support::{create_body, Harness};
+use crate::support::{bunch, create_body, shell_spec, Harness, Options};
 
 #[tokio::test]
 async fn job_complete_is_retried_until_the_driver_takes_it() {
@@ -34,6 +40,7 @@ async fn a_404_from_the_driver_stops_the_retries() {
     let retry = ReportRetry {
         min_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(2),
+        max_attempts: Some(20),
         ..ReportRetry::default()
     };
     let client = DriverClient::new(driver.url.clone(), "w".into(), "t".into(), retry).unwrap();
@@ -65,4 +72,153 @@ async fn a_404_from_the_driver_stops_the_retries() {
     );
     assert_eq!(driver.received().refused, 21);
     assert!(driver.received().complete.is_empty());
+}
+
+#[tokio::test]
+async fn every_terminal_job_is_reported_through_a_failing_slow_and_restarting_driver() {
+    let mut h = Harness::in_memory().await;
+    let specs = [
+        shell_spec(1, "exit 0"),
+        shell_spec(2, "exit 3"),
+        shell_spec(3, "echo hi"),
+    ];
+    bunch(&h, 4, "mixed", &specs).await;
+    // Given a driver that is down while the jobs end
+    h.driver.stop();
+    for job_id in 1..=6 {
+        // Jobs 4..=6 are past the bunch: spec_corrupt.
+        assert_eq!(
+            h.create(&create_body(4, job_id, "mixed", 1)).await.0,
+            StatusCode::OK
+        );
+    }
+    for job_id in 1..=6 {
+        h.wait_final(4, job_id).await;
+        h.wait_event(4, job_id, "logs_uploaded").await;
+    }
+    assert!(
+        h.worker.reports_pending() > 0,
+        "reports wait for the driver"
+    );
+    // When it comes back slow and failing its first calls
+    h.driver.set_delay(Duration::from_millis(100));
+    h.driver.refuse_next(4, StatusCode::BAD_GATEWAY);
+    h.driver.restart().await.unwrap();
+    // Then every job is reported, and each delivery is journaled
+    for job_id in 1..=6 {
+        h.wait_event(4, job_id, "complete_delivered").await;
+    }
+    let received = h.driver.received();
+    let mut reported = h.reported_jobs();
+    reported.dedup();
+    assert_eq!(reported, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(received.refused, 4);
+    assert_eq!(
+        received.wrong_token, 0,
+        "every call carries the instance token"
+    );
+    assert_eq!(received.missing_instance_header, 0);
+    let state_of = |job_id| {
+        received
+            .complete
+            .iter()
+            .find(|c| c.status.job_id == job_id)
+            .unwrap()
+            .status
+            .state
+            .clone()
+    };
+    assert_eq!(state_of(1), "succeeded");
+    assert_eq!(state_of(2), "failed");
+    assert_eq!(state_of(5), "error");
+    assert_eq!(h.worker.reports_pending(), 0);
+}
+
+#[tokio::test]
+async fn marked_job_started_is_true_once_job_started_was_acknowledged() {
+    let h = Harness::in_memory().await;
+    bunch(&h, 5, "started", &[shell_spec(1, "sleep 0.2")]).await;
+    assert_eq!(
+        h.create(&create_body(5, 1, "started", 1)).await.0,
+        StatusCode::OK
+    );
+    h.wait_event(5, 1, "complete_delivered").await;
+    let received = h.driver.received();
+    assert_eq!(received.started.len(), 1);
+    assert_eq!(received.started[0].status.job_id, 1);
+    assert!(received.complete[0].marked_job_started);
+    let order: Vec<&str> = h
+        .worker
+        .events(5, 1)
+        .unwrap()
+        .iter()
+        .map(|e| e.event.name())
+        .filter(|n| n.ends_with("delivered") || *n == "logs_uploaded")
+        .collect();
+    assert_eq!(
+        order,
+        ["started_delivered", "logs_uploaded", "complete_delivered"]
+    );
+}
+
+#[tokio::test]
+async fn reports_go_out_concurrently_but_never_more_than_the_bound() {
+    let options = Options {
+        report_concurrency: 3,
+        ..Options::default()
+    };
+    let h = Harness::start_with(
+        Arc::new(InMemory::new()),
+        Path::from("root"),
+        Default::default(),
+        options,
+    )
+    .await;
+    h.driver.set_delay(Duration::from_millis(150));
+    // Twelve jobs without a spec: twelve job_complete calls at once.
+    for job_id in 1..=12 {
+        assert_eq!(
+            h.create(&create_body(6, job_id, "none", 1)).await.0,
+            StatusCode::OK
+        );
+    }
+    h.wait_reports(12).await;
+    let received = h.driver.received();
+    eprintln!("most report calls at once: {}", received.max_in_flight);
+    assert!(received.max_in_flight <= 3, "{}", received.max_in_flight);
+    assert!(received.max_in_flight >= 2, "reports went out one by one");
+}
+
+#[tokio::test]
+async fn creates_get_503_until_the_worker_is_activated() {
+    let options = Options {
+        activate: false,
+        ..Options::default()
+    };
+    let h = Harness::start_with(
+        Arc::new(InMemory::new()),
+        Path::from("root"),
+        Default::default(),
+        options,
+    )
+    .await;
+    let (status, answer) = h.create(&create_body(7, 1, "t", 1)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not activated"),
+        "{answer}"
+    );
+    assert_eq!(h.get("/healthcheck").await.1["activated"], json!(false));
+    // A driver still starting refuses the first calls: activation retries.
+    h.driver.refuse_next(2, StatusCode::SERVICE_UNAVAILABLE);
+    h.worker.activate("127.0.0.1").await.unwrap();
+    let received = h.driver.received();
+    assert_eq!((received.refused, received.activations), (2, 1));
+    assert_eq!(h.get("/healthcheck").await.1["activated"], json!(true));
+    assert_eq!(h.create(&create_body(7, 1, "t", 1)).await.0, StatusCode::OK);
+    h.wait_reports(1).await;
+    assert_eq!(h.driver.received().wrong_token, 0);
 }

@@ -7,11 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use batch_worker::admission::Capacity;
 use batch_worker::demo::driver::EmbeddedDriver;
 use batch_worker::driver_client::{DriverClient, ReportRetry};
 use batch_worker::journal::{
     decode, journal_dir, open_journal, segments, Durability, JournalRecord,
 };
+use batch_worker::logs_store::LogsStore;
 use batch_worker::runner::HostRunner;
 use batch_worker::server::serve;
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
@@ -35,6 +37,38 @@ use url::Url;
 /// hang, not a timing assertion.
 pub const HANG_GUARD: Duration = Duration::from_secs(60);
 
+/// How a [`Harness`] worker is set up.
+pub struct Options {
+    /// Journal bytes after which it compacts.
+    pub segment_bytes: u64,
+    /// How long reported attempts are remembered.
+    pub retention: Duration,
+    /// Cores and memory jobs may reserve (default: plenty).
+    pub capacity: Capacity,
+    /// Where status.json and logs go (default: a fresh in-memory store).
+    pub logs: Arc<dyn ObjectStore>,
+    /// Longest report drain at shutdown.
+    pub report_drain: Duration,
+    /// Activate with the embedded driver before serving (default true).
+    pub activate: bool,
+    /// Driver calls on the wire at once.
+    pub report_concurrency: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            segment_bytes: DEFAULT_JOURNAL_SEGMENT_BYTES,
+            retention: Duration::from_secs(86_400),
+            capacity: Capacity::unlimited(),
+            logs: Arc::new(InMemory::new()),
+            report_drain: Duration::from_secs(30),
+            activate: true,
+            report_concurrency: 64,
+        }
+    }
+}
+
 /// A running worker and its driver.
 pub struct Harness {
     pub worker: Worker,
@@ -44,6 +78,8 @@ pub struct Harness {
     /// Writes bunches into the worker's store, under its root.
     pub writer: SpecStore,
     pub data: tempfile::TempDir,
+    /// The logs store (keys under `logs/`).
+    pub logs: Arc<dyn ObjectStore>,
     stop: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -80,17 +116,33 @@ impl Harness {
         segment_bytes: u64,
         retention: Duration,
     ) -> Harness {
+        let options = Options {
+            segment_bytes,
+            retention,
+            ..Options::default()
+        };
+        Harness::start_with(store, root, config, options).await
+    }
+
+    /// A worker over `store` with `options`.
+    pub async fn start_with(
+        store: Arc<dyn ObjectStore>,
+        root: Path,
+        config: SpecLoadConfig,
+        options: Options,
+    ) -> Harness {
         let data = tempfile::tempdir().expect("a temporary directory");
         let driver = EmbeddedDriver::start().await.expect("the driver starts");
         let retry = ReportRetry {
             min_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(100),
+            max_in_flight: options.report_concurrency,
             ..ReportRetry::default()
         };
         let client = DriverClient::new(
             driver.url.clone(),
             "test-worker".into(),
-            "t0ken".into(),
+            "activation-t0ken".into(),
             retry,
         )
         .expect("a driver client");
@@ -110,13 +162,22 @@ impl Harness {
                 runner: HostRunner {
                     kill_grace: Duration::from_secs(2),
                 },
-                journal_segment_bytes: segment_bytes,
-                retention,
+                journal_segment_bytes: options.segment_bytes,
+                retention: options.retention,
+                capacity: options.capacity,
+                logs: LogsStore::new(options.logs.clone(), Path::from("logs")),
+                report_drain: options.report_drain,
             },
             SpecStore::new(store.clone(), root.clone(), config).expect("spec-io threads"),
             Some(client),
             Some(journal.writer),
         );
+        if options.activate {
+            worker
+                .activate("127.0.0.1")
+                .await
+                .expect("the embedded driver activates the worker");
+        }
         let writer =
             SpecStore::new(store, root, SpecLoadConfig::default()).expect("spec-io threads");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -140,6 +201,7 @@ impl Harness {
             driver,
             writer,
             data,
+            logs: options.logs,
             stop,
             server: Some(server),
         }
@@ -266,6 +328,46 @@ impl Harness {
         self.worker.state_of(batch_id, job_id).unwrap()
     }
 
+    /// Waits until the job's history holds an event named `name` (e.g.
+    /// `"logs_uploaded"`, `"complete_delivered"`).
+    pub async fn wait_event(&self, batch_id: i64, job_id: i64, name: &str) {
+        let has = |w: &Worker| {
+            w.events(batch_id, job_id)
+                .is_ok_and(|events| events.iter().any(|e| e.event.name() == name))
+        };
+        tokio::time::timeout(HANG_GUARD, self.worker.wait_until(has))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "job {batch_id}:{job_id} never recorded {name}: {:?}",
+                    self.worker.events(batch_id, job_id)
+                )
+            });
+    }
+
+    /// The JSON of the object at `key` in the logs store.
+    pub async fn logs_object(&self, key: &str) -> Option<bytes::Bytes> {
+        use object_store::ObjectStoreExt;
+        match self.logs.get(&Path::from(key)).await {
+            Ok(got) => Some(got.bytes().await.unwrap()),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => panic!("reading {key}: {e}"),
+        }
+    }
+
+    /// The job ids of the job_complete bodies received so far, with repeats.
+    pub fn reported_jobs(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .driver
+            .received()
+            .complete
+            .iter()
+            .map(|c| c.status.job_id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Waits until the driver received `n` job_complete bodies.
     pub async fn wait_reports(&self, n: usize) {
         let mut changes = self.driver.changes();
@@ -333,6 +435,17 @@ pub struct TestStore {
     on_read: OnRead,
     reads: Mutex<Vec<String>>,
     read_count: tokio::sync::watch::Sender<usize>,
+    /// Reads begun and not yet returned or dropped.
+    in_flight: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts one read in [`TestStore::in_flight`] while alive.
+struct InFlight(tokio::sync::watch::Sender<usize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 fn injected_error() -> object_store::Error {
@@ -349,7 +462,18 @@ impl TestStore {
             on_read,
             reads: Mutex::default(),
             read_count: tokio::sync::watch::channel(0).0,
+            in_flight: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Waits until exactly `n` reads are in flight (a hanging read counts
+    /// until its future is dropped, i.e. aborted).
+    pub async fn wait_in_flight(&self, n: usize) {
+        let mut count = self.in_flight.subscribe();
+        tokio::time::timeout(HANG_GUARD, count.wait_for(|c| *c == n))
+            .await
+            .unwrap_or_else(|_| panic!("reads in flight never became {n}"))
+            .unwrap();
     }
 
     /// Waits until at least `n` reads were made (guarded by [`HANG_GUARD`]).
@@ -373,6 +497,8 @@ impl TestStore {
             reads.len()
         };
         self.read_count.send_replace(reads);
+        self.in_flight.send_modify(|n| *n += 1);
+        let _in_flight = InFlight(self.in_flight.clone());
         match self.on_read {
             OnRead::Pass => Ok(()),
             OnRead::Hang => std::future::pending().await,
@@ -448,5 +574,156 @@ impl ObjectStore for TestStore {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// Writes a bunch of `specs` (JSON values) for `batch_id` under `token`.
+pub async fn bunch(h: &Harness, batch_id: i64, token: &str, specs: &[Value]) {
+    let bytes: Vec<Vec<u8>> = specs
+        .iter()
+        .map(|s| serde_json::to_vec(s).unwrap())
+        .collect();
+    h.writer.write_bunch(batch_id, token, &bytes).await.unwrap();
+}
+
+/// Waits until process group `pgid` is gone: `kill -0` on the group
+/// fails, or only zombies (dead, their reaping pending) are left. The
+/// members' exits are not events the test can wait on, so it polls.
+pub async fn wait_group_gone(pgid: u32) {
+    let gone = || {
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), None).is_err()
+            || live_group_members(pgid).is_empty()
+    };
+    tokio::time::timeout(HANG_GUARD, async {
+        while !gone() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "processes of group {pgid} outlived the worker's end: {:?}",
+            live_group_members(pgid)
+        )
+    });
+}
+
+/// Pids of processes in group `pgid` that are not zombies (a zombie is
+/// dead; only its parent's reaping is pending).
+pub fn live_group_members(pgid: u32) -> Vec<u32> {
+    let mut live = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state ppid pgrp ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2) == Some(&pgid.to_string().as_str()) && fields.first() != Some(&"Z") {
+            live.push(pid);
+        }
+    }
+    live
+}
+
+/// `batch-worker serve` as a child process on a free loopback port.
+pub struct ServeChild {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl ServeChild {
+    /// Starts `serve` on `data` with specs under `specs`, reporting to
+    /// `driver` (fsync journal, 200 ms kill grace unless `extra` sets it,
+    /// then `extra` flags), and
+    /// waits until it answers and is activated.
+    pub async fn start(
+        data: &std::path::Path,
+        specs: &std::path::Path,
+        driver: &str,
+        extra: &[&str],
+    ) -> ServeChild {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_batch-worker"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--spec-store")
+            .arg(Url::from_directory_path(specs).unwrap().as_str())
+            .args(["--driver-url", driver, "--durability", "fsync"])
+            .args(if extra.contains(&"--kill-grace-ms") {
+                &[][..]
+            } else {
+                &["--kill-grace-ms", "200"][..]
+            })
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        // The child's start is not an event this test can wait on: poll.
+        tokio::time::timeout(HANG_GUARD, async {
+            loop {
+                if let Ok(response) = http.get(format!("{base}/healthcheck")).send().await {
+                    let health: Value = response.json().await.unwrap_or_default();
+                    if health["activated"] == json!(true) {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the worker starts and activates");
+        ServeChild { child, base }
+    }
+
+    /// The names of the events of `(batch_id, job_id)` (empty if unknown).
+    pub async fn event_names(&self, batch_id: i64, job_id: i64) -> Vec<String> {
+        let url = format!(
+            "{}/api/v1alpha/batches/{batch_id}/jobs/{job_id}/events",
+            self.base
+        );
+        let events: Value = match reqwest::get(url).await {
+            Ok(response) => response.json().await.unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        events
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|e| e["event"]["type"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Polls until the job's history holds `name`.
+    pub async fn wait_event(&self, batch_id: i64, job_id: i64, name: &str) {
+        tokio::time::timeout(HANG_GUARD, async {
+            while !self
+                .event_names(batch_id, job_id)
+                .await
+                .iter()
+                .any(|n| n == name)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("job {batch_id}:{job_id} never recorded {name}"));
     }
 }

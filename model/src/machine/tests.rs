@@ -20,6 +20,8 @@ fn docker_loaded() -> Event {
         process: ProcessKind::Docker,
         size_bytes: 120,
         unsupported: vec![],
+        cores_mcpu: 1000,
+        memory_bytes: 1 << 30,
     }
 }
 
@@ -33,11 +35,13 @@ fn exited(code: i32) -> Event {
 /// Named histories reaching every state of the chart.
 fn histories() -> Vec<(&'static str, Vec<Event>)> {
     let loading = vec![Event::SpecLoadStarted];
-    let starting = [loading.clone(), vec![docker_loaded()]].concat();
+    let waiting = [loading.clone(), vec![docker_loaded()]].concat();
+    let starting = [waiting.clone(), vec![Event::ResourcesGranted]].concat();
     let executing = [starting.clone(), vec![Event::ProcessStarted { pid: 42 }]].concat();
     vec![
         ("accepted", vec![]),
         ("loading_spec", loading.clone()),
+        ("running.waiting_for_resources", waiting.clone()),
         ("running.starting", starting.clone()),
         ("running.executing", executing.clone()),
         (
@@ -47,6 +51,10 @@ fn histories() -> Vec<(&'static str, Vec<Event>)> {
         ("done", [executing.clone(), vec![exited(0)]].concat()),
         ("done", [executing.clone(), vec![exited(3)]].concat()),
         ("done", vec![Event::CancelRequested]),
+        (
+            "done",
+            [waiting.clone(), vec![Event::CancelRequested]].concat(),
+        ),
         (
             "errored",
             [
@@ -71,11 +79,15 @@ fn all_events() -> Vec<Event> {
             process: ProcessKind::Other { name: "jvm".into() },
             size_bytes: 10,
             unsupported: vec![],
+            cores_mcpu: 0,
+            memory_bytes: 0,
         },
         Event::SpecLoaded {
             process: ProcessKind::Docker,
             size_bytes: 10,
             unsupported: vec!["output_files".into()],
+            cores_mcpu: 0,
+            memory_bytes: 0,
         },
         Event::SpecLoadFailed {
             kind: ErrorKind::SpecCorrupt,
@@ -84,6 +96,10 @@ fn all_events() -> Vec<Event> {
         Event::SpecLoadFailed {
             kind: ErrorKind::LaunchFailed,
             message: "not a spec error".into(),
+        },
+        Event::ResourcesGranted,
+        Event::ResourcesRefused {
+            message: "needs 8000 mcpu, the worker has 2000".into(),
         },
         Event::ProcessStarted { pid: 7 },
         Event::LaunchFailed {
@@ -101,25 +117,39 @@ fn all_events() -> Vec<Event> {
         },
         Event::CancelRequested,
         Event::WorkerRestarted,
+        Event::StartedDelivered,
+        Event::LogsUploaded,
+        Event::LogsUploadFailed {
+            message: "store down".into(),
+        },
         Event::CompleteDelivered,
     ]
 }
 
-/// The legal transitions: (state name, event) → (state after, effects).
-/// Every pair not listed must be rejected in a live state and absorbed in a
-/// terminal one.
+/// The legal transitions of live states: (state name, event) → (state
+/// after, effects). Every pair not listed must be rejected. Entering a
+/// terminal state always asks for `UploadLogs` (and nothing else): the
+/// report follows the upload's result.
 fn legal(state: &str, event: &Event) -> Option<(JobState, Vec<Effect>)> {
     use Effect::*;
-    let errored = |kind| JobState::Errored {
-        kind,
-        message: String::new(),
+    let errored = |kind| {
+        Some((
+            JobState::Errored {
+                kind,
+                message: String::new(),
+            },
+            vec![UploadLogs],
+        ))
     };
-    let done = |outcome| JobState::Done { outcome };
+    let done = |outcome, mut effects: Vec<Effect>| {
+        effects.push(UploadLogs);
+        Some((JobState::Done { outcome }, effects))
+    };
     let running = |phase| JobState::Running { phase };
     match (state, event) {
         ("accepted", Event::SpecLoadStarted) => Some((JobState::LoadingSpec, vec![])),
         ("accepted" | "loading_spec", Event::CancelRequested) => {
-            Some((done(Outcome::Cancelled), vec![AbortSpecLoad]))
+            done(Outcome::Cancelled, vec![AbortSpecLoad])
         }
         (
             "loading_spec",
@@ -128,20 +158,28 @@ fn legal(state: &str, event: &Event) -> Option<(JobState, Vec<Effect>)> {
                 unsupported,
                 ..
             },
-        ) if unsupported.is_empty() => Some((running(RunPhase::Starting), vec![SpawnProcess])),
-        ("loading_spec", Event::SpecLoaded { .. }) => {
-            Some((errored(ErrorKind::Unsupported), vec![ReportComplete]))
-        }
+        ) if unsupported.is_empty() => Some((
+            running(RunPhase::WaitingForResources),
+            vec![RequestResources],
+        )),
+        ("loading_spec", Event::SpecLoaded { .. }) => errored(ErrorKind::Unsupported),
         ("loading_spec", Event::SpecLoadFailed { kind, .. }) if kind.is_spec_error() => {
-            Some((errored(*kind), vec![ReportComplete]))
+            errored(*kind)
+        }
+        ("running.waiting_for_resources", Event::ResourcesGranted) => {
+            Some((running(RunPhase::Starting), vec![SpawnProcess]))
+        }
+        ("running.waiting_for_resources", Event::ResourcesRefused { .. }) => {
+            errored(ErrorKind::InsufficientResources)
+        }
+        ("running.waiting_for_resources", Event::CancelRequested) => {
+            done(Outcome::Cancelled, vec![CancelResourceRequest])
         }
         ("running.starting", Event::ProcessStarted { pid }) => Some((
             running(RunPhase::Executing { pid: *pid }),
             vec![ReportStarted],
         )),
-        ("running.starting", Event::LaunchFailed { .. }) => {
-            Some((errored(ErrorKind::LaunchFailed), vec![ReportComplete]))
-        }
+        ("running.starting", Event::LaunchFailed { .. }) => errored(ErrorKind::LaunchFailed),
         ("running.starting" | "running.executing", Event::CancelRequested) => {
             Some((running(RunPhase::Cancelling), vec![KillProcess]))
         }
@@ -151,19 +189,42 @@ fn legal(state: &str, event: &Event) -> Option<(JobState, Vec<Effect>)> {
             } else {
                 Outcome::Failed { exit: *exit }
             };
-            Some((done(outcome), vec![ReportComplete]))
+            done(outcome, vec![])
         }
-        ("running.cancelling", Event::ProcessStarted { .. } | Event::CancelRequested) => {
-            Some((running(RunPhase::Cancelling), vec![]))
+        ("running.executing", Event::StartedDelivered) => {
+            Some((running(RunPhase::Executing { pid: 42 }), vec![]))
         }
         (
             "running.cancelling",
-            Event::LaunchFailed { .. } | Event::ProcessExited { .. } | Event::WorkerRestarted,
-        ) => Some((done(Outcome::Cancelled), vec![])),
+            Event::ProcessStarted { .. } | Event::CancelRequested | Event::StartedDelivered,
+        ) => Some((running(RunPhase::Cancelling), vec![])),
         (
-            "accepted" | "loading_spec" | "running.starting" | "running.executing",
+            "running.cancelling",
+            Event::LaunchFailed { .. } | Event::ProcessExited { .. } | Event::WorkerRestarted,
+        ) => done(Outcome::Cancelled, vec![]),
+        (
+            "accepted"
+            | "loading_spec"
+            | "running.waiting_for_resources"
+            | "running.starting"
+            | "running.executing",
             Event::WorkerRestarted,
-        ) => Some((errored(ErrorKind::WorkerRestarted), vec![ReportComplete])),
+        ) => errored(ErrorKind::WorkerRestarted),
+        _ => None,
+    }
+}
+
+/// What a terminal state does with `event`: `Some(effects)` when it takes
+/// it without a change of state, `None` when it absorbs it.
+fn terminal_takes(state: &JobState, event: &Event) -> Option<Vec<Effect>> {
+    let cancelled = *state
+        == JobState::Done {
+            outcome: Outcome::Cancelled,
+        };
+    match event {
+        Event::StartedDelivered | Event::CompleteDelivered => Some(vec![]),
+        Event::LogsUploaded | Event::LogsUploadFailed { .. } if cancelled => Some(vec![]),
+        Event::LogsUploaded | Event::LogsUploadFailed { .. } => Some(vec![Effect::ReportComplete]),
         _ => None,
     }
 }
@@ -189,26 +250,18 @@ fn every_state_event_pair_is_legal_rejected_or_absorbed() {
             let result = attempt.apply(&event);
             // Then
             match (before.is_terminal(), legal(name, &event)) {
-                (true, _) if event == Event::CompleteDelivered => {
-                    assert_eq!(
-                        result,
-                        Ok(Applied {
-                            effects: vec![],
-                            absorbed: false
-                        }),
-                        "{name} takes complete_delivered"
-                    );
-                    assert_eq!(attempt.state(), before);
-                }
                 (true, _) => {
-                    assert_eq!(
-                        result,
-                        Ok(Applied {
+                    let expected = match terminal_takes(&before, &event) {
+                        Some(effects) => Applied {
+                            effects,
+                            absorbed: false,
+                        },
+                        None => Applied {
                             effects: vec![],
-                            absorbed: true
-                        }),
-                        "{name} must absorb {event:?}"
-                    );
+                            absorbed: true,
+                        },
+                    };
+                    assert_eq!(result, Ok(expected), "{name} + {event:?}");
                     assert_eq!(attempt.state(), before);
                 }
                 (false, Some((state, effects))) => {
@@ -247,16 +300,88 @@ fn accept_asks_for_the_spec_load() {
 }
 
 #[test]
-fn happy_path_reports_started_then_complete() {
-    let mut attempt = given(&[Event::SpecLoadStarted, docker_loaded()]);
+fn happy_path_waits_for_resources_then_uploads_logs_before_reporting() {
+    // Given a loaded spec
+    let mut attempt = given(&[Event::SpecLoadStarted]);
+    // When / then, step by step
+    let loaded = attempt.apply(&docker_loaded()).unwrap();
+    assert_eq!(loaded.effects, vec![Effect::RequestResources]);
+    assert_eq!(attempt.state().wire_state(), crate::WireState::Pending);
+    let granted = attempt.apply(&Event::ResourcesGranted).unwrap();
+    assert_eq!(granted.effects, vec![Effect::SpawnProcess]);
     let started = attempt.apply(&Event::ProcessStarted { pid: 9 }).unwrap();
     assert_eq!(started.effects, vec![Effect::ReportStarted]);
+    attempt.apply(&Event::StartedDelivered).unwrap();
     let done = attempt.apply(&exited(0)).unwrap();
-    assert_eq!(done.effects, vec![Effect::ReportComplete]);
+    assert_eq!(done.effects, vec![Effect::UploadLogs]);
+    let uploaded = attempt.apply(&Event::LogsUploaded).unwrap();
+    assert_eq!(uploaded.effects, vec![Effect::ReportComplete]);
+    assert_eq!(
+        attempt.apply(&Event::CompleteDelivered).unwrap(),
+        Applied {
+            effects: vec![],
+            absorbed: false
+        }
+    );
     assert_eq!(
         attempt.state(),
         JobState::Done {
             outcome: Outcome::Succeeded
+        }
+    );
+}
+
+#[test]
+fn a_failed_logs_upload_still_reports_and_keeps_the_outcome() {
+    let mut attempt = given(&[
+        Event::SpecLoadStarted,
+        docker_loaded(),
+        Event::ResourcesGranted,
+        Event::ProcessStarted { pid: 9 },
+        exited(2),
+    ]);
+    let failed = attempt
+        .apply(&Event::LogsUploadFailed {
+            message: "503".into(),
+        })
+        .unwrap();
+    assert_eq!(failed.effects, vec![Effect::ReportComplete]);
+    assert!(matches!(
+        attempt.state(),
+        JobState::Done {
+            outcome: Outcome::Failed { .. }
+        }
+    ));
+}
+
+#[test]
+fn a_job_too_big_for_the_worker_errors_insufficient_resources() {
+    let mut attempt = given(&[Event::SpecLoadStarted, docker_loaded()]);
+    attempt
+        .apply(&Event::ResourcesRefused {
+            message: "needs 8000 mcpu; the worker has 2000 mcpu in all".into(),
+        })
+        .unwrap();
+    assert_eq!(
+        attempt.state(),
+        JobState::Errored {
+            kind: ErrorKind::InsufficientResources,
+            message: "needs 8000 mcpu; the worker has 2000 mcpu in all".into()
+        }
+    );
+}
+
+#[test]
+fn spec_loaded_records_from_before_admission_still_parse() {
+    let old = r#"{"type":"spec_loaded","process":{"type":"docker"},"size_bytes":5}"#;
+    assert_eq!(
+        serde_json::from_str::<Event>(old).unwrap(),
+        Event::SpecLoaded {
+            process: ProcessKind::Docker,
+            size_bytes: 5,
+            unsupported: vec![],
+            cores_mcpu: 0,
+            memory_bytes: 0,
         }
     );
 }
@@ -287,6 +412,8 @@ fn unsupported_process_type_names_the_type() {
             process: ProcessKind::Other { name: "jvm".into() },
             size_bytes: 1,
             unsupported: vec![],
+            cores_mcpu: 0,
+            memory_bytes: 0,
         })
         .unwrap();
     match attempt.state() {
@@ -304,6 +431,7 @@ fn replay_rebuilds_the_same_state() {
         Event::Created { format_version: 7 },
         Event::SpecLoadStarted,
         docker_loaded(),
+        Event::ResourcesGranted,
         Event::ProcessStarted { pid: 3 },
         exited(3),
     ];

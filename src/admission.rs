@@ -1,0 +1,241 @@
+//! Resource admission: a job's process starts only once the worker's cores
+//! and memory it asks for (`resources.cores_mcpu`, `resources.memory_bytes`)
+//! are free.
+//!
+//! The queue is first come, first served: two fair tokio semaphores, one
+//! counting mcpu and one counting MiB of memory, acquired in that order by
+//! every job. A large job at the head of the queue is not overtaken by
+//! smaller ones behind it, so it cannot starve. A job that asks for more
+//! than the worker has in all is refused at once: it could never start.
+//! Dropping a pending [`Admission::request`] leaves the queue; dropping a
+//! [`Grant`] frees what it held.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// What the worker has to give out in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// CPU, in mcpu (1000 = one core).
+    pub cores_mcpu: u64,
+    /// Memory, in bytes.
+    pub memory_bytes: u64,
+}
+
+impl Capacity {
+    /// The machine's: its available parallelism (cgroup limits included) and
+    /// its total RAM (1 core and 1 GiB if either cannot be read).
+    pub fn of_machine() -> Capacity {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        let memory_bytes = nix::sys::sysinfo::sysinfo().map_or(1 << 30, |s| s.ram_total());
+        Capacity {
+            cores_mcpu: cores * 1000,
+            memory_bytes,
+        }
+    }
+
+    /// Plenty for any test job (1024 cores, 1 PiB): admission never waits.
+    pub fn unlimited() -> Capacity {
+        Capacity {
+            cores_mcpu: 1024 * 1000,
+            memory_bytes: 1 << 50,
+        }
+    }
+}
+
+/// One job's reservation (see [`Admission::request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// CPU, in mcpu.
+    pub cores_mcpu: u64,
+    /// Memory, in bytes.
+    pub memory_bytes: u64,
+}
+
+/// A request the worker can never satisfy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the job asks for {asked}; the worker has {has} in all")]
+pub struct Refused {
+    asked: String,
+    has: String,
+}
+
+/// Held while a job's process runs; dropping it frees the job's share.
+#[derive(Debug)]
+pub struct Grant {
+    _cpu: OwnedSemaphorePermit,
+    _memory: OwnedSemaphorePermit,
+}
+
+/// The worker's admission queue. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    capacity: Capacity,
+    cpu_mcpu: Arc<Semaphore>,
+    memory_mib: Arc<Semaphore>,
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Memory is counted in whole MiB (a semaphore holds at most `u32::MAX`
+/// permits); a request is rounded up.
+fn mib_up(bytes: u64) -> u64 {
+    bytes.div_ceil(MIB)
+}
+
+/// Semaphore permits for `n`, capped where a semaphore's count stops.
+fn permits(n: u64) -> u32 {
+    u32::try_from(n)
+        .unwrap_or(u32::MAX)
+        .min(Semaphore::MAX_PERMITS as u32)
+}
+
+impl Admission {
+    /// A queue giving out `capacity`.
+    pub fn new(capacity: Capacity) -> Admission {
+        Admission {
+            capacity,
+            cpu_mcpu: Arc::new(Semaphore::new(permits(capacity.cores_mcpu) as usize)),
+            memory_mib: Arc::new(Semaphore::new(permits(capacity.memory_bytes / MIB) as usize)),
+        }
+    }
+
+    /// What the worker gives out in all.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// Waits for `request`'s cores and memory, behind every earlier request.
+    ///
+    /// # Errors
+    /// [`Refused`] at once when `request` exceeds the worker's capacity.
+    pub async fn request(&self, request: Request) -> Result<Grant, Refused> {
+        let cpu = request.cores_mcpu;
+        let memory = mib_up(request.memory_bytes);
+        let cpu_fits = cpu <= self.capacity.cores_mcpu && cpu <= u64::from(permits(cpu));
+        let memory_fits = memory <= self.capacity.memory_bytes / MIB;
+        if !cpu_fits || !memory_fits {
+            return Err(Refused {
+                asked: format!(
+                    "{} mcpu and {} bytes of memory",
+                    request.cores_mcpu, request.memory_bytes
+                ),
+                has: format!(
+                    "{} mcpu and {} bytes",
+                    self.capacity.cores_mcpu, self.capacity.memory_bytes
+                ),
+            });
+        }
+        // The semaphores are never closed, so acquiring cannot fail.
+        let cpu = self
+            .cpu_mcpu
+            .clone()
+            .acquire_many_owned(permits(cpu))
+            .await
+            .expect("the cpu semaphore is never closed");
+        let memory = self
+            .memory_mib
+            .clone()
+            .acquire_many_owned(permits(memory))
+            .await
+            .expect("the memory semaphore is never closed");
+        Ok(Grant {
+            _cpu: cpu,
+            _memory: memory,
+        })
+    }
+
+    /// Free mcpu and MiB right now (for status and tests).
+    pub fn available(&self) -> (u64, u64) {
+        (
+            self.cpu_mcpu.available_permits() as u64,
+            self.memory_mib.available_permits() as u64,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_cores() -> Admission {
+        Admission::new(Capacity {
+            cores_mcpu: 2000,
+            memory_bytes: 4 << 30,
+        })
+    }
+
+    fn cores(mcpu: u64) -> Request {
+        Request {
+            cores_mcpu: mcpu,
+            memory_bytes: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_waits_until_earlier_jobs_free_their_cores() {
+        let admission = two_cores();
+        let first = admission.request(cores(1000)).await.unwrap();
+        let _second = admission.request(cores(1000)).await.unwrap();
+        let third = admission.request(cores(1000));
+        tokio::pin!(third);
+        assert!(futures::poll!(&mut third).is_pending(), "no core is free");
+        drop(first);
+        assert!(futures::poll!(&mut third).is_ready(), "a core was freed");
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_first_come_first_served() {
+        let admission = two_cores();
+        let held = admission.request(cores(1500)).await.unwrap();
+        let big = admission.request(cores(2000));
+        tokio::pin!(big);
+        assert!(futures::poll!(&mut big).is_pending());
+        // 500 mcpu are free, but the big job queued first.
+        let small = admission.request(cores(500));
+        tokio::pin!(small);
+        assert!(futures::poll!(&mut small).is_pending());
+        drop(held);
+        let big = big.await.unwrap();
+        assert!(futures::poll!(&mut small).is_pending());
+        drop(big);
+        small.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_job_larger_than_the_worker_is_refused_at_once() {
+        let admission = two_cores();
+        let err = admission.request(cores(2001)).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the job asks for 2001 mcpu and 0 bytes of memory; the worker has 2000 mcpu and 4294967296 bytes in all"
+        );
+        let memory = Request {
+            cores_mcpu: 0,
+            memory_bytes: (4 << 30) + 1,
+        };
+        assert!(admission.request(memory).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn memory_is_counted_in_whole_mib_and_a_cancelled_wait_frees_nothing() {
+        let admission = two_cores();
+        let half = Request {
+            cores_mcpu: 0,
+            memory_bytes: 2 << 30,
+        };
+        let a = admission.request(half).await.unwrap();
+        let b = admission.request(half).await.unwrap();
+        {
+            let c = admission.request(Request {
+                cores_mcpu: 0,
+                memory_bytes: 1,
+            });
+            tokio::pin!(c);
+            assert!(futures::poll!(&mut c).is_pending(), "1 byte is 1 MiB");
+        }
+        drop((a, b));
+        assert_eq!(admission.available(), (2000, 4096));
+    }
+}

@@ -1,0 +1,146 @@
+//! The logs store: where a finished attempt's `status.json` and main log go,
+//! so that the driver (and people) can read them after the worker is gone.
+//!
+//! Keys (source: DESIGN.md, "Status JSON", and issue 4):
+//! - `{root}/{batch_id}/{job_id}/{attempt_id}/status.json`
+//! - `{root}/{batch_id}/{job_id}/{attempt_id}/main/log`
+//!
+//! Each upload is retried with backoff and jitter within an overall
+//! deadline. The log is streamed from its file (never read whole into
+//! memory) through `object_store`'s buffered writer, which switches to a
+//! multipart upload for large logs.
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use batch_worker_model::JobKey;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::io::AsyncWriteExt;
+
+/// Attempts of one upload, the first included.
+pub const UPLOAD_ATTEMPTS: usize = 5;
+/// Overall deadline of an attempt's uploads, retries included.
+pub const UPLOAD_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Why an attempt's status or log is not in the logs store.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The store kept failing.
+    #[error("writing {key} failed: {source}")]
+    Store {
+        /// The object's key.
+        key: String,
+        /// The last error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// Reading the local log failed.
+    #[error("reading the main log failed: {0}")]
+    LocalLog(std::io::Error),
+    /// The deadline passed.
+    #[error("the uploads did not finish within {} s", UPLOAD_DEADLINE.as_secs())]
+    Timeout,
+}
+
+/// The logs store: an object store and the root its keys live under.
+#[derive(Debug, Clone)]
+pub struct LogsStore {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+}
+
+impl LogsStore {
+    /// Keys live under `root` in `store`.
+    pub fn new(store: Arc<dyn ObjectStore>, root: Path) -> LogsStore {
+        LogsStore { store, root }
+    }
+
+    /// The underlying store (tests read back what was written).
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    fn attempt_prefix(&self, key: &JobKey) -> Path {
+        self.root
+            .clone()
+            .join(key.batch_id.to_string())
+            .join(key.job_id.to_string())
+            .join(key.attempt_id.as_str())
+    }
+
+    /// `{root}/{batch_id}/{job_id}/{attempt_id}/status.json`.
+    pub fn status_key(&self, key: &JobKey) -> Path {
+        self.attempt_prefix(key).join("status.json")
+    }
+
+    /// `{root}/{batch_id}/{job_id}/{attempt_id}/{container}/log`.
+    pub fn log_key(&self, key: &JobKey, container: &str) -> Path {
+        self.attempt_prefix(key).join(container).join("log")
+    }
+
+    /// Writes `status_json` and, if `main_log` exists, the log, each retried
+    /// ([`UPLOAD_ATTEMPTS`]), all within [`UPLOAD_DEADLINE`].
+    ///
+    /// # Errors
+    /// [`UploadError`]: the first upload that could not be done.
+    pub async fn upload(
+        &self,
+        key: &JobKey,
+        status_json: Vec<u8>,
+        main_log: &FsPath,
+    ) -> Result<(), UploadError> {
+        let work = async {
+            let status_key = self.status_key(key);
+            let status = PutPayload::from(status_json);
+            (|| async { self.store.put(&status_key, status.clone()).await })
+                .retry(backoff())
+                .await
+                .map_err(|source| UploadError::Store {
+                    key: status_key.to_string(),
+                    source,
+                })?;
+            if tokio::fs::try_exists(main_log).await.unwrap_or(false) {
+                let log_key = self.log_key(key, "main");
+                (|| self.stream_file(main_log, &log_key))
+                    .retry(backoff())
+                    .when(|e| matches!(e, UploadError::Store { .. }))
+                    .await?;
+            }
+            Ok(())
+        };
+        tokio::time::timeout(UPLOAD_DEADLINE, work)
+            .await
+            .unwrap_or(Err(UploadError::Timeout))
+    }
+
+    async fn stream_file(&self, file: &FsPath, key: &Path) -> Result<(), UploadError> {
+        let mut source = tokio::fs::File::open(file)
+            .await
+            .map_err(UploadError::LocalLog)?;
+        let mut sink = BufWriter::new(self.store.clone(), key.clone());
+        let store_error = |e: std::io::Error| UploadError::Store {
+            key: key.to_string(),
+            source: object_store::Error::Generic {
+                store: "logs",
+                source: Box::new(e),
+            },
+        };
+        if let Err(e) = tokio::io::copy(&mut source, &mut sink).await {
+            let _ = sink.abort().await;
+            return Err(store_error(e));
+        }
+        sink.shutdown().await.map_err(store_error)
+    }
+}
+
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(UPLOAD_ATTEMPTS - 1)
+        .with_jitter()
+}

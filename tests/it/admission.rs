@@ -1,0 +1,121 @@
+//! Resource admission: jobs wait for cores and memory, first come first
+//! served; a job that can never fit errors `insufficient_resources`.
+
+use std::sync::Arc;
+
+use batch_worker::admission::Capacity;
+use batch_worker_model::{ErrorKind, Event, JobState, Outcome};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::{bunch, create_body, shell_spec, Harness, Options};
+
+async fn worker_with(capacity: Capacity) -> Harness {
+    let options = Options {
+        capacity,
+        ..Options::default()
+    };
+    Harness::start_with(
+        Arc::new(InMemory::new()),
+        Path::from("root"),
+        Default::default(),
+        options,
+    )
+    .await
+}
+
+const TWO_CORES: Capacity = Capacity {
+    cores_mcpu: 2000,
+    memory_bytes: 4 << 30,
+};
+
+#[tokio::test]
+async fn four_one_core_jobs_on_a_two_core_worker_run_at_most_two_at_a_time() {
+    let h = worker_with(TWO_CORES).await;
+    let specs: Vec<_> = (1..=4)
+        .map(|job_id| {
+            let mut spec = shell_spec(job_id, "sleep 0.3");
+            spec["resources"] = json!({"cores_mcpu": 1000, "memory_bytes": 1 << 30});
+            spec
+        })
+        .collect();
+    bunch(&h, 2, "four", &specs).await;
+    for job_id in 1..=4 {
+        assert_eq!(
+            h.create(&create_body(2, job_id, "four", 1)).await.0,
+            StatusCode::OK
+        );
+    }
+    for job_id in 1..=4 {
+        assert_eq!(
+            h.wait_final(2, job_id).await,
+            JobState::Done {
+                outcome: Outcome::Succeeded
+            }
+        );
+    }
+    h.worker.sync_journal().await;
+    // Walk the journal in sequence order (a total order of what happened):
+    // a process counts from `process_started` to `process_exited`.
+    let mut running = 0i32;
+    let mut most = 0;
+    let mut granted = 0;
+    for record in h.journal_records() {
+        match record.event {
+            Event::ResourcesGranted => granted += 1,
+            Event::ProcessStarted { .. } => {
+                running += 1;
+                most = most.max(running);
+            }
+            Event::ProcessExited { .. } => running -= 1,
+            _ => {}
+        }
+    }
+    eprintln!("most processes at once: {most}");
+    assert_eq!(granted, 4);
+    assert!(most <= 2, "{most} one-core jobs ran at once on two cores");
+    assert_eq!(most, 2, "two jobs do run side by side");
+    assert_eq!(h.worker.resources_available(), (2000, 4096));
+}
+
+#[tokio::test]
+async fn a_job_that_can_never_fit_errors_insufficient_resources() {
+    let h = worker_with(TWO_CORES).await;
+    let mut too_many_cores = shell_spec(1, "echo never");
+    too_many_cores["resources"]["cores_mcpu"] = json!(4000);
+    let mut too_much_memory = shell_spec(2, "echo never");
+    too_much_memory["resources"]["memory_bytes"] = json!(8u64 << 30);
+    let mut bad = shell_spec(3, "echo never");
+    bad["resources"]["cores_mcpu"] = json!("two");
+    bunch(&h, 3, "big", &[too_many_cores, too_much_memory, bad]).await;
+    for job_id in 1..=3 {
+        assert_eq!(
+            h.create(&create_body(3, job_id, "big", 1)).await.0,
+            StatusCode::OK,
+            "the create call does not depend on the spec"
+        );
+    }
+    for (job_id, needle) in [(1, "4000 mcpu"), (2, "8589934592 bytes")] {
+        let state = h.wait_final(3, job_id).await;
+        assert!(
+            matches!(&state, JobState::Errored { kind: ErrorKind::InsufficientResources, message }
+                if message.contains(needle) && message.contains("2000 mcpu")),
+            "job {job_id}: {state:?}"
+        );
+    }
+    let state = h.wait_final(3, 3).await;
+    assert!(
+        matches!(&state, JobState::Errored { kind: ErrorKind::SpecCorrupt, message }
+            if message.contains("resources.cores_mcpu")),
+        "{state:?}"
+    );
+    h.wait_reports(3).await;
+    assert!(h
+        .driver
+        .received()
+        .complete
+        .iter()
+        .all(|c| c.status.state == "error"));
+}

@@ -1,0 +1,104 @@
+//! Finished attempts' `status.json` and main log land in the logs store
+//! before `job_complete` is sent; a failing logs store changes no outcome.
+
+use std::sync::Arc;
+
+use batch_worker_model::{Event, ExitStatus, JobState, Outcome};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::support::{bunch, create_body, shell_spec, Harness, Options};
+
+#[tokio::test]
+async fn status_and_main_log_are_uploaded_before_job_complete() {
+    let h = Harness::in_memory().await;
+    bunch(
+        &h,
+        8,
+        "logs",
+        &[shell_spec(1, "echo hello from the job; exit 4")],
+    )
+    .await;
+    assert_eq!(
+        h.create(&create_body(8, 1, "logs", 1)).await.0,
+        StatusCode::OK
+    );
+    h.wait_event(8, 1, "complete_delivered").await;
+    let status: Value =
+        serde_json::from_slice(&h.logs_object("logs/8/1/a1/status.json").await.unwrap()).unwrap();
+    assert_eq!(status["state"], json!("failed"));
+    assert_eq!(status["batch_id"], json!(8));
+    assert_eq!(status["attempt_id"], json!("a1"));
+    assert_eq!(status["container_statuses"]["main"]["exit_code"], json!(4));
+    let log = h.logs_object("logs/8/1/a1/main/log").await.unwrap();
+    assert!(String::from_utf8_lossy(&log).contains("hello from the job"));
+    // The report follows the upload, in the journal's order.
+    h.worker.sync_journal().await;
+    let order: Vec<&'static str> = h
+        .journal_records()
+        .iter()
+        .filter(|r| r.key.job_id == 1)
+        .map(|r| r.event.name())
+        .filter(|n| *n == "logs_uploaded" || *n == "complete_delivered")
+        .collect();
+    assert_eq!(order, ["logs_uploaded", "complete_delivered"]);
+}
+
+#[tokio::test]
+async fn a_job_without_a_process_still_gets_its_status_json() {
+    let h = Harness::in_memory().await;
+    assert_eq!(
+        h.create(&create_body(8, 2, "nothing", 1)).await.0,
+        StatusCode::OK
+    );
+    h.wait_event(8, 2, "complete_delivered").await;
+    let status: Value =
+        serde_json::from_slice(&h.logs_object("logs/8/2/a2/status.json").await.unwrap()).unwrap();
+    assert_eq!(status["state"], json!("error"));
+    assert_eq!(status["error_kind"], json!("spec_missing"));
+    assert!(h.logs_object("logs/8/2/a2/main/log").await.is_none());
+}
+
+#[tokio::test]
+async fn a_failing_logs_store_changes_no_outcome() {
+    // A store rooted at a regular file: every write fails.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let options = Options {
+        logs: Arc::new(LocalFileSystem::new_with_prefix(&file).unwrap()),
+        ..Options::default()
+    };
+    let h = Harness::start_with(
+        Arc::new(InMemory::new()),
+        Path::from("root"),
+        Default::default(),
+        options,
+    )
+    .await;
+    bunch(&h, 9, "nolog", &[shell_spec(1, "echo hi; exit 3")]).await;
+    assert_eq!(
+        h.create(&create_body(9, 1, "nolog", 1)).await.0,
+        StatusCode::OK
+    );
+    h.wait_event(9, 1, "complete_delivered").await;
+    let exit3 = JobState::Done {
+        outcome: Outcome::Failed {
+            exit: ExitStatus::Code { code: 3 },
+        },
+    };
+    assert_eq!(h.worker.state_of(9, 1).unwrap(), exit3);
+    let events = h.worker.events(9, 1).unwrap();
+    let failure = events
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::LogsUploadFailed { message } => Some(message.clone()),
+            _ => None,
+        })
+        .expect("the failed upload is journaled");
+    assert!(failure.contains("status.json"), "{failure}");
+    assert_eq!(h.driver.received().complete[0].status.state, "failed");
+}
