@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use batch_worker_model::{Event, JobAttempt, JobKey, JobState};
+use batch_worker_model::{upcast, Event, JobAttempt, JobKey, JobState};
 use serde::Serialize;
 
 use crate::journal::{decode_prefix, JournalError, JournalRecord};
@@ -318,89 +318,92 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
             });
         }
         last_seq = Some(record.seq);
-        let key = &record.key;
-        let slot = (key.batch_id, key.job_id);
-        let Some((attempt, timeline)) = attempts.get_mut(key) else {
-            if !matches!(record.event, Event::Created { .. }) {
-                problems.push(Problem::FirstEventNotCreated {
-                    seq: record.seq,
+        // Older records mean what `upcast` says in today's events.
+        for event in upcast(record.event_version, record.event.clone()) {
+            let key = &record.key;
+            let slot = (key.batch_id, key.job_id);
+            let Some((attempt, timeline)) = attempts.get_mut(key) else {
+                if !matches!(event, Event::Created { .. }) {
+                    problems.push(Problem::FirstEventNotCreated {
+                        seq: record.seq,
+                        key: key.clone(),
+                        event: event.name(),
+                    });
+                    continue;
+                }
+                if let Some(other) = live.get(&slot) {
+                    problems.push(Problem::TwoLiveAttempts {
+                        seq: record.seq,
+                        batch_id: key.batch_id,
+                        job_id: key.job_id,
+                        attempts: [other.clone(), key.attempt_id.clone()],
+                    });
+                }
+                let (attempt, _) = JobAttempt::accept();
+                live.insert(slot, key.attempt_id.clone());
+                started_at.insert(key.clone(), (record.time_ms, None));
+                let state = attempt.state();
+                let timeline = Timeline {
                     key: key.clone(),
-                    event: record.event.name(),
-                });
+                    steps: vec![Step {
+                        seq: record.seq,
+                        time_ms: record.time_ms,
+                        since_prev_ms: None,
+                        event: event.clone(),
+                        state_after: state.clone(),
+                    }],
+                    final_state: state,
+                };
+                attempts.insert(key.clone(), (attempt, timeline));
                 continue;
-            }
-            if let Some(other) = live.get(&slot) {
-                problems.push(Problem::TwoLiveAttempts {
-                    seq: record.seq,
-                    batch_id: key.batch_id,
-                    job_id: key.job_id,
-                    attempts: [other.clone(), key.attempt_id.clone()],
-                });
-            }
-            let (attempt, _) = JobAttempt::accept();
-            live.insert(slot, key.attempt_id.clone());
-            started_at.insert(key.clone(), (record.time_ms, None));
-            let state = attempt.state();
-            let timeline = Timeline {
-                key: key.clone(),
-                steps: vec![Step {
-                    seq: record.seq,
-                    time_ms: record.time_ms,
-                    since_prev_ms: None,
-                    event: record.event.clone(),
-                    state_after: state.clone(),
-                }],
-                final_state: state,
             };
-            attempts.insert(key.clone(), (attempt, timeline));
-            continue;
-        };
-        match attempt.apply(&record.event) {
-            Ok(applied) if applied.absorbed => {
-                problems.push(Problem::EventAfterTerminal {
-                    seq: record.seq,
-                    key: key.clone(),
-                    event: record.event.name(),
-                });
-                continue;
-            }
-            Ok(_) => {}
-            Err(illegal) => {
-                problems.push(Problem::IllegalTransition {
-                    seq: record.seq,
-                    key: key.clone(),
-                    state: illegal.state,
-                    event: illegal.event,
-                });
-                continue;
-            }
-        }
-        let state = attempt.state();
-        let times = started_at
-            .entry(key.clone())
-            .or_insert((record.time_ms, None));
-        match &record.event {
-            Event::ProcessStarted { .. } => accepted_to_running.push(record.time_ms - times.0),
-            Event::SpecLoadStarted => times.1 = Some(record.time_ms),
-            Event::SpecLoaded { .. } | Event::SpecLoadFailed { .. } => {
-                if let Some(began) = times.1 {
-                    spec_load.push(record.time_ms - began);
+            match attempt.apply(&event) {
+                Ok(applied) if applied.absorbed => {
+                    problems.push(Problem::EventAfterTerminal {
+                        seq: record.seq,
+                        key: key.clone(),
+                        event: event.name(),
+                    });
+                    continue;
+                }
+                Ok(_) => {}
+                Err(illegal) => {
+                    problems.push(Problem::IllegalTransition {
+                        seq: record.seq,
+                        key: key.clone(),
+                        state: illegal.state,
+                        event: illegal.event,
+                    });
+                    continue;
                 }
             }
-            _ => {}
+            let state = attempt.state();
+            let times = started_at
+                .entry(key.clone())
+                .or_insert((record.time_ms, None));
+            match &event {
+                Event::ProcessStarted { .. } => accepted_to_running.push(record.time_ms - times.0),
+                Event::SpecLoadStarted => times.1 = Some(record.time_ms),
+                Event::SpecLoaded { .. } | Event::SpecLoadFailed { .. } => {
+                    if let Some(began) = times.1 {
+                        spec_load.push(record.time_ms - began);
+                    }
+                }
+                _ => {}
+            }
+            if state.is_terminal() && live.get(&slot) == Some(&key.attempt_id) {
+                live.remove(&slot);
+            }
+            let previous = timeline.steps.last().map(|s| s.time_ms);
+            timeline.steps.push(Step {
+                seq: record.seq,
+                time_ms: record.time_ms,
+                since_prev_ms: previous.map(|p| record.time_ms - p),
+                event: event.clone(),
+                state_after: state.clone(),
+            });
+            timeline.final_state = state;
         }
-        if state.is_terminal() && live.get(&slot) == Some(&key.attempt_id) {
-            live.remove(&slot);
-        }
-        let previous = timeline.steps.last().map(|s| s.time_ms);
-        timeline.steps.push(Step {
-            seq: record.seq,
-            time_ms: record.time_ms,
-            since_prev_ms: previous.map(|p| record.time_ms - p),
-            event: record.event.clone(),
-            state_after: state.clone(),
-        });
-        timeline.final_state = state;
     }
     let mut by_state = BTreeMap::new();
     let mut by_error_kind = BTreeMap::new();

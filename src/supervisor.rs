@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use batch_worker_model::{
-    Effect, ErrorKind, Event, ExitStatus, JobAttempt, JobKey, JobState, Outcome, RunPhase,
+    upcast, Effect, ErrorKind, Event, ExitStatus, JobAttempt, JobKey, JobState, Outcome, RunPhase,
     WireState, EVENT_VERSION,
 };
 use futures::FutureExt;
@@ -577,54 +577,62 @@ impl Worker {
         let restored = {
             let mut jobs = self.jobs();
             for record in records {
-                let key = &record.key;
-                let slot = (key.batch_id, key.job_id);
-                if let Event::Created { format_version } = record.event {
-                    let info = record.attempt.clone().unwrap_or(AttemptInfo {
-                        user: String::new(),
-                        job_group_id: 0,
-                        secret_names: Vec::new(),
-                    });
-                    let summary = AttemptSummary {
-                        user: info.user,
-                        format_version,
-                        job_group_id: info.job_group_id,
-                        secret_names: info.secret_names,
-                    };
-                    let (attempt, _) = JobAttempt::accept();
-                    let entry =
-                        JobEntry::new(key.clone(), attempt, summary, record.time_ms, record.seq);
-                    jobs.insert(slot, entry);
-                } else if let Some(entry) = jobs.get_mut(&slot).filter(|e| e.key == *key) {
-                    match entry.attempt.apply(&record.event) {
-                        Ok(applied) if !applied.absorbed => {
-                            let state = entry.attempt.state();
-                            match &record.event {
-                                Event::ProcessStarted { .. } => {
-                                    entry.started_at_ms = Some(record.time_ms)
+                // Older records mean what `upcast` says in today's events.
+                for event in upcast(record.event_version, record.event.clone()) {
+                    let key = &record.key;
+                    let slot = (key.batch_id, key.job_id);
+                    if let Event::Created { format_version } = event {
+                        let info = record.attempt.clone().unwrap_or(AttemptInfo {
+                            user: String::new(),
+                            job_group_id: 0,
+                            secret_names: Vec::new(),
+                        });
+                        let summary = AttemptSummary {
+                            user: info.user,
+                            format_version,
+                            job_group_id: info.job_group_id,
+                            secret_names: info.secret_names,
+                        };
+                        let (attempt, _) = JobAttempt::accept();
+                        let entry = JobEntry::new(
+                            key.clone(),
+                            attempt,
+                            summary,
+                            record.time_ms,
+                            record.seq,
+                        );
+                        jobs.insert(slot, entry);
+                    } else if let Some(entry) = jobs.get_mut(&slot).filter(|e| e.key == *key) {
+                        match entry.attempt.apply(&event) {
+                            Ok(applied) if !applied.absorbed => {
+                                let state = entry.attempt.state();
+                                match &event {
+                                    Event::ProcessStarted { .. } => {
+                                        entry.started_at_ms = Some(record.time_ms)
+                                    }
+                                    Event::ProcessExited { duration_ms, .. } => {
+                                        entry.exit_duration_ms = Some(*duration_ms)
+                                    }
+                                    _ => {}
                                 }
-                                Event::ProcessExited { duration_ms, .. } => {
-                                    entry.exit_duration_ms = Some(*duration_ms)
+                                if state.is_terminal() {
+                                    entry.ended_at_ms = Some(record.time_ms);
                                 }
-                                _ => {}
+                                entry.history.push(EventRecord {
+                                    seq: record.seq,
+                                    time_ms: record.time_ms,
+                                    event: event.clone(),
+                                    state_after: state.name(),
+                                });
                             }
-                            if state.is_terminal() {
-                                entry.ended_at_ms = Some(record.time_ms);
+                            Ok(_) => {}
+                            Err(illegal) => {
+                                tracing::warn!(%key, seq = record.seq, error = %illegal, "journal record skipped at recovery")
                             }
-                            entry.history.push(EventRecord {
-                                seq: record.seq,
-                                time_ms: record.time_ms,
-                                event: record.event.clone(),
-                                state_after: state.name(),
-                            });
                         }
-                        Ok(_) => {}
-                        Err(illegal) => {
-                            tracing::warn!(%key, seq = record.seq, error = %illegal, "journal record skipped at recovery")
-                        }
+                    } else {
+                        tracing::warn!(%key, seq = record.seq, "journal record for an unknown attempt skipped at recovery");
                     }
-                } else {
-                    tracing::warn!(%key, seq = record.seq, "journal record for an unknown attempt skipped at recovery");
                 }
                 jobs.next_seq = jobs.next_seq.max(record.seq + 1);
             }
@@ -791,6 +799,9 @@ impl Worker {
                         },
                     },
                 )),
+                // Acknowledged already (a journal from before logs uploads
+                // existed, uploaded again after a restart): not again.
+                Effect::ReportComplete if entry.has(&Event::CompleteDelivered) => {}
                 Effect::ReportComplete => work.push(Work::ReportComplete(
                     entry.key.clone(),
                     complete_status(entry),

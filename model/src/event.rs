@@ -10,8 +10,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::ErrorKind;
 
-/// Version of the serialised shape of [`Event`]; journal records carry it.
-pub const EVENT_VERSION: u32 = 1;
+/// Version of the serialised shape and meaning of [`Event`]; journal
+/// records carry it. Version 2 added resource admission (`resources_granted`
+/// between `spec_loaded` and the spawn) and the delivery events; read older
+/// records through [`upcast`].
+pub const EVENT_VERSION: u32 = 2;
+
+/// The events of the current [`EVENT_VERSION`] that one event recorded
+/// under `event_version` stands for.
+///
+/// Version 1 had no resource admission: a `spec_loaded` of a runnable
+/// (`docker`, nothing unsupported) spec was followed at once by the spawn,
+/// so it becomes `spec_loaded` then `resources_granted`. Every other event
+/// means the same in both versions.
+pub fn upcast(event_version: u32, event: Event) -> Vec<Event> {
+    let runnable = matches!(
+        &event,
+        Event::SpecLoaded {
+            process: ProcessKind::Docker,
+            unsupported,
+            ..
+        } if unsupported.is_empty()
+    );
+    if event_version < 2 && runnable {
+        vec![event, Event::ResourcesGranted]
+    } else {
+        vec![event]
+    }
+}
 
 /// One fact about one job attempt.
 ///

@@ -29,7 +29,7 @@ pub mod machine;
 pub mod state;
 
 pub use effect::Effect;
-pub use event::{Event, ExitStatus, ProcessKind, EVENT_VERSION};
+pub use event::{upcast, Event, ExitStatus, ProcessKind, EVENT_VERSION};
 pub use key::JobKey;
 pub use machine::{Applied, IllegalTransition, JobAttempt};
 pub use state::{ErrorKind, JobState, Outcome, RunPhase, WireState};

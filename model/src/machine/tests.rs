@@ -482,3 +482,29 @@ fn events_and_states_round_trip_through_json() {
         r#"{"type":"spec_load_failed","kind":"spec_missing","message":"m"}"#
     );
 }
+
+#[test]
+fn version_1_histories_replay_through_upcast() {
+    // Given a version-1 history: the spawn followed spec_loaded at once
+    let v1 = [
+        Event::SpecLoadStarted,
+        docker_loaded(),
+        Event::ProcessStarted { pid: 3 },
+        exited(0),
+    ];
+    // When it is upcast and replayed
+    let mut attempt = given(&[]);
+    for event in v1 {
+        for event in crate::upcast(1, event) {
+            attempt.apply(&event).unwrap();
+        }
+    }
+    // Then it reaches the same end
+    assert_eq!(
+        attempt.state(),
+        JobState::Done {
+            outcome: Outcome::Succeeded
+        }
+    );
+    assert_eq!(crate::upcast(2, docker_loaded()), vec![docker_loaded()]);
+}
