@@ -115,8 +115,13 @@ pub struct DemoReport {
     pub complete_received: usize,
     /// `job_complete` bodies for an attempt already reported.
     pub complete_duplicates: usize,
-    /// Driver calls without `X-Hail-Instance-Name`.
+    /// Driver calls without `X-Hail-Instance-Name`, or whose
+    /// `X-Hail-Instance-Token` was not the one activation handed out.
     pub missing_instance_header: usize,
+    /// `status.json` objects in the logs store (one per attempt expected).
+    pub status_files: usize,
+    /// Main logs in the logs store (one per started process).
+    pub log_files: usize,
     /// Bunches written.
     pub bunches: usize,
     /// Added blob latency, in ms.
@@ -137,6 +142,24 @@ struct PlannedJob {
     job_id: i64,
     kind: Kind,
     body: Value,
+}
+
+/// Files named `name` anywhere under `dir`.
+fn count_files(dir: &std::path::Path, name: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                count_files(&path, name)
+            } else {
+                usize::from(entry.file_name() == name)
+            }
+        })
+        .sum()
 }
 
 /// Runs the demo.
@@ -321,7 +344,9 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         started_received: received.started.len(),
         complete_received: received.complete.len(),
         complete_duplicates,
-        missing_instance_header: received.missing_instance_header,
+        missing_instance_header: received.missing_instance_header + received.wrong_token,
+        status_files: count_files(&data_dir.join("logs"), "status.json"),
+        log_files: count_files(&data_dir.join("logs"), "log"),
         bunches,
         blob_latency_ms: args.blob_latency_ms,
         elapsed_ms: began.elapsed().as_millis() as u64,
@@ -582,6 +607,7 @@ impl DemoReport {
             && self.creates.ok == self.creates.sent
             && self.missing_instance_header == 0
             && self.journal_problems.is_empty()
+            && self.status_files == self.jobs.len()
     }
 
     /// The report as the demo prints it.
@@ -658,6 +684,20 @@ impl DemoReport {
             out,
             "driver received: {} job_started, {} job_complete ({} duplicates)",
             self.started_received, self.complete_received, self.complete_duplicates
+        );
+        let _ = writeln!(
+            out,
+            "logs store: {} status.json, {} main logs{}",
+            self.status_files,
+            self.log_files,
+            if self.missing_instance_header > 0 {
+                format!(
+                    "; {} driver calls without the instance headers",
+                    self.missing_instance_header
+                )
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             out,
