@@ -308,7 +308,8 @@ struct Inner {
     admission: Admission,
     /// False until the driver activated the worker (true without a driver).
     activated: AtomicBool,
-    /// Report tasks (job_started, job_complete) not finished.
+    /// Report tasks (job_started, job_complete) and the logs uploads that
+    /// precede job_complete, not finished.
     reports_pending: watch::Sender<usize>,
 }
 
@@ -832,8 +833,11 @@ impl Worker {
                     tokio::spawn(self.clone().run_process(key, spec, kill, grant));
                 }
                 Work::UploadLogs(key, status, log) => {
+                    // Counted with the reports: the job_complete follows it.
+                    let pending = PendingReport::new(&self.inner.reports_pending);
                     let worker = self.clone();
                     tokio::spawn(async move {
+                        let _pending = pending;
                         let started = std::time::Instant::now();
                         let uploaded = worker.inner.config.logs.upload(&key, status, &log).await;
                         let duration_ms = started.elapsed().as_millis() as u64;
@@ -1215,7 +1219,8 @@ impl Worker {
         self.inner.activated.load(Ordering::SeqCst)
     }
 
-    /// Report tasks (`job_started`, `job_complete`) not yet finished.
+    /// Report tasks (`job_started`, `job_complete`) and logs uploads (each
+    /// followed by a `job_complete`) not yet finished.
     pub fn reports_pending(&self) -> usize {
         *self.inner.reports_pending.borrow()
     }
@@ -1231,9 +1236,19 @@ impl Worker {
     pub async fn drain_reports(&self) -> usize {
         let mut pending = self.inner.reports_pending.subscribe();
         let limit = self.inner.config.report_drain;
-        let drained = tokio::time::timeout(limit, pending.wait_for(|n| *n == 0))
-            .await
-            .is_ok();
+        let drained = tokio::time::timeout(limit, async {
+            loop {
+                let _ = pending.wait_for(|n| *n == 0).await;
+                // A finished upload's `job_complete` starts once its record
+                // is written: after the barrier, 0 means none is coming.
+                self.sync_journal().await;
+                if *pending.borrow() == 0 {
+                    break;
+                }
+            }
+        })
+        .await
+        .is_ok();
         let left = *pending.borrow();
         if !drained {
             tracing::warn!(
