@@ -1,12 +1,8 @@
 //! Resource admission: jobs wait for cores and memory, first come first
 //! served; a job that can never fit errors `insufficient_resources`.
 
-use std::sync::Arc;
-
 use batch_worker::admission::Capacity;
 use batch_worker_model::{ErrorKind, Event, JobState, Outcome};
-use object_store::memory::InMemory;
-use object_store::path::Path;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -17,13 +13,7 @@ async fn worker_with(capacity: Capacity) -> Harness {
         capacity,
         ..Options::default()
     };
-    Harness::start_with(
-        Arc::new(InMemory::new()),
-        Path::from("root"),
-        Default::default(),
-        options,
-    )
-    .await
+    Harness::with_options(options).await
 }
 
 const TWO_CORES: Capacity = Capacity {
@@ -43,10 +33,7 @@ async fn four_one_core_jobs_on_a_two_core_worker_run_at_most_two_at_a_time() {
         .collect();
     bunch(&h, 2, "four", &specs).await;
     for job_id in 1..=4 {
-        assert_eq!(
-            h.create(&create_body(2, job_id, "four", 1)).await.0,
-            StatusCode::OK
-        );
+        h.accept(2, job_id, "four").await;
     }
     for job_id in 1..=4 {
         assert_eq!(

@@ -65,10 +65,7 @@ async fn cancel_while_accepted_or_loading_spec_aborts_the_blob_read() {
 async fn cancel_right_after_create_ends_the_attempt_whatever_its_state() {
     let h = Harness::in_memory().await;
     bunch(&h, 4, "soon", &[shell_spec(1, "sleep 30")]).await;
-    assert_eq!(
-        h.create(&create_body(4, 1, "soon", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(4, 1, "soon").await;
     // Accepted, loading, waiting or starting: whichever it is, a cancel
     // ends it without a report.
     assert_eq!(h.cancel(4, 1).await.0, StatusCode::OK);
@@ -86,13 +83,7 @@ async fn cancel_while_waiting_for_resources_leaves_the_queue() {
         },
         ..Options::default()
     };
-    let h = Harness::start_with(
-        Arc::new(InMemory::new()),
-        Path::from("root"),
-        Default::default(),
-        options,
-    )
-    .await;
+    let h = Harness::with_options(options).await;
     let one_core = |job_id, script| {
         let mut spec = shell_spec(job_id, script);
         spec["resources"]["cores_mcpu"] = json!(1000);
@@ -110,29 +101,9 @@ async fn cancel_while_waiting_for_resources_leaves_the_queue() {
     )
     .await;
     // Given job 1 holding the only core and job 2 queued behind it
-    assert_eq!(
-        h.create(&create_body(5, 1, "queue", 1)).await.0,
-        StatusCode::OK
-    );
-    let JobState::Running {
-        phase: RunPhase::Executing { pid },
-    } = h
-        .wait_for(5, 1, |s| {
-            matches!(
-                s,
-                JobState::Running {
-                    phase: RunPhase::Executing { .. }
-                }
-            )
-        })
-        .await
-    else {
-        unreachable!()
-    };
-    assert_eq!(
-        h.create(&create_body(5, 2, "queue", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(5, 1, "queue").await;
+    let pid = h.wait_executing(5, 1).await;
+    h.accept(5, 2, "queue").await;
     h.wait_for(5, 2, |s| {
         *s == JobState::Running {
             phase: RunPhase::WaitingForResources,
@@ -160,10 +131,7 @@ async fn cancel_while_waiting_for_resources_leaves_the_queue() {
     assert_eq!(h.cancel(5, 1).await.0, StatusCode::OK);
     assert_eq!(h.wait_final(5, 1).await, CANCELLED);
     wait_group_gone(pid).await;
-    assert_eq!(
-        h.create(&create_body(5, 3, "queue", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(5, 3, "queue").await;
     assert_eq!(
         h.wait_final(5, 3).await,
         JobState::Done {
@@ -187,25 +155,8 @@ async fn cancel_while_running_sigkills_a_group_that_ignores_sigterm() {
         &[shell_spec(1, "trap '' TERM; sleep 30 & sleep 30; wait")],
     )
     .await;
-    assert_eq!(
-        h.create(&create_body(6, 1, "stubborn", 1)).await.0,
-        StatusCode::OK
-    );
-    let JobState::Running {
-        phase: RunPhase::Executing { pid },
-    } = h
-        .wait_for(6, 1, |s| {
-            matches!(
-                s,
-                JobState::Running {
-                    phase: RunPhase::Executing { .. }
-                }
-            )
-        })
-        .await
-    else {
-        unreachable!()
-    };
+    h.accept(6, 1, "stubborn").await;
+    let pid = h.wait_executing(6, 1).await;
     h.wait_event(6, 1, "started_delivered").await;
     assert_eq!(h.cancel(6, 1).await.0, StatusCode::OK);
     assert_eq!(h.wait_final(6, 1).await, CANCELLED);

@@ -31,10 +31,7 @@ async fn the_journal_stays_small_and_forgets_only_what_is_reported_and_expired()
         .collect();
     h.writer.write_bunch(3, "all", &specs).await.unwrap();
     for job_id in 1..=jobs {
-        assert_eq!(
-            h.create(&create_body(3, job_id, "all", 1)).await.0,
-            StatusCode::OK
-        );
+        h.accept(3, job_id, "all").await;
     }
     // Every job ends and its job_complete is acknowledged.
     tokio::time::timeout(HANG_GUARD, async {
@@ -59,10 +56,7 @@ async fn the_journal_stays_small_and_forgets_only_what_is_reported_and_expired()
     // earlier attempt is reported and (retention 0) expired.
     let more: Vec<Vec<u8>> = vec![serde_json::to_vec(&shell_spec(1, "true")).unwrap()];
     h.writer.write_bunch(4, "more", &more).await.unwrap();
-    assert_eq!(
-        h.create(&create_body(4, 1, "more", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(4, 1, "more").await;
     h.wait_final(4, 1).await;
     h.worker.sync_journal().await;
     let forgotten = (1..=jobs)

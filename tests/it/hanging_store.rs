@@ -69,10 +69,7 @@ async fn creates_answer_while_blob_reads_hang_and_cancel_ends_the_loads() {
 async fn a_store_that_panics_errors_the_job_instead_of_stranding_it() {
     let store = Arc::new(TestStore::new(Arc::new(InMemory::new()), OnRead::Panic));
     let h = Harness::start(store, Path::from("root"), Default::default()).await;
-    assert_eq!(
-        h.create(&create_body(5, 1, "boom", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(5, 1, "boom").await;
     let state = h.wait_final(5, 1).await;
     assert!(
         matches!(&state, JobState::Errored { kind: ErrorKind::SpecUnavailable, message } if message.contains("panics on read")),

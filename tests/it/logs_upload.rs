@@ -5,12 +5,9 @@ use std::sync::Arc;
 
 use batch_worker_model::{Event, ExitStatus, JobState, Outcome};
 use object_store::local::LocalFileSystem;
-use object_store::memory::InMemory;
-use object_store::path::Path;
-use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{bunch, create_body, shell_spec, Harness, Options};
+use crate::support::{bunch, shell_spec, Harness, Options};
 
 #[tokio::test]
 async fn status_and_main_log_are_uploaded_before_job_complete() {
@@ -22,10 +19,7 @@ async fn status_and_main_log_are_uploaded_before_job_complete() {
         &[shell_spec(1, "echo hello from the job; exit 4")],
     )
     .await;
-    assert_eq!(
-        h.create(&create_body(8, 1, "logs", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(8, 1, "logs").await;
     h.wait_event(8, 1, "complete_delivered").await;
     let status: Value =
         serde_json::from_slice(&h.logs_object("logs/8/1/a1/status.json").await.unwrap()).unwrap();
@@ -50,10 +44,7 @@ async fn status_and_main_log_are_uploaded_before_job_complete() {
 #[tokio::test]
 async fn a_job_without_a_process_still_gets_its_status_json() {
     let h = Harness::in_memory().await;
-    assert_eq!(
-        h.create(&create_body(8, 2, "nothing", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(8, 2, "nothing").await;
     h.wait_event(8, 2, "complete_delivered").await;
     let status: Value =
         serde_json::from_slice(&h.logs_object("logs/8/2/a2/status.json").await.unwrap()).unwrap();
@@ -72,18 +63,9 @@ async fn a_failing_logs_store_changes_no_outcome() {
         logs: Arc::new(LocalFileSystem::new_with_prefix(&file).unwrap()),
         ..Options::default()
     };
-    let h = Harness::start_with(
-        Arc::new(InMemory::new()),
-        Path::from("root"),
-        Default::default(),
-        options,
-    )
-    .await;
+    let h = Harness::with_options(options).await;
     bunch(&h, 9, "nolog", &[shell_spec(1, "echo hi; exit 3")]).await;
-    assert_eq!(
-        h.create(&create_body(9, 1, "nolog", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(9, 1, "nolog").await;
     h.wait_event(9, 1, "complete_delivered").await;
     let exit3 = JobState::Done {
         outcome: Outcome::Failed {

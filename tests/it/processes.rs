@@ -34,10 +34,7 @@ async fn exit_codes_end_succeeded_or_failed_and_status_agrees_with_the_driver() 
     )
     .await;
     for job_id in [1, 2] {
-        assert_eq!(
-            h.create(&create_body(2, job_id, "exits", 1)).await.0,
-            StatusCode::OK
-        );
+        h.accept(2, job_id, "exits").await;
     }
     assert_eq!(
         h.wait_final(2, 1).await,
@@ -107,10 +104,7 @@ async fn a_timeout_fails_the_job_with_no_exit_code() {
     let mut spec = shell_spec(1, "sleep 30");
     spec["timeout"] = json!(0.3);
     bunch(&h, 4, "slow", &[spec]).await;
-    assert_eq!(
-        h.create(&create_body(4, 1, "slow", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(4, 1, "slow").await;
     assert_eq!(
         h.wait_final(4, 1).await,
         JobState::Done {
@@ -130,10 +124,7 @@ async fn cancel_while_running_ends_the_process_group_and_is_not_reported() {
     let h = Harness::in_memory().await;
     // The shell starts a child; both must end.
     bunch(&h, 6, "long", &[shell_spec(1, "sleep 30 & sleep 30; wait")]).await;
-    assert_eq!(
-        h.create(&create_body(6, 1, "long", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(6, 1, "long").await;
     let running = h
         .wait_for(6, 1, |s| {
             matches!(
@@ -172,10 +163,7 @@ async fn launch_failures_and_inline_specs() {
     let mut missing_program = shell_spec(1, "");
     missing_program["process"]["command"] = json!(["/no/such/program"]);
     bunch(&h, 8, "launch", &[missing_program]).await;
-    assert_eq!(
-        h.create(&create_body(8, 1, "launch", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(8, 1, "launch").await;
     let state = h.wait_final(8, 1).await;
     assert!(
         matches!(&state, JobState::Errored { kind: ErrorKind::LaunchFailed, message } if message.contains("/no/such/program")),
@@ -221,25 +209,8 @@ fn shutdown_ends_running_jobs_before_serve_returns() {
             &[shell_spec(1, "trap '' TERM; sleep 30 & sleep 30; wait")],
         )
         .await;
-        assert_eq!(
-            h.create(&create_body(7, 1, "long", 1)).await.0,
-            StatusCode::OK
-        );
-        let JobState::Running {
-            phase: RunPhase::Executing { pid },
-        } = h
-            .wait_for(7, 1, |s| {
-                matches!(
-                    s,
-                    JobState::Running {
-                        phase: RunPhase::Executing { .. }
-                    }
-                )
-            })
-            .await
-        else {
-            unreachable!()
-        };
+        h.accept(7, 1, "long").await;
+        let pid = h.wait_executing(7, 1).await;
         h.shutdown().await;
         (pid, h.driver.received().complete.len())
     });

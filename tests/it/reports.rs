@@ -2,15 +2,12 @@
 //! slow driver and a driver restart; stopped by a 404; bounded in flight;
 //! `marked_job_started` truthful.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use batch_worker::demo::driver::EmbeddedDriver;
 use batch_worker::driver_client::{DriverClient, ReportError, ReportRetry};
 use batch_worker::wire::{JobCompleteBody, JobCompleteStatus};
 use batch_worker_model::JobState;
-use object_store::memory::InMemory;
-use object_store::path::Path;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -21,10 +18,7 @@ async fn job_complete_is_retried_until_the_driver_takes_it() {
     let h = Harness::in_memory().await;
     h.driver.refuse_next(3, StatusCode::SERVICE_UNAVAILABLE);
     // A missing spec: no process, so the only report is job_complete.
-    assert_eq!(
-        h.create(&create_body(1, 1, "gone", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(1, 1, "gone").await;
     assert!(matches!(h.wait_final(1, 1).await, JobState::Errored { .. }));
     h.wait_reports(1).await;
     let received = h.driver.received();
@@ -87,10 +81,7 @@ async fn every_terminal_job_is_reported_through_a_failing_slow_and_restarting_dr
     h.driver.stop();
     for job_id in 1..=6 {
         // Jobs 4..=6 are past the bunch: spec_corrupt.
-        assert_eq!(
-            h.create(&create_body(4, job_id, "mixed", 1)).await.0,
-            StatusCode::OK
-        );
+        h.accept(4, job_id, "mixed").await;
     }
     for job_id in 1..=6 {
         h.wait_final(4, job_id).await;
@@ -138,10 +129,7 @@ async fn every_terminal_job_is_reported_through_a_failing_slow_and_restarting_dr
 async fn marked_job_started_is_true_once_job_started_was_acknowledged() {
     let h = Harness::in_memory().await;
     bunch(&h, 5, "started", &[shell_spec(1, "sleep 0.2")]).await;
-    assert_eq!(
-        h.create(&create_body(5, 1, "started", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(5, 1, "started").await;
     h.wait_event(5, 1, "complete_delivered").await;
     let received = h.driver.received();
     assert_eq!(received.started.len(), 1);
@@ -167,20 +155,11 @@ async fn reports_go_out_concurrently_but_never_more_than_the_bound() {
         report_concurrency: 3,
         ..Options::default()
     };
-    let h = Harness::start_with(
-        Arc::new(InMemory::new()),
-        Path::from("root"),
-        Default::default(),
-        options,
-    )
-    .await;
+    let h = Harness::with_options(options).await;
     h.driver.set_delay(Duration::from_millis(150));
     // Twelve jobs without a spec: twelve job_complete calls at once.
     for job_id in 1..=12 {
-        assert_eq!(
-            h.create(&create_body(6, job_id, "none", 1)).await.0,
-            StatusCode::OK
-        );
+        h.accept(6, job_id, "none").await;
     }
     h.wait_reports(12).await;
     let received = h.driver.received();
@@ -195,13 +174,7 @@ async fn creates_get_503_until_the_worker_is_activated() {
         activate: false,
         ..Options::default()
     };
-    let h = Harness::start_with(
-        Arc::new(InMemory::new()),
-        Path::from("root"),
-        Default::default(),
-        options,
-    )
-    .await;
+    let h = Harness::with_options(options).await;
     let (status, answer) = h.create(&create_body(7, 1, "t", 1)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(

@@ -42,10 +42,7 @@ async fn transient_errors_within_the_attempts_are_retried_to_success() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        h.create(&create_body(1, 1, "flaky", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(1, 1, "flaky").await;
     assert_eq!(
         h.wait_final(1, 1).await,
         JobState::Done {
@@ -64,10 +61,7 @@ async fn errors_outlasting_the_attempts_end_spec_unavailable() {
         OnRead::FailFirst(usize::MAX),
     ));
     let h = Harness::start(store.clone(), Path::from("r"), fast_retries(3)).await;
-    assert_eq!(
-        h.create(&create_body(1, 1, "down", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(1, 1, "down").await;
     let (kind, message) = errored_kind(&h, 1, 1).await;
     assert_eq!(kind, ErrorKind::SpecUnavailable);
     assert!(message.contains("after 3 attempts"), "{message}");
@@ -85,10 +79,7 @@ async fn a_load_past_its_deadline_ends_spec_timeout() {
         ..SpecLoadConfig::default()
     };
     let h = Harness::start(store, Path::from("r"), config).await;
-    assert_eq!(
-        h.create(&create_body(1, 1, "slow", 1)).await.0,
-        StatusCode::OK
-    );
+    h.accept(1, 1, "slow").await;
     let (kind, message) = errored_kind(&h, 1, 1).await;
     assert_eq!(kind, ErrorKind::SpecTimeout);
     assert!(message.contains("50 ms deadline"), "{message}");

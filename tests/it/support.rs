@@ -18,7 +18,7 @@ use batch_worker::runner::HostRunner;
 use batch_worker::server::serve;
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::supervisor::{Worker, WorkerConfig, DEFAULT_JOURNAL_SEGMENT_BYTES};
-use batch_worker_model::JobState;
+use batch_worker_model::{JobState, RunPhase};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use object_store::memory::InMemory;
@@ -91,6 +91,17 @@ impl Harness {
             Arc::new(InMemory::new()),
             Path::from("root"),
             SpecLoadConfig::default(),
+        )
+        .await
+    }
+
+    /// A worker over a fresh in-memory store, set up with `options`.
+    pub async fn with_options(options: Options) -> Harness {
+        Harness::start_with(
+            Arc::new(InMemory::new()),
+            Path::from("root"),
+            SpecLoadConfig::default(),
+            options,
         )
         .await
     }
@@ -299,6 +310,38 @@ impl Harness {
             .expect("the worker answers");
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates job `job_id` of bunch `token` (format 7, start 1) and checks
+    /// the answer is 200.
+    pub async fn accept(&self, batch_id: i64, job_id: i64, token: &str) {
+        let (status, answer) = self.create(&create_body(batch_id, job_id, token, 1)).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "create {batch_id}:{job_id}: {answer}"
+        );
+    }
+
+    /// Waits until the job's process runs; returns its pid (also its
+    /// process group).
+    pub async fn wait_executing(&self, batch_id: i64, job_id: i64) -> u32 {
+        let state = self
+            .wait_for(batch_id, job_id, |s| {
+                matches!(
+                    s,
+                    JobState::Running {
+                        phase: RunPhase::Executing { .. }
+                    }
+                )
+            })
+            .await;
+        match state {
+            JobState::Running {
+                phase: RunPhase::Executing { pid },
+            } => pid,
+            other => unreachable!("{other:?}"),
+        }
     }
 
     /// Waits until the job is final (guarded by [`HANG_GUARD`]).
