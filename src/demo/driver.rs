@@ -74,26 +74,13 @@ impl EmbeddedDriver {
             refuse: Arc::new(Mutex::new((0, StatusCode::OK))),
             delay: Arc::default(),
         };
-        EmbeddedDriver::serve(TcpListener::bind("127.0.0.1:0").await?, shared)
-    }
-
-    fn serve(listener: TcpListener, shared: Shared) -> std::io::Result<EmbeddedDriver> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = Url::parse(&format!("http://{}/", listener.local_addr()?))
             .expect("a socket address makes a URL");
-        let app = Router::new()
-            .route(&format!("/{ACTIVATE_PATH}"), post(activate))
-            .route(&format!("/{JOB_STARTED_PATH}"), post(job_started))
-            .route(&format!("/{JOB_COMPLETE_PATH}"), post(job_complete))
-            .with_state(shared.clone());
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await;
-        });
+        let stop = serve(listener, shared.clone());
         Ok(EmbeddedDriver { url, shared, stop })
     }
+
 
     /// Stops serving (calls then fail to connect) and returns what was
     /// received; [`EmbeddedDriver::restart`] brings it back.
@@ -127,11 +114,7 @@ impl EmbeddedDriver {
                 Err(e) => return Err(e),
             }
         };
-        let restarted = EmbeddedDriver::serve(listener, self.shared.clone())?;
-        // Take over the new server's stop token; the new handle's drop must
-        // not stop it.
-        self.stop = restarted.stop.clone();
-        std::mem::forget(restarted);
+        self.stop = serve(listener, self.shared.clone());
         Ok(())
     }
 
@@ -165,6 +148,24 @@ impl Drop for EmbeddedDriver {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// Serves the driver's routes on `listener` until the returned token is
+/// cancelled.
+fn serve(listener: TcpListener, shared: Shared) -> CancellationToken {
+    let app = Router::new()
+        .route(&format!("/{ACTIVATE_PATH}"), post(activate))
+        .route(&format!("/{JOB_STARTED_PATH}"), post(job_started))
+        .route(&format!("/{JOB_COMPLETE_PATH}"), post(job_complete))
+        .with_state(shared);
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped.cancelled_owned())
+            .await;
+    });
+    stop
 }
 
 /// Waits out the injected delay, then takes one injected refusal, if any.
