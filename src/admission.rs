@@ -112,9 +112,12 @@ impl Admission {
     /// [`Refused`] at once when `request` exceeds the worker's capacity.
     pub async fn request(&self, request: Request) -> Result<Grant, Refused> {
         let cpu = request.cores_mcpu;
-        let memory = mib_up(request.memory_bytes);
+        // Fit is decided in bytes; the reservation is rounded up to whole
+        // MiB but never past the whole capacity (which is rounded down), so
+        // a job asking for exactly what the worker has fits.
+        let memory = mib_up(request.memory_bytes).min(self.capacity.memory_bytes / MIB);
         let cpu_fits = cpu <= self.capacity.cores_mcpu && cpu <= u64::from(permits(cpu));
-        let memory_fits = memory <= self.capacity.memory_bytes / MIB;
+        let memory_fits = request.memory_bytes <= self.capacity.memory_bytes;
         if !cpu_fits || !memory_fits {
             return Err(Refused {
                 asked: format!(
@@ -216,6 +219,27 @@ mod tests {
             memory_bytes: (4 << 30) + 1,
         };
         assert!(admission.request(memory).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_job_asking_for_exactly_the_capacity_fits() {
+        let odd = Admission::new(Capacity {
+            cores_mcpu: 1000,
+            memory_bytes: 1_000_000_000,
+        });
+        let all = Request {
+            cores_mcpu: 1000,
+            memory_bytes: 1_000_000_000,
+        };
+        let grant = odd.request(all).await.unwrap();
+        let more = odd.request(Request {
+            cores_mcpu: 0,
+            memory_bytes: 1,
+        });
+        tokio::pin!(more);
+        assert!(futures::poll!(&mut more).is_pending(), "all of it is taken");
+        drop(grant);
+        more.await.unwrap();
     }
 
     #[tokio::test]

@@ -108,7 +108,8 @@ pub struct ServeArgs {
     )]
     pub activation_token: String,
     /// The IP address sent to the driver on activation (where it reaches
-    /// this worker). Default: the --listen address's IP.
+    /// this worker). Default: the --listen address's IP; for a wildcard
+    /// (0.0.0.0, ::), the local address of the route to the driver.
     #[arg(long)]
     pub ip_address: Option<std::net::IpAddr>,
     /// Driver calls on the wire at once (reports are retried until
@@ -218,9 +219,9 @@ pub enum StartError {
     /// The driver client could not be built.
     #[error("cannot build the driver client: {0}")]
     Driver(#[from] reqwest::Error),
-    /// `--cores` or `--memory` is unusable.
+    /// A flag's value is unusable (`--cores`, `--name`, `--driver-url`).
     #[error("{0}")]
-    Capacity(String),
+    Invalid(String),
 }
 
 impl SpecArgs {
@@ -267,6 +268,18 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
     .map_err(StartError::Runtime)?;
     let (logs, logs_root) = store_or_local(args.logs_store.as_ref(), &data_dir.join("logs"))?;
     let name = args.name.clone().unwrap_or_else(default_name);
+    if reqwest::header::HeaderValue::from_str(&name).is_err() || name.is_empty() {
+        return Err(StartError::Invalid(format!(
+            "--name: {name:?} cannot be sent as X-Hail-Instance-Name (visible ASCII expected)"
+        )));
+    }
+    if let Some(url) = &args.driver_url {
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(StartError::Invalid(format!(
+                "--driver-url: expected an http:// or https:// URL with a host, got {url}"
+            )));
+        }
+    }
     let driver = args
         .driver_url
         .clone()
@@ -337,15 +350,15 @@ impl ServeArgs {
     /// The capacity `--cores` and `--memory` give, the machine's where absent.
     ///
     /// # Errors
-    /// [`StartError::Capacity`] for a negative, zero or non-finite `--cores`.
+    /// [`StartError::Invalid`] for `--cores` under 0.001 or not finite.
     pub fn capacity(&self) -> Result<Capacity, StartError> {
         let machine = Capacity::of_machine();
         let cores_mcpu = match self.cores {
             None => machine.cores_mcpu,
-            Some(c) if c.is_finite() && c > 0.0 && c < 1e9 => (c * 1000.0).round() as u64,
+            Some(c) if c.is_finite() && c >= 0.001 && c < 1e9 => (c * 1000.0).round() as u64,
             Some(c) => {
-                return Err(StartError::Capacity(format!(
-                    "--cores: expected a positive number of cores, got {c}"
+                return Err(StartError::Invalid(format!(
+                    "--cores: expected a number of cores from 0.001 (1 mcpu) up, got {c}"
                 )))
             }
         };
@@ -356,10 +369,90 @@ impl ServeArgs {
     }
 }
 
+/// The IP address the worker sends the driver on activation: `--ip-address`
+/// if given, else the listening address, else (listening on a wildcard
+/// such as 0.0.0.0) the local address of the route to the driver, found by
+/// connecting a UDP socket to it (no packet is sent).
+///
+/// # Errors
+/// [`StartError::Invalid`] when the listening address is a wildcard and the
+/// route to the driver cannot be found.
+pub fn advertised_ip(
+    listening: std::net::IpAddr,
+    explicit: Option<std::net::IpAddr>,
+    driver: Option<&Url>,
+) -> Result<std::net::IpAddr, StartError> {
+    if let Some(ip) = explicit {
+        return Ok(ip);
+    }
+    if !listening.is_unspecified() {
+        return Ok(listening);
+    }
+    let Some(driver) = driver else {
+        return Ok(listening);
+    };
+    let route = || -> std::io::Result<std::net::IpAddr> {
+        let target = driver
+            .socket_addrs(|| None)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| std::io::Error::other("the driver's host has no address"))?;
+        let local: std::net::SocketAddr = if target.is_ipv4() {
+            "0.0.0.0:0".parse().expect("an address")
+        } else {
+            "[::]:0".parse().expect("an address")
+        };
+        let socket = std::net::UdpSocket::bind(local)?;
+        socket.connect(target)?;
+        Ok(socket.local_addr()?.ip())
+    };
+    route().map_err(|e| {
+        StartError::Invalid(format!(
+            "--listen {listening} is a wildcard and the route to the driver cannot be found ({e}); \
+             pass --ip-address, the address the driver reaches this worker at"
+        ))
+    })
+}
+
 /// The host name, or `batch-worker` if it cannot be read.
 pub fn default_name() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|n| n.into_string().ok())
         .unwrap_or_else(|| "batch-worker".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_listen_address_advertises_the_route_to_the_driver() {
+        let any: std::net::IpAddr = "0.0.0.0".parse().unwrap();
+        let driver = Url::parse("http://127.0.0.1:9/").unwrap();
+        let ip = advertised_ip(any, None, Some(&driver)).unwrap();
+        assert_eq!(ip.to_string(), "127.0.0.1");
+        let explicit = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            advertised_ip(any, Some(explicit), Some(&driver)).unwrap(),
+            explicit
+        );
+        let listen = "192.168.0.5".parse().unwrap();
+        assert_eq!(advertised_ip(listen, None, Some(&driver)).unwrap(), listen);
+    }
+
+    #[test]
+    fn cores_below_one_mcpu_are_refused() {
+        let args = |cores: &str| {
+            let cli = Cli::try_parse_from(["batch-worker", "serve", "--cores", cores]).unwrap();
+            match cli.command {
+                Command::Serve(args) => args.capacity(),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(args("1.5").unwrap().cores_mcpu, 1500);
+        assert_eq!(args("0.001").unwrap().cores_mcpu, 1);
+        assert!(args("0.0004").is_err());
+        assert!(args("0").is_err());
+    }
 }

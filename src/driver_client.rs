@@ -80,8 +80,8 @@ pub enum ReportError {
     /// The driver URL could not be joined with the path.
     #[error("bad driver URL: {0}")]
     Url(#[from] url::ParseError),
-    /// The activation answer had no string `token`.
-    #[error("the driver's activation answer has no \"token\" string: {0}")]
+    /// The activation answer had no `token` string usable as a header value.
+    #[error("the driver's activation answer has no usable \"token\" string: {0}")]
     BadActivation(String),
 }
 
@@ -134,28 +134,53 @@ impl DriverClient {
     }
 
     /// Activates the worker: sends its `ip_address`, keeps the instance
-    /// token the driver answers with for every later call. Retried like a
-    /// report (a driver still starting answers 5xx or refuses connections).
+    /// token the driver answers with for every later call. Retried until
+    /// it succeeds (with backoff, capped at [`ReportRetry::max_backoff`]):
+    /// transient failures, and also a 404 or an answer without a usable
+    /// `token` (a driver being deployed may answer either for a while), each
+    /// of which is logged as an error.
     ///
     /// # Errors
-    /// [`ReportError`]: 404 (the driver does not know this instance), the
-    /// attempts ran out, or the answer had no `token`.
+    /// Only with [`ReportRetry::max_attempts`] set: the last failure once
+    /// the attempts are spent.
     pub async fn activate(&self, ip_address: &str) -> Result<(), ReportError> {
         let body = serde_json::json!({ "ip_address": ip_address });
-        let answer = self.post(ACTIVATE_PATH, &body).await?;
-        let token = serde_json::from_slice::<serde_json::Value>(&answer)
-            .ok()
-            .and_then(|v| v.get("token")?.as_str().map(str::to_owned))
-            .ok_or_else(|| {
-                ReportError::BadActivation(
-                    String::from_utf8_lossy(&answer).chars().take(200).collect(),
-                )
-            })?;
+        let once = || async {
+            let answer = self.post(ACTIVATE_PATH, &body).await?;
+            let token = serde_json::from_slice::<serde_json::Value>(&answer)
+                .ok()
+                .and_then(|v| v.get("token")?.as_str().map(str::to_owned))
+                .filter(|t| reqwest::header::HeaderValue::from_str(t).is_ok())
+                .ok_or_else(|| {
+                    ReportError::BadActivation(
+                        String::from_utf8_lossy(&answer).chars().take(200).collect(),
+                    )
+                })?;
+            Ok::<_, ReportError>(token)
+        };
+        let token = once
+            .retry(self.backoff())
+            .notify(|e, delay| {
+                tracing::error!(error = %e, delay_ms = delay.as_millis() as u64, "activation refused; retrying")
+            })
+            .await?;
         *self
             .instance_token
             .write()
             .unwrap_or_else(|p| p.into_inner()) = token;
         Ok(())
+    }
+
+    /// Exponential backoff with jitter per [`ReportRetry`].
+    fn backoff(&self) -> ExponentialBuilder {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_backoff)
+            .with_max_delay(self.retry.max_backoff)
+            .with_jitter();
+        match self.retry.max_attempts {
+            Some(n) => backoff.with_max_times(n.saturating_sub(1)),
+            None => backoff.without_max_times(),
+        }
     }
 
     fn token(&self) -> String {
@@ -214,15 +239,7 @@ impl DriverClient {
                 s => Err(CallFailure::Retry(format!("HTTP {s}"))),
             }
         };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.retry.min_backoff)
-            .with_max_delay(self.retry.max_backoff)
-            .with_jitter();
-        let backoff = match self.retry.max_attempts {
-            Some(n) => backoff.with_max_times(n.saturating_sub(1)),
-            None => backoff.without_max_times(),
-        };
-        call.retry(backoff)
+        call.retry(self.backoff())
             .when(|f| matches!(f, CallFailure::Retry(_)))
             .notify(|f, delay| {
                 if let CallFailure::Retry(why) = f {

@@ -1,7 +1,7 @@
 //! The `batch-worker` binary: parses the command line and runs it.
 
 use anyhow::Context;
-use batch_worker::cli::{build_worker, Cli, Command};
+use batch_worker::cli::{advertised_ip, build_worker, Cli, Command};
 use batch_worker::{demo, replay, server};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -33,10 +33,12 @@ async fn main() -> anyhow::Result<()> {
                 driver_url = args.driver_url.as_ref().map_or("none (no reports)".into(), |u| u.to_string()),
                 "batch-worker serving"
             );
-            let ip_address = args
-                .ip_address
-                .unwrap_or_else(|| listener.local_addr().map_or(args.listen.ip(), |a| a.ip()))
-                .to_string();
+            let ip_address = advertised_ip(
+                listener.local_addr()?.ip(),
+                args.ip_address,
+                args.driver_url.as_ref(),
+            )?
+            .to_string();
             let activating = worker.clone();
             tokio::spawn(async move {
                 if let Err(e) = activating.activate(&ip_address).await {

@@ -307,7 +307,9 @@ struct Inner {
     live_processes: watch::Sender<usize>,
     admission: Admission,
     /// False until the driver activated the worker (true without a driver).
-    activated: AtomicBool,
+    /// Reports wait for it: before activation the worker has no instance
+    /// token to send.
+    activated: watch::Sender<bool>,
     /// Report tasks (job_started, job_complete) and the logs uploads that
     /// precede job_complete, not finished.
     reports_pending: watch::Sender<usize>,
@@ -349,7 +351,7 @@ impl Worker {
         Worker {
             inner: Arc::new(Inner {
                 admission: Admission::new(config.capacity),
-                activated: AtomicBool::new(driver.is_none()),
+                activated: watch::channel(driver.is_none()).0,
                 reports_pending: watch::channel(0).0,
                 config,
                 specs,
@@ -393,7 +395,7 @@ impl Worker {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(CreateError::ShuttingDown);
         }
-        if !self.inner.activated.load(Ordering::SeqCst) {
+        if !*self.inner.activated.borrow() {
             return Err(CreateError::NotActivated);
         }
         let key = JobKey {
@@ -608,6 +610,16 @@ impl Worker {
                             Ok(applied) if !applied.absorbed => {
                                 let state = entry.attempt.state();
                                 match &event {
+                                    Event::SpecLoaded {
+                                        cores_mcpu,
+                                        memory_bytes,
+                                        ..
+                                    } => {
+                                        entry.resources = json!({
+                                            "cores_mcpu": cores_mcpu,
+                                            "memory_bytes": memory_bytes,
+                                        })
+                                    }
                                     Event::ProcessStarted { .. } => {
                                         entry.started_at_ms = Some(record.time_ms)
                                     }
@@ -864,6 +876,7 @@ impl Worker {
                     let worker = self.clone();
                     let handle = tokio::spawn(async move {
                         let _pending = pending;
+                        worker.activated().await;
                         match driver.job_started(&body).await {
                             Ok(()) => worker.record(&key, Event::StartedDelivered),
                             Err(e) => tracing::warn!(%key, error = %e, "job_started not delivered"),
@@ -883,6 +896,8 @@ impl Worker {
                     let worker = self.clone();
                     tokio::spawn(async move {
                         let _pending = pending;
+                        // Reports recovered at start wait for activation.
+                        worker.activated().await;
                         // Never wait for job_started: if it is still being
                         // retried, drop it and say so in marked_job_started.
                         if let Some(started) = started {
@@ -1210,13 +1225,18 @@ impl Worker {
             driver.activate(ip_address).await?;
             tracing::info!(driver = %driver.base(), ip_address, "activated with the driver");
         }
-        self.inner.activated.store(true, Ordering::SeqCst);
+        self.inner.activated.send_replace(true);
         Ok(())
     }
 
     /// Whether creates are taken (activated, or no driver).
     pub fn is_activated(&self) -> bool {
-        self.inner.activated.load(Ordering::SeqCst)
+        *self.inner.activated.borrow()
+    }
+
+    /// Completes once the worker is activated.
+    async fn activated(&self) {
+        let _ = self.inner.activated.subscribe().wait_for(|a| *a).await;
     }
 
     /// Report tasks (`job_started`, `job_complete`) and logs uploads (each

@@ -324,10 +324,13 @@ fn field_from_serde(prefix: &str, path: &str, err: &serde_json::Error) -> FieldE
     FieldError::new(field, text)
 }
 
+/// `gsa_key` and anything in a `secrets` list (or the list itself, when
+/// it is not a list) is never echoed.
 fn is_secret_field(field: &str) -> bool {
     field == "gsa_key"
         || field.starts_with("gsa_key.")
-        || (field.contains("secrets[") && field.contains("].data"))
+        || field.ends_with("secrets")
+        || field.contains("secrets[")
 }
 
 fn join_path(a: &str, b: &str) -> String {

@@ -81,7 +81,6 @@ impl EmbeddedDriver {
         Ok(EmbeddedDriver { url, shared, stop })
     }
 
-
     /// Stops serving (calls then fail to connect) and returns what was
     /// received; [`EmbeddedDriver::restart`] brings it back.
     pub fn stop(&self) {

@@ -152,6 +152,14 @@ async fn malformed_bodies_get_400_naming_the_field() {
             "gsa_key",
         ),
         (
+            json_bytes(with(
+                good.clone(),
+                "job_spec.secrets",
+                Some(json!("secret-string")),
+            )),
+            "job_spec.secrets",
+        ),
+        (
             json_bytes(with(good.clone(), "queue_time", Some(json!("soon")))),
             "queue_time",
         ),
@@ -167,6 +175,10 @@ async fn malformed_bodies_get_400_naming_the_field() {
                 .as_str()
                 .is_some_and(|m| !m.is_empty()),
             "{answer}"
+        );
+        assert!(
+            !answer.to_string().contains("secret-string"),
+            "a secret is echoed: {answer}"
         );
     }
     assert!(

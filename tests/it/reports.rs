@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use batch_worker::demo::driver::EmbeddedDriver;
 use batch_worker::driver_client::{DriverClient, ReportError, ReportRetry};
+use batch_worker::journal::JournalRecord;
 use batch_worker::wire::{JobCompleteBody, JobCompleteStatus};
-use batch_worker_model::JobState;
+use batch_worker_model::{ErrorKind, Event, JobKey, JobState, EVENT_VERSION};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -185,8 +186,8 @@ async fn creates_get_503_until_the_worker_is_activated() {
         "{answer}"
     );
     assert_eq!(h.get("/healthcheck").await.1["activated"], json!(false));
-    // A driver still starting refuses the first calls: activation retries.
-    h.driver.refuse_next(2, StatusCode::SERVICE_UNAVAILABLE);
+    // A driver being deployed answers 404 at first: activation retries.
+    h.driver.refuse_next(2, StatusCode::NOT_FOUND);
     h.worker.activate("127.0.0.1").await.unwrap();
     let received = h.driver.received();
     assert_eq!((received.refused, received.activations), (2, 1));
@@ -194,4 +195,51 @@ async fn creates_get_503_until_the_worker_is_activated() {
     assert_eq!(h.create(&create_body(7, 1, "t", 1)).await.0, StatusCode::OK);
     h.wait_reports(1).await;
     assert_eq!(h.driver.received().wrong_token, 0);
+}
+
+#[tokio::test]
+async fn reports_recovered_at_start_wait_for_activation() {
+    let h = Harness::with_options(Options {
+        activate: false,
+        ..Options::default()
+    })
+    .await;
+    // Given a journal whose attempt ended and uploaded its logs, unreported
+    let key = JobKey {
+        batch_id: 21,
+        job_id: 1,
+        attempt_id: "a1".into(),
+    };
+    let events = [
+        Event::Created { format_version: 7 },
+        Event::SpecLoadStarted,
+        Event::SpecLoadFailed {
+            kind: ErrorKind::SpecMissing,
+            message: "gone".into(),
+        },
+        Event::LogsUploaded,
+    ];
+    let records: Vec<JournalRecord> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| JournalRecord {
+            seq: 100 + i as u64,
+            time_ms: 1_764_504_000_000,
+            event_version: EVENT_VERSION,
+            key: key.clone(),
+            event,
+            attempt: None,
+        })
+        .collect();
+    // When the worker recovers it before activating
+    h.worker.recover(&records);
+    assert_eq!(h.worker.reports_pending(), 1, "the report is queued");
+    h.worker.sync_journal().await;
+    assert!(h.driver.received().complete.is_empty(), "not sent yet");
+    // Then it goes out after activation, with the instance token
+    h.worker.activate("127.0.0.1").await.unwrap();
+    h.wait_event(21, 1, "complete_delivered").await;
+    let received = h.driver.received();
+    assert_eq!(received.complete.len(), 1);
+    assert_eq!(received.wrong_token, 0);
 }
