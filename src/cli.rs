@@ -355,7 +355,7 @@ impl ServeArgs {
         let machine = Capacity::of_machine();
         let cores_mcpu = match self.cores {
             None => machine.cores_mcpu,
-            Some(c) if c.is_finite() && c >= 0.001 && c < 1e9 => (c * 1000.0).round() as u64,
+            Some(c) if (0.001..1e9).contains(&c) => (c * 1000.0).round() as u64,
             Some(c) => {
                 return Err(StartError::Invalid(format!(
                     "--cores: expected a number of cores from 0.001 (1 mcpu) up, got {c}"
