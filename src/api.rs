@@ -68,7 +68,12 @@ pub fn router(worker: Worker, max_body_bytes: usize) -> Router {
                 refuse_declared_oversize(request, next, max_body_bytes)
             },
         ))
-        .layer(TraceLayer::new_for_http())
+        // 5xx answers here are 503s (not activated, shutting down, journal
+        // unwritable), expected in a fleet's life: a warning, not an error.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)),
+        )
         .with_state(worker)
 }
 

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use batch_worker_model::{ErrorKind, JobState};
+use batch_worker_model::{ErrorKind, JobState, RunPhase};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -509,8 +509,17 @@ async fn cancel_when_running(
     for job in planned.iter().filter(|j| j.kind == Kind::Cancelled) {
         worker
             .wait_until(|w| {
-                w.state_of(DEMO_BATCH_ID, job.job_id)
-                    .is_ok_and(|s| s.is_terminal() || matches!(s, JobState::Running { .. }))
+                // Cancel a running process: the hardest case (its group
+                // must end, and it must not be reported).
+                w.state_of(DEMO_BATCH_ID, job.job_id).is_ok_and(|s| {
+                    s.is_terminal()
+                        || matches!(
+                            s,
+                            JobState::Running {
+                                phase: RunPhase::Executing { .. }
+                            }
+                        )
+                })
             })
             .await;
         let url = base

@@ -18,6 +18,7 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Serve(args) => {
@@ -29,7 +30,8 @@ async fn main() -> anyhow::Result<()> {
                 listen = %listener.local_addr()?,
                 name = worker.name(),
                 data_dir = %args.data_dir.display(),
-                spec_store = args.spec_store.as_ref().map_or("file://{data-dir}/specs".into(), |u| u.to_string()),
+                spec_store = args.spec_store.as_ref().map_or_else(|| format!("file://{}", args.data_dir.join("specs").display()), |u| u.to_string()),
+                logs_store = args.logs_store.as_ref().map_or_else(|| format!("file://{}", args.data_dir.join("logs").display()), |u| u.to_string()),
                 driver_url = args.driver_url.as_ref().map_or("none (no reports)".into(), |u| u.to_string()),
                 "batch-worker serving"
             );
@@ -55,6 +57,9 @@ async fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             let report = replay::replay_path(&args.path, options)?;
+            if let (Some((batch_id, job_id)), true) = (args.job, report.timelines.is_empty()) {
+                eprintln!("no attempt of job {batch_id}:{job_id} in the journal");
+            }
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

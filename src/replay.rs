@@ -194,6 +194,13 @@ pub enum ReplayError {
         #[source]
         source: std::io::Error,
     },
+    /// A directory holds no `*.jnl` file (nor a `journal/` or
+    /// `worker/journal/` directory that does).
+    #[error("no journal in {path}: expected *.jnl files, a worker's data dir (with journal/), or a demo's (with worker/journal/)")]
+    NoJournal {
+        /// The directory.
+        path: String,
+    },
     /// A file is not a journal.
     #[error("{path}: {source}")]
     Journal {
@@ -216,10 +223,13 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
         source,
     };
     let mut files = Vec::new();
-    // A worker's data directory: its journal directory.
-    let journal_dir = path.join("journal");
-    let path = if journal_dir.is_dir() {
-        journal_dir.as_path()
+    // A worker's data directory, or a demo's: its journal directory.
+    let worker_journal = path.join("journal");
+    let demo_journal = path.join("worker").join("journal");
+    let path = if worker_journal.is_dir() {
+        worker_journal.as_path()
+    } else if demo_journal.is_dir() {
+        demo_journal.as_path()
     } else {
         path
     };
@@ -231,6 +241,11 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
             }
         }
         files.sort();
+        if files.is_empty() {
+            return Err(ReplayError::NoJournal {
+                path: path.display().to_string(),
+            });
+        }
     } else {
         files.push(path.to_owned());
     }

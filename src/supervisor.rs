@@ -628,7 +628,7 @@ impl Worker {
                                     }
                                     _ => {}
                                 }
-                                if state.is_terminal() {
+                                if state.is_terminal() && entry.ended_at_ms.is_none() {
                                     entry.ended_at_ms = Some(record.time_ms);
                                 }
                                 entry.history.push(EventRecord {
@@ -738,7 +738,8 @@ impl Worker {
                 }
                 _ => {}
             }
-            if state.is_terminal() {
+            // When it became terminal; deliveries come later.
+            if state.is_terminal() && entry.ended_at_ms.is_none() {
                 entry.ended_at_ms = Some(now);
             }
             entry.history.push(EventRecord {
@@ -1102,7 +1103,7 @@ impl Worker {
                     },
             } => (
                 Some(format!(
-                    "the job ran past its timeout of {} s and was ended (SIGTERM, then SIGKILL)",
+                    "the job ran past its timeout of {} s and was ended (SIGTERM to its process group, SIGKILL after the grace period if needed)",
                     *timeout_ms as f64 / 1000.0
                 )),
                 None,

@@ -198,7 +198,8 @@ impl JobChart {
         match event {
             Event::WorkerRestarted => errored(
                 ErrorKind::WorkerRestarted,
-                "the worker restarted while the job was live; its process, if any, is gone"
+                "the worker restarted while the job was live; the attempt cannot go on \
+                 (a process it had started was ended at shutdown, or abandoned by a crash)"
                     .to_owned(),
             ),
             _ => {

@@ -27,6 +27,11 @@ async fn status_and_main_log_are_uploaded_before_job_complete() {
     assert_eq!(status["batch_id"], json!(8));
     assert_eq!(status["attempt_id"], json!("a1"));
     assert_eq!(status["container_statuses"]["main"]["exit_code"], json!(4));
+    // One end time everywhere: when the job ended, not when it was
+    // uploaded or reported.
+    let reported = h.driver.received().complete[0].status.end_time;
+    assert_eq!(status["end_time"], json!(reported));
+    assert_eq!(h.status(8, 1).await.1["end_time"], json!(reported));
     let log = h.logs_object("logs/8/1/a1/main/log").await.unwrap();
     assert!(String::from_utf8_lossy(&log).contains("hello from the job"));
     // The report follows the upload, in the journal's order.
