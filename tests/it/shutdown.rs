@@ -28,7 +28,7 @@ async fn shutdown_under_load_refuses_creates_and_delivers_every_report() {
         .collect();
     bunch(&h, 12, "load", &specs).await;
     // A slow driver: reports are still on the wire when the kill arrives.
-    h.driver.set_delay(Duration::from_millis(300));
+    h.driver.set_delay(Duration::from_millis(1000));
     for job_id in 1..=30 {
         // 25..=30 have no spec and error at once.
         h.accept(12, job_id, "load").await;
