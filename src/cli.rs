@@ -193,6 +193,12 @@ pub struct DemoArgs {
     /// The worker's journal durability.
     #[arg(long, value_enum, default_value = "fsync")]
     pub durability: Durability,
+    /// Write the specs to this store and have the worker read them from it
+    /// (`s3://`, `az://`, `gs://`, `file://`, `memory://`; options from the
+    /// `AWS_*`, `AZURE_*`, `GOOGLE_*` variables). Default: local files under
+    /// the data directory.
+    #[arg(long)]
+    pub spec_store: Option<Url>,
 }
 
 /// A worker could not be built from its flags.

@@ -35,7 +35,7 @@ use crate::logs_store::LogsStore;
 use crate::runner::HostRunner;
 use crate::server::serve;
 use crate::spec_store::{SpecLoadConfig, SpecStore};
-use crate::store::throttled;
+use crate::store::{open_store, throttled};
 use crate::supervisor::{Worker, WorkerConfig};
 use plan::{Expected, Kind, DEMO_BATCH_ID, DEMO_SPEC_MAX_BYTES};
 
@@ -182,10 +182,18 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         (None, Some(t)) => t.path().to_owned(),
         (None, None) => unreachable!("a temporary directory is made when no --data-dir is given"),
     };
-    let spec_dir = prepare_dir(&data_dir.join("specs"))?;
-    let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&spec_dir)?);
+    let (store, root): (Arc<dyn ObjectStore>, Path) = match &args.spec_store {
+        Some(url) => open_store(url).map_err(StartError::from)?,
+        None => {
+            let spec_dir = prepare_dir(&data_dir.join("specs"))?;
+            (
+                Arc::new(LocalFileSystem::new_with_prefix(&spec_dir)?),
+                Path::default(),
+            )
+        }
+    };
 
-    let (planned, bunches) = write_specs(&local, args.jobs).await?;
+    let (planned, bunches) = write_specs(&store, &root, args.jobs).await?;
 
     // The driver side (its endpoint and its create calls) runs on a runtime
     // of its own, as it would in its own process: its latency figures then
@@ -221,8 +229,8 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         report_drain: Duration::from_millis(crate::supervisor::DEFAULT_REPORT_DRAIN_MS),
     };
     let specs = SpecStore::new(
-        throttled(local, args.blob_latency_ms),
-        Path::default(),
+        throttled(store, args.blob_latency_ms),
+        root,
         SpecLoadConfig {
             max_spec_bytes: DEMO_SPEC_MAX_BYTES,
             ..SpecLoadConfig::default()
@@ -361,9 +369,10 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
 /// [`BUNCH_JOBS`]; every other job gets a bunch of its own, then damaged.
 async fn write_specs(
     store: &Arc<dyn ObjectStore>,
+    root: &Path,
     jobs: usize,
 ) -> Result<(Vec<PlannedJob>, usize), DemoError> {
-    let writer = SpecStore::new(store.clone(), Path::default(), SpecLoadConfig::default())?;
+    let writer = SpecStore::new(store.clone(), root.clone(), SpecLoadConfig::default())?;
     let mut planned = Vec::with_capacity(jobs);
     let mut bunches = 0;
     let mut run: Vec<(i64, Kind)> = Vec::new();

@@ -245,6 +245,43 @@ fn file_world() -> &'static World {
     })
 }
 
+/// A world over the emulator store named by `$var` (a root URL such as
+/// `az://bw-test/specs`, set by `scripts/emulators.sh`), or `None` with
+/// the reason printed once when the variable is not set.
+fn emulator_world(
+    var: &'static str,
+    cell: &'static OnceLock<Option<World>>,
+) -> Option<&'static World> {
+    cell.get_or_init(|| match std::env::var(var) {
+        Ok(root) => {
+            let url = url::Url::parse(&root).unwrap_or_else(|e| panic!("{var}={root}: {e}"));
+            let (store, path) = batch_worker::store::open_store(&url)
+                .unwrap_or_else(|e| panic!("{var}={root}: {e}"));
+            Some(World::new(store, path, None))
+        }
+        Err(_) if std::env::var_os("BW_REQUIRE_EMULATORS").is_some() => {
+            panic!("{var} is not set but BW_REQUIRE_EMULATORS is: start scripts/emulators.sh")
+        }
+        Err(_) => {
+            eprintln!(
+                "skipped: {var} is not set (scripts/emulators.sh start, then . .emulators/env; CI always sets it)"
+            );
+            None
+        }
+    })
+    .as_ref()
+}
+
+fn azurite_world() -> Option<&'static World> {
+    static WORLD: OnceLock<Option<World>> = OnceLock::new();
+    emulator_world("BW_TEST_AZ_ROOT", &WORLD)
+}
+
+fn s3_world() -> Option<&'static World> {
+    static WORLD: OnceLock<Option<World>> = OnceLock::new();
+    emulator_world("BW_TEST_S3_ROOT", &WORLD)
+}
+
 async fn check(world: &World, case: Case) -> Result<(), TestCaseError> {
     let h = &world.harness;
     let batch_id = world.next_batch.fetch_add(1, Ordering::SeqCst);
@@ -406,6 +443,28 @@ proptest! {
     #[test]
     fn any_bunch_bytes_in_local_files_end_in_the_oracles_state_and_never_a_5xx(case in case()) {
         let world = file_world();
+        world.runtime.block_on(check(world, case))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    /// The same property against Azurite, the Azure Blob emulator.
+    #[test]
+    fn any_bunch_bytes_in_azure_blob_end_in_the_oracles_state_and_never_a_5xx(case in case()) {
+        let Some(world) = azurite_world() else { return Ok(()) };
+        world.runtime.block_on(check(world, case))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    /// The same property against moto's S3 server.
+    #[test]
+    fn any_bunch_bytes_in_s3_end_in_the_oracles_state_and_never_a_5xx(case in case()) {
+        let Some(world) = s3_world() else { return Ok(()) };
         world.runtime.block_on(check(world, case))?;
     }
 }
