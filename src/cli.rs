@@ -17,7 +17,7 @@ use crate::journal::{open_journal, Durability, RecoveryError};
 use crate::logs_store::LogsStore;
 use crate::runner::HostRunner;
 use crate::spec_store::{SpecLoadConfig, SpecStore};
-use crate::store::{open_store, throttled, StoreOpenError};
+use crate::store::{open_store, throttled, with_control_plane, StoreOpenError};
 use crate::supervisor::{
     Worker, WorkerConfig, DEFAULT_JOURNAL_SEGMENT_BYTES, DEFAULT_REPORT_DRAIN_MS,
     DEFAULT_RETENTION_HOURS,
@@ -175,6 +175,14 @@ pub struct SpecArgs {
     /// Time between SIGTERM and SIGKILL when ending a process, in ms.
     #[arg(long, default_value_t = 5_000)]
     pub kill_grace_ms: u64,
+    /// Testing: a slow control plane before every spec and logs store
+    /// request (a token fetch, as for Azure behind SAS tokens): the median
+    /// wait in ms, log-normal with a heavy tail (p99 ≈ 5.7 × median); 0: off.
+    #[arg(long, default_value_t = 0)]
+    pub token_latency_ms: u64,
+    /// Seed of the token waits (the same seed repeats the same waits).
+    #[arg(long, default_value_t = 1)]
+    pub token_latency_seed: u64,
 }
 
 /// Flags of `demo`.
@@ -193,6 +201,10 @@ pub struct DemoArgs {
     /// The worker's journal durability.
     #[arg(long, value_enum, default_value = "fsync")]
     pub durability: Durability,
+    /// Testing: the median token wait before every store request, in ms
+    /// (see `serve --token-latency-ms`); 0: off.
+    #[arg(long, default_value_t = 0)]
+    pub token_latency_ms: u64,
     /// Write the specs to this store and have the worker read them from it
     /// (`s3://`, `az://`, `gs://`, `file://`, `memory://`; options from the
     /// `AWS_*`, `AZURE_*`, `GOOGLE_*` variables). Default: local files under
@@ -266,13 +278,21 @@ pub fn prepare_dir(path: &Path) -> Result<PathBuf, StartError> {
 pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
     let data_dir = prepare_dir(&args.data_dir)?;
     let (store, root) = store_or_local(args.spec_store.as_ref(), &data_dir.join("specs"))?;
+    let slow = |store| {
+        with_control_plane(
+            store,
+            args.spec.token_latency_ms,
+            args.spec.token_latency_seed,
+        )
+    };
     let specs = SpecStore::new(
-        throttled(store, args.spec.blob_latency_ms),
+        throttled(slow(store), args.spec.blob_latency_ms),
         root,
         args.spec.load_config(),
     )
     .map_err(StartError::Runtime)?;
     let (logs, logs_root) = store_or_local(args.logs_store.as_ref(), &data_dir.join("logs"))?;
+    let logs = slow(logs);
     let name = args.name.clone().unwrap_or_else(default_name);
     if reqwest::header::HeaderValue::from_str(&name).is_err() || name.is_empty() {
         return Err(StartError::Invalid(format!(

@@ -35,7 +35,7 @@ use crate::logs_store::LogsStore;
 use crate::runner::HostRunner;
 use crate::server::serve;
 use crate::spec_store::{SpecLoadConfig, SpecStore};
-use crate::store::{open_store, throttled};
+use crate::store::{open_store, throttled, with_control_plane};
 use crate::supervisor::{Worker, WorkerConfig};
 use plan::{Expected, Kind, DEMO_BATCH_ID, DEMO_SPEC_MAX_BYTES};
 
@@ -221,15 +221,22 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         retention: Duration::from_secs(crate::supervisor::DEFAULT_RETENTION_HOURS * 3600),
         capacity: Capacity::of_machine(),
         logs: LogsStore::new(
-            Arc::new(LocalFileSystem::new_with_prefix(prepare_dir(
-                &data_dir.join("logs"),
-            )?)?),
+            with_control_plane(
+                Arc::new(LocalFileSystem::new_with_prefix(prepare_dir(
+                    &data_dir.join("logs"),
+                )?)?),
+                args.token_latency_ms,
+                2,
+            ),
             Path::default(),
         ),
         report_drain: Duration::from_millis(crate::supervisor::DEFAULT_REPORT_DRAIN_MS),
     };
     let specs = SpecStore::new(
-        throttled(store, args.blob_latency_ms),
+        throttled(
+            with_control_plane(store, args.token_latency_ms, 1),
+            args.blob_latency_ms,
+        ),
         root,
         SpecLoadConfig {
             max_spec_bytes: DEMO_SPEC_MAX_BYTES,
@@ -279,7 +286,8 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             .expect("a valid template")
             .progress_chars("=> "),
     );
-    let deadline = Duration::from_secs(90) + Duration::from_millis(args.blob_latency_ms * 8);
+    let deadline = Duration::from_secs(90)
+        + Duration::from_millis(args.blob_latency_ms * 8 + args.token_latency_ms * 30);
     let finished = tokio::time::timeout(deadline, async {
         cancel_when_running(&http, &base, &worker, &planned).await;
         let mut changes = driver.changes();

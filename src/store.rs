@@ -22,6 +22,9 @@ use object_store::{
 };
 use url::Url;
 
+mod control_plane;
+pub use control_plane::{with_control_plane, SlowControlPlane, TokenDelayStore, TOKEN_DELAY_SIGMA};
+
 /// A store URL that `object_store` cannot open.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open object store {url}: {source}")]

@@ -9,6 +9,7 @@
 //!   sent again.
 //! - `shutdown`: SIGTERM / kill drain reports; a second SIGTERM exits.
 //! - `compaction`: the journal stays small; expired attempts are forgotten.
+//! - `control_plane`: creates answer at once behind a slow token service.
 //! - `crash`: SIGKILL a `serve` child at random moments; restart; nothing lost.
 //! - `create_api`: create-body validation, duplicates, store-root safety.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
@@ -27,6 +28,7 @@
 mod admission;
 mod cancellation;
 mod compaction;
+mod control_plane;
 mod crash;
 mod create_api;
 mod hanging_store;
