@@ -41,6 +41,8 @@ fn main() {
                     unsupported: vec![],
                     cores_mcpu: 1000,
                     memory_bytes: 3_750_000_000,
+                    input_files: 0,
+                    output_files: 0,
                 },
                 Event::ResourcesGranted,
                 Event::ProcessStarted { pid: 4242 },

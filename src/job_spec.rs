@@ -13,6 +13,20 @@ use serde_json::{Map, Value};
 
 use crate::wire::{truncate, validate_env, AttemptFields, EnvVar};
 
+/// One entry of `input_files` (`{from: URL, to: path}`) or `output_files`
+/// (`{from: path, to: URL}`).
+///
+/// Host processes have no container file system: the path is taken
+/// relative to the attempt's working directory (a leading `/` is dropped,
+/// so `/io/in.txt` is `io/in.txt` there); `..` is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileTransfer {
+    /// The object's URL in a store (`s3://`, `gs://`, `az://`, `file://`).
+    pub url: url::Url,
+    /// The file's path under the working directory.
+    pub local: std::path::PathBuf,
+}
+
 /// CPU reserved for a spec whose `resources.cores_mcpu` is absent: one
 /// core, in mcpu.
 pub const DEFAULT_CORES_MCPU: u64 = 1000;
@@ -46,9 +60,14 @@ pub struct JobSpec {
     /// `resources.memory_bytes`: memory the job reserves, in bytes (0 when
     /// absent).
     pub memory_bytes: u64,
-    /// Spec features this worker cannot honour yet (non-empty
-    /// `input_files` / `output_files`): the job errors `unsupported` rather
-    /// than run without them.
+    /// `input_files`: downloaded into the working directory before the
+    /// process starts.
+    pub input_files: Vec<FileTransfer>,
+    /// `output_files`: uploaded from the working directory after the
+    /// process exits 0.
+    pub output_files: Vec<FileTransfer>,
+    /// Spec features this worker cannot honour (none at present; kept so
+    /// that a future one errors `unsupported` rather than run without it).
     pub unsupported: Vec<String>,
     /// Size of the spec's JSON text, in bytes.
     pub size_bytes: u64,
@@ -177,20 +196,9 @@ impl JobSpec {
         };
         let cores_mcpu = amount("cores_mcpu", DEFAULT_CORES_MCPU)?;
         let memory_bytes = amount("memory_bytes", 0)?;
-        let mut unsupported = Vec::new();
-        for field in ["input_files", "output_files"] {
-            match spec.get(field) {
-                None | Some(Value::Null) => {}
-                Some(Value::Array(list)) if list.is_empty() => {}
-                Some(Value::Array(_)) => unsupported.push(field.to_owned()),
-                Some(other) => {
-                    return Err(SpecCorrupt(format!(
-                        "{field}: expected a list of {{from, to}}, got {}",
-                        describe(Some(other))
-                    )))
-                }
-            }
-        }
+        let input_files = transfers(&spec, "input_files", Direction::In)?;
+        let output_files = transfers(&spec, "output_files", Direction::Out)?;
+        let unsupported = Vec::new();
         Ok(JobSpec {
             job_id,
             process: process_kind,
@@ -204,6 +212,8 @@ impl JobSpec {
             resources: spec.get("resources").cloned().unwrap_or(Value::Null),
             cores_mcpu,
             memory_bytes,
+            input_files,
+            output_files,
             unsupported,
             size_bytes,
         })
@@ -217,6 +227,79 @@ impl JobSpec {
         self.env.extend(attempt.env.iter().cloned());
         self
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// `{from: URL, to: path}`.
+    In,
+    /// `{from: path, to: URL}`.
+    Out,
+}
+
+/// Parses `input_files` / `output_files`: a list of `{from, to}` (absent
+/// or null: none).
+fn transfers(
+    spec: &Map<String, Value>,
+    field: &str,
+    direction: Direction,
+) -> Result<Vec<FileTransfer>, SpecCorrupt> {
+    let list = match spec.get(field) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(other) => {
+            return Err(SpecCorrupt(format!(
+                "{field}: expected a list of {{from, to}}, got {}",
+                describe(Some(other))
+            )))
+        }
+    };
+    let (url_key, path_key) = match direction {
+        Direction::In => ("from", "to"),
+        Direction::Out => ("to", "from"),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let text = |key: &str| {
+                entry.get(key).and_then(Value::as_str).ok_or_else(|| {
+                    SpecCorrupt(format!(
+                        "{field}[{i}].{key}: expected a string, got {}",
+                        describe(entry.get(key))
+                    ))
+                })
+            };
+            let url_text = text(url_key)?;
+            let url = url::Url::parse(url_text).map_err(|e| {
+                SpecCorrupt(format!(
+                    "{field}[{i}].{url_key}: expected a store URL (s3://, gs://, az://, file://), got {:?}: {e}",
+                    truncate(url_text, 200)
+                ))
+            })?;
+            let local = local_path(text(path_key)?).ok_or_else(|| {
+                SpecCorrupt(format!(
+                    "{field}[{i}].{path_key}: expected a file path without \"..\", got {:?}",
+                    truncate(text(path_key).unwrap_or_default(), 200)
+                ))
+            })?;
+            Ok(FileTransfer { url, local })
+        })
+        .collect()
+}
+
+/// `path` relative to the working directory: leading `/` dropped, `.`
+/// skipped; `None` if it has `..` or names no file.
+fn local_path(path: &str) -> Option<std::path::PathBuf> {
+    let mut local = std::path::PathBuf::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return None,
+            part if part.contains('\0') => return None,
+            part => local.push(part),
+        }
+    }
+    (!local.as_os_str().is_empty()).then_some(local)
 }
 
 fn command(value: Option<&Value>) -> Result<Vec<String>, SpecCorrupt> {
@@ -311,11 +394,47 @@ mod tests {
     }
 
     #[test]
-    fn other_process_types_and_files_are_flagged_not_rejected() {
-        let s =
-            spec(r#"{"job_id":12,"process":{"type":"jvm"},"input_files":[{"from":"a","to":"b"}]}"#)
-                .unwrap();
+    fn other_process_types_are_flagged_not_rejected() {
+        let s = spec(r#"{"job_id":12,"process":{"type":"jvm"}}"#).unwrap();
         assert_eq!(s.process, ProcessKind::Other { name: "jvm".into() });
-        assert_eq!(s.unsupported, ["input_files"]);
+    }
+
+    #[test]
+    fn file_transfers_are_urls_and_paths_inside_the_working_directory() {
+        let s = spec(
+            r#"{"job_id":12,"process":{"type":"docker","command":["true"]},
+               "input_files":[{"from":"s3://b/in/data.csv","to":"/io/./data.csv"}],
+               "output_files":[{"from":"out/r.txt","to":"az://c/results/r.txt"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.input_files[0].url.as_str(), "s3://b/in/data.csv");
+        assert_eq!(s.input_files[0].local, std::path::Path::new("io/data.csv"));
+        assert_eq!(s.output_files[0].local, std::path::Path::new("out/r.txt"));
+        assert_eq!(s.output_files[0].url.as_str(), "az://c/results/r.txt");
+        for (bad, needle) in [
+            (
+                r#""input_files":[{"from":"s3://b/x","to":"/io/../../etc/passwd"}]"#,
+                "input_files[0].to",
+            ),
+            (
+                r#""input_files":[{"from":"not a url","to":"x"}]"#,
+                "input_files[0].from",
+            ),
+            (
+                r#""output_files":[{"from":"/","to":"s3://b/x"}]"#,
+                "output_files[0].from",
+            ),
+            (
+                r#""output_files":[{"from":"x","to":7}]"#,
+                "output_files[0].to",
+            ),
+            (r#""output_files":"x""#, "output_files: expected a list"),
+        ] {
+            let text = format!(
+                r#"{{"job_id":12,"process":{{"type":"docker","command":["true"]}},{bad}}}"#
+            );
+            let err = spec(&text).unwrap_err();
+            assert!(err.0.contains(needle), "{bad}: {err}");
+        }
     }
 }

@@ -26,6 +26,7 @@
 //! - [`admission`]: the first-come-first-served queue for cores and memory.
 //! - [`runner`]: running a spec's command as a host process.
 //! - [`logs_store`]: finished attempts' `status.json` and main log in a store.
+//! - [`transfer`]: a job's `input_files` and `output_files`, streamed.
 //! - [`driver_client`]: activation, `job_started` / `job_complete`, retried
 //!   until acknowledged, with a bound on calls in flight.
 //! - [`replay`]: rebuilds attempts from journal records; `--check` reports.
@@ -46,4 +47,5 @@ pub mod server;
 pub mod spec_store;
 pub mod store;
 pub mod supervisor;
+pub mod transfer;
 pub mod wire;

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use batch_worker_model::JobKey;
-use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use tokio::io::AsyncWriteExt;
+
+use crate::transfer::{upload_file, UploadFailure};
 
 /// Attempts of one upload, the first included.
 pub const UPLOAD_ATTEMPTS: usize = 5;
@@ -118,22 +118,19 @@ impl LogsStore {
     }
 
     async fn stream_file(&self, file: &FsPath, key: &Path) -> Result<(), UploadError> {
-        let mut source = tokio::fs::File::open(file)
+        upload_file(self.store.clone(), key, file)
             .await
-            .map_err(UploadError::LocalLog)?;
-        let mut sink = BufWriter::new(self.store.clone(), key.clone());
-        let store_error = |e: std::io::Error| UploadError::Store {
-            key: key.to_string(),
-            source: object_store::Error::Generic {
-                store: "logs",
-                source: Box::new(e),
-            },
-        };
-        if let Err(e) = tokio::io::copy(&mut source, &mut sink).await {
-            let _ = sink.abort().await;
-            return Err(store_error(e));
-        }
-        sink.shutdown().await.map_err(store_error)
+            .map(drop)
+            .map_err(|e| match e {
+                UploadFailure::Local(e) => UploadError::LocalLog(e),
+                UploadFailure::Store(reason) => UploadError::Store {
+                    key: key.to_string(),
+                    source: object_store::Error::Generic {
+                        store: "logs",
+                        source: reason.into(),
+                    },
+                },
+            })
     }
 }
 

@@ -32,6 +32,7 @@ use crate::journal::{encode_record, AttemptInfo, JournalRecord, JournalWriter};
 use crate::logs_store::LogsStore;
 use crate::runner::{AttemptDir, HostRunner, LaunchError, ProcessRequest, SPAWN_TIMEOUT};
 use crate::spec_store::{SpecLoadError, SpecStore};
+use crate::transfer;
 use crate::wire::{
     CreateJob, JobCompleteBody, JobCompleteStatus, JobStartedBody, JobStartedStatus, STATUS_VERSION,
 };
@@ -246,10 +247,20 @@ struct AttemptSummary {
 enum Work {
     LoadSpec(JobKey, Arc<CreateJob>, CancellationToken),
     Admit(JobKey, Request, CancellationToken),
+    Transfer(JobKey, Direction, Arc<JobSpec>, PathBuf, CancellationToken),
     Spawn(JobKey, Arc<JobSpec>, CancellationToken, Option<Grant>),
     UploadLogs(JobKey, Vec<u8>, PathBuf),
     ReportStarted(JobKey, JobStartedBody),
     ReportComplete(JobKey, JobCompleteStatus, Option<JoinHandle<()>>),
+}
+
+/// Which files a transfer task moves.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    /// `input_files`, before the spawn.
+    Inputs,
+    /// `output_files`, after an exit 0.
+    Outputs,
 }
 
 /// Counts one report task in [`Inner::reports_pending`] while alive (also
@@ -751,8 +762,11 @@ impl Worker {
             log_transition(key, &event, &state);
             let work = self.plan(entry, &applied.effects);
             if state.is_terminal() {
-                // The spec is no longer needed; keep the table small.
+                // The spec is no longer needed; keep the table small. A
+                // grant not yet taken by a process (inputs failed, cancel
+                // while initializing) is freed.
                 entry.spec = None;
+                entry.grant = None;
             }
             // Effects run once the event is in the journal; if it cannot be
             // written the worker still acts (the write failure is logged and
@@ -789,7 +803,25 @@ impl Worker {
                     )),
                     None => tracing::error!(key = %entry.key, "resources asked for without a spec"),
                 },
-                Effect::CancelResourceRequest | Effect::KillProcess => entry.kill.cancel(),
+                Effect::CancelResourceRequest | Effect::KillProcess | Effect::AbortTransfers => {
+                    entry.kill.cancel()
+                }
+                Effect::StageInputs | Effect::UploadOutputs => match &entry.spec {
+                    Some(spec) => work.push(Work::Transfer(
+                        entry.key.clone(),
+                        if *effect == Effect::StageInputs {
+                            Direction::Inputs
+                        } else {
+                            Direction::Outputs
+                        },
+                        spec.clone(),
+                        AttemptDir::new(&self.inner.config.data_dir, &entry.key).work(),
+                        entry.kill.clone(),
+                    )),
+                    None => {
+                        tracing::error!(key = %entry.key, "file transfer asked for without a spec")
+                    }
+                },
                 Effect::SpawnProcess => match &entry.spec {
                     Some(spec) => work.push(Work::Spawn(
                         entry.key.clone(),
@@ -841,6 +873,12 @@ impl Worker {
                 }
                 Work::Admit(key, request, cancel) => {
                     tokio::spawn(self.clone().admit(key, request, cancel));
+                }
+                Work::Transfer(key, direction, spec, work_dir, cancel) => {
+                    tokio::spawn(
+                        self.clone()
+                            .transfer(key, direction, spec, work_dir, cancel),
+                    );
                 }
                 Work::Spawn(key, spec, kill, grant) => {
                     tokio::spawn(self.clone().run_process(key, spec, kill, grant));
@@ -933,6 +971,48 @@ impl Worker {
         }
     }
 
+    /// The transfer task: moves the job's input or output files, then
+    /// records the result. A cancel abandons the transfer.
+    async fn transfer(
+        self,
+        key: JobKey,
+        direction: Direction,
+        spec: Arc<JobSpec>,
+        work_dir: PathBuf,
+        cancel: CancellationToken,
+    ) {
+        let started = std::time::Instant::now();
+        let moved = async {
+            match direction {
+                Direction::Inputs => transfer::download_all(&spec.input_files, &work_dir).await,
+                Direction::Outputs => transfer::upload_all(&spec.output_files, &work_dir).await,
+            }
+        };
+        let moved = tokio::select! {
+            moved = moved => moved,
+            () = cancel.cancelled() => return,
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let event = match (direction, moved) {
+            (Direction::Inputs, Ok(t)) => Event::InputsStaged {
+                files: t.files,
+                size_bytes: t.size_bytes,
+            },
+            (Direction::Outputs, Ok(t)) => Event::OutputsUploaded {
+                files: t.files,
+                size_bytes: t.size_bytes,
+            },
+            (Direction::Inputs, Err(e)) => Event::InputsFailed {
+                message: format!("input file {e}"),
+            },
+            (Direction::Outputs, Err(e)) => Event::OutputsFailed {
+                message: format!("output file {e}"),
+            },
+        };
+        tracing::debug!(%key, duration_ms, event = event.name(), "file transfer ended");
+        self.record(&key, event);
+    }
+
     /// The admission task: waits for the job's cores and memory, then
     /// `ResourcesGranted` (holding them) or `ResourcesRefused`. A cancel
     /// leaves the queue.
@@ -980,6 +1060,8 @@ impl Worker {
                     unsupported: spec.unsupported.clone(),
                     cores_mcpu: spec.cores_mcpu,
                     memory_bytes: spec.memory_bytes,
+                    input_files: spec.input_files.len() as u32,
+                    output_files: spec.output_files.len() as u32,
                 };
                 let spec = Arc::new(spec);
                 self.record_with(&key, event, move |entry| {

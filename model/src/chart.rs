@@ -4,8 +4,10 @@
 //! live ─┬─ pending ─┬─ accepted
 //!       │           └─ loading_spec
 //!       └─ running ─┬─ waiting_for_resources
+//!                   ├─ initializing        (input files)
 //!                   ├─ starting
 //!                   ├─ executing {pid}
+//!                   ├─ uploading_outputs   (output files, after exit 0)
 //!                   └─ cancelling
 //! terminal ─┬─ done {outcome}
 //!           └─ errored {kind, message}
@@ -44,9 +46,15 @@ pub(crate) enum Disposition {
     Rejected,
 }
 
-/// The statig machine. It has no shared storage: all data is state-local.
+/// The statig machine. Its shared storage is what `spec_loaded` said about
+/// files, which decides two later transitions; all else is state-local.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct JobChart;
+pub(crate) struct JobChart {
+    /// The spec has `input_files`: stage them before the spawn.
+    stage_inputs: bool,
+    /// The spec has `output_files`: upload them after an exit 0.
+    upload_outputs: bool,
+}
 
 #[state_machine(
     initial = "State::accepted()",
@@ -68,13 +76,17 @@ impl JobChart {
     }
 
     #[state(superstate = "pending")]
-    fn loading_spec(context: &mut Decision, event: &Event) -> Outcome<State> {
+    fn loading_spec(&mut self, context: &mut Decision, event: &Event) -> Outcome<State> {
         match event {
             Event::SpecLoaded {
                 process: ProcessKind::Docker,
                 unsupported,
+                input_files,
+                output_files,
                 ..
             } if unsupported.is_empty() => {
+                self.stage_inputs = *input_files > 0;
+                self.upload_outputs = *output_files > 0;
                 context.effects.push(Effect::RequestResources);
                 Transition(State::waiting_for_resources())
             }
@@ -118,8 +130,12 @@ impl JobChart {
     /// Loaded, queued for cores and memory. No process exists yet, so a
     /// cancel only leaves the queue.
     #[state(superstate = "running")]
-    fn waiting_for_resources(context: &mut Decision, event: &Event) -> Outcome<State> {
+    fn waiting_for_resources(&self, context: &mut Decision, event: &Event) -> Outcome<State> {
         match event {
+            Event::ResourcesGranted if self.stage_inputs => {
+                context.effects.push(Effect::StageInputs);
+                Transition(State::initializing())
+            }
             Event::ResourcesGranted => {
                 context.effects.push(Effect::SpawnProcess);
                 Transition(State::starting())
@@ -129,6 +145,24 @@ impl JobChart {
             }
             Event::CancelRequested => {
                 context.effects.push(Effect::CancelResourceRequest);
+                Transition(State::done(JobOutcome::Cancelled))
+            }
+            _ => Super,
+        }
+    }
+
+    /// Resources held, input files downloading. No process exists yet, so
+    /// a cancel only stops the downloads.
+    #[state(superstate = "running")]
+    fn initializing(context: &mut Decision, event: &Event) -> Outcome<State> {
+        match event {
+            Event::InputsStaged { .. } => {
+                context.effects.push(Effect::SpawnProcess);
+                Transition(State::starting())
+            }
+            Event::InputsFailed { message } => errored(ErrorKind::InputFailed, message.clone()),
+            Event::CancelRequested => {
+                context.effects.push(Effect::AbortTransfers);
                 Transition(State::done(JobOutcome::Cancelled))
             }
             _ => Super,
@@ -149,15 +183,35 @@ impl JobChart {
 
     #[state(superstate = "running")]
     #[allow(unused_variables)]
-    fn executing(pid: &u32, event: &Event) -> Outcome<State> {
+    fn executing(&self, context: &mut Decision, pid: &u32, event: &Event) -> Outcome<State> {
         match event {
             Event::StartedDelivered => Handled,
+            Event::ProcessExited { exit, .. } if exit.is_success() && self.upload_outputs => {
+                context.effects.push(Effect::UploadOutputs);
+                Transition(State::uploading_outputs())
+            }
             Event::ProcessExited { exit, .. } => {
                 if exit.is_success() {
                     Transition(State::done(JobOutcome::Succeeded))
                 } else {
                     Transition(State::done(JobOutcome::Failed { exit: *exit }))
                 }
+            }
+            _ => Super,
+        }
+    }
+
+    /// The process exited 0; its outputs are on their way. Only then is
+    /// the job `succeeded`. A cancel stops the uploads.
+    #[state(superstate = "running")]
+    fn uploading_outputs(context: &mut Decision, event: &Event) -> Outcome<State> {
+        match event {
+            Event::StartedDelivered => Handled,
+            Event::OutputsUploaded { .. } => Transition(State::done(JobOutcome::Succeeded)),
+            Event::OutputsFailed { message } => errored(ErrorKind::OutputFailed, message.clone()),
+            Event::CancelRequested => {
+                context.effects.push(Effect::AbortTransfers);
+                Transition(State::done(JobOutcome::Cancelled))
             }
             _ => Super,
         }
@@ -269,6 +323,12 @@ impl From<&State> for JobState {
             State::LoadingSpec {} => JobState::LoadingSpec,
             State::WaitingForResources {} => JobState::Running {
                 phase: RunPhase::WaitingForResources,
+            },
+            State::Initializing {} => JobState::Running {
+                phase: RunPhase::Initializing,
+            },
+            State::UploadingOutputs {} => JobState::Running {
+                phase: RunPhase::UploadingOutputs,
             },
             State::Starting {} => JobState::Running {
                 phase: RunPhase::Starting,

@@ -20,6 +20,14 @@ pub enum Effect {
     RequestResources,
     /// Leave the resource queue (the attempt was cancelled while waiting).
     CancelResourceRequest,
+    /// Download the spec's `input_files` into the attempt's working
+    /// directory, then record `InputsStaged` or `InputsFailed`.
+    StageInputs,
+    /// Upload the spec's `output_files`, then record `OutputsUploaded` or
+    /// `OutputsFailed`.
+    UploadOutputs,
+    /// Abort a download or upload in flight (the attempt was cancelled).
+    AbortTransfers,
     /// Spawn the job's process from the loaded spec, holding the granted
     /// resources until it ends.
     SpawnProcess,

@@ -70,6 +70,14 @@ pub enum Event {
         /// The spec's `resources.memory_bytes`: memory to reserve, in bytes.
         #[serde(default)]
         memory_bytes: u64,
+        /// How many `input_files` the spec has (downloaded before the
+        /// process starts).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        input_files: u32,
+        /// How many `output_files` the spec has (uploaded after the process
+        /// exits 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        output_files: u32,
     },
     /// The worker reserved the job's cores and memory; the process may start.
     ResourcesGranted,
@@ -85,6 +93,18 @@ pub enum Event {
         /// `spec_timeout`, `spec_unavailable`).
         kind: ErrorKind,
         /// What went wrong, for a person: which object, which field.
+        message: String,
+    },
+    /// Every input file is in the attempt's working directory.
+    InputsStaged {
+        /// Files downloaded.
+        files: u32,
+        /// Bytes downloaded.
+        size_bytes: u64,
+    },
+    /// An input file could not be downloaded (after retries).
+    InputsFailed {
+        /// Which URL, and why.
         message: String,
     },
     /// The job's process was spawned.
@@ -104,6 +124,18 @@ pub enum Event {
         exit: ExitStatus,
         /// Wall time from spawn to exit, in ms.
         duration_ms: u64,
+    },
+    /// Every output file was uploaded.
+    OutputsUploaded {
+        /// Files uploaded.
+        files: u32,
+        /// Bytes uploaded.
+        size_bytes: u64,
+    },
+    /// An output file could not be uploaded (after retries), or is missing.
+    OutputsFailed {
+        /// Which file and URL, and why.
+        message: String,
     },
     /// The driver (or an operator) asked for the attempt to be cancelled.
     CancelRequested,
@@ -138,9 +170,13 @@ impl Event {
             Event::SpecLoadFailed { .. } => "spec_load_failed",
             Event::ResourcesGranted => "resources_granted",
             Event::ResourcesRefused { .. } => "resources_refused",
+            Event::InputsStaged { .. } => "inputs_staged",
+            Event::InputsFailed { .. } => "inputs_failed",
             Event::ProcessStarted { .. } => "process_started",
             Event::LaunchFailed { .. } => "launch_failed",
             Event::ProcessExited { .. } => "process_exited",
+            Event::OutputsUploaded { .. } => "outputs_uploaded",
+            Event::OutputsFailed { .. } => "outputs_failed",
             Event::CancelRequested => "cancel_requested",
             Event::WorkerRestarted => "worker_restarted",
             Event::StartedDelivered => "started_delivered",
@@ -162,6 +198,10 @@ impl Event {
                 | Event::CompleteDelivered
         )
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The `process.type` of a job spec.

@@ -51,7 +51,7 @@ impl JobAttempt {
     /// effect `StartSpecLoad`.
     pub fn accept() -> (JobAttempt, Applied) {
         let mut decision = Decision::default();
-        let chart = JobChart
+        let chart = JobChart::default()
             .uninitialized_state_machine()
             .init_with_context(&mut decision);
         let applied = Applied {

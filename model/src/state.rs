@@ -51,8 +51,14 @@ impl JobState {
                 phase: RunPhase::WaitingForResources,
             } => "running.waiting_for_resources",
             JobState::Running {
+                phase: RunPhase::Initializing,
+            } => "running.initializing",
+            JobState::Running {
                 phase: RunPhase::Starting,
             } => "running.starting",
+            JobState::Running {
+                phase: RunPhase::UploadingOutputs,
+            } => "running.uploading_outputs",
             JobState::Running {
                 phase: RunPhase::Executing { .. },
             } => "running.executing",
@@ -73,7 +79,7 @@ impl JobState {
             } => WireState::Pending,
             JobState::LoadingSpec
             | JobState::Running {
-                phase: RunPhase::Starting,
+                phase: RunPhase::Initializing | RunPhase::Starting,
             } => WireState::Initializing,
             JobState::Running { .. } => WireState::Running,
             JobState::Done {
@@ -97,6 +103,8 @@ pub enum RunPhase {
     /// The spec is loaded; the job waits in the worker's queue until its
     /// cores and memory are free.
     WaitingForResources,
+    /// Input files are being downloaded (resources are held).
+    Initializing,
     /// The process is being spawned.
     Starting,
     /// The process runs.
@@ -107,6 +115,8 @@ pub enum RunPhase {
     /// A cancel arrived; the worker is ending the process and waits for it
     /// to exit.
     Cancelling,
+    /// The process exited 0; its output files are being uploaded.
+    UploadingOutputs,
 }
 
 /// How a `Done` attempt finished.
@@ -147,11 +157,15 @@ pub enum ErrorKind {
     WorkerRestarted,
     /// The job asks for more cores or memory than the worker has in all.
     InsufficientResources,
+    /// An input file could not be downloaded.
+    InputFailed,
+    /// An output file could not be uploaded.
+    OutputFailed,
 }
 
 impl ErrorKind {
     /// All kinds, in declaration order.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::SpecMissing,
         ErrorKind::SpecCorrupt,
         ErrorKind::SpecTimeout,
@@ -160,6 +174,8 @@ impl ErrorKind {
         ErrorKind::Unsupported,
         ErrorKind::WorkerRestarted,
         ErrorKind::InsufficientResources,
+        ErrorKind::InputFailed,
+        ErrorKind::OutputFailed,
     ];
 
     /// The snake_case name, as serialised.
@@ -173,6 +189,8 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::WorkerRestarted => "worker_restarted",
             ErrorKind::InsufficientResources => "insufficient_resources",
+            ErrorKind::InputFailed => "input_failed",
+            ErrorKind::OutputFailed => "output_failed",
         }
     }
 

@@ -26,6 +26,8 @@ fn event() -> impl Strategy<Value = Event> {
                     unsupported,
                     cores_mcpu,
                     memory_bytes,
+                    input_files: 0,
+                    output_files: 0,
                 }
             }),
         Just(Event::ResourcesGranted),

@@ -10,6 +10,8 @@
 //! - `shutdown`: SIGTERM / kill drain reports; a second SIGTERM exits.
 //! - `compaction`: the journal stays small; expired attempts are forgotten.
 //! - `control_plane`: creates answer at once behind a slow token service.
+//! - `file_staging`: input and output files through local files, Azurite
+//!   and S3 (checksums), missing inputs and outputs, multipart uploads.
 //! - `crash`: SIGKILL a `serve` child at random moments; restart; nothing lost.
 //! - `create_api`: create-body validation, duplicates, store-root safety.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
@@ -31,6 +33,7 @@ mod compaction;
 mod control_plane;
 mod crash;
 mod create_api;
+mod file_staging;
 mod hanging_store;
 mod journal_replay;
 mod logs_upload;

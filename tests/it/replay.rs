@@ -61,6 +61,8 @@ fn good_events() -> Vec<(JobKey, Event)> {
                 unsupported: vec![],
                 cores_mcpu: 1000,
                 memory_bytes: 1 << 30,
+                input_files: 0,
+                output_files: 0,
             },
         ),
         (

@@ -22,6 +22,31 @@ fn docker_loaded() -> Event {
         unsupported: vec![],
         cores_mcpu: 1000,
         memory_bytes: 1 << 30,
+        input_files: 0,
+        output_files: 0,
+    }
+}
+
+/// A loaded spec with `inputs` input files and `outputs` output files.
+fn loaded_with_files(inputs: u32, outputs: u32) -> Event {
+    match docker_loaded() {
+        Event::SpecLoaded {
+            process,
+            size_bytes,
+            unsupported,
+            cores_mcpu,
+            memory_bytes,
+            ..
+        } => Event::SpecLoaded {
+            process,
+            size_bytes,
+            unsupported,
+            cores_mcpu,
+            memory_bytes,
+            input_files: inputs,
+            output_files: outputs,
+        },
+        _ => unreachable!(),
     }
 }
 
@@ -42,6 +67,27 @@ fn histories() -> Vec<(&'static str, Vec<Event>)> {
         ("accepted", vec![]),
         ("loading_spec", loading.clone()),
         ("running.waiting_for_resources", waiting.clone()),
+        (
+            "running.initializing",
+            [
+                loading.clone(),
+                vec![loaded_with_files(2, 0), Event::ResourcesGranted],
+            ]
+            .concat(),
+        ),
+        (
+            "running.uploading_outputs",
+            [
+                loading.clone(),
+                vec![
+                    loaded_with_files(0, 1),
+                    Event::ResourcesGranted,
+                    Event::ProcessStarted { pid: 42 },
+                    exited(0),
+                ],
+            ]
+            .concat(),
+        ),
         ("running.starting", starting.clone()),
         ("running.executing", executing.clone()),
         (
@@ -81,6 +127,8 @@ fn all_events() -> Vec<Event> {
             unsupported: vec![],
             cores_mcpu: 0,
             memory_bytes: 0,
+            input_files: 0,
+            output_files: 0,
         },
         Event::SpecLoaded {
             process: ProcessKind::Docker,
@@ -88,6 +136,8 @@ fn all_events() -> Vec<Event> {
             unsupported: vec!["output_files".into()],
             cores_mcpu: 0,
             memory_bytes: 0,
+            input_files: 0,
+            output_files: 0,
         },
         Event::SpecLoadFailed {
             kind: ErrorKind::SpecCorrupt,
@@ -101,7 +151,21 @@ fn all_events() -> Vec<Event> {
         Event::ResourcesRefused {
             message: "needs 8000 mcpu, the worker has 2000".into(),
         },
+        Event::InputsStaged {
+            files: 2,
+            size_bytes: 10,
+        },
+        Event::InputsFailed {
+            message: "gs://b/in does not exist".into(),
+        },
         Event::ProcessStarted { pid: 7 },
+        Event::OutputsUploaded {
+            files: 1,
+            size_bytes: 5,
+        },
+        Event::OutputsFailed {
+            message: "out.txt: no such file".into(),
+        },
         Event::LaunchFailed {
             message: "no such file".into(),
         },
@@ -175,6 +239,22 @@ fn legal(state: &str, event: &Event) -> Option<(JobState, Vec<Effect>)> {
         ("running.waiting_for_resources", Event::CancelRequested) => {
             done(Outcome::Cancelled, vec![CancelResourceRequest])
         }
+        ("running.initializing", Event::InputsStaged { .. }) => {
+            Some((running(RunPhase::Starting), vec![SpawnProcess]))
+        }
+        ("running.initializing", Event::InputsFailed { .. }) => errored(ErrorKind::InputFailed),
+        ("running.initializing" | "running.uploading_outputs", Event::CancelRequested) => {
+            done(Outcome::Cancelled, vec![AbortTransfers])
+        }
+        ("running.uploading_outputs", Event::OutputsUploaded { .. }) => {
+            done(Outcome::Succeeded, vec![])
+        }
+        ("running.uploading_outputs", Event::OutputsFailed { .. }) => {
+            errored(ErrorKind::OutputFailed)
+        }
+        ("running.uploading_outputs", Event::StartedDelivered) => {
+            Some((running(RunPhase::UploadingOutputs), vec![]))
+        }
         ("running.starting", Event::ProcessStarted { pid }) => Some((
             running(RunPhase::Executing { pid: *pid }),
             vec![ReportStarted],
@@ -206,8 +286,10 @@ fn legal(state: &str, event: &Event) -> Option<(JobState, Vec<Effect>)> {
             "accepted"
             | "loading_spec"
             | "running.waiting_for_resources"
+            | "running.initializing"
             | "running.starting"
-            | "running.executing",
+            | "running.executing"
+            | "running.uploading_outputs",
             Event::WorkerRestarted,
         ) => errored(ErrorKind::WorkerRestarted),
         _ => None,
@@ -382,6 +464,8 @@ fn spec_loaded_records_from_before_admission_still_parse() {
             unsupported: vec![],
             cores_mcpu: 0,
             memory_bytes: 0,
+            input_files: 0,
+            output_files: 0,
         }
     );
 }
@@ -414,6 +498,8 @@ fn unsupported_process_type_names_the_type() {
             unsupported: vec![],
             cores_mcpu: 0,
             memory_bytes: 0,
+            input_files: 0,
+            output_files: 0,
         })
         .unwrap();
     match attempt.state() {
