@@ -17,7 +17,9 @@ use crate::journal::{open_journal, Durability, RecoveryError};
 use crate::logs_store::LogsStore;
 use crate::runner::HostRunner;
 use crate::spec_store::{SpecLoadConfig, SpecStore};
-use crate::store::{open_store, throttled, with_control_plane, StoreOpenError};
+use crate::store::{
+    open_store_with, throttled, with_control_plane, StoreOpenError, StoreOptions, StoreOptionsError,
+};
 use crate::supervisor::{
     Worker, WorkerConfig, DEFAULT_JOURNAL_SEGMENT_BYTES, DEFAULT_REPORT_DRAIN_MS,
     DEFAULT_RETENTION_HOURS,
@@ -131,6 +133,11 @@ pub struct ServeArgs {
     /// written (same schemes as --spec-store). Default: file://{data-dir}/logs.
     #[arg(long)]
     pub logs_store: Option<Url>,
+    /// A file of store options, `NAME=VALUE` lines with the names of the
+    /// AWS_*, AZURE_*, GOOGLE_* variables (object_store's keys); they
+    /// override the environment's, for every store the worker opens.
+    #[arg(long)]
+    pub store_options: Option<PathBuf>,
     /// When a journal record counts as written: `fsync` (survives power
     /// loss) or `flush` (survives the worker's crash).
     #[arg(long, value_enum, default_value = "fsync")]
@@ -237,6 +244,9 @@ pub enum StartError {
     /// The driver client could not be built.
     #[error("cannot build the driver client: {0}")]
     Driver(#[from] reqwest::Error),
+    /// The store options file is unusable.
+    #[error(transparent)]
+    StoreOptions(#[from] StoreOptionsError),
     /// A flag's value is unusable (`--cores`, `--name`, `--driver-url`).
     #[error("{0}")]
     Invalid(String),
@@ -277,7 +287,9 @@ pub fn prepare_dir(path: &Path) -> Result<PathBuf, StartError> {
 /// [`StartError`] naming what could not be set up.
 pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
     let data_dir = prepare_dir(&args.data_dir)?;
-    let (store, root) = store_or_local(args.spec_store.as_ref(), &data_dir.join("specs"))?;
+    let options = args.store_options()?;
+    let (store, root) =
+        store_or_local(args.spec_store.as_ref(), &data_dir.join("specs"), &options)?;
     let slow = |store| {
         with_control_plane(
             store,
@@ -291,7 +303,8 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
         args.spec.load_config(),
     )
     .map_err(StartError::Runtime)?;
-    let (logs, logs_root) = store_or_local(args.logs_store.as_ref(), &data_dir.join("logs"))?;
+    let (logs, logs_root) =
+        store_or_local(args.logs_store.as_ref(), &data_dir.join("logs"), &options)?;
     let logs = slow(logs);
     let name = args.name.clone().unwrap_or_else(default_name);
     if reqwest::header::HeaderValue::from_str(&name).is_err() || name.is_empty() {
@@ -332,6 +345,7 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
         capacity: args.capacity()?,
         logs: LogsStore::new(logs, logs_root),
         report_drain: Duration::from_millis(args.report_drain_ms),
+        store_options: options,
     };
     let recovered = open_journal(
         &config.data_dir,
@@ -357,9 +371,10 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
 fn store_or_local(
     url: Option<&Url>,
     default: &Path,
+    options: &StoreOptions,
 ) -> Result<(Arc<dyn ObjectStore>, object_store::path::Path), StartError> {
     match url {
-        Some(url) => Ok(open_store(url)?),
+        Some(url) => Ok(open_store_with(url, options)?),
         None => {
             let dir = prepare_dir(default)?;
             let store =
@@ -373,6 +388,18 @@ fn store_or_local(
 }
 
 impl ServeArgs {
+    /// The environment's store options, overridden by `--store-options`.
+    ///
+    /// # Errors
+    /// [`StartError::StoreOptions`] when the file cannot be read or parsed.
+    pub fn store_options(&self) -> Result<StoreOptions, StartError> {
+        let options = StoreOptions::from_env();
+        Ok(match &self.store_options {
+            Some(path) => options.with_file(path)?,
+            None => options,
+        })
+    }
+
     /// The capacity `--cores` and `--memory` give, the machine's where absent.
     ///
     /// # Errors

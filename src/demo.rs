@@ -231,6 +231,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             Path::default(),
         ),
         report_drain: Duration::from_millis(crate::supervisor::DEFAULT_REPORT_DRAIN_MS),
+        store_options: crate::store::StoreOptions::from_env(),
     };
     let specs = SpecStore::new(
         throttled(

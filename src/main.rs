@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use batch_worker::cli::{advertised_ip, build_worker, Cli, Command};
+use batch_worker::store::redact_url;
 use batch_worker::{demo, replay, server};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -30,11 +31,14 @@ async fn main() -> anyhow::Result<()> {
                 listen = %listener.local_addr()?,
                 name = worker.name(),
                 data_dir = %args.data_dir.display(),
-                spec_store = args.spec_store.as_ref().map_or_else(|| format!("file://{}", args.data_dir.join("specs").display()), |u| u.to_string()),
-                logs_store = args.logs_store.as_ref().map_or_else(|| format!("file://{}", args.data_dir.join("logs").display()), |u| u.to_string()),
+                spec_store = args.spec_store.as_ref().map_or_else(|| format!("file://{}", args.data_dir.join("specs").display()), redact_url),
+                logs_store = args.logs_store.as_ref().map_or_else(|| format!("file://{}", args.data_dir.join("logs").display()), redact_url),
                 driver_url = args.driver_url.as_ref().map_or("none (no reports)".into(), |u| u.to_string()),
                 "batch-worker serving"
             );
+            // Credentials' values are masked.
+            let options = args.store_options()?;
+            tracing::info!(options = ?options, "store options (environment, then --store-options)");
             let ip_address = advertised_ip(
                 listener.local_addr()?.ip(),
                 args.ip_address,

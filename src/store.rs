@@ -29,11 +29,127 @@ pub use control_plane::{with_control_plane, SlowControlPlane, TokenDelayStore, T
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open object store {url}: {source}")]
 pub struct StoreOpenError {
-    /// The URL (object_store URLs carry no credentials).
+    /// The URL, redacted (see [`redact_url`]).
     pub url: String,
     /// The cause.
     #[source]
     pub source: object_store::Error,
+}
+
+/// An options file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read store options file {path}: {reason}")]
+pub struct StoreOptionsError {
+    /// The file.
+    pub path: String,
+    /// Why (never a value from the file).
+    pub reason: String,
+}
+
+/// Options for every store the worker opens (spec store, logs store, job
+/// files): the `AWS_*`, `AZURE_*` and `GOOGLE_*` environment variables,
+/// overridden by an options file's `NAME=VALUE` lines of the same names
+/// (object_store's configuration keys, e.g. `AWS_ENDPOINT`,
+/// `AZURE_STORAGE_ACCOUNT_KEY`). `Debug` and [`StoreOptions::masked`] never
+/// show a credential's value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    pairs: Vec<(String, String)>,
+}
+
+/// Names of options whose values are credentials (case-insensitive parts).
+const SECRET_PARTS: [&str; 7] = [
+    "KEY",
+    "SECRET",
+    "TOKEN",
+    "PASSWORD",
+    "SAS",
+    "CREDENTIAL",
+    "SIGNATURE",
+];
+
+fn is_store_option(name: &str) -> bool {
+    name.starts_with("AWS_") || name.starts_with("AZURE_") || name.starts_with("GOOGLE_")
+}
+
+impl StoreOptions {
+    /// The store options among the process's environment variables.
+    pub fn from_env() -> StoreOptions {
+        StoreOptions {
+            pairs: std::env::vars()
+                .filter(|(k, _)| is_store_option(k))
+                .collect(),
+        }
+    }
+
+    /// These options, overridden by the `NAME=VALUE` lines of `path` (a
+    /// dotenv file: `#` comments, optional quotes). Names that are not
+    /// `AWS_*`, `AZURE_*` or `GOOGLE_*` are refused.
+    ///
+    /// # Errors
+    /// [`StoreOptionsError`] naming the file and the line's problem.
+    pub fn with_file(mut self, path: &std::path::Path) -> Result<StoreOptions, StoreOptionsError> {
+        let fail = |reason: String| StoreOptionsError {
+            path: path.display().to_string(),
+            reason,
+        };
+        let lines = dotenvy::from_path_iter(path).map_err(|e| fail(describe_dotenv(&e)))?;
+        for line in lines {
+            let (name, value) = line.map_err(|e| fail(describe_dotenv(&e)))?;
+            if !is_store_option(&name) {
+                return Err(fail(format!(
+                    "{name}: expected an AWS_*, AZURE_* or GOOGLE_* option name"
+                )));
+            }
+            self.pairs.retain(|(k, _)| *k != name);
+            self.pairs.push((name, value));
+        }
+        Ok(self)
+    }
+
+    /// Every option as `(name, value)`, credentials' values as `***`,
+    /// sorted by name: what the worker prints at start.
+    pub fn masked(&self) -> Vec<(String, String)> {
+        let mut shown: Vec<(String, String)> = self
+            .pairs
+            .iter()
+            .map(|(k, v)| {
+                let upper = k.to_ascii_uppercase();
+                let secret = SECRET_PARTS.iter().any(|part| upper.contains(part));
+                (k.clone(), if secret { "***".to_owned() } else { v.clone() })
+            })
+            .collect();
+        shown.sort();
+        shown
+    }
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.masked()).finish()
+    }
+}
+
+/// A dotenv error without the offending line's text (it may hold a value).
+fn describe_dotenv(e: &dotenvy::Error) -> String {
+    match e {
+        dotenvy::Error::LineParse(_, index) => format!("cannot parse the line at byte {index}"),
+        dotenvy::Error::Io(io) => io.to_string(),
+        _ => "cannot parse the file".to_owned(),
+    }
+}
+
+/// `url` without what may be a credential: a password in it, and its query
+/// (Azure SAS tokens travel as `?sv=...&sig=...`).
+pub fn redact_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    if shown.query().is_some() {
+        shown.set_query(Some("***"));
+    }
+    shown.to_string()
 }
 
 /// Opens an object store from a URL (`file://`, `memory://`, `s3://`,
@@ -44,13 +160,23 @@ pub struct StoreOpenError {
 /// # Errors
 /// [`StoreOpenError`] for an unknown scheme or a bad configuration.
 pub fn open_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), StoreOpenError> {
-    let options = std::env::vars().filter(|(k, _)| {
-        k.starts_with("AWS_") || k.starts_with("AZURE_") || k.starts_with("GOOGLE_")
-    });
+    open_store_with(url, &StoreOptions::from_env())
+}
+
+/// [`open_store`] with `options` instead of the environment's.
+///
+/// # Errors
+/// [`StoreOpenError`] for an unknown scheme or a bad configuration.
+pub fn open_store_with(
+    url: &Url,
+    options: &StoreOptions,
+) -> Result<(Arc<dyn ObjectStore>, Path), StoreOpenError> {
     let (store, root) =
-        object_store::parse_url_opts(url, options).map_err(|source| StoreOpenError {
-            url: url.to_string(),
-            source,
+        object_store::parse_url_opts(url, options.pairs.iter().cloned()).map_err(|source| {
+            StoreOpenError {
+                url: redact_url(url),
+                source,
+            }
         })?;
     Ok((Arc::from(store), root))
 }
@@ -178,6 +304,38 @@ mod tests {
         assert!(store.to_string().contains("bucket"), "{store}");
         let err = open_store(&Url::parse("ftp://host/x").unwrap()).unwrap_err();
         assert!(err.to_string().contains("ftp://host/x"), "{err}");
+    }
+
+    #[test]
+    fn options_files_override_the_environment_and_credentials_are_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("store.env");
+        std::fs::write(
+            &file,
+            "# test\nAWS_REGION=eu-west-3\nAWS_SECRET_ACCESS_KEY=\"TOPSECRET123\"\n",
+        )
+        .unwrap();
+        let options = StoreOptions::default().with_file(&file).unwrap();
+        let shown = format!("{options:?} {:?}", options.masked());
+        assert!(shown.contains("eu-west-3"), "{shown}");
+        assert!(shown.contains("AWS_SECRET_ACCESS_KEY"), "{shown}");
+        assert!(!shown.contains("TOPSECRET123"), "{shown}");
+        std::fs::write(&file, "HOME=/tmp\n").unwrap();
+        let err = StoreOptions::default().with_file(&file).unwrap_err();
+        assert!(err.to_string().contains("HOME"), "{err}");
+        std::fs::write(&file, "AWS_X TOPSECRET123 = = \"\n").unwrap();
+        let err = StoreOptions::default().with_file(&file).unwrap_err();
+        assert!(!err.to_string().contains("TOPSECRET123"), "{err}");
+    }
+
+    #[test]
+    fn urls_lose_passwords_and_sas_tokens_when_shown() {
+        let url = Url::parse("az://acct:pw123@container/x?sv=1&sig=SIGNED").unwrap();
+        let shown = redact_url(&url);
+        assert!(
+            !shown.contains("pw123") && !shown.contains("SIGNED"),
+            "{shown}"
+        );
     }
 
     #[tokio::test]

@@ -32,6 +32,7 @@ use crate::journal::{encode_record, AttemptInfo, JournalRecord, JournalWriter};
 use crate::logs_store::LogsStore;
 use crate::runner::{AttemptDir, HostRunner, LaunchError, ProcessRequest, SPAWN_TIMEOUT};
 use crate::spec_store::{SpecLoadError, SpecStore};
+use crate::store::StoreOptions;
 use crate::transfer;
 use crate::wire::{
     CreateJob, JobCompleteBody, JobCompleteStatus, JobStartedBody, JobStartedStatus, STATUS_VERSION,
@@ -60,6 +61,8 @@ pub struct WorkerConfig {
     /// At shutdown, the longest wait for reports still being delivered
     /// (default 30 s).
     pub report_drain: std::time::Duration,
+    /// Options for the stores of jobs' input and output files.
+    pub store_options: StoreOptions,
 }
 
 /// Default of [`WorkerConfig::report_drain`], in ms.
@@ -982,10 +985,15 @@ impl Worker {
         cancel: CancellationToken,
     ) {
         let started = std::time::Instant::now();
+        let options = &self.inner.config.store_options;
         let moved = async {
             match direction {
-                Direction::Inputs => transfer::download_all(&spec.input_files, &work_dir).await,
-                Direction::Outputs => transfer::upload_all(&spec.output_files, &work_dir).await,
+                Direction::Inputs => {
+                    transfer::download_all(&spec.input_files, &work_dir, options).await
+                }
+                Direction::Outputs => {
+                    transfer::upload_all(&spec.output_files, &work_dir, options).await
+                }
             }
         };
         let moved = tokio::select! {

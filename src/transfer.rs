@@ -7,9 +7,9 @@
 //! [`BufWriter`], which switches to a multipart upload once a file passes
 //! its 10 MiB buffer. At most [`TRANSFER_CONCURRENCY`] files of one job
 //! move at once; each is retried ([`TRANSFER_ATTEMPTS`]) on store errors,
-//! except a missing object, which fails at once. Store options come from the
-//! `AWS_*`, `AZURE_*`, `GOOGLE_*` environment variables (see
-//! [`crate::store::open_store`]).
+//! except a missing object, which fails at once. Stores are opened with the
+//! worker's [`StoreOptions`]; URLs in errors are redacted
+//! ([`redact_url`]).
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use object_store::ObjectStore;
 use tokio::io::AsyncWriteExt;
 
 use crate::job_spec::FileTransfer;
-use crate::store::open_store;
+use crate::store::{open_store_with, redact_url, StoreOptions};
 
 /// Files of one job moving at once.
 pub const TRANSFER_CONCURRENCY: usize = 4;
@@ -74,10 +74,14 @@ pub struct Transferred {
 pub async fn download_all(
     inputs: &[FileTransfer],
     work: &FsPath,
+    options: &StoreOptions,
 ) -> Result<Transferred, TransferError> {
     // Collected first: a closure held across the await would keep the
     // task from being `Send` (a higher-ranked lifetime limitation).
-    let transfers: Vec<_> = inputs.iter().map(|file| download_one(file, work)).collect();
+    let transfers: Vec<_> = inputs
+        .iter()
+        .map(|file| download_one(file, work, options))
+        .collect();
     each(transfers).await
 }
 
@@ -89,25 +93,37 @@ pub async fn download_all(
 pub async fn upload_all(
     outputs: &[FileTransfer],
     work: &FsPath,
+    options: &StoreOptions,
 ) -> Result<Transferred, TransferError> {
-    let transfers: Vec<_> = outputs.iter().map(|file| upload_one(file, work)).collect();
+    let transfers: Vec<_> = outputs
+        .iter()
+        .map(|file| upload_one(file, work, options))
+        .collect();
     each(transfers).await
 }
 
-async fn download_one(file: &FileTransfer, work: &FsPath) -> Result<u64, TransferError> {
-    let (store, key) = open(&file.url)?;
+async fn download_one(
+    file: &FileTransfer,
+    work: &FsPath,
+    options: &StoreOptions,
+) -> Result<u64, TransferError> {
+    let (store, key) = open(&file.url, options)?;
     let dest = work.join(&file.local);
-    let url = file.url.to_string();
+    let url = redact_url(&file.url);
     (|| download(&store, &key, &dest, &file.local, &url))
         .retry(backoff())
         .when(|e| !matches!(e, TransferError::Missing { .. }))
         .await
 }
 
-async fn upload_one(file: &FileTransfer, work: &FsPath) -> Result<u64, TransferError> {
-    let (store, key) = open(&file.url)?;
+async fn upload_one(
+    file: &FileTransfer,
+    work: &FsPath,
+    options: &StoreOptions,
+) -> Result<u64, TransferError> {
+    let (store, key) = open(&file.url, options)?;
     let source = work.join(&file.local);
-    let url = file.url.to_string();
+    let url = redact_url(&file.url);
     (|| async {
         upload_file(store.clone(), &key, &source)
             .await
@@ -208,9 +224,12 @@ async fn download(
     Ok(size)
 }
 
-fn open(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, Path), TransferError> {
-    open_store(url).map_err(|e| TransferError::Store {
-        url: url.to_string(),
+fn open(
+    url: &url::Url,
+    options: &StoreOptions,
+) -> Result<(Arc<dyn ObjectStore>, Path), TransferError> {
+    open_store_with(url, options).map_err(|e| TransferError::Store {
+        url: e.url,
         reason: e.source.to_string(),
     })
 }

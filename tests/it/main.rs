@@ -24,6 +24,8 @@
 //! - `journal_replay`: proptest: the journal replays to the live table.
 //! - `processes`: exit codes, timeouts, cancel while running, status and
 //!   `job_complete` agree.
+//! - `store_config`: options from the environment and a file; credentials
+//!   masked where the configuration is printed.
 //! - `store_faults`: retries, spec_unavailable, spec_timeout, the load cap.
 //! - `wire_samples`: the shared byte-exact samples.
 
@@ -44,6 +46,7 @@ mod reports;
 mod server_limits;
 mod shutdown;
 mod spec_properties;
+mod store_config;
 mod store_faults;
 mod support;
 mod wire_samples;

@@ -178,6 +178,7 @@ impl Harness {
                 capacity: options.capacity,
                 logs: LogsStore::new(options.logs.clone(), Path::from("logs")),
                 report_drain: options.report_drain,
+                store_options: batch_worker::store::StoreOptions::from_env(),
             },
             SpecStore::new(store.clone(), root.clone(), config).expect("spec-io threads"),
             Some(client),
