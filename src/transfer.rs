@@ -122,7 +122,7 @@ async fn upload_one(
     options: &StoreOptions,
 ) -> Result<u64, TransferError> {
     let (store, key) = open(&file.url, options)?;
-    let source = work.join(&file.local);
+    let source = inside(work, &file.local).await?;
     let url = redact_url(&file.url);
     (|| async {
         upload_file(store.clone(), &key, &source)
@@ -222,6 +222,28 @@ async fn download(
     }
     file.flush().await.map_err(local_error)?;
     Ok(size)
+}
+
+/// `work/local`, resolved, if it stays inside `work`: the job may have
+/// made `local` (or a directory on its way) a symlink to a file elsewhere,
+/// which must not be uploaded.
+async fn inside(work: &FsPath, local: &FsPath) -> Result<std::path::PathBuf, TransferError> {
+    let local_error = |source| TransferError::Local {
+        path: local.display().to_string(),
+        source,
+    };
+    let root = tokio::fs::canonicalize(work).await.map_err(local_error)?;
+    let real = tokio::fs::canonicalize(work.join(local))
+        .await
+        .map_err(local_error)?;
+    if real.starts_with(&root) {
+        Ok(real)
+    } else {
+        Err(local_error(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "it leads outside the job's working directory (a symlink?)",
+        )))
+    }
 }
 
 fn open(

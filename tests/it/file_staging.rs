@@ -215,3 +215,25 @@ async fn a_64_mib_output_goes_up_in_parts() {
         "not multipart: {etag}"
     );
 }
+
+#[tokio::test]
+async fn an_output_that_links_outside_the_working_directory_is_not_uploaded() {
+    let scratch = tempfile::tempdir().unwrap();
+    let h = Harness::in_memory().await;
+    let base = url::Url::from_directory_path(scratch.path()).unwrap();
+    let spec = spec_with_files(
+        1,
+        "ln -s /etc/hostname leak.txt",
+        json!([]),
+        json!([{"from": "leak.txt", "to": format!("{base}leak.txt")}]),
+    );
+    bunch(&h, 44, "leak", &[spec]).await;
+    h.accept(44, 1, "leak").await;
+    let state = h.wait_final(44, 1).await;
+    assert!(
+        matches!(&state, JobState::Errored { kind: ErrorKind::OutputFailed, message }
+            if message.contains("outside the job's working directory")),
+        "{state:?}"
+    );
+    assert!(!scratch.path().join("leak.txt").exists());
+}
