@@ -59,7 +59,7 @@ pub enum Event {
         process: ProcessKind,
         /// Size of the spec's JSON text, in bytes.
         size_bytes: u64,
-        /// Spec features this worker cannot honour (e.g. `"input_files"`);
+        /// Spec features this worker cannot honour (none at present);
         /// non-empty means the attempt errors `unsupported`.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         unsupported: Vec<String>,
