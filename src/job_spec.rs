@@ -273,9 +273,21 @@ fn transfers(
             let url = url::Url::parse(url_text).map_err(|e| {
                 SpecCorrupt(format!(
                     "{field}[{i}].{url_key}: expected a store URL (s3://, gs://, az://, file://), got {:?}: {e}",
-                    truncate(url_text, 200)
+                    truncate(&crate::store::redact_text(url_text), 200)
                 ))
             })?;
+            if url.scheme() == "memory" {
+                return Err(SpecCorrupt(format!(
+                    "{field}[{i}].{url_key}: memory:// lives inside one process; \
+                     expected s3://, gs://, az:// or file://"
+                )));
+            }
+            if url.path().trim_matches('/').is_empty() {
+                return Err(SpecCorrupt(format!(
+                    "{field}[{i}].{url_key}: {} names a bucket or container, not an object",
+                    crate::store::redact_url(&url)
+                )));
+            }
             let local = local_path(text(path_key)?).ok_or_else(|| {
                 SpecCorrupt(format!(
                     "{field}[{i}].{path_key}: expected a file path without \"..\", got {:?}",
@@ -284,7 +296,32 @@ fn transfers(
             })?;
             Ok(FileTransfer { url, local })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|files| distinct_paths(field, direction, files))
+}
+
+/// Two inputs must not write the same file, nor one inside the other
+/// (`a` and `a/b`): they would overwrite each other's bytes.
+fn distinct_paths(
+    field: &str,
+    direction: Direction,
+    files: Vec<FileTransfer>,
+) -> Result<Vec<FileTransfer>, SpecCorrupt> {
+    if direction == Direction::In {
+        for (i, a) in files.iter().enumerate() {
+            for (j, b) in files.iter().enumerate().skip(i + 1) {
+                if a.local.starts_with(&b.local) || b.local.starts_with(&a.local) {
+                    return Err(SpecCorrupt(format!(
+                        "{field}[{i}].to and {field}[{j}].to overlap ({} and {}): \
+                         expected distinct files",
+                        a.local.display(),
+                        b.local.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// `path` relative to the working directory: leading `/` dropped, `.`
@@ -429,6 +466,22 @@ mod tests {
                 "output_files[0].to",
             ),
             (r#""output_files":"x""#, "output_files: expected a list"),
+            (
+                r#""input_files":[{"from":"s3://b/x","to":"a"},{"from":"s3://b/y","to":"/a"}]"#,
+                "overlap",
+            ),
+            (
+                r#""input_files":[{"from":"s3://b/x","to":"a"},{"from":"s3://b/y","to":"a/b"}]"#,
+                "overlap",
+            ),
+            (
+                r#""input_files":[{"from":"s3://bucket","to":"a"}]"#,
+                "not an object",
+            ),
+            (
+                r#""output_files":[{"from":"a","to":"memory:///x"}]"#,
+                "memory://",
+            ),
         ] {
             let text = format!(
                 r#"{{"job_id":12,"process":{{"type":"docker","command":["true"]}},{bad}}}"#

@@ -152,6 +152,17 @@ pub fn redact_url(url: &Url) -> String {
     shown.to_string()
 }
 
+/// A URL-like text that may not parse, with anything between `://` and
+/// `@` (userinfo) replaced by `***`.
+pub fn redact_text(text: &str) -> String {
+    match (text.find("://"), text.find('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &text[..scheme_end + 3], &text[at..])
+        }
+        _ => text.to_owned(),
+    }
+}
+
 /// Opens an object store from a URL (`file://`, `memory://`, `s3://`,
 /// `gs://`, `az://`), with options from the `AWS_*`, `AZURE_*` and
 /// `GOOGLE_*` environment variables. Returns the store and the URL's path,

@@ -986,13 +986,14 @@ impl Worker {
     ) {
         let started = std::time::Instant::now();
         let options = &self.inner.config.store_options;
+        let data_dir = &self.inner.config.data_dir;
         let moved = async {
             match direction {
                 Direction::Inputs => {
-                    transfer::download_all(&spec.input_files, &work_dir, options).await
+                    transfer::download_all(&spec.input_files, &work_dir, options, data_dir).await
                 }
                 Direction::Outputs => {
-                    transfer::upload_all(&spec.output_files, &work_dir, options).await
+                    transfer::upload_all(&spec.output_files, &work_dir, options, data_dir).await
                 }
             }
         };

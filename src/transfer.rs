@@ -67,7 +67,8 @@ pub struct Transferred {
     pub size_bytes: u64,
 }
 
-/// Downloads every input into `work` (creating directories as needed).
+/// Downloads every input into `work` (creating directories as needed);
+/// `file://` URLs inside `protected` are refused.
 ///
 /// # Errors
 /// The first [`TransferError`]; the attempt then errors `input_failed`.
@@ -75,17 +76,19 @@ pub async fn download_all(
     inputs: &[FileTransfer],
     work: &FsPath,
     options: &StoreOptions,
+    protected: &FsPath,
 ) -> Result<Transferred, TransferError> {
     // Collected first: a closure held across the await would keep the
     // task from being `Send` (a higher-ranked lifetime limitation).
     let transfers: Vec<_> = inputs
         .iter()
-        .map(|file| download_one(file, work, options))
+        .map(|file| download_one(file, work, options, protected))
         .collect();
     each(transfers).await
 }
 
-/// Uploads every output from `work`.
+/// Uploads every output from `work`; `file://` URLs inside `protected`
+/// are refused.
 ///
 /// # Errors
 /// The first [`TransferError`] (a missing output file included); the
@@ -94,10 +97,11 @@ pub async fn upload_all(
     outputs: &[FileTransfer],
     work: &FsPath,
     options: &StoreOptions,
+    protected: &FsPath,
 ) -> Result<Transferred, TransferError> {
     let transfers: Vec<_> = outputs
         .iter()
-        .map(|file| upload_one(file, work, options))
+        .map(|file| upload_one(file, work, options, protected))
         .collect();
     each(transfers).await
 }
@@ -106,7 +110,12 @@ async fn download_one(
     file: &FileTransfer,
     work: &FsPath,
     options: &StoreOptions,
+    protected: &FsPath,
 ) -> Result<u64, TransferError> {
+    outside_protected(&file.url, protected)?;
+    if file.url.scheme() == "file" {
+        regular_source(&file.url).await?;
+    }
     let (store, key) = open(&file.url, options)?;
     let dest = work.join(&file.local);
     let url = redact_url(&file.url);
@@ -120,7 +129,9 @@ async fn upload_one(
     file: &FileTransfer,
     work: &FsPath,
     options: &StoreOptions,
+    protected: &FsPath,
 ) -> Result<u64, TransferError> {
+    outside_protected(&file.url, protected)?;
     let (store, key) = open(&file.url, options)?;
     let source = inside(work, &file.local).await?;
     let url = redact_url(&file.url);
@@ -236,13 +247,67 @@ async fn inside(work: &FsPath, local: &FsPath) -> Result<std::path::PathBuf, Tra
     let real = tokio::fs::canonicalize(work.join(local))
         .await
         .map_err(local_error)?;
-    if real.starts_with(&root) {
-        Ok(real)
-    } else {
-        Err(local_error(std::io::Error::new(
+    if !real.starts_with(&root) {
+        return Err(local_error(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             "it leads outside the job's working directory (a symlink?)",
-        )))
+        )));
+    }
+    regular_file(&real).await.map_err(local_error)?;
+    Ok(real)
+}
+
+/// Only regular files move: a FIFO would block the transfer forever, a
+/// device (`/dev/zero`) never ends, a directory is not one object.
+async fn regular_file(path: &FsPath) -> std::io::Result<()> {
+    let meta = tokio::fs::metadata(path).await?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, FIFO or device)",
+        ))
+    }
+}
+
+/// A `file://` URL must not reach into `protected` (the worker's data
+/// directory: its journal, other jobs' files).
+fn outside_protected(url: &url::Url, protected: &FsPath) -> Result<(), TransferError> {
+    let Ok(path) = url.to_file_path() else {
+        return Ok(());
+    };
+    let protected = std::fs::canonicalize(protected).unwrap_or_else(|_| protected.to_owned());
+    // The path may not exist yet (an output): resolve its closest parent.
+    let resolved = path
+        .ancestors()
+        .find_map(|a| std::fs::canonicalize(a).ok().map(|r| (a, r)))
+        .map(|(a, r)| r.join(path.strip_prefix(a).unwrap_or(FsPath::new(""))))
+        .unwrap_or(path);
+    if resolved.starts_with(&protected) {
+        return Err(TransferError::Store {
+            url: redact_url(url),
+            reason: "file:// URLs inside the worker's data directory are refused".into(),
+        });
+    }
+    Ok(())
+}
+
+/// For a `file://` URL, the file must be a regular one (see
+/// [`regular_file`]); other stores hold only objects.
+async fn regular_source(url: &url::Url) -> Result<(), TransferError> {
+    let Ok(path) = url.to_file_path() else {
+        return Ok(());
+    };
+    match regular_file(&path).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(TransferError::Missing {
+            url: redact_url(url),
+        }),
+        Err(e) => Err(TransferError::Store {
+            url: redact_url(url),
+            reason: e.to_string(),
+        }),
     }
 }
 

@@ -237,3 +237,51 @@ async fn an_output_that_links_outside_the_working_directory_is_not_uploaded() {
     );
     assert!(!scratch.path().join("leak.txt").exists());
 }
+
+#[tokio::test]
+async fn fifos_and_the_workers_own_directory_are_refused_not_waited_on() {
+    let scratch = tempfile::tempdir().unwrap();
+    let h = Harness::in_memory().await;
+    let base = url::Url::from_directory_path(scratch.path()).unwrap();
+    let own = url::Url::from_file_path(h.data.path().join("journal/000001.jnl")).unwrap();
+    let fifo = scratch.path().join("in.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let specs = [
+        // An output FIFO: opening it would block until a writer comes.
+        spec_with_files(
+            1,
+            "mkfifo out.fifo",
+            json!([]),
+            json!([{"from": "out.fifo", "to": format!("{base}out")}]),
+        ),
+        // An input FIFO.
+        spec_with_files(
+            2,
+            "echo never",
+            json!([{"from": url::Url::from_file_path(&fifo).unwrap().to_string(), "to": "in"}]),
+            json!([]),
+        ),
+        // An output over the worker's own journal.
+        spec_with_files(
+            3,
+            "echo x > x",
+            json!([]),
+            json!([{"from": "x", "to": own.to_string()}]),
+        ),
+    ];
+    bunch(&h, 45, "odd", &specs).await;
+    for job_id in 1..=3 {
+        h.accept(45, job_id, "odd").await;
+    }
+    for (job_id, kind, needle) in [
+        (1, ErrorKind::OutputFailed, "not a regular file"),
+        (2, ErrorKind::InputFailed, "not a regular file"),
+        (3, ErrorKind::OutputFailed, "data directory"),
+    ] {
+        let state = h.wait_final(45, job_id).await;
+        assert!(
+            matches!(&state, JobState::Errored { kind: k, message } if *k == kind && message.contains(needle)),
+            "job {job_id}: {state:?}"
+        );
+    }
+}
