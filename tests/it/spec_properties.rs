@@ -176,7 +176,7 @@ fn oracle(
     index: Option<&[u8]>,
     specs: Option<&[u8]>,
     slot: usize,
-    intact: Option<&[u8]>,
+    good: Option<&[u8]>,
 ) -> Result<(), ErrorKind> {
     let index = index.ok_or(ErrorKind::SpecMissing)?;
     let entry = index
@@ -191,7 +191,7 @@ fn oracle(
     let bytes = specs
         .get(start as usize..end as usize)
         .ok_or(ErrorKind::SpecCorrupt)?;
-    match intact {
+    match good {
         Some(good) if good == bytes => Ok(()),
         _ => Err(ErrorKind::SpecCorrupt),
     }
@@ -257,7 +257,12 @@ fn emulator_world(
             let url = url::Url::parse(&root).unwrap_or_else(|e| panic!("{var}={root}: {e}"));
             let (store, path) = batch_worker::store::open_store(&url)
                 .unwrap_or_else(|e| panic!("{var}={root}: {e}"));
-            Some(World::new(store, path, None))
+            // The emulator outlives a test run: a fresh prefix per run, so
+            // a case's "missing" object is not one an earlier run wrote.
+            let run = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            Some(World::new(store, path.join(format!("run{run}")), None))
         }
         Err(_) if std::env::var_os("BW_REQUIRE_EMULATORS").is_some() => {
             panic!("{var} is not set but BW_REQUIRE_EMULATORS is: start scripts/emulators.sh")
@@ -339,15 +344,15 @@ async fn check(world: &World, case: Case) -> Result<(), TestCaseError> {
         let want = if case.token.as_ref().is_some_and(|t| *t != token) {
             Err(ErrorKind::SpecMissing)
         } else {
-            let intact = match case.specs.get(slot) {
-                Some(SpecDamage::None) => Some(specs[slot].as_slice()),
-                _ => None,
-            };
+            // Whatever slot the bytes came from, they run if they are this
+            // job's good spec (a swapped index can point a job at the
+            // spec another slot wrote for it, e.g. with WrongJobId).
+            let good = good_spec(job_id);
             oracle(
                 has_index.then_some(&index[..]),
                 has_specs.then_some(&data[..]),
                 slot,
-                intact,
+                Some(&good),
             )
         };
         expected.insert(job_id, want);
