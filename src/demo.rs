@@ -126,6 +126,10 @@ pub struct DemoReport {
     pub bunches: usize,
     /// Added blob latency, in ms.
     pub blob_latency_ms: u64,
+    /// Median token wait before each store request, in ms (0: none).
+    pub token_latency_ms: u64,
+    /// Where the specs were (redacted URL, or "local files").
+    pub spec_store: String,
     /// Wall time of the whole run, in ms.
     pub elapsed_ms: u64,
     /// Where the specs and logs are, when kept.
@@ -366,6 +370,11 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         log_files: count_files(&data_dir.join("logs"), "log"),
         bunches,
         blob_latency_ms: args.blob_latency_ms,
+        token_latency_ms: args.token_latency_ms,
+        spec_store: args
+            .spec_store
+            .as_ref()
+            .map_or_else(|| "local files".to_owned(), crate::store::redact_url),
         elapsed_ms: began.elapsed().as_millis() as u64,
         kept_dir: args.data_dir.as_ref().map(|_| data_dir.clone()),
         journal_records,
@@ -643,11 +652,17 @@ impl DemoReport {
         let ms = |us: u64| us as f64 / 1000.0;
         let _ = writeln!(
             out,
-            "batch-worker demo: {} jobs in {} bunch{}, blob latency {} ms, finished in {:.1} s\n",
+            "batch-worker demo: {} jobs in {} bunch{} ({}), blob latency {} ms{}, finished in {:.1} s\n",
             self.jobs.len(),
             self.bunches,
             if self.bunches == 1 { "" } else { "es" },
+            self.spec_store,
             self.blob_latency_ms,
+            if self.token_latency_ms > 0 {
+                format!(", token wait {} ms (median)", self.token_latency_ms)
+            } else {
+                String::new()
+            },
             self.elapsed_ms as f64 / 1000.0
         );
         let mut by_expected: BTreeMap<Expected, (usize, usize)> = BTreeMap::new();
