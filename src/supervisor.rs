@@ -895,6 +895,18 @@ impl Worker {
                         let started = std::time::Instant::now();
                         let uploaded = worker.inner.config.logs.upload(&key, status, &log).await;
                         let duration_ms = started.elapsed().as_millis() as u64;
+                        // The attempt is over: its scratch space (inputs,
+                        // outputs, partial downloads) goes before the result
+                        // is recorded; main.log stays for `GET .../log/main`
+                        // while the attempt is kept.
+                        let work = AttemptDir::new(&worker.inner.config.data_dir, &key).work();
+                        match tokio::fs::remove_dir_all(&work).await {
+                            Ok(()) => tracing::debug!(%key, "working directory removed"),
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => {
+                                tracing::warn!(%key, error = %e, "working directory not removed")
+                            }
+                        }
                         match uploaded {
                             Ok(()) => {
                                 tracing::debug!(%key, duration_ms, "status and log uploaded");

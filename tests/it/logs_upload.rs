@@ -34,6 +34,10 @@ async fn status_and_main_log_are_uploaded_before_job_complete() {
     assert_eq!(h.status(8, 1).await.1["end_time"], json!(reported));
     let log = h.logs_object("logs/8/1/a1/main/log").await.unwrap();
     assert!(String::from_utf8_lossy(&log).contains("hello from the job"));
+    // The working directory is gone; main.log stays.
+    let attempt = h.data.path().join("jobs/8/1/a1");
+    assert!(!attempt.join("work").exists());
+    assert!(attempt.join("main.log").exists());
     // The report follows the upload, in the journal's order.
     h.worker.sync_journal().await;
     let order: Vec<&'static str> = h
