@@ -276,10 +276,14 @@ fn transfers(
                     truncate(&crate::store::redact_text(url_text), 200)
                 ))
             })?;
-            if url.scheme() == "memory" {
+            if !matches!(
+                url.scheme(),
+                "s3" | "s3a" | "gs" | "az" | "adl" | "azure" | "abfs" | "abfss" | "file"
+            ) {
                 return Err(SpecCorrupt(format!(
-                    "{field}[{i}].{url_key}: memory:// lives inside one process; \
-                     expected s3://, gs://, az:// or file://"
+                    "{field}[{i}].{url_key}: {}:// is not a store this worker reads or writes; \
+                     expected s3://, gs://, az:// or file://",
+                    url.scheme()
                 )));
             }
             if url.path().trim_matches('/').is_empty() {
@@ -290,7 +294,7 @@ fn transfers(
             }
             let local = local_path(text(path_key)?).ok_or_else(|| {
                 SpecCorrupt(format!(
-                    "{field}[{i}].{path_key}: expected a file path without \"..\", got {:?}",
+                    "{field}[{i}].{path_key}: expected a non-empty file path without \"..\", got {:?}",
                     truncate(text(path_key).unwrap_or_default(), 200)
                 ))
             })?;

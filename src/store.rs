@@ -68,6 +68,21 @@ const SECRET_PARTS: [&str; 7] = [
     "SIGNATURE",
 ];
 
+/// Whether object_store's builder for the name's cloud takes this key.
+fn known_option(name: &str) -> bool {
+    use object_store::aws::AmazonS3ConfigKey;
+    use object_store::azure::AzureConfigKey;
+    use object_store::gcp::GoogleConfigKey;
+    let key = name.to_ascii_lowercase();
+    if name.starts_with("AWS_") {
+        key.parse::<AmazonS3ConfigKey>().is_ok()
+    } else if name.starts_with("AZURE_") {
+        key.parse::<AzureConfigKey>().is_ok()
+    } else {
+        key.parse::<GoogleConfigKey>().is_ok()
+    }
+}
+
 fn is_store_option(name: &str) -> bool {
     name.starts_with("AWS_") || name.starts_with("AZURE_") || name.starts_with("GOOGLE_")
 }
@@ -96,9 +111,10 @@ impl StoreOptions {
         let lines = dotenvy::from_path_iter(path).map_err(|e| fail(describe_dotenv(&e)))?;
         for line in lines {
             let (name, value) = line.map_err(|e| fail(describe_dotenv(&e)))?;
-            if !is_store_option(&name) {
+            if !is_store_option(&name) || !known_option(&name) {
                 return Err(fail(format!(
-                    "{name}: expected an AWS_*, AZURE_* or GOOGLE_* option name"
+                    "{name}: expected an AWS_*, AZURE_* or GOOGLE_* option name that \
+                     object_store knows (e.g. AWS_ENDPOINT, AZURE_STORAGE_ACCOUNT_KEY)"
                 )));
             }
             self.pairs.retain(|(k, _)| *k != name);
@@ -116,7 +132,13 @@ impl StoreOptions {
             .map(|(k, v)| {
                 let upper = k.to_ascii_uppercase();
                 let secret = SECRET_PARTS.iter().any(|part| upper.contains(part));
-                (k.clone(), if secret { "***".to_owned() } else { v.clone() })
+                let shown = if secret {
+                    "***".to_owned()
+                } else {
+                    // An endpoint URL may carry a password or a SAS query.
+                    Url::parse(v).map_or_else(|_| v.clone(), |u| redact_url(&u))
+                };
+                (k.clone(), shown)
             })
             .collect();
         shown.sort();
@@ -323,7 +345,8 @@ mod tests {
         let file = dir.path().join("store.env");
         std::fs::write(
             &file,
-            "# test\nAWS_REGION=eu-west-3\nAWS_SECRET_ACCESS_KEY=\"TOPSECRET123\"\n",
+            "# test\nAWS_REGION=eu-west-3\nAWS_SECRET_ACCESS_KEY=\"TOPSECRET123\"\n\
+             AWS_ENDPOINT=http://u:TOPSECRET123@127.0.0.1:9/?sig=TOPSECRET123\n",
         )
         .unwrap();
         let options = StoreOptions::default().with_file(&file).unwrap();
@@ -331,9 +354,11 @@ mod tests {
         assert!(shown.contains("eu-west-3"), "{shown}");
         assert!(shown.contains("AWS_SECRET_ACCESS_KEY"), "{shown}");
         assert!(!shown.contains("TOPSECRET123"), "{shown}");
-        std::fs::write(&file, "HOME=/tmp\n").unwrap();
-        let err = StoreOptions::default().with_file(&file).unwrap_err();
-        assert!(err.to_string().contains("HOME"), "{err}");
+        for bad in ["HOME", "AWS_REGOIN"] {
+            std::fs::write(&file, format!("{bad}=x\n")).unwrap();
+            let err = StoreOptions::default().with_file(&file).unwrap_err();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
         std::fs::write(&file, "AWS_X TOPSECRET123 = = \"\n").unwrap();
         let err = StoreOptions::default().with_file(&file).unwrap_err();
         assert!(!err.to_string().contains("TOPSECRET123"), "{err}");

@@ -179,6 +179,9 @@ struct JobEntry {
     started_at_ms: Option<i64>,
     ended_at_ms: Option<i64>,
     exit_duration_ms: Option<u64>,
+    /// How the process ended (also when the attempt then errored, e.g.
+    /// its outputs failed).
+    exit: Option<ExitStatus>,
     spec_load: CancellationToken,
     kill: CancellationToken,
     started_report: Option<JoinHandle<()>>,
@@ -215,6 +218,7 @@ impl JobEntry {
             started_at_ms: None,
             ended_at_ms: None,
             exit_duration_ms: None,
+            exit: None,
             spec_load: CancellationToken::new(),
             kill: CancellationToken::new(),
             started_report: None,
@@ -637,8 +641,9 @@ impl Worker {
                                     Event::ProcessStarted { .. } => {
                                         entry.started_at_ms = Some(record.time_ms)
                                     }
-                                    Event::ProcessExited { duration_ms, .. } => {
-                                        entry.exit_duration_ms = Some(*duration_ms)
+                                    Event::ProcessExited { duration_ms, exit } => {
+                                        entry.exit_duration_ms = Some(*duration_ms);
+                                        entry.exit = Some(*exit);
                                     }
                                     _ => {}
                                 }
@@ -691,10 +696,12 @@ impl Worker {
             }
             jobs.len()
         };
-        tracing::info!(
-            reports = unreported.len(),
-            "finished attempts whose logs upload or job_complete was not done before the restart: doing it again"
-        );
+        if !unreported.is_empty() {
+            tracing::info!(
+                reports = unreported.len(),
+                "finished attempts whose logs upload or job_complete was not done before the restart: doing it again"
+            );
+        }
         self.perform(unreported);
         for key in &restarted {
             self.record(key, Event::WorkerRestarted);
@@ -747,8 +754,9 @@ impl Worker {
             let state = entry.attempt.state();
             match &event {
                 Event::ProcessStarted { .. } => entry.started_at_ms = Some(now),
-                Event::ProcessExited { duration_ms, .. } => {
-                    entry.exit_duration_ms = Some(*duration_ms)
+                Event::ProcessExited { duration_ms, exit } => {
+                    entry.exit_duration_ms = Some(*duration_ms);
+                    entry.exit = Some(*exit);
                 }
                 _ => {}
             }
@@ -1216,15 +1224,7 @@ impl Worker {
         let container_statuses = match entry.started_at_ms {
             None => json!({}),
             Some(started) => {
-                let exit = match &state {
-                    JobState::Done {
-                        outcome: Outcome::Failed { exit },
-                    } => exit.exit_code(),
-                    JobState::Done {
-                        outcome: Outcome::Succeeded,
-                    } => Some(0),
-                    _ => None,
-                };
+                let exit = entry.exit.and_then(|e| e.exit_code());
                 let running = matches!(
                     state,
                     JobState::Running {
