@@ -2,8 +2,6 @@
 //! SIGKILLed is sent after the restart, and one that was acknowledged
 //! (`complete_delivered` in the journal) is never sent again.
 
-use std::time::Duration;
-
 use batch_worker::demo::driver::EmbeddedDriver;
 use reqwest::StatusCode;
 
@@ -50,7 +48,7 @@ async fn no_report_is_lost_or_sent_again_across_a_sigkill() {
     serve.child.kill().unwrap();
     serve.child.wait().unwrap();
     driver.restart().await.unwrap();
-    let mut serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
     // Then the unacknowledged reports arrive
     let mut changes = driver.changes();
     tokio::time::timeout(HANG_GUARD, async {
@@ -69,9 +67,21 @@ async fn no_report_is_lost_or_sent_again_across_a_sigkill() {
     for job_id in 4..=6 {
         serve.wait_event(BATCH, job_id, "complete_delivered").await;
     }
-    // and nothing acknowledged before the kill is sent again (give a
-    // re-send every chance to show up: the restart's reports are all in).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // and nothing acknowledged before the kill is sent again: a SIGTERM
+    // drains every report still pending before the worker exits, so any
+    // re-send would have reached the driver by then.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exited = tokio::task::spawn_blocking(move || {
+        let mut serve = serve;
+        serve.child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(exited.success(), "{exited}");
     let received = driver.received();
     for job_id in 1..=3 {
         let times = received
@@ -85,6 +95,4 @@ async fn no_report_is_lost_or_sent_again_across_a_sigkill() {
         .complete
         .iter()
         .all(|c| c.status.state == "error" && !c.marked_job_started));
-    serve.child.kill().unwrap();
-    serve.child.wait().unwrap();
 }
