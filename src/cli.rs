@@ -337,9 +337,9 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
     let config = WorkerConfig {
         name,
         data_dir,
-        runner: HostRunner {
+        runner: Arc::new(HostRunner {
             kill_grace: Duration::from_millis(args.spec.kill_grace_ms),
-        },
+        }),
         journal_segment_bytes: args.journal_segment_bytes,
         retention: Duration::from_secs(args.retention_hours * 3600),
         capacity: args.capacity()?,

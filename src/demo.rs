@@ -218,9 +218,9 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let config = WorkerConfig {
         name: "demo-worker".into(),
         data_dir: prepare_dir(&data_dir.join("worker"))?,
-        runner: HostRunner {
+        runner: Arc::new(HostRunner {
             kill_grace: Duration::from_secs(2),
-        },
+        }),
         journal_segment_bytes: crate::supervisor::DEFAULT_JOURNAL_SEGMENT_BYTES,
         retention: Duration::from_secs(crate::supervisor::DEFAULT_RETENTION_HOURS * 3600),
         capacity: Capacity::of_machine(),

@@ -1,4 +1,9 @@
-//! The process runner: runs a job's `process.command` as a host process.
+//! The process runner: runs a job's `process.command`.
+//!
+//! The supervisor starts processes through the [`Runner`] trait and waits
+//! for them through [`Process`]; [`HostRunner`] is the real implementation
+//! (a host process), and tests plug in a simulated one (exit code, run
+//! time, crash) next to it.
 //!
 //! Each attempt gets a directory `{data_dir}/jobs/{batch_id}/{job_id}/{attempt_id}/`
 //! holding `work/` (the process's working directory and `HOME`) and
@@ -10,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use batch_worker_model::{ExitStatus, JobKey};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -77,6 +83,44 @@ pub struct ProcessRequest {
 #[error("{0}")]
 pub struct LaunchError(pub String);
 
+/// Starts job processes.
+///
+/// Contract, which the supervisor relies on: `spawn` resolves once the
+/// process runs (or with the reason it cannot), and may be abandoned
+/// (dropped) at any point, which must leave no process behind;
+/// [`Process::wait`] ends the process (and everything it started) before
+/// it returns, whichever way it ended.
+#[async_trait]
+pub trait Runner: Send + Sync + std::fmt::Debug {
+    /// Makes the attempt's directory and starts its process.
+    ///
+    /// # Errors
+    /// [`LaunchError`] saying what could not be started.
+    async fn spawn(&self, request: &ProcessRequest) -> Result<Box<dyn Process>, LaunchError>;
+
+    /// Time between asking a process to end and killing it; shutdown
+    /// waits this long (plus a margin) for processes to end.
+    fn kill_grace(&self) -> Duration;
+}
+
+/// A started process.
+#[async_trait]
+pub trait Process: Send + std::fmt::Debug {
+    /// Its process id, as journaled in `process_started` (for a host
+    /// process also its process group id).
+    fn pid(&self) -> u32;
+
+    /// Waits for the process to end: by itself, by running past `timeout`
+    /// (then [`ExitStatus::TimedOut`]), or by `kill` being cancelled (then
+    /// the status the ending produced). Returns the status and the run
+    /// time in ms.
+    async fn wait(
+        self: Box<Self>,
+        timeout: Option<Duration>,
+        kill: CancellationToken,
+    ) -> (ExitStatus, u64);
+}
+
 /// Runs host processes.
 #[derive(Debug, Clone)]
 pub struct HostRunner {
@@ -101,7 +145,8 @@ pub struct RunningProcess {
     kill_grace: Duration,
 }
 
-impl HostRunner {
+#[async_trait]
+impl Runner for HostRunner {
     /// Makes the attempt's directory and log, and spawns the process.
     ///
     /// The environment is cleared, then `PATH` (the worker's), `HOME` (the
@@ -110,7 +155,7 @@ impl HostRunner {
     ///
     /// # Errors
     /// [`LaunchError`] naming the program or path that failed.
-    pub async fn spawn(&self, request: &ProcessRequest) -> Result<RunningProcess, LaunchError> {
+    async fn spawn(&self, request: &ProcessRequest) -> Result<Box<dyn Process>, LaunchError> {
         // Creating files and spawning block (ext4 inode allocation; the
         // spawning thread waits until the child has exec'd): keep them off
         // the threads that answer create calls.
@@ -118,12 +163,16 @@ impl HostRunner {
         let (child, pid) = tokio::task::spawn_blocking(move || spawn_now(&request))
             .await
             .map_err(|e| LaunchError(format!("the spawning thread failed: {e}")))??;
-        Ok(RunningProcess {
+        Ok(Box::new(RunningProcess {
             child,
             pid,
             started: Instant::now(),
             kill_grace: self.kill_grace,
-        })
+        }))
+    }
+
+    fn kill_grace(&self) -> Duration {
+        self.kill_grace
     }
 }
 
@@ -187,18 +236,18 @@ fn spawn_now(request: &ProcessRequest) -> Result<(Child, u32), LaunchError> {
     Ok((child, pid))
 }
 
-impl RunningProcess {
+#[async_trait]
+impl Process for RunningProcess {
     /// The host process id (also its process group id).
-    pub fn pid(&self) -> u32 {
+    fn pid(&self) -> u32 {
         self.pid
     }
 
-    /// Waits for the process to end: by itself, by running past `timeout`
-    /// (then [`ExitStatus::TimedOut`]), or by `kill` being cancelled (then
-    /// the status the signal produced). Either way the whole process group
-    /// is ended before returning. Returns the status and the run time in ms.
-    pub async fn wait(
-        mut self,
+    /// See [`Process::wait`]; a kill is SIGTERM to the process group, then
+    /// SIGKILL after the grace period. Either way the whole process group
+    /// is ended before returning.
+    async fn wait(
+        mut self: Box<Self>,
         timeout: Option<Duration>,
         kill: CancellationToken,
     ) -> (ExitStatus, u64) {
@@ -220,7 +269,9 @@ impl RunningProcess {
         let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         (status, self.started.elapsed().as_millis() as u64)
     }
+}
 
+impl RunningProcess {
     /// SIGTERM to the group, SIGKILL after the grace period.
     async fn end_group(&mut self) -> ExitStatus {
         let group = Pid::from_raw(self.pid as i32);

@@ -30,7 +30,7 @@ use crate::driver_client::{DriverClient, ReportError};
 use crate::job_spec::JobSpec;
 use crate::journal::{encode_record, AttemptInfo, JournalRecord, JournalWriter};
 use crate::logs_store::LogsStore;
-use crate::runner::{AttemptDir, HostRunner, LaunchError, ProcessRequest, SPAWN_TIMEOUT};
+use crate::runner::{AttemptDir, LaunchError, ProcessRequest, Runner, SPAWN_TIMEOUT};
 use crate::spec_store::{SpecLoadError, SpecStore};
 use crate::store::StoreOptions;
 use crate::transfer;
@@ -45,8 +45,9 @@ pub struct WorkerConfig {
     pub name: String,
     /// Where attempts' working directories and logs go.
     pub data_dir: PathBuf,
-    /// How processes are run and ended.
-    pub runner: HostRunner,
+    /// How processes are run and ended: [`crate::runner::HostRunner`], or
+    /// a simulated runner in tests.
+    pub runner: Arc<dyn Runner>,
     /// Bytes appended to the journal after which it is compacted into a
     /// snapshot of the attempts still kept (default 64 MiB).
     pub journal_segment_bytes: u64,
@@ -1327,7 +1328,7 @@ impl Worker {
     pub async fn activate(&self, ip_address: &str) -> Result<(), ReportError> {
         if let Some(driver) = &self.inner.driver {
             driver.activate(ip_address).await?;
-            tracing::info!(driver = %driver.base(), ip_address, "activated with the driver");
+            tracing::info!(driver = %driver.describe(), ip_address, "activated with the driver");
         }
         self.inner.activated.send_replace(true);
         Ok(())
@@ -1415,7 +1416,7 @@ impl Worker {
                 entry.kill.cancel();
             }
         }
-        let limit = self.inner.config.runner.kill_grace + std::time::Duration::from_secs(2);
+        let limit = self.inner.config.runner.kill_grace() + std::time::Duration::from_secs(2);
         let mut live = self.inner.live_processes.subscribe();
         if tokio::time::timeout(limit, live.wait_for(|n| *n == 0))
             .await

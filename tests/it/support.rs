@@ -170,9 +170,9 @@ impl Harness {
             WorkerConfig {
                 name: "test-worker".into(),
                 data_dir: data.path().to_owned(),
-                runner: HostRunner {
+                runner: Arc::new(HostRunner {
                     kill_grace: Duration::from_secs(2),
-                },
+                }),
                 journal_segment_bytes: options.segment_bytes,
                 retention: options.retention,
                 capacity: options.capacity,
