@@ -12,12 +12,18 @@
 //! At most [`ReportRetry::max_in_flight`] calls are on the wire at once;
 //! waiting out a backoff holds no slot. Every call carries
 //! `X-Hail-Instance-Name` and `X-Hail-Instance-Token`.
+//!
+//! The calls go through a [`DriverTransport`]: [`HttpTransport`] (reqwest)
+//! in production, a simulated driver in tests, which may fail or delay
+//! calls; the retry policy above is the client's either way.
 
+use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use reqwest::StatusCode;
+use bytes::Bytes;
 use serde::Serialize;
 use url::Url;
 
@@ -77,12 +83,96 @@ pub enum ReportError {
         /// The last failure.
         last: String,
     },
-    /// The driver URL could not be joined with the path.
-    #[error("bad driver URL: {0}")]
-    Url(#[from] url::ParseError),
+    /// The report could not be serialized as JSON.
+    #[error("the report cannot be serialized: {0}")]
+    Body(String),
     /// The activation answer had no `token` string usable as a header value.
     #[error("the driver's activation answer has no usable \"token\" string: {0}")]
     BadActivation(String),
+}
+
+/// The driver's answer to one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverAnswer {
+    /// HTTP status code.
+    pub status: u16,
+    /// The answer's body.
+    pub body: Bytes,
+}
+
+/// Carries one driver call; retries are the [`DriverClient`]'s.
+#[async_trait]
+pub trait DriverTransport: Send + Sync + fmt::Debug {
+    /// POSTs the JSON `body` to `path` (one of [`ACTIVATE_PATH`],
+    /// [`JOB_STARTED_PATH`], [`JOB_COMPLETE_PATH`]) with the headers
+    /// `X-Hail-Instance-Name: instance_name` and
+    /// `X-Hail-Instance-Token: token`.
+    ///
+    /// # Errors
+    /// The call got no answer (connection refused, timeout), described.
+    async fn post(
+        &self,
+        path: &'static str,
+        instance_name: &str,
+        token: &str,
+        body: Bytes,
+    ) -> Result<DriverAnswer, String>;
+
+    /// Where the calls go, for logs (e.g. `http://driver:5000/`).
+    fn describe(&self) -> String;
+}
+
+/// Driver calls over HTTP.
+#[derive(Debug, Clone)]
+pub struct HttpTransport {
+    http: reqwest::Client,
+    base: Url,
+}
+
+impl HttpTransport {
+    /// Calls to the driver at `base` (a missing trailing `/` is added),
+    /// each with `timeout`.
+    ///
+    /// # Errors
+    /// The HTTP client could not be built (TLS setup).
+    pub fn new(base: Url, timeout: Duration) -> Result<HttpTransport, reqwest::Error> {
+        let http = reqwest::Client::builder().timeout(timeout).build()?;
+        let mut base = base;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        Ok(HttpTransport { http, base })
+    }
+}
+
+#[async_trait]
+impl DriverTransport for HttpTransport {
+    async fn post(
+        &self,
+        path: &'static str,
+        instance_name: &str,
+        token: &str,
+        body: Bytes,
+    ) -> Result<DriverAnswer, String> {
+        let url = self.base.join(path).map_err(|e| e.to_string())?;
+        let response = self
+            .http
+            .post(url)
+            .header("X-Hail-Instance-Name", instance_name)
+            .header("X-Hail-Instance-Token", token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        Ok(DriverAnswer { status, body })
+    }
+
+    fn describe(&self) -> String {
+        self.base.to_string()
+    }
 }
 
 enum CallFailure {
@@ -93,8 +183,7 @@ enum CallFailure {
 /// Sends reports to one driver.
 #[derive(Debug, Clone)]
 pub struct DriverClient {
-    http: reqwest::Client,
-    base: Url,
+    transport: Arc<dyn DriverTransport>,
     instance_name: String,
     /// The activation token until [`DriverClient::activate`] replaces it
     /// with the instance token.
@@ -116,21 +205,30 @@ impl DriverClient {
         instance_token: String,
         retry: ReportRetry,
     ) -> Result<DriverClient, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(retry.request_timeout)
-            .build()?;
-        let mut base = base;
-        if !base.path().ends_with('/') {
-            base.set_path(&format!("{}/", base.path()));
-        }
-        Ok(DriverClient {
-            http,
-            base,
+        let transport = HttpTransport::new(base, retry.request_timeout)?;
+        Ok(DriverClient::with_transport(
+            Arc::new(transport),
+            instance_name,
+            instance_token,
+            retry,
+        ))
+    }
+
+    /// A client whose calls go through `transport` (a simulated driver in
+    /// tests); otherwise as [`DriverClient::new`].
+    pub fn with_transport(
+        transport: Arc<dyn DriverTransport>,
+        instance_name: String,
+        instance_token: String,
+        retry: ReportRetry,
+    ) -> DriverClient {
+        DriverClient {
+            transport,
             instance_name,
             instance_token: Arc::new(RwLock::new(instance_token)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(retry.max_in_flight.max(1))),
             retry,
-        })
+        }
     }
 
     /// Activates the worker: sends its `ip_address`, keeps the instance
@@ -190,9 +288,9 @@ impl DriverClient {
             .clone()
     }
 
-    /// The driver's base URL.
-    pub fn base(&self) -> &Url {
-        &self.base
+    /// Where the calls go, for logs: the driver's base URL.
+    pub fn describe(&self) -> String {
+        self.transport.describe()
     }
 
     /// Sends `job_started`.
@@ -217,25 +315,19 @@ impl DriverClient {
         path: &'static str,
         body: &B,
     ) -> Result<bytes::Bytes, ReportError> {
-        let url = self.base.join(path)?;
+        let body =
+            Bytes::from(serde_json::to_vec(body).map_err(|e| ReportError::Body(e.to_string()))?);
         let call = || async {
             // Waiting out a backoff holds no slot; only the call does.
             let _slot = self.in_flight.acquire().await;
-            let response = self
-                .http
-                .post(url.clone())
-                .header("X-Hail-Instance-Name", &self.instance_name)
-                .header("X-Hail-Instance-Token", self.token())
-                .json(body)
-                .send()
+            let answer = self
+                .transport
+                .post(path, &self.instance_name, &self.token(), body.clone())
                 .await
-                .map_err(|e| CallFailure::Retry(e.to_string()))?;
-            match response.status() {
-                s if s.is_success() => response
-                    .bytes()
-                    .await
-                    .map_err(|e| CallFailure::Retry(e.to_string())),
-                StatusCode::NOT_FOUND => Err(CallFailure::Gone),
+                .map_err(CallFailure::Retry)?;
+            match answer.status {
+                200..=299 => Ok(answer.body),
+                404 => Err(CallFailure::Gone),
                 s => Err(CallFailure::Retry(format!("HTTP {s}"))),
             }
         };
