@@ -26,7 +26,7 @@ pub use codec::{
     JournalError, TailDamage, FLAG_SNAPSHOT, FORMAT_VERSION, HEADER_BYTES, MAGIC, MAX_RECORD_BYTES,
 };
 pub use recovery::{journal_dir, open_journal, Recovered, RecoveryError};
-pub use writer::{segment_path, segments, AfterWrite, Durability, JournalWriter};
+pub use writer::{segment_path, segments, AfterWrite, Durability, JournalWriter, WriterMode};
 
 use batch_worker_model::{Event, JobKey};
 use serde::{Deserialize, Serialize};

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::writer::{segment_path, segments};
+use super::writer::{segment_path, segments, WriterMode};
 use super::{
     decode_prefix, Durability, JournalError, JournalRecord, JournalWriter, FLAG_SNAPSHOT,
     HEADER_BYTES,
@@ -67,7 +67,7 @@ pub fn open_journal(
     data_dir: &Path,
     durability: Durability,
     repair: bool,
-    runtime: tokio::runtime::Handle,
+    mode: impl Into<WriterMode>,
 ) -> Result<Recovered, RecoveryError> {
     let dir = journal_dir(data_dir);
     let io = |path: &Path| {
@@ -138,7 +138,7 @@ pub fn open_journal(
             break;
         }
     }
-    let writer = JournalWriter::open(&dir, position.0, position.1, durability, runtime)
+    let writer = JournalWriter::open(&dir, position.0, position.1, durability, mode)
         .map_err(io(&segment_path(&dir, position.0)))?;
     Ok(Recovered {
         writer,

@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 /// How durable a record is before what follows it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -36,10 +36,35 @@ enum Message {
     Snapshot { bytes: Vec<u8>, then: AfterWrite },
 }
 
-/// Hands records to the writer thread. Cheap to clone.
+/// How records reach the file.
+#[derive(Debug, Clone)]
+pub enum WriterMode {
+    /// A writer thread batches records (group commit); callbacks run on
+    /// it, inside this runtime (so they may spawn tasks). The worker's mode.
+    Thread(tokio::runtime::Handle),
+    /// Each record is written on the caller's thread at once, and its
+    /// callback is spawned as a task on the current tokio runtime. For
+    /// deterministic simulation (one thread, a paused clock): the same
+    /// files and format, and no thread whose timing tokio cannot see.
+    Inline,
+}
+
+impl From<tokio::runtime::Handle> for WriterMode {
+    fn from(runtime: tokio::runtime::Handle) -> WriterMode {
+        WriterMode::Thread(runtime)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Sink {
+    Thread(mpsc::Sender<Message>),
+    Inline(Arc<Mutex<Segments>>),
+}
+
+/// Hands records to the writer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct JournalWriter {
-    tx: mpsc::Sender<Message>,
+    sink: Sink,
     dir: PathBuf,
 }
 
@@ -72,8 +97,8 @@ pub fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 impl JournalWriter {
     /// Starts the writer on segment `segment` of `dir` (created, with its
     /// header, if absent; cut to `valid_bytes` when given, dropping a torn
-    /// tail). Callbacks run on the writer thread, inside `runtime` (so they
-    /// may spawn tasks).
+    /// tail). Where callbacks run depends on `mode` (a runtime handle
+    /// means [`WriterMode::Thread`]).
     ///
     /// # Errors
     /// The file cannot be opened, cut, or written.
@@ -82,7 +107,7 @@ impl JournalWriter {
         segment: u64,
         valid_bytes: Option<u64>,
         durability: Durability,
-        runtime: tokio::runtime::Handle,
+        mode: impl Into<WriterMode>,
     ) -> std::io::Result<JournalWriter> {
         let path = segment_path(dir, segment);
         let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -94,21 +119,27 @@ impl JournalWriter {
             file.sync_all()?;
             sync_dir(dir)?;
         }
-        let (tx, rx) = mpsc::channel::<Message>();
         let mut state = Segments {
             dir: dir.to_owned(),
             number: segment,
             file,
             durability,
         };
-        std::thread::Builder::new()
-            .name("journal".into())
-            .spawn(move || {
-                let _runtime = runtime.enter();
-                state.run(rx);
-            })?;
+        let sink = match mode.into() {
+            WriterMode::Inline => Sink::Inline(Arc::new(Mutex::new(state))),
+            WriterMode::Thread(runtime) => {
+                let (tx, rx) = mpsc::channel::<Message>();
+                std::thread::Builder::new()
+                    .name("journal".into())
+                    .spawn(move || {
+                        let _runtime = runtime.enter();
+                        state.run(rx);
+                    })?;
+                Sink::Thread(tx)
+            }
+        };
         Ok(JournalWriter {
-            tx,
+            sink,
             dir: dir.to_owned(),
         })
     }
@@ -145,14 +176,30 @@ impl JournalWriter {
     }
 
     fn send(&self, message: Message) {
-        if let Err(mpsc::SendError(message)) = self.tx.send(message) {
-            match message {
-                Message::Append { then, .. } | Message::Snapshot { then, .. } => then(false),
+        match &self.sink {
+            Sink::Thread(tx) => {
+                if let Err(mpsc::SendError(message)) = tx.send(message) {
+                    match message {
+                        Message::Append { then, .. } | Message::Snapshot { then, .. } => {
+                            then(false)
+                        }
+                    }
+                }
+            }
+            Sink::Inline(segments) => {
+                let mut segments = segments.lock().unwrap_or_else(|p| p.into_inner());
+                let (ok, then) = match message {
+                    Message::Append { bytes, then } => (segments.write_batch(&bytes, 1), then),
+                    Message::Snapshot { bytes, then } => (segments.snapshot(&bytes), then),
+                };
+                // The caller may hold locks its callback takes.
+                tokio::spawn(async move { then(ok) });
             }
         }
     }
 }
 
+#[derive(Debug)]
 struct Segments {
     dir: PathBuf,
     number: u64,
@@ -174,10 +221,7 @@ impl Segments {
             };
             let (bytes, then) = match first {
                 Message::Snapshot { bytes, then } => {
-                    let ok = self.write_snapshot(&bytes).map_err(|e| {
-                        tracing::error!(dir = %self.dir.display(), error = %e, "journal compaction failed");
-                    });
-                    then(ok.is_ok());
+                    then(self.snapshot(&bytes));
                     continue;
                 }
                 Message::Append { bytes, then } => (bytes, then),
@@ -198,31 +242,46 @@ impl Segments {
                     Err(_) => break,
                 }
             }
-            let started = std::time::Instant::now();
-            let written = self
-                .file
-                .write_all(&buffer)
-                .and_then(|()| match self.durability {
-                    Durability::Fsync => self.file.sync_data(),
-                    Durability::Flush => Ok(()),
-                });
-            let ok = match written {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(dir = %self.dir.display(), error = %e, records = batch.len(), "journal write failed");
-                    false
-                }
-            };
-            tracing::trace!(
-                records = batch.len(),
-                size_bytes = buffer.len(),
-                sync_ms = started.elapsed().as_millis() as u64,
-                "journal batch"
-            );
+            let ok = self.write_batch(&buffer, batch.len());
             for then in batch {
                 then(ok);
             }
         }
+    }
+
+    /// Appends `records` framed records in `buffer`, durably per the
+    /// durability mode; false (and logged) if that failed.
+    fn write_batch(&mut self, buffer: &[u8], records: usize) -> bool {
+        let started = std::time::Instant::now();
+        let written = self
+            .file
+            .write_all(buffer)
+            .and_then(|()| match self.durability {
+                Durability::Fsync => self.file.sync_data(),
+                Durability::Flush => Ok(()),
+            });
+        tracing::trace!(
+            records,
+            size_bytes = buffer.len(),
+            sync_ms = started.elapsed().as_millis() as u64,
+            "journal batch"
+        );
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, records, "journal write failed");
+                false
+            }
+        }
+    }
+
+    /// [`Segments::write_snapshot`], false (and logged) if it failed.
+    fn snapshot(&mut self, bytes: &[u8]) -> bool {
+        self.write_snapshot(bytes)
+            .map_err(|e| {
+                tracing::error!(dir = %self.dir.display(), error = %e, "journal compaction failed");
+            })
+            .is_ok()
     }
 
     /// Writes the snapshot as the next segment, durably, then deletes every
