@@ -22,8 +22,10 @@ use object_store::{
 };
 use url::Url;
 
-mod control_plane;
-pub use control_plane::{with_control_plane, SlowControlPlane, TokenDelayStore, TOKEN_DELAY_SIGMA};
+mod faults;
+pub use faults::{
+    with_control_plane, FaultPlan, FaultPlanError, FaultStats, FaultStore, TOKEN_DELAY_SIGMA,
+};
 
 /// A store URL that `object_store` cannot open.
 #[derive(Debug, thiserror::Error)]
