@@ -50,6 +50,9 @@ pub struct ReportRetry {
     pub request_timeout: Duration,
     /// Driver calls on the wire at once, over all reports (default 64).
     pub max_in_flight: usize,
+    /// Seed of the backoff jitter; `None` (the default): a random one.
+    /// Simulations set it, so that a run repeats.
+    pub jitter_seed: Option<u64>,
 }
 
 impl Default for ReportRetry {
@@ -60,6 +63,7 @@ impl Default for ReportRetry {
             max_attempts: None,
             request_timeout: Duration::from_secs(10),
             max_in_flight: 64,
+            jitter_seed: None,
         }
     }
 }
@@ -275,6 +279,10 @@ impl DriverClient {
             .with_min_delay(self.retry.min_backoff)
             .with_max_delay(self.retry.max_backoff)
             .with_jitter();
+        let backoff = match self.retry.jitter_seed {
+            Some(seed) => backoff.with_jitter_seed(seed),
+            None => backoff,
+        };
         match self.retry.max_attempts {
             Some(n) => backoff.with_max_times(n.saturating_sub(1)),
             None => backoff.without_max_times(),

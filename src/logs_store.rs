@@ -51,12 +51,24 @@ pub enum UploadError {
 pub struct LogsStore {
     store: Arc<dyn ObjectStore>,
     root: Path,
+    jitter_seed: Option<u64>,
 }
 
 impl LogsStore {
     /// Keys live under `root` in `store`.
     pub fn new(store: Arc<dyn ObjectStore>, root: Path) -> LogsStore {
-        LogsStore { store, root }
+        LogsStore {
+            store,
+            root,
+            jitter_seed: None,
+        }
+    }
+
+    /// The same store with the retry jitter drawn from `seed` (instead of
+    /// a random seed): simulations set it, so that a run repeats.
+    pub fn with_jitter_seed(mut self, seed: u64) -> LogsStore {
+        self.jitter_seed = Some(seed);
+        self
     }
 
     /// The underlying store (tests read back what was written).
@@ -97,7 +109,7 @@ impl LogsStore {
             let status_key = self.status_key(key);
             let status = PutPayload::from(status_json);
             (|| async { self.store.put(&status_key, status.clone()).await })
-                .retry(backoff())
+                .retry(backoff(self.jitter_seed))
                 .await
                 .map_err(|source| UploadError::Store {
                     key: status_key.to_string(),
@@ -106,7 +118,7 @@ impl LogsStore {
             if tokio::fs::try_exists(main_log).await.unwrap_or(false) {
                 let log_key = self.log_key(key, "main");
                 (|| self.stream_file(main_log, &log_key))
-                    .retry(backoff())
+                    .retry(backoff(self.jitter_seed))
                     .when(|e| matches!(e, UploadError::Store { .. }))
                     .await?;
             }
@@ -134,10 +146,14 @@ impl LogsStore {
     }
 }
 
-fn backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
+fn backoff(jitter_seed: Option<u64>) -> ExponentialBuilder {
+    let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(10))
         .with_max_times(UPLOAD_ATTEMPTS - 1)
-        .with_jitter()
+        .with_jitter();
+    match jitter_seed {
+        Some(seed) => backoff.with_jitter_seed(seed),
+        None => backoff,
+    }
 }

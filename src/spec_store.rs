@@ -43,6 +43,9 @@ pub struct SpecLoadConfig {
     pub max_backoff: Duration,
     /// Spec loads in flight at once (default 256); further loads wait.
     pub max_concurrent_loads: usize,
+    /// Seed of the retry jitter; `None` (the default): a random one.
+    /// Simulations set it, so that a run repeats.
+    pub jitter_seed: Option<u64>,
 }
 
 impl Default for SpecLoadConfig {
@@ -54,6 +57,7 @@ impl Default for SpecLoadConfig {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             max_concurrent_loads: 256,
+            jitter_seed: None,
         }
     }
 }
@@ -143,6 +147,24 @@ impl SpecStore {
         })
     }
 
+    /// A spec store whose reads run on the caller's runtime, without a
+    /// runtime of its own: for deterministic simulation (one thread, a
+    /// paused clock that then also times the store's latency). A read
+    /// that hangs in a blocking thread holds one of the caller's.
+    pub fn on_caller_runtime(
+        store: Arc<dyn ObjectStore>,
+        root: Path,
+        config: SpecLoadConfig,
+    ) -> SpecStore {
+        SpecStore {
+            store,
+            root,
+            permits: Arc::new(Semaphore::new(config.max_concurrent_loads.max(1))),
+            config,
+            io: Arc::new(IoRuntime(None)),
+        }
+    }
+
     /// The underlying object store.
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
@@ -212,15 +234,20 @@ impl SpecStore {
         let deadline = self.config.deadline;
         let this = self.clone();
         let owned_token = token.to_owned();
+        let unbounded = async move {
+            this.read_spec_unbounded(batch_id, job_id, &owned_token, start_job_id)
+                .await
+        };
         let Some(io) = self.io.0.as_ref() else {
-            unreachable!("the spec-io runtime lives as long as the store")
+            // On the caller's runtime: dropping the read ends it.
+            return match tokio::time::timeout(deadline, unbounded).await {
+                Ok(result) => result,
+                Err(_) => Err(self.timed_out(job_id, token)),
+            };
         };
         // Aborted when this future is dropped (the attempt was cancelled):
         // a read on the spec-io runtime must not outlive its attempt.
-        let mut read = tokio_util::task::AbortOnDropHandle::new(io.spawn(async move {
-            this.read_spec_unbounded(batch_id, job_id, &owned_token, start_job_id)
-                .await
-        }));
+        let mut read = tokio_util::task::AbortOnDropHandle::new(io.spawn(unbounded));
         match tokio::time::timeout(deadline, &mut read).await {
             Ok(Ok(result)) => result,
             Ok(Err(failed)) => Err(SpecLoadError {
@@ -229,16 +256,21 @@ impl SpecStore {
             }),
             Err(_) => {
                 read.abort();
-                Err(SpecLoadError {
-                    kind: ErrorKind::SpecTimeout,
-                    message: format!(
-                        "reading the spec of job {job_id} from bunch {token} took longer than \
-                         the {} ms deadline (store: {})",
-                        deadline.as_millis(),
-                        self.store
-                    ),
-                })
+                Err(self.timed_out(job_id, token))
             }
+        }
+    }
+
+    /// The error of a read of job `job_id`'s spec that ran past the deadline.
+    fn timed_out(&self, job_id: i64, token: &str) -> SpecLoadError {
+        SpecLoadError {
+            kind: ErrorKind::SpecTimeout,
+            message: format!(
+                "reading the spec of job {job_id} from bunch {token} took longer than \
+                 the {} ms deadline (store: {})",
+                self.config.deadline.as_millis(),
+                self.store
+            ),
         }
     }
 
@@ -317,6 +349,10 @@ impl SpecStore {
             .with_max_delay(self.config.max_backoff)
             .with_max_times(self.config.max_attempts.saturating_sub(1))
             .with_jitter();
+        let backoff = match self.config.jitter_seed {
+            Some(seed) => backoff.with_jitter_seed(seed),
+            None => backoff,
+        };
         let mut tries = 0usize;
         attempt
             .retry(backoff)

@@ -669,7 +669,11 @@ impl Worker {
                 }
                 jobs.next_seq = jobs.next_seq.max(record.seq + 1);
             }
-            for entry in jobs.values() {
+            // In key order, so that the work recovery starts is started in
+            // the same order on every run (a simulation repeats exactly).
+            let mut entries: Vec<&JobEntry> = jobs.values().collect();
+            entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+            for entry in entries {
                 let state = entry.attempt.state();
                 if !state.is_terminal() {
                     if let JobState::Running {

@@ -3,8 +3,8 @@
 //! it, or damage what a read returns (cut short, one byte flipped).
 //!
 //! Every decision is a pure function of the plan's seed, the operation,
-//! the object's path and how many times that operation was called on that
-//! path before: a run repeats exactly for a seed, even when tasks reach
+//! the object's path, the byte ranges asked for, and how many times that
+//! operation was called on them before: a run repeats exactly for a seed, even when tasks reach
 //! the store in a different order. Used by the tests (the simulation and
 //! the spec property tests), the demo (`--store-faults`) and the
 //! benchmarks; [`with_control_plane`] (a slow token service) is the plan
@@ -24,8 +24,8 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -187,6 +187,9 @@ enum Op {
     Copy,
 }
 
+/// Operation, path and byte ranges of a call.
+type CallKey = (Op, String, Vec<Range<u64>>);
+
 /// How many calls a [`FaultStore`] saw and damaged, by fault.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultStats {
@@ -220,8 +223,8 @@ pub struct FaultStore {
     inner: Arc<dyn ObjectStore>,
     plan: FaultPlan,
     latency: Option<LogNormal<f64>>,
-    /// Calls so far per operation and path.
-    seen: Mutex<HashMap<(Op, String), u64>>,
+    /// Calls so far per operation, path and byte range.
+    seen: Mutex<HashMap<CallKey, u64>>,
     counters: Counters,
 }
 
@@ -260,18 +263,23 @@ impl FaultStore {
         }
     }
 
-    /// The latency and fault of the next `op` call on `path`.
-    fn decide(&self, op: Op, path: &Path) -> (Duration, Fault) {
+    /// The latency and fault of the next `op` call on `path` for `ranges`
+    /// (empty: the whole object). Keyed by the ranges too, so that readers
+    /// of different parts of one object (jobs of one bunch) do not shift
+    /// each other's decisions.
+    fn decide(&self, op: Op, path: &Path, ranges: &[Range<u64>]) -> (Duration, Fault) {
         let n = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            let count = seen.entry((op, path.to_string())).or_insert(0);
+            let count = seen
+                .entry((op, path.to_string(), ranges.to_vec()))
+                .or_insert(0);
             *count += 1;
             *count
         };
         // SipHash with fixed keys: the same on every run and machine.
         #[allow(deprecated)]
         let mut hasher = std::hash::SipHasher::new_with_keys(self.plan.seed, 0x6261_7463_6877_6b72);
-        (op, path.as_ref(), n).hash(&mut hasher);
+        (op, path.as_ref(), ranges, n).hash(&mut hasher);
         let mut rng = StdRng::seed_from_u64(hasher.finish());
         let latency = self.latency.map_or(Duration::ZERO, |d| {
             Duration::from_secs_f64(d.sample(&mut rng) / 1000.0)
@@ -315,8 +323,13 @@ impl FaultStore {
 
     /// Waits the call's latency, then fails or hangs it if so decided;
     /// returns the fault left for the read's bytes.
-    async fn enter(&self, op: Op, path: &Path) -> object_store::Result<Fault> {
-        let (latency, fault) = self.decide(op, path);
+    async fn enter(
+        &self,
+        op: Op,
+        path: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Fault> {
+        let (latency, fault) = self.decide(op, path, ranges);
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
@@ -392,7 +405,7 @@ impl ObjectStore for FaultStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.enter(Op::Put, location).await?;
+        self.enter(Op::Put, location, &[]).await?;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -401,7 +414,7 @@ impl ObjectStore for FaultStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.enter(Op::Put, location).await?;
+        self.enter(Op::Put, location, &[]).await?;
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -411,7 +424,19 @@ impl ObjectStore for FaultStore {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         let op = if options.head { Op::Head } else { Op::Get };
-        let fault = self.enter(op, location).await?;
+        let range: Vec<Range<u64>> = match &options.range {
+            Some(GetRange::Bounded(r)) => Vec::from([r.clone()]),
+            Some(GetRange::Offset(o)) => Vec::from([Range {
+                start: *o,
+                end: u64::MAX,
+            }]),
+            Some(GetRange::Suffix(n)) => Vec::from([Range {
+                start: u64::MAX - n,
+                end: u64::MAX,
+            }]),
+            None => Vec::new(),
+        };
+        let fault = self.enter(op, location, &range).await?;
         let result = self.inner.get_opts(location, options).await?;
         if fault == Fault::None {
             return Ok(result);
@@ -437,7 +462,7 @@ impl ObjectStore for FaultStore {
         location: &Path,
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
-        let fault = self.enter(Op::Get, location).await?;
+        let fault = self.enter(Op::Get, location, ranges).await?;
         let all = self.inner.get_ranges(location, ranges).await?;
         Ok(all.into_iter().map(|b| damage(b, fault)).collect())
     }
@@ -454,7 +479,7 @@ impl ObjectStore for FaultStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.enter(Op::List, prefix.unwrap_or(&Path::default()))
+        self.enter(Op::List, prefix.unwrap_or(&Path::default()), &[])
             .await?;
         self.inner.list_with_delimiter(prefix).await
     }
@@ -465,7 +490,7 @@ impl ObjectStore for FaultStore {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
-        self.enter(Op::Copy, to).await?;
+        self.enter(Op::Copy, to, &[]).await?;
         self.inner.copy_opts(from, to, options).await
     }
 }
@@ -489,7 +514,11 @@ mod tests {
             ..FaultPlan::default()
         });
         (0..n)
-            .map(|i| store.decide(Op::Get, &Path::from(format!("k{}", i % 7))).0)
+            .map(|i| {
+                store
+                    .decide(Op::Get, &Path::from(format!("k{}", i % 7)), &[])
+                    .0
+            })
             .collect()
     }
 
@@ -516,13 +545,14 @@ mod tests {
         let (_, a) = store(plan.clone());
         let (_, b) = store(plan);
         let first: Vec<_> = (0..20)
-            .map(|_| a.decide(Op::Get, &Path::from("x")).1)
+            .map(|_| a.decide(Op::Get, &Path::from("x"), &[]).1)
             .collect();
         // b sees other paths in between: x's decisions stay the same.
         let second: Vec<_> = (0..20)
             .map(|i| {
-                b.decide(Op::Get, &Path::from(format!("y{i}")));
-                b.decide(Op::Get, &Path::from("x")).1
+                b.decide(Op::Get, &Path::from(format!("y{i}")), &[]);
+                b.decide(Op::Get, &Path::from("x"), &[Range { start: 0, end: 4 }]);
+                b.decide(Op::Get, &Path::from("x"), &[]).1
             })
             .collect();
         assert_eq!(first, second);
@@ -540,7 +570,7 @@ mod tests {
             .unwrap();
         let (_, store) = store(plan);
         for i in 0..10_000 {
-            store.decide(Op::Get, &Path::from(format!("r{i}")));
+            store.decide(Op::Get, &Path::from(format!("r{i}")), &[]);
         }
         let reads = store.stats();
         for (count, rate) in [
@@ -557,7 +587,7 @@ mod tests {
             );
         }
         for i in 0..1_000 {
-            store.decide(Op::Put, &Path::from(format!("w{i}")));
+            store.decide(Op::Put, &Path::from(format!("w{i}")), &[]);
         }
         let after = store.stats();
         assert_eq!(
