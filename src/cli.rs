@@ -218,6 +218,12 @@ pub struct DemoArgs {
     /// the data directory.
     #[arg(long)]
     pub spec_store: Option<Url>,
+    /// Testing: inject seeded faults into the worker's spec reads, e.g.
+    /// `seed=3,latency_ms=100,sigma=1,error=0.1,hang=0.01,not_found=0.02,
+    /// short_read=0.02,flip=0.02` (rates per call; see `store::FaultPlan`).
+    /// Jobs that then end as errors of their spec read count as explained.
+    #[arg(long)]
+    pub store_faults: Option<crate::store::FaultPlan>,
 }
 
 /// A worker could not be built from its flags.

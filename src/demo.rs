@@ -35,7 +35,7 @@ use crate::logs_store::LogsStore;
 use crate::runner::HostRunner;
 use crate::server::serve;
 use crate::spec_store::{SpecLoadConfig, SpecStore};
-use crate::store::{open_store, throttled, with_control_plane};
+use crate::store::{open_store, throttled, with_control_plane, FaultStore};
 use crate::supervisor::{Worker, WorkerConfig};
 use plan::{Expected, Kind, DEMO_BATCH_ID, DEMO_SPEC_MAX_BYTES};
 
@@ -83,6 +83,16 @@ pub struct JobResult {
     pub reported_state: Option<String>,
 }
 
+impl JobResult {
+    /// Whether the job ended as an error of its spec read, reported as
+    /// such: what an injected store fault (`--store-faults`) can turn any
+    /// job into.
+    pub fn spec_read_error(&self) -> bool {
+        matches!(self.actual, Some(Expected::Error(kind)) if kind.is_spec_error())
+            && self.reported_state.as_deref() == Some("error")
+    }
+}
+
 /// The create calls' figures.
 #[derive(Debug, Clone)]
 pub struct CreateStats {
@@ -128,6 +138,8 @@ pub struct DemoReport {
     pub blob_latency_ms: u64,
     /// Median token wait before each store request, in ms (0: none).
     pub token_latency_ms: u64,
+    /// The faults injected into spec reads, and what was injected.
+    pub store_faults: Option<(crate::store::FaultPlan, crate::store::FaultStats)>,
     /// Where the specs were (redacted URL, or "local files").
     pub spec_store: String,
     /// Wall time of the whole run, in ms.
@@ -237,11 +249,18 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         report_drain: Duration::from_millis(crate::supervisor::DEFAULT_REPORT_DRAIN_MS),
         store_options: crate::store::StoreOptions::from_env(),
     };
+    let reads = throttled(
+        with_control_plane(store, args.token_latency_ms, 1),
+        args.blob_latency_ms,
+    );
+    let faults = args
+        .store_faults
+        .clone()
+        .map(|plan| Arc::new(FaultStore::new(reads.clone(), plan)));
     let specs = SpecStore::new(
-        throttled(
-            with_control_plane(store, args.token_latency_ms, 1),
-            args.blob_latency_ms,
-        ),
+        faults
+            .clone()
+            .map_or(reads, |f| f as Arc<dyn object_store::ObjectStore>),
         root,
         SpecLoadConfig {
             max_spec_bytes: DEMO_SPEC_MAX_BYTES,
@@ -291,26 +310,31 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             .expect("a valid template")
             .progress_chars("=> "),
     );
-    let deadline = Duration::from_secs(90)
+    // A hung spec read ends at the load deadline (60 s).
+    let hangs = args
+        .store_faults
+        .as_ref()
+        .is_some_and(|f| f.hang_rate > 0.0);
+    let deadline = Duration::from_secs(if hangs { 150 } else { 90 })
         + Duration::from_millis(args.blob_latency_ms * 8 + args.token_latency_ms * 30);
     let finished = tokio::time::timeout(deadline, async {
         cancel_when_running(&http, &base, &worker, &planned).await;
         let mut changes = driver.changes();
-        let reported = planned
-            .iter()
-            .filter(|j| j.kind.expected() != Expected::Cancelled)
-            .count();
         loop {
-            let terminal = planned
+            let states: Vec<_> = planned
                 .iter()
-                .filter(|j| {
-                    worker
-                        .state_of(DEMO_BATCH_ID, j.job_id)
-                        .is_ok_and(|s| s.is_terminal())
-                })
+                .filter_map(|j| worker.state_of(DEMO_BATCH_ID, j.job_id).ok())
+                .filter(JobState::is_terminal)
+                .collect();
+            progress.set_position(states.len() as u64);
+            // Every final job but the cancelled ones is reported (with
+            // injected faults, a job planned to be cancelled may end
+            // otherwise first).
+            let reported = states
+                .iter()
+                .filter(|s| s.wire_state() != batch_worker_model::WireState::Cancelled)
                 .count();
-            progress.set_position(terminal as u64);
-            if terminal == planned.len() && driver.received().complete.len() >= reported {
+            if states.len() == planned.len() && driver.received().complete.len() >= reported {
                 break;
             }
             let mut worker_changes = worker.changes();
@@ -371,6 +395,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         bunches,
         blob_latency_ms: args.blob_latency_ms,
         token_latency_ms: args.token_latency_ms,
+        store_faults: faults.map(|f| (f.plan().clone(), f.stats())),
         spec_store: args
             .spec_store
             .as_ref()
@@ -635,9 +660,16 @@ impl JobResult {
 }
 
 impl DemoReport {
-    /// True when every job ended as planned and no create call failed.
+    /// Whether job `job` ended as planned, or (with injected store
+    /// faults) as an error of its spec read.
+    fn explained(&self, job: &JobResult) -> bool {
+        job.as_planned() || (self.store_faults.is_some() && job.spec_read_error())
+    }
+
+    /// True when every job ended as planned (or, with injected store
+    /// faults, as an error of its spec read) and no create call failed.
     pub fn passed(&self) -> bool {
-        self.jobs.iter().all(JobResult::as_planned)
+        self.jobs.iter().all(|j| self.explained(j))
             && self.creates.failed == 0
             && self.creates.timed_out == 0
             && self.creates.ok == self.creates.sent
@@ -686,7 +718,11 @@ impl DemoReport {
                 continue;
             }
             let got = job.actual.map_or("not final".to_owned(), |a| a.to_string());
-            let mark = if job.as_planned() { "ok " } else { "BAD" };
+            let mark = match (job.as_planned(), self.explained(job)) {
+                (true, _) => "ok ",
+                (false, true) => "flt",
+                (false, false) => "BAD",
+            };
             let _ = writeln!(
                 out,
                 "  {mark} job {:>4}  {:<30} -> {}{}",
@@ -699,7 +735,19 @@ impl DemoReport {
                     .unwrap_or_default()
             );
         }
-        for job in self.jobs.iter().filter(|j| !j.as_planned()) {
+        if let Some((plan, stats)) = &self.store_faults {
+            let changed = self
+                .jobs
+                .iter()
+                .filter(|j| !j.as_planned() && self.explained(j))
+                .count();
+            let _ = writeln!(
+                out,
+                "\nstore faults ({plan}): {} spec reads, {} errors, {} hangs, {} not found, {} short, {} flipped;\n  {changed} jobs ended as errors of their spec read instead of as planned",
+                stats.calls, stats.errors, stats.hangs, stats.not_found, stats.short_reads, stats.flips
+            );
+        }
+        for job in self.jobs.iter().filter(|j| !self.explained(j)) {
             let _ = writeln!(
                 out,
                 "  BAD job {:>4}: planned {}, got {}, driver told {}",
@@ -755,12 +803,17 @@ impl DemoReport {
         if let Some(dir) = &self.kept_dir {
             let _ = writeln!(out, "specs and logs kept in {}", dir.display());
         }
-        let planned_ok = self.jobs.iter().filter(|j| j.as_planned()).count();
+        let planned_ok = self.jobs.iter().filter(|j| self.explained(j)).count();
         let _ = writeln!(
             out,
-            "\n{}: {planned_ok}/{} jobs ended as planned; {} create calls failed or timed out",
+            "\n{}: {planned_ok}/{} jobs ended as planned{}; {} create calls failed or timed out",
             if self.passed() { "PASS" } else { "FAIL" },
             self.jobs.len(),
+            if self.store_faults.is_some() {
+                " or as spec-read errors"
+            } else {
+                ""
+            },
             c.failed + c.timed_out + (c.sent - c.ok - c.failed - c.timed_out)
         );
         out
