@@ -1,0 +1,449 @@
+//! Simulated parts for the simulation and model-based tests: a process
+//! runner whose processes are described by their argv, a driver that
+//! fails, delays and loses answers by seed, a panic counter, and a worker
+//! wired from them with the real supervisor, journal (inline writer) and
+//! stores behind a [`FaultStore`].
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::Path as FsPath;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use batch_worker::admission::Capacity;
+use batch_worker::driver_client::{
+    DriverAnswer, DriverClient, DriverTransport, ReportRetry, JOB_COMPLETE_PATH, JOB_STARTED_PATH,
+};
+use batch_worker::journal::{open_journal, Durability, JournalRecord, WriterMode};
+use batch_worker::logs_store::LogsStore;
+use batch_worker::runner::{LaunchError, Process, ProcessRequest, Runner};
+use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
+use batch_worker::store::StoreOptions;
+use batch_worker::supervisor::{Worker, WorkerConfig};
+use batch_worker::wire::JobCompleteBody;
+use batch_worker_model::ExitStatus;
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// A seeded decision in `[0, 1)` from `parts`: the same for the same
+/// parts on every run.
+pub fn draw(seed: u64, parts: impl Hash) -> f64 {
+    #[allow(deprecated)]
+    let mut hasher = std::hash::SipHasher::new_with_keys(seed, 0x5349_4d55_4c41_5445);
+    parts.hash(&mut hasher);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs simulated processes. `argv` describes the process:
+/// - `["sim", "exit=N", "ms=T"]`: runs T ms (virtual), exits with N;
+/// - `["sim", "signal=S", "ms=T"]`: dies by signal S after T ms;
+/// - `["sim", "launch_fail"]`: cannot be started;
+/// - `["sim", "hold"]`: runs until [`SimRunner::release`] names it.
+///
+/// A kill ends a process at once with signal 15. Each process writes a
+/// one-line `main.log`.
+#[derive(Debug, Default)]
+pub struct SimRunner {
+    next_pid: AtomicU32,
+    held: Mutex<HashMap<(i64, i64), oneshot::Sender<i32>>>,
+}
+
+impl SimRunner {
+    /// Ends the held process of job `(batch_id, job_id)` with `code`;
+    /// false if none is held.
+    pub fn release(&self, batch_id: i64, job_id: i64, code: i32) -> bool {
+        let sender = self.held.lock().unwrap().remove(&(batch_id, job_id));
+        sender.is_some_and(|s| s.send(code).is_ok())
+    }
+}
+
+#[derive(Debug)]
+enum Behaviour {
+    Exit { code: i32, ms: u64 },
+    Signal { signal: i32, ms: u64 },
+    Hold(oneshot::Receiver<i32>),
+}
+
+#[derive(Debug)]
+struct SimProcess {
+    pid: u32,
+    behaviour: Behaviour,
+}
+
+fn arg(argv: &[String], name: &str) -> Option<i64> {
+    argv.iter()
+        .find_map(|a| a.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+#[async_trait]
+impl Runner for SimRunner {
+    async fn spawn(&self, request: &ProcessRequest) -> Result<Box<dyn Process>, LaunchError> {
+        let argv = &request.argv;
+        if argv.first().map(String::as_str) != Some("sim") {
+            return Err(LaunchError(format!("not a simulated process: {argv:?}")));
+        }
+        if argv.iter().any(|a| a == "launch_fail") {
+            return Err(LaunchError("simulated launch failure".into()));
+        }
+        std::fs::create_dir_all(request.dir.work()).map_err(|e| LaunchError(e.to_string()))?;
+        std::fs::write(request.dir.main_log(), format!("simulated {argv:?}\n"))
+            .map_err(|e| LaunchError(e.to_string()))?;
+        let ms = arg(argv, "ms").unwrap_or(0).max(0) as u64;
+        let behaviour = if argv.iter().any(|a| a == "hold") {
+            let (tx, rx) = oneshot::channel();
+            let job = (request.key.batch_id, request.key.job_id);
+            self.held.lock().unwrap().insert(job, tx);
+            Behaviour::Hold(rx)
+        } else if let Some(signal) = arg(argv, "signal") {
+            Behaviour::Signal {
+                signal: signal as i32,
+                ms,
+            }
+        } else {
+            Behaviour::Exit {
+                code: arg(argv, "exit").unwrap_or(0) as i32,
+                ms,
+            }
+        };
+        let pid = 1000 + self.next_pid.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(SimProcess { pid, behaviour }))
+    }
+
+    fn kill_grace(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+}
+
+#[async_trait]
+impl Process for SimProcess {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    async fn wait(
+        self: Box<Self>,
+        timeout: Option<Duration>,
+        kill: CancellationToken,
+    ) -> (ExitStatus, u64) {
+        let began = tokio::time::Instant::now();
+        let run = async {
+            match self.behaviour {
+                Behaviour::Exit { code, ms } => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    ExitStatus::Code { code }
+                }
+                Behaviour::Signal { signal, ms } => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    ExitStatus::Signal { signal }
+                }
+                Behaviour::Hold(rx) => match rx.await {
+                    Ok(code) => ExitStatus::Code { code },
+                    Err(_) => std::future::pending().await,
+                },
+            }
+        };
+        let limit = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let status = tokio::select! {
+            status = run => status,
+            () = limit => ExitStatus::TimedOut {
+                timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64),
+            },
+            () = kill.cancelled() => ExitStatus::Signal { signal: 15 },
+        };
+        (status, began.elapsed().as_millis() as u64)
+    }
+}
+
+/// What the simulated driver received.
+#[derive(Debug, Default)]
+pub struct DriverLog {
+    /// `job_complete` bodies taken (processed), by `(batch, job, attempt)`,
+    /// including ones whose answer was then lost.
+    pub completes: HashMap<(i64, i64, String), Vec<JobCompleteBody>>,
+    /// `job_started` calls taken, by `(batch, job, attempt)`.
+    pub started: HashMap<(i64, i64, String), usize>,
+    /// Calls failed before being taken.
+    pub failed: usize,
+    /// Calls taken whose answer was lost.
+    pub lost: usize,
+}
+
+/// A driver that answers after a seeded delay, fails calls before taking
+/// them and loses answers after taking them, per call and seed.
+#[derive(Debug)]
+pub struct SimDriver {
+    /// Seed of every decision.
+    pub seed: u64,
+    /// Calls that fail before being taken.
+    pub fail_rate: f64,
+    /// Calls taken whose answer is lost (the worker sees a failure).
+    pub lose_rate: f64,
+    /// Longest answer delay, in ms (uniform from 0).
+    pub max_delay_ms: u64,
+    calls: Mutex<HashMap<u64, u64>>,
+    /// While set, every call fails (the driver is down).
+    pub down: std::sync::atomic::AtomicBool,
+    /// What it received.
+    pub log: Mutex<DriverLog>,
+}
+
+impl SimDriver {
+    /// A driver failing `fail_rate` and losing `lose_rate` of calls.
+    pub fn new(seed: u64, fail_rate: f64, lose_rate: f64, max_delay_ms: u64) -> SimDriver {
+        SimDriver {
+            seed,
+            fail_rate,
+            lose_rate,
+            max_delay_ms,
+            calls: Mutex::default(),
+            down: Default::default(),
+            log: Mutex::default(),
+        }
+    }
+}
+
+fn attempt_of(body: &Value) -> (i64, i64, String) {
+    let status = &body["status"];
+    (
+        status["batch_id"].as_i64().unwrap_or(-1),
+        status["job_id"].as_i64().unwrap_or(-1),
+        status["attempt_id"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[async_trait]
+impl DriverTransport for SimDriver {
+    async fn post(
+        &self,
+        path: &'static str,
+        _instance_name: &str,
+        _token: &str,
+        body: Bytes,
+    ) -> Result<DriverAnswer, String> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err("simulated: the driver is down".into());
+        }
+        let json: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        // Keyed by the attempt, not the bytes: bodies carry wall-clock times.
+        #[allow(deprecated)]
+        let mut hasher = std::hash::DefaultHasher::new();
+        (path, attempt_of(&json)).hash(&mut hasher);
+        let what = hasher.finish();
+        let n = {
+            let mut calls = self.calls.lock().unwrap();
+            let n = calls.entry(what).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let delay = draw(self.seed, ("delay", what, n));
+        tokio::time::sleep(Duration::from_millis(
+            (delay * self.max_delay_ms as f64) as u64,
+        ))
+        .await;
+        let fate = draw(self.seed, ("fate", what, n));
+        if fate < self.fail_rate {
+            self.log.lock().unwrap().failed += 1;
+            return Err("simulated: connection reset before the driver read the call".into());
+        }
+        {
+            let mut log = self.log.lock().unwrap();
+            if path == JOB_COMPLETE_PATH {
+                let parsed: JobCompleteBody =
+                    serde_json::from_value(json.clone()).map_err(|e| e.to_string())?;
+                log.completes
+                    .entry(attempt_of(&json))
+                    .or_default()
+                    .push(parsed);
+            } else if path == JOB_STARTED_PATH {
+                *log.started.entry(attempt_of(&json)).or_default() += 1;
+            }
+            if fate < self.fail_rate + self.lose_rate {
+                log.lost += 1;
+                return Err("simulated: the driver's answer was lost".into());
+            }
+        }
+        Ok(DriverAnswer {
+            status: 200,
+            body: Bytes::from_static(br#"{"token": "sim-instance-token"}"#),
+        })
+    }
+
+    fn describe(&self) -> String {
+        "simulated driver".into()
+    }
+}
+
+thread_local! {
+    static PANICS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Panics on this thread so far (a current-thread runtime runs its tasks
+/// on the thread that blocks on it, so a task's caught panic counts too).
+pub fn panics_on_this_thread() -> usize {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.set(p.get() + 1));
+            previous(info);
+        }));
+    });
+    PANICS.with(Cell::get)
+}
+
+/// The stores and parts of a simulated worker that outlive restarts.
+#[derive(Debug, Clone)]
+pub struct SimParts {
+    /// The worker's data directory (journal, attempt directories).
+    pub data_dir: std::path::PathBuf,
+    /// The spec store (specs are written under `specs/`).
+    pub specs: SpecStore,
+    /// The logs store.
+    pub logs: Arc<dyn ObjectStore>,
+    /// The driver, if the worker reports.
+    pub driver: Option<Arc<SimDriver>>,
+    /// Cores and memory for jobs.
+    pub capacity: Capacity,
+    /// Journal bytes after which it is compacted.
+    pub segment_bytes: u64,
+}
+
+impl SimParts {
+    /// Parts over `spec_store` (specs under `specs/`) and `logs`.
+    pub fn new(
+        data_dir: &FsPath,
+        spec_store: Arc<dyn ObjectStore>,
+        logs: Arc<dyn ObjectStore>,
+        driver: Option<Arc<SimDriver>>,
+    ) -> SimParts {
+        let config = SpecLoadConfig {
+            deadline: Duration::from_secs(20),
+            jitter_seed: Some(7),
+            ..SpecLoadConfig::default()
+        };
+        SimParts {
+            data_dir: data_dir.to_owned(),
+            specs: SpecStore::on_caller_runtime(spec_store, Path::from("specs"), config),
+            logs,
+            driver,
+            capacity: Capacity {
+                cores_mcpu: 16_000,
+                memory_bytes: 64 << 30,
+            },
+            segment_bytes: 64 * 1024,
+        }
+    }
+
+    /// A worker over these parts, recovered from the journal in the data
+    /// directory (inline writer) and activated; must run inside a tokio
+    /// runtime. Returns it and the records it recovered.
+    pub async fn start(&self, runner: Arc<dyn Runner>) -> (Worker, Vec<JournalRecord>) {
+        let (worker, records) = self.start_unactivated(runner);
+        worker
+            .activate("127.0.0.1")
+            .await
+            .expect("the simulated driver activates the worker");
+        (worker, records)
+    }
+
+    /// [`SimParts::start`] without the activation (creates get 503 until
+    /// [`Worker::activate`] succeeds).
+    pub fn start_unactivated(&self, runner: Arc<dyn Runner>) -> (Worker, Vec<JournalRecord>) {
+        let recovered = open_journal(&self.data_dir, Durability::Flush, false, WriterMode::Inline)
+            .expect("the simulated worker's journal opens");
+        let config = WorkerConfig {
+            name: "sim-worker".into(),
+            data_dir: self.data_dir.clone(),
+            runner,
+            journal_segment_bytes: self.segment_bytes,
+            retention: Duration::from_secs(24 * 3600),
+            capacity: self.capacity,
+            logs: LogsStore::new(self.logs.clone(), Path::from("logs")).with_jitter_seed(7),
+            report_drain: Duration::from_secs(30),
+            store_options: StoreOptions::default(),
+        };
+        let driver = self.driver.clone().map(|transport| {
+            let retry = ReportRetry {
+                min_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(30),
+                jitter_seed: Some(transport.seed),
+                ..ReportRetry::default()
+            };
+            DriverClient::with_transport(transport, "sim-worker".into(), "t".into(), retry)
+        });
+        let worker = Worker::new(config, self.specs.clone(), driver, Some(recovered.writer));
+        worker.recover(&recovered.records);
+        (worker, recovered.records)
+    }
+}
+
+/// One HTTP call to the worker's API router (no sockets): status and JSON
+/// body (`null` if the body is not JSON).
+pub async fn call(
+    router: &axum::Router,
+    method: Method,
+    uri: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .expect("a valid request");
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("the router is infallible");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// A format-7 create body for attempt `attempt_id` of a bunch job, with
+/// one secret whose data is `secret`.
+pub fn create_body(
+    batch_id: i64,
+    job_id: i64,
+    token: &str,
+    start_job_id: i64,
+    attempt_id: &str,
+    secret: &str,
+) -> Value {
+    serde_json::json!({
+        "batch_id": batch_id,
+        "job_id": job_id,
+        "format_version": 7,
+        "token": token,
+        "start_job_id": start_job_id,
+        "user": "sim-user",
+        "gsa_key": {"key.json": secret},
+        "job_spec": {
+            "attempt_id": attempt_id,
+            "job_group_id": 0,
+            "secrets": [{"name": "s", "namespace": "n", "mount_path": "/secret", "data": {"f": secret}}],
+        },
+        "queue_time": null
+    })
+}

@@ -1,0 +1,806 @@
+//! Deterministic simulation: the real supervisor, journal (inline writer),
+//! state machines and HTTP router run thousands of jobs under tokio's
+//! paused clock, with a [`FaultStore`] under the spec and logs stores,
+//! simulated processes, a driver that fails, delays and loses report
+//! answers, random cancels, duplicate creates, and worker crashes (the
+//! runtime is dropped mid-flight, and the next worker recovers from the
+//! journal). Afterwards every invariant of DESIGN.md is checked.
+//!
+//! Everything random derives from the seed; a failure names it.
+//! - `SIM_SEED=N cargo test --test it simulation` runs seed N alone;
+//! - `SIM_SEEDS=K` runs seeds 1..=K (CI runs [`CI_SEEDS`]);
+//! - `SIM_JOBS=J` changes the jobs per seed (default [`DEFAULT_JOBS`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use batch_worker::api;
+use batch_worker::replay::{replay_path, ReplayOptions};
+use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
+use batch_worker::store::{FaultPlan, FaultStore};
+use batch_worker::supervisor::Worker;
+use batch_worker_model::{ErrorKind, JobAttempt, JobState, Outcome};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::sim::{self, SimDriver, SimParts, SimRunner};
+
+/// Seeds CI runs.
+pub const CI_SEEDS: u64 = 4;
+/// Jobs per seed.
+pub const DEFAULT_JOBS: usize = 1500;
+/// Virtual time over which jobs arrive, in ms.
+const ARRIVAL_SPAN_MS: u64 = 300_000;
+/// A create must be answered within this much virtual time: it does no
+/// store IO, so under a paused clock it takes none.
+const CREATE_BOUND_MS: u128 = 50;
+/// After the last arrival, every job must end within this virtual time.
+const SETTLE_BOUND: Duration = Duration::from_secs(15 * 60);
+
+/// What the plan says a job's spec is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Planned {
+    /// A spec that runs: exit code (or signal), run time.
+    Runs { exit: i32, signal: bool, ms: u64 },
+    /// The process runs past its 1 s timeout.
+    TimesOut,
+    /// The process cannot be started.
+    LaunchFails,
+    /// More cores than the worker has.
+    TooBig,
+    /// The bunch was never written.
+    Missing,
+    /// The spec is not a valid spec for this job.
+    Corrupt,
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    batch_id: i64,
+    job_id: i64,
+    token: String,
+    start_job_id: i64,
+    planned: Planned,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Create(usize),
+    /// The same job created again as another attempt.
+    Duplicate(usize),
+    Cancel(usize),
+    Status(usize),
+}
+
+/// Everything a seed decides, before anything runs.
+struct Plan {
+    jobs: Vec<Job>,
+    bunches: Vec<(i64, String, Vec<Vec<u8>>)>,
+    /// `(virtual ms, action)`, sorted.
+    actions: Vec<(u64, Action)>,
+    /// Virtual ms of worker crashes, sorted.
+    crashes: Vec<u64>,
+}
+
+fn spec_bytes(rng: &mut StdRng, job_id: i64, planned: Planned) -> Vec<u8> {
+    let cores = 250 * rng.random_range(1..=8u64);
+    let spec = |command: serde_json::Value, cores: u64, timeout: Option<u64>| {
+        let mut spec = json!({
+            "job_id": job_id,
+            "process": {"type": "docker", "image": "ubuntu:24.04", "command": command},
+            "resources": {"cores_mcpu": cores, "memory_bytes": 100_000_000u64, "storage_gib": 0},
+        });
+        if let Some(t) = timeout {
+            spec["timeout"] = json!(t);
+        }
+        spec.to_string().into_bytes()
+    };
+    match planned {
+        Planned::Runs { exit, signal, ms } => {
+            let outcome = if signal {
+                format!("signal={exit}")
+            } else {
+                format!("exit={exit}")
+            };
+            spec(json!(["sim", outcome, format!("ms={ms}")]), cores, None)
+        }
+        Planned::TimesOut => spec(json!(["sim", "exit=0", "ms=5000"]), cores, Some(1)),
+        Planned::LaunchFails => spec(json!(["sim", "launch_fail"]), cores, None),
+        Planned::TooBig => spec(json!(["sim", "exit=0", "ms=10"]), 1_000_000, None),
+        Planned::Missing => Vec::new(),
+        Planned::Corrupt => match rng.random_range(0..4) {
+            0 => b"{\"job_id\": ".to_vec(),
+            1 => json!({"job_id": job_id, "process": {"type": "docker", "image": "x", "command": "sim"}})
+                .to_string()
+                .into_bytes(),
+            2 => vec![0xff, 0xfe, b'{', 0x80],
+            _ => json!({"job_id": job_id + 100_000, "process": {"type": "docker", "image": "x", "command": ["sim"]}})
+                .to_string()
+                .into_bytes(),
+        },
+    }
+}
+
+fn plan(seed: u64, job_count: usize) -> Plan {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut jobs = Vec::new();
+    let mut bunches = Vec::new();
+    let mut batch_id = 0;
+    while jobs.len() < job_count {
+        batch_id += 1;
+        let mut next_job = 1;
+        for _ in 0..rng.random_range(1..8) {
+            let size = rng.random_range(1..=20).min(job_count - jobs.len());
+            if size == 0 {
+                break;
+            }
+            let token: String = (0..12)
+                .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+                .collect();
+            let missing = rng.random_bool(0.04);
+            let mut specs = Vec::new();
+            for job_id in next_job..next_job + size as i64 {
+                let roll: f64 = rng.random();
+                let planned = if missing {
+                    Planned::Missing
+                } else if roll < 0.04 {
+                    Planned::Corrupt
+                } else if roll < 0.06 {
+                    Planned::LaunchFails
+                } else if roll < 0.08 {
+                    Planned::TimesOut
+                } else if roll < 0.09 {
+                    Planned::TooBig
+                } else {
+                    let signal = roll < 0.11;
+                    let exit = if signal {
+                        9
+                    } else if rng.random_bool(0.85) {
+                        0
+                    } else {
+                        rng.random_range(1..4)
+                    };
+                    Planned::Runs {
+                        exit,
+                        signal,
+                        ms: rng.random_range(50..4000),
+                    }
+                };
+                specs.push(spec_bytes(&mut rng, job_id, planned));
+                jobs.push(Job {
+                    batch_id,
+                    job_id,
+                    token: token.clone(),
+                    start_job_id: next_job,
+                    planned,
+                });
+            }
+            if !missing {
+                bunches.push((batch_id, token, specs));
+            }
+            next_job += size as i64;
+            if jobs.len() == job_count {
+                break;
+            }
+        }
+    }
+    let mut actions = Vec::new();
+    for (i, _) in jobs.iter().enumerate() {
+        let at = i as u64 * ARRIVAL_SPAN_MS / job_count as u64 + rng.random_range(0..100);
+        actions.push((at, Action::Create(i)));
+        if rng.random_bool(0.04) {
+            actions.push((at + rng.random_range(0..6000), Action::Cancel(i)));
+        }
+        if rng.random_bool(0.02) {
+            actions.push((at + rng.random_range(0..3000), Action::Duplicate(i)));
+        }
+        if rng.random_bool(0.05) {
+            actions.push((at + rng.random_range(0..8000), Action::Status(i)));
+        }
+    }
+    actions.sort_by_key(|(at, _)| *at);
+    let mut crashes: Vec<u64> = (0..2)
+        .map(|_| rng.random_range(ARRIVAL_SPAN_MS / 5..ARRIVAL_SPAN_MS * 4 / 5))
+        .collect();
+    crashes.sort();
+    Plan {
+        jobs,
+        bunches,
+        actions,
+        crashes,
+    }
+}
+
+/// What the simulated driver saw and expects.
+#[derive(Default)]
+struct World {
+    /// Jobs whose create was answered 200, with the attempt id.
+    accepted: HashMap<usize, String>,
+    /// Jobs a cancel reached while their attempt was not finished.
+    cancelled_live: HashMap<usize, ()>,
+    violations: Vec<String>,
+    creates: usize,
+    max_create_ms: u128,
+    restarts: usize,
+    /// A digest of every attempt's journaled events: equal for runs that
+    /// went the same way.
+    trace_digest: u64,
+}
+
+impl World {
+    fn violate(&mut self, what: String) {
+        if self.violations.len() < 50 {
+            self.violations.push(what);
+        }
+    }
+}
+
+fn attempt_id(job: &Job, duplicate: bool) -> String {
+    format!("a{}{}", job.job_id, if duplicate { "dup" } else { "" })
+}
+
+async fn act(
+    world: &mut World,
+    plan: &Plan,
+    secret: &str,
+    worker: &Worker,
+    router: &axum::Router,
+    action: Action,
+) {
+    let uri = |job: &Job, what: &str| {
+        format!(
+            "/api/v1alpha/batches/{}/jobs/{}/{what}",
+            job.batch_id, job.job_id
+        )
+    };
+    match action {
+        Action::Create(i) | Action::Duplicate(i) => {
+            let job = &plan.jobs[i];
+            let duplicate = matches!(action, Action::Duplicate(_));
+            let attempt = attempt_id(job, duplicate);
+            let body = sim::create_body(
+                job.batch_id,
+                job.job_id,
+                &job.token,
+                job.start_job_id,
+                &attempt,
+                secret,
+            );
+            let began = Instant::now();
+            let (status, answer) =
+                sim::call(router, Method::POST, api::CREATE_PATH, Some(&body)).await;
+            let took = began.elapsed().as_millis();
+            world.creates += 1;
+            world.max_create_ms = world.max_create_ms.max(took);
+            if took > CREATE_BOUND_MS {
+                world.violate(format!(
+                    "create of {}:{} took {took} ms of virtual time",
+                    job.batch_id, job.job_id
+                ));
+            }
+            match (status, duplicate) {
+                (StatusCode::OK, false) => {
+                    world.accepted.insert(i, attempt);
+                }
+                (s, true) if s.is_client_error() && world.accepted.contains_key(&i) => {}
+                (s, true) if s == StatusCode::OK && !world.accepted.contains_key(&i) => {
+                    world.accepted.insert(i, attempt);
+                }
+                (s, _) => world.violate(format!(
+                    "create of {}:{} (duplicate: {duplicate}) answered {s}: {answer}",
+                    job.batch_id, job.job_id
+                )),
+            }
+        }
+        Action::Cancel(i) => {
+            let job = &plan.jobs[i];
+            let live = worker
+                .state_of(job.batch_id, job.job_id)
+                .is_ok_and(|s| !s.is_terminal());
+            let (status, answer) =
+                sim::call(router, Method::DELETE, &uri(job, "delete"), None).await;
+            match status {
+                StatusCode::OK if live => {
+                    world.cancelled_live.insert(i, ());
+                }
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND if !world.accepted.contains_key(&i) => {}
+                s => world.violate(format!(
+                    "cancel of {}:{} answered {s}: {answer}",
+                    job.batch_id, job.job_id
+                )),
+            }
+        }
+        Action::Status(i) => {
+            let job = &plan.jobs[i];
+            let (status, answer) = sim::call(router, Method::GET, &uri(job, "status"), None).await;
+            let expected = if world.accepted.contains_key(&i) {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            if status != expected {
+                world.violate(format!(
+                    "status of {}:{} answered {status}: {answer}",
+                    job.batch_id, job.job_id
+                ));
+            }
+        }
+    }
+}
+
+/// One seed: runs the plan through crashes to the end, returns a summary
+/// line or the violations.
+fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
+    let wall = std::time::Instant::now();
+    let plan = plan(seed, job_count);
+    let secret = format!("SIMSECRET{seed}Z");
+    let data = tempfile::tempdir().expect("a temp dir");
+    let faults = FaultPlan {
+        seed,
+        latency_ms: 150,
+        latency_sigma: 1.0,
+        error_rate: 0.05,
+        hang_rate: 0.003,
+        not_found_rate: 0.005,
+        short_read_rate: 0.005,
+        flip_rate: 0.005,
+    };
+    let specs_inner = Arc::new(InMemory::new());
+    let spec_faults = Arc::new(FaultStore::new(specs_inner.clone(), faults.clone()));
+    let logs_inner = Arc::new(InMemory::new());
+    let logs_faults = FaultPlan {
+        seed: seed ^ 0xabcd,
+        hang_rate: 0.0,
+        ..faults.clone()
+    };
+    let logs = Arc::new(FaultStore::new(logs_inner.clone(), logs_faults));
+    let driver = Arc::new(SimDriver::new(seed, 0.1, 0.05, 400));
+    let parts = SimParts::new(data.path(), spec_faults.clone(), logs, Some(driver.clone()));
+    let panics_before = sim::panics_on_this_thread();
+    let mut world = World::default();
+    let mut next_action = 0;
+    let mut clock_ms = 0u64;
+    let mut ends = plan.crashes.iter().map(|c| Some(*c)).collect::<Vec<_>>();
+    ends.push(None);
+    let mut final_states = BTreeMap::new();
+    for (incarnation, end) in ends.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            if incarnation == 0 {
+                // Written by the driver, past the faults.
+                let writer = SpecStore::on_caller_runtime(
+                    specs_inner.clone(),
+                    Path::from("specs"),
+                    SpecLoadConfig::default(),
+                );
+                for (batch_id, token, specs) in &plan.bunches {
+                    writer
+                        .write_bunch(*batch_id, token, specs)
+                        .await
+                        .expect("in memory");
+                }
+            }
+            let (worker, _) = parts.start(Arc::new(SimRunner::default())).await;
+            let router = api::router(worker.clone(), 1 << 20);
+            let began = Instant::now();
+            let offset = clock_ms;
+            while let Some((at, action)) = plan.actions.get(next_action).copied() {
+                if end.is_some_and(|end| at >= end) {
+                    break;
+                }
+                tokio::time::sleep_until(began + Duration::from_millis(at - offset)).await;
+                act(&mut world, &plan, &secret, &worker, &router, action).await;
+                next_action += 1;
+            }
+            if let Some(end) = end {
+                // The worker dies here: the runtime is dropped with every
+                // task in flight.
+                tokio::time::sleep_until(began + Duration::from_millis(end - offset)).await;
+                clock_ms = end;
+                world.restarts += 1;
+                return;
+            }
+            let settled = tokio::time::timeout(
+                SETTLE_BOUND,
+                worker.wait_until(|w| w.snapshot().iter().all(|(_, s)| s.is_terminal())),
+            )
+            .await;
+            if settled.is_err() {
+                for (key, state) in worker.snapshot().iter().filter(|(_, s)| !s.is_terminal()) {
+                    world.violate(format!(
+                        "{key} still {} {} after the last arrival",
+                        state.name(),
+                        SETTLE_BOUND.as_secs()
+                    ));
+                }
+            }
+            // Reports are retried until the driver takes them.
+            let mut pending = worker.changes();
+            let reported = tokio::time::timeout(SETTLE_BOUND, async {
+                while worker.reports_pending() > 0 {
+                    tokio::select! {
+                        _ = pending.changed() => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                worker.sync_journal().await;
+            })
+            .await;
+            if reported.is_err() {
+                world.violate(format!(
+                    "{} reports still pending after {} s",
+                    worker.reports_pending(),
+                    SETTLE_BOUND.as_secs()
+                ));
+            }
+            check_live(
+                &mut world,
+                &plan,
+                &worker,
+                &driver,
+                &secret,
+                &mut final_states,
+            );
+            check_logs_store(&mut world, logs_inner.as_ref(), &secret).await;
+        });
+    }
+    check_journal(&mut world, data.path(), &final_states, &secret);
+    let panics = sim::panics_on_this_thread() - panics_before;
+    if panics > 0 {
+        world.violate(format!("{panics} panics during the simulation"));
+    }
+    let stats = spec_faults.stats();
+    let log = driver.log.lock().unwrap();
+    let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+    for state in final_states.values() {
+        let name = match state {
+            JobState::Errored { kind, .. } => format!("error:{}", kind.as_str()),
+            other => other.wire_state().as_str().to_owned(),
+        };
+        *by_state.entry(name).or_default() += 1;
+    }
+    // Not vacuous: faults, crashes and driver failures must have happened.
+    if stats.errors == 0
+        || stats.hangs + stats.short_reads + stats.flips == 0
+        || log.failed == 0
+        || world.restarts == 0
+    {
+        world.violate(format!(
+            "too few faults to mean anything: {stats:?}, driver failed {}, restarts {}",
+            log.failed, world.restarts
+        ));
+    }
+    if !world.violations.is_empty() {
+        return Err(std::mem::take(&mut world.violations));
+    }
+    Ok(format!(
+        "seed {seed}: trace {:016x}; {} jobs, {} creates (max {} ms virtual), {} accepted, {} restarts; outcomes {by_state:?}; \
+         store faults {stats:?}; driver calls failed {} and answers lost {}; {:.1} s",
+        world.trace_digest,
+        plan.jobs.len(),
+        world.creates,
+        world.max_create_ms,
+        world.accepted.len(),
+        world.restarts,
+        log.failed,
+        log.lost,
+        wall.elapsed().as_secs_f64(),
+    ))
+}
+
+/// Invariants 3, 4, 5 and 7 on the live worker at the end.
+fn check_live(
+    world: &mut World,
+    plan: &Plan,
+    worker: &Worker,
+    driver: &SimDriver,
+    secret: &str,
+    final_states: &mut BTreeMap<(i64, i64, String), JobState>,
+) {
+    let log = driver.log.lock().unwrap();
+    for (key, state) in worker.snapshot() {
+        final_states.insert((key.batch_id, key.job_id, key.attempt_id.clone()), state);
+    }
+    let accepted: Vec<(usize, String)> = world
+        .accepted
+        .iter()
+        .map(|(i, a)| (*i, a.clone()))
+        .collect();
+    for (i, attempt) in accepted {
+        let job = &plan.jobs[i];
+        let name = format!(
+            "{}:{} ({attempt}, planned {:?})",
+            job.batch_id, job.job_id, job.planned
+        );
+        let Ok(state) = worker.state_of(job.batch_id, job.job_id) else {
+            world.violate(format!("{name}: accepted but not on the worker"));
+            continue;
+        };
+        // 5: the recorded history is legal and folds to the live state.
+        let history = worker.events(job.batch_id, job.job_id).unwrap_or_default();
+        let events: Vec<_> = history.iter().map(|r| r.event.clone()).collect();
+        match JobAttempt::replay(&events) {
+            Ok(folded) if folded.state() == state => {}
+            Ok(folded) => world.violate(format!(
+                "{name}: history folds to {:?}, live is {state:?}",
+                folded.state()
+            )),
+            Err((at, illegal)) => world.violate(format!("{name}: event {at} illegal: {illegal}")),
+        }
+        let restarted = matches!(
+            state,
+            JobState::Errored {
+                kind: ErrorKind::WorkerRestarted,
+                ..
+            }
+        );
+        let cancelled = matches!(
+            state,
+            JobState::Done {
+                outcome: Outcome::Cancelled
+            }
+        );
+        if world.cancelled_live.contains_key(&i) && !cancelled && !restarted {
+            world.violate(format!("{name}: cancelled while live, ended {state:?}"));
+        }
+        if cancelled && !world.cancelled_live.contains_key(&i) {
+            world.violate(format!("{name}: ended cancelled without a cancel"));
+        }
+        // 4: the outcome matches the plan, or a fault explains it.
+        let spec_error = matches!(&state, JobState::Errored { kind, .. } if kind.is_spec_error());
+        let fits = cancelled
+            || restarted
+            || match job.planned {
+                Planned::Missing | Planned::Corrupt => spec_error,
+                Planned::TooBig => {
+                    spec_error
+                        || matches!(
+                            state,
+                            JobState::Errored {
+                                kind: ErrorKind::InsufficientResources,
+                                ..
+                            }
+                        )
+                }
+                Planned::LaunchFails => {
+                    spec_error
+                        || matches!(
+                            state,
+                            JobState::Errored {
+                                kind: ErrorKind::LaunchFailed,
+                                ..
+                            }
+                        )
+                }
+                Planned::TimesOut => {
+                    spec_error
+                        || matches!(
+                            state,
+                            JobState::Done {
+                                outcome: Outcome::Failed {
+                                    exit: batch_worker_model::ExitStatus::TimedOut { .. }
+                                }
+                            }
+                        )
+                }
+                Planned::Runs {
+                    exit: 0,
+                    signal: false,
+                    ..
+                } => {
+                    spec_error
+                        || matches!(
+                            state,
+                            JobState::Done {
+                                outcome: Outcome::Succeeded
+                            }
+                        )
+                }
+                Planned::Runs { exit, signal, .. } => {
+                    spec_error
+                        || matches!(state, JobState::Done { outcome: Outcome::Failed { exit: e } }
+                            if (if signal { e == batch_worker_model::ExitStatus::Signal { signal: exit } } else { e == batch_worker_model::ExitStatus::Code { code: exit } }))
+                }
+            };
+        if !fits {
+            world.violate(format!("{name}: ended {state:?}"));
+        }
+        // 4: exactly one job_complete per attempt (at least once on the
+        // wire, all alike), none for a cancelled one.
+        let slot = (job.batch_id, job.job_id, attempt.clone());
+        let completes = log.completes.get(&slot).map_or(&[][..], Vec::as_slice);
+        let status = worker.status(job.batch_id, job.job_id).ok();
+        if cancelled {
+            if !completes.is_empty() {
+                world.violate(format!(
+                    "{name}: cancelled, yet {} job_complete sent",
+                    completes.len()
+                ));
+            }
+        } else if completes.is_empty() {
+            world.violate(format!(
+                "{name}: ended {}, no job_complete reached the driver",
+                state.name()
+            ));
+        } else if let Some(status) = &status {
+            if let Some(other) = completes.iter().find(|c| c.status.state != status.state) {
+                world.violate(format!(
+                    "{name}: job_complete said {}, status says {}",
+                    other.status.state, status.state
+                ));
+            }
+        }
+        // 7: no secret in status or events.
+        let shown = format!(
+            "{}{}",
+            serde_json::to_string(&status).unwrap_or_default(),
+            serde_json::to_string(&history).unwrap_or_default()
+        );
+        if shown.contains(secret) {
+            world.violate(format!("{name}: the secret appears in status or events"));
+        }
+    }
+    for slot in log.completes.keys() {
+        if !final_states.contains_key(slot) {
+            world.violate(format!(
+                "job_complete for {slot:?}, which the worker never had"
+            ));
+        }
+    }
+}
+
+/// Invariant 7 on the logs store.
+async fn check_logs_store(world: &mut World, logs: &InMemory, secret: &str) {
+    use futures::TryStreamExt;
+    let objects: Vec<_> = logs.list(None).try_collect().await.unwrap_or_default();
+    for meta in objects {
+        let bytes = logs
+            .get(&meta.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        if String::from_utf8_lossy(&bytes).contains(secret) {
+            world.violate(format!(
+                "the secret appears in logs object {}",
+                meta.location
+            ));
+        }
+    }
+}
+
+/// Invariants 5, 6, 7 and 8 on the journal: replay with checks finds no
+/// problem and ends in the live states; no secret in its bytes.
+fn check_journal(
+    world: &mut World,
+    data_dir: &std::path::Path,
+    live: &BTreeMap<(i64, i64, String), JobState>,
+    secret: &str,
+) {
+    let report = match replay_path(data_dir, ReplayOptions::default()) {
+        Ok(report) => report,
+        Err(e) => return world.violate(format!("the journal cannot be replayed: {e}")),
+    };
+    for problem in report.problems.iter().take(10) {
+        world.violate(format!("journal problem: {problem:?}"));
+    }
+    let mut replayed = 0;
+    #[allow(deprecated)]
+    let mut digest = std::hash::SipHasher::new();
+    // SIM_TRACE=FILE writes every attempt's events, to compare two runs.
+    let mut trace_out = std::env::var_os("SIM_TRACE");
+    let mut trace_lines = Vec::new();
+    for timeline in &report.timelines {
+        timeline.key.hash(&mut digest);
+        for step in &timeline.steps {
+            step.event.name().hash(&mut digest);
+        }
+        timeline.final_state.name().hash(&mut digest);
+        if let Some(out) = &mut trace_out {
+            let names: Vec<_> = timeline.steps.iter().map(|s| s.event.name()).collect();
+            trace_lines.push(format!("{} {names:?}\n", timeline.key));
+            let _ = out;
+        }
+        let slot = (
+            timeline.key.batch_id,
+            timeline.key.job_id,
+            timeline.key.attempt_id.clone(),
+        );
+        match live.get(&slot) {
+            Some(state) if *state == timeline.final_state => replayed += 1,
+            Some(state) => world.violate(format!(
+                "{}: journal replays to {:?}, live was {state:?}",
+                timeline.key, timeline.final_state
+            )),
+            None => world.violate(format!(
+                "{}: in the journal, not on the worker",
+                timeline.key
+            )),
+        }
+    }
+    world.trace_digest = digest.finish();
+    if let Some(out) = trace_out {
+        let _ = std::fs::write(out, trace_lines.concat());
+    }
+    if replayed != live.len() {
+        world.violate(format!(
+            "the journal replays {replayed} attempts, the worker had {}",
+            live.len()
+        ));
+    }
+    let mut per_job: HashMap<(i64, i64), Vec<&str>> = HashMap::new();
+    for timeline in &report.timelines {
+        per_job
+            .entry((timeline.key.batch_id, timeline.key.job_id))
+            .or_default()
+            .push(&timeline.key.attempt_id);
+    }
+    for (job, attempts) in per_job.iter().filter(|(_, a)| a.len() > 1) {
+        world.violate(format!(
+            "job {job:?} has attempts {attempts:?} on one worker"
+        ));
+    }
+    for entry in walk(data_dir) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        if String::from_utf8_lossy(&bytes).contains(secret) {
+            world.violate(format!("the secret appears in {}", entry.display()));
+        }
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn the_simulated_worker_keeps_every_invariant_through_faults_and_crashes() {
+    let seeds: Vec<u64> = match env_u64("SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (1..=env_u64("SIM_SEEDS").unwrap_or(CI_SEEDS)).collect(),
+    };
+    let jobs = env_u64("SIM_JOBS").map_or(DEFAULT_JOBS, |j| j as usize);
+    for seed in seeds {
+        let outcome = std::panic::catch_unwind(|| simulate(seed, jobs));
+        match outcome {
+            Ok(Ok(summary)) => eprintln!("{summary}"),
+            Ok(Err(violations)) => panic!(
+                "simulation seed {seed} broke invariants (reproduce: SIM_SEED={seed} SIM_JOBS={jobs} cargo test --test it simulation):\n  {}",
+                violations.join("\n  ")
+            ),
+            Err(_) => panic!(
+                "simulation seed {seed} panicked (reproduce: SIM_SEED={seed} SIM_JOBS={jobs} cargo test --test it simulation)"
+            ),
+        }
+    }
+}
