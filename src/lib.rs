@@ -22,15 +22,19 @@
 //! - [`journal`]: the event journal: byte format (framing, checksums, torn
 //!   tails), the group-commit writer, segments, snapshots and recovery.
 //! - [`spec_store`]: loading a spec over `object_store`, classifying failures.
-//! - [`store`]: opening stores from URLs; latency injection.
+//! - [`store`]: opening stores from URLs; latency injection; the seeded
+//!   fault-injecting [`store::FaultStore`].
 //! - [`admission`]: the first-come-first-served queue for cores and memory.
-//! - [`runner`]: running a spec's command as a host process.
+//! - [`runner`]: the [`runner::Runner`] trait and the host-process runner.
 //! - [`logs_store`]: finished attempts' `status.json` and main log in a store.
 //! - [`transfer`]: a job's `input_files` and `output_files`, streamed.
 //! - [`driver_client`]: activation, `job_started` / `job_complete`, retried
-//!   until acknowledged, with a bound on calls in flight.
+//!   until acknowledged, with a bound on calls in flight, over a
+//!   [`driver_client::DriverTransport`] (HTTP, or a simulated driver).
 //! - [`replay`]: rebuilds attempts from journal records; `--check` reports.
 //! - [`cli`]: the command line; [`demo`]: the embedded end-to-end demo.
+//! - [`fuzzing`]: the fuzz targets (create body, spec bunch, journal codec)
+//!   that `cargo fuzz` drives and `tests/it/fuzz_corpus.rs` replays.
 
 pub mod admission;
 pub mod api;
@@ -38,6 +42,7 @@ pub mod bunch;
 pub mod cli;
 pub mod demo;
 pub mod driver_client;
+pub mod fuzzing;
 pub mod job_spec;
 pub mod journal;
 pub mod logs_store;

@@ -36,6 +36,7 @@ mod control_plane;
 mod crash;
 mod create_api;
 mod file_staging;
+mod fuzz_corpus;
 mod hanging_store;
 mod journal_replay;
 mod logs_upload;
