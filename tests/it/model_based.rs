@@ -248,6 +248,15 @@ fn spec_of(job_id: i64, spec: Spec) -> Vec<u8> {
     .into_bytes()
 }
 
+/// What a job's endpoints answer: 200 for a job the model has, else 404.
+fn answer_for(jobs: &BTreeMap<i64, Expected>, job_id: i64) -> StatusCode {
+    if jobs.contains_key(&job_id) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
 struct WorkerMatchesModel;
 
 impl StateMachineTest for WorkerMatchesModel {
@@ -337,11 +346,7 @@ impl StateMachineTest for WorkerMatchesModel {
             }
             Step::Cancel { job_id } => {
                 let (status, answer) = system.call(Method::DELETE, &uri(job_id, "delete"), None);
-                let expected = if before.contains_key(&job_id) {
-                    StatusCode::OK
-                } else {
-                    StatusCode::NOT_FOUND
-                };
+                let expected = answer_for(before, job_id);
                 assert_eq!(status, expected, "cancel: {answer}");
             }
             Step::Exit { job_id, code } => {
@@ -352,11 +357,7 @@ impl StateMachineTest for WorkerMatchesModel {
             }
             Step::Status { job_id } => {
                 let (status, _) = system.call(Method::GET, &uri(job_id, "status"), None);
-                let expected = if before.contains_key(&job_id) {
-                    StatusCode::OK
-                } else {
-                    StatusCode::NOT_FOUND
-                };
+                let expected = answer_for(before, job_id);
                 assert_eq!(status, expected);
             }
             Step::Driver { down } => {
