@@ -218,10 +218,15 @@ pub struct DemoArgs {
     /// the data directory.
     #[arg(long)]
     pub spec_store: Option<Url>,
-    /// Testing: inject seeded faults into the worker's spec reads, e.g.
-    /// `seed=3,latency_ms=100,sigma=1,error=0.1,hang=0.01,not_found=0.02,
-    /// short_read=0.02,flip=0.02` (rates per call; see `store::FaultPlan`).
-    /// Jobs that then end as errors of their spec read count as explained.
+    /// Testing: inject seeded faults into the worker's spec reads. PLAN is
+    /// comma-separated NAME=VALUE: seed (the same seed repeats the same
+    /// faults), latency_ms (median delay per read) and sigma (its
+    /// log-normal spread; 0 = fixed), and per-read rates in [0, 1]:
+    /// error (transient, retried), hang (never answers: the job waits for
+    /// the 60 s spec deadline, so the run lasts a minute), not_found,
+    /// short_read (bytes cut short) and flip (one byte changed). E.g.
+    /// "seed=3,latency_ms=100,sigma=1,error=0.1,not_found=0.02,flip=0.02".
+    /// A job whose bunch a fault hit may end as an error of its spec read.
     #[arg(long)]
     pub store_faults: Option<crate::store::FaultPlan>,
 }

@@ -81,14 +81,18 @@ pub struct JobResult {
     pub error: Option<String>,
     /// The state in the driver's `job_complete`, if one arrived.
     pub reported_state: Option<String>,
+    /// Whether `--store-faults` injected a fault into a read of the job's
+    /// bunch.
+    pub faulted: bool,
 }
 
 impl JobResult {
-    /// Whether the job ended as an error of its spec read, reported as
-    /// such: what an injected store fault (`--store-faults`) can turn any
-    /// job into.
-    pub fn spec_read_error(&self) -> bool {
-        matches!(self.actual, Some(Expected::Error(kind)) if kind.is_spec_error())
+    /// Whether an injected fault explains how the job ended: a fault hit
+    /// a read of its bunch, and it ended as an error of its spec read,
+    /// reported as such.
+    pub fn changed_by_fault(&self) -> bool {
+        self.faulted
+            && matches!(self.actual, Some(Expected::Error(kind)) if kind.is_spec_error())
             && self.reported_state.as_deref() == Some("error")
     }
 }
@@ -209,7 +213,10 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         }
     };
 
-    let (planned, bunches) = write_specs(&store, &root, args.jobs).await?;
+    // With injected faults the tokens (so the keys, so the faults) follow
+    // the plan's seed: the same plan repeats the same faults.
+    let token_seed = args.store_faults.as_ref().map(|plan| plan.seed);
+    let (planned, bunches) = write_specs(&store, &root, args.jobs, token_seed).await?;
 
     // The driver side (its endpoint and its create calls) runs on a runtime
     // of its own, as it would in its own process: its latency figures then
@@ -264,6 +271,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         root,
         SpecLoadConfig {
             max_spec_bytes: DEMO_SPEC_MAX_BYTES,
+            jitter_seed: args.store_faults.as_ref().map(|plan| plan.seed),
             ..SpecLoadConfig::default()
         },
     )?;
@@ -354,7 +362,15 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     }
 
     let received = driver.received();
-    let jobs = collect_results(&http, &base, &planned, &received).await;
+    let mut jobs = collect_results(&http, &base, &planned, &received).await;
+    if let Some(faults) = &faults {
+        let injected = faults.injected();
+        for (job, plan) in jobs.iter_mut().zip(&planned) {
+            let bunch = plan.body["token"].as_str().map(|t| format!("/{t}/"));
+            job.faulted =
+                bunch.is_some_and(|b| injected.iter().any(|f| format!("/{}", f.path).contains(&b)));
+        }
+    }
     stop.cancel();
     let _ = server.await;
     // The journal of the run, through the replay tool's checks.
@@ -414,19 +430,22 @@ async fn write_specs(
     store: &Arc<dyn ObjectStore>,
     root: &Path,
     jobs: usize,
+    token_seed: Option<u64>,
 ) -> Result<(Vec<PlannedJob>, usize), DemoError> {
+    use rand::SeedableRng;
+    let mut tokens = rand::rngs::StdRng::seed_from_u64(token_seed.unwrap_or_else(rand::random));
     let writer = SpecStore::new(store.clone(), root.clone(), SpecLoadConfig::default())?;
     let mut planned = Vec::with_capacity(jobs);
     let mut bunches = 0;
     let mut run: Vec<(i64, Kind)> = Vec::new();
     let ids: Vec<i64> = (1..=jobs as i64).collect();
-    let flush = |run: &mut Vec<(i64, Kind)>,
-                 planned: &mut Vec<PlannedJob>|
+    let mut flush = |run: &mut Vec<(i64, Kind)>,
+                     planned: &mut Vec<PlannedJob>|
      -> Option<(String, Vec<(i64, Kind)>)> {
         if run.is_empty() {
             return None;
         }
-        let token = Alphanumeric.sample_string(&mut rand::rng(), 16);
+        let token = Alphanumeric.sample_string(&mut tokens, 16);
         let members = std::mem::take(run);
         for (job_id, kind) in &members {
             planned.push(PlannedJob {
@@ -619,6 +638,7 @@ async fn collect_results(
                 .as_ref()
                 .and_then(|s| s["error"].as_str().map(str::to_owned)),
             reported_state: reported.get(&job.job_id).cloned(),
+            faulted: false,
         });
     }
     results
@@ -663,7 +683,7 @@ impl DemoReport {
     /// Whether job `job` ended as planned, or (with injected store
     /// faults) as an error of its spec read.
     fn explained(&self, job: &JobResult) -> bool {
-        job.as_planned() || (self.store_faults.is_some() && job.spec_read_error())
+        job.as_planned() || job.changed_by_fault()
     }
 
     /// True when every job ended as planned (or, with injected store
@@ -743,9 +763,26 @@ impl DemoReport {
                 .count();
             let _ = writeln!(
                 out,
-                "\nstore faults ({plan}): {} spec reads, {} errors, {} hangs, {} not found, {} short, {} flipped;\n  {changed} jobs ended as errors of their spec read instead of as planned",
+                "\nstore faults ({plan}): {} spec reads, {} errors, {} hangs, {} not found, {} short, {} flipped;\n  {changed} jobs ended as errors of their spec read instead of as planned, a fault having hit their bunch:",
                 stats.calls, stats.errors, stats.hangs, stats.not_found, stats.short_reads, stats.flips
             );
+            for job in self
+                .jobs
+                .iter()
+                .filter(|j| !j.as_planned() && j.changed_by_fault())
+            {
+                let _ = writeln!(
+                    out,
+                    "  flt job {:>4}: planned {}, got {}{}",
+                    job.job_id,
+                    job.expected,
+                    job.actual.map_or("not final".to_owned(), |a| a.to_string()),
+                    job.error
+                        .as_ref()
+                        .map(|e| format!(" ({})", crate::wire::truncate(e, 90)))
+                        .unwrap_or_default()
+                );
+            }
         }
         for job in self.jobs.iter().filter(|j| !self.explained(j)) {
             let _ = writeln!(

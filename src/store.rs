@@ -24,7 +24,8 @@ use url::Url;
 
 mod faults;
 pub use faults::{
-    with_control_plane, FaultPlan, FaultPlanError, FaultStats, FaultStore, TOKEN_DELAY_SIGMA,
+    with_control_plane, FaultPlan, FaultPlanError, FaultStats, FaultStore, InjectedFault,
+    TOKEN_DELAY_SIGMA,
 };
 
 /// A store URL that `object_store` cannot open.

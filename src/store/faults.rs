@@ -190,6 +190,17 @@ enum Op {
 /// Operation, path and byte ranges of a call.
 type CallKey = (Op, String, Vec<Range<u64>>);
 
+/// One fault a [`FaultStore`] injected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectedFault {
+    /// The object's path.
+    pub path: String,
+    /// The byte ranges asked for (empty: the whole object).
+    pub ranges: Vec<Range<u64>>,
+    /// What was done: `error`, `hang`, `not_found`, `short_read` or `flip`.
+    pub kind: &'static str,
+}
+
 /// How many calls a [`FaultStore`] saw and damaged, by fault.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultStats {
@@ -226,6 +237,8 @@ pub struct FaultStore {
     /// Calls so far per operation, path and byte range.
     seen: Mutex<HashMap<CallKey, u64>>,
     counters: Counters,
+    /// Every fault injected, in order (kept in memory: for tests and demos).
+    injected: Mutex<Vec<InjectedFault>>,
 }
 
 impl FaultStore {
@@ -242,6 +255,7 @@ impl FaultStore {
             latency,
             seen: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            injected: Mutex::new(Vec::new()),
         }
     }
 
@@ -261,6 +275,15 @@ impl FaultStore {
             short_reads: c.short_reads.load(Ordering::Relaxed),
             flips: c.flips.load(Ordering::Relaxed),
         }
+    }
+
+    /// Every fault injected so far, in order: which object and ranges
+    /// each hit, so that a test can tell which jobs a fault could explain.
+    pub fn injected(&self) -> Vec<InjectedFault> {
+        self.injected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The latency and fault of the next `op` call on `path` for `ranges`
@@ -307,16 +330,24 @@ impl FaultStore {
             Fault::None
         };
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
-        let counter = match fault {
+        let counted = match fault {
             Fault::None => None,
-            Fault::Error => Some(&self.counters.errors),
-            Fault::Hang => Some(&self.counters.hangs),
-            Fault::NotFound => Some(&self.counters.not_found),
-            Fault::Short(_) => Some(&self.counters.short_reads),
-            Fault::Flip(_) => Some(&self.counters.flips),
+            Fault::Error => Some((&self.counters.errors, "error")),
+            Fault::Hang => Some((&self.counters.hangs, "hang")),
+            Fault::NotFound => Some((&self.counters.not_found, "not_found")),
+            Fault::Short(_) => Some((&self.counters.short_reads, "short_read")),
+            Fault::Flip(_) => Some((&self.counters.flips, "flip")),
         };
-        if let Some(counter) = counter {
+        if let Some((counter, kind)) = counted {
             counter.fetch_add(1, Ordering::Relaxed);
+            self.injected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(InjectedFault {
+                    path: path.to_string(),
+                    ranges: ranges.to_vec(),
+                    kind,
+                });
         }
         (latency, fault)
     }
@@ -596,6 +627,12 @@ mod tests {
         );
         assert_eq!(after.flips, reads.flips, "puts have no bytes to flip");
         assert!(after.errors > reads.errors);
+        let injected = store.injected();
+        let total = after.errors + after.hangs + after.not_found + after.short_reads + after.flips;
+        assert_eq!(injected.len() as u64, total);
+        assert!(injected
+            .iter()
+            .any(|f| f.path.starts_with('w') && f.kind == "error"));
     }
 
     #[test]

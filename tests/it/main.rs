@@ -28,6 +28,14 @@
 //!   masked where the configuration is printed.
 //! - `store_faults`: retries, spec_unavailable, spec_timeout, the load cap.
 //! - `wire_samples`: the shared byte-exact samples.
+//! - `sim`: simulated parts: a runner, a driver, a worker on an inline
+//!   journal (no sockets, one thread, a paused clock).
+//! - `simulation`: deterministic simulation of thousands of jobs per seed
+//!   through store faults, driver failures, cancels and crashes
+//!   (`SIM_SEED`, `SIM_SEEDS`, `SIM_JOBS`; see TESTING.md).
+//! - `model_based`: proptest-state-machine: the worker against a
+//!   reference model, step by step.
+//! - `fuzz_corpus`: the committed `cargo fuzz` corpus, replayed.
 
 mod admission;
 mod cancellation;

@@ -11,13 +11,15 @@
 //! - `SIM_SEEDS=K` runs seeds 1..=K (CI runs [`CI_SEEDS`]);
 //! - `SIM_JOBS=J` changes the jobs per seed (default [`DEFAULT_JOBS`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use batch_worker::api;
+use batch_worker::bunch::{self, BunchKeys};
 use batch_worker::replay::{replay_path, ReplayOptions};
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::store::{FaultPlan, FaultStore};
@@ -69,6 +71,9 @@ struct Job {
     token: String,
     start_job_id: i64,
     planned: Planned,
+    /// The two reads of its spec: `(key, byte range)` of its index entry
+    /// and of its spec; a fault injected into either may change its end.
+    reads: [(String, Range<u64>); 2],
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -181,7 +186,21 @@ fn plan(seed: u64, job_count: usize) -> Plan {
                     token: token.clone(),
                     start_job_id: next_job,
                     planned,
+                    reads: Default::default(),
                 });
+            }
+            let (_, index) = bunch::encode(&specs);
+            let keys = BunchKeys::new(&Path::from("specs"), batch_id, &token);
+            let first = jobs.len() - size;
+            for job in &mut jobs[first..] {
+                let entry = bunch::index_range(job.job_id, job.start_job_id).expect("in the bunch");
+                let (start, end) =
+                    bunch::decode_entry(&index[entry.start as usize..entry.end as usize])
+                        .expect("16 bytes");
+                job.reads = [
+                    (keys.index.to_string(), entry),
+                    (keys.specs.to_string(), start..end),
+                ];
             }
             if !missing {
                 bunches.push((batch_id, token, specs));
@@ -224,6 +243,8 @@ fn plan(seed: u64, job_count: usize) -> Plan {
 struct World {
     /// Jobs whose create was answered 200, with the attempt id.
     accepted: HashMap<usize, String>,
+    /// The worker incarnation (0, 1, ...) each accepted job came to.
+    accepted_in: HashMap<usize, usize>,
     /// Jobs a cancel reached while their attempt was not finished.
     cancelled_live: HashMap<usize, ()>,
     violations: Vec<String>,
@@ -289,10 +310,12 @@ async fn act(
             match (status, duplicate) {
                 (StatusCode::OK, false) => {
                     world.accepted.insert(i, attempt);
+                    world.accepted_in.insert(i, world.restarts);
                 }
                 (s, true) if s.is_client_error() && world.accepted.contains_key(&i) => {}
                 (s, true) if s == StatusCode::OK && !world.accepted.contains_key(&i) => {
                     world.accepted.insert(i, attempt);
+                    world.accepted_in.insert(i, world.restarts);
                 }
                 (s, _) => world.violate(format!(
                     "create of {}:{} (duplicate: {duplicate}) answered {s}: {answer}",
@@ -446,12 +469,18 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
                     SETTLE_BOUND.as_secs()
                 ));
             }
+            let faulted: HashSet<(String, Range<u64>)> = spec_faults
+                .injected()
+                .into_iter()
+                .filter_map(|f| Some((f.path, f.ranges.first()?.clone())))
+                .collect();
             check_live(
                 &mut world,
                 &plan,
                 &worker,
                 &driver,
                 &secret,
+                &faulted,
                 &mut final_states,
             );
             check_logs_store(&mut world, logs_inner.as_ref(), &secret).await;
@@ -508,6 +537,7 @@ fn check_live(
     worker: &Worker,
     driver: &SimDriver,
     secret: &str,
+    faulted: &HashSet<(String, Range<u64>)>,
     final_states: &mut BTreeMap<(i64, i64, String), JobState>,
 ) {
     let log = driver.log.lock().unwrap();
@@ -559,62 +589,25 @@ fn check_live(
         if cancelled && !world.cancelled_live.contains_key(&i) {
             world.violate(format!("{name}: ended cancelled without a cancel"));
         }
-        // 4: the outcome matches the plan, or a fault explains it.
+        // 4: the outcome is the plan's, or an injected fault explains it:
+        // a fault into one of the job's two reads may end it with any spec
+        // error; otherwise a corrupt or missing spec ends with exactly its
+        // kind and a good one with none. Only an attempt accepted before a
+        // crash may end `worker_restarted`.
+        let hit = job.reads.iter().any(|read| faulted.contains(read));
         let spec_error = matches!(&state, JobState::Errored { kind, .. } if kind.is_spec_error());
-        let fits = cancelled
-            || restarted
-            || match job.planned {
-                Planned::Missing | Planned::Corrupt => spec_error,
-                Planned::TooBig => {
-                    spec_error
-                        || matches!(
-                            state,
-                            JobState::Errored {
-                                kind: ErrorKind::InsufficientResources,
-                                ..
-                            }
-                        )
-                }
-                Planned::LaunchFails => {
-                    spec_error
-                        || matches!(
-                            state,
-                            JobState::Errored {
-                                kind: ErrorKind::LaunchFailed,
-                                ..
-                            }
-                        )
-                }
-                Planned::TimesOut => {
-                    spec_error
-                        || matches!(
-                            state,
-                            JobState::Done {
-                                outcome: Outcome::Failed {
-                                    exit: batch_worker_model::ExitStatus::TimedOut { .. }
-                                }
-                            }
-                        )
-                }
-                Planned::Runs {
-                    exit: 0,
-                    signal: false,
-                    ..
-                } => {
-                    spec_error
-                        || matches!(
-                            state,
-                            JobState::Done {
-                                outcome: Outcome::Succeeded
-                            }
-                        )
-                }
-                Planned::Runs { exit, signal, .. } => {
-                    spec_error
-                        || matches!(state, JobState::Done { outcome: Outcome::Failed { exit: e } }
-                            if (if signal { e == batch_worker_model::ExitStatus::Signal { signal: exit } } else { e == batch_worker_model::ExitStatus::Code { code: exit } }))
-                }
-            };
+        if restarted
+            && world
+                .accepted_in
+                .get(&i)
+                .is_none_or(|n| *n >= world.restarts)
+        {
+            world.violate(format!(
+                "{name}: worker_restarted, but accepted after the last restart"
+            ));
+        }
+        let fits =
+            cancelled || restarted || (hit && spec_error) || ends_as_planned(job.planned, &state);
         if !fits {
             world.violate(format!("{name}: ended {state:?}"));
         }
@@ -659,6 +652,42 @@ fn check_live(
                 "job_complete for {slot:?}, which the worker never had"
             ));
         }
+    }
+}
+
+/// Whether `state` is what `planned` ends in when nothing interferes.
+fn ends_as_planned(planned: Planned, state: &JobState) -> bool {
+    use batch_worker_model::ExitStatus;
+    let errored =
+        |expected: ErrorKind| matches!(state, JobState::Errored { kind, .. } if *kind == expected);
+    let ended =
+        |expected: Outcome| matches!(state, JobState::Done { outcome } if *outcome == expected);
+    match planned {
+        Planned::Missing => errored(ErrorKind::SpecMissing),
+        Planned::Corrupt => errored(ErrorKind::SpecCorrupt),
+        Planned::TooBig => errored(ErrorKind::InsufficientResources),
+        Planned::LaunchFails => errored(ErrorKind::LaunchFailed),
+        Planned::TimesOut => matches!(
+            state,
+            JobState::Done {
+                outcome: Outcome::Failed {
+                    exit: ExitStatus::TimedOut { .. }
+                }
+            }
+        ),
+        Planned::Runs {
+            exit: 0,
+            signal: false,
+            ..
+        } => ended(Outcome::Succeeded),
+        Planned::Runs {
+            exit, signal: true, ..
+        } => ended(Outcome::Failed {
+            exit: ExitStatus::Signal { signal: exit },
+        }),
+        Planned::Runs { exit, .. } => ended(Outcome::Failed {
+            exit: ExitStatus::Code { code: exit },
+        }),
     }
 }
 
@@ -779,8 +808,19 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// The number in environment variable `name`, if set.
+///
+/// # Panics
+/// The variable is set but not a number: a typo must not quietly run the
+/// default seeds.
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a non-negative integer")),
+    )
 }
 
 #[test]
