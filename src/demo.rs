@@ -763,8 +763,8 @@ impl DemoReport {
                 .count();
             let _ = writeln!(
                 out,
-                "\nstore faults ({plan}): {} spec reads, {} errors, {} hangs, {} not found, {} short, {} flipped;\n  {changed} jobs ended as errors of their spec read instead of as planned, a fault having hit their bunch:",
-                stats.calls, stats.errors, stats.hangs, stats.not_found, stats.short_reads, stats.flips
+                "\nstore faults ({plan}): {} spec reads, {} errors, {} hangs, {} not found, {} short, {} flipped, {} slow (1 s or more);\n  {changed} jobs ended as errors of their spec read instead of as planned, a fault having hit their bunch:",
+                stats.calls, stats.errors, stats.hangs, stats.not_found, stats.short_reads, stats.flips, stats.slow
             );
             for job in self
                 .jobs

@@ -25,7 +25,7 @@ use url::Url;
 mod faults;
 pub use faults::{
     with_control_plane, FaultPlan, FaultPlanError, FaultStats, FaultStore, InjectedFault,
-    TOKEN_DELAY_SIGMA,
+    MAX_LATENCY, SLOW_LATENCY, TOKEN_DELAY_SIGMA,
 };
 
 /// A store URL that `object_store` cannot open.

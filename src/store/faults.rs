@@ -31,6 +31,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal};
 
+/// The longest latency a [`FaultStore`] adds to one call.
+pub const MAX_LATENCY: Duration = Duration::from_secs(24 * 3600);
+
+/// Latencies from this long on are listed by [`FaultStore::injected`]
+/// (kind `slow`): they alone may push a read past its deadline.
+pub const SLOW_LATENCY: Duration = Duration::from_secs(1);
+
 /// The spread of the token wait of [`with_control_plane`]: log-normal with
 /// σ = 0.75, so p50 is the median given and p99 about 5.7 times it.
 pub const TOKEN_DELAY_SIGMA: f64 = 0.75;
@@ -95,16 +102,22 @@ impl FromStr for FaultPlan {
             reason,
         };
         let mut plan = FaultPlan::default();
+        let mut seen = std::collections::HashSet::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part
                 .split_once('=')
                 .ok_or_else(|| bad(format!("{part:?} has no '='")))?;
             let (name, value) = (name.trim(), value.trim());
+            if !seen.insert(name) {
+                return Err(bad(format!("{name} is given twice")));
+            }
             let number = || {
                 value
                     .parse::<f64>()
                     .ok()
                     .filter(|v| v.is_finite() && *v >= 0.0)
+                    // -0 is 0.
+                    .map(|v| v + 0.0)
                     .ok_or_else(|| bad(format!("{name}: {value:?} is not a number >= 0")))
             };
             let rate = || {
@@ -133,6 +146,9 @@ impl FromStr for FaultPlan {
                 "flip" => plan.flip_rate = rate()?,
                 other => return Err(bad(format!("unknown name {other:?}"))),
             }
+        }
+        if seen.is_empty() {
+            return Err(bad("the plan is empty".into()));
         }
         let total = plan.error_rate
             + plan.hang_rate
@@ -197,7 +213,9 @@ pub struct InjectedFault {
     pub path: String,
     /// The byte ranges asked for (empty: the whole object).
     pub ranges: Vec<Range<u64>>,
-    /// What was done: `error`, `hang`, `not_found`, `short_read` or `flip`.
+    /// What was done: `error`, `hang`, `not_found`, `short_read`, `flip`,
+    /// or `slow` (a latency of [`SLOW_LATENCY`] or more, with no other
+    /// fault).
     pub kind: &'static str,
 }
 
@@ -216,11 +234,14 @@ pub struct FaultStats {
     pub short_reads: u64,
     /// Reads with a flipped byte.
     pub flips: u64,
+    /// Calls with no other fault that waited [`SLOW_LATENCY`] or more.
+    pub slow: u64,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     calls: AtomicU64,
+    slow: AtomicU64,
     errors: AtomicU64,
     hangs: AtomicU64,
     not_found: AtomicU64,
@@ -274,6 +295,7 @@ impl FaultStore {
             not_found: c.not_found.load(Ordering::Relaxed),
             short_reads: c.short_reads.load(Ordering::Relaxed),
             flips: c.flips.load(Ordering::Relaxed),
+            slow: c.slow.load(Ordering::Relaxed),
         }
     }
 
@@ -304,8 +326,11 @@ impl FaultStore {
         let mut hasher = std::hash::SipHasher::new_with_keys(self.plan.seed, 0x6261_7463_6877_6b72);
         (op, path.as_ref(), ranges, n).hash(&mut hasher);
         let mut rng = StdRng::seed_from_u64(hasher.finish());
+        // A heavy tail may draw more than a Duration holds: at most a day.
         let latency = self.latency.map_or(Duration::ZERO, |d| {
-            Duration::from_secs_f64(d.sample(&mut rng) / 1000.0)
+            Duration::try_from_secs_f64(d.sample(&mut rng) / 1000.0)
+                .unwrap_or(MAX_LATENCY)
+                .min(MAX_LATENCY)
         });
         let draw: f64 = rng.random();
         let at: u16 = rng.random();
@@ -331,6 +356,7 @@ impl FaultStore {
         };
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let counted = match fault {
+            Fault::None if latency >= SLOW_LATENCY => Some((&self.counters.slow, "slow")),
             Fault::None => None,
             Fault::Error => Some((&self.counters.errors, "error")),
             Fault::Hang => Some((&self.counters.hangs, "hang")),
@@ -647,6 +673,8 @@ mod tests {
             ("flop=0.1", "unknown name \"flop\""),
             ("seed", "has no '='"),
             ("latency_ms=-1", "not an integer"),
+            ("error=0.1,error=0.2", "error is given twice"),
+            (" , ", "the plan is empty"),
         ] {
             let e = text.parse::<FaultPlan>().unwrap_err().to_string();
             assert!(e.contains(says), "{text}: {e}");
@@ -700,6 +728,24 @@ mod tests {
             began.elapsed()
         );
         assert_eq!(store.stats().calls, 200);
+    }
+
+    #[test]
+    fn a_huge_latency_is_capped_not_a_panic() {
+        let (_, store) = store("latency_ms=1,sigma=1000".parse().unwrap());
+        for i in 0..100 {
+            let (latency, _) = store.decide(Op::Get, &Path::from(format!("k{i}")), &[]);
+            assert!(latency <= MAX_LATENCY);
+        }
+        assert!(store.stats().slow > 0);
+        assert_eq!(
+            "error=-0"
+                .parse::<FaultPlan>()
+                .unwrap()
+                .error_rate
+                .to_string(),
+            "0"
+        );
     }
 
     #[tokio::test(start_paused = true)]

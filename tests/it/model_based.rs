@@ -299,7 +299,7 @@ impl StateMachineTest for WorkerMatchesModel {
 
     fn apply(mut system: System, model: &Model, step: Step) -> System {
         // `model` is the reference state after this step.
-        let before = &model.jobs;
+        let after = &model.jobs;
         let uri =
             |job_id: i64, what: &str| format!("/api/v1alpha/batches/{BATCH}/jobs/{job_id}/{what}");
         match step {
@@ -346,7 +346,7 @@ impl StateMachineTest for WorkerMatchesModel {
             }
             Step::Cancel { job_id } => {
                 let (status, answer) = system.call(Method::DELETE, &uri(job_id, "delete"), None);
-                let expected = answer_for(before, job_id);
+                let expected = answer_for(after, job_id);
                 assert_eq!(status, expected, "cancel: {answer}");
             }
             Step::Exit { job_id, code } => {
@@ -357,7 +357,7 @@ impl StateMachineTest for WorkerMatchesModel {
             }
             Step::Status { job_id } => {
                 let (status, _) = system.call(Method::GET, &uri(job_id, "status"), None);
-                let expected = answer_for(before, job_id);
+                let expected = answer_for(after, job_id);
                 assert_eq!(status, expected);
             }
             Step::Driver { down } => {
@@ -401,10 +401,18 @@ impl StateMachineTest for WorkerMatchesModel {
                 assert_eq!(body["error_kind"], *kind, "job {job_id}: {body}");
             }
             let attempt = body["attempt_id"].as_str().unwrap_or_default().to_owned();
-            let completes = log
+            let reports = log
                 .completes
                 .get(&(BATCH, *job_id, attempt))
-                .map_or(0, Vec::len);
+                .map_or(&[][..], Vec::as_slice);
+            for report in reports {
+                assert_eq!(
+                    report.status.state,
+                    expected.wire(),
+                    "job {job_id}'s job_complete"
+                );
+            }
+            let completes = reports.len();
             match expected {
                 Expected::Running | Expected::Cancelled => {
                     assert_eq!(
