@@ -470,20 +470,21 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
                     SETTLE_BOUND.as_secs()
                 ));
             }
-            let faulted: HashSet<(String, Range<u64>, bool)> = spec_faults
-                .injected()
-                .into_iter()
-                .filter_map(|f| Some((f.path, f.ranges.first()?.clone(), f.kind == "slow")))
-                .collect();
-            let logs_keys = check_logs_store(&mut world, logs_inner.as_ref(), &secret).await;
+            let stores = Stores {
+                faulted: spec_faults
+                    .injected()
+                    .into_iter()
+                    .filter_map(|f| Some((f.path, f.ranges.first()?.clone(), f.kind == "slow")))
+                    .collect(),
+                logs_keys: check_logs_store(&mut world, logs_inner.as_ref(), &secret).await,
+            };
             check_live(
                 &mut world,
                 &plan,
                 &worker,
                 &driver,
                 &secret,
-                &faulted,
-                &logs_keys,
+                &stores,
                 &mut final_states,
             );
         });
@@ -533,14 +534,21 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
 }
 
 /// Invariants 3, 4, 5 and 7 on the live worker at the end.
+/// What the stores saw, for the checks of the live worker.
+struct Stores {
+    /// `(key, byte range, only slow)` of every fault injected into a spec read.
+    faulted: HashSet<(String, Range<u64>, bool)>,
+    /// Every key in the logs store.
+    logs_keys: HashSet<String>,
+}
+
 fn check_live(
     world: &mut World,
     plan: &Plan,
     worker: &Worker,
     driver: &SimDriver,
     secret: &str,
-    faulted: &HashSet<(String, Range<u64>, bool)>,
-    logs_keys: &HashSet<String>,
+    stores: &Stores,
     final_states: &mut BTreeMap<(i64, i64, String), JobState>,
 ) {
     let log = driver.log.lock().unwrap();
@@ -600,7 +608,7 @@ fn check_live(
         let touched = |slow: bool| {
             job.reads
                 .iter()
-                .any(|(key, range)| faulted.contains(&(key.clone(), range.clone(), slow)))
+                .any(|(key, range)| stores.faulted.contains(&(key.clone(), range.clone(), slow)))
         };
         let spec_error = matches!(&state, JobState::Errored { kind, .. } if kind.is_spec_error());
         // A slow read (no other fault) can only run past the deadline.
@@ -638,7 +646,7 @@ fn check_live(
             ));
         }
         let status_key = format!("logs/{}/{}/{attempt}/status.json", job.batch_id, job.job_id);
-        if events.contains(&Event::LogsUploaded) && !logs_keys.contains(&status_key) {
+        if events.contains(&Event::LogsUploaded) && !stores.logs_keys.contains(&status_key) {
             world.violate(format!(
                 "{name}: logs_uploaded, but {status_key} is not in the logs store"
             ));
