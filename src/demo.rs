@@ -87,6 +87,12 @@ pub struct JobResult {
 }
 
 impl JobResult {
+    /// How it ended, for the report (`not final` if it did not).
+    pub fn got(&self) -> String {
+        self.actual
+            .map_or("not final".to_owned(), |a| a.to_string())
+    }
+
     /// Whether an injected fault explains how the job ended: a fault hit
     /// a read of its bunch, and it ended as an error of its spec read,
     /// reported as such.
@@ -737,7 +743,7 @@ impl DemoReport {
             if !shown.insert(job.kind) {
                 continue;
             }
-            let got = job.actual.map_or("not final".to_owned(), |a| a.to_string());
+            let got = job.got();
             let mark = match (job.as_planned(), self.explained(job)) {
                 (true, _) => "ok ",
                 (false, true) => "flt",
@@ -776,7 +782,7 @@ impl DemoReport {
                     "  flt job {:>4}: planned {}, got {}{}",
                     job.job_id,
                     job.expected,
-                    job.actual.map_or("not final".to_owned(), |a| a.to_string()),
+                    job.got(),
                     job.error
                         .as_ref()
                         .map(|e| format!(" ({})", crate::wire::truncate(e, 90)))
@@ -790,7 +796,7 @@ impl DemoReport {
                 "  BAD job {:>4}: planned {}, got {}, driver told {}",
                 job.job_id,
                 job.expected,
-                job.actual.map_or("not final".to_owned(), |a| a.to_string()),
+                job.got(),
                 job.reported_state.as_deref().unwrap_or("nothing")
             );
         }
