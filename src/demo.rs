@@ -370,11 +370,14 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let received = driver.received();
     let mut jobs = collect_results(&http, &base, &planned, &received).await;
     if let Some(faults) = &faults {
+        // The bunch tokens the faults hit (keys are `.../bunch/{token}/...`).
         let injected = faults.injected();
+        let hit: std::collections::HashSet<&str> = injected
+            .iter()
+            .filter_map(|f| f.path.split('/').skip_while(|s| *s != "bunch").nth(1))
+            .collect();
         for (job, plan) in jobs.iter_mut().zip(&planned) {
-            let bunch = plan.body["token"].as_str().map(|t| format!("/{t}/"));
-            job.faulted =
-                bunch.is_some_and(|b| injected.iter().any(|f| format!("/{}", f.path).contains(&b)));
+            job.faulted = plan.body["token"].as_str().is_some_and(|t| hit.contains(t));
         }
     }
     stop.cancel();
