@@ -1,20 +1,95 @@
-//! Replay speed: `cargo bench --bench replay` builds a journal of 1M events
-//! (jobs of six events each), writes it to a temporary file, and times
-//! reading it back and replaying it through the model. Prints events/s.
+//! Replay and recovery speed: `cargo bench --bench replay` builds a journal
+//! of about 1,000,000 events (nine in a job that ran and succeeded, five in
+//! one whose spec was corrupt; every job finished, its logs uploaded and its
+//! `job_complete` delivered), and times
+//!
+//! - replay: reading the file back and replaying it through the model
+//!   (what `batch-worker replay --job B:J` does), in events/s;
+//! - recovery: what a worker does at start on a data directory holding that
+//!   journal: `open_journal` (read + decode) and `Worker::recover`, in ms.
+//!
 //! `REPLAY_EVENTS=N` changes the size.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use batch_worker::journal::{encode_header, encode_record, JournalRecord};
+use batch_worker::admission::Capacity;
+use batch_worker::journal::{
+    encode_header, encode_record, journal_dir, open_journal, segment_path, Durability,
+    JournalRecord, WriterMode,
+};
+use batch_worker::logs_store::LogsStore;
 use batch_worker::replay::{replay_path, ReplayOptions};
+use batch_worker::runner::HostRunner;
+use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
+use batch_worker::store::{FaultPlan, FaultStore, StoreOptions};
+use batch_worker::supervisor::{Worker, WorkerConfig};
 use batch_worker_model::{ErrorKind, Event, ExitStatus, JobKey, ProcessKind, EVENT_VERSION};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+
+/// The events of one finished, reported job: a succeeded run (9 events),
+/// or, for one job in ten, a corrupt spec (5 events).
+fn lifecycle(job: i64) -> Vec<Event> {
+    let mut events = vec![Event::Created { format_version: 7 }, Event::SpecLoadStarted];
+    if job % 10 == 0 {
+        events.push(Event::SpecLoadFailed {
+            kind: ErrorKind::SpecCorrupt,
+            message: "7/bunch/q4w8e2r6t1y9u3i5/specs.idx is 8 bytes, too short".into(),
+        });
+    } else {
+        events.extend([
+            Event::SpecLoaded {
+                process: ProcessKind::Docker,
+                size_bytes: 311,
+                unsupported: vec![],
+                cores_mcpu: 1000,
+                memory_bytes: 3_750_000_000,
+                input_files: 0,
+                output_files: 0,
+            },
+            Event::ResourcesGranted,
+            Event::ProcessStarted { pid: 4242 },
+            Event::StartedDelivered,
+            Event::ProcessExited {
+                exit: ExitStatus::Code { code: 0 },
+                duration_ms: 1200,
+            },
+        ]);
+    }
+    events.extend([Event::LogsUploaded, Event::CompleteDelivered]);
+    events
+}
+
+/// A worker on in-memory stores, with no driver and no journal writer.
+fn worker(data_dir: &std::path::Path) -> Worker {
+    let store = Arc::new(FaultStore::new(
+        Arc::new(InMemory::new()),
+        FaultPlan::default(),
+    ));
+    let specs = SpecStore::new(store, Path::from("specs"), SpecLoadConfig::default())
+        .expect("the spec-io runtime starts");
+    let config = WorkerConfig {
+        name: "bench".into(),
+        data_dir: data_dir.to_owned(),
+        runner: Arc::new(HostRunner::default()),
+        journal_segment_bytes: u64::MAX,
+        retention: Duration::from_secs(3600),
+        capacity: Capacity::of_machine(),
+        logs: LogsStore::new(Arc::new(InMemory::new()), Path::default()),
+        report_drain: Duration::from_secs(1),
+        store_options: StoreOptions::default(),
+    };
+    Worker::new(config, specs, None, None)
+}
 
 fn main() {
-    let events: usize = std::env::var("REPLAY_EVENTS")
+    let target: usize = std::env::var("REPLAY_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let jobs = events / 6;
+    // Ten jobs hold 9 * 9 + 5 = 86 events.
+    let jobs = (target * 10).div_ceil(86);
     let mut bytes = encode_header().to_vec();
     let mut seq = 0u64;
     let began = Instant::now();
@@ -24,38 +99,7 @@ fn main() {
             job_id: job % 1000,
             attempt_id: "Xq3T9b".into(),
         };
-        let failed = job % 10 == 0;
-        let mut lifecycle = vec![Event::Created { format_version: 7 }, Event::SpecLoadStarted];
-        if failed {
-            lifecycle.push(Event::SpecLoadFailed {
-                kind: ErrorKind::SpecCorrupt,
-                message: "7/bunch/q4w8e2r6t1y9u3i5/specs.idx is 8 bytes, too short".into(),
-            });
-            lifecycle.push(Event::LogsUploaded);
-            lifecycle.push(Event::CompleteDelivered);
-        } else {
-            lifecycle.extend([
-                Event::SpecLoaded {
-                    process: ProcessKind::Docker,
-                    size_bytes: 311,
-                    unsupported: vec![],
-                    cores_mcpu: 1000,
-                    memory_bytes: 3_750_000_000,
-                    input_files: 0,
-                    output_files: 0,
-                },
-                Event::ResourcesGranted,
-                Event::ProcessStarted { pid: 4242 },
-                Event::StartedDelivered,
-                Event::ProcessExited {
-                    exit: ExitStatus::Code { code: 0 },
-                    duration_ms: 1200,
-                },
-                Event::LogsUploaded,
-                Event::CompleteDelivered,
-            ]);
-        }
-        for event in lifecycle {
+        for event in lifecycle(job) {
             seq += 1;
             let record = JournalRecord {
                 seq,
@@ -69,9 +113,12 @@ fn main() {
         }
     }
     let encode_s = began.elapsed().as_secs_f64();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let path = dir.path().join("bench.jnl");
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let journal = journal_dir(data.path());
+    std::fs::create_dir_all(&journal).expect("the journal directory");
+    let path = segment_path(&journal, 1);
     std::fs::write(&path, &bytes).expect("written");
+
     let began = Instant::now();
     let report = replay_path(
         &path,
@@ -87,9 +134,29 @@ fn main() {
         "{:?}",
         &report.problems[..report.problems.len().min(3)]
     );
+    assert_eq!(report.summary.attempts, jobs);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let (read_s, recover_s) = runtime.block_on(async {
+        let began = Instant::now();
+        let recovered = open_journal(data.path(), Durability::Flush, false, WriterMode::Inline)
+            .expect("the journal opens");
+        let read_s = began.elapsed().as_secs_f64();
+        assert_eq!(recovered.records.len() as u64, seq);
+        assert_eq!(recovered.cut_bytes, 0);
+        let worker = worker(data.path());
+        let began = Instant::now();
+        let (restored, restarted) = worker.recover(&recovered.records);
+        let recover_s = began.elapsed().as_secs_f64();
+        assert_eq!((restored, restarted), (jobs, 0));
+        (read_s, recover_s)
+    });
+
     println!(
-        "journal: {seq} events, {} jobs, {} bytes ({:.0} bytes/event, {:.0} bytes/job)",
-        jobs,
+        "journal: {seq} events, {jobs} jobs, {} bytes ({:.0} bytes/event, {:.0} bytes/job)",
         bytes.len(),
         bytes.len() as f64 / seq as f64,
         bytes.len() as f64 / jobs as f64
@@ -100,8 +167,14 @@ fn main() {
         seq as f64 / encode_s
     );
     println!(
-        "read + decode + replay: {:.2} s ({:.0} events/s)",
+        "replay (read + decode + replay): {:.2} s ({:.0} events/s)",
         replay_s,
         seq as f64 / replay_s
+    );
+    println!(
+        "recovery: {:.0} ms (open_journal read + decode {:.0} ms, Worker::recover {:.0} ms)",
+        (read_s + recover_s) * 1000.0,
+        read_s * 1000.0,
+        recover_s * 1000.0
     );
 }
