@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use batch_worker_model::{upcast, Event, JobAttempt, JobKey, JobState};
+use batch_worker_model::{upcast, Event, JobAttempt, JobKey, JobState, EVENT_VERSION};
 use serde::Serialize;
 
 use crate::journal::{decode_prefix, JournalError, JournalRecord};
@@ -283,7 +283,11 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
                 after_snapshot = false;
             }
         }
-        records.extend(decoded.records);
+        if records.is_empty() {
+            records = decoded.records;
+        } else {
+            records.extend(decoded.records);
+        }
         if let Some(tail) = decoded.tail {
             problems.push(Problem::TornTail {
                 file: name.clone(),
@@ -309,16 +313,38 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
     Ok(report)
 }
 
+/// One attempt while it is replayed.
+struct Replayed {
+    attempt: JobAttempt,
+    /// The state after its last legal event.
+    state: JobState,
+    /// Its steps, kept only for the attempts whose timeline is reported.
+    steps: Option<Vec<Step>>,
+    /// When it was created, ms since the Unix epoch.
+    created_ms: i64,
+    /// When its spec load began, ms since the Unix epoch.
+    spec_load_began_ms: Option<i64>,
+}
+
 /// Replays records already decoded.
+///
+/// Every attempt is folded through the model and checked; only the
+/// selected job's (or, without [`ReplayOptions::job`], every) attempt keeps
+/// its steps for the report.
 pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Report {
-    let mut attempts: BTreeMap<JobKey, (JobAttempt, Timeline)> = BTreeMap::new();
-    let mut live: HashMap<(i64, i64), String> = HashMap::new();
+    let created = records.iter().filter(|r| r.event.is_created()).count();
+    let mut attempts: HashMap<&JobKey, Replayed> = HashMap::with_capacity(created);
+    let mut live: HashMap<(i64, i64), &str> = HashMap::new();
     let mut problems = Vec::new();
     let mut last_seq: Option<u64> = None;
     let mut replayed = 0;
     let mut accepted_to_running = Vec::new();
     let mut spec_load = Vec::new();
-    let mut started_at: HashMap<JobKey, (i64, Option<i64>)> = HashMap::new();
+    let keeps_steps = |key: &JobKey| {
+        options
+            .job
+            .is_none_or(|job| job == (key.batch_id, key.job_id))
+    };
     for record in records {
         if options.until.is_some_and(|until| record.seq > until) {
             break;
@@ -333,11 +359,26 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
             });
         }
         last_seq = Some(record.seq);
-        // Older records mean what `upcast` says in today's events.
-        for event in upcast(record.event_version, record.event.clone()) {
-            let key = &record.key;
-            let slot = (key.batch_id, key.job_id);
-            let Some((attempt, timeline)) = attempts.get_mut(key) else {
+        // Older records mean what `upcast` says in today's events; today's
+        // are used as they are, without a copy.
+        let upcast_events;
+        let events: &[Event] = if record.event_version >= EVENT_VERSION {
+            std::slice::from_ref(&record.event)
+        } else {
+            upcast_events = upcast(record.event_version, record.event.clone());
+            &upcast_events
+        };
+        let key = &record.key;
+        let slot = (key.batch_id, key.job_id);
+        for event in events {
+            let step = |state_after: &JobState, since_prev_ms| Step {
+                seq: record.seq,
+                time_ms: record.time_ms,
+                since_prev_ms,
+                event: event.clone(),
+                state_after: state_after.clone(),
+            };
+            let Some(replaying) = attempts.get_mut(key) else {
                 if !matches!(event, Event::Created { .. }) {
                     problems.push(Problem::FirstEventNotCreated {
                         seq: record.seq,
@@ -351,28 +392,26 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
                         seq: record.seq,
                         batch_id: key.batch_id,
                         job_id: key.job_id,
-                        attempts: [other.clone(), key.attempt_id.clone()],
+                        attempts: [(*other).to_owned(), key.attempt_id.clone()],
                     });
                 }
                 let (attempt, _) = JobAttempt::accept();
-                live.insert(slot, key.attempt_id.clone());
-                started_at.insert(key.clone(), (record.time_ms, None));
+                live.insert(slot, &key.attempt_id);
                 let state = attempt.state();
-                let timeline = Timeline {
-                    key: key.clone(),
-                    steps: vec![Step {
-                        seq: record.seq,
-                        time_ms: record.time_ms,
-                        since_prev_ms: None,
-                        event: event.clone(),
-                        state_after: state.clone(),
-                    }],
-                    final_state: state,
-                };
-                attempts.insert(key.clone(), (attempt, timeline));
+                let steps = keeps_steps(key).then(|| vec![step(&state, None)]);
+                attempts.insert(
+                    key,
+                    Replayed {
+                        attempt,
+                        state,
+                        steps,
+                        created_ms: record.time_ms,
+                        spec_load_began_ms: None,
+                    },
+                );
                 continue;
             };
-            match attempt.apply(&event) {
+            match replaying.attempt.apply(event) {
                 Ok(applied) if applied.absorbed => {
                     problems.push(Problem::EventAfterTerminal {
                         seq: record.seq,
@@ -392,66 +431,71 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
                     continue;
                 }
             }
-            let state = attempt.state();
-            let times = started_at
-                .entry(key.clone())
-                .or_insert((record.time_ms, None));
-            match &event {
-                Event::ProcessStarted { .. } => accepted_to_running.push(record.time_ms - times.0),
-                Event::SpecLoadStarted => times.1 = Some(record.time_ms),
+            let state = replaying.attempt.state();
+            match event {
+                Event::ProcessStarted { .. } => {
+                    accepted_to_running.push(record.time_ms - replaying.created_ms)
+                }
+                Event::SpecLoadStarted => replaying.spec_load_began_ms = Some(record.time_ms),
                 Event::SpecLoaded { .. } | Event::SpecLoadFailed { .. } => {
-                    if let Some(began) = times.1 {
+                    if let Some(began) = replaying.spec_load_began_ms {
                         spec_load.push(record.time_ms - began);
                     }
                 }
                 _ => {}
             }
-            if state.is_terminal() && live.get(&slot) == Some(&key.attempt_id) {
+            if state.is_terminal() && live.get(&slot) == Some(&key.attempt_id.as_str()) {
                 live.remove(&slot);
             }
-            let previous = timeline.steps.last().map(|s| s.time_ms);
-            timeline.steps.push(Step {
-                seq: record.seq,
-                time_ms: record.time_ms,
-                since_prev_ms: previous.map(|p| record.time_ms - p),
-                event: event.clone(),
-                state_after: state.clone(),
-            });
-            timeline.final_state = state;
+            if let Some(steps) = &mut replaying.steps {
+                let previous = steps.last().map(|s| s.time_ms);
+                steps.push(step(&state, previous.map(|p| record.time_ms - p)));
+            }
+            replaying.state = state;
         }
     }
     let mut by_state = BTreeMap::new();
     let mut by_error_kind = BTreeMap::new();
-    for (_, timeline) in attempts.values() {
+    for replaying in attempts.values() {
         *by_state
-            .entry(timeline.final_state.wire_state().as_str().to_owned())
+            .entry(replaying.state.wire_state().as_str())
             .or_default() += 1;
-        if let JobState::Errored { kind, .. } = &timeline.final_state {
-            *by_error_kind.entry(kind.as_str().to_owned()).or_default() += 1;
+        if let JobState::Errored { kind, .. } = &replaying.state {
+            *by_error_kind.entry(kind.as_str()).or_default() += 1;
         }
     }
     let summary = Summary {
         records: replayed,
         attempts: attempts.len(),
-        by_state,
-        by_error_kind,
+        by_state: owned_keys(by_state),
+        by_error_kind: owned_keys(by_error_kind),
         accepted_to_running: Percentiles::of(accepted_to_running),
         spec_load: Percentiles::of(spec_load),
     };
-    let timelines = attempts
-        .into_values()
-        .map(|(_, t)| t)
-        .filter(|t| {
-            options
-                .job
-                .is_none_or(|job| job == (t.key.batch_id, t.key.job_id))
+    let mut timelines: Vec<Timeline> = attempts
+        .into_iter()
+        .filter_map(|(key, replaying)| {
+            Some(Timeline {
+                key: key.clone(),
+                steps: replaying.steps?,
+                final_state: replaying.state,
+            })
         })
         .collect();
+    timelines.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     Report {
         timelines,
         summary,
         problems,
     }
+}
+
+/// A count map with owned names (as [`Summary`] holds them).
+fn owned_keys(counts: BTreeMap<&str, usize>) -> BTreeMap<String, usize> {
+    counts
+        .into_iter()
+        .map(|(name, n)| (name.to_owned(), n))
+        .collect()
 }
 
 impl Report {

@@ -598,12 +598,23 @@ impl Worker {
         let mut unreported = Vec::new();
         let restored = {
             let mut jobs = self.jobs();
+            // One entry per `created`: made room for at once, not by
+            // growing (and moving every entry) again and again.
+            jobs.reserve(records.iter().filter(|r| r.event.is_created()).count());
             for record in records {
-                // Older records mean what `upcast` says in today's events.
-                for event in upcast(record.event_version, record.event.clone()) {
+                // Older records mean what `upcast` says in today's events;
+                // today's are used as they are, without a copy.
+                let upcast_events;
+                let events: &[Event] = if record.event_version >= EVENT_VERSION {
+                    std::slice::from_ref(&record.event)
+                } else {
+                    upcast_events = upcast(record.event_version, record.event.clone());
+                    &upcast_events
+                };
+                for event in events {
                     let key = &record.key;
                     let slot = (key.batch_id, key.job_id);
-                    if let Event::Created { format_version } = event {
+                    if let Event::Created { format_version } = *event {
                         let info = record.attempt.clone().unwrap_or(AttemptInfo {
                             user: String::new(),
                             job_group_id: 0,
@@ -625,10 +636,10 @@ impl Worker {
                         );
                         jobs.insert(slot, entry);
                     } else if let Some(entry) = jobs.get_mut(&slot).filter(|e| e.key == *key) {
-                        match entry.attempt.apply(&event) {
+                        match entry.attempt.apply(event) {
                             Ok(applied) if !applied.absorbed => {
                                 let state = entry.attempt.state();
-                                match &event {
+                                match event {
                                     Event::SpecLoaded {
                                         cores_mcpu,
                                         memory_bytes,

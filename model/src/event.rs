@@ -186,6 +186,11 @@ impl Event {
         }
     }
 
+    /// Whether this is [`Event::Created`], an attempt's first event.
+    pub fn is_created(&self) -> bool {
+        matches!(self, Event::Created { .. })
+    }
+
     /// Whether the event only records the delivery of a report or upload
     /// (`started_delivered`, `logs_uploaded`, `logs_upload_failed`,
     /// `complete_delivered`): it never moves the attempt to another state.

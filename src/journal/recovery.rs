@@ -100,7 +100,12 @@ pub fn open_journal(
                 hint: "",
             })?;
         let last = i + 1 == live.len();
-        records.extend(decoded.records.iter().cloned());
+        let decoded_records = decoded.records.len();
+        if records.is_empty() {
+            records = decoded.records;
+        } else {
+            records.extend(decoded.records);
+        }
         position = (*number, None);
         let damage = match (corrupt, decoded.tail) {
             (Some(error), _) => Some(error),
@@ -112,7 +117,7 @@ pub fn open_journal(
             }
             (None, Some(tail)) => Some(JournalError::CorruptMiddle {
                 offset: tail.offset,
-                valid_records: decoded.records.len(),
+                valid_records: decoded_records,
                 reason: format!(
                     "a torn record ({}) in a segment that is not the last",
                     tail.reason
