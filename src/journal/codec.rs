@@ -1,5 +1,7 @@
 //! Encoding and decoding journal bytes.
 
+use std::ops::Range;
+
 use super::JournalRecord;
 
 /// The first 8 bytes of every journal file.
@@ -163,10 +165,39 @@ enum End {
     Corrupt(JournalError),
 }
 
+/// Journals of at least this many records are parsed on more than one
+/// thread.
+const PARALLEL_RECORDS: usize = 16 * 1024;
+
+/// Most threads that parse one journal's records.
+const MAX_PARSE_THREADS: usize = 4;
+
 /// Reads the records after a valid header: the records, the length of the
 /// valid prefix, and how it ends.
 fn frames(bytes: &[u8]) -> (Vec<JournalRecord>, usize, End) {
-    let mut records = Vec::new();
+    let (payloads, framed, end) = payloads(bytes);
+    let (records, failed) = parse(bytes, &payloads);
+    match failed {
+        None => (records, framed, end),
+        // The checksum held: these bytes were written as they are, so
+        // this is not a torn write.
+        Some((index, e)) => {
+            let at = payloads[index].start - FRAME_BYTES;
+            let error = JournalError::CorruptMiddle {
+                offset: at as u64,
+                valid_records: index,
+                reason: format!("checksum holds but the record does not parse: {e}"),
+            };
+            (records, at, End::Corrupt(error))
+        }
+    }
+}
+
+/// Walks the frames after a valid header, checking lengths and checksums:
+/// the byte ranges of the payloads, the length of the framed prefix, and
+/// how the frames end. Payloads are not parsed.
+fn payloads(bytes: &[u8]) -> (Vec<Range<usize>>, usize, End) {
+    let mut payloads = Vec::new();
     let mut at = HEADER_BYTES;
     while at < bytes.len() {
         let rest = &bytes[at..];
@@ -177,16 +208,16 @@ fn frames(bytes: &[u8]) -> (Vec<JournalRecord>, usize, End) {
         };
         let corrupt = |reason: String| JournalError::CorruptMiddle {
             offset: at as u64,
-            valid_records: records.len(),
+            valid_records: payloads.len(),
             reason,
         };
         if rest.iter().all(|b| *b == 0) {
             // Space the file system allocated but the write never filled.
-            return (records, at, End::Torn(torn("zero-filled tail".into())));
+            return (payloads, at, End::Torn(torn("zero-filled tail".into())));
         }
         if rest.len() < FRAME_BYTES {
             let tail = torn(format!("{} bytes of a record frame", rest.len()));
-            return (records, at, End::Torn(tail));
+            return (payloads, at, End::Torn(tail));
         }
         let length_bytes: [u8; 4] = rest[..4].try_into().expect("4 bytes");
         let length = u32::from_le_bytes(length_bytes);
@@ -194,13 +225,13 @@ fn frames(bytes: &[u8]) -> (Vec<JournalRecord>, usize, End) {
         let checksum = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
         if crc32c::crc32c(&length_bytes) != length_check {
             let error = corrupt("the length field fails its checksum".into());
-            return (records, at, End::Corrupt(error));
+            return (payloads, at, End::Corrupt(error));
         }
         if length > MAX_RECORD_BYTES {
             let error = corrupt(format!(
                 "length {length} is over the {MAX_RECORD_BYTES} byte limit"
             ));
-            return (records, at, End::Corrupt(error));
+            return (payloads, at, End::Corrupt(error));
         }
         let end = FRAME_BYTES + length as usize;
         if rest.len() < end {
@@ -208,30 +239,88 @@ fn frames(bytes: &[u8]) -> (Vec<JournalRecord>, usize, End) {
                 "{} of {length} payload bytes",
                 rest.len() - FRAME_BYTES
             ));
-            return (records, at, End::Torn(tail));
+            return (payloads, at, End::Torn(tail));
         }
-        let payload = &rest[FRAME_BYTES..end];
         let last = end == rest.len();
-        if crc32c::crc32c(payload) != checksum {
+        if crc32c::crc32c(&rest[FRAME_BYTES..end]) != checksum {
             let reason = "checksum mismatch".to_owned();
             let end = match last {
                 true => End::Torn(torn(reason)),
                 false => End::Corrupt(corrupt(reason)),
             };
-            return (records, at, end);
+            return (payloads, at, end);
         }
-        match serde_json::from_slice::<JournalRecord>(payload) {
-            Ok(record) => records.push(record),
-            // The checksum held: these bytes were written as they are, so
-            // this is not a torn write.
-            Err(e) => {
-                let error = corrupt(format!("checksum holds but the record does not parse: {e}"));
-                return (records, at, End::Corrupt(error));
-            }
-        }
+        payloads.push(at + FRAME_BYTES..at + end);
         at += end;
     }
-    (records, at, End::Clean)
+    (payloads, at, End::Clean)
+}
+
+/// Parses the payloads at `payloads` in `bytes`, in order: the records
+/// before the first that does not parse, and that one's index and error.
+/// A large journal is split into consecutive runs parsed on scoped
+/// threads (at most [`MAX_PARSE_THREADS`]); the result is the same.
+fn parse(
+    bytes: &[u8],
+    payloads: &[Range<usize>],
+) -> (Vec<JournalRecord>, Option<(usize, serde_json::Error)>) {
+    let threads = match payloads.len() {
+        n if n < PARALLEL_RECORDS => 1,
+        _ => std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_PARSE_THREADS),
+    };
+    if threads <= 1 {
+        return parse_run(bytes, payloads, payloads.len());
+    }
+    let mut runs = payloads.chunks(payloads.len().div_ceil(threads));
+    let first = runs.next().unwrap_or_default();
+    std::thread::scope(|scope| {
+        let others: Vec<_> = runs
+            .map(|run| {
+                let parsing = std::thread::Builder::new()
+                    .name("journal-parse".into())
+                    .spawn_scoped(scope, move || parse_run(bytes, run, run.len()));
+                (run, parsing.ok())
+            })
+            .collect();
+        // The first run's vector holds them all, so the rest are moved
+        // once and the first not at all.
+        let (mut records, mut failed) = parse_run(bytes, first, payloads.len());
+        let mut before = first.len();
+        for (run, parsing) in others {
+            let (part, part_failed) = match parsing {
+                Some(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread could be started: parse it here.
+                None => parse_run(bytes, run, run.len()),
+            };
+            if failed.is_none() {
+                records.extend(part);
+                failed = part_failed.map(|(index, e)| (before + index, e));
+            }
+            before += run.len();
+        }
+        (records, failed)
+    })
+}
+
+/// Parses one run of payloads into a vector of `capacity`: the records
+/// before the first that does not parse, and its index in the run.
+fn parse_run(
+    bytes: &[u8],
+    payloads: &[Range<usize>],
+    capacity: usize,
+) -> (Vec<JournalRecord>, Option<(usize, serde_json::Error)>) {
+    let mut records = Vec::with_capacity(capacity);
+    for (index, payload) in payloads.iter().enumerate() {
+        match serde_json::from_slice::<JournalRecord>(&bytes[payload.clone()]) {
+            Ok(record) => records.push(record),
+            Err(e) => return (records, Some((index, e))),
+        }
+    }
+    (records, None)
 }
 
 /// Whether a (valid) header carries [`FLAG_SNAPSHOT`].

@@ -249,3 +249,47 @@ async fn opening_cuts_a_torn_tail_and_refuses_a_corrupt_middle_unless_repairing(
         sample_records(2)
     );
 }
+
+/// `payload` framed as a record, with valid checksums.
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let length = (payload.len() as u32).to_le_bytes();
+    let mut out = length.to_vec();
+    out.extend_from_slice(&crc32c::crc32c(&length).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn a_journal_parsed_on_several_threads_decodes_as_one_parsed_in_order() {
+    // Large enough to be split into runs, one per thread.
+    let records = sample_records(40_000);
+    let (bytes, ends) = encode_all(&records);
+    let decoded = decode(&bytes).unwrap();
+    assert_eq!(decoded.records, records);
+    assert_eq!(decoded.valid_bytes, bytes.len() as u64);
+    assert_eq!(decoded.tail, None);
+
+    // A record whose checksum holds but that does not parse, in a later
+    // run: exactly the records before it are kept, and it is the damage.
+    let bad = 30_000;
+    let mut damaged = bytes[..ends[bad - 1]].to_vec();
+    damaged.extend(framed(b"{\"seq\": not json"));
+    damaged.extend_from_slice(&bytes[ends[bad - 1]..]);
+    match decode(&damaged) {
+        Err(JournalError::CorruptMiddle {
+            offset,
+            valid_records,
+            reason,
+        }) => {
+            assert_eq!(offset, ends[bad - 1] as u64);
+            assert_eq!(valid_records, bad);
+            assert!(reason.contains("does not parse"), "{reason}");
+        }
+        other => panic!("expected a corrupt middle, got {other:?}"),
+    }
+    let (prefix, error) = decode_prefix(&damaged).unwrap();
+    assert_eq!(prefix.records, records[..bad]);
+    assert_eq!(prefix.valid_bytes, ends[bad - 1] as u64);
+    assert!(error.is_some());
+}
