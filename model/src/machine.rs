@@ -68,7 +68,6 @@ impl JobAttempt {
     /// state; the attempt is then unchanged and no effect is asked for.
     /// `Created` is legal only as the first event, through [`JobAttempt::accept`].
     pub fn apply(&mut self, event: &Event) -> Result<Applied, IllegalTransition> {
-        let before = self.state();
         let mut decision = Decision::default();
         self.chart.handle_with_context(event, &mut decision);
         match decision.disposition {
@@ -80,8 +79,9 @@ impl JobAttempt {
                 effects: Vec::new(),
                 absorbed: true,
             }),
+            // A rejected event leaves the state as it was.
             Disposition::Rejected => Err(IllegalTransition {
-                state: before.name(),
+                state: self.state().name(),
                 event: event.name(),
             }),
         }
