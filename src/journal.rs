@@ -16,6 +16,7 @@
 //! look like a torn write and silently drop every later record).
 
 mod codec;
+mod parse;
 mod recovery;
 #[cfg(test)]
 mod tests;

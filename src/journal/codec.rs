@@ -315,7 +315,7 @@ fn parse_run(
 ) -> (Vec<JournalRecord>, Option<(usize, serde_json::Error)>) {
     let mut records = Vec::with_capacity(capacity);
     for (index, payload) in payloads.iter().enumerate() {
-        match serde_json::from_slice::<JournalRecord>(&bytes[payload.clone()]) {
+        match super::parse::parse_record(&bytes[payload.clone()]) {
             Ok(record) => records.push(record),
             Err(e) => return (records, Some((index, e))),
         }
