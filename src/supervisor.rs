@@ -163,6 +163,10 @@ pub struct JobStatus {
     pub secrets: Vec<String>,
 }
 
+/// Events a recovered attempt's history has room for at first: those of a
+/// job that loaded its spec, ran, and was reported.
+const RECOVERED_HISTORY: usize = 9;
+
 /// One attempt in the table.
 struct JobEntry {
     key: JobKey,
@@ -627,13 +631,16 @@ impl Worker {
                             secret_names: info.secret_names,
                         };
                         let (attempt, _) = JobAttempt::accept();
-                        let entry = JobEntry::new(
+                        let mut entry = JobEntry::new(
                             key.clone(),
                             attempt,
                             summary,
                             record.time_ms,
                             record.seq,
                         );
+                        // Room for the rest of a job that ran (nine events
+                        // in all), rather than growing four times to 16.
+                        entry.history.reserve_exact(RECOVERED_HISTORY - 1);
                         jobs.insert(slot, entry);
                     } else if let Some(entry) = jobs.get_mut(&slot).filter(|e| e.key == *key) {
                         match entry.attempt.apply(event) {
