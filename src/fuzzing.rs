@@ -71,11 +71,11 @@ pub fn create_body(data: &[u8]) {
         event: Event::Created {
             format_version: job.format_version,
         },
-        attempt: Some(AttemptInfo {
+        attempt: Some(Box::new(AttemptInfo {
             user: job.user.clone(),
             job_group_id: job.attempt.job_group_id,
             secret_names: names,
-        }),
+        })),
     };
     let payload = serde_json::to_string(&record).expect("a record serialises");
     secrets.assert_not_in(&payload, "the journal record");

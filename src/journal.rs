@@ -48,9 +48,11 @@ pub struct JournalRecord {
     /// The event.
     pub event: Event,
     /// On `created` records: what the worker needs of the create request
-    /// to report the attempt after a restart. Never a secret value.
+    /// to report the attempt after a restart. Never a secret value. Boxed:
+    /// most records have none, and a journal's records are held in memory
+    /// all at once at recovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<AttemptInfo>,
+    pub attempt: Option<Box<AttemptInfo>>,
 }
 
 /// The non-secret facts of a create request, kept on its `created` record.

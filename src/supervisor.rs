@@ -502,7 +502,7 @@ impl Worker {
             event_version: EVENT_VERSION,
             key: key.clone(),
             event,
-            attempt,
+            attempt: attempt.map(Box::new),
         };
         let mut bytes = Vec::new();
         if let Err(e) = encode_record(&record, &mut bytes) {
@@ -556,10 +556,12 @@ impl Worker {
                     event_version: EVENT_VERSION,
                     key: entry.key.clone(),
                     event: step.event.clone(),
-                    attempt: (i == 0).then(|| AttemptInfo {
-                        user: entry.summary.user.clone(),
-                        job_group_id: entry.summary.job_group_id,
-                        secret_names: entry.summary.secret_names.clone(),
+                    attempt: (i == 0).then(|| {
+                        Box::new(AttemptInfo {
+                            user: entry.summary.user.clone(),
+                            job_group_id: entry.summary.job_group_id,
+                            secret_names: entry.summary.secret_names.clone(),
+                        })
                     }),
                 });
             }
@@ -619,7 +621,7 @@ impl Worker {
                     let key = &record.key;
                     let slot = (key.batch_id, key.job_id);
                     if let Event::Created { format_version } = *event {
-                        let info = record.attempt.clone().unwrap_or(AttemptInfo {
+                        let info = record.attempt.as_deref().cloned().unwrap_or(AttemptInfo {
                             user: String::new(),
                             job_group_id: 0,
                             secret_names: Vec::new(),

@@ -52,7 +52,7 @@ struct FastRecord {
     key: JobKey,
     event: TagFirst,
     #[serde(default)]
-    attempt: Option<AttemptInfo>,
+    attempt: Option<Box<AttemptInfo>>,
 }
 
 /// An [`Event`] whose `type` is its first field.
@@ -298,10 +298,12 @@ mod tests {
                     attempt_id: "Xq3T9b".into(),
                 },
                 event,
-                attempt: (i == 0).then(|| AttemptInfo {
-                    user: "u".into(),
-                    job_group_id: 3,
-                    secret_names: vec!["s".into()],
+                attempt: (i == 0).then(|| {
+                    Box::new(AttemptInfo {
+                        user: "u".into(),
+                        job_group_id: 3,
+                        secret_names: vec!["s".into()],
+                    })
                 }),
             };
             let payload = serde_json::to_vec(&record).unwrap();
