@@ -27,20 +27,22 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
+use crate::server::BODY_READ_TIMEOUT;
 use crate::supervisor::Worker;
 use crate::wire::{CreateJob, FieldError};
 
 /// Path of the create call.
 pub const CREATE_PATH: &str = "/api/v1alpha/batches/jobs/create";
 
-/// The API's router over `worker`. Create bodies over `max_body_bytes`
-/// get 413.
+/// The API's router over `worker`: the routes below on [`stack`]. Create
+/// bodies over `max_body_bytes` get 413.
 pub fn router(worker: Worker, max_body_bytes: usize) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(CREATE_PATH, post(create))
         .route(
             "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/delete",
@@ -62,19 +64,30 @@ pub fn router(worker: Worker, max_body_bytes: usize) -> Router {
         .route("/api/v1alpha/kill", post(kill))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .with_state(worker);
+    stack(routes, max_body_bytes)
+}
+
+/// The middleware every route runs under, outermost first: tower-http's
+/// trace layer, the body timeout ([`BODY_READ_TIMEOUT`]), the 413 for a
+/// declared `Content-Length` over `max_body_bytes` (bytes), and axum's
+/// body limit for bodies that grow past it. Public so that benchmarks can
+/// put other handlers on the same stack.
+pub fn stack(routes: Router, max_body_bytes: usize) -> Router {
+    routes
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
                 refuse_declared_oversize(request, next, max_body_bytes)
             },
         ))
+        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         // 5xx answers here are 503s (not activated, shutting down, journal
         // unwritable), expected in a fleet's life: a warning, not an error.
         .layer(
             TraceLayer::new_for_http()
                 .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)),
         )
-        .with_state(worker)
 }
 
 async fn create(

@@ -9,12 +9,12 @@
 use std::future::Future;
 use std::time::Duration;
 
+use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::api;
 use crate::supervisor::Worker;
@@ -43,15 +43,62 @@ pub async fn serve(
     max_body_bytes: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = api::router(worker.clone(), max_body_bytes)
-        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT));
+    let app = api::router(worker.clone(), max_body_bytes);
+    let requested = worker.clone();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {},
+            () = requested.shutdown_requested() => {},
+        }
+    };
+    let connections = accept(&listener, app, stop).await;
+    worker.begin_shutdown();
+    tracing::info!("shutting down: no new jobs; ending job processes");
+    drop(listener);
+    tokio::join!(connections.drain(), worker.end_processes());
+    let left = worker.drain_reports().await;
+    worker.sync_journal().await;
+    tracing::info!(reports_left = left, "shut down");
+    Ok(())
+}
+
+/// Connections [`accept`] started, still being served.
+#[must_use = "connections are closed when this is dropped; call drain"]
+pub struct Connections(GracefulShutdown);
+
+impl Connections {
+    /// Lets requests in flight finish, at most [`DRAIN_TIMEOUT`], then
+    /// closes every connection.
+    pub async fn drain(self) {
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.0.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                timeout_ms = DRAIN_TIMEOUT.as_millis() as u64,
+                "requests still open at shutdown; closing them"
+            );
+        }
+    }
+}
+
+/// The accept loop: serves `app` on every connection `listener` accepts
+/// (HTTP/1.1 with keep-alive, or HTTP/2; headers within
+/// [`HEADER_READ_TIMEOUT`]; `TCP_NODELAY`), each on a task of its own,
+/// until `stop` completes. Returns the connections still open. Public so
+/// that benchmarks can serve other routers on the same stack.
+pub async fn accept(
+    listener: &TcpListener,
+    app: Router,
+    stop: impl Future<Output = ()>,
+) -> Connections {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
+    tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -63,8 +110,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
-            () = worker.shutdown_requested() => break,
+            () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
@@ -76,23 +122,5 @@ pub async fn serve(
             }
         });
     }
-    worker.begin_shutdown();
-    tracing::info!("shutting down: no new jobs; ending job processes");
-    drop(listener);
-    let drain = async {
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                timeout_ms = DRAIN_TIMEOUT.as_millis() as u64,
-                "requests still open at shutdown; closing them"
-            );
-        }
-    };
-    tokio::join!(drain, worker.end_processes());
-    let left = worker.drain_reports().await;
-    worker.sync_journal().await;
-    tracing::info!(reports_left = left, "shut down");
-    Ok(())
+    Connections(graceful)
 }
