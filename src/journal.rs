@@ -29,7 +29,9 @@ pub use codec::{
 pub use recovery::{journal_dir, open_journal, Recovered, RecoveryError};
 pub use writer::{segment_path, segments, AfterWrite, Durability, JournalWriter, WriterMode};
 
-use batch_worker_model::{Event, JobKey};
+use std::borrow::Cow;
+
+use batch_worker_model::{upcast, Event, JobKey, EVENT_VERSION};
 use serde::{Deserialize, Serialize};
 
 /// One journal record: one event of one attempt.
@@ -53,6 +55,19 @@ pub struct JournalRecord {
     /// all at once at recovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<Box<AttemptInfo>>,
+}
+
+impl JournalRecord {
+    /// The record's event in today's events: the event itself when it was
+    /// written at today's [`EVENT_VERSION`] (borrowed, no copy), else what
+    /// [`upcast`] makes of it (none, one or more events).
+    pub fn events(&self) -> Cow<'_, [Event]> {
+        if self.event_version >= EVENT_VERSION {
+            Cow::Borrowed(std::slice::from_ref(&self.event))
+        } else {
+            Cow::Owned(upcast(self.event_version, self.event.clone()))
+        }
+    }
 }
 
 /// The non-secret facts of a create request, kept on its `created` record.

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use batch_worker_model::{upcast, Event, JobAttempt, JobKey, JobState, EVENT_VERSION};
+use batch_worker_model::{Event, JobAttempt, JobKey, JobState};
 use serde::Serialize;
 
 use crate::journal::{decode_prefix, JournalError, JournalRecord};
@@ -359,18 +359,10 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
             });
         }
         last_seq = Some(record.seq);
-        // Older records mean what `upcast` says in today's events; today's
-        // are used as they are, without a copy.
-        let upcast_events;
-        let events: &[Event] = if record.event_version >= EVENT_VERSION {
-            std::slice::from_ref(&record.event)
-        } else {
-            upcast_events = upcast(record.event_version, record.event.clone());
-            &upcast_events
-        };
+        let events = record.events();
         let key = &record.key;
         let slot = (key.batch_id, key.job_id);
-        for event in events {
+        for event in events.iter() {
             let step = |state_after: &JobState, since_prev_ms| Step {
                 seq: record.seq,
                 time_ms: record.time_ms,

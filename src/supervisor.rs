@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use batch_worker_model::{
-    upcast, Effect, ErrorKind, Event, ExitStatus, JobAttempt, JobKey, JobState, Outcome, RunPhase,
+    Effect, ErrorKind, Event, ExitStatus, JobAttempt, JobKey, JobState, Outcome, RunPhase,
     WireState, EVENT_VERSION,
 };
 use futures::FutureExt;
@@ -608,16 +608,8 @@ impl Worker {
             // growing (and moving every entry) again and again.
             jobs.reserve(records.iter().filter(|r| r.event.is_created()).count());
             for record in records {
-                // Older records mean what `upcast` says in today's events;
-                // today's are used as they are, without a copy.
-                let upcast_events;
-                let events: &[Event] = if record.event_version >= EVENT_VERSION {
-                    std::slice::from_ref(&record.event)
-                } else {
-                    upcast_events = upcast(record.event_version, record.event.clone());
-                    &upcast_events
-                };
-                for event in events {
+                let events = record.events();
+                for event in events.iter() {
                     let key = &record.key;
                     let slot = (key.batch_id, key.job_id);
                     if let Event::Created { format_version } = *event {
