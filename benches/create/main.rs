@@ -11,13 +11,29 @@
 //!   p50/p99/p99.9 in ms.
 //! - `throughput`: 64 connections sending back to back (saturation);
 //!   creates/s.
+//! - `driver-loop`: the driver's scheduling loop (64 creates at once, a
+//!   2 s timeout each, re-queue on timeout) against the inline baseline
+//!   and the worker, with a heavy-tailed blob store and 5 % corrupt
+//!   specs; see `driver_loop.rs`.
 //!
-//! `BENCH_SECONDS=N` sets each row's measured window (default 5 s; a
-//! 1 s warm-up comes first). `BENCH_SMOKE=1` runs one short row of each
-//! (for CI). Arguments after `--` pick sections: `latency`, `throughput`.
+//! `BENCH_SECONDS=N` sets each row's measured window (default 5 s; in the
+//! latency and throughput rows a 1 s warm-up comes first).
+//! `BENCH_SMOKE=1` runs one short row of each (for CI). Arguments after
+//! `--` pick sections: `latency`, `throughput`, `driver-loop` (none: all).
+//!
+//! `--write` replaces the generated parts of BENCHMARKS.md with the tables
+//! printed: the text between `<!-- bench:create:begin -->` and
+//! `<!-- bench:create:end -->` (latency and throughput) and between
+//! `<!-- bench:create:driver-loop:begin -->` and
+//! `<!-- bench:create:driver-loop:end -->`, each only if one of its
+//! sections ran, preceded by the machine and the command. Not in smoke
+//! mode.
 //!
 //! [`FaultStore`]: batch_worker::store::FaultStore
 
+#[macro_use]
+mod report;
+mod driver_loop;
 mod jobs;
 mod load;
 mod servers;
@@ -28,6 +44,7 @@ use std::time::Duration;
 use batch_worker::journal::Durability;
 use batch_worker::store::FaultPlan;
 use load::{Measured, Pace};
+use report::Block;
 use servers::{Kind, Server};
 
 /// Connections the driver holds open to the worker.
@@ -42,12 +59,20 @@ const KINDS: [Kind; 4] = [
     Kind::Worker(Durability::Fsync),
 ];
 
+/// The sections, in the order they run.
+const SECTIONS: [&str; 3] = ["latency", "throughput", "driver-loop"];
+
 fn main() {
-    let sections: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let wants = |s: &str| sections.is_empty() || sections.iter().any(|a| a == s);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; other flags but `--write` are
+    // ignored too.
+    let write = args.iter().any(|a| a == "--write");
+    let sections: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if let Some(unknown) = sections.iter().find(|a| !SECTIONS.contains(&a.as_str())) {
+        eprintln!("unknown section {unknown:?}; the sections are {SECTIONS:?}");
+        std::process::exit(2);
+    }
+    let wants = |s: &str| sections.is_empty() || sections.iter().any(|a| *a == s);
     let smoke = std::env::var_os("BENCH_SMOKE").is_some();
     let seconds: f64 = std::env::var("BENCH_SECONDS")
         .ok()
@@ -60,11 +85,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("a client runtime");
-    println!(
-        "machine: {} cores; {CONNECTIONS} keep-alive connections; window {seconds} s after a {} s warm-up",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        warmup.as_secs_f64()
-    );
+    println!("machine: {}", report::machine());
+    if wants("latency") || wants("throughput") {
+        report::begin(Block::Create);
+        out!(
+            "{CONNECTIONS} keep-alive connections; window {seconds} s after a {} s warm-up per row.",
+            warmup.as_secs_f64()
+        );
+    }
     if wants("latency") {
         let window = warmup + measure;
         let jobs = (OFFERED_PER_S as f64 * window.as_secs_f64() * 1.2) as i64 + 1000;
@@ -74,11 +102,11 @@ fn main() {
                 .map(|j| jobs::create_body(j, 0))
                 .collect::<Vec<_>>(),
         );
-        println!("\n## Create latency at {OFFERED_PER_S} creates/s offered\n");
-        println!(
+        out!("\n### Create latency at {OFFERED_PER_S} creates/s offered\n");
+        out!(
             "| blob latency | server | p50 ms | p99 ms | p99.9 ms | max ms | answered | not 200 |"
         );
-        println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+        out!("|---:|---|---:|---:|---:|---:|---:|---:|");
         let latencies: &[u64] = if smoke { &[200] } else { &[0, 200, 2000] };
         for &latency_ms in latencies {
             let plan = FaultPlan {
@@ -100,7 +128,7 @@ fn main() {
                     warmup,
                     measure,
                 );
-                println!(
+                out!(
                     "| {latency_ms} ms | {} | {} |",
                     kind.label(),
                     row(&measured)
@@ -117,11 +145,9 @@ fn main() {
                 .map(|j| jobs::create_body(j, 0))
                 .collect::<Vec<_>>(),
         );
-        println!("\n## Create throughput at saturation (blob latency 0)\n");
-        println!(
-            "| server | creates/s | p50 ms | p99 ms | p99.9 ms | max ms | answered | not 200 |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        out!("\n### Create throughput at saturation (blob latency 0)\n");
+        out!("| server | creates/s | p50 ms | p99 ms | p99.9 ms | max ms | answered | not 200 |");
+        out!("|---|---:|---:|---:|---:|---:|---:|---:|");
         for kind in KINDS {
             let server = Server::start(kind, specs.clone(), &FaultPlan::default());
             let measured = load::run(
@@ -133,13 +159,48 @@ fn main() {
                 warmup,
                 measure,
             );
-            println!(
+            out!(
                 "| {} | {:.0} | {} |",
                 kind.label(),
                 measured.per_s,
                 row(&measured)
             );
             drop(server);
+        }
+    }
+    if wants("driver-loop") {
+        // Bounded so that the worker, which accepts the pool in well under
+        // a second but loads at most 256 specs at once (about 1 s each, the
+        // slowest over 10 s), settles well within the settle timeout: about
+        // 17 s for 2,560 jobs.
+        let jobs: i64 = if smoke { 128 } else { 2_560 };
+        let specs = jobs::write_specs(jobs, true);
+        let plan = driver_loop::plan();
+        report::begin(Block::DriverLoop);
+        out!("\n### Driver loop against a heavy-tailed blob store\n");
+        out!("{}\n", driver_loop::describe(jobs, measure));
+        out!("{}", driver_loop::HEADER);
+        let kinds: &[Kind] = if smoke {
+            &[Kind::Inline, Kind::Worker(Durability::Flush)]
+        } else {
+            &[
+                Kind::Inline,
+                Kind::Worker(Durability::Flush),
+                Kind::Worker(Durability::Fsync),
+            ]
+        };
+        for &kind in kinds {
+            let server = Server::start_timing_reads(kind, specs.clone(), &plan);
+            let looped = driver_loop::run(&client, &server, jobs, measure);
+            out!("{}", looped.row(kind.label()));
+            drop(server);
+        }
+    }
+    if write {
+        if smoke {
+            eprintln!("--write is ignored in smoke mode");
+        } else {
+            report::write(&args);
         }
     }
 }
