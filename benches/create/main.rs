@@ -172,7 +172,7 @@ fn main() {
         // Bounded so that the worker, which accepts the pool in well under
         // a second but loads at most 256 specs at once (about 1 s each, the
         // slowest over 10 s), settles well within the settle timeout: about
-        // 17 s for 2,560 jobs.
+        // 20 s for 2,560 jobs.
         let jobs: i64 = if smoke { 128 } else { 2_560 };
         let specs = jobs::write_specs(jobs, true);
         let plan = driver_loop::plan();
