@@ -63,6 +63,21 @@ impl AttemptDir {
     pub fn main_log(&self) -> PathBuf {
         self.root.join("main.log")
     }
+
+    /// Makes the working directory (and the attempt's) and an empty
+    /// `main.log`, keeping what is already there. Blocking; the worker
+    /// calls it before [`Runner::spawn`].
+    ///
+    /// # Errors
+    /// A directory or the log cannot be created.
+    pub fn create(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(self.work())?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.main_log())
+            .map(drop)
+    }
 }
 
 /// What to run.
@@ -296,5 +311,35 @@ fn exit_status(status: std::io::Result<std::process::ExitStatus>) -> ExitStatus 
         },
         // waitpid failed: the process is gone and its status unknown.
         Err(_) => ExitStatus::Code { code: -1 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> JobKey {
+        JobKey {
+            batch_id: 7,
+            job_id: 3,
+            attempt_id: "a1B2".into(),
+        }
+    }
+
+    #[test]
+    fn attempt_dir_create_makes_work_and_an_empty_log_and_keeps_what_is_there() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = AttemptDir::new(data.path(), &key());
+        dir.create().unwrap();
+        assert!(dir.work().is_dir());
+        assert_eq!(std::fs::read(dir.main_log()).unwrap(), b"");
+        std::fs::write(dir.main_log(), b"line\n").unwrap();
+        std::fs::write(dir.work().join("input"), b"x").unwrap();
+        dir.create().unwrap();
+        assert_eq!(std::fs::read(dir.main_log()).unwrap(), b"line\n");
+        assert_eq!(std::fs::read(dir.work().join("input")).unwrap(), b"x");
+        assert!(dir
+            .main_log()
+            .starts_with(data.path().join("jobs/7/3/a1B2")));
     }
 }

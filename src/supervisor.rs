@@ -21,7 +21,7 @@ use futures::FutureExt;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::panic::AssertUnwindSafe;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -336,6 +336,9 @@ struct Inner {
     /// Report tasks (job_started, job_complete) and the logs uploads that
     /// precede job_complete, not finished.
     reports_pending: watch::Sender<usize>,
+    /// Permits for the blocking filesystem work of job lives (see
+    /// [`Worker::job_files`]).
+    job_files: Semaphore,
 }
 
 /// The worker: cheap to clone, shared by the HTTP handlers and job tasks.
@@ -350,6 +353,20 @@ impl std::fmt::Debug for Worker {
             .field("name", &self.inner.config.name)
             .finish()
     }
+}
+
+/// How many blocking filesystem operations of job lives may run at once:
+/// one per two cores, at least one.
+///
+/// Making and removing attempt directories is mostly CPU in the kernel
+/// (ext4 inode allocation scans bitmaps for inodes not recently deleted),
+/// and tokio's blocking pool would run hundreds at once: a burst of job
+/// starts and ends then takes every core from the threads that answer
+/// create calls. Measured with `cargo bench --bench create -- latency` at
+/// 1,000 creates/s of instant jobs on 2 cores: p99 4.6–45 ms unbounded,
+/// 0.8–6 ms with one permit (BENCHMARKS.md).
+fn job_file_permits() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// Now, in ms since the Unix epoch.
@@ -390,8 +407,22 @@ impl Worker {
                 changes: watch::channel(0).0,
                 stopping: AtomicBool::new(false),
                 live_processes: watch::channel(0).0,
+                job_files: Semaphore::new(job_file_permits()),
             }),
         }
+    }
+
+    /// Runs `op`, blocking filesystem work of a job's life (making or
+    /// removing its attempt directory), on tokio's blocking pool, at most
+    /// [`job_file_permits`] at once. A panic in `op` is an I/O error.
+    async fn job_files<T: Send + 'static>(
+        &self,
+        op: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let _permit = self.inner.job_files.acquire().await;
+        tokio::task::spawn_blocking(op)
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
     }
 
     /// The worker's name.
@@ -925,7 +956,10 @@ impl Worker {
                         // is recorded; main.log stays for `GET .../log/main`
                         // while the attempt is kept.
                         let work = AttemptDir::new(&worker.inner.config.data_dir, &key).work();
-                        match tokio::fs::remove_dir_all(&work).await {
+                        match worker
+                            .job_files(move || std::fs::remove_dir_all(work))
+                            .await
+                        {
                             Ok(()) => tracing::debug!(%key, "working directory removed"),
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                             Err(e) => {
@@ -1156,6 +1190,12 @@ impl Worker {
         if kill.is_cancelled() {
             // Cancelled while the spec was being turned into a process.
             let message = "cancelled before the process started".to_owned();
+            self.record(&key, Event::LaunchFailed { message });
+            return;
+        }
+        let dir = request.dir.clone();
+        if let Err(e) = self.job_files(move || dir.create()).await {
+            let message = format!("cannot create the attempt's directory: {e}");
             self.record(&key, Event::LaunchFailed { message });
             return;
         }

@@ -10,7 +10,8 @@
 //!   spec-store latency 0, 200 ms and 2 s per read (a [`FaultStore`]);
 //!   p50/p99/p99.9 in ms.
 //! - `throughput`: 64 connections sending back to back (saturation);
-//!   creates/s.
+//!   creates/s; the worker also with jobs parked (a spec store that never
+//!   answers), which is the create path alone.
 //! - `driver-loop`: the driver's scheduling loop (64 creates at once, a
 //!   2 s timeout each, re-queue on timeout) against the inline baseline
 //!   and the worker, with a heavy-tailed blob store and 5 % corrupt
@@ -148,8 +149,26 @@ fn main() {
         out!("\n### Create throughput at saturation (blob latency 0)\n");
         out!("| server | creates/s | p50 ms | p99 ms | p99.9 ms | max ms | answered | not 200 |");
         out!("|---|---:|---:|---:|---:|---:|---:|---:|");
-        for kind in KINDS {
-            let server = Server::start(kind, specs.clone(), &FaultPlan::default());
+        // The worker twice more with a spec store that never answers: every
+        // job waits in `loading_spec`, so the row is the create path alone,
+        // without the jobs' lives (spec load, admission, attempt
+        // directory, run, log upload, removal) sharing the cores.
+        let parked = FaultPlan {
+            hang_rate: 1.0,
+            ..FaultPlan::default()
+        };
+        let rows = KINDS
+            .iter()
+            .map(|&kind| (kind, FaultPlan::default(), ""))
+            .chain([Durability::Flush, Durability::Fsync].map(|durability| {
+                (
+                    Kind::Worker(durability),
+                    parked.clone(),
+                    ", jobs parked (spec store hangs)",
+                )
+            }));
+        for (kind, plan, note) in rows {
+            let server = Server::start(kind, specs.clone(), &plan);
             let measured = load::run(
                 &client,
                 server.addr,
@@ -160,7 +179,7 @@ fn main() {
                 measure,
             );
             out!(
-                "| {} | {:.0} | {} |",
+                "| {}{note} | {:.0} | {} |",
                 kind.label(),
                 measured.per_s,
                 row(&measured)
