@@ -11,8 +11,13 @@
 //! | GET | `/healthcheck` | `{"name": worker, "activated": bool}` |
 //! | POST | `/api/v1alpha/kill` | 200; the worker begins shutdown |
 //!
+//! With an API token ([`ApiConfig::api_token`]), every path but
+//! `/healthcheck` and `/metrics` answers 401 without `Authorization:
+//! Bearer <token>` (see [`auth`]).
+//!
 //! No handler touches the spec store: a create answers from memory.
 
+pub mod auth;
 mod error;
 
 use std::collections::HashMap;
@@ -30,6 +35,7 @@ use serde_json::json;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use auth::{ApiToken, TokenFileError};
 pub use error::ApiError;
 
 use crate::server::BODY_READ_TIMEOUT;
@@ -39,9 +45,29 @@ use crate::wire::{CreateJob, FieldError};
 /// Path of the create call.
 pub const CREATE_PATH: &str = "/api/v1alpha/batches/jobs/create";
 
-/// The API's router over `worker`: the routes below on [`stack`]. Create
-/// bodies over `max_body_bytes` get 413.
-pub fn router(worker: Worker, max_body_bytes: usize) -> Router {
+/// What the API is built with.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest create body, in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// The bearer token every request but `/healthcheck` and `/metrics`
+    /// must carry; `None`: no authentication.
+    pub api_token: Option<ApiToken>,
+}
+
+impl ApiConfig {
+    /// Bodies up to `max_body_bytes`, no authentication.
+    pub fn new(max_body_bytes: usize) -> ApiConfig {
+        ApiConfig {
+            max_body_bytes,
+            api_token: None,
+        }
+    }
+}
+
+/// The API's router over `worker`: the routes below, behind the token
+/// check when `config` has a token, on [`stack`].
+pub fn router(worker: Worker, config: &ApiConfig) -> Router {
     let routes = Router::new()
         .route(CREATE_PATH, post(create))
         .route(
@@ -65,7 +91,14 @@ pub fn router(worker: Worker, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(worker);
-    stack(routes, max_body_bytes)
+    let routes = match &config.api_token {
+        Some(token) => routes.layer(axum::middleware::from_fn_with_state(
+            token.clone(),
+            auth::require_token,
+        )),
+        None => routes,
+    };
+    stack(routes, config.max_body_bytes)
 }
 
 /// The middleware every route runs under, outermost first: tower-http's

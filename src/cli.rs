@@ -156,6 +156,11 @@ pub struct ServeArgs {
     /// Largest accepted create body, in bytes (larger: 413).
     #[arg(long, default_value_t = 17 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// A file holding the API's bearer token (one line). With it, every
+    /// endpoint but /healthcheck and /metrics answers 401 without
+    /// `Authorization: Bearer <token>`. Without it: no authentication.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
     /// Spec loading limits.
     #[command(flatten)]
     pub spec: SpecArgs,

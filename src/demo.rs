@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::admission::Capacity;
-use crate::api::CREATE_PATH;
+use crate::api::{ApiConfig, CREATE_PATH};
 use crate::cli::{prepare_dir, DemoArgs, StartError};
 use crate::driver_client::{DriverClient, ReportRetry};
 use crate::logs_store::LogsStore;
@@ -305,7 +305,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let server = tokio::spawn(serve(
         listener,
         worker.clone(),
-        17 << 20,
+        ApiConfig::new(17 << 20),
         stop.clone().cancelled_owned(),
     ));
 

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use batch_worker::cli::{advertised_ip, build_worker, Cli, Command};
+use batch_worker::api::{ApiConfig, ApiToken};
 use batch_worker::store::redact_url;
 use batch_worker::{demo, replay, server};
 use clap::Parser;
@@ -23,6 +24,14 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => {
+            let api_config = ApiConfig {
+                max_body_bytes: args.max_body_bytes,
+                api_token: args
+                    .api_token_file
+                    .as_deref()
+                    .map(ApiToken::from_file)
+                    .transpose()?,
+            };
             let worker = build_worker(&args)?;
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
@@ -34,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
                 spec_store = args.spec_store.as_ref().map_or_else(|| format!("file://{}", args.data_dir.join("specs").display()), redact_url),
                 logs_store = args.logs_store.as_ref().map_or_else(|| format!("file://{}", args.data_dir.join("logs").display()), redact_url),
                 driver_url = args.driver_url.as_ref().map_or("none (no reports)".into(), |u| u.to_string()),
+                api_auth = if api_config.api_token.is_some() { "bearer token" } else { "none" },
                 "batch-worker serving"
             );
             // Credentials' values are masked.
@@ -51,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
                     tracing::error!(error = %e, "activation with the driver failed; creates are refused (503)");
                 }
             });
-            server::serve(listener, worker, args.max_body_bytes, shutdown_signals()).await?;
+            server::serve(listener, worker, api_config, shutdown_signals()).await?;
             Ok(())
         }
         Command::Replay(args) => {

@@ -16,7 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use crate::api;
+use crate::api::{self, ApiConfig};
 use crate::supervisor::Worker;
 
 /// Longest wait for a request's headers (slow or stalled clients).
@@ -26,7 +26,8 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait, at shutdown, for requests in flight to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `worker`'s API on `listener` until `shutdown` completes or the
+/// Serves `worker`'s API (built with `config`: body limit, API token) on
+/// `listener` until `shutdown` completes or the
 /// API's kill call arrives. Then it stops accepting (creates that still
 /// arrive on open connections get 503), and, at the same time, lets
 /// requests in flight finish (at most [`DRAIN_TIMEOUT`]) and ends every
@@ -40,10 +41,10 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn serve(
     listener: TcpListener,
     worker: Worker,
-    max_body_bytes: usize,
+    config: ApiConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = api::router(worker.clone(), max_body_bytes);
+    let app = api::router(worker.clone(), &config);
     let requested = worker.clone();
     let stop = async move {
         tokio::select! {

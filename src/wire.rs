@@ -27,6 +27,11 @@ pub const STATUS_VERSION: u32 = 5;
 pub struct Secret<T>(T);
 
 impl<T> Secret<T> {
+    /// Wraps `value`.
+    pub fn new(value: T) -> Secret<T> {
+        Secret(value)
+    }
+
     /// The secret value, for the one place that must use it.
     pub fn expose(&self) -> &T {
         &self.0

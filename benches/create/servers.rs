@@ -220,7 +220,7 @@ impl Server {
                 Kind::Worker(durability) => {
                     let worker = worker(data.path(), durability, spec_store, runs.clone());
                     (
-                        api::router(worker.clone(), MAX_BODY_BYTES),
+                        api::router(worker.clone(), &api::ApiConfig::new(MAX_BODY_BYTES)),
                         Probe::Worker(worker),
                     )
                 }

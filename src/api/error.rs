@@ -17,6 +17,10 @@ pub enum ApiError {
     /// 400: the request is malformed; names the field.
     #[error("{0}")]
     BadRequest(FieldError),
+    /// 401: the API token is required and was not given (see
+    /// [`super::ApiToken`]).
+    #[error("{0}")]
+    Unauthorized(String),
     /// 413: the body is larger than the limit.
     #[error("the body is larger than the worker's limit: {0}")]
     PayloadTooLarge(String),
@@ -52,6 +56,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Duplicate(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -63,6 +68,7 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Duplicate(_) => "duplicate_job",
             ApiError::NotFound(_) => "not_found",

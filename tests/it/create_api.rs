@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use batch_worker::api::router;
+use batch_worker::api::{router, ApiConfig};
 use batch_worker_model::{ErrorKind, JobState};
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -305,7 +305,7 @@ async fn other_endpoints_answer_in_the_same_envelope() {
 async fn a_worker_shutting_down_answers_503() {
     let h = Harness::in_memory().await;
     h.worker.begin_shutdown();
-    let app = router(h.worker.clone(), 1 << 20);
+    let app = router(h.worker.clone(), &ApiConfig::new(1 << 20));
     let request = axum::http::Request::post("/api/v1alpha/batches/jobs/create")
         .body(axum::body::Body::from(json_bytes(create_body(
             1, 1, "t", 1,

@@ -38,6 +38,7 @@
 //! - `fuzz_corpus`: the committed `cargo fuzz` corpus, replayed.
 
 mod admission;
+mod auth;
 mod cancellation;
 mod compaction;
 mod control_plane;

@@ -286,7 +286,7 @@ impl StateMachineTest for WorkerMatchesModel {
         let runner = Arc::new(SimRunner::default());
         let (worker, _) = runtime.block_on(parts.start(runner.clone()));
         System {
-            router: api::router(worker.clone(), 1 << 20),
+            router: api::router(worker.clone(), &api::ApiConfig::new(1 << 20)),
             runtime: Some(runtime),
             worker,
             runner,
@@ -378,7 +378,7 @@ impl StateMachineTest for WorkerMatchesModel {
                 // Activation is retried until the driver answers.
                 let activating = worker.clone();
                 runtime.spawn(async move { activating.activate("127.0.0.1").await });
-                system.router = api::router(worker.clone(), 1 << 20);
+                system.router = api::router(worker.clone(), &api::ApiConfig::new(1 << 20));
                 system.worker = worker;
                 system.runtime = Some(runtime);
             }

@@ -418,7 +418,7 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
                 }
             }
             let (worker, _) = parts.start(Arc::new(SimRunner::default())).await;
-            let router = api::router(worker.clone(), 1 << 20);
+            let router = api::router(worker.clone(), &api::ApiConfig::new(1 << 20));
             let began = Instant::now();
             let offset = clock_ms;
             while let Some((at, action)) = plan.actions.get(next_action).copied() {

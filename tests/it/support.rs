@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use batch_worker::admission::Capacity;
+use batch_worker::api::ApiConfig;
 use batch_worker::demo::driver::EmbeddedDriver;
 use batch_worker::driver_client::{DriverClient, ReportRetry};
 use batch_worker::journal::{
@@ -200,7 +201,7 @@ impl Harness {
         let server = tokio::spawn(serve(
             listener,
             worker.clone(),
-            1 << 20,
+            ApiConfig::new(1 << 20),
             stop.clone().cancelled_owned(),
         ));
         Harness {
@@ -693,6 +694,27 @@ impl ServeChild {
         driver: &str,
         extra: &[&str],
     ) -> ServeChild {
+        Self::start_with_log(data, specs, driver, extra, None).await
+    }
+
+    /// [`ServeChild::start`], logging at `info` into the file `log`.
+    pub async fn start_logging(
+        data: &std::path::Path,
+        specs: &std::path::Path,
+        driver: &str,
+        extra: &[&str],
+        log: &std::path::Path,
+    ) -> ServeChild {
+        Self::start_with_log(data, specs, driver, extra, Some(log)).await
+    }
+
+    async fn start_with_log(
+        data: &std::path::Path,
+        specs: &std::path::Path,
+        driver: &str,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> ServeChild {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -711,9 +733,12 @@ impl ServeChild {
                 &["--kill-grace-ms", "200"][..]
             })
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(match log {
+                Some(path) => std::fs::File::create(path).unwrap().into(),
+                None => std::process::Stdio::null(),
+            })
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
