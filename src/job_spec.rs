@@ -37,6 +37,69 @@ pub const DEFAULT_CORES_MCPU: u64 = 1000;
 #[error("{0}")]
 pub struct SpecCorrupt(pub String);
 
+/// Why spec bytes are not a JSON object: the first check [`JobSpec::parse`]
+/// makes, before validating the fields. `Display` is the message the
+/// worker records (`spec_corrupt`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecTextError {
+    /// The spec has no bytes (its two offsets are equal).
+    #[error("the spec is empty (0 bytes)")]
+    Empty,
+    /// Not UTF-8: `valid_up_to` is the byte offset (0-based, within the
+    /// spec) of the first invalid byte; `len` the spec's size in bytes.
+    #[error("the spec is not UTF-8: invalid byte at offset {valid_up_to} of {len} bytes")]
+    NotUtf8 {
+        /// Offset of the first invalid byte, in bytes from the spec's start.
+        valid_up_to: usize,
+        /// The spec's size, in bytes.
+        len: usize,
+    },
+    /// UTF-8 but not JSON: serde_json's message, which ends with the line
+    /// and column it also gives apart.
+    #[error("the spec is not valid JSON: {message}")]
+    NotJson {
+        /// serde_json's error, e.g. `expected value at line 1 column 9`.
+        message: String,
+        /// Line of the error, 1-based.
+        line: usize,
+        /// Column of the error, 1-based, as serde_json counts it (in bytes
+        /// from the line's start).
+        column: usize,
+    },
+    /// JSON, but not an object; `found` is its type (`array`, `string`, ...).
+    #[error("the spec is a JSON {found}, expected an object")]
+    NotObject {
+        /// The JSON type found.
+        found: &'static str,
+    },
+}
+
+/// The JSON object in spec bytes, checked the way [`JobSpec::parse`] does
+/// (not empty, UTF-8, JSON, an object); the fields are not validated.
+///
+/// # Errors
+/// [`SpecTextError`]: which of the four checks failed, and where.
+pub fn spec_object(bytes: &[u8]) -> Result<Map<String, Value>, SpecTextError> {
+    if bytes.is_empty() {
+        return Err(SpecTextError::Empty);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| SpecTextError::NotUtf8 {
+        valid_up_to: e.valid_up_to(),
+        len: bytes.len(),
+    })?;
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(SpecTextError::NotObject {
+            found: json_type(&other),
+        }),
+        Err(e) => Err(SpecTextError::NotJson {
+            message: e.to_string(),
+            line: e.line(),
+            column: e.column(),
+        }),
+    }
+}
+
 /// A validated job spec.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
@@ -80,25 +143,8 @@ impl JobSpec {
     /// [`SpecCorrupt`] when the bytes are empty, not UTF-8, not JSON, not an
     /// object, or the object is not a usable spec for `expected_job_id`.
     pub fn parse(bytes: &[u8], expected_job_id: i64) -> Result<JobSpec, SpecCorrupt> {
-        if bytes.is_empty() {
-            return Err(SpecCorrupt("the spec is empty (0 bytes)".into()));
-        }
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            SpecCorrupt(format!(
-                "the spec is not UTF-8: invalid byte at offset {} of {} bytes",
-                e.valid_up_to(),
-                bytes.len()
-            ))
-        })?;
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| SpecCorrupt(format!("the spec is not valid JSON: {e}")))?;
-        match value {
-            Value::Object(map) => JobSpec::from_object(map, expected_job_id, bytes.len() as u64),
-            other => Err(SpecCorrupt(format!(
-                "the spec is a JSON {}, expected an object",
-                json_type(&other)
-            ))),
-        }
+        let map = spec_object(bytes).map_err(|e| SpecCorrupt(e.to_string()))?;
+        JobSpec::from_object(map, expected_job_id, bytes.len() as u64)
     }
 
     /// Validates a spec object (from a bunch, or the create body for

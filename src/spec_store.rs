@@ -87,6 +87,169 @@ impl From<SpecCorrupt> for SpecLoadError {
     }
 }
 
+impl From<SpecReadError> for SpecLoadError {
+    fn from(e: SpecReadError) -> Self {
+        SpecLoadError {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Why the bytes of a spec could not be read from its bunch, typed: what
+/// [`SpecStore::read_spec`] turns into a [`SpecLoadError`] (`Display` is
+/// its message, [`SpecReadError::kind`] its kind). Keys are shown relative
+/// to the store's root (`7/bunch/{token}/specs.idx`); offsets and sizes are
+/// in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecReadError {
+    /// `specs` or `specs.idx` does not exist (`spec_missing`).
+    #[error("{key} does not exist in the spec store")]
+    NotFound {
+        /// The missing object.
+        key: String,
+    },
+    /// `job_id - start_job_id` is negative or overflows (`spec_corrupt`).
+    #[error("job {job_id} cannot be in a bunch starting at job {start_job_id}")]
+    NotInBunch {
+        /// The job asked for.
+        job_id: i64,
+        /// The bunch's first job.
+        start_job_id: i64,
+    },
+    /// `specs.idx` ends before this job's 16-byte entry (`spec_corrupt`).
+    #[error(
+        "{key} is {size} bytes, too short for bytes {}..{} (the index holds {} offsets; \
+         this job is not in the bunch, or the index is truncated)",
+        entry.start, entry.end, size / bunch::OFFSET_BYTES
+    )]
+    IndexTooShort {
+        /// The index object.
+        key: String,
+        /// Its size.
+        size: u64,
+        /// The entry's byte range in the index.
+        entry: Range<u64>,
+    },
+    /// The entry read is not 16 bytes (`spec_corrupt`).
+    #[error("{key}: index entry for job {job_id} is {len} bytes, expected 16")]
+    EntrySize {
+        /// The index object.
+        key: String,
+        /// The job.
+        job_id: i64,
+        /// The entry's length.
+        len: usize,
+    },
+    /// The job's end offset is before its start offset (`spec_corrupt`).
+    #[error("{key}: offsets for job {job_id} are reversed (start {start} > end {end})")]
+    OffsetsReversed {
+        /// The index object.
+        key: String,
+        /// The job.
+        job_id: i64,
+        /// The job's start offset.
+        start: u64,
+        /// The job's end offset.
+        end: u64,
+    },
+    /// The job's spec is larger than the cap (`spec_corrupt`; decided
+    /// from the index, before reading `specs`).
+    #[error("{key}: the spec of job {job_id} is {size} bytes, over the {cap} byte cap")]
+    OverCap {
+        /// The specs object.
+        key: String,
+        /// The job.
+        job_id: i64,
+        /// `end - start`.
+        size: u64,
+        /// [`SpecLoadConfig::max_spec_bytes`].
+        cap: u64,
+    },
+    /// `specs` ends before the job's end offset (`spec_corrupt`).
+    #[error("{key} is {size} bytes, but the index places the spec at bytes {}..{}", range.start, range.end)]
+    SpecsTooShort {
+        /// The specs object.
+        key: String,
+        /// Its size.
+        size: u64,
+        /// The job's offsets, `start..end`.
+        range: Range<u64>,
+    },
+    /// The store refused the credentials (`spec_unavailable`, not retried).
+    #[error("{key}: the store refused the credentials: {reason}")]
+    Refused {
+        /// The object read.
+        key: String,
+        /// The store's error.
+        reason: String,
+    },
+    /// Transient errors (or short reads of a long enough object) until the
+    /// retries ran out (`spec_unavailable`).
+    #[error("{key}: bytes {}..{} still unreadable after {attempts} attempts: {reason}", range.start, range.end)]
+    Unreadable {
+        /// The object read.
+        key: String,
+        /// The byte range asked for.
+        range: Range<u64>,
+        /// Attempts made, the first included.
+        attempts: usize,
+        /// The last failure.
+        reason: String,
+    },
+    /// The whole read ran past the deadline (`spec_timeout`).
+    #[error(
+        "reading the spec of job {job_id} from bunch {token} took longer than \
+         the {deadline_ms} ms deadline (store: {store})"
+    )]
+    TimedOut {
+        /// The job.
+        job_id: i64,
+        /// The bunch's token.
+        token: String,
+        /// [`SpecLoadConfig::deadline`], in ms.
+        deadline_ms: u128,
+        /// The store, as it displays itself.
+        store: String,
+    },
+    /// The read's task failed (panicked) (`spec_unavailable`).
+    #[error("the spec store failed unexpectedly: {0}")]
+    Failed(String),
+}
+
+impl SpecReadError {
+    /// The error kind the worker records for this failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SpecReadError::NotFound { .. } => ErrorKind::SpecMissing,
+            SpecReadError::NotInBunch { .. }
+            | SpecReadError::IndexTooShort { .. }
+            | SpecReadError::EntrySize { .. }
+            | SpecReadError::OffsetsReversed { .. }
+            | SpecReadError::OverCap { .. }
+            | SpecReadError::SpecsTooShort { .. } => ErrorKind::SpecCorrupt,
+            SpecReadError::TimedOut { .. } => ErrorKind::SpecTimeout,
+            SpecReadError::Refused { .. }
+            | SpecReadError::Unreadable { .. }
+            | SpecReadError::Failed(_) => ErrorKind::SpecUnavailable,
+        }
+    }
+}
+
+/// The bytes of one job's spec and where they were read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecBytes {
+    /// The bunch's two keys (full keys, under the store's root).
+    pub keys: BunchKeys,
+    /// The bytes of `specs.idx` read: the job's entry (16 bytes).
+    pub entry: Range<u64>,
+    /// The job's offsets from that entry: the bytes of `specs` read
+    /// (`start..end`; nothing is read when they are equal).
+    pub range: Range<u64>,
+    /// The spec's bytes (`range.end - range.start` of them), not validated.
+    pub bytes: Bytes,
+}
+
 /// Reads job specs from bunches under a root of one object store.
 ///
 /// Store IO runs on a small runtime of its own ("spec-io"): a store whose
@@ -118,7 +281,7 @@ impl Drop for IoRuntime {
 /// One failed read attempt: retry it, or give up with this error.
 enum ReadFailure {
     Transient(String),
-    Permanent(SpecLoadError),
+    Permanent(SpecReadError),
 }
 
 impl SpecStore {
@@ -177,7 +340,7 @@ impl SpecStore {
 
     /// `key` as messages show it: relative to the store's root
     /// (`7/bunch/{token}/specs.idx`), the same for every kind of store.
-    fn shown(&self, key: &Path) -> String {
+    pub fn shown(&self, key: &Path) -> String {
         let root = self.root.as_ref();
         key.as_ref()
             .strip_prefix(root)
@@ -231,6 +394,24 @@ impl SpecStore {
         token: &str,
         start_job_id: i64,
     ) -> Result<Bytes, SpecLoadError> {
+        self.read_spec_bytes(batch_id, job_id, token, start_job_id)
+            .await
+            .map(|read| read.bytes)
+            .map_err(SpecLoadError::from)
+    }
+
+    /// [`SpecStore::read_spec`], saying where the bytes were read, with the
+    /// failure typed: the same reads, retries, deadline and verdicts.
+    ///
+    /// # Errors
+    /// [`SpecReadError`]; the bytes are not validated as a spec here.
+    pub async fn read_spec_bytes(
+        &self,
+        batch_id: i64,
+        job_id: i64,
+        token: &str,
+        start_job_id: i64,
+    ) -> Result<SpecBytes, SpecReadError> {
         let deadline = self.config.deadline;
         let this = self.clone();
         let owned_token = token.to_owned();
@@ -250,10 +431,7 @@ impl SpecStore {
         let mut read = tokio_util::task::AbortOnDropHandle::new(io.spawn(unbounded));
         match tokio::time::timeout(deadline, &mut read).await {
             Ok(Ok(result)) => result,
-            Ok(Err(failed)) => Err(SpecLoadError {
-                kind: ErrorKind::SpecUnavailable,
-                message: format!("the spec store failed unexpectedly: {failed}"),
-            }),
+            Ok(Err(failed)) => Err(SpecReadError::Failed(failed.to_string())),
             Err(_) => {
                 read.abort();
                 Err(self.timed_out(job_id, token))
@@ -262,15 +440,12 @@ impl SpecStore {
     }
 
     /// The error of a read of job `job_id`'s spec that ran past the deadline.
-    fn timed_out(&self, job_id: i64, token: &str) -> SpecLoadError {
-        SpecLoadError {
-            kind: ErrorKind::SpecTimeout,
-            message: format!(
-                "reading the spec of job {job_id} from bunch {token} took longer than \
-                 the {} ms deadline (store: {})",
-                self.config.deadline.as_millis(),
-                self.store
-            ),
+    fn timed_out(&self, job_id: i64, token: &str) -> SpecReadError {
+        SpecReadError::TimedOut {
+            job_id,
+            token: token.to_owned(),
+            deadline_ms: self.config.deadline.as_millis(),
+            store: self.store.to_string(),
         }
     }
 
@@ -280,45 +455,53 @@ impl SpecStore {
         job_id: i64,
         token: &str,
         start_job_id: i64,
-    ) -> Result<Bytes, SpecLoadError> {
+    ) -> Result<SpecBytes, SpecReadError> {
         let keys = self.bunch_keys(batch_id, token);
-        let entry_range = bunch::index_range(job_id, start_job_id).ok_or_else(|| {
-            SpecLoadError::corrupt(format!(
-                "job {job_id} cannot be in a bunch starting at job {start_job_id}"
-            ))
-        })?;
+        let entry_range =
+            bunch::index_range(job_id, start_job_id).ok_or(SpecReadError::NotInBunch {
+                job_id,
+                start_job_id,
+            })?;
         let entry = self.read_range(&keys.index, entry_range.clone()).await?;
-        let (start, end) = bunch::decode_entry(&entry).ok_or_else(|| {
-            SpecLoadError::corrupt(format!(
-                "{}: index entry for job {job_id} is {} bytes, expected 16",
-                self.shown(&keys.index),
-                entry.len()
-            ))
+        let (start, end) = bunch::decode_entry(&entry).ok_or_else(|| SpecReadError::EntrySize {
+            key: self.shown(&keys.index),
+            job_id,
+            len: entry.len(),
         })?;
         if end < start {
-            return Err(SpecLoadError::corrupt(format!(
-                "{}: offsets for job {job_id} are reversed (start {start} > end {end})",
-                self.shown(&keys.index)
-            )));
+            return Err(SpecReadError::OffsetsReversed {
+                key: self.shown(&keys.index),
+                job_id,
+                start,
+                end,
+            });
         }
         let size = end - start;
         if size > self.config.max_spec_bytes {
-            return Err(SpecLoadError::corrupt(format!(
-                "{}: the spec of job {job_id} is {size} bytes, over the {} byte cap",
-                self.shown(&keys.specs),
-                self.config.max_spec_bytes
-            )));
+            return Err(SpecReadError::OverCap {
+                key: self.shown(&keys.specs),
+                job_id,
+                size,
+                cap: self.config.max_spec_bytes,
+            });
         }
-        if size == 0 {
-            return Ok(Bytes::new());
-        }
-        self.read_range(&keys.specs, start..end).await
+        let bytes = if size == 0 {
+            Bytes::new()
+        } else {
+            self.read_range(&keys.specs, start..end).await?
+        };
+        Ok(SpecBytes {
+            keys,
+            entry: entry_range,
+            range: start..end,
+            bytes,
+        })
     }
 
     /// One range read with retries. A failure or a short result is checked
     /// with a `head` call: a missing object or one shorter than the range is
     /// permanent; anything else is transient.
-    async fn read_range(&self, key: &Path, range: Range<u64>) -> Result<Bytes, SpecLoadError> {
+    async fn read_range(&self, key: &Path, range: Range<u64>) -> Result<Bytes, SpecReadError> {
         let shown = self.shown(key);
         let attempt = || async {
             let failure = match self.store.get_range(key, range.clone()).await {
@@ -335,9 +518,9 @@ impl SpecStore {
                     e @ (object_store::Error::PermissionDenied { .. }
                     | object_store::Error::Unauthenticated { .. }),
                 ) => {
-                    return Err(ReadFailure::Permanent(SpecLoadError {
-                        kind: ErrorKind::SpecUnavailable,
-                        message: format!("{shown}: the store refused the credentials: {e}"),
+                    return Err(ReadFailure::Permanent(SpecReadError::Refused {
+                        key: shown.clone(),
+                        reason: e.to_string(),
                     }))
                 }
                 Err(e) => e.to_string(),
@@ -366,14 +549,11 @@ impl SpecStore {
             .await
             .map_err(|f| match f {
                 ReadFailure::Permanent(e) => e,
-                ReadFailure::Transient(why) => SpecLoadError {
-                    kind: ErrorKind::SpecUnavailable,
-                    message: format!(
-                        "{shown}: bytes {}..{} still unreadable after {} attempts: {why}",
-                        range.start,
-                        range.end,
-                        self.config.max_attempts.max(1)
-                    ),
+                ReadFailure::Transient(why) => SpecReadError::Unreadable {
+                    key: shown.clone(),
+                    range: range.clone(),
+                    attempts: self.config.max_attempts.max(1),
+                    reason: why,
                 },
             })
     }
@@ -384,22 +564,19 @@ impl SpecStore {
         match self.store.head(key).await {
             Err(object_store::Error::NotFound { .. }) => ReadFailure::Permanent(missing(&shown)),
             Ok(meta) if meta.size < range.end => {
-                let what = if key.filename() == Some("specs.idx") {
-                    format!(
-                        "{shown} is {} bytes, too short for bytes {}..{} (the index holds {} \
-                         offsets; this job is not in the bunch, or the index is truncated)",
-                        meta.size,
-                        range.start,
-                        range.end,
-                        meta.size / bunch::OFFSET_BYTES
-                    )
+                ReadFailure::Permanent(if key.filename() == Some("specs.idx") {
+                    SpecReadError::IndexTooShort {
+                        key: shown,
+                        size: meta.size,
+                        entry: range.clone(),
+                    }
                 } else {
-                    format!(
-                        "{shown} is {} bytes, but the index places the spec at bytes {}..{}",
-                        meta.size, range.start, range.end
-                    )
-                };
-                ReadFailure::Permanent(SpecLoadError::corrupt(what))
+                    SpecReadError::SpecsTooShort {
+                        key: shown,
+                        size: meta.size,
+                        range: range.clone(),
+                    }
+                })
             }
             _ => ReadFailure::Transient(failure),
         }
@@ -424,9 +601,8 @@ impl SpecStore {
     }
 }
 
-fn missing(shown: &str) -> SpecLoadError {
-    SpecLoadError {
-        kind: ErrorKind::SpecMissing,
-        message: format!("{shown} does not exist in the spec store"),
+fn missing(shown: &str) -> SpecReadError {
+    SpecReadError::NotFound {
+        key: shown.to_owned(),
     }
 }
