@@ -1,7 +1,7 @@
 //! The `batch-worker` binary: parses the command line and runs it.
 
 use anyhow::Context;
-use batch_worker::cli::{advertised_ip, build_worker, Cli, Command};
+use batch_worker::cli::{advertised_ip, build_worker, Cli, Command, LogFormat};
 use batch_worker::api::{ApiConfig, ApiToken};
 use batch_worker::store::redact_url;
 use batch_worker::{demo, replay, server};
@@ -15,13 +15,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(_) => "info",
         Command::Demo(_) | Command::Replay(_) => "warn",
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     match cli.command {
         Command::Serve(args) => {
             let api_config = ApiConfig {

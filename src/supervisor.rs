@@ -18,6 +18,7 @@ use batch_worker_model::{
     WireState, EVENT_VERSION,
 };
 use futures::FutureExt;
+use tracing::Instrument;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::panic::AssertUnwindSafe;
@@ -266,6 +267,33 @@ enum Work {
     ReportComplete(JobKey, JobCompleteStatus, Option<JoinHandle<()>>),
 }
 
+impl Work {
+    /// The attempt the work is for.
+    fn key(&self) -> &JobKey {
+        match self {
+            Work::LoadSpec(key, ..)
+            | Work::Admit(key, ..)
+            | Work::Transfer(key, ..)
+            | Work::Spawn(key, ..)
+            | Work::UploadLogs(key, ..)
+            | Work::ReportStarted(key, ..)
+            | Work::ReportComplete(key, ..) => key,
+        }
+    }
+}
+
+/// The span every task of attempt `key` runs in: `attempt{batch_id,
+/// job_id, attempt_id}`, so that each log line of the attempt's life
+/// carries them.
+pub fn attempt_span(key: &JobKey) -> tracing::Span {
+    tracing::info_span!(
+        "attempt",
+        batch_id = key.batch_id,
+        job_id = key.job_id,
+        attempt_id = %key.attempt_id
+    )
+}
+
 /// Which files a transfer task moves.
 #[derive(Debug, Clone, Copy)]
 enum Direction {
@@ -336,9 +364,10 @@ struct Inner {
     /// Report tasks (job_started, job_complete) and the logs uploads that
     /// precede job_complete, not finished.
     reports_pending: watch::Sender<usize>,
-    /// Permits for the blocking filesystem work of job lives (see
-    /// [`Worker::job_files`]).
-    job_files: Semaphore,
+    /// Permits for making attempt directories and for removing them (two
+    /// pools, so that removing a large directory never delays a job's
+    /// start); see [`Worker::job_files`].
+    job_files: [Semaphore; 2],
 }
 
 /// The worker: cheap to clone, shared by the HTTP handlers and job tasks.
@@ -355,7 +384,17 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// How many blocking filesystem operations of job lives may run at once:
+/// Which of the job-files pools an operation takes a permit from.
+#[derive(Debug, Clone, Copy)]
+enum JobFiles {
+    /// Making an attempt's directory and log.
+    Make = 0,
+    /// Removing an attempt's working directory.
+    Remove = 1,
+}
+
+/// How many blocking filesystem operations of job lives may run at once,
+/// per kind ([`JobFiles`]):
 /// one per two cores, at least one.
 ///
 /// Making and removing attempt directories is mostly CPU in the kernel
@@ -407,19 +446,23 @@ impl Worker {
                 changes: watch::channel(0).0,
                 stopping: AtomicBool::new(false),
                 live_processes: watch::channel(0).0,
-                job_files: Semaphore::new(job_file_permits()),
+                job_files: [
+                    Semaphore::new(job_file_permits()),
+                    Semaphore::new(job_file_permits()),
+                ],
             }),
         }
     }
 
-    /// Runs `op`, blocking filesystem work of a job's life (making or
-    /// removing its attempt directory), on tokio's blocking pool, at most
-    /// [`job_file_permits`] at once. A panic in `op` is an I/O error.
+    /// Runs `op`, blocking filesystem work of a job's life, on tokio's
+    /// blocking pool, at most [`job_file_permits`] of its `kind` at once.
+    /// A panic in `op` is an I/O error.
     async fn job_files<T: Send + 'static>(
         &self,
+        kind: JobFiles,
         op: impl FnOnce() -> std::io::Result<T> + Send + 'static,
     ) -> std::io::Result<T> {
-        let _permit = self.inner.job_files.acquire().await;
+        let _permit = self.inner.job_files[kind as usize].acquire().await;
         tokio::task::spawn_blocking(op)
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
@@ -926,21 +969,23 @@ impl Worker {
 
     fn perform(&self, work: Vec<Work>) {
         for item in work {
+            let span = attempt_span(item.key());
             match item {
                 Work::LoadSpec(key, request, cancel) => {
-                    tokio::spawn(self.clone().load_spec(key, request, cancel));
+                    tokio::spawn(self.clone().load_spec(key, request, cancel).instrument(span));
                 }
                 Work::Admit(key, request, cancel) => {
-                    tokio::spawn(self.clone().admit(key, request, cancel));
+                    tokio::spawn(self.clone().admit(key, request, cancel).instrument(span));
                 }
                 Work::Transfer(key, direction, spec, work_dir, cancel) => {
                     tokio::spawn(
                         self.clone()
-                            .transfer(key, direction, spec, work_dir, cancel),
+                            .transfer(key, direction, spec, work_dir, cancel)
+                            .instrument(span),
                     );
                 }
                 Work::Spawn(key, spec, kill, grant) => {
-                    tokio::spawn(self.clone().run_process(key, spec, kill, grant));
+                    tokio::spawn(self.clone().run_process(key, spec, kill, grant).instrument(span));
                 }
                 Work::UploadLogs(key, status, log) => {
                     // Counted with the reports: the job_complete follows it.
@@ -957,7 +1002,7 @@ impl Worker {
                         // while the attempt is kept.
                         let work = AttemptDir::new(&worker.inner.config.data_dir, &key).work();
                         match worker
-                            .job_files(move || std::fs::remove_dir_all(work))
+                            .job_files(JobFiles::Remove, move || std::fs::remove_dir_all(work))
                             .await
                         {
                             Ok(()) => tracing::debug!(%key, "working directory removed"),
@@ -977,7 +1022,7 @@ impl Worker {
                                 worker.record(&key, Event::LogsUploadFailed { message });
                             }
                         }
-                    });
+                    }.instrument(span));
                 }
                 Work::ReportStarted(key, body) => {
                     let Some(driver) = self.inner.driver.clone() else {
@@ -994,7 +1039,7 @@ impl Worker {
                             Ok(()) => worker.record(&key, Event::StartedDelivered),
                             Err(e) => tracing::warn!(%key, error = %e, "job_started not delivered"),
                         }
-                    });
+                    }.instrument(span));
                     if let Some(entry) = self.jobs().get_mut(&slot) {
                         if entry.key.attempt_id == attempt_id {
                             entry.started_report = Some(handle);
@@ -1039,7 +1084,7 @@ impl Worker {
                                 tracing::warn!(%key, error = %e, "job_complete not delivered")
                             }
                         }
-                    });
+                    }.instrument(span));
                 }
             }
         }
@@ -1194,7 +1239,7 @@ impl Worker {
             return;
         }
         let dir = request.dir.clone();
-        if let Err(e) = self.job_files(move || dir.create()).await {
+        if let Err(e) = self.job_files(JobFiles::Make, move || dir.create()).await {
             let message = format!("cannot create the attempt's directory: {e}");
             self.record(&key, Event::LaunchFailed { message });
             return;

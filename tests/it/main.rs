@@ -47,6 +47,7 @@ mod create_api;
 mod file_staging;
 mod fuzz_corpus;
 mod hanging_store;
+mod log_format;
 mod journal_replay;
 mod logs_upload;
 mod model_based;
