@@ -21,6 +21,7 @@ pub mod auth;
 mod error;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -53,6 +54,10 @@ pub struct ApiConfig {
     /// The bearer token every request but `/healthcheck` and `/metrics`
     /// must carry; `None`: no authentication.
     pub api_token: Option<ApiToken>,
+    /// How long a request's body may take to arrive once its headers have
+    /// (then 408); [`BODY_READ_TIMEOUT`] by default. Headers themselves
+    /// must arrive within [`crate::server::HEADER_READ_TIMEOUT`].
+    pub body_read_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -61,6 +66,7 @@ impl ApiConfig {
         ApiConfig {
             max_body_bytes,
             api_token: None,
+            body_read_timeout: BODY_READ_TIMEOUT,
         }
     }
 }
@@ -98,15 +104,21 @@ pub fn router(worker: Worker, config: &ApiConfig) -> Router {
         )),
         None => routes,
     };
-    stack(routes, config.max_body_bytes)
+    stack(routes, config)
 }
 
 /// The middleware every route runs under, outermost first: tower-http's
-/// trace layer, the body timeout ([`BODY_READ_TIMEOUT`]), the 413 for a
-/// declared `Content-Length` over `max_body_bytes` (bytes), and axum's
-/// body limit for bodies that grow past it. Public so that benchmarks can
-/// put other handlers on the same stack.
-pub fn stack(routes: Router, max_body_bytes: usize) -> Router {
+/// trace layer, the body timeout (`config.body_read_timeout`, 408), the
+/// 413 for a declared `Content-Length` over `config.max_body_bytes`, and
+/// axum's body limit for bodies that grow past it. Public so that
+/// benchmarks can put other handlers on the same stack.
+///
+/// There is no timeout on a handler's own time: the one handler that waits
+/// is create, for its `Created` record to be written, and answering before
+/// that would leave a job that may still start after the driver was told
+/// it failed.
+pub fn stack(routes: Router, config: &ApiConfig) -> Router {
+    let max_body_bytes = config.max_body_bytes;
     routes
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(
@@ -114,7 +126,7 @@ pub fn stack(routes: Router, max_body_bytes: usize) -> Router {
                 refuse_declared_oversize(request, next, max_body_bytes)
             },
         ))
-        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
+        .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))
         // 5xx answers here are 503s (not activated, shutting down, journal
         // unwritable), expected in a fleet's life: a warning, not an error.
         .layer(

@@ -29,12 +29,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let api_config = ApiConfig {
-                max_body_bytes: args.max_body_bytes,
                 api_token: args
                     .api_token_file
                     .as_deref()
                     .map(ApiToken::from_file)
                     .transpose()?,
+                ..ApiConfig::new(args.max_body_bytes)
             };
             let worker = build_worker(&args)?;
             let listener = tokio::net::TcpListener::bind(args.listen)

@@ -193,7 +193,7 @@ impl Server {
                 Kind::Floor => (
                     api::stack(
                         Router::new().route(CREATE_PATH, post(|| async { StatusCode::OK })),
-                        MAX_BODY_BYTES,
+                        &api::ApiConfig::new(MAX_BODY_BYTES),
                     ),
                     Probe::Floor,
                 ),
@@ -210,7 +210,7 @@ impl Server {
                         .route(CREATE_PATH, post(inline_create))
                         .with_state(state);
                     (
-                        api::stack(routes, MAX_BODY_BYTES),
+                        api::stack(routes, &api::ApiConfig::new(MAX_BODY_BYTES)),
                         Probe::Inline {
                             outstanding,
                             corrupt,

@@ -21,6 +21,9 @@ pub enum ApiError {
     /// [`super::ApiToken`]).
     #[error("{0}")]
     Unauthorized(String),
+    /// 408: the body did not arrive in time (`ApiConfig::body_read_timeout`).
+    #[error("the request body did not arrive in time: {0}")]
+    RequestTimeout(String),
     /// 413: the body is larger than the limit.
     #[error("the body is larger than the worker's limit: {0}")]
     PayloadTooLarge(String),
@@ -39,10 +42,18 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Maps axum's body rejection: 413 stays 413, anything else is a 400
-    /// on `body`.
+    /// Maps axum's body rejection: 413 stays 413, the body timeout
+    /// (tower-http's `TimeoutError` in the error's sources) is 408,
+    /// anything else is a 400 on `body`.
     pub fn from_body_rejection(rejection: BytesRejection) -> ApiError {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let timed_out = std::iter::successors(
+            Some(&rejection as &(dyn std::error::Error + 'static)),
+            |e| e.source(),
+        )
+        .any(|e| e.is::<tower_http::timeout::TimeoutError>());
+        if timed_out {
+            ApiError::RequestTimeout(rejection.body_text())
+        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(rejection.body_text())
         } else {
             ApiError::BadRequest(FieldError {
@@ -57,6 +68,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Duplicate(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -69,6 +81,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Duplicate(_) => "duplicate_job",
             ApiError::NotFound(_) => "not_found",

@@ -51,8 +51,8 @@ async fn call(
 async fn without_the_token_every_endpoint_but_healthcheck_and_metrics_answers_401() {
     let h = Harness::in_memory().await;
     let config = ApiConfig {
-        max_body_bytes: 1 << 20,
         api_token: Some(ApiToken::new(TOKEN).unwrap()),
+        ..ApiConfig::new(1 << 20)
     };
     let app = router(h.worker.clone(), &config);
     let create = create_body(1, 1, "t", 1);

@@ -151,3 +151,33 @@ async fn blocked_store_scenario() {
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo);
 }
+
+#[tokio::test]
+async fn a_client_that_sends_headers_and_stalls_is_cut_off_by_the_body_timeout() {
+    let h = Harness::in_memory().await;
+    let config = batch_worker::api::ApiConfig {
+        body_read_timeout: Duration::from_millis(300),
+        ..batch_worker::api::ApiConfig::new(1 << 20)
+    };
+    let app = batch_worker::api::router(h.worker.clone(), &config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    let server = tokio::spawn(async move {
+        let connections =
+            batch_worker::server::accept(&listener, app, stopped.cancelled_owned()).await;
+        connections.drain().await;
+    });
+    // 10 of the 100 bytes the headers promise, then nothing.
+    let request = b"POST /api/v1alpha/batches/jobs/create HTTP/1.1\r\nhost: x\r\n\
+                    content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"batch_id";
+    let started = std::time::Instant::now();
+    let answer = raw_exchange(addr, request).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() < HANG_GUARD);
+    assert!(h.worker.snapshot().is_empty());
+    stop.cancel();
+    server.await.unwrap();
+}
