@@ -16,6 +16,7 @@ use crate::driver_client::{DriverClient, ReportRetry};
 use crate::journal::{open_journal, Durability, RecoveryError};
 use crate::logs_store::LogsStore;
 use crate::runner::HostRunner;
+use crate::spec_diag::{diagnose, Diagnosis, SpecQuery};
 use crate::spec_store::{SpecLoadConfig, SpecStore};
 use crate::store::{
     open_store_with, throttled, with_control_plane, StoreOpenError, StoreOptions, StoreOptionsError,
@@ -62,6 +63,90 @@ pub enum Command {
     /// Replay a journal file (or a directory of `*.jnl` files) through the
     /// job state machine: per-attempt timelines, a summary, and problems.
     Replay(ReplayArgs),
+    /// Look at job specs as the worker reads them.
+    Spec {
+        /// What to do with the spec.
+        #[command(subcommand)]
+        command: SpecCommand,
+    },
+}
+
+/// Subcommands of `spec`.
+#[derive(Debug, Subcommand)]
+pub enum SpecCommand {
+    /// Print a job's spec as the worker would load it, or precisely what is
+    /// wrong with its bunch (missing objects, index length, offsets, sizes,
+    /// UTF-8 position, JSON line and column, invalid fields). Exits 0 when
+    /// the worker would load the spec, 1 when it would error the job, 2 for
+    /// usage errors.
+    Show(SpecShowArgs),
+}
+
+/// Flags of `spec show`: the create call's fields that locate a spec.
+#[derive(Debug, Args)]
+pub struct SpecShowArgs {
+    /// Root URL of the spec store, as `serve --spec-store`: file:///abs/path,
+    /// s3://bucket/prefix, gs://bucket/prefix, az://container/prefix.
+    #[arg(long)]
+    pub store: Url,
+    /// The job's batch_id.
+    #[arg(long)]
+    pub batch: i64,
+    /// The bunch's token (1 to 64 ASCII letters and digits).
+    #[arg(long, value_parser = parse_bunch_token)]
+    pub token: String,
+    /// The bunch's start_job_id.
+    #[arg(long)]
+    pub start: i64,
+    /// The job_id.
+    #[arg(long)]
+    pub job: i64,
+    /// A file of store options (`NAME=VALUE` lines), over the environment's,
+    /// as `serve --store-options`.
+    #[arg(long)]
+    pub store_options: Option<PathBuf>,
+    /// Spec limits, as `serve`'s (a spec over `--spec-max-bytes` is
+    /// `spec_corrupt`).
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+impl SpecShowArgs {
+    /// Reads and diagnoses the spec these flags name.
+    ///
+    /// # Errors
+    /// [`StartError`] when the store cannot be opened (a bad URL, an
+    /// unusable options file, no threads); everything about the bunch is
+    /// in the [`Diagnosis`].
+    pub async fn diagnose(&self) -> Result<Diagnosis, StartError> {
+        let options = StoreOptions::from_env();
+        let options = match &self.store_options {
+            Some(path) => options.with_file(path)?,
+            None => options,
+        };
+        let (store, root) = open_store_with(&self.store, &options)?;
+        let specs =
+            SpecStore::new(store, root, self.spec.load_config()).map_err(StartError::Runtime)?;
+        let query = SpecQuery {
+            batch_id: self.batch,
+            token: self.token.clone(),
+            start_job_id: self.start,
+            job_id: self.job,
+        };
+        Ok(diagnose(&specs, &query).await)
+    }
+}
+
+/// A bunch token as the create call takes it: 1 to 64 ASCII letters and
+/// digits (it becomes part of object keys).
+fn parse_bunch_token(text: &str) -> Result<String, String> {
+    if !text.is_empty() && text.len() <= 64 && text.chars().all(|c| c.is_ascii_alphanumeric()) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "expected 1 to 64 ASCII letters and digits, got {text:?}"
+        ))
+    }
 }
 
 /// Flags of `replay`.

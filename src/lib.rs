@@ -22,6 +22,8 @@
 //! - [`journal`]: the event journal: byte format (framing, checksums, torn
 //!   tails), the group-commit writer, segments, snapshots and recovery.
 //! - [`spec_store`]: loading a spec over `object_store`, classifying failures.
+//! - [`spec_diag`]: `spec show`: one job's spec, or what is wrong with its
+//!   bunch, in the worker's own terms.
 //! - [`store`]: opening stores from URLs; latency injection; the seeded
 //!   fault-injecting [`store::FaultStore`].
 //! - [`admission`]: the first-come-first-served queue for cores and memory.
@@ -49,6 +51,7 @@ pub mod logs_store;
 pub mod replay;
 pub mod runner;
 pub mod server;
+pub mod spec_diag;
 pub mod spec_store;
 pub mod store;
 pub mod supervisor;

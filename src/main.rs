@@ -1,8 +1,8 @@
 //! The `batch-worker` binary: parses the command line and runs it.
 
 use anyhow::Context;
-use batch_worker::cli::{advertised_ip, build_worker, Cli, Command, LogFormat};
 use batch_worker::api::{ApiConfig, ApiToken};
+use batch_worker::cli::{advertised_ip, build_worker, Cli, Command, LogFormat, SpecCommand};
 use batch_worker::store::redact_url;
 use batch_worker::{demo, replay, server};
 use clap::Parser;
@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
-        Command::Demo(_) | Command::Replay(_) => "warn",
+        Command::Demo(_) | Command::Replay(_) | Command::Spec { .. } => "warn",
     };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
@@ -84,6 +84,17 @@ async fn main() -> anyhow::Result<()> {
                 print!("{}", report.render());
             }
             if args.check && !report.problems.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Spec {
+            command: SpecCommand::Show(args),
+        } => {
+            let diagnosis = args.diagnose().await?;
+            println!("store  {}", redact_url(&args.store));
+            print!("{}", diagnosis.render());
+            if !diagnosis.is_good() {
                 std::process::exit(1);
             }
             Ok(())

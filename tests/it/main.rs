@@ -21,6 +21,7 @@
 //! - `server_limits`: 413 up front, envelopes, shutdown with a stalled
 //!   client, a store that blocks threads forever.
 //! - `spec_properties`: proptest over corrupt and missing bunches.
+//! - `spec_show`: `spec show` names every kind of bunch damage as the worker does.
 //! - `journal_replay`: proptest: the journal replays to the live table.
 //! - `processes`: exit codes, timeouts, cancel while running, status and
 //!   `job_complete` agree.
@@ -60,6 +61,7 @@ mod shutdown;
 mod sim;
 mod simulation;
 mod spec_properties;
+mod spec_show;
 mod store_config;
 mod store_faults;
 mod support;
