@@ -54,7 +54,13 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the worker's HTTP API until SIGINT/SIGTERM or `POST /api/v1alpha/kill`.
+    /// Flags may also come from `--config FILE` (TOML, keys are the flags'
+    /// names) and from `BATCH_WORKER_<FLAG>` environment variables; flags
+    /// win over the environment, which wins over the file.
     Serve(Box<ServeArgs>),
+    /// Print the configuration `serve` would run with (same flags, file and
+    /// environment), as TOML, each value with its source; secrets masked.
+    Config(Box<ServeArgs>),
     /// Run a worker and an embedded driver on loopback, schedule jobs with
     /// good, failing, missing and corrupt specs, and print what became of
     /// each. Exits non-zero if any job ends other than planned or any
@@ -181,6 +187,11 @@ fn parse_job(text: &str) -> Result<(i64, i64), String> {
 /// Flags of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// A TOML file of these flags (`data-dir = "/srv/worker"`); the
+    /// environment's BATCH_WORKER_<FLAG> variables override it, flags
+    /// override both.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:5000")]
     pub listen: SocketAddr,

@@ -14,6 +14,8 @@
 //! # Layout
 //!
 //! - [`api`]: the HTTP API (axum): thin handlers and the one error envelope.
+//! - [`cli`], [`config`]: the flags, and where their values come from (TOML
+//!   file, environment, command line).
 //! - [`server`]: [`server::serve`], the API until a shutdown future completes.
 //! - [`supervisor`]: the job table; records events and performs effects.
 //! - [`wire`]: the driver's wire formats: create body, report bodies.
@@ -42,6 +44,7 @@ pub mod admission;
 pub mod api;
 pub mod bunch;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod driver_client;
 pub mod fuzzing;

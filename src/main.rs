@@ -3,16 +3,24 @@
 use anyhow::Context;
 use batch_worker::api::{ApiConfig, ApiToken};
 use batch_worker::cli::{advertised_ip, build_worker, Cli, Command, LogFormat, SpecCommand};
+use batch_worker::config::{self, ConfigError};
 use batch_worker::store::redact_url;
 use batch_worker::{demo, replay, server};
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let (cli, effective) = match config::parse(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        Err(ConfigError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     let default_level = match cli.command {
         Command::Serve(_) => "info",
+        Command::Config(_) => "warn",
         Command::Demo(_) | Command::Replay(_) | Command::Spec { .. } => "warn",
     };
     let logs = tracing_subscriber::fmt()
@@ -66,6 +74,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             });
             server::serve(listener, worker, api_config, shutdown_signals()).await?;
+            Ok(())
+        }
+        Command::Config(_) => {
+            print!("{}", effective.render());
             Ok(())
         }
         Command::Replay(args) => {

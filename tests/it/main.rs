@@ -42,6 +42,7 @@ mod admission;
 mod auth;
 mod cancellation;
 mod compaction;
+mod config;
 mod control_plane;
 mod crash;
 mod create_api;

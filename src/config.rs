@@ -1,0 +1,324 @@
+//! Configuration of `serve` (and `config`, which prints it): a TOML file
+//! (`--config FILE`), environment variables, then flags, each overriding
+//! the one before; built-in defaults under all three.
+//!
+//! - **File**: a TOML table whose keys are the flags' long names
+//!   (`data-dir = "/srv/worker"`, `cores = 1.5`, `repair = true`;
+//!   `data_dir` is accepted too). An unknown key, or a value that is an
+//!   array or a table, is an error naming the key.
+//! - **Environment**: `BATCH_WORKER_<FLAG>`, the flag's name in capitals
+//!   with `_` for `-` (`BATCH_WORKER_DATA_DIR`).
+//! - **Flags**: as `--help` lists them.
+//!
+//! The file's values become clap defaults, so clap parses and checks every
+//! value the same way whatever its source; [`Effective`] says where each
+//! came from. Secrets ([`SECRET_FLAGS`]) are printed masked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+
+use crate::cli::Cli;
+
+/// Prefix of the environment variables that set `serve`'s flags.
+pub const ENV_PREFIX: &str = "BATCH_WORKER_";
+
+/// The subcommands whose flags the file and the environment set.
+const CONFIGURED: [&str; 2] = ["serve", "config"];
+
+/// Flags whose values are never printed (ids, as clap names them).
+pub const SECRET_FLAGS: [&str; 1] = ["activation_token"];
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read the config file {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("the config file {path} is not valid TOML: {message}")]
+    NotToml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line and column included).
+        message: String,
+    },
+    /// A key names no flag of `serve`.
+    #[error("the config file {path} has an unknown key {key:?}; expected one of: {expected}")]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// The flags' names, comma-separated.
+        expected: String,
+    },
+    /// A value is an array, a table or a date.
+    #[error(
+        "the config file {path} gives {key:?} a value of the wrong type; expected a string, \
+         number or boolean"
+    )]
+    WrongType {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// The command line (with the file's and the environment's values) is
+    /// invalid; clap's error, printed and exited with by its `exit()`.
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+}
+
+/// Where a value came from, strongest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A command-line flag.
+    Flag,
+    /// A `BATCH_WORKER_*` environment variable.
+    Environment,
+    /// The `--config` file.
+    File,
+    /// The built-in default.
+    Default,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Flag => "flag",
+            Source::Environment => "environment",
+            Source::File => "config file",
+            Source::Default => "default",
+        })
+    }
+}
+
+/// One flag's effective value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The flag's long name (`data-dir`).
+    pub name: String,
+    /// Its value as given (`None`: unset), `<redacted>` for a secret.
+    pub value: Option<String>,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// The effective configuration of `serve` (or `config`), flag by flag in
+/// `--help`'s order; empty for other subcommands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effective(pub Vec<Setting>);
+
+impl Effective {
+    /// As TOML a `--config` file could hold, each line commented with its
+    /// source; unset flags are commented out.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for setting in &self.0 {
+            let line = match &setting.value {
+                Some(value) => format!("{} = {}", setting.name, toml_value(value)),
+                None => format!("# {} (unset)", setting.name),
+            };
+            out.push_str(&format!("{line:<60} # {}\n", setting.source));
+        }
+        out
+    }
+}
+
+/// `value` as a TOML value: bare when it is a number or a boolean, else
+/// a quoted string.
+fn toml_value(value: &str) -> String {
+    let bare = value == "true"
+        || value == "false"
+        || value.parse::<i64>().is_ok()
+        || (value.parse::<f64>().is_ok_and(f64::is_finite) && !value.contains(['e', 'E']));
+    if bare {
+        value.to_owned()
+    } else {
+        toml::Value::String(value.to_owned()).to_string()
+    }
+}
+
+/// Parses `args` (the program name first) into the [`Cli`], with the
+/// environment variables and the `--config` file applied to `serve`'s and
+/// `config`'s flags, and says where each of their values came from.
+///
+/// # Errors
+/// [`ConfigError`]: the file (unreadable, not TOML, unknown key, wrong
+/// type) or clap's error for the command line.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Cli, Effective), ConfigError> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let file = match config_path(&args) {
+        Some(path) => read_file(&path)?,
+        None => BTreeMap::new(),
+    };
+    let mut command = Cli::command();
+    for name in CONFIGURED {
+        command = command.mut_subcommand(name, |sub| {
+            let ids: Vec<String> = configurable(&sub).collect();
+            ids.into_iter().fold(sub, |sub, id| {
+                let value = file.get(&id).cloned();
+                sub.mut_arg(id.as_str(), |arg| {
+                    let arg = arg.env(format!("{ENV_PREFIX}{}", id.to_uppercase()));
+                    match value {
+                        Some((_, value)) => arg.default_value(value),
+                        None => arg,
+                    }
+                })
+            })
+        });
+    }
+    if let Some(key) = file.keys().find(|key| {
+        !command
+            .find_subcommand("serve")
+            .is_some_and(|serve| configurable(serve).any(|id| &id == *key))
+    }) {
+        let path = config_path(&args).unwrap_or_default();
+        return Err(unknown_key(&command, path, &file[key].0));
+    }
+    let matches = command.try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let effective = match matches.subcommand() {
+        Some((name, sub)) if CONFIGURED.contains(&name) => {
+            let command = Cli::command();
+            let sub_command = command
+                .find_subcommand(name)
+                .expect("a configured subcommand");
+            effective(sub_command, sub, &file)
+        }
+        _ => Effective::default(),
+    };
+    Ok((cli, effective))
+}
+
+/// The ids of `command`'s arguments that the file and the environment may
+/// set: all but `--config`, `--help` and `--version`.
+fn configurable(command: &clap::Command) -> impl Iterator<Item = String> + '_ {
+    command
+        .get_arguments()
+        .filter(|arg| arg.get_long().is_some())
+        .map(|arg| arg.get_id().as_str().to_owned())
+        .filter(|id| id != "config" && id != "help" && id != "version")
+}
+
+/// The value of `--config FILE` or `--config=FILE` in `args`, if any.
+fn config_path(args: &[OsString]) -> Option<PathBuf> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy();
+        if text == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = text.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+        if text == "--" {
+            break;
+        }
+    }
+    None
+}
+
+/// The file's values by argument id (`data_dir`), each with the key as
+/// written and the value as clap would take it from a flag.
+fn read_file(path: &Path) -> Result<BTreeMap<String, (String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::NotToml {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut values = BTreeMap::new();
+    for (key, value) in table {
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => {
+                return Err(ConfigError::WrongType {
+                    path: path.to_owned(),
+                    key,
+                })
+            }
+        };
+        values.insert(key.replace('-', "_"), (key, text));
+    }
+    Ok(values)
+}
+
+fn unknown_key(command: &clap::Command, path: PathBuf, key: &str) -> ConfigError {
+    let expected: BTreeSet<String> = command
+        .find_subcommand("serve")
+        .map(|serve| {
+            serve
+                .get_arguments()
+                .filter_map(|a| a.get_long())
+                .filter(|long| !["config", "help"].contains(long))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    ConfigError::UnknownKey {
+        path,
+        key: key.to_owned(),
+        expected: expected.into_iter().collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// Each configurable flag of `command` with its value in `matches` and
+/// its source (the file's values reach clap as defaults).
+fn effective(
+    command: &clap::Command,
+    matches: &ArgMatches,
+    file: &BTreeMap<String, (String, String)>,
+) -> Effective {
+    let settings = command
+        .get_arguments()
+        .filter(|arg| arg.get_long().is_some())
+        .filter(|arg| !["config", "help", "version"].contains(&arg.get_id().as_str()))
+        .map(|arg| {
+            let id = arg.get_id().as_str();
+            let value = matches.get_raw(id).map(|values| {
+                values
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            let source = match matches.value_source(id) {
+                Some(ValueSource::CommandLine) => Source::Flag,
+                Some(ValueSource::EnvVariable) => Source::Environment,
+                _ if file.contains_key(id) => Source::File,
+                _ => Source::Default,
+            };
+            let value = if SECRET_FLAGS.contains(&id) {
+                value.map(|v| {
+                    if v.is_empty() {
+                        v
+                    } else {
+                        "<redacted>".to_owned()
+                    }
+                })
+            } else {
+                value
+            };
+            Setting {
+                name: arg.get_long().unwrap_or(id).to_owned(),
+                value,
+                source,
+            }
+        })
+        .collect();
+    Effective(settings)
+}

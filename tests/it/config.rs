@@ -1,0 +1,144 @@
+//! Configuration: a TOML file (`--config`), `BATCH_WORKER_*` environment
+//! variables and flags, in that order of precedence; `batch-worker config`
+//! prints the result with each value's source, secrets masked.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::support::HANG_GUARD;
+
+const SECRET: &str = "ACTIVATION-9e1d-do-not-print";
+
+fn worker() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_batch-worker"));
+    // The test's own environment must not configure the child.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("BATCH_WORKER_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The line of `name` in `config`'s output.
+fn line<'a>(printed: &'a str, name: &str) -> &'a str {
+    printed
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} =")))
+        .unwrap_or_else(|| panic!("no {name} line in {printed}"))
+}
+
+#[test]
+fn flags_beat_the_environment_which_beats_the_file_and_secrets_are_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("worker.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"0.0.0.0:6000\"\ndata_dir = \"/srv/worker\"\ncores = 1.5\nname = \"from-file\"\n\
+             repair = true\nactivation-token = \"{SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = worker()
+        .args(["config", "--config"])
+        .arg(&file)
+        .args(["--name", "from-flag"])
+        .env("BATCH_WORKER_CORES", "3")
+        .env("BATCH_WORKER_NAME", "from-env")
+        .env("BATCH_WORKER_RETENTION_HOURS", "48")
+        .output()
+        .unwrap();
+    let (printed, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(line(&printed, "listen").contains("\"0.0.0.0:6000\""));
+    assert!(line(&printed, "listen").ends_with("# config file"));
+    assert!(line(&printed, "data-dir").contains("/srv/worker"));
+    assert!(line(&printed, "cores").starts_with("cores = 3 "));
+    assert!(line(&printed, "cores").ends_with("# environment"));
+    assert!(line(&printed, "name").contains("\"from-flag\""));
+    assert!(line(&printed, "name").ends_with("# flag"));
+    assert!(line(&printed, "retention-hours").starts_with("retention-hours = 48 "));
+    assert!(line(&printed, "repair").starts_with("repair = true "));
+    assert!(line(&printed, "durability").ends_with("# default"));
+    assert!(line(&printed, "activation-token").contains("<redacted>"));
+    assert!(!printed.contains(SECRET) && !stderr.contains(SECRET));
+    // What it prints is itself a config file: TOML whose keys are flags.
+    let table: toml::Table = printed.parse().unwrap();
+    assert_eq!(table["cores"].as_integer(), Some(3));
+}
+
+#[test]
+fn bad_config_files_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("unknown.toml", "bogus-key = 1\n", "unknown key \"bogus-key\""),
+        ("type.toml", "listen = [1]\n", "gives \"listen\" a value of the wrong type"),
+        ("toml.toml", "listen = \n", "is not valid TOML"),
+        ("value.toml", "max-body-bytes = \"abc\"\n", "--max-body-bytes"),
+    ];
+    for (name, content, expected) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, content).unwrap();
+        let out = worker().args(["serve", "--config"]).arg(&file).output().unwrap();
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    let out = worker()
+        .args(["serve", "--config"])
+        .arg(dir.path().join("absent.toml"))
+        .output()
+        .unwrap();
+    assert!(text(&out).1.contains("cannot read the config file"));
+}
+
+#[tokio::test]
+async fn serve_runs_with_what_the_file_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = dir.path().join("worker.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata-dir = {:?}\nname = \"configured\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = worker()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/healthcheck");
+    // The child's start is not an event this test can wait on: poll.
+    let health: serde_json::Value = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            if let Ok(answer) = reqwest::get(&url).await {
+                break answer.json().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the worker listens where the file says");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(health["name"], "configured");
+    assert!(data.join("journal").is_dir());
+}
