@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use batch_worker::api::{ApiConfig, ApiToken};
-use batch_worker::cli::{advertised_ip, build_worker, Cli, Command, LogFormat, SpecCommand};
+use batch_worker::cli::{advertised_ip, build_worker, Command, LogFormat, SpecCommand};
 use batch_worker::config::{self, ConfigError};
 use batch_worker::store::redact_url;
 use batch_worker::{demo, replay, server};
