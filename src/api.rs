@@ -9,6 +9,7 @@
 //! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/events` | event history; 404 |
 //! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/log/{container}` | log text; 404 |
 //! | GET | `/healthcheck` | `{"name": worker, "activated": bool}` |
+//! | GET | `/metrics` | Prometheus text format 0.0.4 (see [`crate::metrics`]) |
 //! | POST | `/api/v1alpha/kill` | 200; the worker begins shutdown |
 //!
 //! With an API token ([`ApiConfig::api_token`]), every path but
@@ -93,6 +94,7 @@ pub fn router(worker: Worker, config: &ApiConfig) -> Router {
             get(log),
         )
         .route("/healthcheck", get(healthcheck))
+        .route("/metrics", get(metrics))
         .route("/api/v1alpha/kill", post(kill))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -139,10 +141,16 @@ async fn create(
     State(worker): State<Worker>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let body = body.map_err(ApiError::from_body_rejection)?;
-    let job = CreateJob::parse(&body)?;
-    worker.create(job).await?;
-    Ok(StatusCode::OK)
+    let started = std::time::Instant::now();
+    let answer = async {
+        let body = body.map_err(ApiError::from_body_rejection)?;
+        let job = CreateJob::parse(&body)?;
+        worker.create(job).await?;
+        Ok(StatusCode::OK)
+    }
+    .await;
+    worker.metrics().observe_create(started.elapsed());
+    answer
 }
 
 /// Answers 413 before reading a body whose `Content-Length` is over the
@@ -251,6 +259,14 @@ async fn log(
 
 async fn healthcheck(State(worker): State<Worker>) -> Json<serde_json::Value> {
     Json(json!({ "name": worker.name(), "activated": worker.is_activated() }))
+}
+
+async fn metrics(State(worker): State<Worker>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        worker.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn kill(State(worker): State<Worker>) -> StatusCode {

@@ -162,6 +162,9 @@ pub struct DemoReport {
     pub durability: crate::journal::Durability,
     /// What `replay --check` found in it (nothing, when all is well).
     pub journal_problems: Vec<String>,
+    /// The worker's `GET /metrics` text at the end of the run (empty if
+    /// the scrape failed).
+    pub metrics: String,
 }
 
 struct PlannedJob {
@@ -380,6 +383,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             job.faulted = plan.body["token"].as_str().is_some_and(|t| hit.contains(t));
         }
     }
+    let metrics = scrape_metrics(&http, &base).await;
     stop.cancel();
     let _ = server.await;
     // The journal of the run, through the replay tool's checks.
@@ -430,6 +434,17 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         journal_records,
         journal_problems,
         durability: args.durability,
+        metrics,
+    })
+}
+
+/// The worker's `GET /metrics` text; empty (and logged) if it failed.
+async fn scrape_metrics(http: &reqwest::Client, base: &Url) -> String {
+    let url = base.join("metrics").expect("a relative path");
+    let text = async { http.get(url).send().await?.error_for_status()?.text().await };
+    text.await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "GET /metrics failed");
+        String::new()
     })
 }
 

@@ -24,6 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use url::Url;
 
@@ -194,6 +195,9 @@ pub struct DriverClient {
     instance_token: Arc<RwLock<String>>,
     retry: ReportRetry,
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// `job_started` and `job_complete` calls that failed and were retried
+    /// (shared by clones; the worker exports it).
+    retried: Counter,
 }
 
 impl DriverClient {
@@ -232,6 +236,7 @@ impl DriverClient {
             instance_token: Arc::new(RwLock::new(instance_token)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(retry.max_in_flight.max(1))),
             retry,
+            retried: Counter::default(),
         }
     }
 
@@ -296,6 +301,13 @@ impl DriverClient {
             .clone()
     }
 
+    /// The count of `job_started` and `job_complete` calls that failed and
+    /// were retried (activation calls are not counted), shared with this
+    /// client: `batch_worker_reports_retried_total`.
+    pub fn retried_reports(&self) -> Counter {
+        self.retried.clone()
+    }
+
     /// Where the calls go, for logs: the driver's base URL.
     pub fn describe(&self) -> String {
         self.transport.describe()
@@ -343,6 +355,9 @@ impl DriverClient {
             .when(|f| matches!(f, CallFailure::Retry(_)))
             .notify(|f, delay| {
                 if let CallFailure::Retry(why) = f {
+                    if path != ACTIVATE_PATH {
+                        self.retried.inc();
+                    }
                     tracing::warn!(path, delay_ms = delay.as_millis() as u64, error = %why, "driver call failed; retrying");
                 }
             })

@@ -35,6 +35,8 @@
 //! - [`driver_client`]: activation, `job_started` / `job_complete`, retried
 //!   until acknowledged, with a bound on calls in flight, over a
 //!   [`driver_client::DriverTransport`] (HTTP, or a simulated driver).
+//! - [`metrics`]: the worker's Prometheus metrics (`GET /metrics`), one
+//!   registry per worker.
 //! - [`replay`]: rebuilds attempts from journal records; `--check` reports.
 //! - [`cli`]: the command line; [`demo`]: the embedded end-to-end demo.
 //! - [`fuzzing`]: the fuzz targets (create body, spec bunch, journal codec)
@@ -51,6 +53,7 @@ pub mod fuzzing;
 pub mod job_spec;
 pub mod journal;
 pub mod logs_store;
+pub mod metrics;
 pub mod replay;
 pub mod runner;
 pub mod server;

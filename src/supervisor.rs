@@ -31,6 +31,7 @@ use crate::driver_client::{DriverClient, ReportError};
 use crate::job_spec::JobSpec;
 use crate::journal::{encode_record, AttemptInfo, JournalRecord, JournalWriter};
 use crate::logs_store::LogsStore;
+use crate::metrics::Metrics;
 use crate::runner::{AttemptDir, LaunchError, ProcessRequest, Runner, SPAWN_TIMEOUT};
 use crate::spec_store::{SpecLoadError, SpecStore};
 use crate::store::StoreOptions;
@@ -368,6 +369,8 @@ struct Inner {
     /// pools, so that removing a large directory never delays a job's
     /// start); see [`Worker::job_files`].
     job_files: [Semaphore; 2],
+    /// The worker's Prometheus metrics (`GET /metrics`).
+    metrics: Metrics,
 }
 
 /// The worker: cheap to clone, shared by the HTTP handlers and job tasks.
@@ -427,8 +430,18 @@ impl Worker {
         driver: Option<DriverClient>,
         journal: Option<JournalWriter>,
     ) -> Worker {
+        let metrics = Metrics::new(
+            driver
+                .as_ref()
+                .map(DriverClient::retried_reports)
+                .unwrap_or_default(),
+        );
+        if let Some(journal) = &journal {
+            journal.observe_batches(metrics.journal_sync_observer());
+        }
         Worker {
             inner: Arc::new(Inner {
+                metrics,
                 admission: Admission::new(config.capacity),
                 activated: watch::channel(driver.is_none()).0,
                 reports_pending: watch::channel(0).0,
@@ -471,6 +484,21 @@ impl Worker {
     /// The worker's name.
     pub fn name(&self) -> &str {
         &self.inner.config.name
+    }
+
+    /// The worker's metrics (the create handler observes its time there).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// `GET /metrics`: the Prometheus text, with the attempts by state and
+    /// the reports pending counted now.
+    pub fn metrics_text(&self) -> String {
+        let mut by_state: HashMap<&'static str, i64> = HashMap::new();
+        for entry in self.jobs().values() {
+            *by_state.entry(entry.attempt.state().name()).or_default() += 1;
+        }
+        self.inner.metrics.render(by_state, self.reports_pending())
     }
 
     fn jobs(&self) -> MutexGuard<'_, Table> {
@@ -544,6 +572,7 @@ impl Worker {
                 }
             }
         }
+        self.inner.metrics.job_created();
         tracing::info!(batch_id = key.batch_id, job_id = key.job_id, attempt_id = %key.attempt_id, format_version, "job accepted");
         Ok(key)
     }
@@ -852,7 +881,8 @@ impl Worker {
                 _ => {}
             }
             // When it became terminal; deliveries come later.
-            if state.is_terminal() && entry.ended_at_ms.is_none() {
+            let ended = state.is_terminal() && entry.ended_at_ms.is_none();
+            if ended {
                 entry.ended_at_ms = Some(now);
             }
             entry.history.push(EventRecord {
@@ -862,6 +892,7 @@ impl Worker {
                 state_after: state.name(),
             });
             log_transition(key, &event, &state);
+            self.inner.metrics.event_recorded(&event, &state, ended);
             let work = self.plan(entry, &applied.effects);
             if state.is_terminal() {
                 // The spec is no longer needed; keep the table small. A
@@ -1175,6 +1206,7 @@ impl Worker {
             })),
             () = cancel.cancelled() => return,
         };
+        self.inner.metrics.observe_spec_load(started.elapsed());
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(spec) => {

@@ -12,7 +12,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 /// How durable a record is before what follows it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,6 +31,25 @@ const MAX_BATCH: usize = 4096;
 
 /// What runs after a record's batch is written; `true` when it is durable.
 pub type AfterWrite = Box<dyn FnOnce(bool) + Send>;
+
+/// Told how long each batch written took (its write and, with
+/// [`Durability::Fsync`], its `fdatasync`); set with
+/// [`JournalWriter::observe_batches`] (the worker's metrics).
+#[derive(Clone, Default)]
+struct BatchObserver(Arc<OnceLock<ObserveBatch>>);
+
+/// The function a [`BatchObserver`] holds.
+type ObserveBatch = Box<dyn Fn(Duration) + Send + Sync>;
+
+impl std::fmt::Debug for BatchObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "BatchObserver(set)"
+        } else {
+            "BatchObserver(none)"
+        })
+    }
+}
 
 enum Message {
     Append { bytes: Vec<u8>, then: AfterWrite },
@@ -66,6 +86,7 @@ enum Sink {
 pub struct JournalWriter {
     sink: Sink,
     dir: PathBuf,
+    observer: BatchObserver,
 }
 
 /// The segment file number `n` of `dir`.
@@ -119,11 +140,13 @@ impl JournalWriter {
             file.sync_all()?;
             sync_dir(dir)?;
         }
+        let observer = BatchObserver::default();
         let mut state = Segments {
             dir: dir.to_owned(),
             number: segment,
             file,
             durability,
+            observer: observer.clone(),
         };
         let sink = match mode.into() {
             WriterMode::Inline => Sink::Inline(Arc::new(Mutex::new(state))),
@@ -141,7 +164,15 @@ impl JournalWriter {
         Ok(JournalWriter {
             sink,
             dir: dir.to_owned(),
+            observer,
         })
+    }
+
+    /// Has `observe` told how long each batch written from now on took
+    /// (write and sync; failed writes are not observed). The first call
+    /// wins; later ones are ignored.
+    pub fn observe_batches(&self, observe: impl Fn(Duration) + Send + Sync + 'static) {
+        let _ = self.observer.0.set(Box::new(observe));
     }
 
     /// The journal directory.
@@ -205,6 +236,7 @@ struct Segments {
     number: u64,
     file: File,
     durability: Durability,
+    observer: BatchObserver,
 }
 
 impl Segments {
@@ -267,7 +299,12 @@ impl Segments {
             "journal batch"
         );
         match written {
-            Ok(()) => true,
+            Ok(()) => {
+                if let Some(observe) = self.observer.0.get() {
+                    observe(started.elapsed());
+                }
+                true
+            }
             Err(e) => {
                 tracing::error!(dir = %self.dir.display(), error = %e, records, "journal write failed");
                 false

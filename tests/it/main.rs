@@ -23,6 +23,8 @@
 //! - `spec_properties`: proptest over corrupt and missing bunches.
 //! - `spec_show`: `spec show` names every kind of bunch damage as the worker does.
 //! - `journal_replay`: proptest: the journal replays to the live table.
+//! - `metrics`: `/metrics` after a demo run shows the demo's counts; it
+//!   agrees with the table and carries no secret.
 //! - `processes`: exit codes, timeouts, cancel while running, status and
 //!   `job_complete` agree.
 //! - `store_config`: options from the environment and a file; credentials
@@ -52,6 +54,7 @@ mod hanging_store;
 mod log_format;
 mod journal_replay;
 mod logs_upload;
+mod metrics;
 mod model_based;
 mod processes;
 mod replay;
