@@ -60,6 +60,7 @@ mod processes;
 mod replay;
 mod report_recovery;
 mod reports;
+mod secrets;
 mod server_limits;
 mod shutdown;
 mod sim;

@@ -697,7 +697,7 @@ impl ServeChild {
         Self::start_with_log(data, specs, driver, extra, None).await
     }
 
-    /// [`ServeChild::start`], logging at `info` into the file `log`.
+    /// [`ServeChild::start`], logging at `debug` into the file `log`.
     pub async fn start_logging(
         data: &std::path::Path,
         specs: &std::path::Path,
@@ -733,7 +733,7 @@ impl ServeChild {
                 &["--kill-grace-ms", "200"][..]
             })
             .args(extra)
-            .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
+            .env("RUST_LOG", if log.is_some() { "debug" } else { "warn" })
             .stdout(std::process::Stdio::null())
             .stderr(match log {
                 Some(path) => std::fs::File::create(path).unwrap().into(),
