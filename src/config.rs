@@ -235,10 +235,12 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, (String, String)>, ConfigEr
         path: path.to_owned(),
         source,
     })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::NotToml {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::NotToml {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
     let mut values = BTreeMap::new();
     for (key, value) in table {
         let text = match value {

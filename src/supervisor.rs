@@ -18,13 +18,13 @@ use batch_worker_model::{
     WireState, EVENT_VERSION,
 };
 use futures::FutureExt;
-use tracing::Instrument;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::panic::AssertUnwindSafe;
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::admission::{Admission, Capacity, Grant, Request};
 use crate::driver_client::{DriverClient, ReportError};
@@ -1003,7 +1003,11 @@ impl Worker {
             let span = attempt_span(item.key());
             match item {
                 Work::LoadSpec(key, request, cancel) => {
-                    tokio::spawn(self.clone().load_spec(key, request, cancel).instrument(span));
+                    tokio::spawn(
+                        self.clone()
+                            .load_spec(key, request, cancel)
+                            .instrument(span),
+                    );
                 }
                 Work::Admit(key, request, cancel) => {
                     tokio::spawn(self.clone().admit(key, request, cancel).instrument(span));
@@ -1016,7 +1020,11 @@ impl Worker {
                     );
                 }
                 Work::Spawn(key, spec, kill, grant) => {
-                    tokio::spawn(self.clone().run_process(key, spec, kill, grant).instrument(span));
+                    tokio::spawn(
+                        self.clone()
+                            .run_process(key, spec, kill, grant)
+                            .instrument(span),
+                    );
                 }
                 Work::UploadLogs(key, status, log) => {
                     // Counted with the reports: the job_complete follows it.
@@ -1063,14 +1071,19 @@ impl Worker {
                     let attempt_id = key.attempt_id.clone();
                     let pending = PendingReport::new(&self.inner.reports_pending);
                     let worker = self.clone();
-                    let handle = tokio::spawn(async move {
-                        let _pending = pending;
-                        worker.activated().await;
-                        match driver.job_started(&body).await {
-                            Ok(()) => worker.record(&key, Event::StartedDelivered),
-                            Err(e) => tracing::warn!(%key, error = %e, "job_started not delivered"),
+                    let handle = tokio::spawn(
+                        async move {
+                            let _pending = pending;
+                            worker.activated().await;
+                            match driver.job_started(&body).await {
+                                Ok(()) => worker.record(&key, Event::StartedDelivered),
+                                Err(e) => {
+                                    tracing::warn!(%key, error = %e, "job_started not delivered")
+                                }
+                            }
                         }
-                    }.instrument(span));
+                        .instrument(span),
+                    );
                     if let Some(entry) = self.jobs().get_mut(&slot) {
                         if entry.key.attempt_id == attempt_id {
                             entry.started_report = Some(handle);

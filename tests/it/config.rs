@@ -79,15 +79,31 @@ fn flags_beat_the_environment_which_beats_the_file_and_secrets_are_masked() {
 fn bad_config_files_are_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("unknown.toml", "bogus-key = 1\n", "unknown key \"bogus-key\""),
-        ("type.toml", "listen = [1]\n", "gives \"listen\" a value of the wrong type"),
+        (
+            "unknown.toml",
+            "bogus-key = 1\n",
+            "unknown key \"bogus-key\"",
+        ),
+        (
+            "type.toml",
+            "listen = [1]\n",
+            "gives \"listen\" a value of the wrong type",
+        ),
         ("toml.toml", "listen = \n", "is not valid TOML"),
-        ("value.toml", "max-body-bytes = \"abc\"\n", "--max-body-bytes"),
+        (
+            "value.toml",
+            "max-body-bytes = \"abc\"\n",
+            "--max-body-bytes",
+        ),
     ];
     for (name, content, expected) in cases {
         let file = dir.path().join(name);
         std::fs::write(&file, content).unwrap();
-        let out = worker().args(["serve", "--config"]).arg(&file).output().unwrap();
+        let out = worker()
+            .args(["serve", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
         assert!(stderr.contains(expected), "{name}: {stderr}");

@@ -23,11 +23,17 @@ fn json_logs_are_one_object_per_line_and_attempt_lines_carry_the_span() {
         .iter()
         .filter(|l| l["span"]["name"] == "attempt")
         .collect();
-    assert!(!in_attempt.is_empty(), "no line in an attempt span: {stderr}");
+    assert!(
+        !in_attempt.is_empty(),
+        "no line in an attempt span: {stderr}"
+    );
     for line in in_attempt {
         let span = &line["span"];
         assert!(span["batch_id"].is_i64(), "{line}");
         assert!(span["job_id"].is_i64(), "{line}");
-        assert!(span["attempt_id"].as_str().is_some_and(|a| !a.is_empty()), "{line}");
+        assert!(
+            span["attempt_id"].as_str().is_some_and(|a| !a.is_empty()),
+            "{line}"
+        );
     }
 }

@@ -29,7 +29,11 @@ async fn no_secret_value_reaches_logs_status_events_metrics_or_the_journal() {
     let store = std::sync::Arc::new(LocalFileSystem::new_with_prefix(&specs).unwrap());
     SpecStore::new(store, Default::default(), SpecLoadConfig::default())
         .unwrap()
-        .write_bunch(4, "secretbunch", &[serde_json::to_vec(&shell_spec(1, "echo ran")).unwrap()])
+        .write_bunch(
+            4,
+            "secretbunch",
+            &[serde_json::to_vec(&shell_spec(1, "echo ran")).unwrap()],
+        )
         .await
         .unwrap();
     let driver = EmbeddedDriver::start().await.unwrap();
@@ -58,14 +62,20 @@ async fn no_secret_value_reaches_logs_status_events_metrics_or_the_journal() {
         said.extend(http.get(url).send().await.unwrap().bytes().await.unwrap());
     }
     let status = http
-        .get(format!("{}/api/v1alpha/batches/4/jobs/1/status", serve.base))
+        .get(format!(
+            "{}/api/v1alpha/batches/4/jobs/1/status",
+            serve.base
+        ))
         .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    assert!(status.contains("user-gsa-key"), "the secret's name is shown: {status}");
+    assert!(
+        status.contains("user-gsa-key"),
+        "the secret's name is shown: {status}"
+    );
     said.extend(
         http.get(format!("{}/metrics", serve.base))
             .send()
