@@ -72,8 +72,16 @@ pub enum ConfigError {
         /// The key.
         key: String,
     },
-    /// The command line (with the file's and the environment's values) is
-    /// invalid; clap's error, printed and exited with by its `exit()`.
+    /// A value from the file or the environment is invalid for its flag.
+    #[error("{message} (the value comes from {origin})")]
+    BadValue {
+        /// clap's message: the value, the flag, what was wrong.
+        message: String,
+        /// `the config file PATH` or `the environment variable NAME`.
+        origin: String,
+    },
+    /// The command line is invalid; clap's error, printed and exited with
+    /// by its `exit()`.
     #[error(transparent)]
     Clap(#[from] clap::Error),
 }
@@ -185,7 +193,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Cli, Effective
         let path = config_path(&args).unwrap_or_default();
         return Err(unknown_key(&command, path, &file[key].0));
     }
-    let matches = command.try_get_matches_from(args)?;
+    let matches = command
+        .try_get_matches_from(&args)
+        .map_err(|e| with_origin(e, &args, &file))?;
     let cli = Cli::from_arg_matches(&matches)?;
     let effective = match matches.subcommand() {
         Some((name, sub)) if CONFIGURED.contains(&name) => {
@@ -198,6 +208,57 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Cli, Effective
         _ => Effective::default(),
     };
     Ok((cli, effective))
+}
+
+/// `e`, or, when it is about a value the command line did not give (so it
+/// came from the environment or the file), [`ConfigError::BadValue`]
+/// saying where it came from.
+fn with_origin(
+    e: clap::Error,
+    args: &[OsString],
+    file: &BTreeMap<String, (String, String)>,
+) -> ConfigError {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return e.into();
+    }
+    // "--cores <CORES>" → "cores"
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return e.into();
+    };
+    let Some(long) = arg
+        .strip_prefix("--")
+        .and_then(|a| a.split([' ', '=']).next())
+    else {
+        return e.into();
+    };
+    let given = args.iter().any(|a| {
+        let a = a.to_string_lossy();
+        a == format!("--{long}") || a.starts_with(&format!("--{long}="))
+    });
+    let id = long.replace('-', "_");
+    let variable = format!("{ENV_PREFIX}{}", id.to_uppercase());
+    let origin = if given {
+        return e.into();
+    } else if std::env::var_os(&variable).is_some() {
+        format!("the environment variable {variable}")
+    } else if file.contains_key(&id) {
+        let path = config_path(args).unwrap_or_default();
+        format!("the config file {}", path.display())
+    } else {
+        return e.into();
+    };
+    let message = e.to_string();
+    let message = message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_owned();
+    ConfigError::BadValue { message, origin }
 }
 
 /// The ids of `command`'s arguments that the file and the environment may

@@ -9,7 +9,30 @@ use batch_worker::{demo, replay, server};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `e` and, after `: `, each cause its message does not already include
+/// (so that an error quoting its source does not print it twice).
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
+}
+
+async fn run() -> anyhow::Result<()> {
     let (cli, effective) = match config::parse(std::env::args_os()) {
         Ok(parsed) => parsed,
         Err(ConfigError::Clap(e)) => e.exit(),

@@ -93,7 +93,7 @@ fn bad_config_files_are_refused_naming_the_key() {
         (
             "value.toml",
             "max-body-bytes = \"abc\"\n",
-            "--max-body-bytes",
+            "'--max-body-bytes <MAX_BODY_BYTES>': invalid digit found in string (the value comes from the config file",
         ),
     ];
     for (name, content, expected) in cases {
@@ -108,6 +108,17 @@ fn bad_config_files_are_refused_naming_the_key() {
         assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
         assert!(stderr.contains(expected), "{name}: {stderr}");
     }
+    let out = worker()
+        .arg("serve")
+        .env("BATCH_WORKER_CORES", "lots")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("(the value comes from the environment variable BATCH_WORKER_CORES)"),
+        "{stderr}"
+    );
     let out = worker()
         .args(["serve", "--config"])
         .arg(dir.path().join("absent.toml"))
