@@ -99,21 +99,16 @@ pub fn router(worker: Worker, config: &ApiConfig) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(worker);
-    let routes = match &config.api_token {
-        Some(token) => routes.layer(axum::middleware::from_fn_with_state(
-            token.clone(),
-            auth::require_token,
-        )),
-        None => routes,
-    };
     stack(routes, config)
 }
 
 /// The middleware every route runs under, outermost first: tower-http's
 /// trace layer, the body timeout (`config.body_read_timeout`, 408), the
-/// 413 for a declared `Content-Length` over `config.max_body_bytes`, and
-/// axum's body limit for bodies that grow past it. Public so that
-/// benchmarks can put other handlers on the same stack.
+/// API token check when `config` has a token (401, before anything about
+/// the body), the 413 for a declared `Content-Length` over
+/// `config.max_body_bytes`, and axum's body limit for bodies that grow
+/// past it. Public so that benchmarks can put other handlers on the same
+/// stack.
 ///
 /// There is no timeout on a handler's own time: the one handler that waits
 /// is create, for its `Created` record to be written, and answering before
@@ -127,6 +122,10 @@ pub fn stack(routes: Router, config: &ApiConfig) -> Router {
             move |request: Request, next: Next| {
                 refuse_declared_oversize(request, next, max_body_bytes)
             },
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            config.api_token.clone(),
+            auth::require_token,
         ))
         .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))
         // 5xx answers here are 503s (not activated, shutting down, journal

@@ -22,12 +22,19 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 use crate::cli::Cli;
+use crate::store::redact_url;
 
 /// Prefix of the environment variables that set `serve`'s flags.
 pub const ENV_PREFIX: &str = "BATCH_WORKER_";
 
 /// The subcommands whose flags the file and the environment set.
 const CONFIGURED: [&str; 2] = ["serve", "config"];
+
+/// Flags holding URLs, printed without password or query string.
+const URL_FLAGS: [&str; 3] = ["spec_store", "logs_store", "driver_url"];
+
+/// Largest config file read, in bytes (a config file is a few KiB).
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Flags whose values are never printed (ids, as clap names them).
 pub const SECRET_FLAGS: [&str; 1] = ["activation_token"];
@@ -43,7 +50,16 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not TOML.
+    /// The file is larger than [`MAX_FILE_BYTES`].
+    #[error("the config file {path} is {size_bytes} bytes; the limit is {MAX_FILE_BYTES}")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size_bytes: u64,
+    },
+    /// The file is not TOML (the message gives line and column, not the
+    /// line's text).
     #[error("the config file {path} is not valid TOML: {message}")]
     NotToml {
         /// The file.
@@ -60,6 +76,16 @@ pub enum ConfigError {
         key: String,
         /// The flags' names, comma-separated.
         expected: String,
+    },
+    /// One flag is set twice, as `data-dir` and `data_dir`.
+    #[error("the config file {path} sets one flag twice, as {first:?} and {second:?}")]
+    Duplicate {
+        /// The file.
+        path: PathBuf,
+        /// The first spelling.
+        first: String,
+        /// The second.
+        second: String,
     },
     /// A value is an array, a table or a date.
     #[error(
@@ -145,10 +171,14 @@ impl Effective {
 /// `value` as a TOML value: bare when it is a number or a boolean, else
 /// a quoted string.
 fn toml_value(value: &str) -> String {
+    // Bare only when TOML reads it back as the same text ("007", ".5" and
+    // "1e3" are quoted).
     let bare = value == "true"
         || value == "false"
-        || value.parse::<i64>().is_ok()
-        || (value.parse::<f64>().is_ok_and(f64::is_finite) && !value.contains(['e', 'E']));
+        || value.parse::<i64>().is_ok_and(|n| n.to_string() == value)
+        || value
+            .parse::<f64>()
+            .is_ok_and(|x| x.is_finite() && x.to_string() == value && value.contains('.'));
     if bare {
         value.to_owned()
     } else {
@@ -175,8 +205,16 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Cli, Effective
             let ids: Vec<String> = configurable(&sub).collect();
             ids.into_iter().fold(sub, |sub, id| {
                 let value = file.get(&id).cloned();
+                let secret = SECRET_FLAGS.contains(&id.as_str());
                 sub.mut_arg(id.as_str(), |arg| {
-                    let arg = arg.env(format!("{ENV_PREFIX}{}", id.to_uppercase()));
+                    let (hide_default, hide_env) = (
+                        arg.is_hide_default_value_set(),
+                        arg.is_hide_env_values_set(),
+                    );
+                    let arg = arg
+                        .env(format!("{ENV_PREFIX}{}", id.to_uppercase()))
+                        .hide_default_value(secret || hide_default)
+                        .hide_env_values(secret || hide_env);
                     match value {
                         Some((_, value)) => arg.default_value(value),
                         None => arg,
@@ -292,17 +330,33 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
 /// The file's values by argument id (`data_dir`), each with the key as
 /// written and the value as clap would take it from a flag.
 fn read_file(path: &Path) -> Result<BTreeMap<String, (String, String)>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+    let unreadable = |source| ConfigError::Unreadable {
         path: path.to_owned(),
         source,
-    })?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::NotToml {
+    };
+    let size_bytes = std::fs::metadata(path).map_err(unreadable)?.len();
+    if size_bytes > MAX_FILE_BYTES {
+        return Err(ConfigError::TooLarge {
             path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-    let mut values = BTreeMap::new();
+            size_bytes,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(unreadable)?;
+    // toml's Display quotes the offending line, which may hold a secret:
+    // say where, not what.
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e.span().map_or(String::new(), |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {column}")
+        });
+        ConfigError::NotToml {
+            path: path.to_owned(),
+            message: format!("{}{at}", e.message()),
+        }
+    })?;
+    let mut values: BTreeMap<String, (String, String)> = BTreeMap::new();
     for (key, value) in table {
         let text = match value {
             toml::Value::String(s) => s,
@@ -316,7 +370,15 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, (String, String)>, ConfigEr
                 })
             }
         };
-        values.insert(key.replace('-', "_"), (key, text));
+        let id = key.replace('-', "_");
+        if let Some((first, _)) = values.get(&id) {
+            return Err(ConfigError::Duplicate {
+                path: path.to_owned(),
+                first: first.clone(),
+                second: key,
+            });
+        }
+        values.insert(id, (key, text));
     }
     Ok(values)
 }
@@ -373,6 +435,9 @@ fn effective(
                         "<redacted>".to_owned()
                     }
                 })
+            } else if URL_FLAGS.contains(&id) {
+                // Passwords and query strings (SAS tokens) are credentials.
+                value.map(|v| url::Url::parse(&v).map_or(v, |url| redact_url(&url)))
             } else {
                 value
             };

@@ -77,7 +77,7 @@ async fn run() -> anyhow::Result<()> {
                 data_dir = %args.data_dir.display(),
                 spec_store = args.spec_store.as_ref().map_or_else(|| format!("file://{}", args.data_dir.join("specs").display()), redact_url),
                 logs_store = args.logs_store.as_ref().map_or_else(|| format!("file://{}", args.data_dir.join("logs").display()), redact_url),
-                driver_url = args.driver_url.as_ref().map_or("none (no reports)".into(), |u| u.to_string()),
+                driver_url = args.driver_url.as_ref().map_or("none (no reports)".into(), redact_url),
                 api_auth = if api_config.api_token.is_some() { "bearer token" } else { "none" },
                 "batch-worker serving"
             );

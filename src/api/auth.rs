@@ -108,23 +108,29 @@ impl ApiToken {
 
     /// Whether an `Authorization` header value carries this token.
     fn admits(&self, authorization: &[u8]) -> bool {
-        let Some(presented) = authorization
-            .strip_prefix(b"Bearer ")
-            .or_else(|| authorization.strip_prefix(b"bearer "))
-        else {
+        // RFC 7235: the scheme is case-insensitive, then one or more spaces.
+        let Some((scheme, rest)) = authorization.split_at_checked(6) else {
             return false;
         };
+        if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+            return false;
+        }
+        let presented = rest.trim_ascii_start();
         presented.ct_eq(self.0.expose()).into()
     }
 }
 
-/// The middleware: passes [`OPEN_PATHS`] and requests carrying the token,
-/// answers 401 to the rest before their bodies are read.
+/// The middleware: passes everything when there is no token, else
+/// [`OPEN_PATHS`] and requests carrying the token; answers 401 to the rest
+/// before their bodies are read.
 pub async fn require_token(
-    State(token): State<ApiToken>,
+    State(token): State<Option<ApiToken>>,
     request: Request,
     next: Next,
 ) -> Response {
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
     if OPEN_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
@@ -164,6 +170,10 @@ mod tests {
         assert!(!token.admits(b"Bearer s3cr3t-T0KE"));
         assert!(!token.admits(b"Bearer s3cr3t-T0KEN "));
         assert!(!token.admits(b"Basic s3cr3t-T0KEN"));
+        assert!(token.admits(b"BEARER s3cr3t-T0KEN"));
+        assert!(token.admits(b"bearer   s3cr3t-T0KEN"));
+        assert!(!token.admits(b"Bearers3cr3t-T0KEN"));
+        assert!(!token.admits(b"Bearer"));
         assert!(!token.admits(b"s3cr3t-T0KEN"));
         assert_eq!(format!("{token:?}"), "ApiToken(<redacted>)");
         assert!(matches!(

@@ -79,6 +79,14 @@ async fn without_the_token_every_endpoint_but_healthcheck_and_metrics_answers_40
             assert!(!body.to_string().contains(TOKEN));
         }
     }
+    // The token is checked before anything about the body: a declared
+    // oversize body without it is a 401, not a 413.
+    let oversize = Request::post("/api/v1alpha/batches/jobs/create")
+        .header(header::CONTENT_LENGTH, "999999999999")
+        .body(Body::empty())
+        .unwrap();
+    let answer = app.clone().oneshot(oversize).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
     assert!(h.worker.snapshot().is_empty(), "no create got through");
     assert!(
         h.worker.shutdown_requested().now_or_never().is_none(),

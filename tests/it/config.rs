@@ -73,6 +73,39 @@ fn flags_beat_the_environment_which_beats_the_file_and_secrets_are_masked() {
     // What it prints is itself a config file: TOML whose keys are flags.
     let table: toml::Table = printed.parse().unwrap();
     assert_eq!(table["cores"].as_integer(), Some(3));
+
+    // --help shows the file's values as defaults, but not a secret.
+    let help = worker()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let (help, _) = text(&help);
+    assert!(help.contains("[default: from-file]"), "{help}");
+    assert!(!help.contains(SECRET), "{help}");
+
+    // URLs lose passwords and query strings (SAS tokens); odd numbers stay
+    // strings, so the output reads back.
+    let out = worker()
+        .args(["config", "--driver-url", "http://u:PASSWORD@driver:5000/"])
+        .args(["--spec-store", "az://c/p?sig=SASTOKEN", "--cores", ".5"])
+        .output()
+        .unwrap();
+    let (printed, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !printed.contains("PASSWORD") && !printed.contains("SASTOKEN"),
+        "{printed}"
+    );
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &printed).unwrap();
+    let out = worker()
+        .args(["config", "--config"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
 }
 
 #[test]
@@ -91,6 +124,16 @@ fn bad_config_files_are_refused_naming_the_key() {
         ),
         ("toml.toml", "listen = \n", "is not valid TOML"),
         (
+            "secret.toml",
+            "activation-token = \"TOMLSECRET\n",
+            "is not valid TOML: invalid basic string, expected `\"` at line 1",
+        ),
+        (
+            "twice.toml",
+            "data-dir = \"a\"\ndata_dir = \"b\"\n",
+            "sets one flag twice",
+        ),
+        (
             "value.toml",
             "max-body-bytes = \"abc\"\n",
             "'--max-body-bytes <MAX_BODY_BYTES>': invalid digit found in string (the value comes from the config file",
@@ -107,7 +150,20 @@ fn bad_config_files_are_refused_naming_the_key() {
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
         assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(!stderr.contains("TOMLSECRET"), "{name}: {stderr}");
     }
+    let huge = dir.path().join("huge.toml");
+    std::fs::write(&huge, "# padding\n".repeat(200_000)).unwrap();
+    let out = worker()
+        .args(["serve", "--config"])
+        .arg(&huge)
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).1.contains("the limit is 1048576"),
+        "{}",
+        text(&out).1
+    );
     let out = worker()
         .arg("serve")
         .env("BATCH_WORKER_CORES", "lots")
