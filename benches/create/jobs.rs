@@ -78,6 +78,11 @@ fn spec_json(job_id: i64) -> Vec<u8> {
     .expect("JSON")
 }
 
+/// The create bodies of the first attempts of jobs `0..jobs`.
+pub fn first_attempts(jobs: i64) -> Arc<Vec<Bytes>> {
+    Arc::new((0..jobs).map(|j| create_body(j, 0)).collect())
+}
+
 /// The create body of attempt number `attempt` (0, 1, ...) of job `job_id`.
 pub fn create_body(job_id: i64, attempt: u32) -> Bytes {
     let start = job_id - job_id % BUNCH_JOBS;

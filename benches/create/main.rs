@@ -39,7 +39,6 @@ mod jobs;
 mod load;
 mod servers;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use batch_worker::journal::Durability;
@@ -98,11 +97,7 @@ fn main() {
         let window = warmup + measure;
         let jobs = (OFFERED_PER_S as f64 * window.as_secs_f64() * 1.2) as i64 + 1000;
         let specs = jobs::write_specs(jobs, false);
-        let bodies = Arc::new(
-            (0..jobs)
-                .map(|j| jobs::create_body(j, 0))
-                .collect::<Vec<_>>(),
-        );
+        let bodies = jobs::first_attempts(jobs);
         out!("\n### Create latency at {OFFERED_PER_S} creates/s offered\n");
         out!(
             "| blob latency | server | p50 ms | p99 ms | p99.9 ms | max ms | answered | not 200 |"
@@ -141,11 +136,7 @@ fn main() {
     if wants("throughput") {
         let jobs: i64 = if smoke { 100_000 } else { 1_000_000 };
         let specs = jobs::write_specs(jobs, false);
-        let bodies = Arc::new(
-            (0..jobs)
-                .map(|j| jobs::create_body(j, 0))
-                .collect::<Vec<_>>(),
-        );
+        let bodies = jobs::first_attempts(jobs);
         out!("\n### Create throughput at saturation (blob latency 0)\n");
         out!("| server | creates/s | p50 ms | p99 ms | p99.9 ms | max ms | answered | not 200 |");
         out!("|---|---:|---:|---:|---:|---:|---:|---:|");
