@@ -4,7 +4,7 @@
 //! live ─┬─ pending ─┬─ accepted
 //!       │           └─ loading_spec
 //!       └─ running ─┬─ waiting_for_resources
-//!                   ├─ initializing        (input files)
+//!                   ├─ initializing        (image pull, input files)
 //!                   ├─ starting
 //!                   ├─ executing {pid}
 //!                   ├─ uploading_outputs   (output files, after exit 0)
@@ -47,9 +47,13 @@ pub(crate) enum Disposition {
 }
 
 /// The statig machine. Its shared storage is what `spec_loaded` said about
-/// files, which decides two later transitions; all else is state-local.
+/// the image and files, which decides later transitions; all else is
+/// state-local.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct JobChart {
+    /// The spec names an image the worker must still pull before the
+    /// spawn (cleared once it is pulled).
+    pull_image: bool,
     /// The spec has `input_files`: stage them before the spawn.
     stage_inputs: bool,
     /// The spec has `output_files`: upload them after an exit 0.
@@ -83,8 +87,10 @@ impl JobChart {
                 unsupported,
                 input_files,
                 output_files,
+                image,
                 ..
             } if unsupported.is_empty() => {
+                self.pull_image = image.is_some();
                 self.stage_inputs = *input_files > 0;
                 self.upload_outputs = *output_files > 0;
                 context.effects.push(Effect::RequestResources);
@@ -97,7 +103,7 @@ impl JobChart {
                 ErrorKind::Unsupported,
                 format!(
                     "process.type {name:?} is not supported: this worker runs \
-                     process.type \"docker\" commands as host processes only"
+                     process.type \"docker\" jobs only"
                 ),
             ),
             Event::SpecLoaded { unsupported, .. } if !unsupported.is_empty() => errored(
@@ -132,6 +138,10 @@ impl JobChart {
     #[state(superstate = "running")]
     fn waiting_for_resources(&self, context: &mut Decision, event: &Event) -> Outcome<State> {
         match event {
+            Event::ResourcesGranted if self.pull_image => {
+                context.effects.push(Effect::PullImage);
+                Transition(State::initializing())
+            }
             Event::ResourcesGranted if self.stage_inputs => {
                 context.effects.push(Effect::StageInputs);
                 Transition(State::initializing())
@@ -151,16 +161,33 @@ impl JobChart {
         }
     }
 
-    /// Resources held, input files downloading. No process exists yet, so
-    /// a cancel only stops the downloads.
+    /// Resources held; the image is being pulled, then the input files
+    /// downloaded. No process exists yet, so a cancel only stops the pull
+    /// or the downloads.
     #[state(superstate = "running")]
-    fn initializing(context: &mut Decision, event: &Event) -> Outcome<State> {
+    fn initializing(&mut self, context: &mut Decision, event: &Event) -> Outcome<State> {
         match event {
-            Event::InputsStaged { .. } => {
+            Event::ImagePulled { .. } if self.pull_image => {
+                self.pull_image = false;
+                if self.stage_inputs {
+                    context.effects.push(Effect::StageInputs);
+                    Handled
+                } else {
+                    context.effects.push(Effect::SpawnProcess);
+                    Transition(State::starting())
+                }
+            }
+            Event::ImagePullFailed { image, message } if self.pull_image => errored(
+                ErrorKind::ImagePullFailed,
+                format!("cannot pull image {image:?}: {message}"),
+            ),
+            Event::InputsStaged { .. } if !self.pull_image => {
                 context.effects.push(Effect::SpawnProcess);
                 Transition(State::starting())
             }
-            Event::InputsFailed { message } => errored(ErrorKind::InputFailed, message.clone()),
+            Event::InputsFailed { message } if !self.pull_image => {
+                errored(ErrorKind::InputFailed, message.clone())
+            }
             Event::CancelRequested => {
                 context.effects.push(Effect::AbortTransfers);
                 Transition(State::done(JobOutcome::Cancelled))

@@ -20,13 +20,18 @@ pub enum Effect {
     RequestResources,
     /// Leave the resource queue (the attempt was cancelled while waiting).
     CancelResourceRequest,
+    /// Pull the job's container image (`spec_loaded`'s `image`) into the
+    /// image cache, or find it there, then record `ImagePulled` or
+    /// `ImagePullFailed`. Cancelled by `AbortTransfers`.
+    PullImage,
     /// Download the spec's `input_files` into the attempt's working
     /// directory, then record `InputsStaged` or `InputsFailed`.
     StageInputs,
     /// Upload the spec's `output_files`, then record `OutputsUploaded` or
     /// `OutputsFailed`.
     UploadOutputs,
-    /// Abort a download or upload in flight (the attempt was cancelled).
+    /// Abort an image pull, download or upload in flight (the attempt was
+    /// cancelled).
     AbortTransfers,
     /// Spawn the job's process from the loaded spec, holding the granted
     /// resources until it ends.

@@ -78,6 +78,12 @@ pub enum Event {
         /// exits 0).
         #[serde(default, skip_serializing_if = "is_zero")]
         output_files: u32,
+        /// The container image to pull before the process starts (the
+        /// spec's `process.image`, e.g. `docker.io/library/ubuntu:24.04`).
+        /// Recorded only by a worker that runs containers (`--executor
+        /// runc`); absent for host processes, which ignore the image.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
     },
     /// The worker reserved the job's cores and memory; the process may start.
     ResourcesGranted,
@@ -105,6 +111,27 @@ pub enum Event {
     /// An input file could not be downloaded (after retries).
     InputsFailed {
         /// Which URL, and why.
+        message: String,
+    },
+    /// The job's image is in the worker's image cache, unpacked: pulled
+    /// from its registry now (`pulled`), or found there from an earlier job.
+    ImagePulled {
+        /// The image reference as the spec gives it.
+        image: String,
+        /// The manifest digest the reference resolved to
+        /// (`sha256:<64 hex>`): the cache entry the container runs on.
+        digest: String,
+        /// Whether this job downloaded it (false: it was in the cache, or
+        /// another job pulled it meanwhile).
+        pulled: bool,
+    },
+    /// The job's image could not be pulled: it does not exist, access was
+    /// refused, or the registry kept failing through the retries; or a layer
+    /// was damaged (digest mismatch) or could not be unpacked.
+    ImagePullFailed {
+        /// The image reference as the spec gives it.
+        image: String,
+        /// What went wrong, for a person.
         message: String,
     },
     /// The job's process was spawned.
@@ -172,6 +199,8 @@ impl Event {
             Event::ResourcesRefused { .. } => "resources_refused",
             Event::InputsStaged { .. } => "inputs_staged",
             Event::InputsFailed { .. } => "inputs_failed",
+            Event::ImagePulled { .. } => "image_pulled",
+            Event::ImagePullFailed { .. } => "image_pull_failed",
             Event::ProcessStarted { .. } => "process_started",
             Event::LaunchFailed { .. } => "launch_failed",
             Event::ProcessExited { .. } => "process_exited",
@@ -241,6 +270,17 @@ pub enum ExitStatus {
         /// The spec's timeout, in ms.
         timeout_ms: u64,
     },
+    /// The kernel's out-of-memory killer ended a process of the job's
+    /// container: it used more than its memory limit. (Host processes have
+    /// no limit and never end this way.)
+    OutOfMemory {
+        /// The exit code the container's process ended with (usually 137,
+        /// 128 + SIGKILL).
+        code: i32,
+        /// The container's memory limit, in bytes (the spec's
+        /// `resources.memory_bytes`).
+        memory_limit_bytes: u64,
+    },
 }
 
 impl ExitStatus {
@@ -251,6 +291,7 @@ impl ExitStatus {
             ExitStatus::Code { code } => Some(code),
             ExitStatus::Signal { signal } => Some(128 + signal),
             ExitStatus::TimedOut { .. } => None,
+            ExitStatus::OutOfMemory { code, .. } => Some(code),
         }
     }
 

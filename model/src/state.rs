@@ -103,7 +103,8 @@ pub enum RunPhase {
     /// The spec is loaded; the job waits in the worker's queue until its
     /// cores and memory are free.
     WaitingForResources,
-    /// Input files are being downloaded (resources are held).
+    /// The job's container image is being pulled, then its input files
+    /// downloaded (resources are held).
     Initializing,
     /// The process is being spawned.
     Starting,
@@ -125,7 +126,8 @@ pub enum RunPhase {
 pub enum Outcome {
     /// The process exited with code 0.
     Succeeded,
-    /// The process exited non-zero, was killed by a signal, or timed out.
+    /// The process exited non-zero, was killed by a signal, timed out, or
+    /// ran out of memory.
     Failed {
         /// How the process ended.
         exit: ExitStatus,
@@ -161,11 +163,14 @@ pub enum ErrorKind {
     InputFailed,
     /// An output file could not be uploaded.
     OutputFailed,
+    /// The job's container image could not be pulled (missing, refused,
+    /// registry down through the retries, damaged or unusable layers).
+    ImagePullFailed,
 }
 
 impl ErrorKind {
     /// All kinds, in declaration order.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::SpecMissing,
         ErrorKind::SpecCorrupt,
         ErrorKind::SpecTimeout,
@@ -176,6 +181,7 @@ impl ErrorKind {
         ErrorKind::InsufficientResources,
         ErrorKind::InputFailed,
         ErrorKind::OutputFailed,
+        ErrorKind::ImagePullFailed,
     ];
 
     /// The snake_case name, as serialised.
@@ -191,6 +197,7 @@ impl ErrorKind {
             ErrorKind::InsufficientResources => "insufficient_resources",
             ErrorKind::InputFailed => "input_failed",
             ErrorKind::OutputFailed => "output_failed",
+            ErrorKind::ImagePullFailed => "image_pull_failed",
         }
     }
 

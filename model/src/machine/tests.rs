@@ -24,6 +24,49 @@ fn docker_loaded() -> Event {
         memory_bytes: 1 << 30,
         input_files: 0,
         output_files: 0,
+        image: None,
+    }
+}
+
+/// A loaded spec whose image the worker must pull, with `inputs` input
+/// files.
+fn loaded_with_image(inputs: u32) -> Event {
+    match loaded_with_files(inputs, 0) {
+        Event::SpecLoaded {
+            process,
+            size_bytes,
+            unsupported,
+            cores_mcpu,
+            memory_bytes,
+            input_files,
+            output_files,
+            ..
+        } => Event::SpecLoaded {
+            process,
+            size_bytes,
+            unsupported,
+            cores_mcpu,
+            memory_bytes,
+            input_files,
+            output_files,
+            image: Some("registry.example/busybox:1".into()),
+        },
+        _ => unreachable!(),
+    }
+}
+
+fn image_pulled() -> Event {
+    Event::ImagePulled {
+        image: "registry.example/busybox:1".into(),
+        digest: format!("sha256:{}", "ab".repeat(32)),
+        pulled: true,
+    }
+}
+
+fn image_pull_failed() -> Event {
+    Event::ImagePullFailed {
+        image: "registry.example/busybox:1".into(),
+        message: "manifest unknown".into(),
     }
 }
 
@@ -45,6 +88,7 @@ fn loaded_with_files(inputs: u32, outputs: u32) -> Event {
             memory_bytes,
             input_files: inputs,
             output_files: outputs,
+            image: None,
         },
         _ => unreachable!(),
     }
@@ -129,6 +173,7 @@ fn all_events() -> Vec<Event> {
             memory_bytes: 0,
             input_files: 0,
             output_files: 0,
+            image: None,
         },
         Event::SpecLoaded {
             process: ProcessKind::Docker,
@@ -138,6 +183,7 @@ fn all_events() -> Vec<Event> {
             memory_bytes: 0,
             input_files: 0,
             output_files: 0,
+            image: None,
         },
         Event::SpecLoadFailed {
             kind: ErrorKind::SpecCorrupt,
@@ -158,6 +204,9 @@ fn all_events() -> Vec<Event> {
         Event::InputsFailed {
             message: "gs://b/in does not exist".into(),
         },
+        loaded_with_image(0),
+        image_pulled(),
+        image_pull_failed(),
         Event::ProcessStarted { pid: 7 },
         Event::OutputsUploaded {
             files: 1,
@@ -178,6 +227,13 @@ fn all_events() -> Vec<Event> {
         Event::ProcessExited {
             exit: ExitStatus::TimedOut { timeout_ms: 1000 },
             duration_ms: 1000,
+        },
+        Event::ProcessExited {
+            exit: ExitStatus::OutOfMemory {
+                code: 137,
+                memory_limit_bytes: 1 << 20,
+            },
+            duration_ms: 30,
         },
         Event::CancelRequested,
         Event::WorkerRestarted,
@@ -466,6 +522,7 @@ fn spec_loaded_records_from_before_admission_still_parse() {
             memory_bytes: 0,
             input_files: 0,
             output_files: 0,
+            image: None,
         }
     );
 }
@@ -500,6 +557,7 @@ fn unsupported_process_type_names_the_type() {
             memory_bytes: 0,
             input_files: 0,
             output_files: 0,
+            image: None,
         })
         .unwrap();
     match attempt.state() {
@@ -593,4 +651,134 @@ fn version_1_histories_replay_through_upcast() {
         }
     );
     assert_eq!(crate::upcast(2, docker_loaded()), vec![docker_loaded()]);
+}
+
+/// The legal transitions of `running.initializing` while the image is still
+/// to be pulled (`inputs` input files after it).
+fn legal_while_pulling(inputs: u32, event: &Event) -> Option<(JobState, Vec<Effect>)> {
+    use Effect::*;
+    let errored = |kind| {
+        Some((
+            JobState::Errored {
+                kind,
+                message: String::new(),
+            },
+            vec![UploadLogs],
+        ))
+    };
+    let running = |phase| JobState::Running { phase };
+    match event {
+        Event::ImagePulled { .. } if inputs > 0 => {
+            Some((running(RunPhase::Initializing), vec![StageInputs]))
+        }
+        Event::ImagePulled { .. } => Some((running(RunPhase::Starting), vec![SpawnProcess])),
+        Event::ImagePullFailed { .. } => errored(ErrorKind::ImagePullFailed),
+        Event::WorkerRestarted => errored(ErrorKind::WorkerRestarted),
+        Event::CancelRequested => Some((
+            JobState::Done {
+                outcome: Outcome::Cancelled,
+            },
+            vec![AbortTransfers, UploadLogs],
+        )),
+        _ => None,
+    }
+}
+
+#[test]
+fn while_the_image_is_pulled_only_its_result_a_cancel_or_a_restart_is_legal() {
+    for inputs in [0, 2] {
+        for event in all_events() {
+            // Given a granted job whose image is being pulled
+            let history = [
+                Event::SpecLoadStarted,
+                loaded_with_image(inputs),
+                Event::ResourcesGranted,
+            ];
+            let mut attempt = given(&history);
+            assert_eq!(attempt.state().name(), "running.initializing");
+            assert_eq!(attempt.state().wire_state(), crate::WireState::Initializing);
+            // When
+            let result = attempt.apply(&event);
+            // Then
+            match legal_while_pulling(inputs, &event) {
+                Some((state, effects)) => {
+                    let applied = result.unwrap_or_else(|e| panic!("{event:?}: {e}"));
+                    assert_eq!(applied.effects, effects, "{inputs} inputs + {event:?}");
+                    assert!(same_state(&attempt.state(), &state), "{event:?}");
+                }
+                None => {
+                    assert!(result.is_err(), "{inputs} inputs + {event:?} should be illegal");
+                    assert_eq!(attempt.state().name(), "running.initializing");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_granted_job_with_an_image_pulls_it_then_stages_inputs_then_spawns() {
+    // Given a loaded spec with an image and two input files
+    let mut attempt = given(&[Event::SpecLoadStarted, loaded_with_image(2)]);
+    // When resources come, the pull is asked for first
+    let granted = attempt.apply(&Event::ResourcesGranted).unwrap();
+    assert_eq!(granted.effects, vec![Effect::PullImage]);
+    // Then the inputs, then the spawn; a second pull result is illegal
+    let pulled = attempt.apply(&image_pulled()).unwrap();
+    assert_eq!(pulled.effects, vec![Effect::StageInputs]);
+    assert!(attempt.apply(&image_pulled()).is_err());
+    let staged = attempt
+        .apply(&Event::InputsStaged {
+            files: 2,
+            size_bytes: 3,
+        })
+        .unwrap();
+    assert_eq!(staged.effects, vec![Effect::SpawnProcess]);
+    assert_eq!(attempt.state().name(), "running.starting");
+}
+
+#[test]
+fn a_failed_pull_errors_the_job_naming_the_image() {
+    let mut attempt = given(&[
+        Event::SpecLoadStarted,
+        loaded_with_image(0),
+        Event::ResourcesGranted,
+    ]);
+    let failed = attempt.apply(&image_pull_failed()).unwrap();
+    assert_eq!(failed.effects, vec![Effect::UploadLogs]);
+    match attempt.state() {
+        JobState::Errored { kind, message } => {
+            assert_eq!(kind, ErrorKind::ImagePullFailed);
+            assert!(message.contains("registry.example/busybox:1"), "{message}");
+            assert!(message.contains("manifest unknown"), "{message}");
+        }
+        other => panic!("expected errored, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_out_of_memory_exit_is_a_failure_with_exit_code_137() {
+    let exit = ExitStatus::OutOfMemory {
+        code: 137,
+        memory_limit_bytes: 1 << 20,
+    };
+    let mut attempt = given(&[
+        Event::SpecLoadStarted,
+        docker_loaded(),
+        Event::ResourcesGranted,
+        Event::ProcessStarted { pid: 3 },
+    ]);
+    attempt
+        .apply(&Event::ProcessExited {
+            exit,
+            duration_ms: 9,
+        })
+        .unwrap();
+    assert_eq!(
+        attempt.state(),
+        JobState::Done {
+            outcome: Outcome::Failed { exit }
+        }
+    );
+    assert_eq!(exit.exit_code(), Some(137));
+    assert!(!exit.is_success());
 }
