@@ -47,6 +47,7 @@ fn lifecycle(job: i64) -> Vec<Event> {
                 memory_bytes: 3_750_000_000,
                 input_files: 0,
                 output_files: 0,
+                image: None,
             },
             Event::ResourcesGranted,
             Event::ProcessStarted { pid: 4242 },
@@ -79,6 +80,7 @@ fn worker(data_dir: &std::path::Path) -> Worker {
         logs: LogsStore::new(Arc::new(InMemory::new()), Path::default()),
         report_drain: Duration::from_secs(1),
         store_options: StoreOptions::default(),
+        images: None,
     };
     Worker::new(config, specs, None, None)
 }

@@ -61,6 +61,7 @@ fn main() {
             logs: LogsStore::new(Arc::new(InMemory::new()), Path::default()),
             report_drain: Duration::from_secs(1),
             store_options: StoreOptions::default(),
+            images: None,
         };
         let worker = Worker::new(config, specs, None, None);
         let bodies: Vec<Vec<u8>> = (0..jobs)

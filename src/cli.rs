@@ -12,10 +12,12 @@ use object_store::ObjectStore;
 use url::Url;
 
 use crate::admission::Capacity;
+use crate::container::{ContainerNetwork, RuncConfig, RuncRunner};
 use crate::driver_client::{DriverClient, ReportRetry};
+use crate::image::{ImageConfig, ImageStore};
 use crate::journal::{open_journal, Durability, RecoveryError};
 use crate::logs_store::LogsStore;
-use crate::runner::HostRunner;
+use crate::runner::{HostRunner, Runner};
 use crate::spec_diag::{diagnose, Diagnosis, SpecQuery};
 use crate::spec_store::{SpecLoadConfig, SpecStore};
 use crate::store::{
@@ -274,6 +276,91 @@ pub struct ServeArgs {
     /// Spec loading limits.
     #[command(flatten)]
     pub spec: SpecArgs,
+    /// How jobs run: host processes or containers.
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+}
+
+/// How `serve` runs jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    /// A host process per job (its command; `process.image` ignored): for
+    /// development and the demo, runs anywhere.
+    Host,
+    /// An OCI container per job, made with the `runc` CLI from the job's
+    /// image (pulled into the image cache), with its CPU and memory limits,
+    /// secrets mounted and no network. Needs root and runc.
+    Runc,
+}
+
+/// What runs jobs: the runner, and the image cache when jobs run in
+/// containers.
+pub type Executors = (Arc<dyn Runner>, Option<Arc<ImageStore>>);
+
+/// Flags of the executor (`serve`).
+#[derive(Debug, Clone, Args)]
+pub struct ExecutorArgs {
+    /// How jobs run: `host` (host processes) or `runc` (OCI containers).
+    #[arg(long, value_enum, default_value = "host")]
+    pub executor: Executor,
+    /// The runc binary (`--executor runc`).
+    #[arg(long, default_value = "runc")]
+    pub runc: PathBuf,
+    /// runc's state directory (`runc --root`). Default: {data-dir}/runc.
+    #[arg(long)]
+    pub runc_root: Option<PathBuf>,
+    /// Where pulled images are unpacked, one directory per manifest
+    /// digest. Default: {data-dir}/images.
+    #[arg(long)]
+    pub image_cache_dir: Option<PathBuf>,
+    /// A docker-style config.json with registry credentials
+    /// (`{"auths": {"host": {"auth": base64("user:password")}}}`).
+    /// Without it images are pulled anonymously.
+    #[arg(long)]
+    pub registry_auth_file: Option<PathBuf>,
+    /// Registries (host:port, comma-separated) pulled from over plain HTTP
+    /// rather than HTTPS, like Docker's insecure-registries.
+    #[arg(long, value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+    /// Network of job containers: `none` (only loopback) or `host`.
+    #[arg(long, value_enum, default_value = "none")]
+    pub container_network: ContainerNetwork,
+}
+
+impl ExecutorArgs {
+    /// The runner and, for containers, the image cache these flags give,
+    /// under `data_dir`.
+    ///
+    /// # Errors
+    /// [`StartError::Invalid`]: runc does not run, or the image cache or
+    /// the credentials file is unusable.
+    pub fn build(&self, data_dir: &Path, kill_grace: Duration) -> Result<Executors, StartError> {
+        match self.executor {
+            Executor::Host => Ok((Arc::new(HostRunner { kill_grace }), None)),
+            Executor::Runc => {
+                let runner = RuncRunner::new(RuncConfig {
+                    runc: self.runc.clone(),
+                    state_dir: self
+                        .runc_root
+                        .clone()
+                        .unwrap_or_else(|| data_dir.join("runc")),
+                    network: self.container_network,
+                    kill_grace,
+                })
+                .map_err(|e| StartError::Invalid(format!("--executor runc: {e}")))?;
+                let mut images = ImageConfig::new(
+                    self.image_cache_dir
+                        .clone()
+                        .unwrap_or_else(|| data_dir.join("images")),
+                );
+                images.auth_file = self.registry_auth_file.clone();
+                images.insecure_registries = self.insecure_registry.clone();
+                let images = ImageStore::new(images)
+                    .map_err(|e| StartError::Invalid(format!("--executor runc: {e}")))?;
+                Ok((Arc::new(runner), Some(Arc::new(images))))
+            }
+        }
+    }
 }
 
 /// Spec-loading and process flags, shared by `serve` and `demo`.
@@ -460,18 +547,20 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, StartError> {
             )
         })
         .transpose()?;
+    let (runner, images) = args
+        .executor
+        .build(&data_dir, Duration::from_millis(args.spec.kill_grace_ms))?;
     let config = WorkerConfig {
         name,
         data_dir,
-        runner: Arc::new(HostRunner {
-            kill_grace: Duration::from_millis(args.spec.kill_grace_ms),
-        }),
+        runner,
         journal_segment_bytes: args.journal_segment_bytes,
         retention: Duration::from_secs(args.retention_hours * 3600),
         capacity: args.capacity()?,
         logs: LogsStore::new(logs, logs_root),
         report_drain: Duration::from_millis(args.report_drain_ms),
         store_options: options,
+        images,
     };
     let recovered = open_journal(
         &config.data_dir,

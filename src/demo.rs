@@ -264,6 +264,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         ),
         report_drain: Duration::from_millis(crate::supervisor::DEFAULT_REPORT_DRAIN_MS),
         store_options: crate::store::StoreOptions::from_env(),
+        images: None,
     };
     let reads = throttled(
         with_control_plane(store, args.token_latency_ms, 1),

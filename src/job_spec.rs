@@ -134,6 +134,9 @@ pub struct JobSpec {
     pub unsupported: Vec<String>,
     /// Size of the spec's JSON text, in bytes.
     pub size_bytes: u64,
+    /// The create request's `secrets` (never the spec's), with their data:
+    /// mounted into the job's container.
+    pub secrets: Vec<crate::wire::SecretMount>,
 }
 
 impl JobSpec {
@@ -262,6 +265,7 @@ impl JobSpec {
             output_files,
             unsupported,
             size_bytes,
+            secrets: Vec::new(),
         })
     }
 
@@ -271,6 +275,7 @@ impl JobSpec {
     /// request wherever the worker uses them; the spec's are never read.
     pub fn with_attempt(mut self, attempt: &AttemptFields) -> JobSpec {
         self.env.extend(attempt.env.iter().cloned());
+        self.secrets = attempt.secrets.clone();
         self
     }
 }

@@ -30,6 +30,9 @@
 //!   fault-injecting [`store::FaultStore`].
 //! - [`admission`]: the first-come-first-served queue for cores and memory.
 //! - [`runner`]: the [`runner::Runner`] trait and the host-process runner.
+//! - [`container`]: the runc executor: a bundle and an OCI container per job.
+//! - [`image`]: pulling images from OCI registries into the image cache;
+//!   [`image::layer`] applies layers (digests, whiteouts).
 //! - [`logs_store`]: finished attempts' `status.json` and main log in a store.
 //! - [`transfer`]: a job's `input_files` and `output_files`, streamed.
 //! - [`driver_client`]: activation, `job_started` / `job_complete`, retried
@@ -47,9 +50,11 @@ pub mod api;
 pub mod bunch;
 pub mod cli;
 pub mod config;
+pub mod container;
 pub mod demo;
 pub mod driver_client;
 pub mod fuzzing;
+pub mod image;
 pub mod job_spec;
 pub mod journal;
 pub mod logs_store;

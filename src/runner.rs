@@ -91,6 +91,16 @@ pub struct ProcessRequest {
     pub env: Vec<EnvVar>,
     /// The attempt's directory.
     pub dir: AttemptDir,
+    /// The pulled image to run in (runc executor); host processes ignore it.
+    pub image: Option<std::sync::Arc<crate::image::PulledImage>>,
+    /// CPU limit, in mcpu (`resources.cores_mcpu`; containers only).
+    pub cores_mcpu: u64,
+    /// Memory limit, in bytes (`resources.memory_bytes`, 0: none;
+    /// containers only).
+    pub memory_bytes: u64,
+    /// The request's `secrets`, mounted read-only in a container for the
+    /// job's life; host processes get none.
+    pub secrets: Vec<crate::wire::SecretMount>,
 }
 
 /// A process could not be started.
@@ -116,6 +126,16 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
     /// Time between asking a process to end and killing it; shutdown
     /// waits this long (plus a margin) for processes to end.
     fn kill_grace(&self) -> Duration;
+
+    /// Removes what a process of attempt `key` may have left when the
+    /// worker stopped without ending it (a crash): for containers, the
+    /// container, its mounts, bundle and secret files. Called at start for
+    /// every attempt the journal shows live. Blocking; idempotent. Host
+    /// processes leave nothing to remove (their group died with the worker
+    /// or was ended at shutdown).
+    fn clean_up(&self, key: &JobKey, dir: &AttemptDir) {
+        let _ = (key, dir);
+    }
 }
 
 /// A started process.

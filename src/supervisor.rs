@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::admission::{Admission, Capacity, Grant, Request};
 use crate::driver_client::{DriverClient, ReportError};
+use crate::image::{ImageStore, PulledImage};
 use crate::job_spec::JobSpec;
 use crate::journal::{encode_record, AttemptInfo, JournalRecord, JournalWriter};
 use crate::logs_store::LogsStore;
@@ -66,6 +67,10 @@ pub struct WorkerConfig {
     pub report_drain: std::time::Duration,
     /// Options for the stores of jobs' input and output files.
     pub store_options: StoreOptions,
+    /// The image cache, when jobs run in containers (`--executor runc`):
+    /// then a spec's `process.image` is pulled (the `initializing` phase)
+    /// before the spawn. `None`: host processes, images ignored.
+    pub images: Option<Arc<ImageStore>>,
 }
 
 /// Default of [`WorkerConfig::report_drain`], in ms.
@@ -195,6 +200,8 @@ struct JobEntry {
     /// The reserved cores and memory, from `ResourcesGranted` until the
     /// process task takes them (and frees them when it ends).
     grant: Option<Grant>,
+    /// The pulled image, from `ImagePulled` until the process task takes it.
+    image: Option<Arc<PulledImage>>,
 }
 
 impl JobEntry {
@@ -230,6 +237,7 @@ impl JobEntry {
             kill: CancellationToken::new(),
             started_report: None,
             grant: None,
+            image: None,
         }
     }
 
@@ -262,7 +270,14 @@ enum Work {
     LoadSpec(JobKey, Arc<CreateJob>, CancellationToken),
     Admit(JobKey, Request, CancellationToken),
     Transfer(JobKey, Direction, Arc<JobSpec>, PathBuf, CancellationToken),
-    Spawn(JobKey, Arc<JobSpec>, CancellationToken, Option<Grant>),
+    PullImage(JobKey, String, CancellationToken),
+    Spawn(
+        JobKey,
+        Arc<JobSpec>,
+        CancellationToken,
+        Option<Grant>,
+        Option<Arc<PulledImage>>,
+    ),
     UploadLogs(JobKey, Vec<u8>, PathBuf),
     ReportStarted(JobKey, JobStartedBody),
     ReportComplete(JobKey, JobCompleteStatus, Option<JoinHandle<()>>),
@@ -275,6 +290,7 @@ impl Work {
             Work::LoadSpec(key, ..)
             | Work::Admit(key, ..)
             | Work::Transfer(key, ..)
+            | Work::PullImage(key, ..)
             | Work::Spawn(key, ..)
             | Work::UploadLogs(key, ..)
             | Work::ReportStarted(key, ..)
@@ -791,6 +807,10 @@ impl Worker {
             for entry in entries {
                 let state = entry.attempt.state();
                 if !state.is_terminal() {
+                    // A container (mounts, bundle, secret files) the crash
+                    // left behind goes before anything else runs.
+                    let dir = AttemptDir::new(&self.inner.config.data_dir, &entry.key);
+                    self.inner.config.runner.clean_up(&entry.key, &dir);
                     if let JobState::Running {
                         phase: RunPhase::Executing { pid },
                     } = state
@@ -955,12 +975,23 @@ impl Worker {
                         tracing::error!(key = %entry.key, "file transfer asked for without a spec")
                     }
                 },
+                Effect::PullImage => match entry.spec.as_ref().and_then(|s| s.image.clone()) {
+                    Some(image) => work.push(Work::PullImage(
+                        entry.key.clone(),
+                        image,
+                        entry.kill.clone(),
+                    )),
+                    None => {
+                        tracing::error!(key = %entry.key, "image pull asked for without an image")
+                    }
+                },
                 Effect::SpawnProcess => match &entry.spec {
                     Some(spec) => work.push(Work::Spawn(
                         entry.key.clone(),
                         spec.clone(),
                         entry.kill.clone(),
                         entry.grant.take(),
+                        entry.image.take(),
                     )),
                     None => tracing::error!(key = %entry.key, "spawn asked for without a spec"),
                 },
@@ -1019,10 +1050,13 @@ impl Worker {
                             .instrument(span),
                     );
                 }
-                Work::Spawn(key, spec, kill, grant) => {
+                Work::PullImage(key, image, cancel) => {
+                    tokio::spawn(self.clone().pull_image(key, image, cancel).instrument(span));
+                }
+                Work::Spawn(key, spec, kill, grant, image) => {
                     tokio::spawn(
                         self.clone()
-                            .run_process(key, spec, kill, grant)
+                            .run_process(key, spec, kill, grant, image)
                             .instrument(span),
                     );
                 }
@@ -1182,6 +1216,45 @@ impl Worker {
         self.record(&key, event);
     }
 
+    /// The image task: the job's image from the cache, or pulled now
+    /// (another job's pull of the same image is waited for, not repeated);
+    /// then `ImagePulled` (the image moves into the entry for the spawn)
+    /// or `ImagePullFailed`. A cancel abandons the pull.
+    async fn pull_image(self, key: JobKey, image: String, cancel: CancellationToken) {
+        let Some(images) = self.inner.config.images.clone() else {
+            let message = "this worker runs no containers (--executor host)".to_owned();
+            self.record(&key, Event::ImagePullFailed { image, message });
+            return;
+        };
+        let started = std::time::Instant::now();
+        let pulled = AssertUnwindSafe(images.pull(&image)).catch_unwind();
+        let pulled = tokio::select! {
+            pulled = pulled => pulled,
+            () = cancel.cancelled() => return,
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        match pulled {
+            Ok(Ok((pulled_image, pulled))) => {
+                tracing::info!(%key, image = %image, digest = %pulled_image.digest, pulled, duration_ms, "image ready");
+                let event = Event::ImagePulled {
+                    image,
+                    digest: pulled_image.digest.clone(),
+                    pulled,
+                };
+                self.record_with(&key, event, move |entry| entry.image = Some(pulled_image));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%key, image = %image, duration_ms, error = %e, "image pull failed");
+                let message = e.to_string();
+                self.record(&key, Event::ImagePullFailed { image, message });
+            }
+            Err(panic) => {
+                let message = format!("the image pull failed unexpectedly: {}", panic_text(&panic));
+                self.record(&key, Event::ImagePullFailed { image, message });
+            }
+        }
+    }
+
     /// The admission task: waits for the job's cores and memory, then
     /// `ResourcesGranted` (holding them) or `ResourcesRefused`. A cancel
     /// leaves the queue.
@@ -1232,6 +1305,11 @@ impl Worker {
                     memory_bytes: spec.memory_bytes,
                     input_files: spec.input_files.len() as u32,
                     output_files: spec.output_files.len() as u32,
+                    // Only a container host pulls images.
+                    image: spec
+                        .image
+                        .clone()
+                        .filter(|_| self.inner.config.images.is_some()),
                 };
                 let spec = Arc::new(spec);
                 self.record_with(&key, event, move |entry| {
@@ -1260,22 +1338,33 @@ impl Worker {
         spec: Arc<JobSpec>,
         kill: CancellationToken,
         grant: Option<Grant>,
+        image: Option<Arc<PulledImage>>,
     ) {
         // Counted from before the spawn, so that shutdown also waits for a
         // process whose spawn is in flight.
         self.inner.live_processes.send_modify(|n| *n += 1);
-        self.spawn_and_wait(&key, &spec, kill).await;
+        self.spawn_and_wait(&key, &spec, kill, image).await;
         drop(grant);
         self.inner.live_processes.send_modify(|n| *n -= 1);
     }
 
-    async fn spawn_and_wait(&self, key: &JobKey, spec: &JobSpec, kill: CancellationToken) {
+    async fn spawn_and_wait(
+        &self,
+        key: &JobKey,
+        spec: &JobSpec,
+        kill: CancellationToken,
+        image: Option<Arc<PulledImage>>,
+    ) {
         let key = key.clone();
         let request = ProcessRequest {
             key: key.clone(),
             argv: spec.command.clone(),
             env: spec.env.clone(),
             dir: AttemptDir::new(&self.inner.config.data_dir, &key),
+            image,
+            cores_mcpu: spec.cores_mcpu,
+            memory_bytes: spec.memory_bytes,
+            secrets: spec.secrets.clone(),
         };
         if kill.is_cancelled() {
             // Cancelled while the spec was being turned into a process.
@@ -1366,6 +1455,21 @@ impl Worker {
                 )),
                 None,
             ),
+            JobState::Done {
+                outcome:
+                    Outcome::Failed {
+                        exit:
+                            ExitStatus::OutOfMemory {
+                                code,
+                                memory_limit_bytes,
+                            },
+                    },
+            } => (
+                Some(format!(
+                    "out of memory: the container used more than its memory limit of {memory_limit_bytes} bytes (resources.memory_bytes) and the kernel's OOM killer ended it (exit code {code})"
+                )),
+                None,
+            ),
             _ => (None, None),
         };
         let container_statuses = match entry.started_at_ms {
@@ -1384,6 +1488,7 @@ impl Worker {
                     "start_time": started,
                     "end_time": entry.ended_at_ms,
                     "exit_code": exit,
+                    "out_of_memory": matches!(entry.exit, Some(ExitStatus::OutOfMemory { .. })),
                     "duration_ms": entry.exit_duration_ms,
                 }})
             }

@@ -38,6 +38,13 @@ impl<T> Secret<T> {
     }
 }
 
+/// Compares the values (tests compare specs); reveals nothing by itself.
+impl<T: PartialEq> PartialEq for Secret<T> {
+    fn eq(&self, other: &Secret<T>) -> bool {
+        self.0 == other.0
+    }
+}
+
 impl<T> std::fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
@@ -89,7 +96,7 @@ pub struct AttemptFields {
 }
 
 /// One `job_spec.secrets[]` entry.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct SecretMount {
     /// The secret's name.
     pub name: String,
@@ -100,6 +107,97 @@ pub struct SecretMount {
     /// `{file name: base64 content}`. Secret: never serialised.
     #[serde(default, skip_serializing)]
     pub data: Option<Secret<BTreeMap<String, String>>>,
+}
+
+impl SecretMount {
+    /// The secret's files, decoded: `(file name, bytes)`, in name order.
+    /// The bytes are secret: write them only into the job's secret mount.
+    /// Validated at create, so decoding cannot fail here; a file that
+    /// would is skipped.
+    pub fn files(&self) -> Vec<(String, Secret<Vec<u8>>)> {
+        use base64::Engine;
+        let Some(data) = &self.data else {
+            return Vec::new();
+        };
+        data.expose()
+            .iter()
+            .filter_map(|(name, content)| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(content)
+                    .ok()?;
+                Some((name.clone(), Secret::new(bytes)))
+            })
+            .collect()
+    }
+}
+
+/// Checks `job_spec.secrets`: each `mount_path` absolute, without `.` or
+/// `..` components, not `/`, and not mounted twice; each file name a
+/// single path component; each file's content base64. The messages never
+/// show a secret's content.
+fn validate_secrets(secrets: &[SecretMount]) -> Result<(), FieldError> {
+    use base64::Engine;
+    use std::path::{Component, Path};
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, secret) in secrets.iter().enumerate() {
+        let field = format!("job_spec.secrets[{i}].mount_path");
+        let path = Path::new(&secret.mount_path);
+        let plain = path
+            .components()
+            .skip(1)
+            .all(|c| matches!(c, Component::Normal(_)));
+        if !path.is_absolute()
+            || !plain
+            || path.parent().is_none()
+            || secret.mount_path.contains('\0')
+        {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "expected an absolute path below / without . or .. (e.g. /gsa-key), got {:?}",
+                    truncate(&secret.mount_path, 200)
+                ),
+            ));
+        }
+        if !seen.insert(path.components().collect::<std::path::PathBuf>()) {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "{:?} is the mount path of an earlier secret",
+                    secret.mount_path
+                ),
+            ));
+        }
+        for (name, content) in secret.data.iter().flat_map(|d| d.expose()) {
+            let field = format!("job_spec.secrets[{i}].data");
+            let one_component = !name.is_empty()
+                && name != "."
+                && name != ".."
+                && !name.contains('/')
+                && !name.contains('\0');
+            if !one_component {
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "file name {:?}: expected a name without / (not . or ..)",
+                        truncate(name, 200)
+                    ),
+                ));
+            }
+            if base64::engine::general_purpose::STANDARD
+                .decode(content)
+                .is_err()
+            {
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "file {name:?}: expected base64 content (not shown: the field is secret)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One environment variable, `{name, value}`.
@@ -207,6 +305,7 @@ impl CreateJob {
         safe_id("job_spec.attempt_id", &attempt.attempt_id)?;
         non_negative("job_spec.job_group_id", attempt.job_group_id)?;
         validate_env("job_spec.env", &attempt.env)?;
+        validate_secrets(&attempt.secrets)?;
         if let Some(token) = &body.token {
             safe_id("token", token)?;
         }

@@ -307,6 +307,7 @@ fn worker(
         logs: LogsStore::new(Arc::new(InMemory::new()), Path::default()),
         report_drain: Duration::from_secs(1),
         store_options: StoreOptions::default(),
+        images: None,
     };
     let recovered = open_journal(
         data_dir,

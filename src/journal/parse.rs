@@ -94,6 +94,7 @@ impl<'de> Visitor<'de> for TagFirstVisitor {
                     memory_bytes,
                     input_files,
                     output_files,
+                    image,
                     ..
                 } = fields_of(fields)?;
                 Event::SpecLoaded {
@@ -104,6 +105,7 @@ impl<'de> Visitor<'de> for TagFirstVisitor {
                     memory_bytes,
                     input_files,
                     output_files,
+                    image,
                 }
             }
             "resources_granted" => unit(fields, Event::ResourcesGranted)?,
@@ -123,6 +125,23 @@ impl<'de> Visitor<'de> for TagFirstVisitor {
             "inputs_failed" => Event::InputsFailed {
                 message: message(fields)?,
             },
+            "image_pulled" => {
+                let ImagePulled {
+                    image,
+                    digest,
+                    pulled,
+                    ..
+                } = fields_of(fields)?;
+                Event::ImagePulled {
+                    image,
+                    digest,
+                    pulled,
+                }
+            }
+            "image_pull_failed" => {
+                let ImagePullFailed { image, message, .. } = fields_of(fields)?;
+                Event::ImagePullFailed { image, message }
+            }
             "process_started" => {
                 let ProcessStarted { pid, .. } = fields_of(fields)?;
                 Event::ProcessStarted { pid }
@@ -226,8 +245,12 @@ variant_fields! {
         input_files: u32,
         #[serde(default)]
         output_files: u32,
+        #[serde(default)]
+        image: Option<String>,
     }
     Message { message: String }
+    ImagePulled { image: String, digest: String, pulled: bool }
+    ImagePullFailed { image: String, message: String }
     SpecLoadFailed { kind: ErrorKind, message: String }
     Files { files: u32, size_bytes: u64 }
     ProcessStarted { pid: u32 }
@@ -253,8 +276,25 @@ mod tests {
                 memory_bytes: 3_750_000_000,
                 input_files: 2,
                 output_files: 3,
+                image: Some("registry.example:5000/team/image:1.2".into()),
             },
             Event::ResourcesGranted,
+            Event::ImagePulled {
+                image: "ubuntu:24.04".into(),
+                digest: format!("sha256:{}", "0f".repeat(32)),
+                pulled: true,
+            },
+            Event::ImagePullFailed {
+                image: "ubuntu:24.04".into(),
+                message: message(),
+            },
+            Event::ProcessExited {
+                exit: ExitStatus::OutOfMemory {
+                    code: 137,
+                    memory_limit_bytes: 1 << 30,
+                },
+                duration_ms: 12,
+            },
             Event::ResourcesRefused { message: message() },
             Event::SpecLoadFailed {
                 kind: ErrorKind::SpecTimeout,

@@ -28,6 +28,7 @@ fn event() -> impl Strategy<Value = Event> {
                     memory_bytes,
                     input_files: 0,
                     output_files: 0,
+                    image: None,
                 }
             }),
         Just(Event::ResourcesGranted),

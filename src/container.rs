@@ -1,0 +1,760 @@
+//! The runc executor (`--executor runc`): each job runs in its own OCI
+//! container, made with the `runc` CLI from a bundle written per job.
+//!
+//! # One job's container
+//!
+//! ```text
+//! {attempt}/work/              the overlay's upper (writable) layer: the job's
+//!                              scratch space on the data disk. Input files are
+//!                              staged here before the start, so `/io/in.txt`
+//!                              in the spec is /io/in.txt in the container;
+//!                              output files are read from here after the exit
+//! {attempt}/bundle/config.json the OCI runtime config (oci-spec)
+//! {attempt}/bundle/rootfs/     overlay mount: the cached image (read-only
+//!                              lower layer, shared by the image's jobs) + work/
+//! {attempt}/bundle/overlay/    the overlay's work directory
+//! {attempt}/bundle/secrets/N/  secret N's files (mode 0400, directory 0500),
+//!                              bind-mounted read-only at its mount_path
+//! {attempt}/main.log           runc's and the container's stdout and stderr
+//! ```
+//!
+//! The container is `bw-{batch_id}-{job_id}-{attempt_id}` under the runc
+//! state directory `--runc-root` (default `{data_dir}/runc`), its cgroup
+//! `/batch-worker/{container}`: memory limited to `resources.memory_bytes`
+//! (swap included), CPU to `resources.cores_mcpu` (a CFS quota), no
+//! network but loopback unless `--container-network host`.
+//!
+//! `runc run --keep` stays in the foreground as the job's process, so its
+//! exit is the container's exit code. Ending a container is `runc kill`
+//! (SIGTERM, SIGKILL after the grace period), then `runc delete`; the
+//! cgroup's out-of-memory count is read before the delete, so an OOM kill
+//! becomes [`ExitStatus::OutOfMemory`]. After every job — and for every
+//! leftover a restart finds ([`Runner::clean_up`]) — the container is
+//! deleted, the overlay unmounted and the bundle (secrets included)
+//! removed.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use batch_worker_model::{ExitStatus, JobKey};
+use oci_spec::runtime::{
+    get_default_mounts, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, Process,
+    RootBuilder, Spec,
+};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::runner::{AttemptDir, LaunchError, Process as JobProcess, ProcessRequest, Runner};
+
+/// `PATH` in a container whose image sets none.
+pub const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The CFS period of job cgroups, in µs; the quota is `cores_mcpu` of it.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// Network of job containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerNetwork {
+    /// A network namespace of its own with only loopback: no network.
+    None,
+    /// The worker's network namespace.
+    Host,
+}
+
+/// Settings of the runc executor.
+#[derive(Debug, Clone)]
+pub struct RuncConfig {
+    /// The runc binary (looked up in `PATH` when it has no `/`).
+    pub runc: PathBuf,
+    /// runc's state directory (`runc --root`): holds only this worker's
+    /// containers.
+    pub state_dir: PathBuf,
+    /// Network of the containers.
+    pub network: ContainerNetwork,
+    /// Time between SIGTERM and SIGKILL when ending a container.
+    pub kill_grace: Duration,
+}
+
+/// Runs jobs in runc containers (see the module docs).
+#[derive(Debug, Clone)]
+pub struct RuncRunner {
+    config: RuncConfig,
+}
+
+impl RuncRunner {
+    /// A runner with `config`; makes the state directory.
+    ///
+    /// # Errors
+    /// The state directory cannot be made, or `runc --version` does not run.
+    pub fn new(mut config: RuncConfig) -> Result<RuncRunner, LaunchError> {
+        // An absolute path: std then spawns with posix_spawn (vfork-like)
+        // rather than fork, which would stall every thread of the worker
+        // on copy-on-write faults at each `runc` call.
+        config.runc = which::which(&config.runc).map_err(|e| {
+            LaunchError(format!(
+                "cannot find {} in PATH: {e}",
+                config.runc.display()
+            ))
+        })?;
+        config.runc = std::path::absolute(&config.runc).unwrap_or(config.runc);
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+            LaunchError(format!("cannot create {}: {e}", config.state_dir.display()))
+        })?;
+        let version = std::process::Command::new(&config.runc)
+            .arg("--version")
+            .output()
+            .map_err(|e| LaunchError(format!("cannot run {}: {e}", config.runc.display())))?;
+        if !version.status.success() {
+            return Err(LaunchError(format!(
+                "{} --version failed: {}",
+                config.runc.display(),
+                String::from_utf8_lossy(&version.stderr).trim()
+            )));
+        }
+        Ok(RuncRunner { config })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RuncConfig {
+        &self.config
+    }
+
+    /// The ids of the containers in the state directory (`runc list -q`).
+    ///
+    /// # Errors
+    /// runc failed; its message.
+    pub fn list(&self) -> Result<Vec<String>, LaunchError> {
+        let out = std::process::Command::new(&self.config.runc)
+            .arg("--root")
+            .arg(&self.config.state_dir)
+            .args(["list", "-q"])
+            .output()
+            .map_err(|e| LaunchError(format!("runc list: {e}")))?;
+        if !out.status.success() {
+            return Err(LaunchError(format!(
+                "runc list: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    fn runc(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(&self.config.runc);
+        command.arg("--root").arg(&self.config.state_dir);
+        command.stdin(Stdio::null()).stdout(Stdio::null());
+        command
+    }
+}
+
+/// The container id of attempt `key`.
+pub fn container_id(key: &JobKey) -> String {
+    format!("bw-{}-{}-{}", key.batch_id, key.job_id, key.attempt_id)
+}
+
+/// The cgroup path (within each hierarchy) of container `id`.
+fn cgroup_path(id: &str) -> String {
+    format!("/batch-worker/{id}")
+}
+
+fn bundle_dir(dir: &AttemptDir) -> PathBuf {
+    dir.root.join("bundle")
+}
+
+/// A container being set up or running; dropping it deletes the
+/// container and its bundle (the spawn was abandoned, or the wait ended).
+#[derive(Debug)]
+struct Cleanup {
+    runner: RuncRunner,
+    id: String,
+    bundle: PathBuf,
+    armed: bool,
+}
+
+impl Cleanup {
+    fn run(&mut self) {
+        if std::mem::take(&mut self.armed) {
+            clean_up_now(&self.runner, &self.id, &self.bundle);
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+/// Deletes container `id` (if it exists), unmounts the bundle's root file
+/// system and removes the bundle. Blocking; idempotent.
+fn clean_up_now(runner: &RuncRunner, id: &str, bundle: &Path) {
+    if runner.config.state_dir.join(id).exists() {
+        match runner
+            .runc()
+            .args(["delete", "--force", id])
+            .stderr(Stdio::piped())
+            .output()
+        {
+            Ok(out) if out.status.success() => tracing::debug!(container = id, "container deleted"),
+            Ok(out) => {
+                tracing::warn!(container = id, error = %String::from_utf8_lossy(&out.stderr).trim(), "runc delete failed")
+            }
+            Err(e) => tracing::warn!(container = id, error = %e, "runc delete failed"),
+        }
+    }
+    let rootfs = bundle.join("rootfs");
+    // Not mounted (EINVAL) or gone (ENOENT) is fine.
+    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+    match std::fs::remove_dir_all(bundle) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(bundle = %bundle.display(), error = %e, "bundle not removed"),
+    }
+}
+
+#[async_trait]
+impl Runner for RuncRunner {
+    /// Writes the bundle (overlay root, secrets, config.json) and starts
+    /// `runc run --keep`; resolves once the container's process runs (its
+    /// pid file is written).
+    ///
+    /// # Errors
+    /// [`LaunchError`]: no image (the spec has no `process.image`), the
+    /// bundle cannot be made, or runc refused (its message, from the log).
+    async fn spawn(&self, request: &ProcessRequest) -> Result<Box<dyn JobProcess>, LaunchError> {
+        let runner = self.clone();
+        let memory_limit_bytes = request.memory_bytes;
+        let request = request.clone();
+        let (child, cleanup) = tokio::task::spawn_blocking(move || runner.start_now(&request))
+            .await
+            .map_err(|e| LaunchError(format!("the spawning thread failed: {e}")))??;
+        let pid_file = cleanup.bundle.join("pid");
+        let mut process = RuncProcess {
+            child,
+            pid: 0,
+            started: Instant::now(),
+            memory_limit_bytes,
+            cleanup,
+        };
+        // runc writes the pid file once the container's process exists.
+        loop {
+            if let Some(pid) = read_pid(&pid_file) {
+                process.pid = pid;
+                break;
+            }
+            if let Ok(Some(_)) = process.child.try_wait() {
+                if let Some(pid) = read_pid(&pid_file) {
+                    // Started and already ended.
+                    process.pid = pid;
+                    break;
+                }
+                let log = request_log_tail(&process.cleanup.bundle);
+                return Err(LaunchError(format!(
+                    "runc could not start the container: {log}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(Box::new(process))
+    }
+
+    fn kill_grace(&self) -> Duration {
+        self.config.kill_grace
+    }
+
+    fn clean_up(&self, key: &JobKey, dir: &AttemptDir) {
+        let id = container_id(key);
+        let bundle = bundle_dir(dir);
+        if self.config.state_dir.join(&id).exists() || bundle.exists() {
+            tracing::info!(%key, container = %id, "removing a container left by an earlier run");
+            clean_up_now(self, &id, &bundle);
+        }
+    }
+}
+
+impl RuncRunner {
+    /// The blocking part of [`Runner::spawn`].
+    fn start_now(&self, request: &ProcessRequest) -> Result<(Child, Cleanup), LaunchError> {
+        let image = request.image.as_ref().ok_or_else(|| {
+            LaunchError(
+                "the spec has no process.image; the runc executor runs every job in its image"
+                    .into(),
+            )
+        })?;
+        let id = container_id(&request.key);
+        let bundle = bundle_dir(&request.dir);
+        let cleanup = Cleanup {
+            runner: self.clone(),
+            id: id.clone(),
+            bundle: bundle.clone(),
+            armed: true,
+        };
+        // A leftover of this attempt (a spawn abandoned mid-way) goes first.
+        clean_up_now(self, &id, &bundle);
+        let fail = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+            LaunchError(format!("cannot {what} {}: {e}", path.display()))
+        };
+        let work = request.dir.work();
+        let rootfs = bundle.join("rootfs");
+        let overlay_work = bundle.join("overlay");
+        for dir in [&work, &rootfs, &overlay_work] {
+            std::fs::create_dir_all(dir).map_err(|e| fail("create", dir, &e))?;
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            image.rootfs.display(),
+            work.display(),
+            overlay_work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .map_err(|e| fail("mount the image's overlay on", &rootfs, &e))?;
+        let secret_mounts = write_secrets(&bundle, request)?;
+        let spec = runtime_spec(request, &id, secret_mounts, self.config.network)?;
+        let config = bundle.join("config.json");
+        spec.save(&config).map_err(|e| fail("write", &config, &e))?;
+        let log_path = request.dir.main_log();
+        let log = std::fs::File::create(&log_path).map_err(|e| fail("create", &log_path, &e))?;
+        let log_err = log.try_clone().map_err(|e| fail("open", &log_path, &e))?;
+        let mut command = Command::new(&self.config.runc);
+        command
+            .arg("--root")
+            .arg(&self.config.state_dir)
+            .args(["run", "--keep", "--bundle"])
+            .arg(&bundle)
+            .arg("--pid-file")
+            .arg(bundle.join("pid"))
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .map_err(|e| fail("run", &self.config.runc, &e))?;
+        Ok((child, cleanup))
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The end of the attempt's log (runc's error when it refused), ≤ 1 KiB.
+fn request_log_tail(bundle: &Path) -> String {
+    let log = bundle.parent().map(|root| root.join("main.log"));
+    let text = log
+        .and_then(|p| std::fs::read(p).ok())
+        .map(|b| String::from_utf8_lossy(&b[b.len().saturating_sub(1024)..]).into_owned())
+        .unwrap_or_default();
+    let text = text.trim();
+    if text.is_empty() {
+        "runc exited without a message".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Writes each secret's files under `bundle/secrets/{i}/` (directory 0500,
+/// files 0400) and returns `(host directory, mount path)` pairs.
+fn write_secrets(
+    bundle: &Path,
+    request: &ProcessRequest,
+) -> Result<Vec<(PathBuf, String)>, LaunchError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let mut mounts = Vec::new();
+    for (i, secret) in request.secrets.iter().enumerate() {
+        let dir = bundle.join("secrets").join(i.to_string());
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| LaunchError(format!("cannot create {}: {e}", dir.display())))?;
+        for (name, bytes) in secret.files() {
+            let path = dir.join(&name);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o400)
+                .open(&path)
+                .map_err(|e| {
+                    LaunchError(format!("cannot create secret file {}: {e}", path.display()))
+                })?;
+            file.write_all(bytes.expose()).map_err(|e| {
+                LaunchError(format!("cannot write secret file {}: {e}", path.display()))
+            })?;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500))
+            .map_err(|e| LaunchError(format!("cannot protect {}: {e}", dir.display())))?;
+        mounts.push((dir, secret.mount_path.clone()));
+    }
+    Ok(mounts)
+}
+
+/// The OCI runtime config of one job.
+fn runtime_spec(
+    request: &ProcessRequest,
+    id: &str,
+    secret_mounts: Vec<(PathBuf, String)>,
+    network: ContainerNetwork,
+) -> Result<Spec, LaunchError> {
+    let invalid = |e: oci_spec::OciSpecError| LaunchError(format!("invalid runtime config: {e}"));
+    let image = request.image.as_ref().expect("checked by the caller");
+    let mut process = Process::default();
+    let args: Vec<String> = image
+        .entrypoint
+        .iter()
+        .chain(&request.argv)
+        .cloned()
+        .collect();
+    process.set_args(Some(args));
+    process.set_env(Some(container_env(request)));
+    process.set_cwd(PathBuf::from(image.working_dir.as_deref().unwrap_or("/")));
+    let mut mounts = get_default_mounts();
+    for (source, destination) in secret_mounts {
+        mounts.push(
+            MountBuilder::default()
+                .destination(destination)
+                .typ("bind")
+                .source(source)
+                .options(vec![
+                    "rbind".into(),
+                    "ro".into(),
+                    "nosuid".into(),
+                    "nodev".into(),
+                    "noexec".into(),
+                ])
+                .build()
+                .map_err(invalid)?,
+        );
+    }
+    let mut resources =
+        LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .map_err(invalid)?]);
+    if request.memory_bytes > 0 {
+        let limit = i64::try_from(request.memory_bytes).unwrap_or(i64::MAX);
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(limit)
+                .swap(limit)
+                .build()
+                .map_err(invalid)?,
+        );
+    }
+    if request.cores_mcpu > 0 {
+        let quota = request.cores_mcpu.saturating_mul(CPU_PERIOD_US) / 1000;
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .quota(i64::try_from(quota.max(1000)).unwrap_or(i64::MAX))
+                .period(CPU_PERIOD_US)
+                .build()
+                .map_err(invalid)?,
+        );
+    }
+    let defaults = oci_spec::runtime::Linux::default();
+    let namespaces = defaults
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ns| network == ContainerNetwork::None || ns.typ() != LinuxNamespaceType::Network)
+        .collect::<Vec<_>>();
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(cgroup_path(id)))
+        .resources(resources.build().map_err(invalid)?);
+    if let Some(masked) = defaults.masked_paths() {
+        linux = linux.masked_paths(masked.clone());
+    }
+    if let Some(readonly) = defaults.readonly_paths() {
+        linux = linux.readonly_paths(readonly.clone());
+    }
+    let mut spec = Spec::default();
+    spec.set_hostname(Some(format!("job-{}", request.key.job_id)));
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(false)
+            .build()
+            .map_err(invalid)?,
+    ));
+    spec.set_mounts(Some(mounts));
+    spec.set_linux(Some(linux.build().map_err(invalid)?));
+    Ok(spec)
+}
+
+/// The container's environment: the image's `Env`, then `HAIL_*` ids, then
+/// the job's `env` (later entries win); `PATH` from the image or
+/// [`CONTAINER_PATH`].
+fn container_env(request: &ProcessRequest) -> Vec<String> {
+    let image = request.image.as_ref().expect("checked by the caller");
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |name: &str, value: &str| {
+        env.retain(|(n, _)| n != name);
+        env.push((name.to_owned(), value.to_owned()));
+    };
+    set("PATH", CONTAINER_PATH);
+    for entry in &image.env {
+        let (name, value) = entry.split_once('=').unwrap_or((entry, ""));
+        set(name, value);
+    }
+    set("HAIL_BATCH_ID", &request.key.batch_id.to_string());
+    set("HAIL_JOB_ID", &request.key.job_id.to_string());
+    set("HAIL_ATTEMPT_ID", &request.key.attempt_id);
+    for var in &request.env {
+        set(&var.name, &var.value);
+    }
+    env.into_iter().map(|(n, v)| format!("{n}={v}")).collect()
+}
+
+/// A running container: the `runc run` process in the foreground.
+#[derive(Debug)]
+pub struct RuncProcess {
+    child: Child,
+    pid: u32,
+    started: Instant,
+    memory_limit_bytes: u64,
+    cleanup: Cleanup,
+}
+
+#[async_trait]
+impl JobProcess for RuncProcess {
+    /// The container's first process, as the host sees it.
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// See [`crate::runner::Process::wait`]: a kill is `runc kill` SIGTERM,
+    /// then SIGKILL after the grace period. Before returning, the
+    /// container is deleted and its bundle removed.
+    async fn wait(
+        mut self: Box<Self>,
+        timeout: Option<Duration>,
+        kill: CancellationToken,
+    ) -> (ExitStatus, u64) {
+        let timer = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let status = tokio::select! {
+            status = self.child.wait() => Some(status),
+            () = timer => {
+                let _ = self.end().await;
+                return self.finish(ExitStatus::TimedOut {
+                    timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64),
+                }).await;
+            }
+            () = kill.cancelled() => None,
+        };
+        let status = match status {
+            Some(status) => status,
+            None => self.end().await,
+        };
+        let code = match status {
+            Ok(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+            }
+            Err(_) => -1,
+        };
+        let exit = if oom_kills(&self.cleanup.id) > 0 {
+            ExitStatus::OutOfMemory {
+                code,
+                memory_limit_bytes: self.memory_limit_bytes,
+            }
+        } else {
+            ExitStatus::Code { code }
+        };
+        self.finish(exit).await
+    }
+}
+
+impl RuncProcess {
+    /// `runc kill` SIGTERM, SIGKILL after the grace period; waits for
+    /// `runc run` to return.
+    async fn end(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let grace = self.cleanup.runner.config.kill_grace;
+        self.signal("TERM").await;
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                self.signal("KILL").await;
+                self.child.wait().await
+            }
+        }
+    }
+
+    async fn signal(&self, signal: &str) {
+        let config = &self.cleanup.runner.config;
+        let result = Command::new(&config.runc)
+            .arg("--root")
+            .arg(&config.state_dir)
+            .args(["kill", "--all", &self.cleanup.id, signal])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        tracing::debug!(container = %self.cleanup.id, signal, ok = result.is_ok_and(|s| s.success()), "runc kill");
+    }
+
+    /// Deletes the container and its bundle (off the async threads).
+    async fn finish(self: Box<Self>, exit: ExitStatus) -> (ExitStatus, u64) {
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        let RuncProcess { mut cleanup, .. } = *self;
+        let _ = tokio::task::spawn_blocking(move || cleanup.run()).await;
+        (exit, duration_ms)
+    }
+}
+
+/// How many processes of container `id` the out-of-memory killer ended
+/// (cgroup v1 `memory.oom_control`, or v2 `memory.events`); 0 when unknown.
+fn oom_kills(id: &str) -> u64 {
+    let path = cgroup_path(id);
+    let v1 = PathBuf::from(format!("/sys/fs/cgroup/memory{path}/memory.oom_control"));
+    let v2 = PathBuf::from(format!("/sys/fs/cgroup{path}/memory.events"));
+    [v1, v2]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .filter_map(|n| n.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::PulledImage;
+    use crate::wire::EnvVar;
+    use std::sync::Arc;
+
+    fn request(dir: &Path) -> ProcessRequest {
+        let key = JobKey {
+            batch_id: 7,
+            job_id: 3,
+            attempt_id: "Ab12".into(),
+        };
+        ProcessRequest {
+            dir: AttemptDir::new(dir, &key),
+            key,
+            argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            env: vec![EnvVar {
+                name: "BW_IMAGE_ENV".into(),
+                value: "from-job".into(),
+            }],
+            image: Some(Arc::new(PulledImage {
+                reference: "r.example/busybox:1".into(),
+                digest: format!("sha256:{}", "ab".repeat(32)),
+                rootfs: dir.join("rootfs"),
+                env: vec!["BW_IMAGE_ENV=from-image".into(), "LANG=C".into()],
+                working_dir: Some("/srv".into()),
+                entrypoint: vec!["/bin/entry".into()],
+            })),
+            cores_mcpu: 1500,
+            memory_bytes: 64 << 20,
+            secrets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_runtime_config_carries_argv_env_cwd_limits_and_no_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = request(dir.path());
+        let spec = runtime_spec(
+            &request,
+            "bw-7-3-Ab12",
+            vec![(dir.path().join("s/0"), "/gsa-key".into())],
+            ContainerNetwork::None,
+        )
+        .unwrap();
+        let process = spec.process().clone().unwrap();
+        assert_eq!(
+            process.args().clone().unwrap(),
+            ["/bin/entry", "sh", "-c", "echo hi"]
+        );
+        let env = process.env().clone().unwrap();
+        assert!(env.contains(&"BW_IMAGE_ENV=from-job".to_owned()), "{env:?}");
+        assert!(
+            !env.contains(&"BW_IMAGE_ENV=from-image".to_owned()),
+            "{env:?}"
+        );
+        assert!(env.contains(&"LANG=C".to_owned()));
+        assert!(env.contains(&"HAIL_JOB_ID=3".to_owned()));
+        assert!(env.iter().any(|e| e.starts_with("PATH=")));
+        assert_eq!(process.cwd(), Path::new("/srv"));
+        let linux = spec.linux().clone().unwrap();
+        let resources = linux.resources().clone().unwrap();
+        assert_eq!(resources.memory().unwrap().limit(), Some(64 << 20));
+        assert_eq!(resources.memory().unwrap().swap(), Some(64 << 20));
+        assert_eq!(resources.cpu().clone().unwrap().quota(), Some(150_000));
+        assert_eq!(
+            resources.cpu().clone().unwrap().period(),
+            Some(CPU_PERIOD_US)
+        );
+        let namespaces = linux.namespaces().clone().unwrap();
+        assert!(namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Network));
+        assert_eq!(
+            linux.cgroups_path().clone().unwrap(),
+            PathBuf::from("/batch-worker/bw-7-3-Ab12")
+        );
+        let secret = spec
+            .mounts()
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.destination() == Path::new("/gsa-key"))
+            .unwrap();
+        assert!(secret.options().clone().unwrap().contains(&"ro".to_owned()));
+    }
+
+    #[test]
+    fn host_network_keeps_the_workers_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = runtime_spec(&request(dir.path()), "c", vec![], ContainerNetwork::Host).unwrap();
+        let namespaces = spec.linux().clone().unwrap().namespaces().clone().unwrap();
+        assert!(namespaces
+            .iter()
+            .all(|n| n.typ() != LinuxNamespaceType::Network));
+        assert!(namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Pid));
+    }
+
+    #[test]
+    fn container_ids_name_the_attempt() {
+        let key = JobKey {
+            batch_id: 1,
+            job_id: 22,
+            attempt_id: "Xq3".into(),
+        };
+        assert_eq!(container_id(&key), "bw-1-22-Xq3");
+    }
+}
