@@ -164,6 +164,42 @@ async fn malformed_bodies_get_400_naming_the_field() {
             "queue_time",
         ),
     ];
+    // Secrets to mount: a mount path outside the container's tree or
+    // twice, a file name with a `/`, content that is not base64.
+    let secret = |mount_path: &str, file: &str, content: &str| json!({"name": "s", "namespace": "n", "mount_path": mount_path, "data": {file: content}});
+    let ok = secret("/gsa-key", "key.json", "c2VjcmV0LXN0cmluZw==");
+    let mut cases = cases;
+    for (secrets, field) in [
+        (
+            json!([secret("relative/dir", "k", "AAAA")]),
+            "job_spec.secrets[0].mount_path",
+        ),
+        (
+            json!([secret("/a/../etc", "k", "AAAA")]),
+            "job_spec.secrets[0].mount_path",
+        ),
+        (
+            json!([secret("/", "k", "AAAA")]),
+            "job_spec.secrets[0].mount_path",
+        ),
+        (
+            json!([ok.clone(), secret("/gsa-key/", "k", "AAAA")]),
+            "job_spec.secrets[1].mount_path",
+        ),
+        (
+            json!([secret("/s", "../k", "AAAA")]),
+            "job_spec.secrets[0].data",
+        ),
+        (
+            json!([ok.clone(), secret("/s", "k", "secret-string")]),
+            "job_spec.secrets[1].data",
+        ),
+    ] {
+        cases.push((
+            json_bytes(with(good.clone(), "job_spec.secrets", Some(secrets))),
+            field,
+        ));
+    }
     for (body, field) in cases {
         let shown = String::from_utf8_lossy(&body).into_owned();
         let (status, answer) = h.create_raw(body).await;

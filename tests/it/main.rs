@@ -9,6 +9,9 @@
 //!   sent again.
 //! - `shutdown`: SIGTERM / kill drain reports; a second SIGTERM exits.
 //! - `compaction`: the journal stays small; expired attempts are forgotten.
+//! - `containers`: jobs in runc containers from a registry on loopback:
+//!   exit codes, env, secrets, timeout, cancel, OOM, missing image, one pull
+//!   per image, cleanup after a crash.
 //! - `control_plane`: creates answer at once behind a slow token service.
 //! - `file_staging`: input and output files through local files, Azurite
 //!   and S3 (checksums), missing inputs and outputs, multipart uploads.
@@ -45,6 +48,7 @@ mod auth;
 mod cancellation;
 mod compaction;
 mod config;
+mod containers;
 mod control_plane;
 mod crash;
 mod create_api;

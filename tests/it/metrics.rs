@@ -152,7 +152,7 @@ fn create_with_secret(job_id: i64, token: &str, secret: &str) -> Value {
 
 #[tokio::test]
 async fn metrics_agree_with_the_table_and_carry_no_secret() {
-    const SECRET: &str = "s3cr3t-METRICS-value-9f2c1e";
+    const SECRET: &str = "s3cr3tMETRICSvalue9f2c1e";
     let h = Harness::in_memory().await;
     // Job 1 succeeds, 2 exits 7, 3 is not a JSON object (spec_corrupt);
     // job 4's bunch does not exist (spec_missing).

@@ -316,7 +316,8 @@ impl StateMachineTest for WorkerMatchesModel {
                         .expect("in memory");
                 }
                 let attempt = format!("a{job_id}x{}", system.worker.snapshot().len());
-                let body = sim::create_body(BATCH, job_id, &token, job_id, &attempt, "MODELSECRET");
+                let body =
+                    sim::create_body(BATCH, job_id, &token, job_id, &attempt, "MODELSECRET0");
                 let (status, answer, took) = system.block_on(async {
                     let began = tokio::time::Instant::now();
                     let (status, answer) =

@@ -63,6 +63,7 @@ fn good_events() -> Vec<(JobKey, Event)> {
                 memory_bytes: 1 << 30,
                 input_files: 0,
                 output_files: 0,
+                image: None,
             },
         ),
         (

@@ -376,6 +376,7 @@ impl SimParts {
             logs: LogsStore::new(self.logs.clone(), Path::from("logs")).with_jitter_seed(7),
             report_drain: Duration::from_secs(30),
             store_options: StoreOptions::default(),
+            images: None,
         };
         let driver = self.driver.clone().map(|transport| {
             let retry = ReportRetry {

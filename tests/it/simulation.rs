@@ -366,7 +366,8 @@ async fn act(
 fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
     let wall = std::time::Instant::now();
     let plan = plan(seed, job_count);
-    let secret = format!("SIMSECRET{seed}Z");
+    // Valid base64 (a secret's data is base64): 32 alphanumerics.
+    let secret = format!("SIMSECRET{seed:020}ZZZ");
     let data = tempfile::tempdir().expect("a temp dir");
     let faults = FaultPlan {
         seed,

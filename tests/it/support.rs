@@ -11,11 +11,12 @@ use batch_worker::admission::Capacity;
 use batch_worker::api::ApiConfig;
 use batch_worker::demo::driver::EmbeddedDriver;
 use batch_worker::driver_client::{DriverClient, ReportRetry};
+use batch_worker::image::ImageStore;
 use batch_worker::journal::{
     decode, journal_dir, open_journal, segments, Durability, JournalRecord,
 };
 use batch_worker::logs_store::LogsStore;
-use batch_worker::runner::HostRunner;
+use batch_worker::runner::{HostRunner, Runner};
 use batch_worker::server::serve;
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::supervisor::{Worker, WorkerConfig, DEFAULT_JOURNAL_SEGMENT_BYTES};
@@ -54,6 +55,8 @@ pub struct Options {
     pub activate: bool,
     /// Driver calls on the wire at once.
     pub report_concurrency: usize,
+    /// The runner and image cache (default: host processes, no images).
+    pub executor: Option<(Arc<dyn Runner>, Arc<ImageStore>)>,
 }
 
 impl Default for Options {
@@ -66,6 +69,7 @@ impl Default for Options {
             report_drain: Duration::from_secs(30),
             activate: true,
             report_concurrency: 64,
+            executor: None,
         }
     }
 }
@@ -167,19 +171,27 @@ impl Harness {
             tokio::runtime::Handle::current(),
         )
         .expect("a journal");
+        let (runner, images): (Arc<dyn Runner>, _) = match options.executor {
+            Some((runner, images)) => (runner, Some(images)),
+            None => (
+                Arc::new(HostRunner {
+                    kill_grace: Duration::from_secs(2),
+                }),
+                None,
+            ),
+        };
         let worker = Worker::new(
             WorkerConfig {
                 name: "test-worker".into(),
                 data_dir: data.path().to_owned(),
-                runner: Arc::new(HostRunner {
-                    kill_grace: Duration::from_secs(2),
-                }),
+                runner,
                 journal_segment_bytes: options.segment_bytes,
                 retention: options.retention,
                 capacity: options.capacity,
                 logs: LogsStore::new(options.logs.clone(), Path::from("logs")),
                 report_drain: options.report_drain,
                 store_options: batch_worker::store::StoreOptions::from_env(),
+                images,
             },
             SpecStore::new(store.clone(), root.clone(), config).expect("spec-io threads"),
             Some(client),

@@ -1,0 +1,461 @@
+//! Jobs in runc containers, from images pulled out of a registry on
+//! loopback (`scripts/containers.sh` starts it and pushes the busybox test
+//! images; it exports `BW_TEST_IMAGE` and `BW_TEST_WHITEOUT_IMAGE`).
+//! Without them these tests are skipped, saying so, unless
+//! `BW_REQUIRE_CONTAINERS` is set (CI), when they fail.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use batch_worker::container::{ContainerNetwork, RuncConfig, RuncRunner};
+use batch_worker::image::{ImageConfig, ImageStore};
+use batch_worker_model::{ErrorKind, Event, ExitStatus, JobState, Outcome};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::support::{bunch, create_body, Harness, Options, ServeChild};
+
+/// The test images, or `None` (the test is skipped) without a registry.
+fn images() -> Option<(String, String)> {
+    match (
+        std::env::var("BW_TEST_IMAGE"),
+        std::env::var("BW_TEST_WHITEOUT_IMAGE"),
+    ) {
+        (Ok(image), Ok(whiteout)) => Some((image, whiteout)),
+        _ if std::env::var_os("BW_REQUIRE_CONTAINERS").is_some() => {
+            panic!("BW_TEST_IMAGE is not set but BW_REQUIRE_CONTAINERS is (scripts/containers.sh)")
+        }
+        _ => {
+            eprintln!("container tests skipped: BW_TEST_IMAGE is not set (eval \"$(scripts/containers.sh)\")");
+            None
+        }
+    }
+}
+
+fn registry_of(image: &str) -> String {
+    image.split('/').next().unwrap().to_owned()
+}
+
+/// A runc runner and image cache under `dir`, pulling from the test
+/// registry over plain HTTP.
+fn executor(dir: &Path, image: &str) -> (Arc<RuncRunner>, Arc<ImageStore>) {
+    let runner = RuncRunner::new(RuncConfig {
+        runc: "runc".into(),
+        state_dir: dir.join("runc"),
+        network: ContainerNetwork::None,
+        kill_grace: Duration::from_millis(500),
+    })
+    .expect("runc runs");
+    let mut config = ImageConfig::new(dir.join("images"));
+    config.insecure_registries = vec![registry_of(image)];
+    config.retry_delay = Duration::from_millis(50);
+    (
+        Arc::new(runner),
+        Arc::new(ImageStore::new(config).expect("the image cache opens")),
+    )
+}
+
+/// A harness whose jobs run in containers; also returns the runner, the
+/// cache, and the directory holding runc's state and the cache.
+async fn container_harness(
+    image: &str,
+) -> (Harness, Arc<RuncRunner>, Arc<ImageStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, images) = executor(dir.path(), image);
+    let h = Harness::with_options(Options {
+        executor: Some((runner.clone(), images.clone())),
+        ..Options::default()
+    })
+    .await;
+    (h, runner, images, dir)
+}
+
+/// A spec running `sh -c script` in `image`.
+fn container_spec(job_id: i64, image: &str, script: &str) -> Value {
+    json!({
+        "job_id": job_id,
+        "process": {"type": "docker", "image": image, "command": ["sh", "-c", script]},
+        "resources": {"cores_mcpu": 500, "memory_bytes": 64 << 20, "storage_gib": 0},
+    })
+}
+
+/// Every bundle directory left under the attempts of `data`.
+fn bundles(data: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![data.join("jobs")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == "bundle") {
+                found.push(path);
+            } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Mounts (from /proc/self/mountinfo) at or below `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&dir))
+        .collect()
+}
+
+/// What a finished container job must leave: no container, no bundle, no
+/// mount.
+fn assert_nothing_left(runner: &RuncRunner, data: &Path) {
+    assert_eq!(runner.list().unwrap(), Vec::<String>::new(), "runc list");
+    assert_eq!(bundles(data), Vec::<PathBuf>::new(), "bundles");
+    assert_eq!(mounts_under(data), Vec::<String>::new(), "mounts");
+}
+
+#[tokio::test]
+async fn containers_run_the_command_in_the_image_with_its_exit_code_and_env() {
+    let Some((image, whiteout)) = images() else {
+        return;
+    };
+    let (h, runner, images, _dir) = container_harness(&image).await;
+    let mut env_job = container_spec(
+        3,
+        &image,
+        "echo \"$GREETING $BW_IMAGE_ENV $HAIL_JOB_ID $(hostname) $(pwd)\"",
+    );
+    env_job["env"] = json!([{"name": "GREETING", "value": "hello"}]);
+    bunch(
+        &h,
+        1,
+        "tokC",
+        &[
+            container_spec(1, &image, "echo ok; exit 0"),
+            container_spec(2, &image, "echo failing >&2; exit 3"),
+            env_job,
+            // Layer 2 of this image deletes /bin/grep (a whiteout) and adds
+            // /etc/bw-layer2.
+            container_spec(4, &whiteout, "test ! -e /bin/grep && cat /etc/bw-layer2"),
+            // The job sees no host file system: the worker's data dir is
+            // not there.
+            container_spec(5, &image, &format!("test ! -e {}", h.data.path().display())),
+        ],
+    )
+    .await;
+    for job in 1..=5 {
+        h.accept(1, job, "tokC").await;
+    }
+    let ok = JobState::Done {
+        outcome: Outcome::Succeeded,
+    };
+    assert_eq!(h.wait_final(1, 1).await, ok);
+    assert_eq!(
+        h.wait_final(1, 2).await,
+        JobState::Done {
+            outcome: Outcome::Failed {
+                exit: ExitStatus::Code { code: 3 }
+            }
+        }
+    );
+    assert_eq!(h.wait_final(1, 3).await, ok);
+    assert_eq!(h.wait_final(1, 4).await, ok, "{}", h.log_text(1, 4).await);
+    assert_eq!(h.wait_final(1, 5).await, ok);
+    assert_eq!(h.log_text(1, 1).await.trim(), "ok");
+    assert!(h.log_text(1, 2).await.contains("failing"));
+    // The job's env wins over the image's; the image's config gives cwd.
+    assert_eq!(
+        h.log_text(1, 3).await.trim(),
+        "hello from-image 3 job-3 /",
+        "env, hostname and working directory"
+    );
+    assert_eq!(h.log_text(1, 4).await.trim(), "two");
+    let (_, status) = h.status(1, 2).await;
+    assert_eq!(status["state"], "failed");
+    assert_eq!(status["container_statuses"]["main"]["exit_code"], 3);
+    // Two images, each pulled once, although four jobs ran the first.
+    assert_eq!(images.downloads(), 2);
+    let entries = std::fs::read_dir(images.cache_dir().join("sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(entries, 2, "one cache entry per image");
+    for job in 1..=5 {
+        h.wait_event(1, job, "logs_uploaded").await;
+    }
+    assert_nothing_left(&runner, h.data.path());
+}
+
+#[tokio::test]
+async fn concurrent_jobs_of_one_image_pull_it_once_and_show_initializing_meanwhile() {
+    let Some((image, _)) = images() else {
+        return;
+    };
+    let (h, _runner, images, _dir) = container_harness(&image).await;
+    let specs: Vec<Value> = (1..=6).map(|j| container_spec(j, &image, "true")).collect();
+    bunch(&h, 2, "tokP", &specs).await;
+    for job in 1..=6 {
+        h.accept(2, job, "tokP").await;
+    }
+    for job in 1..=6 {
+        assert_eq!(
+            h.wait_final(2, job).await,
+            JobState::Done {
+                outcome: Outcome::Succeeded
+            }
+        );
+    }
+    assert_eq!(images.downloads(), 1, "six jobs, one download");
+    let mut pulled_here = 0;
+    for job in 1..=6 {
+        let events = h.worker.events(2, job).unwrap();
+        let pulled = events
+            .iter()
+            .find_map(|e| match &e.event {
+                Event::ImagePulled { pulled, digest, .. } => {
+                    Some((*pulled, digest.clone(), e.state_after))
+                }
+                _ => None,
+            })
+            .expect("every job records image_pulled");
+        assert!(pulled.1.starts_with("sha256:"));
+        assert_eq!(pulled.2, "running.starting");
+        pulled_here += usize::from(pulled.0);
+        // The pull ran in the initializing phase (resources held).
+        let granted = events
+            .iter()
+            .find(|e| e.event == Event::ResourcesGranted)
+            .unwrap();
+        assert_eq!(granted.state_after, "running.initializing");
+    }
+    assert_eq!(pulled_here, 1, "exactly one job downloaded the image");
+}
+
+#[tokio::test]
+async fn a_secret_is_readable_at_its_mount_path_for_the_jobs_life_only() {
+    let Some((image, _)) = images() else {
+        return;
+    };
+    let (h, runner, _images, _dir) = container_harness(&image).await;
+    let secret = "s3kr1t-value-81723";
+    let script = format!(
+        "test \"$(cat /secrets/db/password)\" = {secret} && echo read-ok; \
+         stat -c %a /secrets/db/password; \
+         (echo x > /secrets/db/password) 2>/dev/null && echo writable || echo read-only"
+    );
+    bunch(&h, 3, "tokS", &[container_spec(1, &image, &script)]).await;
+    let mut body = create_body(3, 1, "tokS", 1);
+    body["job_spec"]["secrets"] = json!([{
+        "name": "db-password",
+        "namespace": "default",
+        "mount_path": "/secrets/db",
+        "data": {"password": base64::engine::general_purpose::STANDARD.encode(secret)},
+    }]);
+    let (status, answer) = h.create(&body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        h.wait_final(3, 1).await,
+        JobState::Done {
+            outcome: Outcome::Succeeded
+        }
+    );
+    assert_eq!(
+        h.log_text(3, 1)
+            .await
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["read-ok", "400", "read-only"]
+    );
+    h.wait_event(3, 1, "logs_uploaded").await;
+    assert_nothing_left(&runner, h.data.path());
+    // The secret's bytes are nowhere under the data dir any more.
+    let mut stack = vec![h.data.path().to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains(secret),
+                    "{} holds the secret",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn timeout_and_cancel_end_the_container_and_leave_none() {
+    let Some((image, _)) = images() else {
+        return;
+    };
+    let (h, runner, _images, _dir) = container_harness(&image).await;
+    let mut timed = container_spec(1, &image, "sleep 60");
+    timed["timeout"] = json!(1);
+    bunch(
+        &h,
+        4,
+        "tokT",
+        &[timed, container_spec(2, &image, "sleep 60")],
+    )
+    .await;
+    h.accept(4, 1, "tokT").await;
+    h.accept(4, 2, "tokT").await;
+    h.wait_executing(4, 2).await;
+    assert!(runner.list().unwrap().contains(&"bw-4-2-a2".to_owned()));
+    let (status, _) = h.cancel(4, 2).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        h.wait_final(4, 2).await,
+        JobState::Done {
+            outcome: Outcome::Cancelled
+        }
+    );
+    assert_eq!(
+        h.wait_final(4, 1).await,
+        JobState::Done {
+            outcome: Outcome::Failed {
+                exit: ExitStatus::TimedOut { timeout_ms: 1000 }
+            }
+        }
+    );
+    h.wait_event(4, 1, "logs_uploaded").await;
+    h.wait_event(4, 2, "logs_uploaded").await;
+    assert_nothing_left(&runner, h.data.path());
+}
+
+#[tokio::test]
+async fn a_memory_hog_over_its_limit_fails_out_of_memory() {
+    let Some((image, _)) = images() else {
+        return;
+    };
+    let (h, runner, _images, _dir) = container_harness(&image).await;
+    let mut hog = container_spec(1, &image, "dd if=/dev/zero of=/dev/null bs=128M count=1");
+    hog["resources"]["memory_bytes"] = json!(16 << 20);
+    bunch(&h, 5, "tokM", &[hog]).await;
+    h.accept(5, 1, "tokM").await;
+    match h.wait_final(5, 1).await {
+        JobState::Done {
+            outcome:
+                Outcome::Failed {
+                    exit:
+                        ExitStatus::OutOfMemory {
+                            memory_limit_bytes, ..
+                        },
+                },
+        } => assert_eq!(memory_limit_bytes, 16 << 20),
+        other => panic!("expected an out-of-memory failure, got {other:?}"),
+    }
+    let (_, status) = h.status(5, 1).await;
+    assert_eq!(status["state"], "failed");
+    let message = status["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("out of memory") && message.contains("16777216"),
+        "{status}"
+    );
+    assert_eq!(status["container_statuses"]["main"]["out_of_memory"], true);
+    h.wait_event(5, 1, "logs_uploaded").await;
+    assert_nothing_left(&runner, h.data.path());
+}
+
+#[tokio::test]
+async fn a_missing_image_errors_image_pull_failed_while_the_create_answers_at_once() {
+    let Some((image, _)) = images() else {
+        return;
+    };
+    let (h, runner, images, _dir) = container_harness(&image).await;
+    let missing = format!("{}/bw-test/does-not-exist:1", registry_of(&image));
+    bunch(&h, 6, "tokX", &[container_spec(1, &missing, "true")]).await;
+    let started = Instant::now();
+    let (status, answer) = h.create(&create_body(6, 1, "tokX", 1)).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(took < Duration::from_millis(500), "create took {took:?}");
+    match h.wait_final(6, 1).await {
+        JobState::Errored { kind, message } => {
+            assert_eq!(kind, ErrorKind::ImagePullFailed);
+            assert!(message.contains(&missing), "{message}");
+            assert!(message.contains("does not exist"), "{message}");
+        }
+        other => panic!("expected image_pull_failed, got {other:?}"),
+    }
+    let (_, status) = h.status(6, 1).await;
+    assert_eq!(status["state"], "error");
+    assert_eq!(images.downloads(), 0);
+    h.wait_event(6, 1, "complete_delivered").await;
+    assert_nothing_left(&runner, h.data.path());
+}
+
+#[tokio::test]
+async fn a_restart_removes_the_container_a_crash_left_behind() {
+    let Some((image, _)) = images() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let specs = tempfile::tempdir().unwrap();
+    let driver = batch_worker::demo::driver::EmbeddedDriver::start()
+        .await
+        .unwrap();
+    let writer = batch_worker::spec_store::SpecStore::new(
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(specs.path()).unwrap()),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
+    writer
+        .write_bunch(
+            7,
+            "tokR",
+            &[serde_json::to_vec(&container_spec(1, &image, "sleep 120")).unwrap()],
+        )
+        .await
+        .unwrap();
+    let flags = [
+        "--executor",
+        "runc",
+        "--insecure-registry",
+        &registry_of(&image),
+    ];
+    let mut first = ServeChild::start(data.path(), specs.path(), driver.url.as_str(), &flags).await;
+    let http = reqwest::Client::new();
+    let create = |base: String| {
+        let http = http.clone();
+        async move {
+            http.post(format!("{base}/api/v1alpha/batches/jobs/create"))
+                .json(&create_body(7, 1, "tokR", 1))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(create(first.base.clone()).await, StatusCode::OK);
+    first.wait_event(7, 1, "process_started").await;
+    let runner = RuncRunner::new(RuncConfig {
+        runc: "runc".into(),
+        state_dir: data.path().join("runc"),
+        network: ContainerNetwork::None,
+        kill_grace: Duration::from_millis(500),
+    })
+    .unwrap();
+    assert_eq!(runner.list().unwrap(), ["bw-7-1-a1"]);
+    // A crash: the container outlives the worker.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert_eq!(
+        runner.list().unwrap(),
+        ["bw-7-1-a1"],
+        "the crash left the container"
+    );
+    assert_eq!(bundles(data.path()).len(), 1);
+    let mut second =
+        ServeChild::start(data.path(), specs.path(), driver.url.as_str(), &flags).await;
+    second.wait_event(7, 1, "worker_restarted").await;
+    assert_nothing_left(&runner, data.path());
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+}
