@@ -707,7 +707,10 @@ fn while_the_image_is_pulled_only_its_result_a_cancel_or_a_restart_is_legal() {
                     assert!(same_state(&attempt.state(), &state), "{event:?}");
                 }
                 None => {
-                    assert!(result.is_err(), "{inputs} inputs + {event:?} should be illegal");
+                    assert!(
+                        result.is_err(),
+                        "{inputs} inputs + {event:?} should be illegal"
+                    );
                     assert_eq!(attempt.state().name(), "running.initializing");
                 }
             }
