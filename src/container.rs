@@ -21,8 +21,9 @@
 //! The container is `bw-{batch_id}-{job_id}-{attempt_id}` under the runc
 //! state directory `--runc-root` (default `{data_dir}/runc`), its cgroup
 //! `/batch-worker/{container}`: memory limited to `resources.memory_bytes`
-//! (swap included), CPU to `resources.cores_mcpu` (a CFS quota), no
-//! network but loopback unless `--container-network host`.
+//! (swap included), CPU to `resources.cores_mcpu` (a CFS quota), processes
+//! to [`PIDS_LIMIT`], no network but loopback unless `--container-network
+//! host`.
 //!
 //! `runc run --keep` stays in the foreground as the job's process, so its
 //! exit is the container's exit code. Ending a container is `runc kill`
@@ -41,8 +42,8 @@ use async_trait::async_trait;
 use batch_worker_model::{ExitStatus, JobKey};
 use oci_spec::runtime::{
     get_default_mounts, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, Process,
-    RootBuilder, Spec,
+    LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder,
+    Process, RootBuilder, Spec,
 };
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,10 @@ pub const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/
 
 /// The CFS period of job cgroups, in µs; the quota is `cores_mcpu` of it.
 pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// Most processes (and threads) one container may have at once: a fork
+/// bomb in a job fails its own forks, not the worker's.
+pub const PIDS_LIMIT: i64 = 4096;
 
 /// Network of job containers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -443,12 +448,18 @@ fn runtime_spec(
                 .map_err(invalid)?,
         );
     }
-    let mut resources =
-        LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()
+    let mut resources = LinuxResourcesBuilder::default()
+        .devices(vec![LinuxDeviceCgroupBuilder::default()
             .allow(false)
             .access("rwm")
             .build()
-            .map_err(invalid)?]);
+            .map_err(invalid)?])
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(PIDS_LIMIT)
+                .build()
+                .map_err(invalid)?,
+        );
     if request.memory_bytes > 0 {
         let limit = i64::try_from(request.memory_bytes).unwrap_or(i64::MAX);
         resources = resources.memory(
@@ -717,6 +728,7 @@ mod tests {
             resources.cpu().clone().unwrap().period(),
             Some(CPU_PERIOD_US)
         );
+        assert_eq!(resources.pids().unwrap().limit(), PIDS_LIMIT);
         let namespaces = linux.namespaces().clone().unwrap();
         assert!(namespaces
             .iter()
