@@ -41,9 +41,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use batch_worker_model::{ExitStatus, JobKey};
 use oci_spec::runtime::{
-    get_default_mounts, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder,
-    Process, RootBuilder, Spec,
+    get_default_mounts, Capabilities, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, MountBuilder, Process, RootBuilder, Spec,
 };
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -430,6 +430,7 @@ fn runtime_spec(
     process.set_args(Some(args));
     process.set_env(Some(container_env(request)));
     process.set_cwd(PathBuf::from(image.working_dir.as_deref().unwrap_or("/")));
+    process.set_capabilities(Some(job_capabilities()));
     let mut mounts = get_default_mounts();
     for (source, destination) in secret_mounts {
         mounts.push(
@@ -511,6 +512,37 @@ fn runtime_spec(
     spec.set_mounts(Some(mounts));
     spec.set_linux(Some(linux.build().map_err(invalid)?));
     Ok(spec)
+}
+
+/// The capabilities of a job's processes: Docker's default set, which
+/// images are written for (`apt-get install` needs `CHOWN`, `FOWNER`,
+/// `SETUID`...), without `MKNOD` (a device node in the job's upper
+/// directory is a file on the host's disk) and `NET_RAW` (no network).
+fn job_capabilities() -> LinuxCapabilities {
+    use oci_spec::runtime::Capability::*;
+    let set: Capabilities = [
+        AuditWrite,
+        Chown,
+        DacOverride,
+        Fowner,
+        Fsetid,
+        Kill,
+        NetBindService,
+        Setfcap,
+        Setgid,
+        Setpcap,
+        Setuid,
+        SysChroot,
+    ]
+    .into_iter()
+    .collect();
+    let mut capabilities = LinuxCapabilities::default();
+    capabilities.set_bounding(Some(set.clone()));
+    capabilities.set_effective(Some(set.clone()));
+    capabilities.set_permitted(Some(set));
+    capabilities.set_inheritable(None);
+    capabilities.set_ambient(None);
+    capabilities
 }
 
 /// The container's environment: the image's `Env`, then `HAIL_*` ids, then
@@ -729,6 +761,11 @@ mod tests {
             Some(CPU_PERIOD_US)
         );
         assert_eq!(resources.pids().unwrap().limit(), PIDS_LIMIT);
+        let capabilities = process.capabilities().clone().unwrap();
+        let effective = capabilities.effective().clone().unwrap();
+        assert!(effective.contains(&oci_spec::runtime::Capability::Chown));
+        assert!(!effective.contains(&oci_spec::runtime::Capability::Mknod));
+        assert!(!effective.contains(&oci_spec::runtime::Capability::SysAdmin));
         let namespaces = linux.namespaces().clone().unwrap();
         assert!(namespaces
             .iter()

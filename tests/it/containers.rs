@@ -143,10 +143,18 @@ async fn containers_run_the_command_in_the_image_with_its_exit_code_and_env() {
             // The job sees no host file system: the worker's data dir is
             // not there.
             container_spec(5, &image, &format!("test ! -e {}", h.data.path().display())),
+            // Docker's capabilities without MKNOD: chown works, device
+            // nodes cannot be made.
+            container_spec(
+                6,
+                &image,
+                "busybox mknod /tmp/d c 1 3 2>/dev/null && echo mknod-allowed || echo mknod-refused; \
+                 busybox chown 1:1 /tmp && echo chown-ok",
+            ),
         ],
     )
     .await;
-    for job in 1..=5 {
+    for job in 1..=6 {
         h.accept(1, job, "tokC").await;
     }
     let ok = JobState::Done {
@@ -173,16 +181,24 @@ async fn containers_run_the_command_in_the_image_with_its_exit_code_and_env() {
         "env, hostname and working directory"
     );
     assert_eq!(h.log_text(1, 4).await.trim(), "two");
+    assert_eq!(h.wait_final(1, 6).await, ok);
+    assert_eq!(
+        h.log_text(1, 6)
+            .await
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["mknod-refused", "chown-ok"]
+    );
     let (_, status) = h.status(1, 2).await;
     assert_eq!(status["state"], "failed");
     assert_eq!(status["container_statuses"]["main"]["exit_code"], 3);
-    // Two images, each pulled once, although four jobs ran the first.
+    // Two images, each pulled once, although five jobs ran the first.
     assert_eq!(images.downloads(), 2);
     let entries = std::fs::read_dir(images.cache_dir().join("sha256"))
         .unwrap()
         .count();
     assert_eq!(entries, 2, "one cache entry per image");
-    for job in 1..=5 {
+    for job in 1..=6 {
         h.wait_event(1, job, "logs_uploaded").await;
     }
     assert_nothing_left(&runner, h.data.path());
