@@ -73,6 +73,14 @@ struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Every value of the `result` label of `batch_worker_image_pulls_total`.
+pub const PULL_RESULTS: [&str; 3] = ["downloaded", "cached", "failed"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
     code: String,
 }
@@ -120,6 +128,11 @@ pub struct Metrics {
     /// exited, by exit code (`128 + n` for signal n, `timeout` when the
     /// worker ended it at the spec's timeout).
     exit_codes: Family<CodeLabel, Counter>,
+    /// `batch_worker_image_pulls_total{result}`: container jobs' images
+    /// made ready (`--executor runc`): `downloaded` from the registry,
+    /// `cached` (already in the image cache, or pulled by another job
+    /// meanwhile), or `failed` (the job errored `image_pull_failed`).
+    image_pulls: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -190,6 +203,15 @@ impl Metrics {
             "Job processes that exited, by exit code (timeout: ended at the spec's timeout)",
             exit_codes.clone(),
         );
+        let image_pulls = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "image_pulls",
+            "Container jobs' images made ready, by result (downloaded, cached, failed)",
+            image_pulls.clone(),
+        );
+        for result in PULL_RESULTS {
+            drop(image_pulls.get_or_create(&ResultLabel { result }));
+        }
         // Every fixed series exists from the start, at 0, so that a query
         // over them never sees a gap.
         for outcome in OUTCOMES {
@@ -215,6 +237,7 @@ impl Metrics {
             reports_pending,
             journal_sync_duration,
             exit_codes,
+            image_pulls,
         }
     }
 
@@ -243,6 +266,21 @@ impl Metrics {
     /// `ProcessExited`, and the outcome (and error kind) when the event
     /// made the attempt final (`ended`). `state` is the state after it.
     pub fn event_recorded(&self, event: &Event, state: &JobState, ended: bool) {
+        match event {
+            Event::ImagePulled { pulled, .. } => {
+                let result = if *pulled { "downloaded" } else { "cached" };
+                self.image_pulls
+                    .get_or_create(&ResultLabel { result })
+                    .inc();
+            }
+            Event::ImagePullFailed { .. } => {
+                let result = "failed";
+                self.image_pulls
+                    .get_or_create(&ResultLabel { result })
+                    .inc();
+            }
+            _ => {}
+        }
         if let Event::ProcessExited { exit, .. } = event {
             let code = match exit {
                 ExitStatus::TimedOut { .. } => "timeout".to_owned(),

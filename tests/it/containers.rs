@@ -247,6 +247,16 @@ async fn concurrent_jobs_of_one_image_pull_it_once_and_show_initializing_meanwhi
         assert_eq!(granted.state_after, "running.initializing");
     }
     assert_eq!(pulled_here, 1, "exactly one job downloaded the image");
+    let metrics = h.http.get(h.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains("batch_worker_image_pulls_total{result=\"downloaded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("batch_worker_image_pulls_total{result=\"cached\"} 5"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
