@@ -197,7 +197,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:5000")]
     pub listen: SocketAddr,
-    /// Directory for attempts' working directories and logs.
+    /// The worker's directory: its journal, attempts' working directories
+    /// and logs, and by default the spec and logs stores, the image cache
+    /// and runc's state.
     #[arg(long, default_value = "batch-worker-data")]
     pub data_dir: PathBuf,
     /// Root URL of the spec store: file:///abs/path, memory://, s3://bucket/prefix,
@@ -338,6 +340,15 @@ impl ExecutorArgs {
         match self.executor {
             Executor::Host => Ok((Arc::new(HostRunner { kill_grace }), None)),
             Executor::Runc => {
+                if let Some(bad) = self
+                    .insecure_registry
+                    .iter()
+                    .find(|r| r.is_empty() || r.contains("://") || r.contains('/'))
+                {
+                    return Err(StartError::Invalid(format!(
+                        "--insecure-registry: expected HOST or HOST:PORT (no scheme, no path), got {bad:?}"
+                    )));
+                }
                 let runner = RuncRunner::new(RuncConfig {
                     runc: self.runc.clone(),
                     state_dir: self

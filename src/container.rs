@@ -100,8 +100,13 @@ impl RuncRunner {
         // rather than fork, which would stall every thread of the worker
         // on copy-on-write faults at each `runc` call.
         config.runc = which::which(&config.runc).map_err(|e| {
+            let place = if config.runc.components().count() > 1 {
+                ""
+            } else {
+                " in PATH"
+            };
             LaunchError(format!(
-                "cannot find {} in PATH: {e}",
+                "cannot find runc {}{place}: {e}",
                 config.runc.display()
             ))
         })?;
@@ -275,13 +280,14 @@ impl Runner for RuncRunner {
         self.config.kill_grace
     }
 
-    fn clean_up(&self, key: &JobKey, dir: &AttemptDir) {
+    fn clean_up(&self, key: &JobKey, dir: &AttemptDir) -> bool {
         let id = container_id(key);
         let bundle = bundle_dir(dir);
         if self.config.state_dir.join(&id).exists() || bundle.exists() {
             tracing::info!(%key, container = %id, "removing a container left by an earlier run");
             clean_up_now(self, &id, &bundle);
         }
+        true
     }
 }
 
@@ -621,7 +627,9 @@ impl JobProcess for RuncProcess {
             }
             Err(_) => -1,
         };
-        let exit = if oom_kills(&self.cleanup.id) > 0 {
+        // An OOM kill the job survived (a child killed, the job exiting 0
+        // all the same) is the job's own business.
+        let exit = if code != 0 && oom_kills(&self.cleanup.id) > 0 {
             ExitStatus::OutOfMemory {
                 code,
                 memory_limit_bytes: self.memory_limit_bytes,

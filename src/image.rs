@@ -434,6 +434,34 @@ pub fn read_auth_file(path: &Path) -> Result<(), PullError> {
     }
 }
 
+/// Checks that `reference` is an image reference (`[registry/]name[:tag]
+/// [@digest]`), as the worker does when a spec is loaded.
+///
+/// # Errors
+/// The parser's message (which part is wrong).
+pub fn check_reference(reference: &str) -> Result<(), String> {
+    reference
+        .parse::<Reference>()
+        .map(drop)
+        .map_err(|e| format!("{e}"))
+}
+
+/// `e` and its sources, `: `-separated (reqwest's own message hides the
+/// cause: "error sending request" says nothing of the refused connection).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn is_transient(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => true,
@@ -443,7 +471,12 @@ fn is_transient(e: &OciDistributionError) -> bool {
 }
 
 fn classify(e: OciDistributionError, attempts: u32) -> PullError {
-    let message = e.to_string();
+    let mut message = error_chain(&e);
+    if matches!(e, OciDistributionError::RequestError(_)) && message.contains("https://") {
+        message.push_str(
+            " (a registry that serves plain HTTP must be listed in --insecure-registry HOST:PORT)",
+        );
+    }
     match &e {
         OciDistributionError::ImageManifestNotFoundError(_) => PullError::NotFound { message },
         OciDistributionError::ServerError { code: 404, .. } => PullError::NotFound { message },

@@ -129,12 +129,15 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
 
     /// Removes what a process of attempt `key` may have left when the
     /// worker stopped without ending it (a crash): for containers, the
-    /// container, its mounts, bundle and secret files. Called at start for
-    /// every attempt the journal shows live. Blocking; idempotent. Host
-    /// processes leave nothing to remove (their group died with the worker
-    /// or was ended at shutdown).
-    fn clean_up(&self, key: &JobKey, dir: &AttemptDir) {
+    /// container (its processes), its mounts, bundle and secret files.
+    /// Called at start for every attempt the journal shows live. Blocking;
+    /// idempotent. Returns whether this runner ends such leftovers (true
+    /// for containers); host processes are not ended (after a reboot their
+    /// pid may be another process's), so the default does nothing and
+    /// returns false.
+    fn clean_up(&self, key: &JobKey, dir: &AttemptDir) -> bool {
         let _ = (key, dir);
+        false
     }
 }
 

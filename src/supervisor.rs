@@ -810,10 +810,13 @@ impl Worker {
                     // A container (mounts, bundle, secret files) the crash
                     // left behind goes before anything else runs.
                     let dir = AttemptDir::new(&self.inner.config.data_dir, &entry.key);
-                    self.inner.config.runner.clean_up(&entry.key, &dir);
-                    if let JobState::Running {
-                        phase: RunPhase::Executing { pid },
-                    } = state
+                    let removed = self.inner.config.runner.clean_up(&entry.key, &dir);
+                    if let (
+                        false,
+                        JobState::Running {
+                            phase: RunPhase::Executing { pid },
+                        },
+                    ) = (removed, &state)
                     {
                         // Not killed: after a reboot the pid may be another
                         // process's.
@@ -1294,6 +1297,25 @@ impl Worker {
         };
         self.inner.metrics.observe_spec_load(started.elapsed());
         let duration_ms = started.elapsed().as_millis() as u64;
+        // A container host needs a usable image reference: a spec without
+        // one is unusable here, found before any resources are held.
+        let result = result.and_then(|spec| match (&self.inner.config.images, &spec.image) {
+            (None, _) => Ok(spec),
+            (Some(_), None) => Err(SpecLoadError {
+                kind: ErrorKind::SpecCorrupt,
+                message: "process.image: expected an image reference (this worker runs every job in its image, --executor runc), got none".into(),
+            }),
+            (Some(_), Some(image)) => match crate::image::check_reference(image) {
+                Ok(()) => Ok(spec),
+                Err(e) => Err(SpecLoadError {
+                    kind: ErrorKind::SpecCorrupt,
+                    message: format!(
+                        "process.image: {:?} is not an image reference: {e}",
+                        crate::wire::truncate(image, 200)
+                    ),
+                }),
+            },
+        });
         match result {
             Ok(spec) => {
                 tracing::debug!(%key, duration_ms, size_bytes = spec.size_bytes, "spec loaded");
@@ -1450,7 +1472,7 @@ impl Worker {
                     },
             } => (
                 Some(format!(
-                    "the job ran past its timeout of {} s and was ended (SIGTERM to its process group, SIGKILL after the grace period if needed)",
+                    "the job ran past its timeout of {} s and was ended (SIGTERM, then SIGKILL after the grace period if it had not exited)",
                     *timeout_ms as f64 / 1000.0
                 )),
                 None,

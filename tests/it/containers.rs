@@ -362,8 +362,24 @@ async fn a_memory_hog_over_its_limit_fails_out_of_memory() {
     let (h, runner, _images, _dir) = container_harness(&image).await;
     let mut hog = container_spec(1, &image, "dd if=/dev/zero of=/dev/null bs=128M count=1");
     hog["resources"]["memory_bytes"] = json!(16 << 20);
-    bunch(&h, 5, "tokM", &[hog]).await;
+    // A job whose child the OOM killer ends, and which exits 0 all the
+    // same, decided its own outcome.
+    let mut survivor = container_spec(
+        2,
+        &image,
+        "dd if=/dev/zero of=/dev/null bs=128M count=1; echo survived",
+    );
+    survivor["resources"]["memory_bytes"] = json!(16 << 20);
+    bunch(&h, 5, "tokM", &[hog, survivor]).await;
     h.accept(5, 1, "tokM").await;
+    h.accept(5, 2, "tokM").await;
+    assert_eq!(
+        h.wait_final(5, 2).await,
+        JobState::Done {
+            outcome: Outcome::Succeeded
+        }
+    );
+    assert!(h.log_text(5, 2).await.contains("survived"));
     match h.wait_final(5, 1).await {
         JobState::Done {
             outcome:
@@ -385,6 +401,7 @@ async fn a_memory_hog_over_its_limit_fails_out_of_memory() {
     );
     assert_eq!(status["container_statuses"]["main"]["out_of_memory"], true);
     h.wait_event(5, 1, "logs_uploaded").await;
+    h.wait_event(5, 2, "logs_uploaded").await;
     assert_nothing_left(&runner, h.data.path());
 }
 
@@ -395,7 +412,19 @@ async fn a_missing_image_errors_image_pull_failed_while_the_create_answers_at_on
     };
     let (h, runner, images, _dir) = container_harness(&image).await;
     let missing = format!("{}/bw-test/does-not-exist:1", registry_of(&image));
-    bunch(&h, 6, "tokX", &[container_spec(1, &missing, "true")]).await;
+    let mut no_image = container_spec(2, &image, "true");
+    no_image["process"].as_object_mut().unwrap().remove("image");
+    bunch(
+        &h,
+        6,
+        "tokX",
+        &[
+            container_spec(1, &missing, "true"),
+            no_image,
+            container_spec(3, "Not An::Image", "true"),
+        ],
+    )
+    .await;
     let started = Instant::now();
     let (status, answer) = h.create(&create_body(6, 1, "tokX", 1)).await;
     let took = started.elapsed();
@@ -411,6 +440,23 @@ async fn a_missing_image_errors_image_pull_failed_while_the_create_answers_at_on
     }
     let (_, status) = h.status(6, 1).await;
     assert_eq!(status["state"], "error");
+    // No image, or not a reference: the spec is unusable here, found at
+    // its load, before any resources are held.
+    for (job, expected) in [(2, "got none"), (3, "is not an image reference")] {
+        h.accept(6, job, "tokX").await;
+        match h.wait_final(6, job).await {
+            JobState::Errored { kind, message } => {
+                assert_eq!(kind, ErrorKind::SpecCorrupt);
+                assert!(
+                    message.contains("process.image") && message.contains(expected),
+                    "{message}"
+                );
+            }
+            other => panic!("expected spec_corrupt, got {other:?}"),
+        }
+        let events = h.worker.events(6, job).unwrap();
+        assert!(events.iter().all(|e| e.event != Event::ResourcesGranted));
+    }
     assert_eq!(images.downloads(), 0);
     h.wait_event(6, 1, "complete_delivered").await;
     assert_nothing_left(&runner, h.data.path());
@@ -484,4 +530,58 @@ async fn a_restart_removes_the_container_a_crash_left_behind() {
     assert_nothing_left(&runner, data.path());
     second.child.kill().unwrap();
     second.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
+    let Some((image, _)) = images() else {
+        return;
+    };
+    // A "registry" that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_at = silent.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, _) = executor(dir.path(), &image);
+    let mut config = ImageConfig::new(dir.path().join("images"));
+    config.insecure_registries = vec![silent_at.clone()];
+    let images = Arc::new(ImageStore::new(config).unwrap());
+    let h = Harness::with_options(Options {
+        executor: Some((runner.clone(), images)),
+        ..Options::default()
+    })
+    .await;
+    let hanging = format!("{silent_at}/bw-test/busybox:1");
+    bunch(&h, 8, "tokH", &[container_spec(1, &hanging, "true")]).await;
+    let started = Instant::now();
+    h.accept(8, 1, "tokH").await;
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // The pull is under way: the job holds its resources, initializing.
+    let state = h
+        .wait_for(8, 1, |s| s.name() == "running.initializing")
+        .await;
+    assert_eq!(state.wire_state().as_str(), "initializing");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        h.worker.state_of(8, 1).unwrap().name(),
+        "running.initializing"
+    );
+    let cancelled_at = Instant::now();
+    let (status, _) = h.cancel(8, 1).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        h.wait_final(8, 1).await,
+        JobState::Done {
+            outcome: Outcome::Cancelled
+        }
+    );
+    assert!(cancelled_at.elapsed() < Duration::from_secs(2));
+    h.wait_event(8, 1, "logs_uploaded").await;
+    assert_nothing_left(&runner, h.data.path());
+    held.abort();
 }
