@@ -600,12 +600,7 @@ impl JobProcess for RuncProcess {
         timeout: Option<Duration>,
         kill: CancellationToken,
     ) -> (ExitStatus, u64) {
-        let timer = async {
-            match timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => std::future::pending().await,
-            }
-        };
+        let timer = crate::runner::run_out(timeout);
         let status = tokio::select! {
             status = self.child.wait() => Some(status),
             () = timer => {

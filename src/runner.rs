@@ -289,12 +289,7 @@ impl Process for RunningProcess {
         timeout: Option<Duration>,
         kill: CancellationToken,
     ) -> (ExitStatus, u64) {
-        let timer = async {
-            match timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => std::future::pending().await,
-            }
-        };
+        let timer = run_out(timeout);
         let status = tokio::select! {
             status = self.child.wait() => exit_status(status),
             () = timer => {
@@ -321,6 +316,15 @@ impl RunningProcess {
                 exit_status(self.child.wait().await)
             }
         }
+    }
+}
+
+/// Resolves once `timeout` has passed; never without one. What a
+/// [`Process::wait`] races the process against.
+pub async fn run_out(timeout: Option<Duration>) {
+    match timeout {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -16,43 +16,28 @@ fn given(events: &[Event]) -> JobAttempt {
 }
 
 fn docker_loaded() -> Event {
+    loaded(0, 0, None)
+}
+
+/// A loaded `docker` spec with `inputs` input files, `outputs` output
+/// files, and `image` to pull.
+fn loaded(inputs: u32, outputs: u32, image: Option<&str>) -> Event {
     Event::SpecLoaded {
         process: ProcessKind::Docker,
         size_bytes: 120,
         unsupported: vec![],
         cores_mcpu: 1000,
         memory_bytes: 1 << 30,
-        input_files: 0,
-        output_files: 0,
-        image: None,
+        input_files: inputs,
+        output_files: outputs,
+        image: image.map(str::to_owned),
     }
 }
 
 /// A loaded spec whose image the worker must pull, with `inputs` input
 /// files.
 fn loaded_with_image(inputs: u32) -> Event {
-    match loaded_with_files(inputs, 0) {
-        Event::SpecLoaded {
-            process,
-            size_bytes,
-            unsupported,
-            cores_mcpu,
-            memory_bytes,
-            input_files,
-            output_files,
-            ..
-        } => Event::SpecLoaded {
-            process,
-            size_bytes,
-            unsupported,
-            cores_mcpu,
-            memory_bytes,
-            input_files,
-            output_files,
-            image: Some("registry.example/busybox:1".into()),
-        },
-        _ => unreachable!(),
-    }
+    loaded(inputs, 0, Some("registry.example/busybox:1"))
 }
 
 fn image_pulled() -> Event {
@@ -72,26 +57,7 @@ fn image_pull_failed() -> Event {
 
 /// A loaded spec with `inputs` input files and `outputs` output files.
 fn loaded_with_files(inputs: u32, outputs: u32) -> Event {
-    match docker_loaded() {
-        Event::SpecLoaded {
-            process,
-            size_bytes,
-            unsupported,
-            cores_mcpu,
-            memory_bytes,
-            ..
-        } => Event::SpecLoaded {
-            process,
-            size_bytes,
-            unsupported,
-            cores_mcpu,
-            memory_bytes,
-            input_files: inputs,
-            output_files: outputs,
-            image: None,
-        },
-        _ => unreachable!(),
-    }
+    loaded(inputs, outputs, None)
 }
 
 fn exited(code: i32) -> Event {
