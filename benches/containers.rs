@@ -5,7 +5,8 @@
 //! without `BW_TEST_IMAGE` the bench says so and exits 0), and prints:
 //!
 //! - the first pull of the test image (cold cache): create → `image_pulled`;
-//! - one job at a time (`CONTAINER_JOBS`, default 30): create → running
+//! - one job at a time (`CONTAINER_JOBS`, default 30): the create call,
+//!   create → running
 //!   (`process_started` recorded), running → exited, and create → final,
 //!   p50 / p90 / max in ms;
 //! - all of them at once: wall time and jobs/s.
@@ -108,6 +109,8 @@ fn create(batch_id: i64, job_id: i64) -> CreateJob {
 
 /// Timings of one job, in ms.
 struct Timing {
+    /// The create call itself (validation, the journal write).
+    create: f64,
     to_running: f64,
     running: f64,
     to_final: f64,
@@ -119,6 +122,7 @@ async fn one_job(worker: &Worker, batch_id: i64, job_id: i64) -> Timing {
         .create(create(batch_id, job_id))
         .await
         .expect("accepted");
+    let create = started.elapsed();
     worker
         .wait_until(|w| {
             w.state_of(batch_id, job_id).is_ok_and(|s| {
@@ -140,6 +144,7 @@ async fn one_job(worker: &Worker, batch_id: i64, job_id: i64) -> Timing {
     let state = worker.state_of(batch_id, job_id).unwrap();
     assert_eq!(state.name(), "done", "job {batch_id}:{job_id}: {state:?}");
     Timing {
+        create: create.as_secs_f64() * 1000.0,
         to_running: to_running.as_secs_f64() * 1000.0,
         running: (to_final - to_running).as_secs_f64() * 1000.0,
         to_final: to_final.as_secs_f64() * 1000.0,
@@ -161,7 +166,8 @@ async fn measure(name: &str, bench: &Bench, image: &str, jobs: i64) {
         timings.push(one_job(worker, 2, job_id).await);
     }
     println!(
-        "| {name} | one at a time | {} | {} | {} |",
+        "| {name} | one at a time | {} | {} | {} | {} |",
+        percentiles(timings.iter().map(|t| t.create).collect()),
         percentiles(timings.iter().map(|t| t.to_running).collect()),
         percentiles(timings.iter().map(|t| t.running).collect()),
         percentiles(timings.iter().map(|t| t.to_final).collect()),
@@ -173,8 +179,9 @@ async fn measure(name: &str, bench: &Bench, image: &str, jobs: i64) {
     let timings = futures::future::join_all(all).await;
     let wall = started.elapsed().as_secs_f64();
     println!(
-        "| {name} | {jobs} at once ({:.1} jobs/s) | {} | {} | {} |",
+        "| {name} | {jobs} at once ({:.1} jobs/s) | {} | {} | {} | {} |",
         jobs as f64 / wall,
+        percentiles(timings.iter().map(|t| t.create).collect()),
         percentiles(timings.iter().map(|t| t.to_running).collect()),
         percentiles(timings.iter().map(|t| t.running).collect()),
         percentiles(timings.iter().map(|t| t.to_final).collect()),
@@ -236,8 +243,10 @@ fn main() {
             pull.to_running
         );
         println!("`sh -c true` jobs, ms, p50 / p90 / max:\n");
-        println!("| executor | jobs | create → running | running → exited | create → final |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "| executor | jobs | create call | create → running | running → exited | create → final |"
+        );
+        println!("|---|---|---|---|---|---|");
         measure("host", &host, &image, jobs).await;
         measure("runc", &containers, &image, jobs).await;
     });
