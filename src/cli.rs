@@ -327,6 +327,13 @@ pub struct ExecutorArgs {
     /// Network of job containers: `none` (only loopback) or `host`.
     #[arg(long, value_enum, default_value = "none")]
     pub container_network: ContainerNetwork,
+    /// Largest image pulled: its layers, compressed as declared and
+    /// unpacked, e.g. 20GiB. Larger images end image_pull_failed.
+    #[arg(long, default_value = "20GiB")]
+    pub image_max_bytes: bytesize::ByteSize,
+    /// Longest one image pull may take, retries included, in s.
+    #[arg(long, default_value_t = 600)]
+    pub image_pull_timeout_s: u64,
 }
 
 impl ExecutorArgs {
@@ -366,6 +373,8 @@ impl ExecutorArgs {
                 );
                 images.auth_file = self.registry_auth_file.clone();
                 images.insecure_registries = self.insecure_registry.clone();
+                images.max_image_bytes = self.image_max_bytes.as_u64();
+                images.pull_timeout = Duration::from_secs(self.image_pull_timeout_s.max(1));
                 let images = ImageStore::new(images)
                     .map_err(|e| StartError::Invalid(format!("--executor runc: {e}")))?;
                 Ok((Arc::new(runner), Some(Arc::new(images))))

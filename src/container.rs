@@ -437,6 +437,9 @@ fn runtime_spec(
     process.set_env(Some(container_env(request)));
     process.set_cwd(PathBuf::from(image.working_dir.as_deref().unwrap_or("/")));
     process.set_capabilities(Some(job_capabilities()));
+    // Under memory pressure the kernel ends a job's process before the
+    // worker's.
+    process.set_oom_score_adj(Some(1000));
     let mut mounts = get_default_mounts();
     for (source, destination) in secret_mounts {
         mounts.push(
@@ -556,10 +559,16 @@ fn job_capabilities() -> LinuxCapabilities {
 /// [`CONTAINER_PATH`].
 fn container_env(request: &ProcessRequest) -> Vec<String> {
     let image = request.image.as_ref().expect("checked by the caller");
+    // Later entries win, in the place of the first: linear in the number
+    // of variables (a spec may carry very many).
     let mut env: Vec<(String, String)> = Vec::new();
-    let mut set = |name: &str, value: &str| {
-        env.retain(|(n, _)| n != name);
-        env.push((name.to_owned(), value.to_owned()));
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut set = |name: &str, value: &str| match index.get(name) {
+        Some(&i) => env[i].1 = value.to_owned(),
+        None => {
+            index.insert(name.to_owned(), env.len());
+            env.push((name.to_owned(), value.to_owned()));
+        }
     };
     set("PATH", CONTAINER_PATH);
     for entry in &image.env {
@@ -785,6 +794,28 @@ mod tests {
             .find(|m| m.destination() == Path::new("/gsa-key"))
             .unwrap();
         assert!(secret.options().clone().unwrap().contains(&"ro".to_owned()));
+    }
+
+    #[test]
+    fn many_environment_variables_take_linear_time_and_later_ones_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut request = request(dir.path());
+        request.env = (0..100_000)
+            .map(|i| EnvVar {
+                name: format!("V{}", i % 50_000),
+                value: i.to_string(),
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let env = container_env(&request);
+        // Quadratic, this took minutes; linear, a few ms (debug build).
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(env.contains(&"V0=50000".to_owned()));
+        assert_eq!(env.iter().filter(|e| e.starts_with("V7=")).count(), 1);
     }
 
     #[test]

@@ -65,11 +65,25 @@ pub struct ImageConfig {
     pub max_attempts: u32,
     /// Delay before the first retry; doubled each time (with jitter).
     pub retry_delay: Duration,
+    /// Largest image, in bytes: the sum of its layers' sizes as the
+    /// manifest declares them (compressed), and of their tar streams
+    /// (uncompressed). A layer blob longer than its declared size is cut
+    /// off. Bounds what a hostile or broken registry can put on the disk.
+    pub max_image_bytes: u64,
+    /// Longest one pull may take, retries included (a registry that
+    /// trickles bytes would otherwise hold the job and its cores forever).
+    pub pull_timeout: Duration,
 }
+
+/// Default of [`ImageConfig::max_image_bytes`]: 20 GiB.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 20 << 30;
+
+/// Default of [`ImageConfig::pull_timeout`]: 10 minutes.
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl ImageConfig {
     /// Defaults under `cache_dir`: anonymous, HTTPS everywhere, 4 tries
-    /// from 500 ms.
+    /// from 500 ms, images up to 20 GiB pulled within 10 minutes.
     pub fn new(cache_dir: PathBuf) -> ImageConfig {
         ImageConfig {
             cache_dir,
@@ -77,6 +91,8 @@ impl ImageConfig {
             insecure_registries: Vec::new(),
             max_attempts: 4,
             retry_delay: Duration::from_millis(500),
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            pull_timeout: DEFAULT_PULL_TIMEOUT,
         }
     }
 }
@@ -147,10 +163,17 @@ pub enum PullError {
         /// What went wrong.
         source: LayerError,
     },
-    /// The image is not a usable Linux image (config unreadable, an index
-    /// with no manifest for this platform, a digest of an unknown form).
+    /// The image is not a usable Linux image for this machine (config
+    /// unreadable, another OS or architecture, a digest of an unknown
+    /// form, larger than `--image-max-bytes`).
     #[error("{0}")]
     Unusable(String),
+    /// The pull took longer than `--image-pull-timeout-s`.
+    #[error("the pull did not finish within {timeout_s} s (--image-pull-timeout-s)")]
+    TimedOut {
+        /// The limit, in s.
+        timeout_s: u64,
+    },
     /// The cache directory could not be written.
     #[error("image cache {path}: {source}")]
     Io {
@@ -251,7 +274,12 @@ impl ImageStore {
         if let Some(image) = &*held {
             return Ok((image.clone(), false));
         }
-        let (image, downloaded) = self.pull_now(reference).await?;
+        let timeout = self.config.pull_timeout;
+        let (image, downloaded) = tokio::time::timeout(timeout, self.pull_now(reference))
+            .await
+            .map_err(|_| PullError::TimedOut {
+                timeout_s: timeout.as_secs(),
+            })??;
         let image = Arc::new(image);
         *held = Some(image.clone());
         Ok((image, downloaded))
@@ -267,6 +295,20 @@ impl ImageStore {
             .await?;
         let hex = sha256_hex(&digest)?.to_owned();
         let entry = self.config.cache_dir.join("sha256").join(&hex);
+        // Refused before anything is downloaded: another OS or
+        // architecture, an unreadable config, too large.
+        let image = image_from_config(reference, &digest, &entry, &config_json)?;
+        let declared: u64 = manifest
+            .layers
+            .iter()
+            .map(|l| u64::try_from(l.size).unwrap_or(u64::MAX))
+            .fold(0, u64::saturating_add);
+        if declared > self.config.max_image_bytes {
+            return Err(PullError::Unusable(format!(
+                "the image's layers are {declared} bytes, more than the {} allowed (--image-max-bytes)",
+                self.config.max_image_bytes
+            )));
+        }
         let downloaded = if exists(&entry)? {
             false
         } else {
@@ -275,7 +317,6 @@ impl ImageStore {
             self.downloads.fetch_add(1, Ordering::Relaxed);
             true
         };
-        let image = image_from_config(reference, &digest, &entry, &config_json)?;
         Ok((image, downloaded))
     }
 
@@ -302,6 +343,7 @@ impl ImageStore {
         std::fs::create_dir_all(&rootfs).map_err(io(&rootfs))?;
         // Removes the partial unpack however this ends (error or drop).
         let _cleanup = RemoveOnDrop(tmp.clone());
+        let mut budget = self.config.max_image_bytes;
         for layer in &manifest.layers {
             let layer_hex = sha256_hex(&layer.digest)?;
             let compression =
@@ -317,9 +359,14 @@ impl ImageStore {
                 .join("blobs")
                 .join(format!("{layer_hex}.{nonce:016x}"));
             let _blob_cleanup = RemoveOnDrop(blob.clone());
+            // A blob may not be longer than the manifest says.
+            let declared = u64::try_from(layer.size).unwrap_or(0);
             self.retried(|| async {
                 let file = tokio::fs::File::create(&blob).await?;
-                let mut out = tokio::io::BufWriter::new(file);
+                let mut out = Capped {
+                    inner: tokio::io::BufWriter::new(file),
+                    left: declared,
+                };
                 self.client.pull_blob(image, layer, &mut out).await?;
                 tokio::io::AsyncWriteExt::flush(&mut out).await?;
                 Ok(())
@@ -329,7 +376,7 @@ impl ImageStore {
                 (blob.clone(), rootfs.clone(), layer.digest.clone());
             let applied = tokio::task::spawn_blocking(move || {
                 layer::verify_digest(&blob_path, &digest)?;
-                layer::apply_layer(&blob_path, compression, &rootfs_path)
+                layer::apply_layer(&blob_path, compression, &rootfs_path, budget)
             })
             .await
             .map_err(|e| PullError::Unusable(format!("the unpacking thread failed: {e}")))?;
@@ -337,6 +384,7 @@ impl ImageStore {
                 digest: layer.digest.clone(),
                 source,
             })?;
+            budget = budget.saturating_sub(stats.tar_bytes);
             tracing::debug!(image = %image, layer = %layer.digest, entries = stats.entries, whiteouts = stats.whiteouts, size_bytes = stats.size_bytes, "layer applied");
         }
         let config_path = tmp.join("config.json");
@@ -551,6 +599,17 @@ fn image_from_config(
             "the image is for {os:?}; this worker runs linux images"
         )));
     }
+    let arch = config.architecture().to_string();
+    let ours = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    if arch != ours {
+        return Err(PullError::Unusable(format!(
+            "the image is for the {arch} architecture; this worker runs {ours} images"
+        )));
+    }
     let runtime = config.config().clone().unwrap_or_default();
     Ok(PulledImage {
         reference: reference.to_owned(),
@@ -560,6 +619,48 @@ fn image_from_config(
         working_dir: runtime.working_dir().clone().filter(|d| !d.is_empty()),
         entrypoint: runtime.entrypoint().clone().unwrap_or_default(),
     })
+}
+
+/// A writer that fails once more than `left` bytes are written to it: a
+/// blob longer than its declared size.
+struct Capped<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the blob is longer than the size its manifest declares",
+            )));
+        }
+        let this = &mut *self;
+        let written = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &written {
+            this.left -= *n as u64;
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Removes a path (file or tree) when dropped, unless it was renamed away.
@@ -591,6 +692,35 @@ mod tests {
         ] {
             assert!(sha256_hex(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn images_for_another_os_or_architecture_are_refused_before_any_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let config = |os: &str, arch: &str| {
+            format!(
+                r#"{{"architecture": "{arch}", "os": "{os}", "rootfs": {{"type": "layers", "diff_ids": []}}, "config": {{"Env": ["A=1"], "WorkingDir": "/w"}}}}"#
+            )
+        };
+        let ours = if cfg!(target_arch = "aarch64") {
+            "arm64"
+        } else {
+            "amd64"
+        };
+        let other = if ours == "amd64" { "arm64" } else { "amd64" };
+        let image =
+            image_from_config("r/i:1", &digest, dir.path(), &config("linux", ours)).unwrap();
+        assert_eq!(image.env, ["A=1"]);
+        assert_eq!(image.working_dir.as_deref(), Some("/w"));
+        let err = image_from_config("r/i:1", &digest, dir.path(), &config("linux", other))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(other) && err.contains("architecture"), "{err}");
+        let err = image_from_config("r/i:1", &digest, dir.path(), &config("windows", ours))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("windows"), "{err}");
     }
 
     #[test]

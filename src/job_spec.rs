@@ -252,10 +252,16 @@ impl JobSpec {
             job_id,
             process: process_kind,
             command,
-            image: process
-                .get("image")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            image: match process.get("image") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(image)) => Some(image.clone()),
+                Some(other) => {
+                    return Err(SpecCorrupt(format!(
+                        "process.image: expected a string (an image reference), got {}",
+                        describe(Some(other))
+                    )))
+                }
+            },
             env,
             timeout,
             resources: spec.get("resources").cloned().unwrap_or(Value::Null),
@@ -483,6 +489,23 @@ mod tests {
             err.0.contains("not UTF-8: invalid byte at offset 10"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_image_that_is_not_a_string_is_corrupt_naming_the_field() {
+        for image in ["5", "true", "[]", "{}"] {
+            let text = format!(
+                r#"{{"job_id":12,"process":{{"type":"docker","image":{image},"command":["true"]}}}}"#
+            );
+            let err = spec(&text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("process.image: expected a string"),
+                "{image}: {err}"
+            );
+        }
+        let s =
+            spec(r#"{"job_id":12,"process":{"type":"docker","image":null,"command":["true"]}}"#);
+        assert_eq!(s.unwrap().image, None);
     }
 
     #[test]

@@ -1385,7 +1385,12 @@ impl Worker {
             dir: AttemptDir::new(&self.inner.config.data_dir, &key),
             image,
             cores_mcpu: spec.cores_mcpu,
-            memory_bytes: spec.memory_bytes,
+            // A job that reserves no memory is still limited: to what the
+            // worker may give jobs in all.
+            memory_bytes: match spec.memory_bytes {
+                0 => self.inner.config.capacity.memory_bytes,
+                reserved => reserved,
+            },
             secrets: spec.secrets.clone(),
         };
         if kill.is_cancelled() {

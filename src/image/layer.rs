@@ -69,6 +69,14 @@ pub enum LayerError {
         /// The path as written in the tar entry.
         path: PathBuf,
     },
+    /// The layer's tar stream (uncompressed) is longer than the bytes
+    /// left to the image (`--image-max-bytes`): a decompression bomb, or an
+    /// image too big for this worker.
+    #[error("the layer unpacks to more than the {limit_bytes} bytes left to the image (--image-max-bytes)")]
+    TooLarge {
+        /// The bytes the layer's tar stream was allowed.
+        limit_bytes: u64,
+    },
     /// The tar or gzip stream is unreadable: bad header, bad compressed
     /// data, or the stream ends early.
     #[error("corrupt layer: {message}")]
@@ -199,6 +207,8 @@ pub struct LayerStats {
     pub whiteouts: u64,
     /// Bytes of regular file content written (uncompressed).
     pub size_bytes: u64,
+    /// Bytes of the uncompressed tar stream (what `max_tar_bytes` bounds).
+    pub tar_bytes: u64,
 }
 
 /// Applies one layer, the tar stream in the file `blob` compressed as
@@ -222,32 +232,90 @@ pub struct LayerStats {
 /// Blocking file I/O: from async code, call it in `spawn_blocking`.
 ///
 /// Errors: [`LayerError::Io`] (the blob or the path inside the root),
-/// [`LayerError::UnsafePath`], [`LayerError::Corrupt`]. The root is left
-/// partly applied after an error.
+/// [`LayerError::UnsafePath`], [`LayerError::Corrupt`],
+/// [`LayerError::TooLarge`] once more than `max_tar_bytes` of uncompressed
+/// tar stream were read (in either pass: a decompression bomb costs at
+/// most that much reading and writing). The root is left partly applied
+/// after an error.
 pub fn apply_layer(
     blob: &Path,
     compression: LayerCompression,
     rootfs: &Path,
+    max_tar_bytes: u64,
+) -> Result<LayerStats, LayerError> {
+    let over = Rc::new(Cell::new(false));
+    apply_layer_within(blob, compression, rootfs, max_tar_bytes, &over).map_err(|e| {
+        if over.get() {
+            LayerError::TooLarge {
+                limit_bytes: max_tar_bytes,
+            }
+        } else {
+            e
+        }
+    })
+}
+
+fn apply_layer_within(
+    blob: &Path,
+    compression: LayerCompression,
+    rootfs: &Path,
+    max_tar_bytes: u64,
+    over: &Rc<Cell<bool>>,
 ) -> Result<LayerStats, LayerError> {
     fs::read_dir(rootfs).map_err(io_at(rootfs))?; // a directory we can read
     let mut stats = LayerStats::default();
     let reader = open_blob(blob)?;
+    let limited = |inner: Box<dyn Read>| Limit {
+        inner,
+        read: 0,
+        limit: max_tar_bytes,
+        over: Rc::clone(over),
+    };
     stats.whiteouts = match compression {
         LayerCompression::None => {
+            let size = reader.get_ref().metadata().map_err(io_at(blob))?.len();
+            if size > max_tar_bytes {
+                over.set(true);
+                return Err(corrupt(blob)(io::Error::other("over the limit")));
+            }
+            stats.tar_bytes = size;
             let mut archive = Archive::new(reader);
             let entries = archive.entries_with_seek().map_err(corrupt(blob))?;
             whiteout_pass(entries, blob, rootfs)?
         }
         LayerCompression::Gzip => {
-            let mut archive = Archive::new(MultiGzDecoder::new(reader));
+            let mut archive = Archive::new(limited(Box::new(MultiGzDecoder::new(reader))));
             let n = whiteout_pass(archive.entries().map_err(corrupt(blob))?, blob, rootfs)?;
             // Read to the end, so the gzip trailer (CRC, length) is checked.
-            io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(corrupt(blob))?;
+            let mut rest = archive.into_inner();
+            io::copy(&mut rest, &mut io::sink()).map_err(corrupt(blob))?;
+            stats.tar_bytes = rest.read;
             n
         }
     };
-    extract_pass(blob, compression, rootfs, &mut stats)?;
+    extract_pass(blob, compression, rootfs, &mut stats, &limited)?;
     Ok(stats)
+}
+
+/// Counts the bytes read through it; a read past `limit` fails (and sets
+/// `over`, so the caller reports [`LayerError::TooLarge`]).
+struct Limit<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+    over: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for Limit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            self.over.set(true);
+            return Err(io::Error::other("the layer is larger than its limit"));
+        }
+        Ok(n)
+    }
 }
 
 /// Pass 1: applies the whiteouts; checks every entry's path on the way.
@@ -292,11 +360,12 @@ fn extract_pass(
     compression: LayerCompression,
     rootfs: &Path,
     stats: &mut LayerStats,
+    limited: &dyn Fn(Box<dyn Read>) -> Limit<Box<dyn Read>>,
 ) -> Result<(), LayerError> {
     let reader = open_blob(blob)?;
     let stream: Box<dyn Read> = match compression {
         LayerCompression::None => Box::new(reader),
-        LayerCompression::Gzip => Box::new(MultiGzDecoder::new(reader)),
+        LayerCompression::Gzip => Box::new(limited(Box::new(MultiGzDecoder::new(reader)))),
     };
     let failed = Rc::new(Cell::new(false));
     let mut archive = Archive::new(Watched {
@@ -659,7 +728,9 @@ mod tests {
 
         fn apply(&self, name: &str, items: Vec<Item>) -> Result<LayerStats, LayerError> {
             let blob = self.layer(name, false, items);
-            apply_layer(&blob, LayerCompression::None, &self.root)
+            // The stream's length is checked by its own test.
+            apply_layer(&blob, LayerCompression::None, &self.root, u64::MAX)
+                .map(|s| LayerStats { tar_bytes: 0, ..s })
         }
 
         fn at(&self, rel: &str) -> PathBuf {
@@ -680,7 +751,38 @@ mod tests {
             entries,
             whiteouts,
             size_bytes,
+            tar_bytes: 0,
         }
+    }
+
+    #[test]
+    fn a_layer_longer_than_its_budget_is_refused_before_it_fills_the_disk() {
+        let fx = Fx::new();
+        // 1 MiB of zeros: a few KiB gzipped, a "bomb" against a 64 KiB budget.
+        let zeros = "0".repeat(1 << 20);
+        let item = format!("f big {zeros}");
+        let bomb = fx.layer("bomb.tar.gz", true, t(&[item.as_str()]));
+        assert!(fs::metadata(&bomb).unwrap().len() < 64 << 10);
+        for compression in [LayerCompression::Gzip, LayerCompression::None] {
+            let blob = if compression == LayerCompression::Gzip {
+                bomb.clone()
+            } else {
+                fx.layer("big.tar", false, t(&[item.as_str()]))
+            };
+            let err = apply_layer(&blob, compression, &fx.root, 64 << 10).unwrap_err();
+            assert!(
+                matches!(err, LayerError::TooLarge { limit_bytes } if limit_bytes == 64 << 10),
+                "{err}"
+            );
+            let written = fs::metadata(fx.at("big")).map_or(0, |m| m.len());
+            assert!(written <= 64 << 10, "{written} bytes written");
+        }
+        // Within its budget, the same layer applies.
+        let got = apply_layer(&bomb, LayerCompression::Gzip, &fx.root, 2 << 20).unwrap();
+        assert!(
+            got.tar_bytes > 1 << 20 && got.size_bytes == 1 << 20,
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -715,8 +817,15 @@ mod tests {
     fn gzip_layer_is_extracted() {
         let fx = Fx::new();
         let blob = fx.layer("l1.tar.gz", true, t(&["d app", "f app/main.py print(1)"]));
-        let got = apply_layer(&blob, LayerCompression::Gzip, &fx.root).unwrap();
-        assert_eq!(got, stats(2, 0, 8));
+        let got = apply_layer(&blob, LayerCompression::Gzip, &fx.root, u64::MAX).unwrap();
+        assert!(got.tar_bytes >= 2 * 512, "{got:?}");
+        assert_eq!(
+            LayerStats {
+                tar_bytes: 0,
+                ..got
+            },
+            stats(2, 0, 8)
+        );
         assert_eq!(fx.read("app/main.py"), "print(1)");
     }
 
@@ -878,7 +987,7 @@ mod tests {
         let fx = Fx::new();
         let garbage = fx.tmp.path().join("garbage.tar.gz");
         fs::write(&garbage, b"this is not gzip at all").unwrap();
-        let err = apply_layer(&garbage, LayerCompression::Gzip, &fx.root).unwrap_err();
+        let err = apply_layer(&garbage, LayerCompression::Gzip, &fx.root, u64::MAX).unwrap_err();
         assert!(matches!(&err, LayerError::Corrupt { message } if message.contains("garbage")));
         // A file whose data stops early.
         let big = format!("f big {}", "z".repeat(4000));
@@ -889,7 +998,7 @@ mod tests {
             .unwrap()
             .set_len(1024)
             .unwrap();
-        let err = apply_layer(&blob, LayerCompression::None, &fx.root).unwrap_err();
+        let err = apply_layer(&blob, LayerCompression::None, &fx.root, u64::MAX).unwrap_err();
         assert!(matches!(&err, LayerError::Corrupt { message } if message.contains("big")));
     }
 

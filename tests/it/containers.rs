@@ -550,6 +550,7 @@ async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
     let (runner, _) = executor(dir.path(), &image);
     let mut config = ImageConfig::new(dir.path().join("images"));
     config.insecure_registries = vec![silent_at.clone()];
+    config.pull_timeout = Duration::from_secs(2);
     let images = Arc::new(ImageStore::new(config).unwrap());
     let h = Harness::with_options(Options {
         executor: Some((runner.clone(), images)),
@@ -557,7 +558,16 @@ async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
     })
     .await;
     let hanging = format!("{silent_at}/bw-test/busybox:1");
-    bunch(&h, 8, "tokH", &[container_spec(1, &hanging, "true")]).await;
+    bunch(
+        &h,
+        8,
+        "tokH",
+        &[
+            container_spec(1, &hanging, "true"),
+            container_spec(2, &hanging, "true"),
+        ],
+    )
+    .await;
     let started = Instant::now();
     h.accept(8, 1, "tokH").await;
     assert!(started.elapsed() < Duration::from_millis(500));
@@ -582,6 +592,15 @@ async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
     );
     assert!(cancelled_at.elapsed() < Duration::from_secs(2));
     h.wait_event(8, 1, "logs_uploaded").await;
+    // Not cancelled, the same pull ends at --image-pull-timeout-s.
+    h.accept(8, 2, "tokH").await;
+    match h.wait_final(8, 2).await {
+        JobState::Errored { kind, message } => {
+            assert_eq!(kind, ErrorKind::ImagePullFailed);
+            assert!(message.contains("did not finish within 2 s"), "{message}");
+        }
+        other => panic!("expected image_pull_failed, got {other:?}"),
+    }
     assert_nothing_left(&runner, h.data.path());
     held.abort();
 }
