@@ -482,12 +482,22 @@ pub fn read_auth_file(path: &Path) -> Result<(), PullError> {
     }
 }
 
+/// Longest image reference taken, in bytes (Docker's limit on a name is
+/// 255 per path component; a reference longer than this is not an image).
+pub const MAX_REFERENCE_BYTES: usize = 1024;
+
 /// Checks that `reference` is an image reference (`[registry/]name[:tag]
 /// [@digest]`), as the worker does when a spec is loaded.
 ///
 /// # Errors
 /// The parser's message (which part is wrong).
 pub fn check_reference(reference: &str) -> Result<(), String> {
+    if reference.len() > MAX_REFERENCE_BYTES {
+        return Err(format!(
+            "{} bytes long, more than {MAX_REFERENCE_BYTES}",
+            reference.len()
+        ));
+    }
     reference
         .parse::<Reference>()
         .map(drop)
@@ -526,6 +536,9 @@ fn classify(e: OciDistributionError, attempts: u32) -> PullError {
         );
     }
     match &e {
+        OciDistributionError::DigestError(_) => PullError::Unusable(format!(
+            "a blob's content does not match its digest (damaged in the registry or on the way): {message}"
+        )),
         OciDistributionError::ImageManifestNotFoundError(_) => PullError::NotFound { message },
         OciDistributionError::ServerError { code: 404, .. } => PullError::NotFound { message },
         OciDistributionError::RegistryError { envelope, .. }
@@ -721,6 +734,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("windows"), "{err}");
+    }
+
+    #[test]
+    fn references_are_checked_and_bounded() {
+        check_reference("127.0.0.1:5055/bw-test/busybox:1").unwrap();
+        check_reference(&format!("ubuntu@sha256:{}", "ab".repeat(32))).unwrap();
+        for bad in ["", "Not An::Image", "a b"] {
+            assert!(check_reference(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("r.example/{}:1", "a".repeat(MAX_REFERENCE_BYTES));
+        let err = check_reference(&long).unwrap_err();
+        assert!(err.contains("more than 1024"), "{err}");
     }
 
     #[test]

@@ -150,11 +150,12 @@ fn validate_secrets(secrets: &[SecretMount]) -> Result<(), FieldError> {
             || !plain
             || path.parent().is_none()
             || secret.mount_path.contains('\0')
+            || secret.mount_path.len() > 1024
         {
             return Err(FieldError::new(
                 field,
                 format!(
-                    "expected an absolute path below / without . or .. (e.g. /gsa-key), got {:?}",
+                    "expected an absolute path below / without . or .., at most 1024 bytes (e.g. /gsa-key), got {:?}",
                     truncate(&secret.mount_path, 200)
                 ),
             ));

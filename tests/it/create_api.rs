@@ -183,6 +183,10 @@ async fn malformed_bodies_get_400_naming_the_field() {
             "job_spec.secrets[0].mount_path",
         ),
         (
+            json!([secret(&format!("/{}", "a".repeat(2000)), "k", "AAAA")]),
+            "job_spec.secrets[0].mount_path",
+        ),
+        (
             json!([ok.clone(), secret("/gsa-key/", "k", "AAAA")]),
             "job_spec.secrets[1].mount_path",
         ),
