@@ -198,8 +198,24 @@ impl Cleanup {
 }
 
 impl Drop for Cleanup {
+    /// An abandoned spawn drops its cleanup on an async thread: the runc
+    /// calls and the unmount then go to a blocking thread.
     fn drop(&mut self) {
-        self.run();
+        if !self.armed {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let mut rest = Cleanup {
+                    runner: self.runner.clone(),
+                    id: self.id.clone(),
+                    bundle: self.bundle.clone(),
+                    armed: std::mem::take(&mut self.armed),
+                };
+                runtime.spawn_blocking(move || rest.run());
+            }
+            Err(_) => self.run(),
+        }
     }
 }
 

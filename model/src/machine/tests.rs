@@ -212,21 +212,24 @@ fn all_events() -> Vec<Event> {
     ]
 }
 
+/// Entering `Errored{kind}` (message not compared): asks for the logs
+/// upload only.
+fn errored(kind: ErrorKind) -> Option<(JobState, Vec<Effect>)> {
+    Some((
+        JobState::Errored {
+            kind,
+            message: String::new(),
+        },
+        vec![Effect::UploadLogs],
+    ))
+}
+
 /// The legal transitions of live states: (state name, event) → (state
 /// after, effects). Every pair not listed must be rejected. Entering a
 /// terminal state always asks for `UploadLogs` (and nothing else): the
 /// report follows the upload's result.
 fn legal(state: &str, event: &Event) -> Option<(JobState, Vec<Effect>)> {
     use Effect::*;
-    let errored = |kind| {
-        Some((
-            JobState::Errored {
-                kind,
-                message: String::new(),
-            },
-            vec![UploadLogs],
-        ))
-    };
     let done = |outcome, mut effects: Vec<Effect>| {
         effects.push(UploadLogs);
         Some((JobState::Done { outcome }, effects))
@@ -623,15 +626,6 @@ fn version_1_histories_replay_through_upcast() {
 /// to be pulled (`inputs` input files after it).
 fn legal_while_pulling(inputs: u32, event: &Event) -> Option<(JobState, Vec<Effect>)> {
     use Effect::*;
-    let errored = |kind| {
-        Some((
-            JobState::Errored {
-                kind,
-                message: String::new(),
-            },
-            vec![UploadLogs],
-        ))
-    };
     let running = |phase| JobState::Running { phase };
     match event {
         Event::ImagePulled { .. } if inputs > 0 => {
