@@ -540,10 +540,12 @@ async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
     // A "registry" that accepts connections and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_at = silent.local_addr().unwrap().to_string();
+    let (connected, mut connections) = tokio::sync::watch::channel(0usize);
     let held = tokio::spawn(async move {
         let mut sockets = Vec::new();
         while let Ok((socket, _)) = silent.accept().await {
             sockets.push(socket);
+            connected.send_replace(sockets.len());
         }
     });
     let dir = tempfile::tempdir().unwrap();
@@ -576,7 +578,8 @@ async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
         .wait_for(8, 1, |s| s.name() == "running.initializing")
         .await;
     assert_eq!(state.wire_state().as_str(), "initializing");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The pull has reached the registry, which holds it.
+    connections.wait_for(|n| *n >= 1).await.unwrap();
     assert_eq!(
         h.worker.state_of(8, 1).unwrap().name(),
         "running.initializing"
