@@ -167,13 +167,20 @@ async fn metrics_agree_with_the_table_and_carry_no_secret() {
         ],
     )
     .await;
-    // The first job_complete call is refused once: retried.
+    // Job 4 goes first, alone, and its job_complete is refused once:
+    // retried. A job that never ran sends no job_started, so the refusal
+    // cannot land on a job_started call that a later job_complete aborts
+    // before its answer is read (which would count no retry).
     h.driver.refuse_next(1, StatusCode::SERVICE_UNAVAILABLE);
-    for (job_id, token) in [(1, "good"), (2, "good"), (3, "good"), (4, "missing")] {
+    for (job_id, token) in [(4, "missing"), (1, "good"), (2, "good"), (3, "good")] {
         let mut body = create_with_secret(job_id, token, SECRET);
         body["start_job_id"] = json!(1);
         let (status, answer) = h.create(&body).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
+        if job_id == 4 {
+            h.wait_reports(1).await;
+            assert_eq!(h.driver.received().refused, 1);
+        }
     }
     for job_id in 1..=4 {
         h.wait_final(1, job_id).await;
@@ -260,6 +267,6 @@ async fn metrics_agree_with_the_table_and_carry_no_secret() {
         sample(&m, "batch_worker_spec_load_duration_seconds_count"),
         4.0
     );
-    assert!(sample(&m, "batch_worker_reports_retried_total") >= 1.0);
+    assert_eq!(sample(&m, "batch_worker_reports_retried_total"), 1.0);
     assert!(sample(&m, "batch_worker_journal_sync_duration_seconds_count") > 0.0);
 }
