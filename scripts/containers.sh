@@ -10,6 +10,10 @@
 #                                    bw-test/whiteout:1  the above plus a layer
 #                                                        deleting /bin/grep and
 #                                                        adding /etc/bw-layer2
+#                                    bw-test/user:1      busybox:1 plus a user
+#                                                        app (uid 1000, groups
+#                                                        1000 and 2000) that
+#                                                        the config's User names
 #                                  and print the variables as `export` lines
 #                                  (also written to $BW_CONTAINERS_DIR/env)
 #   scripts/containers.sh install  only install the packages
@@ -124,10 +128,10 @@ EOF
 stamp() { touch -h -d "$created" "$@"; } # reproducible file times in the layers
 
 build() {
-  local layout=$dir/oci b1=$dir/bundle-busybox b2=$dir/bundle-whiteout
+  local layout=$dir/oci b1=$dir/bundle-busybox b2=$dir/bundle-whiteout b3=$dir/bundle-user
   local unpack=()
   [ "$(id -u)" -eq 0 ] || unpack=(--rootless)
-  rm -rf "$layout" "$b1" "$b2"
+  rm -rf "$layout" "$b1" "$b2" "$b3"
   umoci init --layout "$layout"
 
   # bw-test/busybox:1, one layer.
@@ -168,18 +172,31 @@ build() {
     --image "$layout:whiteout-1" "$b2"
   umoci config --image "$layout:whiteout-1" --created "$created" --no-history
 
+  # bw-test/user:1 = busybox:1 + a layer adding the user app, run as app.
+  umoci unpack "${unpack[@]}" --image "$layout:busybox-1" "$b3"
+  r=$b3/rootfs
+  echo 'app:x:1000:1000:App:/home/app:/bin/sh' >>"$r/etc/passwd"
+  printf 'app:x:1000:\nextra:x:2000:root,app\n' >>"$r/etc/group"
+  mkdir -p "$r/home/app"
+  chown 1000:1000 "$r/home/app"
+  stamp "$r/etc" "$r/etc/passwd" "$r/etc/group" "$r/home" "$r/home/app"
+  umoci repack --history.created "$created" --history.created_by 'scripts/containers.sh: user' \
+    --image "$layout:user-1" "$b3"
+  umoci config --image "$layout:user-1" --created "$created" --no-history \
+    --config.user app --config.workingdir /home/app
+
   umoci gc --layout "$layout"
-  rm -rf "$b1" "$b2"
+  rm -rf "$b1" "$b2" "$b3"
 }
 
 push() {
   echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$dir/policy.json"
   local pair
-  for pair in busybox-1:bw-test/busybox:1 whiteout-1:bw-test/whiteout:1; do
+  for pair in busybox-1:bw-test/busybox:1 whiteout-1:bw-test/whiteout:1 user-1:bw-test/user:1; do
     skopeo --policy "$dir/policy.json" copy --quiet --dest-tls-verify=false \
       "oci:$dir/oci:${pair%%:*}" "docker://$registry/${pair#*:}" >&2
   done
-  say "pushed $registry/bw-test/busybox:1 and $registry/bw-test/whiteout:1"
+  say "pushed $registry/bw-test/busybox:1, whiteout:1 and user:1"
 }
 
 start() {
@@ -190,6 +207,7 @@ start() {
 export BW_TEST_REGISTRY=$registry
 export BW_TEST_IMAGE=$registry/bw-test/busybox:1
 export BW_TEST_WHITEOUT_IMAGE=$registry/bw-test/whiteout:1
+export BW_TEST_USER_IMAGE=$registry/bw-test/user:1
 EOF
   cat "$dir/env"
 }

@@ -43,12 +43,16 @@ use batch_worker_model::{ExitStatus, JobKey};
 use oci_spec::runtime::{
     get_default_mounts, Capabilities, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder,
     LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, MountBuilder, Process, RootBuilder, Spec,
+    LinuxResourcesBuilder, MountBuilder, Process, RootBuilder, Spec, UserBuilder,
 };
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::runner::{AttemptDir, LaunchError, Process as JobProcess, ProcessRequest, Runner};
+
+mod user;
+
+pub use user::{JobUser, UserError};
 
 /// `PATH` in a container whose image sets none.
 pub const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -349,8 +353,13 @@ impl RuncRunner {
             Some(options.as_str()),
         )
         .map_err(|e| fail("mount the image's overlay on", &rootfs, &e))?;
-        let secret_mounts = write_secrets(&bundle, request)?;
-        let spec = runtime_spec(request, &id, secret_mounts, self.config.network)?;
+        let user = user::resolve(&image.rootfs, image.user.as_deref())
+            .map_err(|e| LaunchError(e.to_string()))?;
+        if user.uid != 0 || user.gid != 0 {
+            hand_over(&work, &user)?;
+        }
+        let secret_mounts = write_secrets(&bundle, request, &user)?;
+        let spec = runtime_spec(request, &id, secret_mounts, self.config.network, &user)?;
         let config = bundle.join("config.json");
         spec.save(&config).map_err(|e| fail("write", &config, &e))?;
         let log_path = request.dir.main_log();
@@ -396,11 +405,41 @@ fn request_log_tail(bundle: &Path) -> String {
     }
 }
 
+/// Gives the job's user what the worker staged in `work` before the start
+/// (input files and their directories), so a job that is not root can
+/// write next to its inputs. `work` itself is the container's `/` and stays
+/// root's. Symlinks are not followed.
+fn hand_over(work: &Path, user: &JobUser) -> Result<(), LaunchError> {
+    let mut todo = vec![work.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| LaunchError(format!("cannot read {}: {e}", dir.display())))?;
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| LaunchError(format!("cannot read {}: {e}", dir.display())))?;
+            let path = entry.path();
+            std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid)).map_err(|e| {
+                LaunchError(format!(
+                    "cannot give {} to uid {}: {e}",
+                    path.display(),
+                    user.uid
+                ))
+            })?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes each secret's files under `bundle/secrets/{i}/` (directory 0500,
-/// files 0400) and returns `(host directory, mount path)` pairs.
+/// files 0400, owned by the job's user) and returns `(host directory,
+/// mount path)` pairs.
 fn write_secrets(
     bundle: &Path,
     request: &ProcessRequest,
+    user: &JobUser,
 ) -> Result<Vec<(PathBuf, String)>, LaunchError> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -425,7 +464,12 @@ fn write_secrets(
             file.write_all(bytes.expose()).map_err(|e| {
                 LaunchError(format!("cannot write secret file {}: {e}", path.display()))
             })?;
+            std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid)).map_err(|e| {
+                LaunchError(format!("cannot give {} to the job: {e}", path.display()))
+            })?;
         }
+        std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid))
+            .map_err(|e| LaunchError(format!("cannot give {} to the job: {e}", dir.display())))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500))
             .map_err(|e| LaunchError(format!("cannot protect {}: {e}", dir.display())))?;
         mounts.push((dir, secret.mount_path.clone()));
@@ -439,6 +483,7 @@ fn runtime_spec(
     id: &str,
     secret_mounts: Vec<(PathBuf, String)>,
     network: ContainerNetwork,
+    user: &JobUser,
 ) -> Result<Spec, LaunchError> {
     let invalid = |e: oci_spec::OciSpecError| LaunchError(format!("invalid runtime config: {e}"));
     let image = request.image.as_ref().expect("checked by the caller");
@@ -450,7 +495,15 @@ fn runtime_spec(
         .cloned()
         .collect();
     process.set_args(Some(args));
-    process.set_env(Some(container_env(request)));
+    process.set_env(Some(container_env(request, &user.home)));
+    process.set_user(
+        UserBuilder::default()
+            .uid(user.uid)
+            .gid(user.gid)
+            .additional_gids(user.additional_gids.clone())
+            .build()
+            .map_err(invalid)?,
+    );
     process.set_cwd(PathBuf::from(image.working_dir.as_deref().unwrap_or("/")));
     process.set_capabilities(Some(job_capabilities()));
     // Under memory pressure the kernel ends a job's process before the
@@ -572,8 +625,8 @@ fn job_capabilities() -> LinuxCapabilities {
 
 /// The container's environment: the image's `Env`, then `HAIL_*` ids, then
 /// the job's `env` (later entries win); `PATH` from the image or
-/// [`CONTAINER_PATH`].
-fn container_env(request: &ProcessRequest) -> Vec<String> {
+/// [`CONTAINER_PATH`]; `HOME` the user's `home` unless one of them set it.
+fn container_env(request: &ProcessRequest, home: &str) -> Vec<String> {
     let image = request.image.as_ref().expect("checked by the caller");
     // Later entries win, in the place of the first: linear in the number
     // of variables (a spec may carry very many).
@@ -596,6 +649,9 @@ fn container_env(request: &ProcessRequest) -> Vec<String> {
     set("HAIL_ATTEMPT_ID", &request.key.attempt_id);
     for var in &request.env {
         set(&var.name, &var.value);
+    }
+    if !index.contains_key("HOME") {
+        env.push(("HOME".to_owned(), home.to_owned()));
     }
     env.into_iter().map(|(n, v)| format!("{n}={v}")).collect()
 }
@@ -746,6 +802,7 @@ mod tests {
                 env: vec!["BW_IMAGE_ENV=from-image".into(), "LANG=C".into()],
                 working_dir: Some("/srv".into()),
                 entrypoint: vec!["/bin/entry".into()],
+                user: None,
             })),
             cores_mcpu: 1500,
             memory_bytes: 64 << 20,
@@ -762,6 +819,12 @@ mod tests {
             "bw-7-3-Ab12",
             vec![(dir.path().join("s/0"), "/gsa-key".into())],
             ContainerNetwork::None,
+            &JobUser {
+                uid: 1000,
+                gid: 1001,
+                additional_gids: vec![10],
+                home: "/home/app".into(),
+            },
         )
         .unwrap();
         let process = spec.process().clone().unwrap();
@@ -778,7 +841,11 @@ mod tests {
         assert!(env.contains(&"LANG=C".to_owned()));
         assert!(env.contains(&"HAIL_JOB_ID=3".to_owned()));
         assert!(env.iter().any(|e| e.starts_with("PATH=")));
+        assert!(env.contains(&"HOME=/home/app".to_owned()), "{env:?}");
         assert_eq!(process.cwd(), Path::new("/srv"));
+        let user = process.user();
+        assert_eq!((user.uid(), user.gid()), (1000, 1001));
+        assert_eq!(user.additional_gids().clone().unwrap(), [10]);
         let linux = spec.linux().clone().unwrap();
         let resources = linux.resources().clone().unwrap();
         assert_eq!(resources.memory().unwrap().limit(), Some(64 << 20));
@@ -823,7 +890,7 @@ mod tests {
             })
             .collect();
         let started = std::time::Instant::now();
-        let env = container_env(&request);
+        let env = container_env(&request, "/");
         // Quadratic, this took minutes; linear, a few ms (debug build).
         assert!(
             started.elapsed() < Duration::from_secs(2),
@@ -837,7 +904,20 @@ mod tests {
     #[test]
     fn host_network_keeps_the_workers_namespace() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = runtime_spec(&request(dir.path()), "c", vec![], ContainerNetwork::Host).unwrap();
+        let root = JobUser {
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            home: "/root".into(),
+        };
+        let spec = runtime_spec(
+            &request(dir.path()),
+            "c",
+            vec![],
+            ContainerNetwork::Host,
+            &root,
+        )
+        .unwrap();
         let namespaces = spec.linux().clone().unwrap().namespaces().clone().unwrap();
         assert!(namespaces
             .iter()

@@ -113,6 +113,10 @@ pub struct PulledImage {
     pub working_dir: Option<String>,
     /// The image config's `Entrypoint`, put before the job's command.
     pub entrypoint: Vec<String>,
+    /// The image config's `User` (`name`, `uid`, `name:group`, `uid:gid`;
+    /// `None`: root), looked up in the image's own `/etc/passwd` and
+    /// `/etc/group` when a job starts.
+    pub user: Option<String>,
 }
 
 /// Why an image could not be pulled; becomes `ImagePullFailed` with this
@@ -631,6 +635,7 @@ fn image_from_config(
         env: runtime.env().clone().unwrap_or_default(),
         working_dir: runtime.working_dir().clone().filter(|d| !d.is_empty()),
         entrypoint: runtime.entrypoint().clone().unwrap_or_default(),
+        user: runtime.user().clone().filter(|u| !u.is_empty()),
     })
 }
 

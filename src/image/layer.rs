@@ -13,7 +13,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
@@ -539,6 +539,62 @@ fn resolve_parent(root: &Path, rel: &Path, create: bool) -> Result<Option<PathBu
         depth += 1;
     }
     Ok(Some(dir))
+}
+
+/// Reads the regular file at `rel` inside `root` as a process chrooted to
+/// `root` would find it: every symlink on the way, the last one too, is
+/// resolved inside `root` (at most [`MAX_SYMLINKS`]), so an image's
+/// `/etc/passwd -> /host/secret` never reads the host's file.
+///
+/// `Ok(None)`: nothing there, or not a regular file. Errors:
+/// [`LayerError::Io`] (with the path) for an unreadable file, a symlink
+/// loop (`ELOOP`), or a file longer than `max_bytes` (`EFBIG`).
+pub(crate) fn read_inside(
+    root: &Path,
+    rel: &Path,
+    max_bytes: u64,
+) -> Result<Option<Vec<u8>>, LayerError> {
+    let mut rel = rel.to_path_buf();
+    for _ in 0..=MAX_SYMLINKS {
+        let Some(dir) = resolve_parent(root, &rel, false)? else {
+            return Ok(None);
+        };
+        let Some(name) = rel.file_name() else {
+            return Ok(None);
+        };
+        let path = dir.join(name);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&path).map_err(io_at(&path))?;
+            // Relative targets start from the link's own directory.
+            let base = dir.strip_prefix(root).unwrap_or(Path::new(""));
+            rel = base.join(target);
+            continue;
+        }
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        let mut bytes = Vec::new();
+        file.take(max_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(io_at(&path))?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(io_at(&path)(io::Error::from_raw_os_error(libc::EFBIG)));
+        }
+        return Ok(Some(bytes));
+    }
+    Err(io_at(root.join(&rel).as_path())(
+        io::Error::from_raw_os_error(libc::ELOOP),
+    ))
 }
 
 /// Pushes `path`'s steps on `todo` so that its first one is popped first.

@@ -1,6 +1,7 @@
 //! Jobs in runc containers, from images pulled out of a registry on
 //! loopback (`scripts/containers.sh` starts it and pushes the busybox test
-//! images; it exports `BW_TEST_IMAGE` and `BW_TEST_WHITEOUT_IMAGE`).
+//! images; it exports `BW_TEST_IMAGE`, `BW_TEST_WHITEOUT_IMAGE` and
+//! `BW_TEST_USER_IMAGE`).
 //! Without them these tests are skipped, saying so, unless
 //! `BW_REQUIRE_CONTAINERS` is set (CI), when they fail.
 
@@ -17,18 +18,27 @@ use serde_json::{json, Value};
 
 use crate::support::{bunch, create_body, Harness, Options, ServeChild};
 
-/// The test images, or `None` (the test is skipped) without a registry.
+/// The test images (busybox, busybox with a whiteout layer), or `None`
+/// (the test is skipped) without a registry.
 fn images() -> Option<(String, String)> {
-    match (
-        std::env::var("BW_TEST_IMAGE"),
-        std::env::var("BW_TEST_WHITEOUT_IMAGE"),
-    ) {
-        (Ok(image), Ok(whiteout)) => Some((image, whiteout)),
-        _ if std::env::var_os("BW_REQUIRE_CONTAINERS").is_some() => {
-            panic!("BW_TEST_IMAGE is not set but BW_REQUIRE_CONTAINERS is (scripts/containers.sh)")
+    Some((
+        test_image("BW_TEST_IMAGE")?,
+        test_image("BW_TEST_WHITEOUT_IMAGE")?,
+    ))
+}
+
+/// The test image named by the variable `var`, or `None` (skip) when unset
+/// and `BW_REQUIRE_CONTAINERS` is not.
+fn test_image(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(image) => Some(image),
+        Err(_) if std::env::var_os("BW_REQUIRE_CONTAINERS").is_some() => {
+            panic!("{var} is not set but BW_REQUIRE_CONTAINERS is (scripts/containers.sh)")
         }
-        _ => {
-            eprintln!("container tests skipped: BW_TEST_IMAGE is not set (eval \"$(scripts/containers.sh)\")");
+        Err(_) => {
+            eprintln!(
+                "container tests skipped: {var} is not set (eval \"$(scripts/containers.sh)\")"
+            );
             None
         }
     }
@@ -201,6 +211,76 @@ async fn containers_run_the_command_in_the_image_with_its_exit_code_and_env() {
     for job in 1..=6 {
         h.wait_event(1, job, "logs_uploaded").await;
     }
+    assert_nothing_left(&runner, h.data.path());
+}
+
+#[tokio::test]
+async fn a_job_runs_as_the_images_user_and_owns_its_inputs_and_secrets() {
+    let Some(image) = test_image("BW_TEST_USER_IMAGE") else {
+        return;
+    };
+    let (h, runner, _images, _dir) = container_harness(&image).await;
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::write(scratch.path().join("in.txt"), "input-bytes").unwrap();
+    let base = url::Url::from_directory_path(scratch.path()).unwrap();
+    let secret = "user-secret-5521";
+    // Ids, HOME and cwd from the image's passwd and config; the staged
+    // input, its directory and the secret are the job's; the image's /etc
+    // is not.
+    let script = format!(
+        "id -u; id -g; id -G; echo \"$HOME\"; pwd; cat /io/in.txt; echo; \
+         echo result > /io/out.txt && echo wrote-io; \
+         (touch /etc/x) 2>/dev/null && echo wrote-etc || echo etc-refused; \
+         test \"$(cat /secrets/app/token)\" = {secret} && echo secret-ok"
+    );
+    let mut spec = container_spec(1, &image, &script);
+    spec["input_files"] =
+        json!([{"from": base.join("in.txt").unwrap().as_str(), "to": "/io/in.txt"}]);
+    spec["output_files"] =
+        json!([{"from": "/io/out.txt", "to": base.join("out.txt").unwrap().as_str()}]);
+    // A HOME from the spec wins over passwd's.
+    let mut own_home = container_spec(2, &image, "id -u; id -g; echo \"$HOME\"");
+    own_home["env"] = json!([{"name": "HOME", "value": "/tmp"}]);
+    bunch(&h, 9, "tokU", &[spec, own_home]).await;
+    let mut body = create_body(9, 1, "tokU", 1);
+    body["job_spec"]["secrets"] = json!([{
+        "name": "app-token",
+        "namespace": "default",
+        "mount_path": "/secrets/app",
+        "data": {"token": base64::engine::general_purpose::STANDARD.encode(secret)},
+    }]);
+    let (status, answer) = h.create(&body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let ok = JobState::Done {
+        outcome: Outcome::Succeeded,
+    };
+    assert_eq!(h.wait_final(9, 1).await, ok, "{}", h.log_text(9, 1).await);
+    assert_eq!(
+        h.log_text(9, 1).await.lines().collect::<Vec<_>>(),
+        [
+            "1000",
+            "1000",
+            "1000 2000",
+            "/home/app",
+            "/home/app",
+            "input-bytes",
+            "wrote-io",
+            "etc-refused",
+            "secret-ok"
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(scratch.path().join("out.txt")).unwrap(),
+        "result\n"
+    );
+    h.accept(9, 2, "tokU").await;
+    assert_eq!(h.wait_final(9, 2).await, ok);
+    assert_eq!(
+        h.log_text(9, 2).await.lines().collect::<Vec<_>>(),
+        ["1000", "1000", "/tmp"]
+    );
+    h.wait_event(9, 1, "logs_uploaded").await;
+    h.wait_event(9, 2, "logs_uploaded").await;
     assert_nothing_left(&runner, h.data.path());
 }
 
