@@ -138,7 +138,8 @@ impl SecretMount {
 fn validate_secrets(secrets: &[SecretMount]) -> Result<(), FieldError> {
     use base64::Engine;
     use std::path::{Component, Path};
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen: std::collections::BTreeSet<std::path::PathBuf> =
+        std::collections::BTreeSet::new();
     for (i, secret) in secrets.iter().enumerate() {
         let field = format!("job_spec.secrets[{i}].mount_path");
         let path = Path::new(&secret.mount_path);
@@ -160,15 +161,36 @@ fn validate_secrets(secrets: &[SecretMount]) -> Result<(), FieldError> {
                 ),
             ));
         }
-        if !seen.insert(path.components().collect::<std::path::PathBuf>()) {
+        let normal: std::path::PathBuf = path.components().collect();
+        // One mount inside another would hide it (runc fails the start):
+        // refused here, naming the other. Ordered by components, the paths
+        // below `normal` follow it in `seen`, so each check is a lookup.
+        let clash = normal
+            .ancestors()
+            .find(|a| seen.contains(*a))
+            .map(|a| {
+                (
+                    a.to_path_buf(),
+                    if a == normal { "is" } else { "is inside" },
+                )
+            })
+            .or_else(|| {
+                seen.range(normal.clone()..)
+                    .next()
+                    .filter(|below| below.starts_with(&normal))
+                    .map(|below| (below.clone(), "contains"))
+            });
+        if let Some((other, relation)) = clash {
             return Err(FieldError::new(
                 field,
                 format!(
-                    "{:?} is the mount path of an earlier secret",
-                    secret.mount_path
+                    "{:?} {relation} {:?}, the mount path of an earlier secret (mount paths must differ and not nest)",
+                    truncate(&secret.mount_path, 200),
+                    truncate(&other.to_string_lossy(), 200),
                 ),
             ));
         }
+        seen.insert(normal);
         for (name, content) in secret.data.iter().flat_map(|d| d.expose()) {
             let field = format!("job_spec.secrets[{i}].data");
             let one_component = !name.is_empty()
@@ -567,4 +589,50 @@ pub struct JobCompleteStatus {
     pub resources: Vec<Value>,
     /// `[exit_code or null, duration_ms or null]`.
     pub status: (Option<i32>, Option<u64>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounts(paths: &[&str]) -> Vec<SecretMount> {
+        paths
+            .iter()
+            .map(|p| SecretMount {
+                name: "s".into(),
+                namespace: "n".into(),
+                mount_path: (*p).into(),
+                data: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn secret_mount_paths_must_differ_and_not_nest() {
+        // Siblings sharing a prefix of letters are not nested.
+        validate_secrets(&mounts(&["/gsa-key", "/gsa-key2", "/a/b", "/a/c", "/b"])).unwrap();
+        for (paths, message) in [
+            (
+                &["/a", "/a/"][..],
+                r#"secrets[1].mount_path: "/a/" is "/a", the mount path of an earlier secret"#,
+            ),
+            (
+                &["/a", "/b", "/a/b/c"][..],
+                r#"secrets[2].mount_path: "/a/b/c" is inside "/a", the mount path"#,
+            ),
+            (
+                &["/x/y/z", "/b", "/x"][..],
+                r#"secrets[2].mount_path: "/x" contains "/x/y/z", the mount path"#,
+            ),
+        ] {
+            let err = validate_secrets(&mounts(paths)).unwrap_err();
+            let shown = format!(
+                "{}: {}",
+                err.field.trim_start_matches("job_spec."),
+                err.message
+            );
+            assert!(shown.contains(message), "{shown}");
+            assert!(shown.contains("must differ and not nest"), "{shown}");
+        }
+    }
 }

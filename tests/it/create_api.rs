@@ -164,8 +164,9 @@ async fn malformed_bodies_get_400_naming_the_field() {
             "queue_time",
         ),
     ];
-    // Secrets to mount: a mount path outside the container's tree or
-    // twice, a file name with a `/`, content that is not base64.
+    // Secrets to mount: a mount path outside the container's tree, twice,
+    // or nested in another, a file name with a `/`, content that is not
+    // base64.
     let secret = |mount_path: &str, file: &str, content: &str| json!({"name": "s", "namespace": "n", "mount_path": mount_path, "data": {file: content}});
     let ok = secret("/gsa-key", "key.json", "c2VjcmV0LXN0cmluZw==");
     let mut cases = cases;
@@ -188,6 +189,14 @@ async fn malformed_bodies_get_400_naming_the_field() {
         ),
         (
             json!([ok.clone(), secret("/gsa-key/", "k", "AAAA")]),
+            "job_spec.secrets[1].mount_path",
+        ),
+        (
+            json!([ok.clone(), secret("/gsa-key/inner", "k", "AAAA")]),
+            "job_spec.secrets[1].mount_path",
+        ),
+        (
+            json!([secret("/a/b/c", "k", "AAAA"), secret("/a", "k", "AAAA")]),
             "job_spec.secrets[1].mount_path",
         ),
         (
