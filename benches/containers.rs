@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use batch_worker::admission::Capacity;
 use batch_worker::container::{ContainerNetwork, RuncConfig, RuncRunner};
-use batch_worker::image::{ImageConfig, ImageStore};
+use batch_worker::image::{ImageConfig, ImageStore, PullProcess, DEFAULT_PULL_MAX_MEMORY_BYTES};
 use batch_worker::journal::{open_journal, Durability};
 use batch_worker::logs_store::LogsStore;
 use batch_worker::runner::{HostRunner, Runner};
@@ -214,6 +214,11 @@ fn main() {
         .expect("runc runs");
         let mut config = ImageConfig::new(dir.path().join("images"));
         config.insecure_registries = vec![image.split('/').next().unwrap().to_owned()];
+        // As `serve` pulls: in a child process with bounded memory.
+        config.pull_process = Some(PullProcess {
+            program: env!("CARGO_BIN_EXE_batch-worker").into(),
+            max_memory_bytes: DEFAULT_PULL_MAX_MEMORY_BYTES,
+        });
         let images = Arc::new(ImageStore::new(config).expect("the image cache opens"));
         let containers = worker(Arc::new(runc), Some(images)).await;
         let host = worker(Arc::new(HostRunner::default()), None).await;

@@ -14,7 +14,7 @@ use url::Url;
 use crate::admission::Capacity;
 use crate::container::{ContainerNetwork, RuncConfig, RuncRunner};
 use crate::driver_client::{DriverClient, ReportRetry};
-use crate::image::{ImageConfig, ImageStore};
+use crate::image::{ImageConfig, ImageStore, PullProcess};
 use crate::journal::{open_journal, Durability, RecoveryError};
 use crate::logs_store::LogsStore;
 use crate::runner::{HostRunner, Runner};
@@ -77,6 +77,110 @@ pub enum Command {
         #[command(subcommand)]
         command: SpecCommand,
     },
+    /// Container images in the worker's image cache.
+    Image {
+        /// What to do with the image.
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+/// Subcommands of `image`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image into the image cache as `serve --executor runc` does
+    /// (to warm a cache, or to see why a pull fails), in this process.
+    /// Exits 0 when the image is in the cache, 1 when the pull failed.
+    /// `serve` runs this, with --json, as the child process of each pull.
+    Pull(ImagePullArgs),
+}
+
+/// Flags of `image pull`.
+#[derive(Debug, Args)]
+pub struct ImagePullArgs {
+    /// The image reference, e.g. registry.example:5000/team/tool:1.2 or
+    /// ubuntu@sha256:<digest>.
+    pub reference: String,
+    /// The image cache: `serve`'s --image-cache-dir ({data-dir}/images by
+    /// default).
+    #[arg(long)]
+    pub image_cache_dir: PathBuf,
+    /// Registry access, as for `serve`.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print one JSON object, {"reference", "digest", "downloaded"} or
+    /// {"reference", "error"}, instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Where partial files go (default {image-cache-dir}/tmp).
+    #[arg(long, hide = true)]
+    pub scratch_dir: Option<PathBuf>,
+    /// Delay before the first retry of a registry call, in ms.
+    #[arg(long, hide = true, default_value_t = 500)]
+    pub registry_retry_delay_ms: u64,
+    /// Tries per registry call.
+    #[arg(long, hide = true, default_value_t = 4)]
+    pub registry_max_attempts: u32,
+}
+
+impl ImagePullArgs {
+    /// The in-process image cache settings these flags give.
+    ///
+    /// # Errors
+    /// [`StartError::Invalid`] for a malformed --insecure-registry.
+    pub fn image_config(&self) -> Result<ImageConfig, StartError> {
+        let mut config = self.registry.image_config(self.image_cache_dir.clone())?;
+        config.scratch_dir = self.scratch_dir.clone();
+        config.retry_delay = Duration::from_millis(self.registry_retry_delay_ms);
+        config.max_attempts = self.registry_max_attempts.max(1);
+        Ok(config)
+    }
+}
+
+/// Registry access and pull bounds, shared by `serve` and `image pull`.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// A docker-style config.json with registry credentials
+    /// (`{"auths": {"host": {"auth": base64("user:password")}}}`).
+    /// Without it images are pulled anonymously.
+    #[arg(long)]
+    pub registry_auth_file: Option<PathBuf>,
+    /// Registries (host:port, comma-separated) pulled from over plain HTTP
+    /// rather than HTTPS, like Docker's insecure-registries.
+    #[arg(long, value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+    /// Largest image pulled: its layers, compressed as declared and
+    /// unpacked, e.g. 20GiB. Larger images end image_pull_failed.
+    #[arg(long, default_value = "20GiB")]
+    pub image_max_bytes: bytesize::ByteSize,
+    /// Longest one image pull may take, retries included, in s.
+    #[arg(long, default_value_t = 600)]
+    pub image_pull_timeout_s: u64,
+}
+
+impl RegistryArgs {
+    /// An in-process [`ImageConfig`] for the cache at `cache_dir` with
+    /// these flags.
+    ///
+    /// # Errors
+    /// [`StartError::Invalid`] for a malformed --insecure-registry.
+    pub fn image_config(&self, cache_dir: PathBuf) -> Result<ImageConfig, StartError> {
+        if let Some(bad) = self
+            .insecure_registry
+            .iter()
+            .find(|r| r.is_empty() || r.contains("://") || r.contains('/'))
+        {
+            return Err(StartError::Invalid(format!(
+                "--insecure-registry: expected HOST or HOST:PORT (no scheme, no path), got {bad:?}"
+            )));
+        }
+        let mut config = ImageConfig::new(cache_dir);
+        config.auth_file = self.registry_auth_file.clone();
+        config.insecure_registries = self.insecure_registry.clone();
+        config.max_image_bytes = self.image_max_bytes.as_u64();
+        config.pull_timeout = Duration::from_secs(self.image_pull_timeout_s.max(1));
+        Ok(config)
+    }
 }
 
 /// Subcommands of `spec`.
@@ -315,25 +419,17 @@ pub struct ExecutorArgs {
     /// digest. Default: {data-dir}/images.
     #[arg(long)]
     pub image_cache_dir: Option<PathBuf>,
-    /// A docker-style config.json with registry credentials
-    /// (`{"auths": {"host": {"auth": base64("user:password")}}}`).
-    /// Without it images are pulled anonymously.
-    #[arg(long)]
-    pub registry_auth_file: Option<PathBuf>,
-    /// Registries (host:port, comma-separated) pulled from over plain HTTP
-    /// rather than HTTPS, like Docker's insecure-registries.
-    #[arg(long, value_delimiter = ',')]
-    pub insecure_registry: Vec<String>,
+    /// Registry access and pull bounds.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Network of job containers: `none` (only loopback) or `host`.
     #[arg(long, value_enum, default_value = "none")]
     pub container_network: ContainerNetwork,
-    /// Largest image pulled: its layers, compressed as declared and
-    /// unpacked, e.g. 20GiB. Larger images end image_pull_failed.
-    #[arg(long, default_value = "20GiB")]
-    pub image_max_bytes: bytesize::ByteSize,
-    /// Longest one image pull may take, retries included, in s.
-    #[arg(long, default_value_t = 600)]
-    pub image_pull_timeout_s: u64,
+    /// Memory limit of each image pull's child process (its heap), e.g.
+    /// 1GiB. A registry whose answers need more ends the job
+    /// image_pull_failed; the worker is not touched.
+    #[arg(long, default_value = "1GiB")]
+    pub image_pull_max_memory: bytesize::ByteSize,
 }
 
 impl ExecutorArgs {
@@ -347,15 +443,20 @@ impl ExecutorArgs {
         match self.executor {
             Executor::Host => Ok((Arc::new(HostRunner { kill_grace }), None)),
             Executor::Runc => {
-                if let Some(bad) = self
-                    .insecure_registry
-                    .iter()
-                    .find(|r| r.is_empty() || r.contains("://") || r.contains('/'))
-                {
-                    return Err(StartError::Invalid(format!(
-                        "--insecure-registry: expected HOST or HOST:PORT (no scheme, no path), got {bad:?}"
-                    )));
-                }
+                let mut images = self.registry.image_config(
+                    self.image_cache_dir
+                        .clone()
+                        .unwrap_or_else(|| data_dir.join("images")),
+                )?;
+                let program = std::env::current_exe().map_err(|e| {
+                    StartError::Invalid(format!(
+                        "--executor runc: cannot find this program to run image pulls: {e}"
+                    ))
+                })?;
+                images.pull_process = Some(PullProcess {
+                    program,
+                    max_memory_bytes: self.image_pull_max_memory.as_u64(),
+                });
                 let runner = RuncRunner::new(RuncConfig {
                     runc: self.runc.clone(),
                     state_dir: self
@@ -366,15 +467,6 @@ impl ExecutorArgs {
                     kill_grace,
                 })
                 .map_err(|e| StartError::Invalid(format!("--executor runc: {e}")))?;
-                let mut images = ImageConfig::new(
-                    self.image_cache_dir
-                        .clone()
-                        .unwrap_or_else(|| data_dir.join("images")),
-                );
-                images.auth_file = self.registry_auth_file.clone();
-                images.insecure_registries = self.insecure_registry.clone();
-                images.max_image_bytes = self.image_max_bytes.as_u64();
-                images.pull_timeout = Duration::from_secs(self.image_pull_timeout_s.max(1));
                 let images = ImageStore::new(images)
                     .map_err(|e| StartError::Invalid(format!("--executor runc: {e}")))?;
                 Ok((Arc::new(runner), Some(Arc::new(images))))

@@ -25,6 +25,10 @@
 //! to [`PIDS_LIMIT`], no network but loopback unless `--container-network
 //! host`.
 //!
+//! The job runs as the image's `User`, resolved in the image's own
+//! `/etc/passwd` and `/etc/group` (`user.rs`); inputs staged before the
+//! start and secret files belong to that user.
+//!
 //! `runc run --keep` stays in the foreground as the job's process, so its
 //! exit is the container's exit code. Ending a container is `runc kill`
 //! (SIGTERM, SIGKILL after the grace period), then `runc delete`; the

@@ -9,15 +9,24 @@
 //!                                     layer of each job's overlay)
 //! sha256/{manifest hex}/config.json   the image's config (Env, WorkingDir,
 //!                                     Entrypoint, Cmd, User)
-//! blobs/{layer hex}                   a layer being downloaded (removed once
+//! tmp/pull-{nonce}/                   one pull's scratch (its child process's)
+//!     blob-{layer hex}.{nonce}        a layer being downloaded (removed once
 //!                                     applied)
-//! tmp/{manifest hex}.{nonce}/         an image being unpacked; renamed into
+//!     {manifest hex}.{nonce}/         the image being unpacked; renamed into
 //!                                     sha256/ when complete
 //! ```
 //!
 //! An entry under `sha256/` is complete by construction (it appears by one
-//! rename), so a crash mid-pull leaves only `tmp/` and `blobs/` debris, which
-//! [`ImageStore::new`] clears.
+//! rename), so a crash mid-pull leaves only `tmp/` debris, which
+//! [`ImageStore::new`] clears (and the parent of a pull process removes
+//! its scratch however the child ended).
+//!
+//! The worker pulls in a child process (`batch-worker image pull --json`,
+//! [`PullProcess`]) whose memory is limited: the registry client reads a
+//! manifest, a config or a token answer whole, so a registry named in a
+//! spec could otherwise make the worker allocate until the kernel kills
+//! it, and every job with it. The child's failure is one job's
+//! `image_pull_failed`.
 //!
 //! Why one shared root file system per image and an overlay per job, not a
 //! copy per job: a job's start then costs one mount whatever the image's
@@ -31,6 +40,8 @@
 //! seen after a restart); a failed pull is not remembered, so the next job
 //! tries again.
 
+mod child;
+pub use child::PullReport;
 pub mod layer;
 
 use std::collections::HashMap;
@@ -73,7 +84,35 @@ pub struct ImageConfig {
     /// Longest one pull may take, retries included (a registry that
     /// trickles bytes would otherwise hold the job and its cores forever).
     pub pull_timeout: Duration,
+    /// Run each pull in a child process with bounded memory (what `serve`
+    /// does), or `None`: in this process (the child itself, and tools).
+    /// The registry client reads manifests, configs and token answers
+    /// whole, with no size limit: a hostile registry could otherwise make
+    /// the worker allocate until the kernel kills it, with every job.
+    pub pull_process: Option<PullProcess>,
+    /// Where a pull's partial files go (layer blobs, the unpacking root).
+    /// `None`: `{cache_dir}/tmp`. Must be on the cache's file system (the
+    /// finished image is renamed into `sha256/`).
+    pub scratch_dir: Option<PathBuf>,
 }
+
+/// How a pull runs in a child process ([`ImageConfig::pull_process`]).
+#[derive(Debug, Clone)]
+pub struct PullProcess {
+    /// This worker's own binary: `{program} image pull --json ...` is run.
+    pub program: PathBuf,
+    /// The child's memory limit in bytes (`RLIMIT_DATA`: heap and other
+    /// private writable memory). Past it, allocation fails and the child
+    /// aborts; the pull ends `image_pull_failed` saying so.
+    pub max_memory_bytes: u64,
+}
+
+/// Default of [`PullProcess::max_memory_bytes`]: 1 GiB.
+pub const DEFAULT_PULL_MAX_MEMORY_BYTES: u64 = 1 << 30;
+
+/// Largest image config taken, in bytes: 4 MiB (real ones are a few KiB;
+/// Docker's own limit on a manifest is 4 MiB).
+pub const MAX_CONFIG_BYTES: usize = 4 << 20;
 
 /// Default of [`ImageConfig::max_image_bytes`]: 20 GiB.
 pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 20 << 30;
@@ -83,7 +122,8 @@ pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl ImageConfig {
     /// Defaults under `cache_dir`: anonymous, HTTPS everywhere, 4 tries
-    /// from 500 ms, images up to 20 GiB pulled within 10 minutes.
+    /// from 500 ms, images up to 20 GiB pulled within 10 minutes, in this
+    /// process.
     pub fn new(cache_dir: PathBuf) -> ImageConfig {
         ImageConfig {
             cache_dir,
@@ -93,6 +133,8 @@ impl ImageConfig {
             retry_delay: Duration::from_millis(500),
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
+            pull_process: None,
+            scratch_dir: None,
         }
     }
 }
@@ -178,6 +220,20 @@ pub enum PullError {
         /// The limit, in s.
         timeout_s: u64,
     },
+    /// The pull's child process failed: its own error (any of these, as
+    /// text).
+    #[error("{message}")]
+    Child {
+        /// The child's message.
+        message: String,
+    },
+    /// The pull's child process could not run, or died without an answer
+    /// (over its memory limit, killed).
+    #[error("the pull process {message}")]
+    ChildDied {
+        /// What happened, with the end of its stderr.
+        message: String,
+    },
     /// The cache directory could not be written.
     #[error("image cache {path}: {source}")]
     Io {
@@ -212,7 +268,7 @@ impl std::fmt::Debug for ImageStore {
 
 impl ImageStore {
     /// Opens the cache at `config.cache_dir` (created), clearing what an
-    /// interrupted pull left (`tmp/`, `blobs/`).
+    /// interrupted pull left (`tmp/`, and `blobs/` of earlier versions).
     ///
     /// # Errors
     /// [`PullError::Io`] when the directories cannot be made or cleared;
@@ -227,7 +283,16 @@ impl ImageStore {
                 Err(source) => return Err(PullError::Io { path, source }),
             }
         }
-        for dir in ["tmp", "blobs", "sha256"] {
+        ImageStore::open(config)
+    }
+
+    /// Opens the cache at `config.cache_dir` (created) as it is: for a pull
+    /// process, or a tool, next to a worker that owns the cache.
+    ///
+    /// # Errors
+    /// As [`ImageStore::new`].
+    pub fn open(config: ImageConfig) -> Result<ImageStore, PullError> {
+        for dir in ["tmp", "sha256"] {
             let path = config.cache_dir.join(dir);
             std::fs::create_dir_all(&path).map_err(|source| PullError::Io { path, source })?;
         }
@@ -279,17 +344,63 @@ impl ImageStore {
             return Ok((image.clone(), false));
         }
         let timeout = self.config.pull_timeout;
-        let (image, downloaded) = tokio::time::timeout(timeout, self.pull_now(reference))
-            .await
-            .map_err(|_| PullError::TimedOut {
-                timeout_s: timeout.as_secs(),
-            })??;
+        let pull = async {
+            match &self.config.pull_process {
+                None => self.pull_now(reference).await,
+                Some(process) => {
+                    let (digest, downloaded) =
+                        child::pull(&self.config, process, reference).await?;
+                    if downloaded {
+                        self.downloads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((self.cached(reference, &digest)?, downloaded))
+                }
+            }
+        };
+        let (image, downloaded) =
+            tokio::time::timeout(timeout, pull)
+                .await
+                .map_err(|_| PullError::TimedOut {
+                    timeout_s: timeout.as_secs(),
+                })??;
         let image = Arc::new(image);
         *held = Some(image.clone());
         Ok((image, downloaded))
     }
 
-    async fn pull_now(&self, reference: &str) -> Result<(PulledImage, bool), PullError> {
+    /// The image `reference` resolved to `digest`, from its cache entry.
+    ///
+    /// # Errors
+    /// [`PullError::Io`] (no such entry), [`PullError::Unusable`] (its
+    /// config is unreadable, too large, or for another platform).
+    pub fn cached(&self, reference: &str, digest: &str) -> Result<PulledImage, PullError> {
+        use std::io::Read;
+        let entry = self
+            .config
+            .cache_dir
+            .join("sha256")
+            .join(sha256_hex(digest)?);
+        let path = entry.join("config.json");
+        let mut config_json = String::new();
+        std::fs::File::open(&path)
+            .and_then(|f| {
+                f.take(MAX_CONFIG_BYTES as u64 + 1)
+                    .read_to_string(&mut config_json)
+            })
+            .map_err(|source| PullError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        check_config_size(&config_json)?;
+        image_from_config(reference, digest, &entry, &config_json)
+    }
+
+    /// Pulls `reference` in this process, with no slot (see
+    /// [`ImageStore::pull`]); `true` when it downloaded the image.
+    ///
+    /// # Errors
+    /// [`PullError`]: which step failed and why.
+    pub async fn pull_now(&self, reference: &str) -> Result<(PulledImage, bool), PullError> {
         let parsed: Reference = reference.parse().map_err(|e| PullError::BadReference {
             message: format!("{e}"),
         })?;
@@ -299,6 +410,7 @@ impl ImageStore {
             .await?;
         let hex = sha256_hex(&digest)?.to_owned();
         let entry = self.config.cache_dir.join("sha256").join(&hex);
+        check_config_size(&config_json)?;
         // Refused before anything is downloaded: another OS or
         // architecture, an unreadable config, too large.
         let image = image_from_config(reference, &digest, &entry, &config_json)?;
@@ -338,11 +450,12 @@ impl ImageStore {
             move |source| PullError::Io { path, source }
         };
         let nonce: u64 = rand::random();
-        let tmp = self
+        let scratch = self
             .config
-            .cache_dir
-            .join("tmp")
-            .join(format!("{hex}.{nonce:016x}"));
+            .scratch_dir
+            .clone()
+            .unwrap_or_else(|| self.config.cache_dir.join("tmp"));
+        let tmp = scratch.join(format!("{hex}.{nonce:016x}"));
         let rootfs = tmp.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(io(&rootfs))?;
         // Removes the partial unpack however this ends (error or drop).
@@ -357,11 +470,7 @@ impl ImageStore {
                         source,
                     }
                 })?;
-            let blob = self
-                .config
-                .cache_dir
-                .join("blobs")
-                .join(format!("{layer_hex}.{nonce:016x}"));
+            let blob = scratch.join(format!("blob-{layer_hex}.{nonce:016x}"));
             let _blob_cleanup = RemoveOnDrop(blob.clone());
             // A blob may not be longer than the manifest says.
             let declared = u64::try_from(layer.size).unwrap_or(0);
@@ -593,6 +702,16 @@ fn sha256_hex(digest: &str) -> Result<&str, PullError> {
     }
 }
 
+/// Refuses an image config over [`MAX_CONFIG_BYTES`].
+fn check_config_size(config_json: &str) -> Result<(), PullError> {
+    if config_json.len() > MAX_CONFIG_BYTES {
+        return Err(PullError::Unusable(format!(
+            "the image config is over {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 fn exists(path: &Path) -> Result<bool, PullError> {
     path.try_exists().map_err(|source| PullError::Io {
         path: path.to_owned(),
@@ -803,9 +922,13 @@ mod tests {
         std::fs::create_dir_all(cache.join("blobs")).unwrap();
         std::fs::write(cache.join("blobs/def.2"), b"partial").unwrap();
         std::fs::create_dir_all(cache.join("sha256/feed/rootfs/bin")).unwrap();
+        // A pull process opens the cache as it is: another pull's scratch
+        // stays.
+        ImageStore::open(ImageConfig::new(cache.clone())).unwrap();
+        assert!(cache.join("tmp/abc.1/rootfs").is_dir());
         ImageStore::new(ImageConfig::new(cache.clone())).unwrap();
         assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0);
-        assert_eq!(std::fs::read_dir(cache.join("blobs")).unwrap().count(), 0);
+        assert!(!cache.join("blobs").exists());
         assert!(cache.join("sha256/feed/rootfs/bin").is_dir());
     }
 }

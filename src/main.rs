@@ -2,8 +2,11 @@
 
 use anyhow::Context;
 use batch_worker::api::{ApiConfig, ApiToken};
-use batch_worker::cli::{advertised_ip, build_worker, Command, LogFormat, SpecCommand};
+use batch_worker::cli::{
+    advertised_ip, build_worker, Command, ImageCommand, LogFormat, SpecCommand,
+};
 use batch_worker::config::{self, ConfigError};
+use batch_worker::image::{ImageStore, PullError, PullReport};
 use batch_worker::store::redact_url;
 use batch_worker::{demo, replay, server};
 use tracing_subscriber::EnvFilter;
@@ -44,7 +47,9 @@ async fn run() -> anyhow::Result<()> {
     let default_level = match cli.command {
         Command::Serve(_) => "info",
         Command::Config(_) => "warn",
-        Command::Demo(_) | Command::Replay(_) | Command::Spec { .. } => "warn",
+        Command::Demo(_) | Command::Replay(_) | Command::Spec { .. } | Command::Image { .. } => {
+            "warn"
+        }
     };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
@@ -130,6 +135,51 @@ async fn run() -> anyhow::Result<()> {
             println!("store  {}", redact_url(&args.store));
             print!("{}", diagnosis.render());
             if !diagnosis.is_good() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Image {
+            command: ImageCommand::Pull(args),
+        } => {
+            let store = ImageStore::open(args.image_config()?)?;
+            let timeout = std::time::Duration::from_secs(args.registry.image_pull_timeout_s.max(1));
+            let pulled = match tokio::time::timeout(timeout, store.pull_now(&args.reference)).await
+            {
+                Ok(pulled) => pulled,
+                Err(_) => Err(PullError::TimedOut {
+                    timeout_s: timeout.as_secs(),
+                }),
+            };
+            let report = match &pulled {
+                Ok((image, downloaded)) => PullReport {
+                    reference: args.reference.clone(),
+                    digest: Some(image.digest.clone()),
+                    downloaded: *downloaded,
+                    error: None,
+                },
+                Err(e) => PullReport {
+                    reference: args.reference.clone(),
+                    digest: None,
+                    downloaded: false,
+                    error: Some(e.to_string()),
+                },
+            };
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                match &pulled {
+                    Ok((image, downloaded)) => println!(
+                        "{} {}\n  digest  {}\n  rootfs  {}",
+                        if *downloaded { "pulled" } else { "cached" },
+                        image.reference,
+                        image.digest,
+                        image.rootfs.display()
+                    ),
+                    Err(e) => eprintln!("error: {}: {e}", args.reference),
+                }
+            }
+            if pulled.is_err() {
                 std::process::exit(1);
             }
             Ok(())

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use batch_worker::container::{ContainerNetwork, RuncConfig, RuncRunner};
-use batch_worker::image::{ImageConfig, ImageStore};
+use batch_worker::image::{ImageConfig, ImageStore, PullProcess};
 use batch_worker_model::{ErrorKind, Event, ExitStatus, JobState, Outcome};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -48,6 +48,20 @@ fn registry_of(image: &str) -> String {
     image.split('/').next().unwrap().to_owned()
 }
 
+/// An image cache under `dir` pulling over plain HTTP from `registries`,
+/// as `serve` does: each pull in a child process (this build's binary)
+/// limited to 256 MiB.
+fn image_config(dir: &Path, registries: &[String]) -> ImageConfig {
+    let mut config = ImageConfig::new(dir.join("images"));
+    config.insecure_registries = registries.to_vec();
+    config.retry_delay = Duration::from_millis(50);
+    config.pull_process = Some(PullProcess {
+        program: env!("CARGO_BIN_EXE_batch-worker").into(),
+        max_memory_bytes: 256 << 20,
+    });
+    config
+}
+
 /// A runc runner and image cache under `dir`, pulling from the test
 /// registry over plain HTTP.
 fn executor(dir: &Path, image: &str) -> (Arc<RuncRunner>, Arc<ImageStore>) {
@@ -58,13 +72,30 @@ fn executor(dir: &Path, image: &str) -> (Arc<RuncRunner>, Arc<ImageStore>) {
         kill_grace: Duration::from_millis(500),
     })
     .expect("runc runs");
-    let mut config = ImageConfig::new(dir.join("images"));
-    config.insecure_registries = vec![registry_of(image)];
-    config.retry_delay = Duration::from_millis(50);
+    let config = image_config(dir, &[registry_of(image)]);
     (
         Arc::new(runner),
         Arc::new(ImageStore::new(config).expect("the image cache opens")),
     )
+}
+
+/// What pulls left in the cache's scratch directory, once their cleanup
+/// (on a blocking thread) has run: waits up to 5 s for it to be empty.
+async fn scratch_left(images: &ImageStore) -> Vec<PathBuf> {
+    let tmp = images.cache_dir().join("tmp");
+    let list = || -> Vec<PathBuf> {
+        std::fs::read_dir(&tmp)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !list().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    list()
 }
 
 /// A harness whose jobs run in containers; also returns the runner, the
@@ -630,12 +661,11 @@ async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
     });
     let dir = tempfile::tempdir().unwrap();
     let (runner, _) = executor(dir.path(), &image);
-    let mut config = ImageConfig::new(dir.path().join("images"));
-    config.insecure_registries = vec![silent_at.clone()];
+    let mut config = image_config(dir.path(), std::slice::from_ref(&silent_at));
     config.pull_timeout = Duration::from_secs(2);
     let images = Arc::new(ImageStore::new(config).unwrap());
     let h = Harness::with_options(Options {
-        executor: Some((runner.clone(), images)),
+        executor: Some((runner.clone(), images.clone())),
         ..Options::default()
     })
     .await;
@@ -685,5 +715,71 @@ async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
         other => panic!("expected image_pull_failed, got {other:?}"),
     }
     assert_nothing_left(&runner, h.data.path());
+    assert_eq!(scratch_left(&images).await, Vec::<PathBuf>::new());
     held.abort();
+}
+
+#[tokio::test]
+async fn a_registry_sending_an_endless_manifest_fails_one_pull_not_the_worker() {
+    let Some((image, _)) = images() else {
+        return;
+    };
+    // A "registry" whose every manifest is JSON whitespace without end: the
+    // registry client reads a manifest whole.
+    let hostile = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hostile_at = hostile.local_addr().unwrap().to_string();
+    let endless = || async {
+        let chunk = bytes::Bytes::from(vec![b' '; 64 << 10]);
+        let body = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+        (
+            [("content-type", "application/vnd.oci.image.manifest.v1+json")],
+            axum::body::Body::from_stream(body),
+        )
+    };
+    let app = axum::Router::new()
+        .route("/v2/", axum::routing::get(|| async { "{}" }))
+        .route("/v2/{*rest}", axum::routing::get(endless));
+    let served = tokio::spawn(async move { axum::serve(hostile, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, _) = executor(dir.path(), &image);
+    let config = image_config(dir.path(), &[hostile_at.clone(), registry_of(&image)]);
+    let images = Arc::new(ImageStore::new(config).unwrap());
+    let h = Harness::with_options(Options {
+        executor: Some((runner.clone(), images.clone())),
+        ..Options::default()
+    })
+    .await;
+    let bomb = format!("{hostile_at}/bw-test/bomb:1");
+    bunch(
+        &h,
+        9,
+        "tokB",
+        &[
+            container_spec(1, &bomb, "true"),
+            container_spec(2, &image, "echo still-here"),
+        ],
+    )
+    .await;
+    h.accept(9, 1, "tokB").await;
+    match h.wait_final(9, 1).await {
+        JobState::Errored { kind, message } => {
+            assert_eq!(kind, ErrorKind::ImagePullFailed);
+            assert!(message.contains(&bomb), "{message}");
+            assert!(message.contains("memory limit"), "{message}");
+        }
+        other => panic!("expected image_pull_failed, got {other:?}"),
+    }
+    // The worker (this test process) is untouched and runs the next job.
+    h.accept(9, 2, "tokB").await;
+    assert_eq!(
+        h.wait_final(9, 2).await,
+        JobState::Done {
+            outcome: Outcome::Succeeded
+        }
+    );
+    assert_eq!(h.log_text(9, 2).await.trim(), "still-here");
+    h.wait_event(9, 2, "logs_uploaded").await;
+    assert_nothing_left(&runner, h.data.path());
+    assert_eq!(scratch_left(&images).await, Vec::<PathBuf>::new());
+    served.abort();
 }
