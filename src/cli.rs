@@ -14,7 +14,7 @@ use url::Url;
 use crate::admission::Capacity;
 use crate::container::{ContainerNetwork, RuncConfig, RuncRunner};
 use crate::driver_client::{DriverClient, ReportRetry};
-use crate::image::{ImageConfig, ImageStore, PullProcess};
+use crate::image::{ImageConfig, ImageStore, PullError, PullProcess, PullReport, PulledImage};
 use crate::journal::{open_journal, Durability, RecoveryError};
 use crate::logs_store::LogsStore;
 use crate::runner::{HostRunner, Runner};
@@ -124,6 +124,44 @@ pub struct ImagePullArgs {
 }
 
 impl ImagePullArgs {
+    /// Pulls the image as the flags say, in this process, within
+    /// --image-pull-timeout-s.
+    ///
+    /// # Errors
+    /// [`PullError`]: bad flags (as [`PullError::Unusable`]), the cache,
+    /// the registry, the image.
+    pub async fn pull(&self) -> Result<(PulledImage, bool), PullError> {
+        let config = self
+            .image_config()
+            .map_err(|e| PullError::Unusable(e.to_string()))?;
+        let timeout = config.pull_timeout;
+        let store = ImageStore::open(config)?;
+        tokio::time::timeout(timeout, store.pull_now(&self.reference))
+            .await
+            .unwrap_or(Err(PullError::TimedOut {
+                timeout_s: timeout.as_secs(),
+            }))
+    }
+
+    /// What `--json` prints for `pulled`; an error is cut to 4000
+    /// characters (the worker reads at most 64 KiB of the answer).
+    pub fn report(&self, pulled: &Result<(PulledImage, bool), PullError>) -> PullReport {
+        match pulled {
+            Ok((image, downloaded)) => PullReport {
+                reference: self.reference.clone(),
+                digest: Some(image.digest.clone()),
+                downloaded: *downloaded,
+                error: None,
+            },
+            Err(e) => PullReport {
+                reference: self.reference.clone(),
+                digest: None,
+                downloaded: false,
+                error: Some(crate::wire::truncate(&e.to_string(), 4000)),
+            },
+        }
+    }
+
     /// The in-process image cache settings these flags give.
     ///
     /// # Errors
@@ -430,6 +468,11 @@ pub struct ExecutorArgs {
     /// image_pull_failed; the worker is not touched.
     #[arg(long, default_value = "1GiB")]
     pub image_pull_max_memory: bytesize::ByteSize,
+    /// Most image pulls at once (of different images; more wait in
+    /// `initializing`). With --image-pull-max-memory, bounds what pulls
+    /// together may take.
+    #[arg(long, default_value_t = crate::image::DEFAULT_MAX_CONCURRENT_PULLS)]
+    pub image_pulls_max: usize,
 }
 
 impl ExecutorArgs {
@@ -453,10 +496,21 @@ impl ExecutorArgs {
                         "--executor runc: cannot find this program to run image pulls: {e}"
                     ))
                 })?;
+                let max_memory_bytes = self.image_pull_max_memory.as_u64();
+                if max_memory_bytes < crate::image::MIN_PULL_MAX_MEMORY_BYTES {
+                    return Err(StartError::Invalid(format!(
+                        "--image-pull-max-memory: at least 64MiB (a pull process needs about 30 MiB to start), got {}",
+                        self.image_pull_max_memory
+                    )));
+                }
+                if self.image_pulls_max == 0 {
+                    return Err(StartError::Invalid("--image-pulls-max: at least 1".into()));
+                }
                 images.pull_process = Some(PullProcess {
                     program,
-                    max_memory_bytes: self.image_pull_max_memory.as_u64(),
+                    max_memory_bytes,
                 });
+                images.max_concurrent_pulls = self.image_pulls_max;
                 let runner = RuncRunner::new(RuncConfig {
                     runc: self.runc.clone(),
                     state_dir: self
@@ -834,5 +888,41 @@ mod tests {
         assert_eq!(args("0.001").unwrap().cores_mcpu, 1);
         assert!(args("0.0004").is_err());
         assert!(args("0").is_err());
+    }
+
+    #[test]
+    fn unusable_executor_flags_are_refused_naming_the_flag() {
+        let build = |flags: &[&str]| {
+            let mut argv = vec!["batch-worker", "serve", "--executor", "runc"];
+            argv.extend_from_slice(flags);
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Serve(args) = cli.command else {
+                unreachable!()
+            };
+            let dir = tempfile::tempdir().unwrap();
+            match args.executor.build(dir.path(), Duration::from_secs(1)) {
+                Err(StartError::Invalid(message)) => message,
+                Err(e) => panic!("{e}"),
+                Ok(_) => "built".to_owned(),
+            }
+        };
+        for (flags, named) in [
+            (
+                &["--image-pull-max-memory", "1MiB"][..],
+                "--image-pull-max-memory",
+            ),
+            (&["--image-pulls-max", "0"][..], "--image-pulls-max"),
+            (
+                &["--insecure-registry", "http://r:5000"][..],
+                "--insecure-registry",
+            ),
+            (
+                &["--insecure-registry", "r:5000/v2"][..],
+                "--insecure-registry",
+            ),
+        ] {
+            let message = build(flags);
+            assert!(message.starts_with(named), "{flags:?}: {message}");
+        }
     }
 }

@@ -359,9 +359,7 @@ impl RuncRunner {
         .map_err(|e| fail("mount the image's overlay on", &rootfs, &e))?;
         let user = user::resolve(&image.rootfs, image.user.as_deref())
             .map_err(|e| LaunchError(e.to_string()))?;
-        if user.uid != 0 || user.gid != 0 {
-            hand_over(&work, &user)?;
-        }
+        settle_staged(&work, &image.rootfs, &user)?;
         let secret_mounts = write_secrets(&bundle, request, &user)?;
         let spec = runtime_spec(request, &id, secret_mounts, self.config.network, &user)?;
         let config = bundle.join("config.json");
@@ -409,28 +407,50 @@ fn request_log_tail(bundle: &Path) -> String {
     }
 }
 
-/// Gives the job's user what the worker staged in `work` before the start
-/// (input files and their directories), so a job that is not root can
-/// write next to its inputs. `work` itself is the container's `/` and stays
-/// root's. Symlinks are not followed.
-fn hand_over(work: &Path, user: &JobUser) -> Result<(), LaunchError> {
-    let mut todo = vec![work.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        let entries = std::fs::read_dir(&dir)
-            .map_err(|e| LaunchError(format!("cannot read {}: {e}", dir.display())))?;
+/// Settles what the worker staged in `work` (the overlay's upper layer)
+/// before the start: input files, and the directories made to hold them.
+/// A directory the image also has takes the image's owner and mode, as an
+/// overlay copy-up would (an input in `/tmp` leaves `/tmp` 1777 and
+/// root's, an input in `/etc` leaves `/etc` root's); the rest belongs to
+/// the job's user, so a job that is not root can write next to its inputs.
+/// `work` itself is the container's `/`. Symlinks are not followed, on
+/// either side.
+fn settle_staged(work: &Path, rootfs: &Path, user: &JobUser) -> Result<(), LaunchError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let fail = |what: &str, path: &Path, e: std::io::Error| {
+        LaunchError(format!("cannot {what} {}: {e}", path.display()))
+    };
+    // (directory relative to `work`, whether the image has it as a real
+    // directory, every component on the way too)
+    let mut todo = vec![(PathBuf::new(), true)];
+    while let Some((dir, in_image)) = todo.pop() {
+        let entries =
+            std::fs::read_dir(work.join(&dir)).map_err(|e| fail("read", &work.join(&dir), e))?;
         for entry in entries {
-            let entry =
-                entry.map_err(|e| LaunchError(format!("cannot read {}: {e}", dir.display())))?;
-            let path = entry.path();
-            std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid)).map_err(|e| {
-                LaunchError(format!(
-                    "cannot give {} to uid {}: {e}",
-                    path.display(),
-                    user.uid
-                ))
-            })?;
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                todo.push(path);
+            let entry = entry.map_err(|e| fail("read", &work.join(&dir), e))?;
+            let rel = dir.join(entry.file_name());
+            let path = work.join(&rel);
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let image_dir = (is_dir && in_image)
+                .then(|| std::fs::symlink_metadata(rootfs.join(&rel)).ok())
+                .flatten()
+                .filter(|m| m.is_dir());
+            match &image_dir {
+                Some(meta) => {
+                    std::os::unix::fs::lchown(&path, Some(meta.uid()), Some(meta.gid()))
+                        .map_err(|e| fail("give the image's owner to", &path, e))?;
+                    std::fs::set_permissions(
+                        &path,
+                        std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+                    )
+                    .map_err(|e| fail("give the image's mode to", &path, e))?;
+                }
+                None if user.uid == 0 && user.gid == 0 => {}
+                None => std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid))
+                    .map_err(|e| fail(&format!("give uid {} the file", user.uid), &path, e))?,
+            }
+            if is_dir {
+                todo.push((rel, image_dir.is_some()));
             }
         }
     }
@@ -903,6 +923,60 @@ mod tests {
         );
         assert!(env.contains(&"V0=50000".to_owned()));
         assert_eq!(env.iter().filter(|e| e.starts_with("V7=")).count(), 1);
+    }
+
+    #[test]
+    fn staged_directories_the_image_has_keep_its_owner_and_mode_the_rest_is_the_users() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: chown needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (rootfs, work) = (dir.path().join("rootfs"), dir.path().join("work"));
+        for d in ["tmp", "etc", "data"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        std::os::unix::fs::chown(rootfs.join("data"), Some(7), Some(8)).unwrap();
+        // /lnk is a symlink in the image: a staged lnk/ is not the image's.
+        std::os::unix::fs::symlink("/", rootfs.join("lnk")).unwrap();
+        for f in ["tmp/a", "etc/b", "io/x/c", "data/d", "lnk/e"] {
+            let path = work.join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "x").unwrap();
+        }
+        let user = JobUser {
+            uid: 1000,
+            gid: 1001,
+            additional_gids: vec![],
+            home: "/".into(),
+        };
+        settle_staged(&work, &rootfs, &user).unwrap();
+        let of = |rel: &str| {
+            let m = std::fs::symlink_metadata(work.join(rel)).unwrap();
+            (m.uid(), m.gid(), m.mode() & 0o7777)
+        };
+        assert_eq!(of("tmp"), (0, 0, 0o1777));
+        assert_eq!(of("etc").0, 0);
+        assert_eq!(of("data"), (7, 8, 0o755));
+        for mine in [
+            "tmp/a", "etc/b", "io", "io/x", "io/x/c", "data/d", "lnk", "lnk/e",
+        ] {
+            assert_eq!((of(mine).0, of(mine).1), (1000, 1001), "{mine}");
+        }
+        // Root's job: only the image's directories change.
+        std::fs::set_permissions(work.join("tmp"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = JobUser {
+            uid: 0,
+            gid: 0,
+            ..user
+        };
+        settle_staged(&work, &rootfs, &root).unwrap();
+        assert_eq!(of("tmp"), (0, 0, 0o1777));
+        assert_eq!(of("io/x/c").0, 1000, "left as it was");
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub struct ImageConfig {
     /// whole, with no size limit: a hostile registry could otherwise make
     /// the worker allocate until the kernel kills it, with every job.
     pub pull_process: Option<PullProcess>,
+    /// Most pulls of different references at once (more wait, in the
+    /// `initializing` phase): with [`PullProcess::max_memory_bytes`] it
+    /// bounds the memory all pulls together may take.
+    pub max_concurrent_pulls: usize,
     /// Where a pull's partial files go (layer blobs, the unpacking root).
     /// `None`: `{cache_dir}/tmp`. Must be on the cache's file system (the
     /// finished image is renamed into `sha256/`).
@@ -106,6 +110,14 @@ pub struct PullProcess {
     /// aborts; the pull ends `image_pull_failed` saying so.
     pub max_memory_bytes: u64,
 }
+
+/// Default of [`ImageConfig::max_concurrent_pulls`]: 3 (Docker's default
+/// of concurrent downloads).
+pub const DEFAULT_MAX_CONCURRENT_PULLS: usize = 3;
+
+/// Smallest [`PullProcess::max_memory_bytes`] taken: 64 MiB (a pull
+/// process needs about 30 MiB to start).
+pub const MIN_PULL_MAX_MEMORY_BYTES: u64 = 64 << 20;
 
 /// Default of [`PullProcess::max_memory_bytes`]: 1 GiB.
 pub const DEFAULT_PULL_MAX_MEMORY_BYTES: u64 = 1 << 30;
@@ -134,6 +146,7 @@ impl ImageConfig {
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
             pull_process: None,
+            max_concurrent_pulls: DEFAULT_MAX_CONCURRENT_PULLS,
             scratch_dir: None,
         }
     }
@@ -254,6 +267,8 @@ pub struct ImageStore {
     client: Client,
     /// Per reference: the pulled image once some job has it.
     slots: Mutex<HashMap<String, Slot>>,
+    /// Permits for pulls under way ([`ImageConfig::max_concurrent_pulls`]).
+    pulls: tokio::sync::Semaphore,
     downloads: AtomicU64,
 }
 
@@ -310,6 +325,7 @@ impl ImageStore {
             ..ClientConfig::default()
         });
         Ok(ImageStore {
+            pulls: tokio::sync::Semaphore::new(config.max_concurrent_pulls.max(1)),
             config,
             client,
             slots: Mutex::new(HashMap::new()),
@@ -343,6 +359,8 @@ impl ImageStore {
         if let Some(image) = &*held {
             return Ok((image.clone(), false));
         }
+        // Waiting for a permit is not part of the pull's time.
+        let _permit = self.pulls.acquire().await.expect("never closed");
         let timeout = self.config.pull_timeout;
         let pull = async {
             match &self.config.pull_process {

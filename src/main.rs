@@ -6,7 +6,6 @@ use batch_worker::cli::{
     advertised_ip, build_worker, Command, ImageCommand, LogFormat, SpecCommand,
 };
 use batch_worker::config::{self, ConfigError};
-use batch_worker::image::{ImageStore, PullError, PullReport};
 use batch_worker::store::redact_url;
 use batch_worker::{demo, replay, server};
 use tracing_subscriber::EnvFilter;
@@ -142,31 +141,9 @@ async fn run() -> anyhow::Result<()> {
         Command::Image {
             command: ImageCommand::Pull(args),
         } => {
-            let store = ImageStore::open(args.image_config()?)?;
-            let timeout = std::time::Duration::from_secs(args.registry.image_pull_timeout_s.max(1));
-            let pulled = match tokio::time::timeout(timeout, store.pull_now(&args.reference)).await
-            {
-                Ok(pulled) => pulled,
-                Err(_) => Err(PullError::TimedOut {
-                    timeout_s: timeout.as_secs(),
-                }),
-            };
-            let report = match &pulled {
-                Ok((image, downloaded)) => PullReport {
-                    reference: args.reference.clone(),
-                    digest: Some(image.digest.clone()),
-                    downloaded: *downloaded,
-                    error: None,
-                },
-                Err(e) => PullReport {
-                    reference: args.reference.clone(),
-                    digest: None,
-                    downloaded: false,
-                    error: Some(e.to_string()),
-                },
-            };
+            let pulled = args.pull().await;
             if args.json {
-                println!("{}", serde_json::to_string(&report)?);
+                println!("{}", serde_json::to_string(&args.report(&pulled))?);
             } else {
                 match &pulled {
                     Ok((image, downloaded)) => println!(

@@ -143,10 +143,12 @@ fn validate_secrets(secrets: &[SecretMount]) -> Result<(), FieldError> {
     for (i, secret) in secrets.iter().enumerate() {
         let field = format!("job_spec.secrets[{i}].mount_path");
         let path = Path::new(&secret.mount_path);
+        // `components()` drops `.`: the text is checked too.
         let plain = path
             .components()
             .skip(1)
-            .all(|c| matches!(c, Component::Normal(_)));
+            .all(|c| matches!(c, Component::Normal(_)))
+            && !secret.mount_path.split('/').any(|part| part == ".");
         if !path.is_absolute()
             || !plain
             || path.parent().is_none()
@@ -162,6 +164,19 @@ fn validate_secrets(secrets: &[SecretMount]) -> Result<(), FieldError> {
             ));
         }
         let normal: std::path::PathBuf = path.components().collect();
+        // The container's own /proc and /sys: runc refuses mounts there.
+        if let Some(system) = ["/proc", "/sys"]
+            .into_iter()
+            .find(|s| normal.starts_with(s))
+        {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "{:?} is inside {system}, which the container runtime mounts itself",
+                    truncate(&secret.mount_path, 200)
+                ),
+            ));
+        }
         // One mount inside another would hide it (runc fails the start):
         // refused here, naming the other. Ordered by components, the paths
         // below `normal` follow it in `seen`, so each check is a lookup.
@@ -610,7 +625,19 @@ mod tests {
     #[test]
     fn secret_mount_paths_must_differ_and_not_nest() {
         // Siblings sharing a prefix of letters are not nested.
-        validate_secrets(&mounts(&["/gsa-key", "/gsa-key2", "/a/b", "/a/c", "/b"])).unwrap();
+        validate_secrets(&mounts(&[
+            "/gsa-key",
+            "/gsa-key2",
+            "/a/b",
+            "/a/c",
+            "/b",
+            "/procfs",
+        ]))
+        .unwrap();
+        for bad in ["/a/./b", "/a/.", "/proc/x", "/sys", "/sys/fs/x"] {
+            let err = validate_secrets(&mounts(&[bad])).unwrap_err();
+            assert_eq!(err.field, "job_spec.secrets[0].mount_path", "{bad}");
+        }
         for (paths, message) in [
             (
                 &["/a", "/a/"][..],

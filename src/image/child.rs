@@ -92,6 +92,10 @@ pub(super) async fn pull(
         .arg("--")
         .arg(reference)
         .env("RUST_LOG", "warn")
+        // A panic near the memory limit must end the child, not wait on the
+        // backtrace lock that an allocation failure also takes.
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("RUST_LIB_BACKTRACE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -262,11 +262,15 @@ async fn a_job_runs_as_the_images_user_and_owns_its_inputs_and_secrets() {
         "id -u; id -g; id -G; echo \"$HOME\"; pwd; cat /io/in.txt; echo; \
          echo result > /io/out.txt && echo wrote-io; \
          (touch /etc/x) 2>/dev/null && echo wrote-etc || echo etc-refused; \
+         stat -c '%a %u' /tmp; cat /tmp/staged.txt; echo; \
          test \"$(cat /secrets/app/token)\" = {secret} && echo secret-ok"
     );
     let mut spec = container_spec(1, &image, &script);
-    spec["input_files"] =
-        json!([{"from": base.join("in.txt").unwrap().as_str(), "to": "/io/in.txt"}]);
+    // An input staged in the image's /tmp leaves /tmp 1777 and root's.
+    spec["input_files"] = json!([
+        {"from": base.join("in.txt").unwrap().as_str(), "to": "/io/in.txt"},
+        {"from": base.join("in.txt").unwrap().as_str(), "to": "/tmp/staged.txt"},
+    ]);
     spec["output_files"] =
         json!([{"from": "/io/out.txt", "to": base.join("out.txt").unwrap().as_str()}]);
     // A HOME from the spec wins over passwd's.
@@ -297,6 +301,8 @@ async fn a_job_runs_as_the_images_user_and_owns_its_inputs_and_secrets() {
             "input-bytes",
             "wrote-io",
             "etc-refused",
+            "1777 0",
+            "input-bytes",
             "secret-ok"
         ]
     );
@@ -716,6 +722,57 @@ async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
     }
     assert_nothing_left(&runner, h.data.path());
     assert_eq!(scratch_left(&images).await, Vec::<PathBuf>::new());
+    held.abort();
+}
+
+#[tokio::test]
+async fn pulls_beyond_the_bound_wait_for_one_to_end() {
+    let Some((image, _)) = images() else {
+        return;
+    };
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_at = silent.local_addr().unwrap().to_string();
+    let (connected, mut connections) = tokio::sync::watch::channel(0usize);
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket);
+            connected.send_replace(sockets.len());
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, _) = executor(dir.path(), &image);
+    let mut config = image_config(dir.path(), std::slice::from_ref(&silent_at));
+    config.max_concurrent_pulls = 1;
+    let images = Arc::new(ImageStore::new(config).unwrap());
+    let h = Harness::with_options(Options {
+        executor: Some((runner, images)),
+        ..Options::default()
+    })
+    .await;
+    // Two different images: two pulls, one at a time.
+    bunch(
+        &h,
+        10,
+        "tokQ",
+        &[
+            container_spec(1, &format!("{silent_at}/one:1"), "true"),
+            container_spec(2, &format!("{silent_at}/two:1"), "true"),
+        ],
+    )
+    .await;
+    h.accept(10, 1, "tokQ").await;
+    connections.wait_for(|n| *n >= 1).await.unwrap();
+    h.accept(10, 2, "tokQ").await;
+    h.wait_for(10, 2, |s| s.name() == "running.initializing")
+        .await;
+    // Job 2 waits for the permit: no second connection meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*connections.borrow(), 1, "the second pull did not wait");
+    h.cancel(10, 1).await;
+    connections.wait_for(|n| *n >= 2).await.unwrap();
+    h.cancel(10, 2).await;
+    h.wait_final(10, 2).await;
     held.abort();
 }
 
