@@ -129,8 +129,16 @@ async fn every_terminal_job_is_reported_through_a_failing_slow_and_restarting_dr
 #[tokio::test]
 async fn marked_job_started_is_true_once_job_started_was_acknowledged() {
     let h = Harness::in_memory().await;
-    bunch(&h, 5, "started", &[shell_spec(1, "sleep 0.2")]).await;
+    // The job runs until the test lets it end, after job_started was
+    // acknowledged: a job that ends first has its job_started dropped for
+    // its job_complete (and marked false), however short it ran.
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let wait_for_go = format!("while [ ! -e '{}' ]; do sleep 0.01; done", go.display());
+    bunch(&h, 5, "started", &[shell_spec(1, &wait_for_go)]).await;
     h.accept(5, 1, "started").await;
+    h.wait_event(5, 1, "started_delivered").await;
+    std::fs::write(&go, b"").unwrap();
     h.wait_event(5, 1, "complete_delivered").await;
     let received = h.driver.received();
     assert_eq!(received.started.len(), 1);
