@@ -198,14 +198,34 @@ async fn delay_then_refusal(shared: &Shared) -> Option<StatusCode> {
     })
 }
 
-async fn note(shared: &Shared, headers: &HeaderMap, add: impl FnOnce(&mut Received)) -> StatusCode {
-    {
-        let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
-        received.in_flight += 1;
-        received.max_in_flight = received.max_in_flight.max(received.in_flight);
+/// Counts one call in [`Received::in_flight`] while alive: also a call
+/// whose client went away mid-answer (hyper then drops the handler, e.g.
+/// for a `job_started` the worker aborted) stops counting.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn new(shared: &'a Shared) -> InFlight<'a> {
+        {
+            let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
+            received.in_flight += 1;
+            received.max_in_flight = received.max_in_flight.max(received.in_flight);
+        }
+        shared.changes.send_modify(|n| *n += 1);
+        InFlight(shared)
     }
-    shared.changes.send_modify(|n| *n += 1);
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut received = self.0.received.lock().unwrap_or_else(|p| p.into_inner());
+        received.in_flight -= 1;
+    }
+}
+
+async fn note(shared: &Shared, headers: &HeaderMap, add: impl FnOnce(&mut Received)) -> StatusCode {
+    let in_flight = InFlight::new(shared);
     let refused = delay_then_refusal(shared).await;
+    drop(in_flight);
     {
         let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
         if !headers.contains_key("x-hail-instance-name") {
@@ -217,7 +237,6 @@ async fn note(shared: &Shared, headers: &HeaderMap, add: impl FnOnce(&mut Receiv
         if token != Some(INSTANCE_TOKEN) {
             received.wrong_token += 1;
         }
-        received.in_flight -= 1;
         match refused {
             Some(_) => received.refused += 1,
             None => add(&mut received),
