@@ -52,6 +52,8 @@ struct Shared {
     refuse: Arc<Mutex<(usize, StatusCode)>>,
     /// Added before answering each call.
     delay: Arc<Mutex<Duration>>,
+    /// While true, calls wait (after the delay) before being answered.
+    held: watch::Sender<bool>,
 }
 
 /// A running embedded driver.
@@ -73,6 +75,7 @@ impl EmbeddedDriver {
             changes: watch::channel(0).0,
             refuse: Arc::new(Mutex::new((0, StatusCode::OK))),
             delay: Arc::default(),
+            held: watch::channel(false).0,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = Url::parse(&format!("http://{}/", listener.local_addr()?))
@@ -122,6 +125,18 @@ impl EmbeddedDriver {
         *self.shared.delay.lock().unwrap_or_else(|p| p.into_inner()) = delay;
     }
 
+    /// Holds every call, received now or later, unanswered until
+    /// [`EmbeddedDriver::release`] (a driver that stalls; the calls count
+    /// in [`Received::in_flight`] meanwhile).
+    pub fn hold(&self) {
+        self.shared.held.send_replace(true);
+    }
+
+    /// Answers the calls [`EmbeddedDriver::hold`] held, and every later one.
+    pub fn release(&self) {
+        self.shared.held.send_replace(false);
+    }
+
     /// A copy of what was received so far.
     pub fn received(&self) -> Received {
         self.shared
@@ -137,7 +152,8 @@ impl EmbeddedDriver {
         *self.shared.refuse.lock().unwrap_or_else(|p| p.into_inner()) = (calls, status);
     }
 
-    /// A receiver that changes on every call received.
+    /// A receiver that changes on every call received (as it arrives and
+    /// as it is answered).
     pub fn changes(&self) -> watch::Receiver<usize> {
         self.shared.changes.subscribe()
     }
@@ -167,12 +183,14 @@ fn serve(listener: TcpListener, shared: Shared) -> CancellationToken {
     stop
 }
 
-/// Waits out the injected delay, then takes one injected refusal, if any.
+/// Waits out the injected delay and any hold, then takes one injected
+/// refusal, if any.
 async fn delay_then_refusal(shared: &Shared) -> Option<StatusCode> {
     let delay = *shared.delay.lock().unwrap_or_else(|p| p.into_inner());
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let _ = shared.held.subscribe().wait_for(|held| !*held).await;
     let mut refuse = shared.refuse.lock().unwrap_or_else(|p| p.into_inner());
     (refuse.0 > 0).then(|| {
         refuse.0 -= 1;
@@ -180,13 +198,34 @@ async fn delay_then_refusal(shared: &Shared) -> Option<StatusCode> {
     })
 }
 
-async fn note(shared: &Shared, headers: &HeaderMap, add: impl FnOnce(&mut Received)) -> StatusCode {
-    {
-        let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
-        received.in_flight += 1;
-        received.max_in_flight = received.max_in_flight.max(received.in_flight);
+/// Counts one call in [`Received::in_flight`] while alive: also a call
+/// whose client went away mid-answer (hyper then drops the handler, e.g.
+/// for a `job_started` the worker aborted) stops counting.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn new(shared: &'a Shared) -> InFlight<'a> {
+        {
+            let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
+            received.in_flight += 1;
+            received.max_in_flight = received.max_in_flight.max(received.in_flight);
+        }
+        shared.changes.send_modify(|n| *n += 1);
+        InFlight(shared)
     }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut received = self.0.received.lock().unwrap_or_else(|p| p.into_inner());
+        received.in_flight -= 1;
+    }
+}
+
+async fn note(shared: &Shared, headers: &HeaderMap, add: impl FnOnce(&mut Received)) -> StatusCode {
+    let in_flight = InFlight::new(shared);
     let refused = delay_then_refusal(shared).await;
+    drop(in_flight);
     {
         let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
         if !headers.contains_key("x-hail-instance-name") {
@@ -198,7 +237,6 @@ async fn note(shared: &Shared, headers: &HeaderMap, add: impl FnOnce(&mut Receiv
         if token != Some(INSTANCE_TOKEN) {
             received.wrong_token += 1;
         }
-        received.in_flight -= 1;
         match refused {
             Some(_) => received.refused += 1,
             None => add(&mut received),

@@ -2,11 +2,12 @@
 //! served; a job that can never fit errors `insufficient_resources`.
 
 use batch_worker::admission::Capacity;
-use batch_worker_model::{ErrorKind, Event, JobState, Outcome};
+use batch_worker::supervisor::Worker;
+use batch_worker_model::{ErrorKind, Event, JobState, Outcome, RunPhase};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{bunch, create_body, shell_spec, Harness, Options};
+use crate::support::{bunch, create_body, shell_spec, Harness, Options, HANG_GUARD};
 
 async fn worker_with(capacity: Capacity) -> Harness {
     let options = Options {
@@ -24,9 +25,15 @@ const TWO_CORES: Capacity = Capacity {
 #[tokio::test]
 async fn four_one_core_jobs_on_a_two_core_worker_run_at_most_two_at_a_time() {
     let h = worker_with(TWO_CORES).await;
+    // Each job runs until the test lets them all end, once two of them run
+    // side by side and two wait for a core (a fixed sleep may end before
+    // a loaded machine has started the next job).
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let wait_for_go = format!("while [ ! -e '{}' ]; do sleep 0.01; done", go.display());
     let specs: Vec<_> = (1..=4)
         .map(|job_id| {
-            let mut spec = shell_spec(job_id, "sleep 0.3");
+            let mut spec = shell_spec(job_id, &wait_for_go);
             spec["resources"] = json!({"cores_mcpu": 1000, "memory_bytes": 1 << 30});
             spec
         })
@@ -35,6 +42,34 @@ async fn four_one_core_jobs_on_a_two_core_worker_run_at_most_two_at_a_time() {
     for job_id in 1..=4 {
         h.accept(2, job_id, "four").await;
     }
+    let phases = |w: &Worker| {
+        let states: Vec<JobState> = (1..=4).filter_map(|j| w.state_of(2, j).ok()).collect();
+        let count = |want: fn(&JobState) -> bool| states.iter().filter(|s| want(s)).count();
+        (
+            count(|s| {
+                matches!(
+                    s,
+                    JobState::Running {
+                        phase: RunPhase::Executing { .. }
+                    }
+                )
+            }),
+            count(|s| {
+                *s == JobState::Running {
+                    phase: RunPhase::WaitingForResources,
+                }
+            }),
+        )
+    };
+    tokio::time::timeout(HANG_GUARD, h.worker.wait_until(|w| phases(w) == (2, 2)))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "(executing, waiting) never (2, 2): {:?}",
+                h.worker.snapshot()
+            )
+        });
+    std::fs::write(&go, b"").unwrap();
     for job_id in 1..=4 {
         assert_eq!(
             h.wait_final(2, job_id).await,

@@ -12,7 +12,7 @@ use batch_worker_model::{ErrorKind, Event, JobKey, JobState, EVENT_VERSION};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{bunch, create_body, shell_spec, Harness, Options};
+use crate::support::{bunch, create_body, shell_spec, Harness, Options, HANG_GUARD};
 
 #[tokio::test]
 async fn job_complete_is_retried_until_the_driver_takes_it() {
@@ -129,8 +129,16 @@ async fn every_terminal_job_is_reported_through_a_failing_slow_and_restarting_dr
 #[tokio::test]
 async fn marked_job_started_is_true_once_job_started_was_acknowledged() {
     let h = Harness::in_memory().await;
-    bunch(&h, 5, "started", &[shell_spec(1, "sleep 0.2")]).await;
+    // The job runs until the test lets it end, after job_started was
+    // acknowledged: a job that ends first has its job_started dropped for
+    // its job_complete (and marked false), however short it ran.
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let wait_for_go = format!("while [ ! -e '{}' ]; do sleep 0.01; done", go.display());
+    bunch(&h, 5, "started", &[shell_spec(1, &wait_for_go)]).await;
     h.accept(5, 1, "started").await;
+    h.wait_event(5, 1, "started_delivered").await;
+    std::fs::write(&go, b"").unwrap();
     h.wait_event(5, 1, "complete_delivered").await;
     let received = h.driver.received();
     assert_eq!(received.started.len(), 1);
@@ -157,16 +165,33 @@ async fn reports_go_out_concurrently_but_never_more_than_the_bound() {
         ..Options::default()
     };
     let h = Harness::with_options(options).await;
-    h.driver.set_delay(Duration::from_millis(150));
+    // A driver that answers nothing until every report is on its way (a
+    // fixed delay lets a loaded machine send them one by one).
+    h.driver.hold();
     // Twelve jobs without a spec: twelve job_complete calls at once.
     for job_id in 1..=12 {
         h.accept(6, job_id, "none").await;
     }
+    for job_id in 1..=12 {
+        h.wait_event(6, job_id, "logs_uploaded").await;
+    }
+    // Every report task has started (their records are written), and the
+    // bound's worth of calls are waiting at the driver.
+    h.worker.sync_journal().await;
+    let mut changes = h.driver.changes();
+    tokio::time::timeout(HANG_GUARD, async {
+        while h.driver.received().in_flight < 3 {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("calls at the driver: {:?}", h.driver.received()));
+    h.driver.release();
     h.wait_reports(12).await;
     let received = h.driver.received();
     eprintln!("most report calls at once: {}", received.max_in_flight);
     assert!(received.max_in_flight <= 3, "{}", received.max_in_flight);
-    assert!(received.max_in_flight >= 2, "reports went out one by one");
+    assert_eq!(received.max_in_flight, 3, "reports go out side by side");
 }
 
 #[tokio::test]

@@ -27,8 +27,10 @@ async fn shutdown_under_load_refuses_creates_and_delivers_every_report() {
         })
         .collect();
     bunch(&h, 12, "load", &specs).await;
-    // A slow driver: reports are still on the wire when the kill arrives.
-    h.driver.set_delay(Duration::from_millis(1000));
+    // A stalled driver: reports are still on the wire when the kill
+    // arrives (with a fixed delay, a loaded machine could take longer to
+    // get here than the reports take to be answered).
+    h.driver.hold();
     for job_id in 1..=30 {
         // 25..=30 have no spec and error at once.
         h.accept(12, job_id, "load").await;
@@ -53,6 +55,8 @@ async fn shutdown_under_load_refuses_creates_and_delivers_every_report() {
         h.worker.create(late).await.unwrap_err(),
         CreateError::ShuttingDown
     );
+    // The driver answers again while the worker drains.
+    h.driver.release();
     // and, once serve returns, every finished job's report was delivered
     // and journaled.
     h.shutdown().await;

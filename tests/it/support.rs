@@ -482,6 +482,9 @@ pub enum OnRead {
     Panic,
     /// Fail this many reads with a transient error, then pass.
     FailFirst(usize),
+    /// Wait until [`TestStore::open`] is called, then read from the inner
+    /// store.
+    Gated,
 }
 
 /// An object store wrapper that records every key read and can make every
@@ -494,6 +497,8 @@ pub struct TestStore {
     read_count: tokio::sync::watch::Sender<usize>,
     /// Reads begun and not yet returned or dropped.
     in_flight: tokio::sync::watch::Sender<usize>,
+    /// Whether [`OnRead::Gated`] reads may go on.
+    open: tokio::sync::watch::Sender<bool>,
 }
 
 /// Counts one read in [`TestStore::in_flight`] while alive.
@@ -520,7 +525,13 @@ impl TestStore {
             reads: Mutex::default(),
             read_count: tokio::sync::watch::channel(0).0,
             in_flight: tokio::sync::watch::channel(0).0,
+            open: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Lets every [`OnRead::Gated`] read, waiting or later, go on.
+    pub fn open(&self) {
+        self.open.send_replace(true);
     }
 
     /// Waits until exactly `n` reads are in flight (a hanging read counts
@@ -562,6 +573,10 @@ impl TestStore {
             OnRead::Panic => panic!("test store panics on read of {location}"),
             OnRead::FailFirst(n) if reads <= n => Err(injected_error()),
             OnRead::FailFirst(_) => Ok(()),
+            OnRead::Gated => {
+                let _ = self.open.subscribe().wait_for(|open| *open).await;
+                Ok(())
+            }
         }
     }
 }
