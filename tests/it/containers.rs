@@ -62,9 +62,8 @@ fn image_config(dir: &Path, registries: &[String]) -> ImageConfig {
     config
 }
 
-/// A runc runner and image cache under `dir`, pulling from the test
-/// registry over plain HTTP.
-fn executor(dir: &Path, image: &str) -> (Arc<RuncRunner>, Arc<ImageStore>) {
+/// A runc runner keeping its state under `dir`.
+fn runc_runner(dir: &Path) -> Arc<RuncRunner> {
     let runner = RuncRunner::new(RuncConfig {
         runc: "runc".into(),
         state_dir: dir.join("runc"),
@@ -72,11 +71,33 @@ fn executor(dir: &Path, image: &str) -> (Arc<RuncRunner>, Arc<ImageStore>) {
         kill_grace: Duration::from_millis(500),
     })
     .expect("runc runs");
+    Arc::new(runner)
+}
+
+/// A runc runner and image cache under `dir`, pulling from the test
+/// registry over plain HTTP.
+fn executor(dir: &Path, image: &str) -> (Arc<RuncRunner>, Arc<ImageStore>) {
     let config = image_config(dir, &[registry_of(image)]);
     (
-        Arc::new(runner),
+        runc_runner(dir),
         Arc::new(ImageStore::new(config).expect("the image cache opens")),
     )
+}
+
+/// A harness whose jobs run in containers under `dir`, pulling with
+/// `config`; also returns the runner and the cache.
+async fn harness_pulling_with(
+    dir: &Path,
+    config: ImageConfig,
+) -> (Harness, Arc<RuncRunner>, Arc<ImageStore>) {
+    let runner = runc_runner(dir);
+    let images = Arc::new(ImageStore::new(config).expect("the image cache opens"));
+    let h = Harness::with_options(Options {
+        executor: Some((runner.clone(), images.clone())),
+        ..Options::default()
+    })
+    .await;
+    (h, runner, images)
 }
 
 /// What pulls left in the cache's scratch directory, once their cleanup
@@ -649,15 +670,16 @@ async fn a_restart_removes_the_container_a_crash_left_behind() {
     second.child.wait().unwrap();
 }
 
-#[tokio::test]
-async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
-    let Some((image, _)) = images() else {
-        return;
-    };
-    // A "registry" that accepts connections and never answers.
+/// A "registry" on loopback that accepts connections and never answers:
+/// its address, the count of connections so far, and its task.
+async fn silent_registry() -> (
+    String,
+    tokio::sync::watch::Receiver<usize>,
+    tokio::task::JoinHandle<()>,
+) {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_at = silent.local_addr().unwrap().to_string();
-    let (connected, mut connections) = tokio::sync::watch::channel(0usize);
+    let (connected, connections) = tokio::sync::watch::channel(0usize);
     let held = tokio::spawn(async move {
         let mut sockets = Vec::new();
         while let Ok((socket, _)) = silent.accept().await {
@@ -665,16 +687,19 @@ async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
             connected.send_replace(sockets.len());
         }
     });
+    (silent_at, connections, held)
+}
+
+#[tokio::test]
+async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
+    if images().is_none() {
+        return;
+    }
+    let (silent_at, mut connections, held) = silent_registry().await;
     let dir = tempfile::tempdir().unwrap();
-    let (runner, _) = executor(dir.path(), &image);
     let mut config = image_config(dir.path(), std::slice::from_ref(&silent_at));
     config.pull_timeout = Duration::from_secs(2);
-    let images = Arc::new(ImageStore::new(config).unwrap());
-    let h = Harness::with_options(Options {
-        executor: Some((runner.clone(), images.clone())),
-        ..Options::default()
-    })
-    .await;
+    let (h, runner, images) = harness_pulling_with(dir.path(), config).await;
     let hanging = format!("{silent_at}/bw-test/busybox:1");
     bunch(
         &h,
@@ -727,29 +752,14 @@ async fn a_cancel_while_the_registry_hangs_ends_the_job_at_once() {
 
 #[tokio::test]
 async fn pulls_beyond_the_bound_wait_for_one_to_end() {
-    let Some((image, _)) = images() else {
+    if images().is_none() {
         return;
-    };
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_at = silent.local_addr().unwrap().to_string();
-    let (connected, mut connections) = tokio::sync::watch::channel(0usize);
-    let held = tokio::spawn(async move {
-        let mut sockets = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            sockets.push(socket);
-            connected.send_replace(sockets.len());
-        }
-    });
+    }
+    let (silent_at, mut connections, held) = silent_registry().await;
     let dir = tempfile::tempdir().unwrap();
-    let (runner, _) = executor(dir.path(), &image);
     let mut config = image_config(dir.path(), std::slice::from_ref(&silent_at));
     config.max_concurrent_pulls = 1;
-    let images = Arc::new(ImageStore::new(config).unwrap());
-    let h = Harness::with_options(Options {
-        executor: Some((runner, images)),
-        ..Options::default()
-    })
-    .await;
+    let (h, _runner, _images) = harness_pulling_with(dir.path(), config).await;
     // Two different images: two pulls, one at a time.
     bunch(
         &h,
@@ -798,14 +808,8 @@ async fn a_registry_sending_an_endless_manifest_fails_one_pull_not_the_worker() 
         .route("/v2/{*rest}", axum::routing::get(endless));
     let served = tokio::spawn(async move { axum::serve(hostile, app).await });
     let dir = tempfile::tempdir().unwrap();
-    let (runner, _) = executor(dir.path(), &image);
     let config = image_config(dir.path(), &[hostile_at.clone(), registry_of(&image)]);
-    let images = Arc::new(ImageStore::new(config).unwrap());
-    let h = Harness::with_options(Options {
-        executor: Some((runner.clone(), images.clone())),
-        ..Options::default()
-    })
-    .await;
+    let (h, runner, images) = harness_pulling_with(dir.path(), config).await;
     let bomb = format!("{hostile_at}/bw-test/bomb:1");
     bunch(
         &h,
