@@ -90,7 +90,7 @@ async fn serve_with_a_stubborn_job(
     let dir = tempfile::tempdir().unwrap();
     let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
     std::fs::create_dir_all(&specs).unwrap();
-    let spec = serde_json::to_vec(&shell_spec(1, "trap '' TERM; sleep 60")).unwrap();
+    let spec = serde_json::to_vec(&shell_spec(1, "trap '' TERM; echo trapped; sleep 60")).unwrap();
     SpecStore::new(
         std::sync::Arc::new(LocalFileSystem::new_with_prefix(&specs).unwrap()),
         Default::default(),
@@ -118,6 +118,24 @@ async fn serve_with_a_stubborn_job(
         .status();
     assert_eq!(status, StatusCode::OK);
     serve.wait_event(13, 1, "process_started").await;
+    // `process_started` comes when the shell is spawned, before it runs
+    // `trap`: a SIGTERM then would end the job at once. Its log says when
+    // the trap is set.
+    let log = format!("{}/api/v1alpha/batches/13/jobs/1/log/main", serve.base);
+    tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let text = match http.get(&log).send().await {
+                Ok(answer) => answer.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if text.contains("trapped") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the stubborn job sets its trap");
     (serve, dir, driver)
 }
 
