@@ -109,7 +109,7 @@ pub struct ImagePullArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Print one JSON object, {"reference", "digest", "downloaded"} or
-    /// {"reference", "error"}, instead of text.
+    /// {"reference", "downloaded": false, "error"}, instead of text.
     #[arg(long)]
     pub json: bool,
     /// Where partial files go (default {image-cache-dir}/tmp).
@@ -464,8 +464,8 @@ pub struct ExecutorArgs {
     #[arg(long, value_enum, default_value = "none")]
     pub container_network: ContainerNetwork,
     /// Memory limit of each image pull's child process (its heap), e.g.
-    /// 1GiB. A registry whose answers need more ends the job
-    /// image_pull_failed; the worker is not touched.
+    /// 1GiB; at least 64MiB. A registry whose answers need more ends the
+    /// job image_pull_failed; the worker is not touched.
     #[arg(long, default_value = "1GiB")]
     pub image_pull_max_memory: bytesize::ByteSize,
     /// Most image pulls at once (of different images; more wait in

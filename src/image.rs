@@ -198,7 +198,7 @@ pub enum PullError {
     },
     /// The registry kept failing (or could not be reached) through the
     /// retries, or answered something this worker cannot use.
-    #[error("the registry failed after {attempts} tries: {message}")]
+    #[error("the registry failed after {attempts} {}: {message}", if *attempts == 1 { "try" } else { "tries" })]
     Registry {
         /// Tries made.
         attempts: u32,
@@ -651,8 +651,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// An HTTPS call answered in plain HTTP: rustls's error for it. Never
+/// transient; the registry needs --insecure-registry.
+fn is_plain_http_answer(e: &OciDistributionError) -> bool {
+    matches!(e, OciDistributionError::RequestError(_))
+        && error_chain(e).contains("InvalidContentType")
+}
+
 fn is_transient(e: &OciDistributionError) -> bool {
     match e {
+        OciDistributionError::RequestError(_) if is_plain_http_answer(e) => false,
         OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => true,
         OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
         _ => false,
@@ -661,7 +669,7 @@ fn is_transient(e: &OciDistributionError) -> bool {
 
 fn classify(e: OciDistributionError, attempts: u32) -> PullError {
     let mut message = error_chain(&e);
-    if matches!(e, OciDistributionError::RequestError(_)) && message.contains("https://") {
+    if is_plain_http_answer(&e) {
         message.push_str(
             " (a registry that serves plain HTTP must be listed in --insecure-registry HOST:PORT)",
         );

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use batch_worker::api::{ApiConfig, ApiToken};
 use batch_worker::cli::{
-    advertised_ip, build_worker, Command, ImageCommand, LogFormat, SpecCommand,
+    advertised_ip, build_worker, Command, ImageCommand, LogFormat, SpecCommand, StartError,
 };
 use batch_worker::config::{self, ConfigError};
 use batch_worker::store::redact_url;
@@ -16,7 +16,12 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", describe(&e));
-            std::process::ExitCode::FAILURE
+            // A flag's value that cannot work is a usage error, like a
+            // flag clap refuses.
+            match e.downcast_ref::<StartError>() {
+                Some(StartError::Invalid(_)) => std::process::ExitCode::from(2),
+                _ => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -83,6 +88,7 @@ async fn run() -> anyhow::Result<()> {
                 logs_store = args.logs_store.as_ref().map_or_else(|| format!("file://{}", args.data_dir.join("logs").display()), redact_url),
                 driver_url = args.driver_url.as_ref().map_or("none (no reports)".into(), redact_url),
                 api_auth = if api_config.api_token.is_some() { "bearer token" } else { "none" },
+                executor = ?args.executor.executor,
                 "batch-worker serving"
             );
             // Credentials' values are masked.

@@ -446,19 +446,20 @@ fn field_from_serde(prefix: &str, path: &str, err: &serde_json::Error) -> FieldE
     let text = err.to_string();
     let mut text = text.split(" at line ").next().unwrap_or(&text).to_owned();
     let mut field = join_path(prefix, if path == "." { "" } else { path });
-    if is_secret_field(&field) {
-        let expected = text.rsplit_once(", expected ").map(|(_, e)| e.to_owned());
-        text = match expected {
-            Some(e) => format!("invalid value (not shown: the field is secret), expected {e}"),
-            None => "invalid value (not shown: the field is secret)".to_owned(),
-        };
-    }
+    // Names no value, so also for secret fields.
     if let Some(name) = text
         .strip_prefix("missing field `")
         .and_then(|rest| rest.split('`').next())
     {
         field = join_path(&field, name);
         return FieldError::new(field, "required field is missing");
+    }
+    if is_secret_field(&field) {
+        let expected = text.rsplit_once(", expected ").map(|(_, e)| e.to_owned());
+        text = match expected {
+            Some(e) => format!("invalid value (not shown: the field is secret), expected {e}"),
+            None => "invalid value (not shown: the field is secret)".to_owned(),
+        };
     }
     if field.is_empty() {
         field = "body".into();

@@ -200,6 +200,10 @@ async fn malformed_bodies_get_400_naming_the_field() {
             "job_spec.secrets[1].mount_path",
         ),
         (
+            json!([{"name": "s", "namespace": "n", "data": {"k": "AAAA"}}]),
+            "job_spec.secrets[0].mount_path",
+        ),
+        (
             json!([secret("/s", "../k", "AAAA")]),
             "job_spec.secrets[0].data",
         ),
