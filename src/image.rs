@@ -269,6 +269,8 @@ pub struct ImageStore {
     slots: Mutex<HashMap<String, Slot>>,
     /// Permits for pulls under way ([`ImageConfig::max_concurrent_pulls`]).
     pulls: tokio::sync::Semaphore,
+    /// Pulls waiting for a permit.
+    waiting: AtomicU64,
     downloads: AtomicU64,
 }
 
@@ -329,8 +331,15 @@ impl ImageStore {
             config,
             client,
             slots: Mutex::new(HashMap::new()),
+            waiting: AtomicU64::new(0),
             downloads: AtomicU64::new(0),
         })
+    }
+
+    /// Pulls waiting for one of the [`ImageConfig::max_concurrent_pulls`]
+    /// to end.
+    pub fn pulls_waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Images downloaded (not found in the cache) since the worker started.
@@ -360,7 +369,10 @@ impl ImageStore {
             return Ok((image.clone(), false));
         }
         // Waiting for a permit is not part of the pull's time.
-        let _permit = self.pulls.acquire().await.expect("never closed");
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = self.pulls.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let _permit = permit.expect("never closed");
         let timeout = self.config.pull_timeout;
         let pull = async {
             match &self.config.pull_process {
@@ -371,7 +383,16 @@ impl ImageStore {
                     if downloaded {
                         self.downloads.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok((self.cached(reference, &digest)?, downloaded))
+                    let (cache_dir, reference) =
+                        (self.config.cache_dir.clone(), reference.to_owned());
+                    let image = tokio::task::spawn_blocking(move || {
+                        cached_image(&cache_dir, &reference, &digest)
+                    })
+                    .await
+                    .map_err(|e| {
+                        PullError::Unusable(format!("reading the image config failed: {e}"))
+                    })??;
+                    Ok((image, downloaded))
                 }
             }
         };
@@ -384,33 +405,6 @@ impl ImageStore {
         let image = Arc::new(image);
         *held = Some(image.clone());
         Ok((image, downloaded))
-    }
-
-    /// The image `reference` resolved to `digest`, from its cache entry.
-    ///
-    /// # Errors
-    /// [`PullError::Io`] (no such entry), [`PullError::Unusable`] (its
-    /// config is unreadable, too large, or for another platform).
-    pub fn cached(&self, reference: &str, digest: &str) -> Result<PulledImage, PullError> {
-        use std::io::Read;
-        let entry = self
-            .config
-            .cache_dir
-            .join("sha256")
-            .join(sha256_hex(digest)?);
-        let path = entry.join("config.json");
-        let mut config_json = String::new();
-        std::fs::File::open(&path)
-            .and_then(|f| {
-                f.take(MAX_CONFIG_BYTES as u64 + 1)
-                    .read_to_string(&mut config_json)
-            })
-            .map_err(|source| PullError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        check_config_size(&config_json)?;
-        image_from_config(reference, digest, &entry, &config_json)
     }
 
     /// Pulls `reference` in this process, with no slot (see
@@ -726,6 +720,29 @@ fn sha256_hex(digest: &str) -> Result<&str, PullError> {
             "digest {digest:?} is not sha256:<64 lowercase hex digits>"
         ))),
     }
+}
+
+/// The image `reference` resolved to `digest`, from its cache entry under
+/// `cache_dir`. Blocking (reads the image's config, at most 4 MiB).
+///
+/// Errors: [`PullError::Io`] (no such entry), [`PullError::Unusable`] (its
+/// config is unreadable, too large, or for another platform).
+fn cached_image(cache_dir: &Path, reference: &str, digest: &str) -> Result<PulledImage, PullError> {
+    use std::io::Read;
+    let entry = cache_dir.join("sha256").join(sha256_hex(digest)?);
+    let path = entry.join("config.json");
+    let mut config_json = String::new();
+    std::fs::File::open(&path)
+        .and_then(|f| {
+            f.take(MAX_CONFIG_BYTES as u64 + 1)
+                .read_to_string(&mut config_json)
+        })
+        .map_err(|source| PullError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    check_config_size(&config_json)?;
+    image_from_config(reference, digest, &entry, &config_json)
 }
 
 /// Refuses an image config over [`MAX_CONFIG_BYTES`].

@@ -759,7 +759,7 @@ async fn pulls_beyond_the_bound_wait_for_one_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = image_config(dir.path(), std::slice::from_ref(&silent_at));
     config.max_concurrent_pulls = 1;
-    let (h, _runner, _images) = harness_pulling_with(dir.path(), config).await;
+    let (h, _runner, images) = harness_pulling_with(dir.path(), config).await;
     // Two different images: two pulls, one at a time.
     bunch(
         &h,
@@ -776,8 +776,14 @@ async fn pulls_beyond_the_bound_wait_for_one_to_end() {
     h.accept(10, 2, "tokQ").await;
     h.wait_for(10, 2, |s| s.name() == "running.initializing")
         .await;
-    // Job 2 waits for the permit: no second connection meanwhile.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Job 2's pull waits for the permit, and has not reached the registry.
+    tokio::time::timeout(crate::support::HANG_GUARD, async {
+        while images.pulls_waiting() != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the second pull waits for the first");
     assert_eq!(*connections.borrow(), 1, "the second pull did not wait");
     h.cancel(10, 1).await;
     connections.wait_for(|n| *n >= 2).await.unwrap();
