@@ -41,7 +41,7 @@ pub use auth::{ApiToken, TokenFileError};
 pub use error::ApiError;
 
 use crate::server::BODY_READ_TIMEOUT;
-use crate::supervisor::Worker;
+use crate::worker::Worker;
 use crate::wire::{CreateJob, FieldError};
 
 /// Path of the create call.

@@ -36,7 +36,7 @@ use crate::runner::HostRunner;
 use crate::server::serve;
 use crate::spec_store::{SpecLoadConfig, SpecStore};
 use crate::store::{open_store, throttled, with_control_plane, FaultStore};
-use crate::supervisor::{Worker, WorkerConfig};
+use crate::worker::{Executor, JournalOptions, Worker};
 use plan::{Expected, Kind, DEMO_BATCH_ID, DEMO_SPEC_MAX_BYTES};
 
 /// The create calls' client timeout, like the driver's.
@@ -52,6 +52,9 @@ pub enum DemoError {
     /// Setting up the worker failed.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The worker could not be opened.
+    #[error(transparent)]
+    Open(#[from] crate::worker::OpenError),
     /// Local IO failed.
     #[error("demo IO: {0}")]
     Io(#[from] std::io::Error),
@@ -243,29 +246,16 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         .spawn(driver::EmbeddedDriver::start())
         .await
         .expect("the driver's start does not panic")?;
-    let config = WorkerConfig {
-        name: "demo-worker".into(),
-        data_dir: prepare_dir(&data_dir.join("worker"))?,
-        runner: Arc::new(HostRunner {
-            kill_grace: Duration::from_secs(2),
-        }),
-        journal_segment_bytes: crate::supervisor::DEFAULT_JOURNAL_SEGMENT_BYTES,
-        retention: Duration::from_secs(crate::supervisor::DEFAULT_RETENTION_HOURS * 3600),
-        capacity: Capacity::of_machine(),
-        logs: LogsStore::new(
-            with_control_plane(
-                Arc::new(LocalFileSystem::new_with_prefix(prepare_dir(
-                    &data_dir.join("logs"),
-                )?)?),
-                args.token_latency_ms,
-                2,
-            ),
-            Path::default(),
+    let worker_dir = data_dir.join("worker");
+    let logs_dir = prepare_dir(&data_dir.join("logs"))?;
+    let logs = LogsStore::new(
+        with_control_plane(
+            Arc::new(LocalFileSystem::new_with_prefix(logs_dir)?),
+            args.token_latency_ms,
+            2,
         ),
-        report_drain: Duration::from_millis(crate::supervisor::DEFAULT_REPORT_DRAIN_MS),
-        store_options: crate::store::StoreOptions::from_env(),
-        images: None,
-    };
+        Path::default(),
+    );
     let reads = throttled(
         with_control_plane(store, args.token_latency_ms, 1),
         args.blob_latency_ms,
@@ -291,16 +281,21 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         "demo-token".into(),
         ReportRetry::default(),
     )?;
-    let journal = crate::journal::open_journal(
-        &config.data_dir,
-        args.durability,
-        false,
-        tokio::runtime::Handle::current(),
-    )
-    .map_err(StartError::from)?;
-    let journal_file = journal.writer.dir().to_owned();
-    let worker = Worker::new(config, specs, Some(client), Some(journal.writer));
-    worker.recover(&journal.records);
+    let worker = Worker::builder(&worker_dir)
+        .name("demo-worker")
+        .executor(Executor::Host(Arc::new(HostRunner {
+            kill_grace: Duration::from_secs(2),
+        })))
+        .capacity(Capacity::of_machine())
+        .specs(specs)
+        .logs(logs)
+        .driver(client)
+        .journal(JournalOptions {
+            durability: args.durability,
+            ..JournalOptions::default()
+        })
+        .open()?;
+    let journal_file = crate::journal::journal_dir(worker.data_dir());
     worker.activate("127.0.0.1").await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base =
@@ -551,7 +546,7 @@ fn create_body(job_id: i64, bunch: Option<(&str, i64)>, inline: Option<Value>) -
         "user": "demo-user",
         "gsa_key": {"key.json": "ZGVtby1zZWNyZXQ="},
         "job_spec": job_spec,
-        "queue_time": crate::supervisor::now_ms(),
+        "queue_time": crate::worker::now_ms(),
     })
 }
 

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use batch_worker_model::{ErrorKind, Event, JobKey, EVENT_VERSION};
+use batch_worker_model::{ErrorKind, Event, JobKey};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::bunch;
 use crate::job_spec::JobSpec;
-use crate::journal::{self, AttemptInfo, Decoded, JournalRecord};
+use crate::journal::{self, Decoded, JournalRecord};
 use crate::spec_store::{SpecLoadConfig, SpecStore};
 use crate::wire::{AttemptFields, CreateJob, SpecSource};
 
@@ -59,24 +59,21 @@ pub fn create_body(data: &[u8]) {
     secrets.assert_not_in(&format!("{names:?}"), "redacted_secrets()");
 
     // The handler journals a `created` record with these facts.
-    let record = JournalRecord {
-        seq: 1,
-        time_ms: 0,
-        event_version: EVENT_VERSION,
-        key: JobKey {
+    let record = JournalRecord::new(
+        1,
+        0,
+        JobKey {
             batch_id: job.batch_id,
             job_id: job.job_id,
             attempt_id: job.attempt.attempt_id.clone(),
         },
-        event: Event::Created {
+        Event::Created {
             format_version: job.format_version,
-        },
-        attempt: Some(Box::new(AttemptInfo {
             user: job.user.clone(),
             job_group_id: job.attempt.job_group_id,
             secret_names: names,
-        })),
-    };
+        },
+    );
     let payload = serde_json::to_string(&record).expect("a record serialises");
     secrets.assert_not_in(&payload, "the journal record");
     let mut bytes = journal::encode_header().to_vec();

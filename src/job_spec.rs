@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use batch_worker_model::ProcessKind;
+use batch_worker_model::{Event, ProcessKind};
 use serde_json::{Map, Value};
 
 use crate::wire::{truncate, validate_env, AttemptFields, EnvVar};
@@ -283,6 +283,45 @@ impl JobSpec {
         self.env.extend(attempt.env.iter().cloned());
         self.secrets = attempt.secrets.clone();
         self
+    }
+
+    /// Whether the spec can run on this worker's executor: a worker that
+    /// runs every job in its image (`containers`, `--executor runc`) needs
+    /// `process.image` to be a usable image reference; a host worker
+    /// ignores the image.
+    ///
+    /// # Errors
+    /// [`SpecCorrupt`] naming `process.image`: absent, or not a reference.
+    pub fn check_executor(&self, containers: bool) -> Result<(), SpecCorrupt> {
+        match (containers, &self.image) {
+            (false, _) => Ok(()),
+            (true, None) => Err(SpecCorrupt(
+                "process.image: expected an image reference (this worker runs every job in its image, --executor runc), got none".into(),
+            )),
+            (true, Some(image)) => crate::image::check_reference(image).map_err(|e| {
+                SpecCorrupt(format!(
+                    "process.image: {:?} is not an image reference: {e}",
+                    truncate(image, 200)
+                ))
+            }),
+        }
+    }
+
+    /// The `spec_loaded` event of this spec: what the journal keeps of it,
+    /// `resources` as sent, and the image only on a worker that pulls
+    /// images (`containers`).
+    pub fn loaded_event(&self, containers: bool) -> Event {
+        Event::SpecLoaded {
+            process: self.process.clone(),
+            size_bytes: self.size_bytes,
+            unsupported: self.unsupported.clone(),
+            cores_mcpu: self.cores_mcpu,
+            memory_bytes: self.memory_bytes,
+            input_files: self.input_files.len() as u32,
+            output_files: self.output_files.len() as u32,
+            image: self.image.clone().filter(|_| containers),
+            resources: Some(self.resources.clone()).filter(|r| !r.is_null()),
+        }
     }
 }
 

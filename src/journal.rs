@@ -49,28 +49,59 @@ pub struct JournalRecord {
     pub key: JobKey,
     /// The event.
     pub event: Event,
-    /// On `created` records: what the worker needs of the create request
-    /// to report the attempt after a restart. Never a secret value. Boxed:
-    /// most records have none, and a journal's records are held in memory
-    /// all at once at recovery.
+    /// Only in `created` records written before [`Event::Created`] carried
+    /// the user, job group and secret names itself: those facts, which
+    /// [`JournalRecord::events`] moves into the event. Never written now.
+    /// Boxed: most records have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<Box<AttemptInfo>>,
 }
 
 impl JournalRecord {
+    /// A record of one event as the worker writes it today.
+    pub fn new(seq: u64, time_ms: i64, key: JobKey, event: Event) -> JournalRecord {
+        JournalRecord {
+            seq,
+            time_ms,
+            event_version: EVENT_VERSION,
+            key,
+            event,
+            attempt: None,
+        }
+    }
+
     /// The record's event in today's events: the event itself when it was
     /// written at today's [`EVENT_VERSION`] (borrowed, no copy), else what
-    /// [`upcast`] makes of it (none, one or more events).
+    /// [`upcast`] makes of it (none, one or more events). A `created`
+    /// record with the older [`AttemptInfo`] beside its event gets those
+    /// facts moved into the event.
     pub fn events(&self) -> Cow<'_, [Event]> {
-        if self.event_version >= EVENT_VERSION {
-            Cow::Borrowed(std::slice::from_ref(&self.event))
-        } else {
-            Cow::Owned(upcast(self.event_version, self.event.clone()))
+        let event = match (&self.event, &self.attempt) {
+            (
+                Event::Created {
+                    format_version,
+                    user,
+                    ..
+                },
+                Some(info),
+            ) if user.is_empty() => Cow::Owned(Event::Created {
+                format_version: *format_version,
+                user: info.user.clone(),
+                job_group_id: info.job_group_id,
+                secret_names: info.secret_names.clone(),
+            }),
+            _ => Cow::Borrowed(&self.event),
+        };
+        match (self.event_version >= EVENT_VERSION, event) {
+            (true, Cow::Borrowed(event)) => Cow::Borrowed(std::slice::from_ref(event)),
+            (true, Cow::Owned(event)) => Cow::Owned(vec![event]),
+            (false, event) => Cow::Owned(upcast(self.event_version, event.into_owned())),
         }
     }
 }
 
-/// The non-secret facts of a create request, kept on its `created` record.
+/// The non-secret facts of a create request, as `created` records carried
+/// them beside the event before [`Event::Created`] held them (read only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptInfo {
     /// The user.

@@ -1,7 +1,7 @@
 //! The worker's Prometheus metrics (`GET /metrics`), in the Prometheus text
 //! exposition format (version 0.0.4), through the `prometheus-client` crate.
 //!
-//! Each [`crate::supervisor::Worker`] has its own [`Metrics`] and its own
+//! Each [`crate::worker::Worker`] has its own [`Metrics`] and its own
 //! registry (no global recorder: tests run many workers in one process).
 //! Names follow the Prometheus conventions: the `batch_worker_` prefix, the
 //! unit in the name (`_seconds`), `_total` on counters.

@@ -17,7 +17,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiConfig};
-use crate::supervisor::Worker;
+use crate::worker::Worker;
 
 /// Longest wait for a request's headers (slow or stalled clients).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

@@ -50,6 +50,18 @@ pub enum Event {
     Created {
         /// The create body's `format_version` (1: spec inline, >1: bunch).
         format_version: u32,
+        /// The create body's `user`. Empty in records written before it was
+        /// an event field (their journal record carried it beside the event;
+        /// the journal moves it here when it reads them).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        user: String,
+        /// The create body's `job_spec.job_group_id`.
+        #[serde(default, skip_serializing_if = "is_zero_i64")]
+        job_group_id: i64,
+        /// The names (never the values) of the secrets the create body
+        /// carried, `namespace/name`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        secret_names: Vec<String>,
     },
     /// The spec loader began reading the job spec.
     SpecLoadStarted,
@@ -84,6 +96,12 @@ pub enum Event {
         /// runc`); absent for host processes, which ignore the image.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         image: Option<String>,
+        /// The spec's `resources` object as sent (e.g. `{"cores_mcpu": 250,
+        /// "memory_bytes": 0, "storage_gib": 2}`), shown as is in the status
+        /// JSON. `None` in records written before it was recorded, and for
+        /// a spec without `resources`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resources: Option<serde_json::Value>,
     },
     /// The worker reserved the job's cores and memory; the process may start.
     ResourcesGranted,
@@ -215,6 +233,17 @@ impl Event {
         }
     }
 
+    /// An [`Event::Created`] with only its `format_version` (no user, job
+    /// group or secrets), as tests and old records have it.
+    pub fn created(format_version: u32) -> Event {
+        Event::Created {
+            format_version,
+            user: String::new(),
+            job_group_id: 0,
+            secret_names: Vec::new(),
+        }
+    }
+
     /// Whether this is [`Event::Created`], an attempt's first event.
     pub fn is_created(&self) -> bool {
         matches!(self, Event::Created { .. })
@@ -235,6 +264,10 @@ impl Event {
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_i64(n: &i64) -> bool {
     *n == 0
 }
 

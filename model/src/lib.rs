@@ -19,6 +19,8 @@
 //!   `(state, event) -> (state, effects)` function the worker and the replay
 //!   tool share.
 //! - [`key`]: [`JobKey`], the identity of one attempt.
+//! - [`view`]: [`AttemptView`], the one fold of an attempt's events into
+//!   every fact its status, reports and replay summary show.
 #![deny(missing_docs)]
 
 mod chart;
@@ -27,9 +29,11 @@ pub mod event;
 pub mod key;
 pub mod machine;
 pub mod state;
+pub mod view;
 
 pub use effect::Effect;
 pub use event::{upcast, Event, ExitStatus, ProcessKind, EVENT_VERSION};
 pub use key::JobKey;
 pub use machine::{Applied, IllegalTransition, JobAttempt};
 pub use state::{ErrorKind, JobState, Outcome, RunPhase, WireState};
+pub use view::{AttemptView, EventRecord, History};

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::supervisor::{CreateError, UnknownJob};
+use crate::worker::{CreateError, UnknownJob};
 use crate::wire::FieldError;
 
 /// An error answer.

@@ -81,8 +81,19 @@ impl<'de> Visitor<'de> for TagFirstVisitor {
         let fields = MapAccessDeserializer::new(map);
         let event = match tag {
             "created" => {
-                let Created { format_version, .. } = fields_of(fields)?;
-                Event::Created { format_version }
+                let Created {
+                    format_version,
+                    user,
+                    job_group_id,
+                    secret_names,
+                    ..
+                } = fields_of(fields)?;
+                Event::Created {
+                    format_version,
+                    user,
+                    job_group_id,
+                    secret_names,
+                }
             }
             "spec_load_started" => unit(fields, Event::SpecLoadStarted)?,
             "spec_loaded" => {
@@ -95,6 +106,7 @@ impl<'de> Visitor<'de> for TagFirstVisitor {
                     input_files,
                     output_files,
                     image,
+                    resources,
                     ..
                 } = fields_of(fields)?;
                 Event::SpecLoaded {
@@ -106,6 +118,7 @@ impl<'de> Visitor<'de> for TagFirstVisitor {
                     input_files,
                     output_files,
                     image,
+                    resources,
                 }
             }
             "resources_granted" => unit(fields, Event::ResourcesGranted)?,
@@ -231,7 +244,15 @@ macro_rules! variant_fields {
 
 variant_fields! {
     Unit {}
-    Created { format_version: u32 }
+    Created {
+        format_version: u32,
+        #[serde(default)]
+        user: String,
+        #[serde(default)]
+        job_group_id: i64,
+        #[serde(default)]
+        secret_names: Vec<String>,
+    }
     SpecLoaded {
         process: ProcessKind,
         size_bytes: u64,
@@ -247,6 +268,8 @@ variant_fields! {
         output_files: u32,
         #[serde(default)]
         image: Option<String>,
+        #[serde(default)]
+        resources: Option<serde_json::Value>,
     }
     Message { message: String }
     ImagePulled { image: String, digest: String, pulled: bool }
@@ -266,7 +289,13 @@ mod tests {
     fn every_event() -> Vec<Event> {
         let message = || "a \"quoted\" message\nwith ünïcode".to_owned();
         vec![
-            Event::Created { format_version: 7 },
+            Event::created(7),
+            Event::Created {
+                format_version: 2,
+                user: "alice".into(),
+                job_group_id: 3,
+                secret_names: vec!["ns/gsa-key".into()],
+            },
             Event::SpecLoadStarted,
             Event::SpecLoaded {
                 process: ProcessKind::Other { name: "jvm".into() },
@@ -277,6 +306,7 @@ mod tests {
                 input_files: 2,
                 output_files: 3,
                 image: Some("registry.example:5000/team/image:1.2".into()),
+                resources: Some(serde_json::json!({"cores_mcpu": 250, "storage_gib": 2})),
             },
             Event::ResourcesGranted,
             Event::ImagePulled {

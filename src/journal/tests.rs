@@ -11,7 +11,7 @@ use super::*;
 
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
-        (1u32..8).prop_map(|format_version| Event::Created { format_version }),
+        (1u32..8).prop_map(|format_version| Event::created(format_version)),
         Just(Event::SpecLoadStarted),
         (
             any::<u64>(),
@@ -29,6 +29,7 @@ fn event() -> impl Strategy<Value = Event> {
                     input_files: 0,
                     output_files: 0,
                     image: None,
+                    resources: None,
                 }
             }),
         Just(Event::ResourcesGranted),
@@ -199,7 +200,7 @@ fn sample_records(n: u64) -> Vec<JournalRecord> {
                 job_id: seq as i64,
                 attempt_id: "a".into(),
             },
-            event: Event::Created { format_version: 7 },
+            event: Event::created(7),
             attempt: None,
         })
         .collect()

@@ -31,6 +31,7 @@ fn loaded(inputs: u32, outputs: u32, image: Option<&str>) -> Event {
         input_files: inputs,
         output_files: outputs,
         image: image.map(str::to_owned),
+        resources: None,
     }
 }
 
@@ -128,7 +129,7 @@ fn histories() -> Vec<(&'static str, Vec<Event>)> {
 /// One sample of every event variant, plus the variants' interesting shapes.
 fn all_events() -> Vec<Event> {
     vec![
-        Event::Created { format_version: 7 },
+        Event::created(7),
         Event::SpecLoadStarted,
         docker_loaded(),
         Event::SpecLoaded {
@@ -140,6 +141,7 @@ fn all_events() -> Vec<Event> {
             input_files: 0,
             output_files: 0,
             image: None,
+            resources: None,
         },
         Event::SpecLoaded {
             process: ProcessKind::Docker,
@@ -150,6 +152,7 @@ fn all_events() -> Vec<Event> {
             input_files: 0,
             output_files: 0,
             image: None,
+            resources: None,
         },
         Event::SpecLoadFailed {
             kind: ErrorKind::SpecCorrupt,
@@ -492,6 +495,7 @@ fn spec_loaded_records_from_before_admission_still_parse() {
             input_files: 0,
             output_files: 0,
             image: None,
+            resources: None,
         }
     );
 }
@@ -527,6 +531,7 @@ fn unsupported_process_type_names_the_type() {
             input_files: 0,
             output_files: 0,
             image: None,
+            resources: None,
         })
         .unwrap();
     match attempt.state() {
@@ -541,7 +546,7 @@ fn unsupported_process_type_names_the_type() {
 #[test]
 fn replay_rebuilds_the_same_state() {
     let history = [
-        Event::Created { format_version: 7 },
+        Event::created(7),
         Event::SpecLoadStarted,
         docker_loaded(),
         Event::ResourcesGranted,
@@ -562,7 +567,7 @@ fn replay_rebuilds_the_same_state() {
 #[test]
 fn replay_names_the_first_illegal_event() {
     let history = [
-        Event::Created { format_version: 7 },
+        Event::created(7),
         Event::ProcessStarted { pid: 3 },
     ];
     let (index, err) = JobAttempt::replay(&history).unwrap_err();

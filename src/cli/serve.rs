@@ -1,0 +1,565 @@
+//! `serve`: its flags, the worker they open (the socket is bound first, so
+//! a busy port leaves the data directory untouched), activation with the
+//! driver, and the HTTP API until SIGINT/SIGTERM or `POST /api/v1alpha/kill`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use url::Url;
+
+use super::{store_or_local, CliError, RegistryArgs, SpecArgs, StartError};
+use crate::admission::Capacity;
+use crate::api::{ApiConfig, ApiToken};
+use crate::container::{ContainerNetwork, RuncConfig, RuncRunner};
+use crate::driver_client::{DriverClient, ReportRetry};
+use crate::image::{ImageStore, PullProcess};
+use crate::journal::Durability;
+use crate::logs_store::LogsStore;
+use crate::runner::HostRunner;
+use crate::spec_store::SpecStore;
+use crate::store::{redact_url, throttled, with_control_plane, StoreOptions};
+use crate::worker::{
+    default_name, Executor, JournalOptions, Worker, DEFAULT_JOURNAL_SEGMENT_BYTES,
+    DEFAULT_REPORT_DRAIN_MS, DEFAULT_RETENTION_HOURS,
+};
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML file of these flags (`data-dir = "/srv/worker"`); the
+    /// environment's BATCH_WORKER_<FLAG> variables override it, flags
+    /// override both.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+    /// The worker's directory: its journal, attempts' working directories
+    /// and logs, and by default the spec and logs stores, the image cache
+    /// and runc's state.
+    #[arg(long, default_value = "batch-worker-data")]
+    pub data_dir: PathBuf,
+    /// Root URL of the spec store: file:///abs/path, memory://, s3://bucket/prefix,
+    /// gs://bucket/prefix, az://container/prefix. Default: file://{data-dir}/specs.
+    #[arg(long)]
+    pub spec_store: Option<Url>,
+    /// The driver's base URL. The worker activates there before taking
+    /// jobs (creates get 503 until then) and sends job_started /
+    /// job_complete. None: no activation, no reports.
+    #[arg(long)]
+    pub driver_url: Option<Url>,
+    /// The worker's name (X-Hail-Instance-Name, /healthcheck). Default: the host name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The activation token, sent as X-Hail-Instance-Token on the activate
+    /// call; the driver's answer replaces it for every later call.
+    #[arg(
+        long,
+        env = "BATCH_WORKER_ACTIVATION_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub activation_token: String,
+    /// The IP address sent to the driver on activation (where it reaches
+    /// this worker). Default: the --listen address's IP; for a wildcard
+    /// (0.0.0.0, ::), the local address of the route to the driver.
+    #[arg(long)]
+    pub ip_address: Option<std::net::IpAddr>,
+    /// Driver calls on the wire at once (reports are retried until
+    /// acknowledged; waiting out a backoff holds no slot).
+    #[arg(long, default_value_t = 64)]
+    pub report_concurrency: usize,
+    /// At shutdown, the longest wait for reports still being delivered, in ms.
+    #[arg(long, default_value_t = DEFAULT_REPORT_DRAIN_MS)]
+    pub report_drain_ms: u64,
+    /// Cores jobs may reserve in all (fractions allowed, e.g. 1.5).
+    /// Default: the machine's.
+    #[arg(long)]
+    pub cores: Option<f64>,
+    /// Memory jobs may reserve in all, e.g. 8GiB or 512MiB or 1000000.
+    /// Default: the machine's.
+    #[arg(long)]
+    pub memory: Option<bytesize::ByteSize>,
+    /// Root URL where finished attempts' status.json and main log are
+    /// written (same schemes as --spec-store). Default: file://{data-dir}/logs.
+    #[arg(long)]
+    pub logs_store: Option<Url>,
+    /// A file of store options, `NAME=VALUE` lines with the names of the
+    /// AWS_*, AZURE_*, GOOGLE_* variables (object_store's keys); they
+    /// override the environment's, for every store the worker opens.
+    #[arg(long)]
+    pub store_options: Option<PathBuf>,
+    /// When a journal record counts as written: `fsync` (survives power
+    /// loss) or `flush` (survives the worker's crash).
+    #[arg(long, value_enum, default_value = "fsync")]
+    pub durability: Durability,
+    /// Start even if the journal is damaged in the middle: keep the records
+    /// before the damage and drop the rest (saying what was dropped).
+    #[arg(long)]
+    pub repair: bool,
+    /// Compact the journal after this many bytes appended.
+    #[arg(long, default_value_t = DEFAULT_JOURNAL_SEGMENT_BYTES)]
+    pub journal_segment_bytes: u64,
+    /// Remember finished, reported attempts (403 for a repeated create,
+    /// across restarts) for this many hours.
+    #[arg(long, default_value_t = DEFAULT_RETENTION_HOURS)]
+    pub retention_hours: u64,
+    /// Largest accepted create body, in bytes (larger: 413).
+    #[arg(long, default_value_t = 17 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// A file holding the API's bearer token (one line). With it, every
+    /// endpoint but /healthcheck and /metrics answers 401 without
+    /// `Authorization: Bearer <token>`. Without it: no authentication.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// Spec loading limits.
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// How jobs run: host processes or containers.
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+}
+
+/// How `serve` runs jobs (`--executor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    /// A host process per job (its command; `process.image` ignored): for
+    /// development and the demo, runs anywhere.
+    Host,
+    /// An OCI container per job, made with the `runc` CLI from the job's
+    /// image (pulled into the image cache), with its CPU and memory limits,
+    /// secrets mounted and no network. Needs root and runc.
+    Runc,
+}
+
+/// Flags of the executor (`serve`).
+#[derive(Debug, Clone, Args)]
+pub struct ExecutorArgs {
+    /// How jobs run: `host` (host processes) or `runc` (OCI containers).
+    #[arg(long, value_enum, default_value = "host")]
+    pub executor: ExecutorKind,
+    /// The runc binary (`--executor runc`).
+    #[arg(long, default_value = "runc")]
+    pub runc: PathBuf,
+    /// runc's state directory (`runc --root`). Default: {data-dir}/runc.
+    #[arg(long)]
+    pub runc_root: Option<PathBuf>,
+    /// Where pulled images are unpacked, one directory per manifest
+    /// digest. Default: {data-dir}/images.
+    #[arg(long)]
+    pub image_cache_dir: Option<PathBuf>,
+    /// Registry access and pull bounds.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Network of job containers: `none` (only loopback) or `host`.
+    #[arg(long, value_enum, default_value = "none")]
+    pub container_network: ContainerNetwork,
+    /// Memory limit of each image pull's child process (its heap), e.g.
+    /// 1GiB; at least 64MiB. A registry whose answers need more ends the
+    /// job image_pull_failed; the worker is not touched.
+    #[arg(long, default_value = "1GiB")]
+    pub image_pull_max_memory: bytesize::ByteSize,
+    /// Most image pulls at once (of different images; more wait in
+    /// `initializing`). With --image-pull-max-memory, bounds what pulls
+    /// together may take.
+    #[arg(long, default_value_t = crate::image::DEFAULT_MAX_CONCURRENT_PULLS)]
+    pub image_pulls_max: usize,
+}
+
+impl ExecutorArgs {
+    /// The executor these flags give: host processes, or containers with
+    /// their image cache, under `data_dir`.
+    ///
+    /// # Errors
+    /// [`StartError::Invalid`]: runc does not run, or the image cache or
+    /// the credentials file is unusable.
+    pub fn build(&self, data_dir: &Path, kill_grace: Duration) -> Result<Executor, StartError> {
+        match self.executor {
+            ExecutorKind::Host => Ok(Executor::Host(Arc::new(HostRunner { kill_grace }))),
+            ExecutorKind::Runc => {
+                let mut images = self.registry.image_config(
+                    self.image_cache_dir
+                        .clone()
+                        .unwrap_or_else(|| data_dir.join("images")),
+                )?;
+                let program = std::env::current_exe().map_err(|e| {
+                    StartError::Invalid(format!(
+                        "--executor runc: cannot find this program to run image pulls: {e}"
+                    ))
+                })?;
+                let max_memory_bytes = self.image_pull_max_memory.as_u64();
+                if max_memory_bytes < crate::image::MIN_PULL_MAX_MEMORY_BYTES {
+                    return Err(StartError::Invalid(format!(
+                        "--image-pull-max-memory: at least 64MiB (a pull process needs about 30 MiB to start), got {}",
+                        self.image_pull_max_memory
+                    )));
+                }
+                if self.image_pulls_max == 0 {
+                    return Err(StartError::Invalid("--image-pulls-max: at least 1".into()));
+                }
+                images.pull_process = Some(PullProcess {
+                    program,
+                    max_memory_bytes,
+                });
+                images.max_concurrent_pulls = self.image_pulls_max;
+                let runner = RuncRunner::new(RuncConfig {
+                    runc: self.runc.clone(),
+                    state_dir: self
+                        .runc_root
+                        .clone()
+                        .unwrap_or_else(|| data_dir.join("runc")),
+                    network: self.container_network,
+                    kill_grace,
+                })
+                .map_err(|e| StartError::Invalid(format!("--executor runc: {e}")))?;
+                let images = ImageStore::new(images)
+                    .map_err(|e| StartError::Invalid(format!("--executor runc: {e}")))?;
+                Ok(Executor::Runc {
+                    runner: Arc::new(runner),
+                    images: Arc::new(images),
+                })
+            }
+        }
+    }
+}
+
+/// Opens the worker `serve` runs (see [`crate::worker::WorkerBuilder`]):
+/// the spec store (throttled when `blob_latency_ms` > 0), the logs store,
+/// the driver client, the capacity, the executor (made once the data
+/// directory is locked); recovers the journal. Activation is the caller's
+/// (it needs the listening address).
+///
+/// # Errors
+/// [`CliError`] naming what could not be set up; a data directory another
+/// worker holds is refused before anything in it is touched.
+pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
+    let name = args.name.clone().unwrap_or_else(default_name);
+    if reqwest::header::HeaderValue::from_str(&name).is_err() || name.is_empty() {
+        return Err(StartError::Invalid(format!(
+            "--name: {name:?} cannot be sent as X-Hail-Instance-Name (visible ASCII expected)"
+        ))
+        .into());
+    }
+    if let Some(url) = &args.driver_url {
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(StartError::Invalid(format!(
+                "--driver-url: expected an http:// or https:// URL with a host, got {url}"
+            ))
+            .into());
+        }
+    }
+    let capacity = args.capacity()?;
+    let options = args.store_options()?;
+    let driver = args
+        .driver_url
+        .clone()
+        .map(|url| {
+            DriverClient::new(
+                url,
+                name.clone(),
+                args.activation_token.clone(),
+                ReportRetry {
+                    max_in_flight: args.report_concurrency.max(1),
+                    ..ReportRetry::default()
+                },
+            )
+        })
+        .transpose()
+        .map_err(StartError::from)?;
+    // The stores: remote ones are opened now; local defaults are made
+    // under the data directory only once it is locked (by the builder).
+    let data_dir = &args.data_dir;
+    let mut builder = Worker::builder(data_dir)
+        .name(name)
+        .capacity(capacity)
+        .journal(JournalOptions {
+            durability: args.durability,
+            repair: args.repair,
+            mode: None,
+        })
+        .journal_segment_bytes(args.journal_segment_bytes)
+        .retention(Duration::from_secs(args.retention_hours * 3600))
+        .report_drain(Duration::from_millis(args.report_drain_ms))
+        .store_options(options.clone());
+    if let Some(driver) = driver {
+        builder = builder.driver(driver);
+    }
+    let remote = |url: Option<&Url>| {
+        url.map(|url| store_or_local(Some(url), Path::new(""), &options))
+            .transpose()
+    };
+    let spec_store = remote(args.spec_store.as_ref())?;
+    let logs_store = remote(args.logs_store.as_ref())?;
+    let executor = args.executor.clone();
+    let kill_grace = Duration::from_millis(args.spec.kill_grace_ms);
+    let spec = args.spec.clone();
+    let (blob_latency_ms, load_config) = (args.spec.blob_latency_ms, args.spec.load_config());
+    let worker = builder
+        .executor_with(move |data_dir| {
+            executor
+                .build(data_dir, kill_grace)
+                .map_err(|e| e.to_string())
+        })
+        .stores_with(move |data_dir| {
+            let local = |name: &str| {
+                store_or_local(None, &data_dir.join(name), &StoreOptions::default())
+                    .map_err(|e| e.to_string())
+            };
+            let (store, root) = match spec_store {
+                Some(remote) => remote,
+                None => local("specs")?,
+            };
+            let slow = |store| {
+                with_control_plane(store, spec.token_latency_ms, spec.token_latency_seed)
+            };
+            let specs = SpecStore::new(throttled(slow(store), blob_latency_ms), root, load_config)
+                .map_err(|e| StartError::Runtime(e).to_string())?;
+            let (logs, logs_root) = match logs_store {
+                Some(remote) => remote,
+                None => local("logs")?,
+            };
+            Ok((specs, LogsStore::new(slow(logs), logs_root)))
+        })
+        .open()?;
+    Ok(worker)
+}
+
+impl ServeArgs {
+    /// The environment's store options, overridden by `--store-options`.
+    ///
+    /// # Errors
+    /// [`StartError::StoreOptions`] when the file cannot be read or parsed.
+    pub fn store_options(&self) -> Result<StoreOptions, StartError> {
+        let options = StoreOptions::from_env();
+        Ok(match &self.store_options {
+            Some(path) => options.with_file(path)?,
+            None => options,
+        })
+    }
+
+    /// The capacity `--cores` and `--memory` give, the machine's where absent.
+    ///
+    /// # Errors
+    /// [`StartError::Invalid`] for `--cores` under 0.001 or not finite.
+    pub fn capacity(&self) -> Result<Capacity, StartError> {
+        let machine = Capacity::of_machine();
+        let cores_mcpu = match self.cores {
+            None => machine.cores_mcpu,
+            Some(c) if (0.001..1e9).contains(&c) => (c * 1000.0).round() as u64,
+            Some(c) => {
+                return Err(StartError::Invalid(format!(
+                    "--cores: expected a number of cores from 0.001 (1 mcpu) up, got {c}"
+                )))
+            }
+        };
+        Ok(Capacity {
+            cores_mcpu,
+            memory_bytes: self.memory.map_or(machine.memory_bytes, |m| m.as_u64()),
+        })
+    }
+}
+
+/// The IP address the worker sends the driver on activation: `--ip-address`
+/// if given, else the listening address, else (listening on a wildcard
+/// such as 0.0.0.0) the local address of the route to the driver, found by
+/// connecting a UDP socket to it (no packet is sent).
+///
+/// # Errors
+/// [`StartError::Invalid`] when the listening address is a wildcard and the
+/// route to the driver cannot be found.
+pub fn advertised_ip(
+    listening: std::net::IpAddr,
+    explicit: Option<std::net::IpAddr>,
+    driver: Option<&Url>,
+) -> Result<std::net::IpAddr, StartError> {
+    if let Some(ip) = explicit {
+        return Ok(ip);
+    }
+    if !listening.is_unspecified() {
+        return Ok(listening);
+    }
+    let Some(driver) = driver else {
+        return Ok(listening);
+    };
+    let route = || -> std::io::Result<std::net::IpAddr> {
+        let target = driver
+            .socket_addrs(|| None)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| std::io::Error::other("the driver's host has no address"))?;
+        let local: std::net::SocketAddr = if target.is_ipv4() {
+            "0.0.0.0:0".parse().expect("an address")
+        } else {
+            "[::]:0".parse().expect("an address")
+        };
+        let socket = std::net::UdpSocket::bind(local)?;
+        socket.connect(target)?;
+        Ok(socket.local_addr()?.ip())
+    };
+    route().map_err(|e| {
+        StartError::Invalid(format!(
+            "--listen {listening} is a wildcard and the route to the driver cannot be found ({e}); \
+             pass --ip-address, the address the driver reaches this worker at"
+        ))
+    })
+}
+
+/// Runs `serve`: binds `--listen` first (a busy port leaves nothing
+/// behind), opens the worker, activates in the background, serves until a
+/// signal or `POST /api/v1alpha/kill`, then ends processes and drains
+/// reports.
+///
+/// # Errors
+/// [`CliError`]: the port, the flags, the worker.
+pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
+    let api_config = ApiConfig {
+        api_token: args
+            .api_token_file
+            .as_deref()
+            .map(ApiToken::from_file)
+            .transpose()
+            .map_err(|e| StartError::Invalid(e.to_string()))?,
+        ..ApiConfig::new(args.max_body_bytes)
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| CliError::Io {
+            context: format!("cannot listen on {}", args.listen),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| CliError::Io {
+        context: "the listening address".into(),
+        source,
+    })?;
+    let worker = build_worker(args)?;
+    tracing::info!(
+        listen = %local,
+        name = worker.name(),
+        data_dir = %worker.data_dir().display(),
+        spec_store = args.spec_store.as_ref().map_or_else(|| format!("file://{}", worker.data_dir().join("specs").display()), redact_url),
+        logs_store = args.logs_store.as_ref().map_or_else(|| format!("file://{}", worker.data_dir().join("logs").display()), redact_url),
+        driver_url = args.driver_url.as_ref().map_or("none (no reports)".into(), redact_url),
+        api_auth = if api_config.api_token.is_some() { "bearer token" } else { "none" },
+        executor = ?args.executor.executor,
+        "batch-worker serving"
+    );
+    // Credentials' values are masked.
+    let options = args.store_options()?;
+    tracing::info!(options = ?options, "store options (environment, then --store-options)");
+    let ip_address = advertised_ip(local.ip(), args.ip_address, args.driver_url.as_ref())?.to_string();
+    let activating = worker.clone();
+    tokio::spawn(async move {
+        if let Err(e) = activating.activate(&ip_address).await {
+            tracing::error!(error = %e, "activation with the driver failed; creates are refused (503)");
+        }
+    });
+    crate::server::serve(listener, worker, api_config, shutdown_signals())
+        .await
+        .map_err(|source| CliError::Io {
+            context: "serving".into(),
+            source,
+        })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on the first SIGINT or SIGTERM (graceful shutdown); a second
+/// one exits the process at once, with status 1.
+fn shutdown_signals() -> impl std::future::Future<Output = ()> {
+    let (first, received) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .expect("installing a SIGINT handler");
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("signal received: shutting down; a second SIGTERM or SIGINT exits at once");
+        let _ = first.send(());
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        tracing::warn!("second signal: exiting now without draining");
+        std::process::exit(1);
+    });
+    async move {
+        let _ = received.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_listen_address_advertises_the_route_to_the_driver() {
+        let any: std::net::IpAddr = "0.0.0.0".parse().unwrap();
+        let driver = Url::parse("http://127.0.0.1:9/").unwrap();
+        let ip = advertised_ip(any, None, Some(&driver)).unwrap();
+        assert_eq!(ip.to_string(), "127.0.0.1");
+        let explicit = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            advertised_ip(any, Some(explicit), Some(&driver)).unwrap(),
+            explicit
+        );
+        let listen = "192.168.0.5".parse().unwrap();
+        assert_eq!(advertised_ip(listen, None, Some(&driver)).unwrap(), listen);
+    }
+
+    #[test]
+    fn cores_below_one_mcpu_are_refused() {
+        let args = |cores: &str| {
+            let cli = Cli::try_parse_from(["batch-worker", "serve", "--cores", cores]).unwrap();
+            match cli.command {
+                Command::Serve(args) => args.capacity(),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(args("1.5").unwrap().cores_mcpu, 1500);
+        assert_eq!(args("0.001").unwrap().cores_mcpu, 1);
+        assert!(args("0.0004").is_err());
+        assert!(args("0").is_err());
+    }
+
+    #[test]
+    fn unusable_executor_flags_are_refused_naming_the_flag() {
+        let build = |flags: &[&str]| {
+            let mut argv = vec!["batch-worker", "serve", "--executor", "runc"];
+            argv.extend_from_slice(flags);
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Serve(args) = cli.command else {
+                unreachable!()
+            };
+            let dir = tempfile::tempdir().unwrap();
+            match args.executor.build(dir.path(), Duration::from_secs(1)) {
+                Err(StartError::Invalid(message)) => message,
+                Err(e) => panic!("{e}"),
+                Ok(_) => "built".to_owned(),
+            }
+        };
+        for (flags, named) in [
+            (
+                &["--image-pull-max-memory", "1MiB"][..],
+                "--image-pull-max-memory",
+            ),
+            (&["--image-pulls-max", "0"][..], "--image-pulls-max"),
+            (
+                &["--insecure-registry", "http://r:5000"][..],
+                "--insecure-registry",
+            ),
+            (
+                &["--insecure-registry", "r:5000/v2"][..],
+                "--insecure-registry",
+            ),
+        ] {
+            let message = build(flags);
+            assert!(message.starts_with(named), "{flags:?}: {message}");
+        }
+    }
+}

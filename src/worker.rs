@@ -1,0 +1,427 @@
+//! The worker: the table of job attempts, and the shell that performs the
+//! effects the `model` machine asks for.
+//!
+//! Every change to an attempt goes through one synchronous step,
+//! [`table::Table::record`]: the event is applied to the attempt's
+//! [`AttemptView`] (the one fold of its events, shared with recovery and
+//! the replay tool) under the table lock, and the effects come back as
+//! [`tasks::Work`], each carrying the data it needs. The event's journal
+//! record is written first; only then is the work performed
+//! ([`journaling`]). So the state of every attempt is the fold of its
+//! journaled events.
+//!
+//! # Layout
+//!
+//! - this file: [`Worker`], the facade the HTTP handlers use: create,
+//!   cancel, status, events and the other queries.
+//! - [`builder`]: [`WorkerBuilder`] and [`Executor`], the one way to open a
+//!   worker: lock the data directory, recover the journal.
+//! - [`lock`]: [`DataDirLock`], one worker per data directory.
+//! - [`table`]: the job table, its entries (a view plus the runtime part of
+//!   the attempt's phase) and `record`: event in, work out, no IO.
+//! - [`journaling`]: the record of each event to the journal, the work after
+//!   the write, and compaction.
+//! - [`recovery`]: the table rebuilt from the journal at open.
+//! - [`lifecycle`]: the worker's [`Phase`] (starting, active, draining,
+//!   stopping), activation with the driver, draining at exit.
+//! - [`view`]: the status JSON and the report bodies, functions of a view.
+//! - [`tasks`]: one file per kind of work (spec load, admission, image
+//!   pull, file transfers, process, logs upload, reports).
+
+mod builder;
+mod journaling;
+mod lifecycle;
+mod lock;
+mod recovery;
+mod table;
+mod tasks;
+mod view;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use batch_worker_model::{AttemptView, Event, EventRecord, History, JobKey, JobState};
+use tokio::sync::watch;
+
+use crate::admission::{Admission, Capacity};
+use crate::driver_client::DriverClient;
+use crate::image::ImageStore;
+use crate::journal::{JournalRecord, JournalWriter};
+use crate::logs_store::LogsStore;
+use crate::metrics::Metrics;
+use crate::runner::{AttemptDir, Runner};
+use crate::spec_store::SpecStore;
+use crate::store::StoreOptions;
+use crate::wire::CreateJob;
+
+pub use builder::{
+    default_name, Executor, JournalOptions, OpenError, WorkerBuilder,
+    DEFAULT_JOURNAL_SEGMENT_BYTES, DEFAULT_REPORT_DRAIN_MS, DEFAULT_RETENTION_HOURS,
+};
+pub use lifecycle::Phase;
+pub use lock::{DataDirLock, LockError};
+pub use recovery::Recovery;
+pub use tasks::attempt_span;
+pub use view::JobStatus;
+
+use table::{Attach, JobEntry, Table};
+use tasks::JobFilePools;
+
+/// Why a create call was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateError {
+    /// An attempt of this `(batch_id, job_id)` is already on the worker.
+    #[error("job {batch_id}:{job_id} is already present on this worker (attempt {attempt_id})")]
+    Duplicate {
+        /// The batch.
+        batch_id: i64,
+        /// The job.
+        job_id: i64,
+        /// The attempt already present.
+        attempt_id: String,
+    },
+    /// The worker is shutting down and takes no new jobs.
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+    /// The worker has not activated with its driver yet.
+    #[error("the worker has not activated with its driver yet")]
+    NotActivated,
+    /// The `created` record could not be written to the journal.
+    #[error("the worker's journal cannot be written; the job was not accepted")]
+    JournalUnavailable,
+}
+
+/// No attempt of this `(batch_id, job_id)` is on the worker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job {batch_id}:{job_id} is not on this worker")]
+pub struct UnknownJob {
+    /// The batch.
+    pub batch_id: i64,
+    /// The job.
+    pub job_id: i64,
+}
+
+/// The settings of one worker, as [`WorkerBuilder`] filled them in.
+#[derive(Debug, Clone)]
+struct Settings {
+    /// `/healthcheck`, status JSON, `X-Hail-Instance-Name`.
+    name: String,
+    /// Absolute; holds `journal/`, attempts' directories, the lock.
+    data_dir: PathBuf,
+    /// Bytes appended to the journal after which it is compacted.
+    journal_segment_bytes: u64,
+    /// How long a finished, reported attempt is remembered.
+    retention: Duration,
+    /// The cores (mcpu) and memory (bytes) jobs may reserve in all.
+    capacity: Capacity,
+    /// At exit, the longest wait for reports still being delivered.
+    report_drain: Duration,
+    /// Options for the stores of jobs' input and output files.
+    store_options: StoreOptions,
+}
+
+/// What the worker talks to.
+struct Ports {
+    specs: SpecStore,
+    logs: LogsStore,
+    runner: Arc<dyn Runner>,
+    /// With [`Executor::Runc`]: the image cache every job's image comes from.
+    images: Option<Arc<ImageStore>>,
+    /// `None`: reports are not sent.
+    driver: Option<DriverClient>,
+}
+
+struct Inner {
+    settings: Settings,
+    ports: Ports,
+    journal: JournalWriter,
+    table: Mutex<Table>,
+    /// Bumped after every event (see [`Worker::changes`]).
+    changes: watch::Sender<u64>,
+    lifecycle: lifecycle::Lifecycle,
+    admission: Admission,
+    job_files: JobFilePools,
+    metrics: Metrics,
+    /// What recovery found when the worker was opened.
+    recovery: std::sync::OnceLock<Recovery>,
+    /// Held for the worker's life: no second worker opens this data dir.
+    _lock: DataDirLock,
+}
+
+/// The worker: cheap to clone, shared by the HTTP handlers and job tasks.
+/// Opened only by [`Worker::builder`]`(..).open()`.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("name", &self.inner.settings.name)
+            .field("data_dir", &self.inner.settings.data_dir)
+            .finish()
+    }
+}
+
+/// Now, in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Worker {
+    /// A builder for a worker on `data_dir`, with a default for every
+    /// setting (see [`WorkerBuilder`]).
+    pub fn builder(data_dir: impl Into<PathBuf>) -> WorkerBuilder {
+        WorkerBuilder::new(data_dir.into())
+    }
+
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.inner.settings.name
+    }
+
+    /// What recovery found in the journal when the worker was opened.
+    pub fn recovery(&self) -> Recovery {
+        self.inner.recovery.get().copied().unwrap_or_default()
+    }
+
+    /// The worker's data directory (absolute).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.inner.settings.data_dir
+    }
+
+    /// The worker's metrics (the create handler observes its time there).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// `GET /metrics`: the Prometheus text, with the attempts by state and
+    /// the reports pending counted now.
+    pub fn metrics_text(&self) -> String {
+        let mut by_state: HashMap<&'static str, i64> = HashMap::new();
+        for entry in self.table().values() {
+            *by_state.entry(entry.view.state().name()).or_default() += 1;
+        }
+        self.inner.metrics.render(by_state, self.reports_pending())
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock cannot leave an entry half-updated
+        // (updates are single assignments after the pure apply), so a
+        // poisoned lock is still consistent.
+        self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Accepts a validated create request: records `Created` and starts the
+    /// attempt's own life. Does no blob-store IO and never waits on a job;
+    /// its only wait is the journal's group commit of the `created` record.
+    ///
+    /// # Errors
+    /// [`CreateError::Duplicate`] if the `(batch_id, job_id)` is present,
+    /// [`CreateError::ShuttingDown`] during shutdown,
+    /// [`CreateError::NotActivated`] before activation,
+    /// [`CreateError::JournalUnavailable`] when `Created` cannot be written.
+    pub async fn create(&self, job: CreateJob) -> Result<JobKey, CreateError> {
+        match self.phase() {
+            Phase::Starting => return Err(CreateError::NotActivated),
+            Phase::Draining | Phase::Stopping => return Err(CreateError::ShuttingDown),
+            Phase::Active => {}
+        }
+        let key = JobKey {
+            batch_id: job.batch_id,
+            job_id: job.job_id,
+            attempt_id: job.attempt.attempt_id.clone(),
+        };
+        let format_version = job.format_version;
+        let event = Event::Created {
+            format_version,
+            user: job.user.clone(),
+            job_group_id: job.attempt.job_group_id,
+            secret_names: job.redacted_secrets(),
+        };
+        let durable = {
+            let mut table = self.table();
+            if let Some(existing) = table.get(&(key.batch_id, key.job_id)) {
+                return Err(CreateError::Duplicate {
+                    batch_id: key.batch_id,
+                    job_id: key.job_id,
+                    attempt_id: existing.view.key().clone().attempt_id,
+                });
+            }
+            let seq = table.next_seq;
+            let now = now_ms();
+            let (view, applied) = AttemptView::created(key.clone(), seq, now, &event, History::Kept)
+                .expect("created begins an attempt");
+            let mut entry = JobEntry::new(view, Arc::new(job));
+            let work = table::plan(&mut entry, &applied.effects, &self.plan_context(), now);
+            table.insert((key.batch_id, key.job_id), entry);
+            table.next_seq = seq + 1;
+            let record = JournalRecord::new(seq, now, key.clone(), event);
+            self.commit(&mut table, record, work, false)
+        };
+        self.inner.changes.send_modify(|n| *n += 1);
+        if !durable.await.unwrap_or(false) {
+            // Not recorded: forget the attempt, so that the driver's retry
+            // (here or elsewhere) is not refused.
+            self.table().remove(&(key.batch_id, key.job_id));
+            return Err(CreateError::JournalUnavailable);
+        }
+        self.inner.metrics.job_created();
+        tracing::info!(batch_id = key.batch_id, job_id = key.job_id, attempt_id = %key.attempt_id, format_version, "job accepted");
+        Ok(key)
+    }
+
+    /// What planning work needs of the worker's settings.
+    fn plan_context(&self) -> table::PlanContext<'_> {
+        table::PlanContext {
+            name: &self.inner.settings.name,
+            data_dir: &self.inner.settings.data_dir,
+        }
+    }
+
+    /// Records one event for attempt `key` and performs its effects once it
+    /// is journaled. Events for an attempt that is no longer in the table,
+    /// or illegal in its state, are logged and dropped; events after a
+    /// terminal state are absorbed; none of them panics.
+    pub fn record(&self, key: &JobKey, event: Event) {
+        self.record_with(key, event, Attach::Nothing);
+    }
+
+    /// [`Worker::record`], with `attach` moved into the attempt's runtime
+    /// when the event is taken (dropped, and so freed, when it is not).
+    fn record_with(&self, key: &JobKey, event: Event, attach: Attach) {
+        // While stopping, the processes the worker itself ends must not
+        // turn into outcomes; deliveries still count (reports drain).
+        if self.phase() == Phase::Stopping && !event.is_delivery() {
+            tracing::debug!(%key, event = event.name(), "worker stopping; event not recorded");
+            return;
+        }
+        {
+            let mut table = self.table();
+            let now = now_ms();
+            let recorded = match table.record(key, &event, attach, &self.plan_context(), now) {
+                Ok(recorded) => recorded,
+                Err(not) => {
+                    not.log(key, &event);
+                    return;
+                }
+            };
+            table::log_transition(key, &event, &recorded.state);
+            self.inner
+                .metrics
+                .event_recorded(&event, &recorded.state, recorded.ended);
+            // Effects run once the event is in the journal; if it cannot be
+            // written the worker still acts (the write failure is logged and
+            // creates are refused), rather than strand the attempt.
+            let record = JournalRecord::new(recorded.seq, now, key.clone(), event);
+            drop(self.commit(&mut table, record, recorded.work, true));
+        }
+        self.inner.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Asks for attempt `(batch_id, job_id)` to be cancelled; returns the
+    /// state after the request. Cancelling a terminal attempt changes nothing.
+    ///
+    /// # Errors
+    /// [`UnknownJob`] when no attempt of that job is on the worker.
+    pub fn cancel(&self, batch_id: i64, job_id: i64) -> Result<JobState, UnknownJob> {
+        let key = self.key_of(batch_id, job_id)?;
+        self.record(&key, Event::CancelRequested);
+        self.state_of(batch_id, job_id)
+    }
+
+    fn key_of(&self, batch_id: i64, job_id: i64) -> Result<JobKey, UnknownJob> {
+        self.with_entry(batch_id, job_id, |e| e.view.key().clone())
+    }
+
+    /// `read` of the entry of `(batch_id, job_id)`, under the table lock.
+    fn with_entry<T>(
+        &self,
+        batch_id: i64,
+        job_id: i64,
+        read: impl FnOnce(&JobEntry) -> T,
+    ) -> Result<T, UnknownJob> {
+        self.table()
+            .get(&(batch_id, job_id))
+            .map(read)
+            .ok_or(UnknownJob { batch_id, job_id })
+    }
+
+    /// The current state of attempt `(batch_id, job_id)`.
+    ///
+    /// # Errors
+    /// [`UnknownJob`].
+    pub fn state_of(&self, batch_id: i64, job_id: i64) -> Result<JobState, UnknownJob> {
+        self.with_entry(batch_id, job_id, |e| e.view.state())
+    }
+
+    /// The status JSON of attempt `(batch_id, job_id)`: a function of its
+    /// view, the same before and after a restart.
+    ///
+    /// # Errors
+    /// [`UnknownJob`].
+    pub fn status(&self, batch_id: i64, job_id: i64) -> Result<JobStatus, UnknownJob> {
+        self.with_entry(batch_id, job_id, |e| {
+            view::status(&e.view, &self.inner.settings.name)
+        })
+    }
+
+    /// The recorded events of attempt `(batch_id, job_id)`, oldest first.
+    ///
+    /// # Errors
+    /// [`UnknownJob`].
+    pub fn events(&self, batch_id: i64, job_id: i64) -> Result<Vec<EventRecord>, UnknownJob> {
+        self.with_entry(batch_id, job_id, |e| e.view.history().to_vec())
+    }
+
+    /// The `main` log file of attempt `(batch_id, job_id)` (it may not
+    /// exist yet).
+    ///
+    /// # Errors
+    /// [`UnknownJob`].
+    pub fn main_log(&self, batch_id: i64, job_id: i64) -> Result<PathBuf, UnknownJob> {
+        let key = self.key_of(batch_id, job_id)?;
+        Ok(AttemptDir::new(&self.inner.settings.data_dir, &key).main_log())
+    }
+
+    /// States of every attempt on the worker, keyed by attempt.
+    pub fn snapshot(&self) -> Vec<(JobKey, JobState)> {
+        let mut all: Vec<_> = self
+            .table()
+            .values()
+            .map(|e| (e.view.key().clone(), e.view.state()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Completes once every event recorded so far is in the journal.
+    pub async fn sync_journal(&self) {
+        self.inner.journal.barrier().await;
+    }
+
+    /// A receiver that changes whenever any attempt records an event.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Waits until `done` holds for the worker (checked after every event).
+    pub async fn wait_until(&self, mut done: impl FnMut(&Worker) -> bool) {
+        let mut changes = self.changes();
+        while !done(self) {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Free cores (mcpu) and memory (MiB) of the admission queue.
+    pub fn resources_available(&self) -> (u64, u64) {
+        self.inner.admission.available()
+    }
+}

@@ -1,0 +1,220 @@
+//! The worker's life: one [`Phase`], moving only forward, instead of
+//! separate flags; activation with the driver; and the two steps of exit
+//! (end every process, drain the reports).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::Worker;
+use crate::driver_client::ReportError;
+
+/// Where the worker is in its life. Phases only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Opened; not yet activated with its driver. Creates get 503; reports
+    /// wait (the worker has no instance token to send yet).
+    Starting,
+    /// Activated (or running without a driver): creates are taken.
+    Active,
+    /// Shutting down: creates get 503; jobs still run and record events.
+    Draining,
+    /// Ending every process for exit: only deliveries are still recorded,
+    /// so that the processes the worker itself ends do not become outcomes.
+    Stopping,
+}
+
+/// The phase and the counts exit waits on.
+pub(super) struct Lifecycle {
+    phase: watch::Sender<Phase>,
+    /// Job processes spawning or running.
+    pub(super) live_processes: watch::Sender<usize>,
+    /// Report tasks (job_started, job_complete) and the logs uploads that
+    /// precede job_complete, not finished.
+    pub(super) reports_pending: watch::Sender<usize>,
+    /// Whether the worker has its instance token (activated, or no driver):
+    /// a worker that begins shutdown before activating moves to `Draining`
+    /// without it, and its reports must not go out with the activation
+    /// token.
+    has_token: std::sync::atomic::AtomicBool,
+}
+
+impl Lifecycle {
+    /// A worker's life from `Starting` (or `Active`, without a driver).
+    pub(super) fn new(has_driver: bool) -> Lifecycle {
+        let first = if has_driver {
+            Phase::Starting
+        } else {
+            Phase::Active
+        };
+        Lifecycle {
+            phase: watch::channel(first).0,
+            live_processes: watch::channel(0).0,
+            reports_pending: watch::channel(0).0,
+            has_token: (!has_driver).into(),
+        }
+    }
+
+    /// Moves to `next` unless the worker is already there or past it.
+    fn advance(&self, next: Phase) {
+        self.phase.send_if_modified(|phase| {
+            let moved = *phase < next;
+            if moved {
+                *phase = next;
+            }
+            moved
+        });
+    }
+
+    /// Completes once the phase is `at` or later.
+    async fn reached(&self, at: Phase) {
+        let _ = self.phase.subscribe().wait_for(|p| *p >= at).await;
+    }
+}
+
+/// Counts one task in a counter of [`Lifecycle`] while alive (also when the
+/// task is aborted).
+pub(super) struct Counted(watch::Sender<usize>);
+
+impl Counted {
+    pub(super) fn new(counter: &watch::Sender<usize>) -> Counted {
+        counter.send_modify(|n| *n += 1);
+        Counted(counter.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Worker {
+    /// The worker's phase now.
+    pub fn phase(&self) -> Phase {
+        *self.inner.lifecycle.phase.borrow()
+    }
+
+    /// Activates the worker with its driver (see
+    /// [`crate::driver_client::DriverClient::activate`]), sending
+    /// `ip_address`; creates are taken from then on. Without a driver there
+    /// is nothing to do.
+    ///
+    /// # Errors
+    /// [`ReportError`] from the activation call: the worker stays
+    /// `Starting` and answers creates with 503.
+    pub async fn activate(&self, ip_address: &str) -> Result<(), ReportError> {
+        if let Some(driver) = &self.inner.ports.driver {
+            driver.activate(ip_address).await?;
+            tracing::info!(driver = %driver.describe(), ip_address, "activated with the driver");
+        }
+        let lifecycle = &self.inner.lifecycle;
+        lifecycle
+            .has_token
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        lifecycle.advance(Phase::Active);
+        // Reports waiting in `Draining` for a token go out now.
+        lifecycle.phase.send_modify(|_| {});
+        Ok(())
+    }
+
+    /// Whether the worker has activated with its driver (or has none).
+    pub fn is_activated(&self) -> bool {
+        self.inner
+            .lifecycle
+            .has_token
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Completes once the worker has activated (or has no driver): reports
+    /// wait for it, since before it they have no instance token to send.
+    pub(super) async fn activated(&self) {
+        let lifecycle = &self.inner.lifecycle;
+        let _ = lifecycle
+            .phase
+            .subscribe()
+            .wait_for(|_| lifecycle.has_token.load(std::sync::atomic::Ordering::SeqCst))
+            .await;
+    }
+
+    /// Report tasks (`job_started`, `job_complete`) and logs uploads (each
+    /// followed by a `job_complete`) not yet finished.
+    pub fn reports_pending(&self) -> usize {
+        *self.inner.lifecycle.reports_pending.borrow()
+    }
+
+    /// Stops taking jobs (`Draining`: creates get
+    /// [`super::CreateError::ShuttingDown`]) and wakes
+    /// [`Worker::shutdown_requested`].
+    pub fn begin_shutdown(&self) {
+        self.inner.lifecycle.advance(Phase::Draining);
+    }
+
+    /// Whether [`Worker::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.phase() >= Phase::Draining
+    }
+
+    /// Completes when shutdown was requested (e.g. by `POST /api/v1alpha/kill`).
+    pub async fn shutdown_requested(&self) {
+        self.inner.lifecycle.reached(Phase::Draining).await
+    }
+
+    /// For exit (`Stopping`): stops recording events (but deliveries),
+    /// aborts every spec load and admission wait, ends every job's process
+    /// group (SIGTERM, SIGKILL after the grace period), and waits until no
+    /// job process is left (at most the grace period plus 2 s). The
+    /// attempts stay as they were: no report is sent for work the worker
+    /// itself abandons.
+    pub async fn end_processes(&self) {
+        self.inner.lifecycle.advance(Phase::Stopping);
+        for entry in self.table().values() {
+            if !entry.view.is_terminal() {
+                entry.runtime.abort();
+            }
+        }
+        let limit = self.inner.ports.runner.kill_grace() + Duration::from_secs(2);
+        let mut live = self.inner.lifecycle.live_processes.subscribe();
+        if tokio::time::timeout(limit, live.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                processes = *live.borrow(),
+                "job processes still running at exit"
+            );
+        }
+    }
+
+    /// For exit: waits until no report task is left, or the report drain
+    /// time passed; returns how many are left. Logs uploads that finish
+    /// meanwhile send their `job_complete` too.
+    pub async fn drain_reports(&self) -> usize {
+        let mut pending = self.inner.lifecycle.reports_pending.subscribe();
+        let limit = self.inner.settings.report_drain;
+        let drained = tokio::time::timeout(limit, async {
+            loop {
+                let _ = pending.wait_for(|n| *n == 0).await;
+                // A finished upload's `job_complete` starts once its record
+                // is written: after the barrier, 0 means none is coming.
+                self.sync_journal().await;
+                if *pending.borrow() == 0 {
+                    break;
+                }
+            }
+        })
+        .await
+        .is_ok();
+        let left = *pending.borrow();
+        if !drained {
+            tracing::warn!(
+                reports = left,
+                timeout_ms = limit.as_millis() as u64,
+                "reports still undelivered at exit; they are sent again after a restart"
+            );
+        }
+        left
+    }
+}

@@ -1,0 +1,61 @@
+//! The logs task (`UploadLogs`): `status.json` and the main log to the logs
+//! store, the attempt's `work/` directory removed, then `logs_uploaded` or
+//! `logs_upload_failed` (either asks for `job_complete`).
+
+use std::path::PathBuf;
+
+use batch_worker_model::{Event, JobKey};
+use tracing::Instrument;
+
+use super::super::lifecycle::Counted;
+use super::super::Worker;
+use super::JobFiles;
+use crate::runner::AttemptDir;
+
+impl Worker {
+    /// Starts the logs upload of `key` (counted with the reports: its
+    /// `job_complete` follows).
+    pub(super) fn upload_logs(
+        &self,
+        key: JobKey,
+        status: Vec<u8>,
+        log: PathBuf,
+        span: tracing::Span,
+    ) {
+        let pending = Counted::new(&self.inner.lifecycle.reports_pending);
+        let worker = self.clone();
+        tokio::spawn(
+            async move {
+                let _pending = pending;
+                let started = std::time::Instant::now();
+                let uploaded = worker.inner.ports.logs.upload(&key, status, &log).await;
+                let duration_ms = started.elapsed().as_millis() as u64;
+                // The attempt is over: its scratch space (inputs, outputs,
+                // partial downloads) goes before the result is recorded;
+                // main.log stays for `GET .../log/main` while the attempt is
+                // kept.
+                let work = AttemptDir::new(&worker.inner.settings.data_dir, &key).work();
+                match worker
+                    .job_files(JobFiles::Remove, move || std::fs::remove_dir_all(work))
+                    .await
+                {
+                    Ok(()) => tracing::debug!(%key, "working directory removed"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(%key, error = %e, "working directory not removed"),
+                }
+                match uploaded {
+                    Ok(()) => {
+                        tracing::debug!(%key, duration_ms, "status and log uploaded");
+                        worker.record(&key, Event::LogsUploaded);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%key, duration_ms, error = %e, "status and log upload failed");
+                        let message = e.to_string();
+                        worker.record(&key, Event::LogsUploadFailed { message });
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! The process task (`SpawnProcess`): make the attempt's directory, spawn,
+//! `process_started`, wait (timeout, kill token), `process_exited`. The
+//! process holds the job's grant (cores and memory) until it ends.
+
+use std::sync::Arc;
+
+use batch_worker_model::{Event, JobKey};
+use tokio_util::sync::CancellationToken;
+
+use super::super::lifecycle::Counted;
+use super::super::Worker;
+use super::JobFiles;
+use crate::admission::Grant;
+use crate::image::PulledImage;
+use crate::job_spec::JobSpec;
+use crate::runner::{AttemptDir, LaunchError, ProcessRequest, SPAWN_TIMEOUT};
+
+impl Worker {
+    /// The process task.
+    pub(super) async fn run_process(
+        self,
+        key: JobKey,
+        spec: Arc<JobSpec>,
+        kill: CancellationToken,
+        grant: Option<Grant>,
+        image: Option<Arc<PulledImage>>,
+    ) {
+        // Counted from before the spawn, so that shutdown also waits for a
+        // process whose spawn is in flight.
+        let live = Counted::new(&self.inner.lifecycle.live_processes);
+        self.spawn_and_wait(key, &spec, kill, image).await;
+        drop(grant);
+        drop(live);
+    }
+
+    async fn spawn_and_wait(
+        &self,
+        key: JobKey,
+        spec: &JobSpec,
+        kill: CancellationToken,
+        image: Option<Arc<PulledImage>>,
+    ) {
+        let settings = &self.inner.settings;
+        let request = ProcessRequest {
+            key: key.clone(),
+            argv: spec.command.clone(),
+            env: spec.env.clone(),
+            dir: AttemptDir::new(&settings.data_dir, &key),
+            image,
+            cores_mcpu: spec.cores_mcpu,
+            // A job that reserves no memory is still limited: to what the
+            // worker may give jobs in all.
+            memory_bytes: match spec.memory_bytes {
+                0 => settings.capacity.memory_bytes,
+                reserved => reserved,
+            },
+            secrets: spec.secrets.clone(),
+        };
+        if kill.is_cancelled() {
+            // Cancelled while the spec was being turned into a process.
+            let message = "cancelled before the process started".to_owned();
+            self.record(&key, Event::LaunchFailed { message });
+            return;
+        }
+        let dir = request.dir.clone();
+        if let Err(e) = self.job_files(JobFiles::Make, move || dir.create()).await {
+            let message = format!("cannot create the attempt's directory: {e}");
+            self.record(&key, Event::LaunchFailed { message });
+            return;
+        }
+        // A spawn that hangs (a program on a dead network mount) or is
+        // cancelled is abandoned: dropping it drops the child, if one ever
+        // appears, which kills it (kill_on_drop).
+        let spawned = tokio::select! {
+            spawned = self.inner.ports.runner.spawn(&request) => spawned,
+            () = kill.cancelled() => Err(LaunchError("cancelled while the process was starting".into())),
+            () = tokio::time::sleep(SPAWN_TIMEOUT) => Err(LaunchError(format!(
+                "the process did not start within {} s", SPAWN_TIMEOUT.as_secs()
+            ))),
+        };
+        match spawned {
+            Err(e) => self.record(&key, Event::LaunchFailed { message: e.0 }),
+            Ok(process) => {
+                self.record(&key, Event::ProcessStarted { pid: process.pid() });
+                let (exit, duration_ms) = process.wait(spec.timeout, kill).await;
+                self.record(&key, Event::ProcessExited { exit, duration_ms });
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The spec-load task (`StartSpecLoad`): `spec_load_started`, the two
+//! range reads, then `spec_loaded` (the spec moves into the attempt) or
+//! `spec_load_failed`. A cancel abandons the read.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use batch_worker_model::{ErrorKind, Event, JobKey};
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use super::super::table::Attach;
+use super::super::Worker;
+use super::panic_text;
+use crate::spec_store::SpecLoadError;
+use crate::wire::CreateJob;
+
+impl Worker {
+    /// The spec-load task: `SpecLoadStarted`, then the result.
+    pub(super) async fn load_spec(
+        self,
+        key: JobKey,
+        request: Arc<CreateJob>,
+        cancel: CancellationToken,
+    ) {
+        self.record(&key, Event::SpecLoadStarted);
+        let started = std::time::Instant::now();
+        // A store that panics must not strand the job in LoadingSpec.
+        let load = AssertUnwindSafe(self.inner.ports.specs.load(&request)).catch_unwind();
+        let result = tokio::select! {
+            result = load => result.unwrap_or_else(|panic| Err(SpecLoadError {
+                kind: ErrorKind::SpecUnavailable,
+                message: format!("the spec store failed unexpectedly: {}", panic_text(&panic)),
+            })),
+            () = cancel.cancelled() => return,
+        };
+        self.inner.metrics.observe_spec_load(started.elapsed());
+        let duration_ms = started.elapsed().as_millis() as u64;
+        // A container host needs a usable image reference: a spec without
+        // one is unusable here, found before any resources are held.
+        let containers = self.inner.ports.images.is_some();
+        let result = result.and_then(|spec| match spec.check_executor(containers) {
+            Ok(()) => Ok(spec),
+            Err(corrupt) => Err(SpecLoadError {
+                kind: ErrorKind::SpecCorrupt,
+                message: corrupt.0,
+            }),
+        });
+        match result {
+            Ok(spec) => {
+                tracing::debug!(%key, duration_ms, size_bytes = spec.size_bytes, "spec loaded");
+                let event = spec.loaded_event(containers);
+                self.record_with(&key, event, Attach::Spec(Arc::new(spec)));
+            }
+            Err(e) => {
+                tracing::debug!(%key, duration_ms, error = %e, "spec load failed");
+                self.record(
+                    &key,
+                    Event::SpecLoadFailed {
+                        kind: e.kind,
+                        message: e.message,
+                    },
+                );
+            }
+        }
+    }
+}
