@@ -17,16 +17,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use batch_worker::admission::Capacity;
 use batch_worker::container::{ContainerNetwork, RuncConfig, RuncRunner};
 use batch_worker::image::{ImageConfig, ImageStore, PullProcess, DEFAULT_PULL_MAX_MEMORY_BYTES};
-use batch_worker::journal::{open_journal, Durability};
+use batch_worker::journal::Durability;
 use batch_worker::logs_store::LogsStore;
 use batch_worker::runner::{HostRunner, Runner};
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::store::StoreOptions;
-use batch_worker::supervisor::{Worker, WorkerConfig};
 use batch_worker::wire::CreateJob;
+use batch_worker::worker::{Executor, JournalOptions, Worker};
 use batch_worker_model::{Event, JobState, RunPhase};
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -52,27 +51,25 @@ async fn worker(runner: Arc<dyn Runner>, images: Option<Arc<ImageStore>>) -> Ben
         .expect("the spec-io runtime starts")
     };
     let specs = spec_store();
-    let config = WorkerConfig {
-        name: "bench".into(),
-        data_dir: data.path().to_owned(),
-        runner,
-        journal_segment_bytes: 64 << 20,
-        retention: Duration::from_secs(3600),
-        capacity: Capacity::of_machine(),
-        logs: LogsStore::new(Arc::new(InMemory::new()), Path::default()),
-        report_drain: Duration::from_secs(1),
-        store_options: StoreOptions::default(),
-        images,
+    let executor = match images {
+        Some(images) => Executor::Runc { runner, images },
+        None => Executor::Host(runner),
     };
-    let journal = open_journal(
-        data.path(),
-        Durability::Flush,
-        false,
-        tokio::runtime::Handle::current(),
-    )
-    .expect("a journal");
+    let worker = Worker::builder(data.path())
+        .name("bench")
+        .executor(executor)
+        .specs(specs)
+        .logs(LogsStore::new(Arc::new(InMemory::new()), Path::default()))
+        .journal(JournalOptions {
+            durability: Durability::Flush,
+            ..JournalOptions::default()
+        })
+        .retention(Duration::from_secs(3600))
+        .store_options(StoreOptions::default())
+        .open()
+        .expect("the worker opens");
     Bench {
-        worker: Worker::new(config, specs, None, Some(journal.writer)),
+        worker,
         writer: spec_store(),
         _data: data,
     }

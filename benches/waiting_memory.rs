@@ -10,13 +10,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use batch_worker::admission::Capacity;
+use batch_worker::journal::Durability;
 use batch_worker::logs_store::LogsStore;
-use batch_worker::runner::HostRunner;
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::store::{FaultPlan, FaultStore, StoreOptions};
-use batch_worker::supervisor::{Worker, WorkerConfig};
 use batch_worker::wire::CreateJob;
+use batch_worker::worker::{JournalOptions, Worker};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 
@@ -51,19 +50,20 @@ fn main() {
         let store = Arc::new(FaultStore::new(Arc::new(InMemory::new()), hanging));
         let specs = SpecStore::new(store, Path::from("specs"), SpecLoadConfig::default())
             .expect("the spec-io runtime starts");
-        let config = WorkerConfig {
-            name: "bench".into(),
-            data_dir: data.path().to_owned(),
-            runner: Arc::new(HostRunner::default()),
-            journal_segment_bytes: u64::MAX,
-            retention: Duration::from_secs(3600),
-            capacity: Capacity::of_machine(),
-            logs: LogsStore::new(Arc::new(InMemory::new()), Path::default()),
-            report_drain: Duration::from_secs(1),
-            store_options: StoreOptions::default(),
-            images: None,
-        };
-        let worker = Worker::new(config, specs, None, None);
+        // A worker like `serve`'s (journal included), whose spec reads
+        // never answer: every job waits in `loading_spec`.
+        let worker = Worker::builder(data.path())
+            .name("bench")
+            .specs(specs)
+            .logs(LogsStore::new(Arc::new(InMemory::new()), Path::default()))
+            .journal(JournalOptions {
+                durability: Durability::Flush,
+                ..JournalOptions::default()
+            })
+            .journal_segment_bytes(u64::MAX)
+            .store_options(StoreOptions::default())
+            .open()
+            .expect("the worker opens");
         let bodies: Vec<Vec<u8>> = (0..jobs)
             .map(|job_id| {
                 serde_json::json!({

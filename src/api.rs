@@ -41,8 +41,8 @@ pub use auth::{ApiToken, TokenFileError};
 pub use error::ApiError;
 
 use crate::server::BODY_READ_TIMEOUT;
-use crate::worker::Worker;
 use crate::wire::{CreateJob, FieldError};
+use crate::worker::Worker;
 
 /// Path of the create call.
 pub const CREATE_PATH: &str = "/api/v1alpha/batches/jobs/create";

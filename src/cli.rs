@@ -128,7 +128,6 @@ pub struct SpecArgs {
     pub token_latency_seed: u64,
 }
 
-
 impl SpecArgs {
     /// The spec-load limits these flags give.
     pub fn load_config(&self) -> SpecLoadConfig {
@@ -249,7 +248,10 @@ impl CliError {
 ///
 /// # Errors
 /// [`CliError`] from the subcommand.
-pub async fn run(command: Command, effective: &crate::config::Effective) -> Result<ExitCode, CliError> {
+pub async fn run(
+    command: Command,
+    effective: &crate::config::Effective,
+) -> Result<ExitCode, CliError> {
     match command {
         Command::Serve(args) => serve::run(&args).await,
         Command::Config(_) => Ok(config::run(effective)),

@@ -65,6 +65,6 @@ pub mod server;
 pub mod spec_diag;
 pub mod spec_store;
 pub mod store;
-pub mod worker;
 pub mod transfer;
 pub mod wire;
+pub mod worker;

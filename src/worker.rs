@@ -255,8 +255,9 @@ impl Worker {
             }
             let seq = table.next_seq;
             let now = now_ms();
-            let (view, applied) = AttemptView::created(key.clone(), seq, now, &event, History::Kept)
-                .expect("created begins an attempt");
+            let (view, applied) =
+                AttemptView::created(key.clone(), seq, now, &event, History::Kept)
+                    .expect("created begins an attempt");
             let mut entry = JobEntry::new(view, Arc::new(job));
             let work = table::plan(&mut entry, &applied.effects, &self.plan_context(), now);
             table.insert((key.batch_id, key.job_id), entry);

@@ -37,16 +37,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
-use batch_worker::admission::Capacity;
 use batch_worker::api::{self, CREATE_PATH};
-use batch_worker::journal::{open_journal, Durability, WriterMode};
+use batch_worker::journal::Durability;
 use batch_worker::logs_store::LogsStore;
 use batch_worker::runner::{LaunchError, Process, ProcessRequest, Runner};
 use batch_worker::server;
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::store::{FaultPlan, FaultStore, StoreOptions};
-use batch_worker::supervisor::{Worker, WorkerConfig};
 use batch_worker::wire::CreateJob;
+use batch_worker::worker::{Executor, JournalOptions, Worker};
 use batch_worker_model::{ErrorKind, ExitStatus, JobState};
 use futures::stream::BoxStream;
 use hdrhistogram::Histogram;
@@ -297,26 +296,18 @@ fn worker(
     specs: SpecStore,
     runs: Arc<Runs>,
 ) -> Worker {
-    let config = WorkerConfig {
-        name: "bench".into(),
-        data_dir: data_dir.to_owned(),
-        runner: Arc::new(InstantRunner { runs }),
-        journal_segment_bytes: 64 * 1024 * 1024,
-        retention: Duration::from_secs(24 * 3600),
-        capacity: Capacity::of_machine(),
-        logs: LogsStore::new(Arc::new(InMemory::new()), Path::default()),
-        report_drain: Duration::from_secs(1),
-        store_options: StoreOptions::default(),
-        images: None,
-    };
-    let recovered = open_journal(
-        data_dir,
-        durability,
-        false,
-        WriterMode::Thread(tokio::runtime::Handle::current()),
-    )
-    .expect("a fresh journal");
-    Worker::new(config, specs, None, Some(recovered.writer))
+    Worker::builder(data_dir)
+        .name("bench")
+        .executor(Executor::Host(Arc::new(InstantRunner { runs })))
+        .specs(specs)
+        .logs(LogsStore::new(Arc::new(InMemory::new()), Path::default()))
+        .journal(JournalOptions {
+            durability,
+            ..JournalOptions::default()
+        })
+        .store_options(StoreOptions::default())
+        .open()
+        .expect("a fresh worker")
 }
 
 /// The inline baseline's state.

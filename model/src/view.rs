@@ -385,7 +385,10 @@ mod tests {
         let kept = fold(&ran(), History::Kept);
         let dropped = fold(&ran(), History::Dropped);
         assert!(dropped.history().is_empty());
-        assert_eq!(format!("{:?}", kept.state()), format!("{:?}", dropped.state()));
+        assert_eq!(
+            format!("{:?}", kept.state()),
+            format!("{:?}", dropped.state())
+        );
         assert_eq!(kept.ended_at_ms(), dropped.ended_at_ms());
         assert_eq!(kept.resources(), dropped.resources());
     }
@@ -410,8 +413,8 @@ mod tests {
 
     #[test]
     fn only_created_begins_a_view() {
-        let err = AttemptView::created(key(), 1, 0, &Event::SpecLoadStarted, History::Kept)
-            .unwrap_err();
+        let err =
+            AttemptView::created(key(), 1, 0, &Event::SpecLoadStarted, History::Kept).unwrap_err();
         assert_eq!((err.state, err.event), ("none", "spec_load_started"));
     }
 }

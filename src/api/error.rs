@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::worker::{CreateError, UnknownJob};
 use crate::wire::FieldError;
+use crate::worker::{CreateError, UnknownJob};
 
 /// An error answer.
 #[derive(Debug, thiserror::Error)]

@@ -155,8 +155,10 @@ pub async fn run(command: &ImageCommand) -> Result<ExitCode, CliError> {
     let ImageCommand::Pull(args) = command;
     let pulled = args.pull().await;
     if args.json {
-        let json = serde_json::to_string(&args.report(&pulled))
-            .map_err(|e| CliError::Io { context: "printing the pull report".into(), source: e.into() })?;
+        let json = serde_json::to_string(&args.report(&pulled)).map_err(|e| CliError::Io {
+            context: "printing the pull report".into(),
+            source: e.into(),
+        })?;
         println!("{json}");
     } else {
         match &pulled {

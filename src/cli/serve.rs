@@ -313,9 +313,8 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
                 Some(remote) => remote,
                 None => local("specs")?,
             };
-            let slow = |store| {
-                with_control_plane(store, spec.token_latency_ms, spec.token_latency_seed)
-            };
+            let slow =
+                |store| with_control_plane(store, spec.token_latency_ms, spec.token_latency_seed);
             let specs = SpecStore::new(throttled(slow(store), blob_latency_ms), root, load_config)
                 .map_err(|e| StartError::Runtime(e).to_string())?;
             let (logs, logs_root) = match logs_store {
@@ -450,7 +449,8 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
     // Credentials' values are masked.
     let options = args.store_options()?;
     tracing::info!(options = ?options, "store options (environment, then --store-options)");
-    let ip_address = advertised_ip(local.ip(), args.ip_address, args.driver_url.as_ref())?.to_string();
+    let ip_address =
+        advertised_ip(local.ip(), args.ip_address, args.driver_url.as_ref())?.to_string();
     let activating = worker.clone();
     tokio::spawn(async move {
         if let Err(e) = activating.activate(&ip_address).await {
@@ -496,6 +496,8 @@ fn shutdown_signals() -> impl std::future::Future<Output = ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
 
     #[test]
     fn a_wildcard_listen_address_advertises_the_route_to_the_driver() {

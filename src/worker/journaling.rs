@@ -62,9 +62,8 @@ impl Worker {
         table.entries.retain(|_, entry| {
             let view = &entry.view;
             let state = view.state();
-            let reported = !reports
-                || state.wire_state() == WireState::Cancelled
-                || view.complete_delivered();
+            let reported =
+                !reports || state.wire_state() == WireState::Cancelled || view.complete_delivered();
             let expired = view.ended_at_ms().is_some_and(|t| t <= now - retention_ms);
             !(state.is_terminal() && reported && expired)
         });

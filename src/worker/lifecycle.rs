@@ -135,7 +135,11 @@ impl Worker {
         let _ = lifecycle
             .phase
             .subscribe()
-            .wait_for(|_| lifecycle.has_token.load(std::sync::atomic::Ordering::SeqCst))
+            .wait_for(|_| {
+                lifecycle
+                    .has_token
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            })
             .await;
     }
 

@@ -113,8 +113,14 @@ mod tests {
             other => panic!("{other}"),
         }
         let message = err.to_string();
-        assert!(message.contains(&dir.path().display().to_string()), "{message}");
-        assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
         // Released with the first holder: a restart takes it.
         drop(first);
         DataDirLock::acquire(dir.path()).unwrap();

@@ -96,8 +96,7 @@ impl Worker {
                     restarted.push(view.key().clone());
                 } else if !view.logs_done() {
                     redo.push(table::upload_logs(view, &context));
-                } else if state.wire_state() != WireState::Cancelled && !view.complete_delivered()
-                {
+                } else if state.wire_state() != WireState::Cancelled && !view.complete_delivered() {
                     redo.push(Work::ReportComplete {
                         key: view.key().clone(),
                         status: super::view::complete_status(view, now_ms()),

@@ -2,7 +2,7 @@
 //! served; a job that can never fit errors `insufficient_resources`.
 
 use batch_worker::admission::Capacity;
-use batch_worker::supervisor::Worker;
+use batch_worker::worker::Worker;
 use batch_worker_model::{ErrorKind, Event, JobState, Outcome, RunPhase};
 use reqwest::StatusCode;
 use serde_json::json;

@@ -15,7 +15,7 @@ use axum::http::{Method, StatusCode};
 use batch_worker::api;
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::store::{FaultPlan, FaultStore};
-use batch_worker::supervisor::Worker;
+use batch_worker::worker::Worker;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use proptest::prelude::*;
@@ -198,7 +198,8 @@ impl ReferenceStateMachine for Reference {
 /// The real worker, its runtime and simulated parts.
 struct System {
     runtime: Option<tokio::runtime::Runtime>,
-    worker: Worker,
+    /// `None` only while a restart swaps workers.
+    worker: Option<Worker>,
     router: axum::Router,
     runner: Arc<SimRunner>,
     parts: SimParts,
@@ -216,6 +217,11 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 impl System {
+    /// The worker now.
+    fn worker(&self) -> &Worker {
+        self.worker.as_ref().expect("a worker between restarts")
+    }
+
     fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         self.runtime.as_ref().expect("running").block_on(f)
     }
@@ -284,11 +290,11 @@ impl StateMachineTest for WorkerMatchesModel {
             SpecStore::on_caller_runtime(specs, Path::from("specs"), SpecLoadConfig::default());
         let runtime = runtime();
         let runner = Arc::new(SimRunner::default());
-        let (worker, _) = runtime.block_on(parts.start(runner.clone()));
+        let worker = runtime.block_on(parts.start(runner.clone()));
         System {
             router: api::router(worker.clone(), &api::ApiConfig::new(1 << 20)),
             runtime: Some(runtime),
-            worker,
+            worker: Some(worker),
             runner,
             parts,
             writer,
@@ -305,7 +311,7 @@ impl StateMachineTest for WorkerMatchesModel {
         match step {
             Step::Create { job_id, spec } => {
                 let token = format!("t{job_id}");
-                let fresh = system.worker.state_of(BATCH, job_id).is_err();
+                let fresh = system.worker().state_of(BATCH, job_id).is_err();
                 if fresh && spec != Spec::Missing && !model.inactive {
                     system
                         .block_on(system.writer.write_bunch(
@@ -315,7 +321,7 @@ impl StateMachineTest for WorkerMatchesModel {
                         ))
                         .expect("in memory");
                 }
-                let attempt = format!("a{job_id}x{}", system.worker.snapshot().len());
+                let attempt = format!("a{job_id}x{}", system.worker().snapshot().len());
                 let body =
                     sim::create_body(BATCH, job_id, &token, job_id, &attempt, "MODELSECRET0");
                 let (status, answer, took) = system.block_on(async {
@@ -368,11 +374,14 @@ impl StateMachineTest for WorkerMatchesModel {
                     .store(down, std::sync::atomic::Ordering::SeqCst);
             }
             Step::Restart => {
-                // A crash: every task of the old worker is dropped.
+                // A crash: every task of the old worker is dropped, and
+                // the worker with them (its data directory lock too).
                 drop(system.runtime.take());
+                system.router = axum::Router::new();
+                drop(system.worker.take());
                 let runtime = runtime();
                 system.runner = Arc::new(SimRunner::default());
-                let (worker, _) = {
+                let worker = {
                     let _inside = runtime.enter();
                     system.parts.start_unactivated(system.runner.clone())
                 };
@@ -380,7 +389,7 @@ impl StateMachineTest for WorkerMatchesModel {
                 let activating = worker.clone();
                 runtime.spawn(async move { activating.activate("127.0.0.1").await });
                 system.router = api::router(worker.clone(), &api::ApiConfig::new(1 << 20));
-                system.worker = worker;
+                system.worker = Some(worker);
                 system.runtime = Some(runtime);
             }
         }
@@ -429,7 +438,7 @@ impl StateMachineTest for WorkerMatchesModel {
                 ),
             }
         }
-        assert_eq!(system.worker.snapshot().len(), model.jobs.len());
+        assert_eq!(system.worker().snapshot().len(), model.jobs.len());
     }
 }
 

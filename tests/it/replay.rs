@@ -49,8 +49,8 @@ fn bytes(records: &[JournalRecord]) -> Vec<u8> {
 fn good_events() -> Vec<(JobKey, Event)> {
     let (a, b) = (key(12, "Xq3T9b"), key(14, "Zz9Yy8"));
     vec![
-        (a.clone(), Event::Created { format_version: 7 }),
-        (b.clone(), Event::Created { format_version: 7 }),
+        (a.clone(), Event::created(7)),
+        (b.clone(), Event::created(7)),
         (a.clone(), Event::SpecLoadStarted),
         (b.clone(), Event::SpecLoadStarted),
         (
@@ -64,6 +64,7 @@ fn good_events() -> Vec<(JobKey, Event)> {
                 input_files: 0,
                 output_files: 0,
                 image: None,
+                resources: None,
             },
         ),
         (
@@ -102,7 +103,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
     let mut after_terminal = good_events();
     after_terminal.push((key(14, "Zz9Yy8"), Event::CancelRequested));
     let mut two_live = good_events();
-    two_live.insert(3, (key(12, "Other1"), Event::Created { format_version: 7 }));
+    two_live.insert(3, (key(12, "Other1"), Event::created(7)));
     // Written by a version-1 worker: no admission, so no resources_granted.
     let mut version_1 = records(
         &good_events()

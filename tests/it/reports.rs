@@ -8,7 +8,7 @@ use batch_worker::demo::driver::EmbeddedDriver;
 use batch_worker::driver_client::{DriverClient, ReportError, ReportRetry};
 use batch_worker::journal::JournalRecord;
 use batch_worker::wire::{JobCompleteBody, JobCompleteStatus};
-use batch_worker_model::{ErrorKind, Event, JobKey, JobState, EVENT_VERSION};
+use batch_worker_model::{ErrorKind, Event, JobKey, JobState};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -224,11 +224,6 @@ async fn creates_get_503_until_the_worker_is_activated() {
 
 #[tokio::test]
 async fn reports_recovered_at_start_wait_for_activation() {
-    let h = Harness::with_options(Options {
-        activate: false,
-        ..Options::default()
-    })
-    .await;
     // Given a journal whose attempt ended and uploaded its logs, unreported
     let key = JobKey {
         batch_id: 21,
@@ -236,7 +231,7 @@ async fn reports_recovered_at_start_wait_for_activation() {
         attempt_id: "a1".into(),
     };
     let events = [
-        Event::Created { format_version: 7 },
+        Event::created(7),
         Event::SpecLoadStarted,
         Event::SpecLoadFailed {
             kind: ErrorKind::SpecMissing,
@@ -247,17 +242,16 @@ async fn reports_recovered_at_start_wait_for_activation() {
     let records: Vec<JournalRecord> = events
         .into_iter()
         .enumerate()
-        .map(|(i, event)| JournalRecord {
-            seq: 100 + i as u64,
-            time_ms: 1_764_504_000_000,
-            event_version: EVENT_VERSION,
-            key: key.clone(),
-            event,
-            attempt: None,
-        })
+        .map(|(i, event)| JournalRecord::new(100 + i as u64, 1_764_504_000_000, key.clone(), event))
         .collect();
-    // When the worker recovers it before activating
-    h.worker.recover(&records);
+    // When a worker opens on it before activating
+    let h = Harness::with_options(Options {
+        activate: false,
+        journal: records,
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(h.worker.recovery().redone, 1);
     assert_eq!(h.worker.reports_pending(), 1, "the report is queued");
     h.worker.sync_journal().await;
     assert!(h.driver.received().complete.is_empty(), "not sent yet");

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use batch_worker::demo::driver::EmbeddedDriver;
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
-use batch_worker::supervisor::CreateError;
 use batch_worker::wire::CreateJob;
+use batch_worker::worker::CreateError;
 use batch_worker_model::{Event, JobState};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;

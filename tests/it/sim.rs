@@ -19,13 +19,13 @@ use batch_worker::admission::Capacity;
 use batch_worker::driver_client::{
     DriverAnswer, DriverClient, DriverTransport, ReportRetry, JOB_COMPLETE_PATH, JOB_STARTED_PATH,
 };
-use batch_worker::journal::{open_journal, Durability, JournalRecord, WriterMode};
+use batch_worker::journal::{Durability, WriterMode};
 use batch_worker::logs_store::LogsStore;
 use batch_worker::runner::{LaunchError, Process, ProcessRequest, Runner};
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::store::StoreOptions;
-use batch_worker::supervisor::{Worker, WorkerConfig};
 use batch_worker::wire::JobCompleteBody;
+use batch_worker::worker::{Executor, JournalOptions, Worker};
 use batch_worker_model::ExitStatus;
 use bytes::Bytes;
 use object_store::path::Path;
@@ -351,45 +351,47 @@ impl SimParts {
 
     /// A worker over these parts, recovered from the journal in the data
     /// directory (inline writer) and activated; must run inside a tokio
-    /// runtime. Returns it and the records it recovered.
-    pub async fn start(&self, runner: Arc<dyn Runner>) -> (Worker, Vec<JournalRecord>) {
-        let (worker, records) = self.start_unactivated(runner);
+    /// runtime.
+    pub async fn start(&self, runner: Arc<dyn Runner>) -> Worker {
+        let worker = self.start_unactivated(runner);
         worker
             .activate("127.0.0.1")
             .await
             .expect("the simulated driver activates the worker");
-        (worker, records)
+        worker
     }
 
     /// [`SimParts::start`] without the activation (creates get 503 until
     /// [`Worker::activate`] succeeds).
-    pub fn start_unactivated(&self, runner: Arc<dyn Runner>) -> (Worker, Vec<JournalRecord>) {
-        let recovered = open_journal(&self.data_dir, Durability::Flush, false, WriterMode::Inline)
-            .expect("the simulated worker's journal opens");
-        let config = WorkerConfig {
-            name: "sim-worker".into(),
-            data_dir: self.data_dir.clone(),
-            runner,
-            journal_segment_bytes: self.segment_bytes,
-            retention: Duration::from_secs(24 * 3600),
-            capacity: self.capacity,
-            logs: LogsStore::new(self.logs.clone(), Path::from("logs")).with_jitter_seed(7),
-            report_drain: Duration::from_secs(30),
-            store_options: StoreOptions::default(),
-            images: None,
-        };
-        let driver = self.driver.clone().map(|transport| {
+    pub fn start_unactivated(&self, runner: Arc<dyn Runner>) -> Worker {
+        let mut builder = Worker::builder(&self.data_dir)
+            .name("sim-worker")
+            .executor(Executor::Host(runner))
+            .journal(JournalOptions {
+                durability: Durability::Flush,
+                repair: false,
+                mode: Some(WriterMode::Inline),
+            })
+            .journal_segment_bytes(self.segment_bytes)
+            .capacity(self.capacity)
+            .specs(self.specs.clone())
+            .logs(LogsStore::new(self.logs.clone(), Path::from("logs")).with_jitter_seed(7))
+            .store_options(StoreOptions::default());
+        if let Some(transport) = self.driver.clone() {
             let retry = ReportRetry {
                 min_backoff: Duration::from_millis(200),
                 max_backoff: Duration::from_secs(30),
                 jitter_seed: Some(transport.seed),
                 ..ReportRetry::default()
             };
-            DriverClient::with_transport(transport, "sim-worker".into(), "t".into(), retry)
-        });
-        let worker = Worker::new(config, self.specs.clone(), driver, Some(recovered.writer));
-        worker.recover(&recovered.records);
-        (worker, recovered.records)
+            builder = builder.driver(DriverClient::with_transport(
+                transport,
+                "sim-worker".into(),
+                "t".into(),
+                retry,
+            ));
+        }
+        builder.open().expect("the simulated worker opens")
     }
 }
 

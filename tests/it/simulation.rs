@@ -24,7 +24,7 @@ use batch_worker::bunch::{self, BunchKeys};
 use batch_worker::replay::{replay_path, ReplayOptions};
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::store::{FaultPlan, FaultStore};
-use batch_worker::supervisor::Worker;
+use batch_worker::worker::Worker;
 use batch_worker_model::{ErrorKind, Event, JobAttempt, JobState, Outcome};
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -418,7 +418,7 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
                         .expect("in memory");
                 }
             }
-            let (worker, _) = parts.start(Arc::new(SimRunner::default())).await;
+            let worker = parts.start(Arc::new(SimRunner::default())).await;
             let router = api::router(worker.clone(), &api::ApiConfig::new(1 << 20));
             let began = Instant::now();
             let offset = clock_ms;

@@ -13,13 +13,15 @@ use batch_worker::demo::driver::EmbeddedDriver;
 use batch_worker::driver_client::{DriverClient, ReportRetry};
 use batch_worker::image::ImageStore;
 use batch_worker::journal::{
-    decode, journal_dir, open_journal, segments, Durability, JournalRecord,
+    decode, encode_header, encode_record, journal_dir, segment_path, segments, Durability,
+    JournalRecord,
 };
 use batch_worker::logs_store::LogsStore;
 use batch_worker::runner::{HostRunner, Runner};
+
 use batch_worker::server::serve;
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
-use batch_worker::supervisor::{Worker, WorkerConfig, DEFAULT_JOURNAL_SEGMENT_BYTES};
+use batch_worker::worker::{Executor, JournalOptions, Worker, DEFAULT_JOURNAL_SEGMENT_BYTES};
 use batch_worker_model::{JobState, RunPhase};
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -57,6 +59,9 @@ pub struct Options {
     pub report_concurrency: usize,
     /// The runner and image cache (default: host processes, no images).
     pub executor: Option<(Arc<dyn Runner>, Arc<ImageStore>)>,
+    /// Records written into the data directory's journal before the
+    /// worker opens it (default none: a fresh journal).
+    pub journal: Vec<JournalRecord>,
 }
 
 impl Default for Options {
@@ -70,8 +75,21 @@ impl Default for Options {
             activate: true,
             report_concurrency: 64,
             executor: None,
+            journal: Vec::new(),
         }
     }
+}
+
+/// Writes `records` as the first segment of `data_dir`'s journal, as a
+/// worker that crashed after writing them would have left it.
+pub fn write_journal(data_dir: &std::path::Path, records: &[JournalRecord]) {
+    let mut bytes = encode_header().to_vec();
+    for record in records {
+        encode_record(record, &mut bytes).expect("a record encodes");
+    }
+    let dir = journal_dir(data_dir);
+    std::fs::create_dir_all(&dir).expect("the journal directory");
+    std::fs::write(segment_path(&dir, 1), bytes).expect("the journal segment");
 }
 
 /// A running worker and its driver.
@@ -162,41 +180,32 @@ impl Harness {
             retry,
         )
         .expect("a driver client");
-        // Every test runs with the journal on (flush: the tests do not
-        // simulate power loss).
-        let journal = open_journal(
-            data.path(),
-            Durability::Flush,
-            false,
-            tokio::runtime::Handle::current(),
-        )
-        .expect("a journal");
-        let (runner, images): (Arc<dyn Runner>, _) = match options.executor {
-            Some((runner, images)) => (runner, Some(images)),
-            None => (
-                Arc::new(HostRunner {
-                    kill_grace: Duration::from_secs(2),
-                }),
-                None,
-            ),
+        if !options.journal.is_empty() {
+            write_journal(data.path(), &options.journal);
+        }
+        let executor = match options.executor {
+            Some((runner, images)) => Executor::Runc { runner, images },
+            None => Executor::Host(Arc::new(HostRunner {
+                kill_grace: Duration::from_secs(2),
+            })),
         };
-        let worker = Worker::new(
-            WorkerConfig {
-                name: "test-worker".into(),
-                data_dir: data.path().to_owned(),
-                runner,
-                journal_segment_bytes: options.segment_bytes,
-                retention: options.retention,
-                capacity: options.capacity,
-                logs: LogsStore::new(options.logs.clone(), Path::from("logs")),
-                report_drain: options.report_drain,
-                store_options: batch_worker::store::StoreOptions::from_env(),
-                images,
-            },
-            SpecStore::new(store.clone(), root.clone(), config).expect("spec-io threads"),
-            Some(client),
-            Some(journal.writer),
-        );
+        // Flush: the tests do not simulate power loss.
+        let worker = Worker::builder(data.path())
+            .name("test-worker")
+            .executor(executor)
+            .journal(JournalOptions {
+                durability: Durability::Flush,
+                ..JournalOptions::default()
+            })
+            .journal_segment_bytes(options.segment_bytes)
+            .retention(options.retention)
+            .capacity(options.capacity)
+            .logs(LogsStore::new(options.logs.clone(), Path::from("logs")))
+            .report_drain(options.report_drain)
+            .specs(SpecStore::new(store.clone(), root.clone(), config).expect("spec-io threads"))
+            .driver(client)
+            .open()
+            .expect("the worker opens");
         if options.activate {
             worker
                 .activate("127.0.0.1")

@@ -566,10 +566,7 @@ fn replay_rebuilds_the_same_state() {
 
 #[test]
 fn replay_names_the_first_illegal_event() {
-    let history = [
-        Event::created(7),
-        Event::ProcessStarted { pid: 3 },
-    ];
+    let history = [Event::created(7), Event::ProcessStarted { pid: 3 }];
     let (index, err) = JobAttempt::replay(&history).unwrap_err();
     assert_eq!(index, 1);
     assert_eq!(err.state, "accepted");
