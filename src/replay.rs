@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use batch_worker_model::{Event, JobAttempt, JobKey, JobState};
+use batch_worker_model::{AttemptView, Event, History, JobKey, JobState};
 use serde::Serialize;
 
 use crate::journal::{decode_prefix, JournalError, JournalRecord};
@@ -40,6 +40,11 @@ pub struct Timeline {
     pub steps: Vec<Step>,
     /// The state after the last event.
     pub final_state: JobState,
+    /// The attempt as its events made it: the same fold the worker keeps
+    /// live and rebuilds at start, so its status JSON
+    /// ([`crate::worker::status_of`]) is the worker's.
+    #[serde(skip)]
+    pub view: AttemptView,
 }
 
 /// Something wrong with a journal.
@@ -315,15 +320,13 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
 
 /// One attempt while it is replayed.
 struct Replayed {
-    attempt: JobAttempt,
+    /// The fold of its events (without a history of its own: the steps
+    /// below keep the full states for the report).
+    view: AttemptView,
     /// The state after its last legal event.
     state: JobState,
     /// Its steps, kept only for the attempts whose timeline is reported.
     steps: Option<Vec<Step>>,
-    /// When it was created, ms since the Unix epoch.
-    created_ms: i64,
-    /// When its spec load began, ms since the Unix epoch.
-    spec_load_began_ms: Option<i64>,
 }
 
 /// Replays records already decoded.
@@ -387,23 +390,23 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
                         attempts: [(*other).to_owned(), key.attempt_id.clone()],
                     });
                 }
-                let (attempt, _) = JobAttempt::accept();
+                let (view, _) = match AttemptView::created(
+                    key.clone(),
+                    record.seq,
+                    record.time_ms,
+                    event,
+                    History::Dropped,
+                ) {
+                    Ok(created) => created,
+                    Err(illegal) => unreachable!("created begins an attempt: {illegal}"),
+                };
                 live.insert(slot, &key.attempt_id);
-                let state = attempt.state();
+                let state = view.state();
                 let steps = keeps_steps(key).then(|| vec![step(&state, None)]);
-                attempts.insert(
-                    key,
-                    Replayed {
-                        attempt,
-                        state,
-                        steps,
-                        created_ms: record.time_ms,
-                        spec_load_began_ms: None,
-                    },
-                );
+                attempts.insert(key, Replayed { view, state, steps });
                 continue;
             };
-            match replaying.attempt.apply(event) {
+            match replaying.view.apply(record.seq, record.time_ms, event) {
                 Ok(applied) if applied.absorbed => {
                     problems.push(Problem::EventAfterTerminal {
                         seq: record.seq,
@@ -423,19 +426,7 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
                     continue;
                 }
             }
-            let state = replaying.attempt.state();
-            match event {
-                Event::ProcessStarted { .. } => {
-                    accepted_to_running.push(record.time_ms - replaying.created_ms)
-                }
-                Event::SpecLoadStarted => replaying.spec_load_began_ms = Some(record.time_ms),
-                Event::SpecLoaded { .. } | Event::SpecLoadFailed { .. } => {
-                    if let Some(began) = replaying.spec_load_began_ms {
-                        spec_load.push(record.time_ms - began);
-                    }
-                }
-                _ => {}
-            }
+            let state = replaying.view.state();
             if state.is_terminal() && live.get(&slot) == Some(&key.attempt_id.as_str()) {
                 live.remove(&slot);
             }
@@ -449,6 +440,8 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
     let mut by_state = BTreeMap::new();
     let mut by_error_kind = BTreeMap::new();
     for replaying in attempts.values() {
+        accepted_to_running.extend(replaying.view.accepted_to_running_ms());
+        spec_load.extend(replaying.view.spec_load_ms());
         *by_state
             .entry(replaying.state.wire_state().as_str())
             .or_default() += 1;
@@ -471,6 +464,7 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
                 key: key.clone(),
                 steps: replaying.steps?,
                 final_state: replaying.state,
+                view: replaying.view,
             })
         })
         .collect();

@@ -64,7 +64,7 @@ pub use lifecycle::Phase;
 pub use lock::{DataDirLock, LockError};
 pub use recovery::Recovery;
 pub use tasks::attempt_span;
-pub use view::JobStatus;
+pub use view::{status as status_of, JobStatus};
 
 use table::{Attach, JobEntry, Table};
 use tasks::JobFilePools;

@@ -52,8 +52,10 @@ pub struct JobStatus {
     pub secrets: Vec<String>,
 }
 
-/// The status JSON of `view` on the worker named `worker`.
-pub(super) fn status(view: &AttemptView, worker: &str) -> JobStatus {
+/// The status JSON of `view` on the worker named `worker`: what `GET
+/// .../status` answers and `status.json` holds; the replay tool computes
+/// the same from its views.
+pub fn status(view: &AttemptView, worker: &str) -> JobStatus {
     let state = view.state();
     let (error, error_kind) = match &state {
         JobState::Errored { kind, message } => (Some(message.clone()), Some(*kind)),

@@ -1,13 +1,14 @@
 //! Property: whatever the interleaving of creates, spec outcomes, process
 //! exits and cancels, replaying the worker's journal through the model
-//! gives exactly the live job table, state by state, and `replay --check`
-//! finds no problem in it.
+//! gives exactly the live job table, state by state and status JSON by
+//! status JSON, and `replay --check` finds no problem in it.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use batch_worker::replay::{replay_records, ReplayOptions};
+use batch_worker::worker::status_of;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use proptest::prelude::*;
@@ -136,6 +137,14 @@ async fn check(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(
             &replayed.final_state,
             &h.worker.state_of(batch_id, *job_id).unwrap()
+        );
+        // One fold: the replayed view's status JSON is the live one, field
+        // by field (deliveries since change no field of it).
+        prop_assert_eq!(
+            serde_json::to_value(status_of(&replayed.view, h.worker.name())).unwrap(),
+            serde_json::to_value(h.worker.status(batch_id, *job_id).unwrap()).unwrap(),
+            "job {}",
+            job_id
         );
         let live_steps: Vec<(&str, &str)> = live
             .iter()

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use batch_worker::api;
+use batch_worker::replay::{replay_path, ReplayOptions};
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::store::{FaultPlan, FaultStore};
-use batch_worker::worker::Worker;
+use batch_worker::worker::{status_of, Worker};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use proptest::prelude::*;
@@ -248,7 +249,7 @@ fn spec_of(job_id: i64, spec: Spec) -> Vec<u8> {
     json!({
         "job_id": job_id,
         "process": {"type": "docker", "image": "ubuntu:24.04", "command": command},
-        "resources": {"cores_mcpu": cores, "memory_bytes": 1_000_000},
+        "resources": {"cores_mcpu": cores, "memory_bytes": 1_000_000, "storage_gib": 2},
     })
     .to_string()
     .into_bytes()
@@ -374,6 +375,8 @@ impl StateMachineTest for WorkerMatchesModel {
                     .store(down, std::sync::atomic::Ordering::SeqCst);
             }
             Step::Restart => {
+                // What every attempt's status says before the crash.
+                let before = sim::statuses(system.worker());
                 // A crash: every task of the old worker is dropped, and
                 // the worker with them (its data directory lock too).
                 drop(system.runtime.take());
@@ -389,6 +392,19 @@ impl StateMachineTest for WorkerMatchesModel {
                 let activating = worker.clone();
                 runtime.spawn(async move { activating.activate("127.0.0.1").await });
                 system.router = api::router(worker.clone(), &api::ApiConfig::new(1 << 20));
+                // One fold: the status after recovery is the status before,
+                // field by field; an attempt that was live differs only in
+                // what ending `worker_restarted` changes.
+                let after = sim::statuses(&worker);
+                assert_eq!(
+                    before.keys().collect::<Vec<_>>(),
+                    after.keys().collect::<Vec<_>>()
+                );
+                for (job, was) in &before {
+                    if let Err(e) = sim::same_after_restart(*job, was, &after[job]) {
+                        panic!("{e}");
+                    }
+                }
                 system.worker = Some(worker);
                 system.runtime = Some(runtime);
             }
@@ -439,6 +455,26 @@ impl StateMachineTest for WorkerMatchesModel {
             }
         }
         assert_eq!(system.worker().snapshot().len(), model.jobs.len());
+        // The replay tool's view of the journal gives the live status of
+        // every attempt, field by field.
+        system.block_on(system.worker().sync_journal());
+        let report = replay_path(&system.parts.data_dir, ReplayOptions::default())
+            .expect("the journal replays");
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let live = sim::statuses(system.worker());
+        let replayed: BTreeMap<(i64, i64), Value> = report
+            .timelines
+            .iter()
+            .filter(|t| live.contains_key(&(t.key.batch_id, t.key.job_id)))
+            .map(|t| {
+                let status = status_of(&t.view, system.worker().name());
+                (
+                    (t.key.batch_id, t.key.job_id),
+                    serde_json::to_value(status).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(replayed, live, "replay's status JSON vs the live worker's");
     }
 }
 

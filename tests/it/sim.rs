@@ -5,7 +5,7 @@
 //! stores behind a [`FaultStore`].
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::Path as FsPath;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -449,4 +449,79 @@ pub fn create_body(
         },
         "queue_time": null
     })
+}
+
+/// The status JSON of every attempt on `worker`, by `(batch_id, job_id)`.
+pub fn statuses(worker: &Worker) -> BTreeMap<(i64, i64), Value> {
+    worker
+        .snapshot()
+        .into_iter()
+        .map(|(key, _)| {
+            let status = worker
+                .status(key.batch_id, key.job_id)
+                .expect("on the worker");
+            (
+                (key.batch_id, key.job_id),
+                serde_json::to_value(status).expect("status serialises"),
+            )
+        })
+        .collect()
+}
+
+/// Whether `after` (an attempt's status JSON after a restart) is `before`,
+/// field by field; for an attempt that was live, except what ending
+/// `worker_restarted` changes: the state, the error, the end time and the
+/// main container's state.
+pub fn same_after_restart(job: (i64, i64), before: &Value, after: &Value) -> Result<(), String> {
+    let terminal = ["succeeded", "failed", "error", "cancelled"]
+        .contains(&before["state"].as_str().unwrap_or_default());
+    if terminal {
+        return match after == before {
+            true => Ok(()),
+            false => Err(format!(
+                "job {job:?}: status changed by a restart: {before} -> {after}"
+            )),
+        };
+    }
+    if after["state"] != "error" || after["error_kind"] != "worker_restarted" {
+        return Err(format!("job {job:?}: live before a restart, then {after}"));
+    }
+    let restart_fields = [
+        "state",
+        "error",
+        "error_kind",
+        "end_time",
+        "worker_state",
+        "container_statuses",
+    ];
+    let (Value::Object(was), Value::Object(now)) = (before, after) else {
+        return Err(format!("job {job:?}: a status is not an object"));
+    };
+    if was.keys().ne(now.keys()) {
+        return Err(format!("job {job:?}: fields differ: {before} -> {after}"));
+    }
+    for (field, value) in was {
+        if !restart_fields.contains(&field.as_str()) && &now[field] != value {
+            return Err(format!(
+                "job {job:?}: {field} changed by a restart: {value} -> {}",
+                now[field]
+            ));
+        }
+    }
+    if let Some(main) = was["container_statuses"].get("main") {
+        for field in [
+            "name",
+            "start_time",
+            "exit_code",
+            "out_of_memory",
+            "duration_ms",
+        ] {
+            if after["container_statuses"]["main"][field] != main[field] {
+                return Err(format!(
+                    "job {job:?}: container_statuses.main.{field} changed by a restart: {before} -> {after}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -24,14 +24,14 @@ use batch_worker::bunch::{self, BunchKeys};
 use batch_worker::replay::{replay_path, ReplayOptions};
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::store::{FaultPlan, FaultStore};
-use batch_worker::worker::Worker;
+use batch_worker::worker::{status_of, Worker};
 use batch_worker_model::{ErrorKind, Event, JobAttempt, JobState, Outcome};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::sim::{self, SimDriver, SimParts, SimRunner};
@@ -397,6 +397,9 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
     let mut ends = plan.crashes.iter().map(|c| Some(*c)).collect::<Vec<_>>();
     ends.push(None);
     let mut final_states = BTreeMap::new();
+    let mut final_statuses = BTreeMap::new();
+    // Every attempt's status JSON when the worker last crashed.
+    let mut before_crash: Option<BTreeMap<(i64, i64), Value>> = None;
     for (incarnation, end) in ends.into_iter().enumerate() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -419,6 +422,20 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
                 }
             }
             let worker = parts.start(Arc::new(SimRunner::default())).await;
+            // One fold: recovery gives every attempt the status it had.
+            if let Some(before) = before_crash.take() {
+                let after = sim::statuses(&worker);
+                for (job, was) in &before {
+                    match after.get(job) {
+                        Some(now) => {
+                            if let Err(e) = sim::same_after_restart(*job, was, now) {
+                                world.violate(e);
+                            }
+                        }
+                        None => world.violate(format!("job {job:?}: lost by a crash")),
+                    }
+                }
+            }
             let router = api::router(worker.clone(), &api::ApiConfig::new(1 << 20));
             let began = Instant::now();
             let offset = clock_ms;
@@ -434,6 +451,7 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
                 // The worker dies here: the runtime is dropped with every
                 // task in flight.
                 tokio::time::sleep_until(began + Duration::from_millis(end - offset)).await;
+                before_crash = Some(sim::statuses(&worker));
                 clock_ms = end;
                 world.restarts += 1;
                 return;
@@ -488,9 +506,16 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
                 &stores,
                 &mut final_states,
             );
+            final_statuses = sim::statuses(&worker);
         });
     }
-    check_journal(&mut world, data.path(), &final_states, &secret);
+    check_journal(
+        &mut world,
+        data.path(),
+        &final_states,
+        &final_statuses,
+        &secret,
+    );
     let panics = sim::panics_on_this_thread() - panics_before;
     if panics > 0 {
         world.violate(format!("{panics} panics during the simulation"));
@@ -757,6 +782,7 @@ fn check_journal(
     world: &mut World,
     data_dir: &std::path::Path,
     live: &BTreeMap<(i64, i64, String), JobState>,
+    live_statuses: &BTreeMap<(i64, i64), Value>,
     secret: &str,
 ) {
     let report = match replay_path(data_dir, ReplayOptions::default()) {
@@ -788,6 +814,17 @@ fn check_journal(
             timeline.key.job_id,
             timeline.key.attempt_id.clone(),
         );
+        // The replay tool's view gives the live status JSON, field by field.
+        let status = serde_json::to_value(status_of(&timeline.view, "sim-worker"))
+            .expect("status serialises");
+        let job = (timeline.key.batch_id, timeline.key.job_id);
+        if live.contains_key(&slot) && live_statuses.get(&job) != Some(&status) {
+            world.violate(format!(
+                "{}: replay's status {status} vs the live {:?}",
+                timeline.key,
+                live_statuses.get(&job)
+            ));
+        }
         match live.get(&slot) {
             Some(state) if *state == timeline.final_state => replayed += 1,
             Some(state) => world.violate(format!(
