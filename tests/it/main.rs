@@ -17,6 +17,8 @@
 //!   and S3 (checksums), missing inputs and outputs, multipart uploads.
 //! - `crash`: SIGKILL a `serve` child at random moments; restart; nothing lost.
 //! - `create_api`: create-body validation, duplicates, store-root safety.
+//! - `data_dir`: one worker per data directory (a second `serve` is
+//!   refused, the first unharmed); a busy port writes nothing.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
 //! - `replay`: the replay tool against the committed journal corpus.
 //! - `reports`: activation, retries through a failing, slow, restarting
@@ -52,6 +54,7 @@ mod containers;
 mod control_plane;
 mod crash;
 mod create_api;
+mod data_dir;
 mod file_staging;
 mod fuzz_corpus;
 mod hanging_store;
