@@ -17,7 +17,9 @@
 //! - [`cli`], [`config`]: the flags, and where their values come from (TOML
 //!   file, environment, command line).
 //! - [`server`]: [`server::serve`], the API until a shutdown future completes.
-//! - [`supervisor`]: the job table; records events and performs effects.
+//! - [`worker`]: the worker: the job table of attempt views, recording each
+//!   event (journal first, then its work), the tasks, the lifecycle, and
+//!   [`worker::WorkerBuilder`], the one way to open one.
 //! - [`wire`]: the driver's wire formats: create body, report bodies.
 //! - [`bunch`]: the spec bunch layout (`specs`, `specs.idx`).
 //! - [`job_spec`]: parsing and validating one spec.
@@ -41,9 +43,19 @@
 //! - [`metrics`]: the worker's Prometheus metrics (`GET /metrics`), one
 //!   registry per worker.
 //! - [`replay`]: rebuilds attempts from journal records; `--check` reports.
-//! - [`cli`]: the command line; [`demo`]: the embedded end-to-end demo.
-//! - [`fuzzing`]: the fuzz targets (create body, spec bunch, journal codec)
-//!   that `cargo fuzz` drives and `tests/it/fuzz_corpus.rs` replays.
+//! - [`cli`]: the command line, one module per subcommand.
+//!
+//! # API boundary
+//!
+//! Library users open a [`worker::Worker`] with [`worker::WorkerBuilder`]
+//! and serve it with [`server::serve`] and [`api::router`]; the model
+//! crate (`batch-worker-model`) gives the events, states and
+//! [`batch_worker_model::AttemptView`]. The journal, stores, runners and
+//! the wire types are public for the binary, the tests and the benches, and
+//! are documented as such. Two modules exist only for this repository and
+//! are hidden from the docs: `demo` (the embedded end-to-end demo and the
+//! tests' driver stub) and `fuzzing` (the fuzz targets' bodies, which
+//! `cargo fuzz` drives and `tests/it/fuzz_corpus.rs` replays).
 
 pub mod admission;
 pub mod api;
@@ -51,8 +63,10 @@ pub mod bunch;
 pub mod cli;
 pub mod config;
 pub mod container;
+#[doc(hidden)]
 pub mod demo;
 pub mod driver_client;
+#[doc(hidden)]
 pub mod fuzzing;
 pub mod image;
 pub mod job_spec;

@@ -1,6 +1,6 @@
 //! The process runner: runs a job's `process.command`.
 //!
-//! The supervisor starts processes through the [`Runner`] trait and waits
+//! The worker starts processes through the [`Runner`] trait and waits
 //! for them through [`Process`]; [`HostRunner`] is the real implementation
 //! (a host process), and tests plug in a simulated one (exit code, run
 //! time, crash) next to it.
@@ -110,7 +110,7 @@ pub struct LaunchError(pub String);
 
 /// Starts job processes.
 ///
-/// Contract, which the supervisor relies on: `spawn` resolves once the
+/// Contract, which the worker relies on: `spawn` resolves once the
 /// process runs (or with the reason it cannot), and may be abandoned
 /// (dropped) at any point, which must leave no process behind;
 /// [`Process::wait`] ends the process (and everything it started) before

@@ -11,7 +11,7 @@ use super::*;
 
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
-        (1u32..8).prop_map(|format_version| Event::created(format_version)),
+        (1u32..8).prop_map(Event::created),
         Just(Event::SpecLoadStarted),
         (
             any::<u64>(),
@@ -294,4 +294,43 @@ fn a_journal_parsed_on_several_threads_decodes_as_one_parsed_in_order() {
     assert_eq!(prefix.records, records[..bad]);
     assert_eq!(prefix.valid_bytes, ends[bad - 1] as u64);
     assert!(error.is_some());
+}
+
+#[test]
+fn a_created_record_from_before_the_event_held_the_user_reads_as_todays_event() {
+    // Given a `created` record as workers wrote it before the event carried
+    // the user, job group and secret names (beside it, in `attempt`)
+    let payload = br#"{"seq":1,"time_ms":5,"event_version":2,"key":{"batch_id":1,"job_id":2,"attempt_id":"a"},"event":{"type":"created","format_version":7},"attempt":{"user":"alice","job_group_id":3,"secret_names":["ns/gsa"]}}"#;
+    let mut bytes = encode_header().to_vec();
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&(payload.len() as u32).to_le_bytes()).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    bytes.extend_from_slice(payload);
+    // When it is read
+    let decoded = decode(&bytes).unwrap();
+    // Then its event holds them, as the worker writes it today
+    assert_eq!(
+        decoded.records[0].events().into_owned(),
+        vec![Event::Created {
+            format_version: 7,
+            user: "alice".into(),
+            job_group_id: 3,
+            secret_names: vec!["ns/gsa".into()],
+        }]
+    );
+    // and today's record of that event has no `attempt` beside it.
+    let today = JournalRecord::new(
+        1,
+        5,
+        decoded.records[0].key.clone(),
+        decoded.records[0].events()[0].clone(),
+    );
+    let json = serde_json::to_string(&today).unwrap();
+    assert!(!json.contains("\"attempt\""), "{json}");
+    assert_eq!(
+        decode(&encode_all(std::slice::from_ref(&today)).0)
+            .unwrap()
+            .records,
+        vec![today]
+    );
 }

@@ -408,3 +408,165 @@ pub(super) fn log_transition(key: &JobKey, event: &Event, state: &JobState) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Given / when / then over the table alone: no tokio runtime, no IO.
+
+    use std::path::Path;
+
+    use batch_worker_model::{ExitStatus, History, Outcome};
+
+    use super::*;
+
+    const NOW: i64 = 1_764_504_000_000;
+
+    fn key() -> JobKey {
+        JobKey {
+            batch_id: 3,
+            job_id: 1,
+            attempt_id: "a1".into(),
+        }
+    }
+
+    fn context() -> PlanContext<'static> {
+        PlanContext {
+            name: "w",
+            data_dir: Path::new("/data"),
+        }
+    }
+
+    /// Given: a table holding one attempt just created (seq 1).
+    fn given_created() -> (Table, Vec<Work>) {
+        let body = serde_json::json!({
+            "batch_id": 3, "job_id": 1, "format_version": 7, "token": "t", "start_job_id": 1,
+            "user": "u", "gsa_key": null, "queue_time": null,
+            "job_spec": {"attempt_id": "a1", "job_group_id": 0, "secrets": []},
+        });
+        let request = CreateJob::parse(body.to_string().as_bytes()).unwrap();
+        let (view, applied) =
+            AttemptView::created(key(), 1, NOW, &Event::created(7), History::Kept).unwrap();
+        let mut entry = JobEntry::new(view, Arc::new(request));
+        let work = plan(&mut entry, &applied.effects, &context(), NOW);
+        let mut table = Table::default();
+        table.insert((3, 1), entry);
+        table.next_seq = 2;
+        (table, work)
+    }
+
+    fn spec() -> Arc<JobSpec> {
+        let json = serde_json::json!({
+            "job_id": 1,
+            "process": {"type": "docker", "image": "ubuntu:24.04", "command": ["true"]},
+            "resources": {"cores_mcpu": 250, "memory_bytes": 1000, "storage_gib": 2},
+        });
+        Arc::new(JobSpec::parse(json.to_string().as_bytes(), 1).unwrap())
+    }
+
+    fn record(table: &mut Table, event: Event, attach: Attach) -> Result<Recorded, NotRecorded> {
+        table.record(&key(), &event, attach, &context(), NOW)
+    }
+
+    #[test]
+    fn a_created_attempt_asks_for_its_spec_load_with_its_request() {
+        let (table, work) = given_created();
+        assert!(matches!(&work[..], [Work::LoadSpec { key: k, .. }] if *k == key()));
+        // The request moved into the work: the entry keeps none.
+        assert!(matches!(
+            table[&(3, 1)].runtime,
+            Runtime::Pending { request: None, .. }
+        ));
+    }
+
+    #[test]
+    fn when_the_spec_loads_it_moves_into_the_attempt_and_resources_are_asked_for() {
+        let (mut table, _) = given_created();
+        record(&mut table, Event::SpecLoadStarted, Attach::Nothing).unwrap();
+        let spec = spec();
+        let recorded = record(&mut table, spec.loaded_event(false), Attach::Spec(spec)).unwrap();
+        assert_eq!(recorded.seq, 3);
+        match &recorded.work[..] {
+            [Work::Admit { request, .. }] => {
+                assert_eq!((request.cores_mcpu, request.memory_bytes), (250, 1000))
+            }
+            _ => panic!("expected one admission"),
+        }
+        assert!(matches!(table[&(3, 1)].runtime, Runtime::Loaded(_)));
+        // The view shows the spec's resources as sent.
+        assert_eq!(
+            table[&(3, 1)].view.resources().unwrap()["storage_gib"],
+            serde_json::json!(2)
+        );
+    }
+
+    #[test]
+    fn a_cancel_while_waiting_for_resources_aborts_the_wait_and_frees_the_runtime() {
+        let (mut table, _) = given_created();
+        record(&mut table, Event::SpecLoadStarted, Attach::Nothing).unwrap();
+        let spec = spec();
+        record(&mut table, spec.loaded_event(false), Attach::Spec(spec)).unwrap();
+        let kill = match &table[&(3, 1)].runtime {
+            Runtime::Loaded(loaded) => loaded.kill.clone(),
+            _ => panic!("loaded"),
+        };
+        let recorded = record(&mut table, Event::CancelRequested, Attach::Nothing).unwrap();
+        assert!(kill.is_cancelled());
+        assert!(recorded.ended);
+        assert_eq!(
+            recorded.state,
+            JobState::Done {
+                outcome: Outcome::Cancelled
+            }
+        );
+        assert!(matches!(&recorded.work[..], [Work::UploadLogs { .. }]));
+        assert!(matches!(table[&(3, 1)].runtime, Runtime::Finished { .. }));
+    }
+
+    #[test]
+    fn events_not_taken_consume_no_sequence_number() {
+        let (mut table, _) = given_created();
+        let other = JobKey {
+            attempt_id: "other".into(),
+            ..key()
+        };
+        let unknown = table.record(
+            &other,
+            &Event::SpecLoadStarted,
+            Attach::Nothing,
+            &context(),
+            NOW,
+        );
+        assert!(matches!(unknown, Err(NotRecorded::UnknownAttempt)));
+        let exited = Event::ProcessExited {
+            exit: ExitStatus::Code { code: 0 },
+            duration_ms: 1,
+        };
+        assert!(matches!(
+            record(&mut table, exited, Attach::Nothing),
+            Err(NotRecorded::Illegal(_))
+        ));
+        assert_eq!(table.next_seq, 2);
+        record(&mut table, Event::CancelRequested, Attach::Nothing).unwrap();
+        assert!(matches!(
+            record(&mut table, Event::WorkerRestarted, Attach::Nothing),
+            Err(NotRecorded::Absorbed)
+        ));
+        assert_eq!(table.next_seq, 3);
+    }
+
+    #[test]
+    fn a_spec_arriving_for_a_cancelled_attempt_is_dropped() {
+        let (mut table, _) = given_created();
+        record(&mut table, Event::SpecLoadStarted, Attach::Nothing).unwrap();
+        record(&mut table, Event::CancelRequested, Attach::Nothing).unwrap();
+        let spec = spec();
+        let late = record(
+            &mut table,
+            spec.loaded_event(false),
+            Attach::Spec(spec.clone()),
+        );
+        assert!(matches!(late, Err(NotRecorded::Absorbed)));
+        // Only the test holds the spec now: the table dropped its copy.
+        assert_eq!(Arc::strong_count(&spec), 1);
+    }
+}

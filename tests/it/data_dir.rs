@@ -147,8 +147,15 @@ async fn serve_on_a_busy_port_exits_and_creates_no_file() {
     // Then it exits non-zero saying so, and the data directory was never made
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("cannot listen on {listen}")), "{stderr}");
-    assert!(!data.exists(), "serve made {} on a busy port", data.display());
+    assert!(
+        stderr.contains(&format!("cannot listen on {listen}")),
+        "{stderr}"
+    );
+    assert!(
+        !data.exists(),
+        "serve made {} on a busy port",
+        data.display()
+    );
     // Nothing else was left in the parent either.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     drop(busy);

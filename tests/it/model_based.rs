@@ -2,7 +2,7 @@
 //! driver can observe of one worker — create, duplicate create, cancel,
 //! status, the spec store's content, process exits, worker restarts, the
 //! driver going down and coming back — run
-//! step by step beside the real worker (HTTP router, supervisor, journal,
+//! step by step beside the real worker (HTTP router, job table, journal,
 //! simulated processes, paused clock). After every step the worker's
 //! status of every job, and the `job_complete` calls the driver got, must
 //! be what the model says.

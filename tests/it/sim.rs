@@ -1,7 +1,7 @@
 //! Simulated parts for the simulation and model-based tests: a process
 //! runner whose processes are described by their argv, a driver that
 //! fails, delays and loses answers by seed, a panic counter, and a worker
-//! wired from them with the real supervisor, journal (inline writer) and
+//! wired from them with the real worker, journal (inline writer) and
 //! stores behind a [`FaultStore`].
 
 use std::cell::Cell;

@@ -1,4 +1,4 @@
-//! Deterministic simulation: the real supervisor, journal (inline writer),
+//! Deterministic simulation: the real worker, journal (inline writer),
 //! state machines and HTTP router run thousands of jobs under tokio's
 //! paused clock, with a [`FaultStore`] under the spec and logs stores,
 //! simulated processes, a driver that fails, delays and loses report
