@@ -215,6 +215,9 @@ pub enum CliError {
     /// The worker could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// `--api-token-file` is unusable.
+    #[error(transparent)]
+    ApiToken(#[from] crate::api::auth::TokenFileError),
     /// The demo could not run.
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
@@ -234,10 +237,13 @@ pub enum CliError {
 
 impl CliError {
     /// The exit status for this error: 2 for a flag's value that cannot
-    /// work (a usage error, like a flag clap refuses), else 1.
+    /// work (a usage error, like a flag clap refuses; the executor's flags
+    /// included), else 1.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            CliError::Start(StartError::Invalid(_)) => ExitCode::from(2),
+            CliError::Start(StartError::Invalid(_)) | CliError::Open(OpenError::Executor(_)) => {
+                ExitCode::from(2)
+            }
             _ => ExitCode::FAILURE,
         }
     }

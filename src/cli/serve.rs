@@ -171,6 +171,27 @@ pub struct ExecutorArgs {
 }
 
 impl ExecutorArgs {
+    /// Checks the flags' values alone (no file, no program run).
+    ///
+    /// # Errors
+    /// [`StartError::Invalid`] naming the flag.
+    pub fn check(&self) -> Result<(), StartError> {
+        if self.executor == ExecutorKind::Host {
+            return Ok(());
+        }
+        self.registry.image_config(PathBuf::new())?;
+        if self.image_pull_max_memory.as_u64() < crate::image::MIN_PULL_MAX_MEMORY_BYTES {
+            return Err(StartError::Invalid(format!(
+                "--image-pull-max-memory: at least 64MiB (a pull process needs about 30 MiB to start), got {}",
+                self.image_pull_max_memory
+            )));
+        }
+        if self.image_pulls_max == 0 {
+            return Err(StartError::Invalid("--image-pulls-max: at least 1".into()));
+        }
+        Ok(())
+    }
+
     /// The executor these flags give: host processes, or containers with
     /// their image cache, under `data_dir`.
     ///
@@ -178,6 +199,7 @@ impl ExecutorArgs {
     /// [`StartError::Invalid`]: runc does not run, or the image cache or
     /// the credentials file is unusable.
     pub fn build(&self, data_dir: &Path, kill_grace: Duration) -> Result<Executor, StartError> {
+        self.check()?;
         match self.executor {
             ExecutorKind::Host => Ok(Executor::Host(Arc::new(HostRunner { kill_grace }))),
             ExecutorKind::Runc => {
@@ -192,15 +214,6 @@ impl ExecutorArgs {
                     ))
                 })?;
                 let max_memory_bytes = self.image_pull_max_memory.as_u64();
-                if max_memory_bytes < crate::image::MIN_PULL_MAX_MEMORY_BYTES {
-                    return Err(StartError::Invalid(format!(
-                        "--image-pull-max-memory: at least 64MiB (a pull process needs about 30 MiB to start), got {}",
-                        self.image_pull_max_memory
-                    )));
-                }
-                if self.image_pulls_max == 0 {
-                    return Err(StartError::Invalid("--image-pulls-max: at least 1".into()));
-                }
                 images.pull_process = Some(PullProcess {
                     program,
                     max_memory_bytes,
@@ -254,6 +267,8 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
     }
     let capacity = args.capacity()?;
     let options = args.store_options()?;
+    // Flag values are checked before anything is made on disk.
+    args.executor.check()?;
     let driver = args
         .driver_url
         .clone()
@@ -420,8 +435,7 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
             .api_token_file
             .as_deref()
             .map(ApiToken::from_file)
-            .transpose()
-            .map_err(|e| StartError::Invalid(e.to_string()))?,
+            .transpose()?,
         ..ApiConfig::new(args.max_body_bytes)
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -160,3 +160,24 @@ async fn serve_on_a_busy_port_exits_and_creates_no_file() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     drop(busy);
 }
+
+#[tokio::test]
+async fn a_refused_executor_flag_exits_2_before_the_data_dir_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fresh");
+    let out = serve_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--executor",
+        "runc",
+        "--image-pulls-max",
+        "0",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--image-pulls-max: at least 1"), "{stderr}");
+    assert!(!data.exists(), "{stderr}");
+}
