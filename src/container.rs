@@ -37,6 +37,10 @@
 //! leftover a restart finds ([`Runner::clean_up`]) — the container is
 //! deleted, the overlay unmounted and the bundle (secrets included)
 //! removed.
+//!
+//! This file is long (about 800 lines of code) because a bundle, its
+//! mounts and its cleanup are one concern whose steps must stay in order;
+//! the image's user is in `container/user.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

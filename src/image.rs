@@ -39,6 +39,11 @@
 //! its result. A reference is resolved once per worker life (a moved tag is
 //! seen after a restart); a failed pull is not remembered, so the next job
 //! tries again.
+//!
+//! This file is long (about 860 lines of code): the cache, the registry
+//! client, the pull child's protocol and the reference checks share the
+//! cache's invariants (tmp/ then one rename; one pull per reference); layers
+//! are in `image/layer.rs`, the child process in `image/child.rs`.
 
 mod child;
 pub use child::PullReport;

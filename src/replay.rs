@@ -6,6 +6,10 @@
 //! reads a journal file, every `*.jnl` file (in name order) of a
 //! directory, or a worker's data directory (its `journal/`). The format is
 //! [`crate::journal`].
+//!
+//! This file is long (about 600 lines): reading the journal files, the
+//! fold with its problem checks, the summary and the text rendering are the
+//! replay tool's one job; the fold itself is `AttemptView`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

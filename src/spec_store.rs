@@ -11,6 +11,10 @@
 //! | index short/garbled, offsets reversed or past the end, over the size cap, bytes not a valid spec | `spec_corrupt` |
 //! | the whole load took longer than the deadline               | `spec_timeout`     |
 //! | transient errors until retries ran out; credentials refused | `spec_unavailable` |
+//!
+//! This file is long (about 610 lines) because the spec read's retries,
+//! deadline, concurrency cap and error kinds are one protocol; the bunch
+//! layout is in `bunch.rs`, spec validation in `job_spec.rs`.
 
 use std::ops::Range;
 use std::sync::Arc;

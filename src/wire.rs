@@ -4,6 +4,10 @@
 //! Source: `DESIGN.md` ("Wire contract"), checked against the byte-exact
 //! samples (copied from the team's `shared/samples/` into `tests/fixtures/samples/`) by the
 //! integration tests.
+//!
+//! This file is long (about 610 lines) because it is the whole wire
+//! contract with the driver in one place: the create body and its
+//! field-naming validation, secrets, and the report bodies.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,9 @@
 //! `serve`: its flags, the worker they open (the socket is bound first, so
 //! a busy port leaves the data directory untouched), activation with the
 //! driver, and the HTTP API until SIGINT/SIGTERM or `POST /api/v1alpha/kill`.
+//!
+//! This file is about 510 lines of code: `serve`'s many flags are most of
+//! it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

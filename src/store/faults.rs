@@ -9,6 +9,9 @@
 //! the spec property tests), the demo (`--store-faults`) and the
 //! benchmarks; [`with_control_plane`] (a slow token service) is the plan
 //! with latency only.
+//!
+//! This file is long (about 550 lines of code): every kind of injected
+//! fault must stay seeded the same way, so they live together.
 
 use std::collections::HashMap;
 use std::fmt;
