@@ -37,6 +37,11 @@ pub const DEFAULT_CORES_MCPU: u64 = 1000;
 #[error("{0}")]
 pub struct SpecCorrupt(pub String);
 
+/// Largest `resources` object a spec may have, in bytes of JSON: it is
+/// journaled as sent (`spec_loaded`) and shown in the status JSON. Hail's
+/// has a few small fields.
+pub const MAX_RESOURCES_BYTES: usize = 4096;
+
 /// Why spec bytes are not a JSON object: the first check [`JobSpec::parse`]
 /// makes, before validating the fields. `Display` is the message the
 /// worker records (`spec_corrupt`).
@@ -226,6 +231,16 @@ impl JobSpec {
         };
         let resources = match spec.get("resources") {
             None | Some(Value::Null) => None,
+            // Kept as sent in the journal's `spec_loaded` and shown in the
+            // status: bounded, so one spec cannot make a record too large.
+            Some(Value::Object(map))
+                if serde_json::to_vec(map).map_or(usize::MAX, |b| b.len())
+                    > MAX_RESOURCES_BYTES =>
+            {
+                return Err(SpecCorrupt(format!(
+                    "resources: expected at most {MAX_RESOURCES_BYTES} bytes of JSON (cores_mcpu, memory_bytes, storage_gib, ...), got a larger object"
+                )))
+            }
             Some(Value::Object(map)) => Some(map),
             Some(other) => {
                 return Err(SpecCorrupt(format!(
@@ -264,7 +279,7 @@ impl JobSpec {
             },
             env,
             timeout,
-            resources: spec.get("resources").cloned().unwrap_or(Value::Null),
+            resources: resources.map_or(Value::Null, |r| Value::Object(r.clone())),
             cores_mcpu,
             memory_bytes,
             input_files,
@@ -304,6 +319,16 @@ impl JobSpec {
                     truncate(image, 200)
                 ))
             }),
+        }
+    }
+
+    /// The memory limit of the job's process, in bytes: what it reserves
+    /// (`resources.memory_bytes`), or, for a job that reserves none, all the
+    /// worker may give jobs (`capacity_bytes`): a job is never unlimited.
+    pub fn memory_limit_bytes(&self, capacity_bytes: u64) -> u64 {
+        match self.memory_bytes {
+            0 => capacity_bytes,
+            reserved => reserved,
         }
     }
 
@@ -487,6 +512,35 @@ mod tests {
 
     fn spec(text: &str) -> Result<JobSpec, SpecCorrupt> {
         JobSpec::parse(text.as_bytes(), 12)
+    }
+
+    #[test]
+    fn a_resources_object_past_its_bound_is_corrupt_naming_it() {
+        let padding = "x".repeat(MAX_RESOURCES_BYTES);
+        let spec = serde_json::json!({
+            "job_id": 1,
+            "process": {"type": "docker", "command": ["true"]},
+            "resources": {"cores_mcpu": 250, "note": padding},
+        });
+        let err = JobSpec::parse(spec.to_string().as_bytes(), 1).unwrap_err();
+        assert!(
+            err.0.starts_with("resources: expected at most 4096 bytes"),
+            "{err}"
+        );
+        // Within the bound, it is kept as sent, and `spec_loaded` carries it.
+        let spec = serde_json::json!({
+            "job_id": 1,
+            "process": {"type": "docker", "command": ["true"]},
+            "resources": {"cores_mcpu": 250, "memory_bytes": 0, "storage_gib": 2},
+        });
+        let spec = JobSpec::parse(spec.to_string().as_bytes(), 1).unwrap();
+        let Event::SpecLoaded { resources, .. } = spec.loaded_event(false) else {
+            panic!("spec_loaded")
+        };
+        assert_eq!(
+            resources,
+            Some(serde_json::json!({"cores_mcpu": 250, "memory_bytes": 0, "storage_gib": 2}))
+        );
     }
 
     #[test]

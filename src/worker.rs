@@ -263,7 +263,7 @@ impl Worker {
             table.insert((key.batch_id, key.job_id), entry);
             table.next_seq = seq + 1;
             let record = JournalRecord::new(seq, now, key.clone(), event);
-            self.commit(&mut table, record, work, false)
+            self.commit(&mut table, record, work, false).1
         };
         self.inner.changes.send_modify(|n| *n += 1);
         if !durable.await.unwrap_or(false) {
@@ -302,7 +302,7 @@ impl Worker {
             tracing::debug!(%key, event = event.name(), "worker stopping; event not recorded");
             return;
         }
-        {
+        let unjournaled = {
             let mut table = self.table();
             let now = now_ms();
             let recorded = match table.record(key, &event, attach, &self.plan_context(), now) {
@@ -320,9 +320,10 @@ impl Worker {
             // written the worker still acts (the write failure is logged and
             // creates are refused), rather than strand the attempt.
             let record = JournalRecord::new(recorded.seq, now, key.clone(), event);
-            drop(self.commit(&mut table, record, recorded.work, true));
-        }
+            self.commit(&mut table, record, recorded.work, true).0
+        };
         self.inner.changes.send_modify(|n| *n += 1);
+        self.perform(unjournaled);
     }
 
     /// Asks for attempt `(batch_id, job_id)` to be cancelled; returns the

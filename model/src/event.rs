@@ -12,18 +12,36 @@ use crate::state::ErrorKind;
 
 /// Version of the serialised shape and meaning of [`Event`]; journal
 /// records carry it. Version 2 added resource admission (`resources_granted`
-/// between `spec_loaded` and the spawn) and the delivery events; read older
-/// records through [`upcast`].
-pub const EVENT_VERSION: u32 = 2;
+/// between `spec_loaded` and the spawn) and the delivery events; version 3
+/// keeps the spec's `resources` as sent in `spec_loaded` (absent: the spec
+/// had none) and the create facts in `created`. Read older records through
+/// [`upcast`].
+pub const EVENT_VERSION: u32 = 3;
 
 /// The events of the current [`EVENT_VERSION`] that one event recorded
 /// under `event_version` stands for.
 ///
 /// Version 1 had no resource admission: a `spec_loaded` of a runnable
 /// (`docker`, nothing unsupported) spec was followed at once by the spawn,
-/// so it becomes `spec_loaded` then `resources_granted`. Every other event
-/// means the same in both versions.
-pub fn upcast(event_version: u32, event: Event) -> Vec<Event> {
+/// so it becomes `spec_loaded` then `resources_granted`. Before version 3
+/// `spec_loaded` did not keep the spec's `resources`: it gets what was
+/// known of them, `{"cores_mcpu", "memory_bytes"}`. Every other event means
+/// the same in every version.
+pub fn upcast(event_version: u32, mut event: Event) -> Vec<Event> {
+    if let Event::SpecLoaded {
+        resources: resources @ None,
+        cores_mcpu,
+        memory_bytes,
+        ..
+    } = &mut event
+    {
+        if event_version < 3 {
+            *resources = Some(serde_json::json!({
+                "cores_mcpu": *cores_mcpu,
+                "memory_bytes": *memory_bytes,
+            }));
+        }
+    }
     let runnable = matches!(
         &event,
         Event::SpecLoaded {

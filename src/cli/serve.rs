@@ -253,25 +253,11 @@ impl ExecutorArgs {
 /// [`CliError`] naming what could not be set up; a data directory another
 /// worker holds is refused before anything in it is touched.
 pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
+    // Flag values are checked before anything is made on disk.
+    args.check()?;
     let name = args.name.clone().unwrap_or_else(default_name);
-    if reqwest::header::HeaderValue::from_str(&name).is_err() || name.is_empty() {
-        return Err(StartError::Invalid(format!(
-            "--name: {name:?} cannot be sent as X-Hail-Instance-Name (visible ASCII expected)"
-        ))
-        .into());
-    }
-    if let Some(url) = &args.driver_url {
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(StartError::Invalid(format!(
-                "--driver-url: expected an http:// or https:// URL with a host, got {url}"
-            ))
-            .into());
-        }
-    }
     let capacity = args.capacity()?;
     let options = args.store_options()?;
-    // Flag values are checked before anything is made on disk.
-    args.executor.check()?;
     let driver = args
         .driver_url
         .clone()
@@ -346,6 +332,31 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
 }
 
 impl ServeArgs {
+    /// Checks the flags' values alone: no socket, no file under the data
+    /// directory, no program run (the store options file is read).
+    ///
+    /// # Errors
+    /// [`StartError`] naming the flag (`--name`, `--driver-url`, `--cores`,
+    /// `--store-options`, the executor's flags).
+    pub fn check(&self) -> Result<(), StartError> {
+        let name = self.name.clone().unwrap_or_else(default_name);
+        if reqwest::header::HeaderValue::from_str(&name).is_err() || name.is_empty() {
+            return Err(StartError::Invalid(format!(
+                "--name: {name:?} cannot be sent as X-Hail-Instance-Name (visible ASCII expected)"
+            )));
+        }
+        if let Some(url) = &self.driver_url {
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(StartError::Invalid(format!(
+                    "--driver-url: expected an http:// or https:// URL with a host, got {url}"
+                )));
+            }
+        }
+        self.capacity()?;
+        self.store_options()?;
+        self.executor.check()
+    }
+
     /// The environment's store options, overridden by `--store-options`.
     ///
     /// # Errors
@@ -425,10 +436,10 @@ pub fn advertised_ip(
     })
 }
 
-/// Runs `serve`: binds `--listen` first (a busy port leaves nothing
-/// behind), opens the worker, activates in the background, serves until a
-/// signal or `POST /api/v1alpha/kill`, then ends processes and drains
-/// reports.
+/// Runs `serve`: checks the flags' values, binds `--listen` (a busy port
+/// leaves nothing behind), finds the address to advertise, opens the
+/// worker, activates in the background, serves until a signal or `POST
+/// /api/v1alpha/kill`, then ends processes and drains reports.
 ///
 /// # Errors
 /// [`CliError`]: the port, the flags, the worker.
@@ -441,6 +452,7 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
             .transpose()?,
         ..ApiConfig::new(args.max_body_bytes)
     };
+    args.check()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| CliError::Io {
@@ -451,6 +463,8 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
         context: "the listening address".into(),
         source,
     })?;
+    let ip_address =
+        advertised_ip(local.ip(), args.ip_address, args.driver_url.as_ref())?.to_string();
     let worker = build_worker(args)?;
     tracing::info!(
         listen = %local,
@@ -466,8 +480,6 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
     // Credentials' values are masked.
     let options = args.store_options()?;
     tracing::info!(options = ?options, "store options (environment, then --store-options)");
-    let ip_address =
-        advertised_ip(local.ip(), args.ip_address, args.driver_url.as_ref())?.to_string();
     let activating = worker.clone();
     tokio::spawn(async move {
         if let Err(e) = activating.activate(&ip_address).await {

@@ -12,26 +12,26 @@ use super::{now_ms, Worker};
 use crate::journal::{encode_record, JournalRecord};
 
 impl Worker {
-    /// Gives `record` (the event just applied) to the journal. The work runs on the writer's side once the record is
-    /// written; the receiver says whether it is durable. When `act_if_lost`
-    /// is false, work whose record could not be written is dropped (a
-    /// create is then refused); when true, it is performed all the same.
+    /// Gives `record` (the event just applied) to the journal. The work runs
+    /// on the writer's side once the record is written; the receiver says
+    /// whether it is durable. When `act_if_lost` is false, work whose record
+    /// could not be written is dropped (a create is then refused); when
+    /// true, it is performed all the same: the work returned is what the
+    /// caller must perform itself, once it has let go of the table lock (a
+    /// record that cannot even be encoded).
     pub(super) fn commit(
         &self,
         table: &mut Table,
         record: JournalRecord,
         work: Vec<Work>,
         act_if_lost: bool,
-    ) -> oneshot::Receiver<bool> {
+    ) -> (Vec<Work>, oneshot::Receiver<bool>) {
         let (done, durable) = oneshot::channel();
         let mut bytes = Vec::new();
         if let Err(e) = encode_record(&record, &mut bytes) {
             tracing::error!(key = %record.key, error = %e, "event not journaled");
-            if act_if_lost {
-                self.perform(work);
-            }
             let _ = done.send(false);
-            return durable;
+            return (if act_if_lost { work } else { Vec::new() }, durable);
         }
         table.journal_bytes += bytes.len() as u64;
         let worker = self.clone();
@@ -47,7 +47,7 @@ impl Worker {
         if table.journal_bytes >= self.inner.settings.journal_segment_bytes {
             self.compact(table);
         }
-        durable
+        (Vec::new(), durable)
     }
 
     /// Compaction, under the table lock: forgets attempts finished,
@@ -79,6 +79,9 @@ impl Worker {
             }
         }
         records.sort_by_key(|r| r.seq);
+        // Tried again only after another segment's worth of records, not
+        // on every commit, if it fails.
+        table.journal_bytes = 0;
         let mut bytes = Vec::new();
         for record in &records {
             if let Err(e) = encode_record(record, &mut bytes) {
@@ -86,7 +89,6 @@ impl Worker {
                 return;
             }
         }
-        table.journal_bytes = 0;
         let (kept, forgotten, size_bytes) = (
             table.entries.len(),
             before - table.entries.len(),

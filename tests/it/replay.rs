@@ -4,11 +4,13 @@
 
 use std::path::PathBuf;
 
-use batch_worker::journal::{encode_header, encode_record, JournalRecord};
+use batch_worker::journal::{encode_header, encode_record, AttemptInfo, JournalRecord};
 use batch_worker::replay::{replay_path, ReplayOptions};
+use batch_worker::worker::status_of;
 use batch_worker_model::{
     ErrorKind, Event, ExitStatus, JobKey, JobState, Outcome, ProcessKind, EVENT_VERSION,
 };
+use serde_json::json;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/journals")
@@ -49,7 +51,15 @@ fn bytes(records: &[JournalRecord]) -> Vec<u8> {
 fn good_events() -> Vec<(JobKey, Event)> {
     let (a, b) = (key(12, "Xq3T9b"), key(14, "Zz9Yy8"));
     vec![
-        (a.clone(), Event::created(7)),
+        (
+            a.clone(),
+            Event::Created {
+                format_version: 7,
+                user: "alice".into(),
+                job_group_id: 2,
+                secret_names: vec!["gsa-key/key.json".into()],
+            },
+        ),
         (b.clone(), Event::created(7)),
         (a.clone(), Event::SpecLoadStarted),
         (b.clone(), Event::SpecLoadStarted),
@@ -64,7 +74,9 @@ fn good_events() -> Vec<(JobKey, Event)> {
                 input_files: 0,
                 output_files: 0,
                 image: None,
-                resources: None,
+                resources: Some(
+                    json!({"cores_mcpu": 1000, "memory_bytes": 1 << 30, "storage_gib": 2}),
+                ),
             },
         ),
         (
@@ -114,6 +126,28 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
     for record in &mut version_1 {
         record.event_version = 1;
     }
+    // Written by a version-2 worker: the create facts beside `created`
+    // events, not in them; `spec_loaded` without the spec's resources.
+    let mut version_2 = records(&good_events());
+    for record in &mut version_2 {
+        record.event_version = 2;
+        match &mut record.event {
+            Event::Created {
+                user,
+                job_group_id,
+                secret_names,
+                ..
+            } => {
+                record.attempt = Some(Box::new(AttemptInfo {
+                    user: std::mem::take(user),
+                    job_group_id: std::mem::take(job_group_id),
+                    secret_names: std::mem::take(secret_names),
+                }));
+            }
+            Event::SpecLoaded { resources, .. } => *resources = None,
+            _ => {}
+        }
+    }
     vec![
         ("good", bytes(&good)),
         ("sequence_gap", bytes(&gap)),
@@ -123,6 +157,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
         ("event_after_terminal", bytes(&records(&after_terminal))),
         ("two_live_attempts", bytes(&records(&two_live))),
         ("version_1", bytes(&version_1)),
+        ("version_2", bytes(&version_2)),
     ]
 }
 
@@ -157,10 +192,45 @@ fn the_committed_corpus_is_current_and_each_journal_reports_what_it_should() {
         assert_eq!(found, expected, "{name}");
         assert_eq!(
             found.is_empty(),
-            name == "good" || name == "version_1",
+            ["good", "version_1", "version_2"].contains(&name),
             "{name}: {found:?}"
         );
     }
+}
+
+#[test]
+fn a_version_2_journal_replays_to_todays_status_but_for_what_it_never_kept() {
+    let status = |name: &str, job_id: i64| {
+        let report = replay_path(
+            &fixtures().join(format!("{name}.jnl")),
+            ReplayOptions::default(),
+        )
+        .unwrap();
+        let timeline = report
+            .timelines
+            .iter()
+            .find(|t| t.key.job_id == job_id)
+            .unwrap();
+        serde_json::to_value(status_of(&timeline.view, "w")).unwrap()
+    };
+    let (today, old) = (status("good", 12), status("version_2", 12));
+    // The create facts beside an old `created` are read into the event.
+    assert_eq!(old["user"], "alice");
+    assert_eq!(old["job_group_id"], 2);
+    assert_eq!(old["secrets"], json!(["gsa-key/key.json"]));
+    // An old `spec_loaded` did not keep the spec's resources: what it knew.
+    assert_eq!(
+        old["resources"],
+        json!({"cores_mcpu": 1000, "memory_bytes": 1 << 30})
+    );
+    assert_eq!(
+        today["resources"],
+        json!({"cores_mcpu": 1000, "memory_bytes": 1 << 30, "storage_gib": 2})
+    );
+    let (mut today, mut old) = (today, old);
+    today["resources"] = json!(null);
+    old["resources"] = json!(null);
+    assert_eq!(today, old);
 }
 
 #[test]

@@ -621,7 +621,30 @@ fn version_1_histories_replay_through_upcast() {
             outcome: Outcome::Succeeded
         }
     );
-    assert_eq!(crate::upcast(2, docker_loaded()), vec![docker_loaded()]);
+    assert_eq!(crate::upcast(3, docker_loaded()), vec![docker_loaded()]);
+}
+
+#[test]
+fn a_spec_loaded_from_before_version_3_gets_the_resources_it_knew() {
+    let upcast = crate::upcast(2, docker_loaded());
+    let [Event::SpecLoaded {
+        resources: Some(resources),
+        cores_mcpu,
+        memory_bytes,
+        ..
+    }] = &upcast[..]
+    else {
+        panic!("{upcast:?}")
+    };
+    assert_eq!(
+        *resources,
+        serde_json::json!({"cores_mcpu": cores_mcpu, "memory_bytes": memory_bytes})
+    );
+    // Resources it carries (or a version-3 spec without any) stay as they are.
+    let Event::SpecLoaded { resources, .. } = &crate::upcast(3, docker_loaded())[0] else {
+        panic!()
+    };
+    assert_eq!(*resources, None);
 }
 
 /// The legal transitions of `running.initializing` while the image is still

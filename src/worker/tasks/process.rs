@@ -48,12 +48,7 @@ impl Worker {
             dir: AttemptDir::new(&settings.data_dir, &key),
             image,
             cores_mcpu: spec.cores_mcpu,
-            // A job that reserves no memory is still limited: to what the
-            // worker may give jobs in all.
-            memory_bytes: match spec.memory_bytes {
-                0 => settings.capacity.memory_bytes,
-                reserved => reserved,
-            },
+            memory_bytes: spec.memory_limit_bytes(settings.capacity.memory_bytes),
             secrets: spec.secrets.clone(),
         };
         if kill.is_cancelled() {
