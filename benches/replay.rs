@@ -29,9 +29,17 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 
 /// The events of one finished, reported job: a succeeded run (9 events),
-/// or, for one job in ten, a corrupt spec (5 events).
+/// or, for one job in ten, a corrupt spec (5 events). As a worker writes
+/// them: `created` with the user, job group and secret names, `spec_loaded`
+/// with the spec's resources as sent.
 fn lifecycle(job: i64) -> Vec<Event> {
-    let mut events = vec![Event::created(7), Event::SpecLoadStarted];
+    let created = Event::Created {
+        format_version: 7,
+        user: "bench-user".into(),
+        job_group_id: 1,
+        secret_names: vec!["gsa-key/key.json".into()],
+    };
+    let mut events = vec![created, Event::SpecLoadStarted];
     if job % 10 == 0 {
         events.push(Event::SpecLoadFailed {
             kind: ErrorKind::SpecCorrupt,
@@ -48,7 +56,9 @@ fn lifecycle(job: i64) -> Vec<Event> {
                 input_files: 0,
                 output_files: 0,
                 image: None,
-                resources: None,
+                resources: Some(Box::new(serde_json::json!({
+                    "cores_mcpu": 1000, "memory_bytes": 3_750_000_000u64, "storage_gib": 10
+                }))),
             },
             Event::ResourcesGranted,
             Event::ProcessStarted { pid: 4242 },

@@ -4,8 +4,10 @@
 //! `LoadingSpec` (256 reads in flight, the rest waiting for a load
 //! permit), and prints the process's resident memory (RSS, from
 //! `/proc/self/statm`) before and after, per accepted job.
-//! `WAITING_JOBS=N` changes the count. No journal: the figure is the job
-//! table and the attempts' tasks.
+//! `WAITING_JOBS=N` changes the count. The worker is opened as `serve`
+//! opens one, journal included (at `flush`): the figure is the job table,
+//! the attempts' tasks and whatever the journal holds per job (nothing past
+//! its write batch).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,7 +100,7 @@ fn main() {
             .count();
         let per_job = (after.saturating_sub(before)) as f64 / jobs as f64;
         println!(
-            "{jobs} jobs accepted in {:.2} s ({:.0} creates/s, no journal); {loading} waiting in loading_spec",
+            "{jobs} jobs accepted in {:.2} s ({:.0} creates/s, one caller, journal at flush); {loading} waiting in loading_spec",
             took.as_secs_f64(),
             jobs as f64 / took.as_secs_f64()
         );

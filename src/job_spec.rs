@@ -345,7 +345,9 @@ impl JobSpec {
             input_files: self.input_files.len() as u32,
             output_files: self.output_files.len() as u32,
             image: self.image.clone().filter(|_| containers),
-            resources: Some(self.resources.clone()).filter(|r| !r.is_null()),
+            resources: Some(self.resources.clone())
+                .filter(|r| !r.is_null())
+                .map(Box::new),
         }
     }
 }
@@ -539,7 +541,9 @@ mod tests {
         };
         assert_eq!(
             resources,
-            Some(serde_json::json!({"cores_mcpu": 250, "memory_bytes": 0, "storage_gib": 2}))
+            Some(Box::new(
+                serde_json::json!({"cores_mcpu": 250, "memory_bytes": 0, "storage_gib": 2})
+            ))
         );
     }
 

@@ -327,8 +327,6 @@ struct Replayed {
     /// The fold of its events (without a history of its own: the steps
     /// below keep the full states for the report).
     view: AttemptView,
-    /// The state after its last legal event.
-    state: JobState,
     /// Its steps, kept only for the attempts whose timeline is reported.
     steps: Option<Vec<Step>>,
 }
@@ -405,9 +403,8 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
                     Err(illegal) => unreachable!("created begins an attempt: {illegal}"),
                 };
                 live.insert(slot, &key.attempt_id);
-                let state = view.state();
-                let steps = keeps_steps(key).then(|| vec![step(&state, None)]);
-                attempts.insert(key, Replayed { view, state, steps });
+                let steps = keeps_steps(key).then(|| vec![step(view.state_ref(), None)]);
+                attempts.insert(key, Replayed { view, steps });
                 continue;
             };
             match replaying.view.apply(record.seq, record.time_ms, event) {
@@ -430,15 +427,14 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
                     continue;
                 }
             }
-            let state = replaying.view.state();
+            let state = replaying.view.state_ref();
             if state.is_terminal() && live.get(&slot) == Some(&key.attempt_id.as_str()) {
                 live.remove(&slot);
             }
             if let Some(steps) = &mut replaying.steps {
                 let previous = steps.last().map(|s| s.time_ms);
-                steps.push(step(&state, previous.map(|p| record.time_ms - p)));
+                steps.push(step(state, previous.map(|p| record.time_ms - p)));
             }
-            replaying.state = state;
         }
     }
     let mut by_state = BTreeMap::new();
@@ -447,9 +443,9 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
         accepted_to_running.extend(replaying.view.accepted_to_running_ms());
         spec_load.extend(replaying.view.spec_load_ms());
         *by_state
-            .entry(replaying.state.wire_state().as_str())
+            .entry(replaying.view.state_ref().wire_state().as_str())
             .or_default() += 1;
-        if let JobState::Errored { kind, .. } = &replaying.state {
+        if let JobState::Errored { kind, .. } = replaying.view.state_ref() {
             *by_error_kind.entry(kind.as_str()).or_default() += 1;
         }
     }
@@ -467,7 +463,7 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
             Some(Timeline {
                 key: key.clone(),
                 steps: replaying.steps?,
-                final_state: replaying.state,
+                final_state: replaying.view.state(),
                 view: replaying.view,
             })
         })

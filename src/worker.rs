@@ -205,7 +205,7 @@ impl Worker {
     pub fn metrics_text(&self) -> String {
         let mut by_state: HashMap<&'static str, i64> = HashMap::new();
         for entry in self.table().values() {
-            *by_state.entry(entry.view.state().name()).or_default() += 1;
+            *by_state.entry(entry.view.state_ref().name()).or_default() += 1;
         }
         self.inner.metrics.render(by_state, self.reports_pending())
     }

@@ -36,10 +36,10 @@ pub fn upcast(event_version: u32, mut event: Event) -> Vec<Event> {
     } = &mut event
     {
         if event_version < 3 {
-            *resources = Some(serde_json::json!({
+            *resources = Some(Box::new(serde_json::json!({
                 "cores_mcpu": *cores_mcpu,
                 "memory_bytes": *memory_bytes,
-            }));
+            })));
         }
     }
     let runnable = matches!(
@@ -119,7 +119,7 @@ pub enum Event {
         /// JSON. `None` in records written before it was recorded, and for
         /// a spec without `resources`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        resources: Option<serde_json::Value>,
+        resources: Option<Box<serde_json::Value>>,
     },
     /// The worker reserved the job's cores and memory; the process may start.
     ResourcesGranted,

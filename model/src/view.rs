@@ -50,11 +50,14 @@ pub enum History {
 pub struct AttemptView {
     key: JobKey,
     attempt: JobAttempt,
+    /// `attempt.state()` after the last applied event (kept, not rebuilt
+    /// for every reader).
+    state: JobState,
     format_version: u32,
     user: String,
     job_group_id: i64,
     secret_names: Vec<String>,
-    resources: Option<Value>,
+    resources: Option<Box<Value>>,
     accepted_at_ms: i64,
     spec_load_began_ms: Option<i64>,
     spec_load_ms: Option<i64>,
@@ -67,11 +70,6 @@ pub struct AttemptView {
     complete_delivered: bool,
     history: Option<Vec<EventRecord>>,
 }
-
-/// Events an attempt's history has room for at first: those of a job that
-/// loaded its spec, ran, and was reported (nine), rather than growing four
-/// times to 16.
-const HISTORY_ROOM: usize = 9;
 
 impl AttemptView {
     /// A new attempt from its first event, which must be
@@ -101,21 +99,24 @@ impl AttemptView {
             });
         };
         let (attempt, applied) = JobAttempt::accept();
+        let state = attempt.state();
         let history = match history {
             History::Dropped => None,
             History::Kept => {
-                let mut events = Vec::with_capacity(HISTORY_ROOM);
-                events.push(EventRecord {
+                // Room grows with the events (1, 4, 8, 16): a job waiting
+                // for its spec holds two; recovery reserves a whole life at
+                // once (`reserve_history`).
+                Some(vec![EventRecord {
                     seq,
                     time_ms,
                     event: event.clone(),
-                    state_after: attempt.state().name(),
-                });
-                Some(events)
+                    state_after: state.name(),
+                }])
             }
         };
         let view = AttemptView {
             key,
+            state,
             attempt,
             format_version: *format_version,
             user: user.clone(),
@@ -174,9 +175,12 @@ impl AttemptView {
             Event::CompleteDelivered => self.complete_delivered = true,
             _ => {}
         }
-        let state = self.attempt.state();
+        // Deliveries change no state: nothing to rebuild.
+        if !event.is_delivery() {
+            self.state = self.attempt.state();
+        }
         // When it became terminal; deliveries come later.
-        if state.is_terminal() && self.ended_at_ms.is_none() {
+        if self.ended_at_ms.is_none() && self.state.is_terminal() {
             self.ended_at_ms = Some(time_ms);
         }
         if let Some(history) = &mut self.history {
@@ -184,10 +188,19 @@ impl AttemptView {
                 seq,
                 time_ms,
                 event: event.clone(),
-                state_after: state.name(),
+                state_after: self.state.name(),
             });
         }
         Ok(applied)
+    }
+
+    /// Makes room in the history for `additional` more events at once
+    /// (recovery knows how many a record stream holds; a live attempt
+    /// grows as it goes). Nothing without a history.
+    pub fn reserve_history(&mut self, additional: usize) {
+        if let Some(history) = &mut self.history {
+            history.reserve_exact(additional);
+        }
     }
 
     /// The attempt.
@@ -197,12 +210,17 @@ impl AttemptView {
 
     /// The current state.
     pub fn state(&self) -> JobState {
-        self.attempt.state()
+        self.state.clone()
+    }
+
+    /// The current state, borrowed.
+    pub fn state_ref(&self) -> &JobState {
+        &self.state
     }
 
     /// Whether the attempt is `Done` or `Errored`.
     pub fn is_terminal(&self) -> bool {
-        self.attempt.is_terminal()
+        self.state.is_terminal()
     }
 
     /// The create body's `format_version`.
@@ -228,7 +246,7 @@ impl AttemptView {
     /// The spec's `resources` as sent, once loaded (`None` before, or for a
     /// spec without them).
     pub fn resources(&self) -> Option<&Value> {
-        self.resources.as_ref()
+        self.resources.as_deref()
     }
 
     /// When the attempt was accepted (its `created`), ms since the Unix epoch.
@@ -318,7 +336,7 @@ mod tests {
             input_files: 0,
             output_files: 0,
             image: None,
-            resources,
+            resources: resources.map(Box::new),
         }
     }
 

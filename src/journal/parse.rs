@@ -269,7 +269,7 @@ variant_fields! {
         #[serde(default)]
         image: Option<String>,
         #[serde(default)]
-        resources: Option<serde_json::Value>,
+        resources: Option<Box<serde_json::Value>>,
     }
     Message { message: String }
     ImagePulled { image: String, digest: String, pulled: bool }
@@ -306,7 +306,9 @@ mod tests {
                 input_files: 2,
                 output_files: 3,
                 image: Some("registry.example:5000/team/image:1.2".into()),
-                resources: Some(serde_json::json!({"cores_mcpu": 250, "storage_gib": 2})),
+                resources: Some(Box::new(
+                    serde_json::json!({"cores_mcpu": 250, "storage_gib": 2}),
+                )),
             },
             Event::ResourcesGranted,
             Event::ImagePulled {

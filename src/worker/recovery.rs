@@ -11,6 +11,10 @@ use super::{now_ms, Worker};
 use crate::journal::JournalRecord;
 use crate::runner::AttemptDir;
 
+/// Events a recovered attempt's history has room for at first: those of a
+/// job that loaded its spec, ran, and was reported.
+const RECOVERED_HISTORY: usize = 9;
+
 /// What recovery found in the journal.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -59,7 +63,10 @@ impl Worker {
                             event,
                             History::Kept,
                         )
-                        .map(|(view, _)| {
+                        .map(|(mut view, _)| {
+                            // Room for the rest of a job that ran (nine
+                            // events in all), rather than growing to 16.
+                            view.reserve_history(RECOVERED_HISTORY - 1);
                             table.insert(slot, JobEntry::recovered(view));
                         }),
                     };

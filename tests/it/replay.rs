@@ -74,9 +74,9 @@ fn good_events() -> Vec<(JobKey, Event)> {
                 input_files: 0,
                 output_files: 0,
                 image: None,
-                resources: Some(
+                resources: Some(Box::new(
                     json!({"cores_mcpu": 1000, "memory_bytes": 1 << 30, "storage_gib": 2}),
-                ),
+                )),
             },
         ),
         (

@@ -637,7 +637,7 @@ fn a_spec_loaded_from_before_version_3_gets_the_resources_it_knew() {
         panic!("{upcast:?}")
     };
     assert_eq!(
-        *resources,
+        **resources,
         serde_json::json!({"cores_mcpu": cores_mcpu, "memory_bytes": memory_bytes})
     );
     // Resources it carries (or a version-3 spec without any) stay as they are.
