@@ -236,6 +236,36 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// A refused flag value (`--cores: ...`) that came from the
+    /// environment or the `--config` file, saying so.
+    fn with_origin(self, effective: &crate::config::Effective, file: Option<&Path>) -> CliError {
+        use crate::config::Source;
+        let CliError::Start(StartError::Invalid(message)) = self else {
+            return self;
+        };
+        let flag = message
+            .strip_prefix("--")
+            .and_then(|m| m.split(':').next())
+            .unwrap_or_default();
+        let setting = |name: &str| effective.0.iter().find(|s| s.name == name);
+        let origin = match setting(flag).map(|s| s.source) {
+            Some(Source::Environment) => Some(format!(
+                "the environment variable {}{}",
+                crate::config::ENV_PREFIX,
+                flag.to_uppercase().replace('-', "_")
+            )),
+            Some(Source::File) => Some(match file {
+                Some(path) => format!("the config file {}", path.display()),
+                None => "the config file".to_owned(),
+            }),
+            _ => None,
+        };
+        CliError::Start(StartError::Invalid(match origin {
+            Some(origin) => format!("{message} (the value comes from {origin})"),
+            None => message,
+        }))
+    }
+
     /// The exit status for this error: 2 for a flag's value that cannot
     /// work (a usage error, like a flag clap refuses; the executor's flags
     /// included), else 1.
@@ -259,8 +289,13 @@ pub async fn run(
     effective: &crate::config::Effective,
 ) -> Result<ExitCode, CliError> {
     match command {
-        Command::Serve(args) => serve::run(&args).await,
-        Command::Config(_) => Ok(config::run(effective)),
+        Command::Serve(args) => serve::run(&args)
+            .await
+            .map_err(|e| e.with_origin(effective, args.config.as_deref())),
+        Command::Config(args) => match args.check() {
+            Ok(()) => Ok(config::run(effective)),
+            Err(e) => Err(CliError::from(e).with_origin(effective, args.config.as_deref())),
+        },
         Command::Replay(args) => replay::run(&args),
         Command::Spec { command } => spec::run(&command).await,
         Command::Image { command } => image::run(&command).await,

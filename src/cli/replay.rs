@@ -11,7 +11,8 @@ use crate::replay::{replay_path, ReplayOptions};
 /// Flags of `replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// A journal file, or a directory of `*.jnl` files.
+    /// A journal file, a directory of `*.jnl` files, a worker's data
+    /// directory (its `journal/`) or a demo's (`worker/journal/`).
     pub path: PathBuf,
     /// Show only this job's timelines, as BATCH:JOB.
     #[arg(long, value_parser = parse_job)]

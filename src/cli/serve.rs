@@ -174,14 +174,13 @@ pub struct ExecutorArgs {
 }
 
 impl ExecutorArgs {
-    /// Checks the flags' values alone (no file, no program run).
+    /// Checks the flags' values alone (no file, no program run), whatever
+    /// the executor: a value that cannot work is refused even where it is
+    /// not used.
     ///
     /// # Errors
     /// [`StartError::Invalid`] naming the flag.
     pub fn check(&self) -> Result<(), StartError> {
-        if self.executor == ExecutorKind::Host {
-            return Ok(());
-        }
         self.registry.image_config(PathBuf::new())?;
         if self.image_pull_max_memory.as_u64() < crate::image::MIN_PULL_MAX_MEMORY_BYTES {
             return Err(StartError::Invalid(format!(

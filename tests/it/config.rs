@@ -225,3 +225,49 @@ async fn serve_runs_with_what_the_file_says() {
     assert_eq!(health["name"], "configured");
     assert!(data.join("journal").is_dir());
 }
+
+#[test]
+fn a_value_the_start_refuses_says_where_it_came_from_and_config_refuses_it_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // From the environment
+    let out = worker()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("BATCH_WORKER_CORES", "0")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--cores: expected a number of cores from 0.001 (1 mcpu) up, got 0 (the value comes from the environment variable BATCH_WORKER_CORES)"),
+        "{stderr}"
+    );
+    // From the file, for an executor flag whatever the executor
+    let file = dir.path().join("w.toml");
+    std::fs::write(&file, "image-pulls-max = 0\n").unwrap();
+    let out = worker()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--image-pulls-max: at least 1 (the value comes from the config file {})",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    // A flag's own value is just refused
+    let out = worker().args(["config", "--cores", "0"]).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.ends_with("got 0\n"), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    // and nothing was made.
+    assert!(!data.exists());
+}
