@@ -42,6 +42,19 @@ pub struct SpecCorrupt(pub String);
 /// has a few small fields.
 pub const MAX_RESOURCES_BYTES: usize = 4096;
 
+/// Deepest nesting of a spec's `resources` (the object itself is level 1):
+/// the journal keeps it inside its record, and a reader has a nesting limit.
+pub const MAX_RESOURCES_DEPTH: usize = 16;
+
+/// How deeply `value` nests: 0 for a scalar, 1 for a flat object or array.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// Why spec bytes are not a JSON object: the first check [`JobSpec::parse`]
 /// makes, before validating the fields. `Display` is the message the
 /// worker records (`spec_corrupt`).
@@ -239,6 +252,12 @@ impl JobSpec {
             {
                 return Err(SpecCorrupt(format!(
                     "resources: expected at most {MAX_RESOURCES_BYTES} bytes of JSON (cores_mcpu, memory_bytes, storage_gib, ...), got a larger object"
+                )))
+            }
+            Some(resources @ Value::Object(_)) if depth(resources) > MAX_RESOURCES_DEPTH => {
+                return Err(SpecCorrupt(format!(
+                    "resources: expected at most {MAX_RESOURCES_DEPTH} levels of nesting (cores_mcpu, memory_bytes, storage_gib, ...), got {}",
+                    depth(resources)
                 )))
             }
             Some(Value::Object(map)) => Some(map),

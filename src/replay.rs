@@ -249,7 +249,15 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
                 files.push(file);
             }
         }
-        files.sort();
+        // In segment order: by number (`000123.jnl`), as the worker reads
+        // them, whatever their names' widths.
+        files.sort_by_key(|file| {
+            let number = file
+                .file_stem()
+                .and_then(|stem| stem.to_str())
+                .and_then(|stem| stem.parse::<u64>().ok());
+            (number.unwrap_or(u64::MAX), file.clone())
+        });
         if files.is_empty() {
             return Err(ReplayError::NoJournal {
                 path: path.display().to_string(),

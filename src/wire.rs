@@ -337,6 +337,15 @@ impl CreateJob {
         if body.user.is_empty() {
             return Err(FieldError::new("user", "expected a non-empty string"));
         }
+        if body.user.len() > MAX_USER_BYTES {
+            return Err(FieldError::new(
+                "user",
+                format!(
+                    "expected at most {MAX_USER_BYTES} bytes, got {}",
+                    body.user.len()
+                ),
+            ));
+        }
         let attempt: AttemptFields = serde_path_to_error::deserialize(Value::Object(
             body.job_spec.clone(),
         ))
@@ -387,7 +396,7 @@ impl CreateJob {
                 start_job_id,
             }
         };
-        Ok(CreateJob {
+        let job = CreateJob {
             batch_id: body.batch_id,
             job_id: body.job_id,
             format_version,
@@ -396,7 +405,27 @@ impl CreateJob {
             attempt,
             queue_time: body.queue_time,
             gsa_key: body.gsa_key,
-        })
+        };
+        // The names are journaled with the attempt and shown in its status.
+        let names_bytes = |names: &mut dyn Iterator<Item = usize>| names.sum::<usize>();
+        let key_files = names_bytes(
+            &mut job
+                .gsa_key
+                .iter()
+                .flat_map(|files| files.expose().keys().map(|f| f.len() + 8)),
+        );
+        let secrets = names_bytes(&mut job.attempt.secrets.iter().map(|s| s.name.len()));
+        for (field, bytes) in [("gsa_key", key_files), ("job_spec.secrets", secrets)] {
+            if bytes > MAX_SECRET_NAMES_BYTES {
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "expected names of at most {MAX_SECRET_NAMES_BYTES} bytes in all, got {bytes}"
+                    ),
+                ));
+            }
+        }
+        Ok(job)
     }
 
     /// The names of the secrets this request carries (`gsa_key` files and
@@ -411,6 +440,14 @@ impl CreateJob {
         names
     }
 }
+
+/// Longest `user` taken, in bytes (it is journaled with every attempt).
+pub const MAX_USER_BYTES: usize = 1024;
+
+/// Most bytes of secret names (`gsa_key` file names, `job_spec.secrets[]`
+/// names) one create may carry, per field: they are journaled with the
+/// attempt and shown in its status.
+pub const MAX_SECRET_NAMES_BYTES: usize = 64 * 1024;
 
 /// Deserialises JSON, naming the failing field (`prefix` + serde's path).
 ///
@@ -614,6 +651,33 @@ pub struct JobCompleteStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_or_secret_names_past_their_bounds_are_refused_naming_the_field() {
+        let body = |user: &str, key_files: usize| {
+            let files: serde_json::Map<String, Value> = (0..key_files)
+                .map(|i| (format!("key-file-{i:08}.json"), Value::from("c2VjcmV0")))
+                .collect();
+            serde_json::json!({
+                "batch_id": 1, "job_id": 1, "format_version": 7, "token": "t",
+                "start_job_id": 1, "user": user, "gsa_key": files, "queue_time": null,
+                "job_spec": {"attempt_id": "a", "job_group_id": 0, "secrets": []},
+            })
+            .to_string()
+        };
+        assert!(CreateJob::parse(body("u", 10).as_bytes()).is_ok());
+        let long = "u".repeat(MAX_USER_BYTES + 1);
+        let err = CreateJob::parse(body(&long, 0).as_bytes()).unwrap_err();
+        assert_eq!(err.field, "user");
+        let err = CreateJob::parse(body("u", 3000).as_bytes()).unwrap_err();
+        assert_eq!(err.field, "gsa_key");
+        assert!(
+            err.message.contains("at most 65536 bytes"),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains("c2VjcmV0"), "{}", err.message);
+    }
 
     fn mounts(paths: &[&str]) -> Vec<SecretMount> {
         paths

@@ -166,6 +166,12 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// Longest free text (an error message, an image reference) an event keeps,
+/// in bytes: a message quoting a job's whole argv is cut here, so every
+/// record stays far below the journal's record limit and replays as it was
+/// applied.
+pub const MAX_EVENT_TEXT_BYTES: usize = 16 * 1024;
+
 /// Now, in ms since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -296,6 +302,7 @@ impl Worker {
     /// [`Worker::record`], with `attach` moved into the attempt's runtime
     /// when the event is taken (dropped, and so freed, when it is not).
     fn record_with(&self, key: &JobKey, event: Event, attach: Attach) {
+        let event = event.bounded(MAX_EVENT_TEXT_BYTES);
         // While stopping, the processes the worker itself ends must not
         // turn into outcomes; deliveries still count (reports drain).
         if self.phase() == Phase::Stopping && !event.is_delivery() {

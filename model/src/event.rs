@@ -77,7 +77,8 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "is_zero_i64")]
         job_group_id: i64,
         /// The names (never the values) of the secrets the create body
-        /// carried, `namespace/name`.
+        /// carried: `gsa_key/{file}` for each key file, then each
+        /// `job_spec.secrets[].name`.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         secret_names: Vec<String>,
     },
@@ -262,6 +263,42 @@ impl Event {
         }
     }
 
+    /// The event with each of its free texts (messages, image references,
+    /// digests) cut to at most `max_bytes` (at a character boundary, saying
+    /// how much was cut), so that no record of it can outgrow the journal's
+    /// limit, whatever an error message quotes.
+    pub fn bounded(mut self, max_bytes: usize) -> Event {
+        let cut = |text: &mut String| {
+            if text.len() > max_bytes {
+                let mut end = max_bytes;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let cut_bytes = text.len() - end;
+                text.truncate(end);
+                text.push_str(&format!("… ({cut_bytes} bytes cut)"));
+            }
+        };
+        match &mut self {
+            Event::ResourcesRefused { message }
+            | Event::SpecLoadFailed { message, .. }
+            | Event::InputsFailed { message }
+            | Event::LaunchFailed { message }
+            | Event::OutputsFailed { message }
+            | Event::LogsUploadFailed { message } => cut(message),
+            Event::ImagePullFailed { image, message } => {
+                cut(image);
+                cut(message);
+            }
+            Event::ImagePulled { image, digest, .. } => {
+                cut(image);
+                cut(digest);
+            }
+            _ => {}
+        }
+        self
+    }
+
     /// Whether this is [`Event::Created`], an attempt's first event.
     pub fn is_created(&self) -> bool {
         matches!(self, Event::Created { .. })
@@ -349,5 +386,36 @@ impl ExitStatus {
     /// Whether this counts as success (exit code 0).
     pub fn is_success(&self) -> bool {
         matches!(self, ExitStatus::Code { code: 0 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_cuts_free_texts_at_a_character_boundary_and_says_so() {
+        let message = "é".repeat(10); // 20 bytes
+        let event = Event::LaunchFailed { message }.bounded(7);
+        let Event::LaunchFailed { message } = event else {
+            panic!()
+        };
+        assert_eq!(message, "ééé… (14 bytes cut)");
+        let short = Event::InputsFailed {
+            message: "short".into(),
+        };
+        assert_eq!(short.clone().bounded(7), short);
+        let pulled = Event::ImagePullFailed {
+            image: "i".repeat(10),
+            message: "m".repeat(10),
+        }
+        .bounded(4);
+        assert_eq!(
+            pulled,
+            Event::ImagePullFailed {
+                image: "iiii… (6 bytes cut)".into(),
+                message: "mmmm… (6 bytes cut)".into(),
+            }
+        );
     }
 }

@@ -51,12 +51,14 @@ impl Worker {
                 for event in record.events().iter() {
                     let key = &record.key;
                     let slot = (key.batch_id, key.job_id);
+                    // As the replay tool does: a second `created` of a
+                    // present attempt is illegal, not a fresh start.
                     let taken = match table.entry_mut(key) {
-                        Some(entry) if !event.is_created() => entry
+                        Some(entry) => entry
                             .view
                             .apply(record.seq, record.time_ms, event)
                             .map(|_| ()),
-                        _ => AttemptView::created(
+                        None => AttemptView::created(
                             key.clone(),
                             record.seq,
                             record.time_ms,

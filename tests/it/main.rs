@@ -19,6 +19,8 @@
 //! - `create_api`: create-body validation, duplicates, store-root safety.
 //! - `data_dir`: one worker per data directory (a second `serve` is
 //!   refused, the first unharmed); a busy port writes nothing.
+//! - `hostile_specs`: deep `resources`, a 5 MB argv: the journal still
+//!   replays, statuses unchanged across a restart.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
 //! - `replay`: the replay tool against the committed journal corpus.
 //! - `reports`: activation, retries through a failing, slow, restarting
@@ -58,6 +60,7 @@ mod data_dir;
 mod file_staging;
 mod fuzz_corpus;
 mod hanging_store;
+mod hostile_specs;
 mod journal_replay;
 mod log_format;
 mod logs_upload;

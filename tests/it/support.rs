@@ -719,6 +719,14 @@ pub struct ServeChild {
     pub base: String,
 }
 
+impl Drop for ServeChild {
+    /// A test that ends (or fails) leaves no `serve` running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl ServeChild {
     /// Starts `serve` on `data` with specs under `specs`, reporting to
     /// `driver` (fsync journal, 200 ms kill grace unless `extra` sets it,
