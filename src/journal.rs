@@ -27,6 +27,7 @@ pub use codec::{
     JournalError, TailDamage, FLAG_SNAPSHOT, FORMAT_VERSION, HEADER_BYTES, MAGIC, MAX_RECORD_BYTES,
 };
 pub use recovery::{journal_dir, open_journal, Recovered, RecoveryError};
+
 pub use writer::{segment_path, segments, AfterWrite, Durability, JournalWriter, WriterMode};
 
 use std::borrow::Cow;
@@ -98,6 +99,37 @@ impl JournalRecord {
             (false, event) => Cow::Owned(upcast(self.event_version, event.into_owned())),
         }
     }
+}
+
+/// Why `record` cannot be one this worker wrote, if so: an event version
+/// newer than this worker's [`EVENT_VERSION`] (a later worker's journal),
+/// or an attempt key no create could have made (a negative id, an
+/// `attempt_id` that is not 1 to 64 ASCII letters and digits: an edited
+/// journal, whose ids would become paths under the data directory).
+/// Opening refuses such a journal and `replay` reports it.
+pub fn foreign(record: &JournalRecord) -> Option<String> {
+    if record.event_version > EVENT_VERSION {
+        return Some(format!(
+            "seq {}: written by a newer worker (event version {}; this worker reads up to {EVENT_VERSION})",
+            record.seq, record.event_version
+        ));
+    }
+    let key = &record.key;
+    let id = &key.attempt_id;
+    let valid_attempt = !id.is_empty()
+        && id.len() <= crate::wire::MAX_ID_CHARS
+        && id.chars().all(|c| c.is_ascii_alphanumeric());
+    if key.batch_id < 0 || key.job_id < 0 || !valid_attempt {
+        return Some(format!(
+            "seq {}: attempt {}:{}/{:?} is not one a create could make (non-negative ids; an attempt_id of 1 to {} ASCII letters and digits)",
+            record.seq,
+            key.batch_id,
+            key.job_id,
+            crate::wire::truncate(id, 80),
+            crate::wire::MAX_ID_CHARS
+        ));
+    }
+    None
 }
 
 /// The non-secret facts of a create request, as `created` records carried

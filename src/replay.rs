@@ -109,6 +109,14 @@ pub enum Problem {
         /// The event.
         event: &'static str,
     },
+    /// A record this worker cannot have written: a newer event version, or
+    /// an attempt key no create could make. Its event is not replayed.
+    ForeignRecord {
+        /// The record.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
     /// A second attempt of a job was created while another was live.
     TwoLiveAttempts {
         /// The record creating the second attempt.
@@ -372,6 +380,13 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
             });
         }
         last_seq = Some(record.seq);
+        if let Some(reason) = crate::journal::foreign(record) {
+            problems.push(Problem::ForeignRecord {
+                seq: record.seq,
+                reason,
+            });
+            continue;
+        }
         let events = record.events();
         let key = &record.key;
         let slot = (key.batch_id, key.job_id);
@@ -589,6 +604,9 @@ impl Problem {
             }
             Problem::EventAfterTerminal { seq, key, event } => {
                 format!("seq {seq}: {event} for {key} after its terminal state")
+            }
+            Problem::ForeignRecord { reason, .. } => {
+                format!("foreign record: {reason}")
             }
             Problem::TwoLiveAttempts {
                 seq,

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::writer::{segment_path, segments, WriterMode};
+use super::writer::{segment_path, segments, write_snapshot_segment, WriterMode};
 use super::{
     decode_prefix, Durability, JournalError, JournalRecord, JournalWriter, FLAG_SNAPSHOT,
     HEADER_BYTES,
@@ -36,6 +36,17 @@ pub enum RecoveryError {
         /// What is wrong.
         #[source]
         source: JournalError,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// A record this worker cannot have written (see [`super::foreign`]):
+    /// a later worker's journal, or an edited one.
+    #[error("journal {path}: {reason}{hint}")]
+    Foreign {
+        /// The journal directory.
+        path: String,
+        /// Which record, and why.
+        reason: String,
         /// What to do about it.
         hint: &'static str,
     },
@@ -142,6 +153,55 @@ pub fn open_journal(
             position = (*number, Some(decoded.valid_bytes.max(HEADER_BYTES as u64)));
             break;
         }
+    }
+    // Records this worker cannot have written are refused (a newer
+    // worker's always; with repair, impossible keys are dropped and said).
+    let mut dropped = 0;
+    let mut refused = None;
+    records.retain(|record| match super::foreign(record) {
+        None => true,
+        Some(reason) if !repair || record.event_version > super::EVENT_VERSION => {
+            refused.get_or_insert(reason);
+            true
+        }
+        Some(_) => {
+            dropped += 1;
+            false
+        }
+    });
+    if let Some(reason) = refused {
+        let newer = reason.contains("newer worker");
+        return Err(RecoveryError::Foreign {
+            path: dir.display().to_string(),
+            reason,
+            hint: if newer {
+                "; start the worker version that wrote it"
+            } else {
+                "; start with --repair to drop such records and keep the rest"
+            },
+        });
+    }
+    if dropped > 0 {
+        let reason = format!("repair: {dropped} records of impossible attempts dropped");
+        cut_reason = Some(match cut_reason {
+            Some(earlier) => format!("{earlier}; {reason}"),
+            None => reason,
+        });
+    }
+    if dropped > 0 {
+        // The dropped records leave the files too, before anything else is
+        // written: a snapshot of the kept ones replaces every segment, so
+        // the next start needs no repair.
+        let mut bytes = Vec::new();
+        for record in &records {
+            super::encode_record(record, &mut bytes).map_err(|e| RecoveryError::Io {
+                path: dir.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
+        let next = position.0 + 1;
+        write_snapshot_segment(&dir, next, &bytes).map_err(io(&segment_path(&dir, next)))?;
+        position = (next, None);
     }
     let writer = JournalWriter::open(&dir, position.0, position.1, durability, mode)
         .map_err(io(&segment_path(&dir, position.0)))?;

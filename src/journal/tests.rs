@@ -334,3 +334,57 @@ fn a_created_record_from_before_the_event_held_the_user_reads_as_todays_event() 
         vec![today]
     );
 }
+
+#[tokio::test]
+async fn opening_refuses_records_this_worker_cannot_have_written() {
+    let handle = tokio::runtime::Handle::current();
+    let write = |dir: &std::path::Path, records: &[JournalRecord]| {
+        let path = segment_path(&journal_dir(dir), 1);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, encode_all(records).0).unwrap();
+    };
+    // An attempt id that would be a path: refused, or dropped with repair.
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = sample_records(3);
+    records[1].key.attempt_id = "/tmp/victim".into();
+    write(dir.path(), &records);
+    let err = open_journal(dir.path(), Durability::Flush, false, handle.clone()).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("seq 2: attempt 1:2/\"/tmp/victim\" is not one a create could make"),
+        "{message}"
+    );
+    assert!(message.contains("--repair"), "{message}");
+    let opened = open_journal(dir.path(), Durability::Flush, true, handle.clone()).unwrap();
+    assert_eq!(opened.records, vec![records[0].clone(), records[2].clone()]);
+    assert!(opened
+        .cut_reason
+        .as_deref()
+        .unwrap()
+        .contains("1 records of impossible attempts dropped"));
+    drop(opened);
+    // They left the files too: the next start needs no repair.
+    let reopened = open_journal(dir.path(), Durability::Flush, false, handle.clone()).unwrap();
+    assert_eq!(
+        reopened.records,
+        vec![records[0].clone(), records[2].clone()]
+    );
+    drop(reopened);
+    // A newer worker's record: refused even with repair.
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = sample_records(2);
+    records[1].event_version = EVENT_VERSION + 96;
+    write(dir.path(), &records);
+    let err = open_journal(dir.path(), Durability::Flush, true, handle).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("written by a newer worker (event version 99"),
+        "{err}"
+    );
+    // and `replay` reports the same records.
+    let report = crate::replay::replay_records(&records, Default::default());
+    assert!(matches!(
+        &report.problems[..],
+        [crate::replay::Problem::ForeignRecord { seq: 2, .. }]
+    ));
+}

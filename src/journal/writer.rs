@@ -325,26 +325,38 @@ impl Segments {
     /// earlier segment and appends to the new one from now on.
     fn write_snapshot(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let next = self.number + 1;
-        let path = segment_path(&self.dir, next);
-        let partial = path.with_extension("jnl.partial");
-        {
-            let mut file = File::create(&partial)?;
-            file.write_all(&super::encode_snapshot_header())?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&partial, &path)?;
-        sync_dir(&self.dir)?;
-        for (number, old) in segments(&self.dir)? {
-            if number < next {
-                std::fs::remove_file(old)?;
-            }
-        }
-        sync_dir(&self.dir)?;
+        let path = write_snapshot_segment(&self.dir, next, bytes)?;
         self.file = OpenOptions::new().append(true).open(&path)?;
         self.number = next;
         Ok(())
     }
+}
+
+/// Writes `bytes` (framed records) as snapshot segment `next` of `dir`,
+/// durably (a partial file, then one rename), then deletes every earlier
+/// segment. Returns the segment's path.
+pub(super) fn write_snapshot_segment(
+    dir: &Path,
+    next: u64,
+    bytes: &[u8],
+) -> std::io::Result<PathBuf> {
+    let path = segment_path(dir, next);
+    let partial = path.with_extension("jnl.partial");
+    {
+        let mut file = File::create(&partial)?;
+        file.write_all(&super::encode_snapshot_header())?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&partial, &path)?;
+    sync_dir(dir)?;
+    for (number, old) in segments(dir)? {
+        if number < next {
+            std::fs::remove_file(old)?;
+        }
+    }
+    sync_dir(dir)?;
+    Ok(path)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {

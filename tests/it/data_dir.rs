@@ -181,3 +181,100 @@ async fn a_refused_executor_flag_exits_2_before_the_data_dir_is_made() {
     assert!(stderr.contains("--image-pulls-max: at least 1"), "{stderr}");
     assert!(!data.exists(), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_journal_naming_an_impossible_attempt_is_refused_and_nothing_outside_is_touched() {
+    // Given a journal edited to hold a live attempt whose id is a path
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::create_dir_all(victim.join("work")).unwrap();
+    std::fs::write(victim.join("work/keep.txt"), "keep").unwrap();
+    let data = dir.path().join("data");
+    let key = batch_worker_model::JobKey {
+        batch_id: 1,
+        job_id: 1,
+        attempt_id: victim.display().to_string(),
+    };
+    crate::support::write_journal(
+        &data,
+        &[batch_worker::journal::JournalRecord::new(
+            1,
+            1_764_504_000_000,
+            key,
+            batch_worker_model::Event::created(7),
+        )],
+    );
+    // When serve starts on it
+    let out = serve_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    // Then it refuses, saying which record and what to do
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not one a create could make"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--repair"), "{stderr}");
+    // and nothing outside the data directory was touched;
+    assert_eq!(
+        std::fs::read_to_string(victim.join("work/keep.txt")).unwrap(),
+        "keep"
+    );
+    // `replay --check` agrees.
+    let replay = Command::new(env!("CARGO_BIN_EXE_batch-worker"))
+        .args(["replay", "--check"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(replay.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&replay.stdout).contains("foreign record"));
+    // With --repair the record is dropped and the worker starts;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut repaired = Command::new(env!("CARGO_BIN_EXE_batch-worker"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--repair",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{port}/healthcheck");
+    tokio::time::timeout(HANG_GUARD, async {
+        // Its start is not an event this test can wait on: poll.
+        while reqwest::get(&health).await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("serve --repair starts");
+    let _ = repaired.kill();
+    let _ = repaired.wait();
+    // the journal on disk no longer holds it.
+    let replay = Command::new(env!("CARGO_BIN_EXE_batch-worker"))
+        .args(["replay", "--check"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(victim.join("work/keep.txt")).unwrap(),
+        "keep"
+    );
+}
