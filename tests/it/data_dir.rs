@@ -10,7 +10,7 @@ use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use object_store::local::LocalFileSystem;
 use reqwest::StatusCode;
 
-use crate::support::{create_body, shell_spec, ServeChild, HANG_GUARD};
+use crate::support::{assert_replays_clean, create_body, shell_spec, ServeChild, HANG_GUARD};
 
 /// Runs `batch-worker serve` with `args` to its exit (a hang guard, not a
 /// timing bound: both cases exit at start); a serve still running at the
@@ -106,16 +106,7 @@ async fn a_second_serve_on_a_held_data_dir_is_refused_and_the_first_keeps_workin
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     // and its journal has no gap or other problem.
-    let replay = Command::new(env!("CARGO_BIN_EXE_batch-worker"))
-        .args(["replay", "--check"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stdout)
-    );
+    assert_replays_clean(&data);
     drop(first);
 }
 
@@ -263,16 +254,7 @@ async fn a_journal_naming_an_impossible_attempt_is_refused_and_nothing_outside_i
     let _ = repaired.kill();
     let _ = repaired.wait();
     // the journal on disk no longer holds it.
-    let replay = Command::new(env!("CARGO_BIN_EXE_batch-worker"))
-        .args(["replay", "--check"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stdout)
-    );
+    assert_replays_clean(&data);
     assert_eq!(
         std::fs::read_to_string(victim.join("work/keep.txt")).unwrap(),
         "keep"

@@ -10,7 +10,7 @@ use object_store::local::LocalFileSystem;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{create_body, shell_spec, ServeChild};
+use crate::support::{assert_replays_clean, create_body, shell_spec, ServeChild};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_resources_and_a_huge_argv_leave_a_journal_that_restarts_unchanged() {
@@ -100,14 +100,5 @@ async fn deep_resources_and_a_huge_argv_leave_a_journal_that_restarts_unchanged(
     assert_eq!(statuses(second.base.clone()).await, before);
     drop(second);
     // and the journal replays clean.
-    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_batch-worker"))
-        .args(["replay", "--check"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stdout)
-    );
+    assert_replays_clean(&data);
 }

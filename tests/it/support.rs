@@ -92,6 +92,21 @@ pub fn write_journal(data_dir: &std::path::Path, records: &[JournalRecord]) {
     std::fs::write(segment_path(&dir, 1), bytes).expect("the journal segment");
 }
 
+/// Asserts that `batch-worker replay --check` finds no problem in the
+/// journal of `data_dir` (printing its report when it does).
+pub fn assert_replays_clean(data_dir: &std::path::Path) {
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_batch-worker"))
+        .args(["replay", "--check"])
+        .arg(data_dir)
+        .output()
+        .expect("replay runs");
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+}
+
 /// A running worker and its driver.
 pub struct Harness {
     pub worker: Worker,
