@@ -40,7 +40,7 @@
 //! seen after a restart); a failed pull is not remembered, so the next job
 //! tries again.
 //!
-//! This file is long (about 860 lines of code): the cache, the registry
+//! This file is long (about 860 lines of code, 980 with tests): the cache, the registry
 //! client, the pull child's protocol and the reference checks share the
 //! cache's invariants (tmp/ then one rename; one pull per reference); layers
 //! are in `image/layer.rs`, the child process in `image/child.rs`.

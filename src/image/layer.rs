@@ -8,7 +8,7 @@
 //! stops there, `..` in an entry's own path is refused. Nothing outside the
 //! root is ever created, changed or deleted.
 //!
-//! This file is long (about 710 lines of code) because applying a layer
+//! This file is long (about 710 lines of code, 1,160 with tests) because applying a layer
 //! safely (digests, whiteouts, paths resolved inside the root, bounds) is one
 //! concern; its tests are the other half.
 

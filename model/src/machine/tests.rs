@@ -1,4 +1,8 @@
 //! Given/when/then tests of every (state, event) pair.
+//!
+//! This file is long (about 770 lines) because it is the machine's whole
+//! transition table: every state against every event, one test per state
+//! family, so a new event or state shows up as a gap here and nowhere else.
 
 use super::*;
 use crate::event::{ExitStatus, ProcessKind};
