@@ -256,7 +256,7 @@ impl Worker {
                 return Err(CreateError::Duplicate {
                     batch_id: key.batch_id,
                     job_id: key.job_id,
-                    attempt_id: existing.view.key().clone().attempt_id,
+                    attempt_id: existing.view.key().attempt_id.clone(),
                 });
             }
             let seq = table.next_seq;

@@ -104,7 +104,7 @@ impl Worker {
                     }
                     restarted.push(view.key().clone());
                 } else if !view.logs_done() {
-                    redo.push(table::upload_logs(view, &context));
+                    redo.push(table::upload_logs_work(view, &context));
                 } else if state.wire_state() != WireState::Cancelled && !view.complete_delivered() {
                     redo.push(Work::ReportComplete {
                         key: view.key().clone(),

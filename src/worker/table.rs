@@ -298,6 +298,9 @@ pub(super) fn plan(
     now: i64,
 ) -> Vec<Work> {
     let mut work = Vec::new();
+    if effects.is_empty() {
+        return work;
+    }
     let key = entry.view.key().clone();
     for effect in effects {
         match effect {
@@ -314,7 +317,7 @@ pub(super) fn plan(
             },
             Effect::AbortSpecLoad | Effect::CancelResourceRequest => entry.runtime.abort(),
             Effect::KillProcess | Effect::AbortTransfers => entry.runtime.abort(),
-            Effect::UploadLogs => work.push(upload_logs(&entry.view, context)),
+            Effect::UploadLogs => work.push(upload_logs_work(&entry.view, context)),
             Effect::ReportStarted => work.push(Work::ReportStarted {
                 key: key.clone(),
                 body: view::started_body(&entry.view),
@@ -382,7 +385,7 @@ pub(super) fn plan(
 }
 
 /// The `UploadLogs` work of an attempt: its status JSON now, its log file.
-pub(super) fn upload_logs(view: &AttemptView, context: &PlanContext<'_>) -> Work {
+pub(super) fn upload_logs_work(view: &AttemptView, context: &PlanContext<'_>) -> Work {
     let status = serde_json::to_vec(&view::status(view, context.name)).unwrap_or_default();
     Work::UploadLogs {
         key: view.key().clone(),
