@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use batch_worker::admission::Capacity;
 use batch_worker::journal::{
     encode_header, encode_record, journal_dir, open_journal, segment_path, Durability,
-    JournalRecord, WriterMode,
+    JournalConfig, JournalRecord, WriterMode,
 };
 use batch_worker::logs_store::LogsStore;
 use batch_worker::replay::{replay_path, ReplayOptions};
@@ -89,8 +89,8 @@ fn open_worker(data_dir: &std::path::Path) -> Worker {
         .logs(LogsStore::new(Arc::new(InMemory::new()), Path::default()))
         .journal(JournalOptions {
             durability: Durability::Flush,
-            repair: false,
             mode: Some(WriterMode::Inline),
+            ..JournalOptions::default()
         })
         .journal_segment_bytes(u64::MAX)
         .retention(Duration::from_secs(3600))
@@ -164,8 +164,15 @@ fn main() {
     let (read_s, recover_s) = runtime.block_on(async {
         // Read + decode alone (what opening does before the fold).
         let began = Instant::now();
-        let recovered = open_journal(data.path(), Durability::Flush, false, WriterMode::Inline)
-            .expect("the journal opens");
+        let recovered = open_journal(
+            data.path(),
+            &JournalConfig {
+                segments: Durability::Flush.into(),
+                repair: false,
+            },
+            WriterMode::Inline,
+        )
+        .expect("the journal opens");
         let read_s = began.elapsed().as_secs_f64();
         assert_eq!(recovered.records.len() as u64, seq);
         assert_eq!(recovered.cut_bytes, 0);

@@ -15,6 +15,7 @@
 //! damage, not as a record running past the end of the file (which would
 //! look like a torn write and silently drop every later record).
 
+mod checkpoint;
 mod codec;
 mod parse;
 mod recovery;
@@ -22,13 +23,20 @@ mod recovery;
 mod tests;
 mod writer;
 
+pub use checkpoint::{checkpoint_path, read_checkpoint, Checkpoint};
 pub use codec::{
-    decode, decode_prefix, encode_header, encode_record, encode_snapshot_header, Decoded,
-    JournalError, TailDamage, FLAG_SNAPSHOT, FORMAT_VERSION, HEADER_BYTES, MAGIC, MAX_RECORD_BYTES,
+    decode, decode_prefix, decode_resync, encode_header, encode_record, encode_snapshot_header,
+    Decoded, JournalError, Skipped, TailDamage, FLAG_SNAPSHOT, FORMAT_VERSION, HEADER_BYTES, MAGIC,
+    MAX_RECORD_BYTES,
 };
-pub use recovery::{journal_dir, open_journal, Recovered, RecoveryError};
+pub use recovery::{
+    check_checkpoint, journal_dir, open_journal, JournalConfig, Recovered, RecoveryError,
+};
 
-pub use writer::{segment_path, segments, AfterWrite, Durability, JournalWriter, WriterMode};
+pub use writer::{
+    segment_path, segments, AfterWrite, Durability, JournalWriter, SegmentOptions, WriteFault,
+    WriteFaults, WriterMode, DEFAULT_PREALLOCATE_BYTES, RETRY_FIRST, RETRY_MOST,
+};
 
 use std::borrow::Cow;
 
@@ -99,6 +107,38 @@ impl JournalRecord {
             (false, event) => Cow::Owned(upcast(self.event_version, event.into_owned())),
         }
     }
+}
+
+/// Up to which sequence number gaps are expected, given the records of
+/// each segment read (in order, from the last snapshot on) and whether it
+/// is a snapshot: a snapshot keeps only the attempts compaction kept, with
+/// their original numbers, so its records skip, and so may the first
+/// record after it. Everywhere else each record follows the last by one.
+pub fn gaps_allowed_through<'a>(
+    segments: impl IntoIterator<Item = (bool, &'a [JournalRecord])>,
+) -> u64 {
+    let mut through = 0;
+    let mut after_snapshot = false;
+    for (snapshot, records) in segments {
+        if snapshot {
+            through = records.last().map_or(through, |r| r.seq);
+            after_snapshot = true;
+        } else if after_snapshot {
+            if let Some(first) = records.first() {
+                through = through.max(first.seq);
+                after_snapshot = false;
+            }
+        }
+    }
+    through
+}
+
+/// Whether `seq` may follow `last` (none: the first record): by exactly
+/// one, or by more while at most `gaps_allowed_through` (see
+/// [`gaps_allowed_through`]). A number that repeats or goes back never may.
+pub fn sequence_follows(last: Option<u64>, seq: u64, gaps_allowed_through: u64) -> bool {
+    let expected = last.map_or(1, |s| s + 1);
+    seq == expected || (seq > expected && seq <= gaps_allowed_through)
 }
 
 /// Why `record` cannot be one this worker wrote, if so: an event version

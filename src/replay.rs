@@ -73,6 +73,12 @@ pub enum Problem {
         /// What is wrong, with its offset.
         reason: String,
     },
+    /// The journal ends before its checkpoint, or a segment the checkpoint
+    /// names is gone: whole records are missing.
+    MissingRecords {
+        /// Which segment, which bytes.
+        reason: String,
+    },
     /// Sequence numbers skip (records lost) or go backwards.
     SequenceGap {
         /// The last sequence number seen.
@@ -240,6 +246,8 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
         source,
     };
     let mut files = Vec::new();
+    let mut problems = Vec::new();
+    let mut checkpoint = None;
     // A worker's data directory, or a demo's: its journal directory.
     let worker_journal = path.join("journal");
     let demo_journal = path.join("worker").join("journal");
@@ -251,6 +259,14 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
         path
     };
     if path.is_dir() {
+        // Read before the segments: it is written after its records, so
+        // the files read next hold at least what it says.
+        match crate::journal::read_checkpoint(path) {
+            Ok(found) => checkpoint = found,
+            Err(e) => problems.push(Problem::MissingRecords {
+                reason: e.to_string(),
+            }),
+        }
         for entry in std::fs::read_dir(path).map_err(io)? {
             let file = entry.map_err(io)?.path();
             if file.extension().is_some_and(|e| e == "jnl") {
@@ -275,7 +291,6 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
         files.push(path.to_owned());
     }
     let mut records = Vec::new();
-    let mut problems = Vec::new();
     // A snapshot (written by compaction) supersedes the files before it;
     // its records keep their sequence numbers, so gaps are expected up to
     // the first record after it.
@@ -296,18 +311,27 @@ pub fn replay_path(path: &Path, options: ReplayOptions) -> Result<Report, Replay
         .iter()
         .rposition(|(_, (decoded, _))| decoded.snapshot)
         .unwrap_or(0);
-    let mut gaps_allowed_through = 0;
-    let mut after_snapshot = false;
-    for (name, (decoded, corrupt)) in decoded_files.into_iter().skip(start) {
-        if decoded.snapshot {
-            gaps_allowed_through = decoded.records.last().map_or(0, |r| r.seq);
-            after_snapshot = true;
-        } else if after_snapshot {
-            if let Some(first) = decoded.records.first() {
-                gaps_allowed_through = gaps_allowed_through.max(first.seq);
-                after_snapshot = false;
-            }
+    let live = &decoded_files[start..];
+    let gaps_allowed_through = crate::journal::gaps_allowed_through(
+        live.iter()
+            .map(|(_, (decoded, _))| (decoded.snapshot, decoded.records.as_slice())),
+    );
+    if let Some(checkpoint) = checkpoint {
+        let sizes: Vec<(u64, u64)> = live
+            .iter()
+            .filter_map(|(name, (decoded, _))| {
+                let number = Path::new(name)
+                    .file_stem()
+                    .and_then(|stem| stem.to_str())
+                    .and_then(|stem| stem.parse::<u64>().ok())?;
+                Some((number, decoded.valid_bytes))
+            })
+            .collect();
+        if let Err(reason) = crate::journal::check_checkpoint(checkpoint, &sizes) {
+            problems.push(Problem::MissingRecords { reason });
         }
+    }
+    for (name, (decoded, corrupt)) in decoded_files.into_iter().skip(start) {
         if records.is_empty() {
             records = decoded.records;
         } else {
@@ -371,9 +395,7 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
             break;
         }
         replayed += 1;
-        let expected = last_seq.map_or(1, |s| s + 1);
-        let compacted = record.seq <= options.gaps_allowed_through && record.seq > expected;
-        if record.seq != expected && !compacted {
+        if !crate::journal::sequence_follows(last_seq, record.seq, options.gaps_allowed_through) {
             problems.push(Problem::SequenceGap {
                 after_seq: last_seq.unwrap_or(0),
                 next_seq: record.seq,
@@ -585,6 +607,7 @@ impl Problem {
             Problem::CorruptRecord { file, reason } => {
                 format!("corrupt record in {file}: {reason}")
             }
+            Problem::MissingRecords { reason } => format!("records missing: {reason}"),
             Problem::SequenceGap {
                 after_seq,
                 next_seq,

@@ -58,7 +58,8 @@ use crate::wire::CreateJob;
 
 pub use builder::{
     default_name, Executor, JournalOptions, OpenError, WorkerBuilder,
-    DEFAULT_JOURNAL_SEGMENT_BYTES, DEFAULT_REPORT_DRAIN_MS, DEFAULT_RETENTION_HOURS,
+    DEFAULT_JOURNAL_SEGMENT_BYTES, DEFAULT_MIN_FREE_BYTES, DEFAULT_REPORT_DRAIN_MS,
+    DEFAULT_RETENTION_HOURS,
 };
 pub use lifecycle::Phase;
 pub use lock::{DataDirLock, LockError};
@@ -88,10 +89,26 @@ pub enum CreateError {
     /// The worker has not activated with its driver yet.
     #[error("the worker has not activated with its driver yet")]
     NotActivated,
-    /// The `created` record could not be written to the journal.
-    #[error("the worker's journal cannot be written; the job was not accepted")]
-    JournalUnavailable,
+    /// The `created` record could not be written to the journal: the
+    /// journal's writes are failing (a full disk) and are being retried, or
+    /// the record was not written within [`CREATE_JOURNAL_WAIT`] (the
+    /// attempt is then cancelled once it is, so it never runs).
+    #[error("the worker's journal cannot be written now ({0}); the job was not accepted, retry later or elsewhere")]
+    JournalUnavailable(&'static str),
+    /// The file system of the data directory has less free space than the
+    /// floor kept for the jobs already accepted.
+    #[error("the worker's disk is almost full ({free_bytes} bytes free under the data directory, below the floor of {floor_bytes} kept for the jobs already accepted); the job was not accepted, retry later or elsewhere")]
+    DiskFull {
+        /// Free bytes (for unprivileged users) under the data directory.
+        free_bytes: u64,
+        /// The floor (`--min-free-bytes`).
+        floor_bytes: u64,
+    },
 }
+
+/// Longest wait of a create call for its `created` record to be written,
+/// before the call is refused (well inside the driver's 2 s timeout).
+pub const CREATE_JOURNAL_WAIT: Duration = Duration::from_millis(1000);
 
 /// No attempt of this `(batch_id, job_id)` is on the worker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +129,9 @@ struct Settings {
     data_dir: PathBuf,
     /// Bytes appended to the journal after which it is compacted.
     journal_segment_bytes: u64,
+    /// Creates are refused while the data dir's file system has fewer
+    /// free bytes (0: no floor).
+    min_free_bytes: u64,
     /// How long a finished, reported attempt is remembered.
     retention: Duration,
     /// The cores (mcpu) and memory (bytes) jobs may reserve in all.
@@ -231,13 +251,16 @@ impl Worker {
     /// [`CreateError::Duplicate`] if the `(batch_id, job_id)` is present,
     /// [`CreateError::ShuttingDown`] during shutdown,
     /// [`CreateError::NotActivated`] before activation,
-    /// [`CreateError::JournalUnavailable`] when `Created` cannot be written.
+    /// [`CreateError::JournalUnavailable`] when `Created` cannot be written
+    /// (within [`CREATE_JOURNAL_WAIT`]), [`CreateError::DiskFull`] below the
+    /// free-space floor.
     pub async fn create(&self, job: CreateJob) -> Result<JobKey, CreateError> {
         match self.phase() {
             Phase::Starting => return Err(CreateError::NotActivated),
             Phase::Draining | Phase::Stopping => return Err(CreateError::ShuttingDown),
             Phase::Active => {}
         }
+        self.check_room()?;
         let key = JobKey {
             batch_id: job.batch_id,
             job_id: job.job_id,
@@ -250,7 +273,7 @@ impl Worker {
             job_group_id: job.attempt.job_group_id,
             secret_names: job.redacted_secrets(),
         };
-        let durable = {
+        let (work, mut durable) = {
             let mut table = self.table();
             if let Some(existing) = table.get(&(key.batch_id, key.job_id)) {
                 return Err(CreateError::Duplicate {
@@ -269,18 +292,76 @@ impl Worker {
             table.insert((key.batch_id, key.job_id), entry);
             table.next_seq = seq + 1;
             let record = JournalRecord::new(seq, now, key.clone(), event);
-            self.commit(&mut table, record, work, false).1
+            // The create's own work is performed here, once the answer is
+            // known: not at all when the create is refused.
+            (work, self.commit(&mut table, record, Vec::new()))
         };
         self.inner.changes.send_modify(|n| *n += 1);
-        if !durable.await.unwrap_or(false) {
-            // Not recorded: forget the attempt, so that the driver's retry
-            // (here or elsewhere) is not refused.
-            self.table().remove(&(key.batch_id, key.job_id));
-            return Err(CreateError::JournalUnavailable);
+        let written = tokio::time::timeout(CREATE_JOURNAL_WAIT, &mut durable).await;
+        match written {
+            Ok(Ok(true)) => {}
+            Ok(_) => {
+                // Not recorded (the writer is gone): forget the attempt, so
+                // that the driver's retry (here or elsewhere) is not refused.
+                self.table().remove(&(key.batch_id, key.job_id));
+                return Err(CreateError::JournalUnavailable("the journal is closed"));
+            }
+            Err(_) => {
+                // Still queued behind a failing write: the driver is told
+                // no, so the attempt must never run. Once `created` is
+                // written, a cancel follows it (no effect was performed).
+                let worker = self.clone();
+                let withdrawn = key.clone();
+                tokio::spawn(async move {
+                    match durable.await {
+                        Ok(true) => worker.record(&withdrawn, Event::CancelRequested),
+                        _ => {
+                            worker
+                                .table()
+                                .remove(&(withdrawn.batch_id, withdrawn.job_id));
+                        }
+                    }
+                });
+                tracing::warn!(batch_id = key.batch_id, job_id = key.job_id, attempt_id = %key.attempt_id, wait_ms = CREATE_JOURNAL_WAIT.as_millis() as u64, "create refused: its record was not written in time; the attempt is cancelled once it is");
+                return Err(CreateError::JournalUnavailable(
+                    "the record of the create was not written in time",
+                ));
+            }
         }
+        self.perform(work);
         self.inner.metrics.job_created();
         tracing::info!(batch_id = key.batch_id, job_id = key.job_id, attempt_id = %key.attempt_id, format_version, "job accepted");
         Ok(key)
+    }
+
+    /// Refuses a create while the journal's writes fail or the data
+    /// directory's file system is below its free-space floor.
+    fn check_room(&self) -> Result<(), CreateError> {
+        if self.inner.journal.is_failing() {
+            return Err(CreateError::JournalUnavailable(
+                "its writes are failing and being retried",
+            ));
+        }
+        let floor_bytes = self.inner.settings.min_free_bytes;
+        if floor_bytes == 0 {
+            return Ok(());
+        }
+        match nix::sys::statvfs::statvfs(&self.inner.settings.data_dir) {
+            Ok(stat) => {
+                let free_bytes = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+                if free_bytes < floor_bytes {
+                    return Err(CreateError::DiskFull {
+                        free_bytes,
+                        floor_bytes,
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "free space of the data directory unknown");
+                Ok(())
+            }
+        }
     }
 
     /// What planning work needs of the worker's settings.
@@ -309,7 +390,7 @@ impl Worker {
             tracing::debug!(%key, event = event.name(), "worker stopping; event not recorded");
             return;
         }
-        let unjournaled = {
+        {
             let mut table = self.table();
             let now = now_ms();
             let recorded = match table.record(key, &event, attach, &self.plan_context(), now) {
@@ -323,14 +404,12 @@ impl Worker {
             self.inner
                 .metrics
                 .event_recorded(&event, &recorded.state, recorded.ended);
-            // Effects run once the event is in the journal; if it cannot be
-            // written the worker still acts (the write failure is logged and
-            // creates are refused), rather than strand the attempt.
+            // Effects run once the event is in the journal, and not before:
+            // while its writes fail (a full disk) the attempt waits.
             let record = JournalRecord::new(recorded.seq, now, key.clone(), event);
-            self.commit(&mut table, record, recorded.work, true).0
-        };
+            drop(self.commit(&mut table, record, recorded.work));
+        }
         self.inner.changes.send_modify(|n| *n += 1);
-        self.perform(unjournaled);
     }
 
     /// Asks for attempt `(batch_id, job_id)` to be cancelled; returns the
@@ -407,6 +486,13 @@ impl Worker {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// Whether the journal's writes are failing (a full disk) and records
+    /// wait to be written: meanwhile creates are refused and the effects of
+    /// the waiting events are not performed.
+    pub fn journal_failing(&self) -> bool {
+        self.inner.journal.is_failing()
     }
 
     /// Completes once every event recorded so far is in the journal.

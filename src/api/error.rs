@@ -91,6 +91,10 @@ impl ApiError {
     }
 }
 
+/// `Retry-After` of every 503, in seconds: the worker is starting, ending,
+/// or short of disk; the driver may retry here later, or elsewhere now.
+pub const RETRY_AFTER_SECONDS: &str = "5";
+
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
         ApiError::BadRequest(e)
@@ -103,7 +107,8 @@ impl From<CreateError> for ApiError {
             CreateError::Duplicate { .. } => ApiError::Duplicate(e),
             CreateError::ShuttingDown
             | CreateError::NotActivated
-            | CreateError::JournalUnavailable => ApiError::Unavailable(e.to_string()),
+            | CreateError::JournalUnavailable(_)
+            | CreateError::DiskFull { .. } => ApiError::Unavailable(e.to_string()),
         }
     }
 }
@@ -126,6 +131,13 @@ impl IntoResponse for ApiError {
             error["field"] = json!(field.field);
             error["message"] = json!(field.message);
         }
-        (status, Json(json!({ "error": error }))).into_response()
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }

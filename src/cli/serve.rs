@@ -20,14 +20,14 @@ use crate::api::{ApiConfig, ApiToken};
 use crate::container::{ContainerNetwork, RuncConfig, RuncRunner};
 use crate::driver_client::{DriverClient, ReportRetry};
 use crate::image::{ImageStore, PullProcess};
-use crate::journal::Durability;
+use crate::journal::{Durability, DEFAULT_PREALLOCATE_BYTES};
 use crate::logs_store::LogsStore;
 use crate::runner::HostRunner;
 use crate::spec_store::SpecStore;
 use crate::store::{redact_url, throttled, with_control_plane, StoreOptions};
 use crate::worker::{
     default_name, Executor, JournalOptions, Worker, DEFAULT_JOURNAL_SEGMENT_BYTES,
-    DEFAULT_REPORT_DRAIN_MS, DEFAULT_RETENTION_HOURS,
+    DEFAULT_MIN_FREE_BYTES, DEFAULT_REPORT_DRAIN_MS, DEFAULT_RETENTION_HOURS,
 };
 
 /// Flags of `serve`.
@@ -100,10 +100,21 @@ pub struct ServeArgs {
     /// loss) or `flush` (survives the worker's crash).
     #[arg(long, value_enum, default_value = "fsync")]
     pub durability: Durability,
-    /// Start even if the journal is damaged in the middle: keep the records
-    /// before the damage and drop the rest (saying what was dropped).
+    /// Start even if the journal is damaged (a corrupt record, records
+    /// missing or out of order, a journal missing beside its attempts):
+    /// keep every valid record, drop only the damaged bytes (saying what
+    /// was dropped), and rewrite the journal clean.
     #[arg(long)]
     pub repair: bool,
+    /// Bytes reserved for each journal segment when it starts (`fallocate`),
+    /// so that jobs already accepted can still be ended and reported on a
+    /// full disk; 0 for none.
+    #[arg(long, default_value_t = DEFAULT_PREALLOCATE_BYTES)]
+    pub journal_preallocate_bytes: u64,
+    /// Refuse creates (503 with `Retry-After`) while the file system of the
+    /// data directory has fewer free bytes than this; 0 for no floor.
+    #[arg(long, default_value_t = DEFAULT_MIN_FREE_BYTES)]
+    pub min_free_bytes: u64,
     /// Compact the journal after this many bytes appended.
     #[arg(long, default_value_t = DEFAULT_JOURNAL_SEGMENT_BYTES)]
     pub journal_segment_bytes: u64,
@@ -283,6 +294,9 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
             durability: args.durability,
             repair: args.repair,
             mode: None,
+            preallocate_bytes: args.journal_preallocate_bytes,
+            min_free_bytes: args.min_free_bytes,
+            faults: None,
         })
         .journal_segment_bytes(args.journal_segment_bytes)
         .retention(Duration::from_secs(args.retention_hours * 3600))

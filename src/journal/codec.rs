@@ -158,6 +158,97 @@ pub fn decode_prefix(bytes: &[u8]) -> Result<(Decoded, Option<JournalError>), Jo
     Ok((decoded, error))
 }
 
+/// Damage that [`decode_resync`] skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Byte offset where the damage starts.
+    pub offset: u64,
+    /// Bytes skipped, up to the next valid record (or the end).
+    pub bytes: u64,
+    /// What is wrong at `offset`.
+    pub reason: String,
+}
+
+/// Decodes journal bytes keeping every valid record: at damage, the
+/// decoder resynchronises on the next offset where a whole, valid record
+/// starts (its length passes its checksum, its payload its own and
+/// parses), skips the bytes between and goes on. What `--repair` keeps:
+/// records after damage are not dropped. A torn tail is in
+/// [`Decoded::tail`] as with [`decode`].
+///
+/// # Errors
+/// [`JournalError::Header`] only.
+pub fn decode_resync(bytes: &[u8]) -> Result<(Decoded, Vec<Skipped>), JournalError> {
+    if let Some(empty) = header(bytes)? {
+        return Ok((empty, Vec::new()));
+    }
+    let mut records = Vec::new();
+    let mut skipped = Vec::new();
+    let mut at = HEADER_BYTES;
+    loop {
+        let (payloads, framed, end) = payloads_from(bytes, at);
+        let (mut part, failed) = parse(bytes, &payloads);
+        records.append(&mut part);
+        let (damage_at, reason) = match (failed, end) {
+            (Some((index, e)), _) => (
+                payloads[index].start - FRAME_BYTES,
+                format!("checksum holds but the record does not parse: {e}"),
+            ),
+            (None, End::Clean) => {
+                let decoded = Decoded {
+                    snapshot: is_snapshot(bytes),
+                    ..finish(records, framed, None)
+                };
+                return Ok((decoded, skipped));
+            }
+            (None, End::Torn(tail)) => {
+                let decoded = Decoded {
+                    snapshot: is_snapshot(bytes),
+                    ..finish(records, framed, Some(tail))
+                };
+                return Ok((decoded, skipped));
+            }
+            (None, End::Corrupt(e)) => (framed, e.to_string()),
+        };
+        let next = (damage_at + 1..bytes.len())
+            .find(|&at| valid_frame_at(bytes, at))
+            .unwrap_or(bytes.len());
+        skipped.push(Skipped {
+            offset: damage_at as u64,
+            bytes: (next - damage_at) as u64,
+            reason,
+        });
+        if next == bytes.len() {
+            let decoded = Decoded {
+                snapshot: is_snapshot(bytes),
+                ..finish(records, next, None)
+            };
+            return Ok((decoded, skipped));
+        }
+        at = next;
+    }
+}
+
+/// Whether a whole, valid record starts at byte `at` of `bytes`.
+fn valid_frame_at(bytes: &[u8], at: usize) -> bool {
+    let Some(frame) = bytes.get(at..at + FRAME_BYTES) else {
+        return false;
+    };
+    let length_bytes: [u8; 4] = frame[..4].try_into().expect("4 bytes");
+    let length = u32::from_le_bytes(length_bytes);
+    if length == 0
+        || length > MAX_RECORD_BYTES
+        || crc32c::crc32c(&length_bytes) != u32::from_le_bytes(frame[4..8].try_into().expect("4"))
+    {
+        return false;
+    }
+    let Some(payload) = bytes.get(at + FRAME_BYTES..at + FRAME_BYTES + length as usize) else {
+        return false;
+    };
+    crc32c::crc32c(payload) == u32::from_le_bytes(frame[8..12].try_into().expect("4"))
+        && super::parse::parse_record(payload).is_ok()
+}
+
 /// How the records end.
 enum End {
     Clean,
@@ -197,8 +288,13 @@ fn frames(bytes: &[u8]) -> (Vec<JournalRecord>, usize, End) {
 /// the byte ranges of the payloads, the length of the framed prefix, and
 /// how the frames end. Payloads are not parsed.
 fn payloads(bytes: &[u8]) -> (Vec<Range<usize>>, usize, End) {
+    payloads_from(bytes, HEADER_BYTES)
+}
+
+/// [`payloads`] from byte `start` on (a frame boundary).
+fn payloads_from(bytes: &[u8], start: usize) -> (Vec<Range<usize>>, usize, End) {
     let mut payloads = Vec::new();
-    let mut at = HEADER_BYTES;
+    let mut at = start;
     while at < bytes.len() {
         let rest = &bytes[at..];
         let torn = |reason: String| TailDamage {

@@ -216,7 +216,7 @@ async fn opening_cuts_a_torn_tail_and_refuses_a_corrupt_middle_unless_repairing(
 
     // A torn tail: cut, and the file is left ending at the last whole record.
     std::fs::write(&path, &bytes[..ends[2] - 5]).unwrap();
-    let opened = open_journal(dir.path(), Durability::Flush, false, handle.clone()).unwrap();
+    let opened = open_journal(dir.path(), &config(false), handle.clone()).unwrap();
     assert_eq!(opened.records, sample_records(2));
     assert_eq!(opened.cut_bytes, (ends[2] - 5 - ends[1]) as u64);
     drop(opened);
@@ -226,7 +226,7 @@ async fn opening_cuts_a_torn_tail_and_refuses_a_corrupt_middle_unless_repairing(
     let mut corrupt = bytes.clone();
     corrupt[ends[0] + FRAME_BYTES + 2] ^= 1;
     std::fs::write(&path, &corrupt).unwrap();
-    let err = open_journal(dir.path(), Durability::Flush, false, handle.clone()).unwrap_err();
+    let err = open_journal(dir.path(), &config(false), handle.clone()).unwrap_err();
     assert!(err.to_string().contains("--repair"), "{err}");
     assert_eq!(
         std::fs::read(&path).unwrap(),
@@ -234,21 +234,30 @@ async fn opening_cuts_a_torn_tail_and_refuses_a_corrupt_middle_unless_repairing(
         "nothing is changed without --repair"
     );
 
-    // With repair: the prefix is kept, the rest dropped and said so.
-    let opened = open_journal(dir.path(), Durability::Flush, true, handle).unwrap();
-    assert_eq!(opened.records, sample_records(1));
-    assert!(opened.cut_reason.unwrap().contains("checksum"));
-    // The writer appends after the kept prefix.
+    // With repair: every valid record is kept, the damaged one dropped
+    // and said so; the kept ones are rewritten as a snapshot.
+    let opened = open_journal(dir.path(), &config(true), handle.clone()).unwrap();
+    let three = sample_records(3);
+    assert_eq!(opened.records, vec![three[0].clone(), three[2].clone()]);
+    assert!(opened.cut_reason.as_deref().unwrap().contains("checksum"));
+    // The writer appends after the kept records, in a fresh segment.
     let mut more = Vec::new();
-    encode_record(&sample_records(2)[1], &mut more).unwrap();
+    let fourth = JournalRecord {
+        seq: 4,
+        ..three[2].clone()
+    };
+    encode_record(&fourth, &mut more).unwrap();
     let (done, wait) = tokio::sync::oneshot::channel();
     opened
         .writer
         .append(more, Box::new(move |ok| done.send(ok).unwrap()));
     assert!(wait.await.unwrap());
+    drop(opened);
+    // The next start needs no repair.
+    let reopened = open_journal(dir.path(), &config(false), handle).unwrap();
     assert_eq!(
-        decode(&std::fs::read(&path).unwrap()).unwrap().records,
-        sample_records(2)
+        reopened.records,
+        vec![three[0].clone(), three[2].clone(), fourth]
     );
 }
 
@@ -348,14 +357,14 @@ async fn opening_refuses_records_this_worker_cannot_have_written() {
     let mut records = sample_records(3);
     records[1].key.attempt_id = "/tmp/victim".into();
     write(dir.path(), &records);
-    let err = open_journal(dir.path(), Durability::Flush, false, handle.clone()).unwrap_err();
+    let err = open_journal(dir.path(), &config(false), handle.clone()).unwrap_err();
     let message = err.to_string();
     assert!(
         message.contains("seq 2: attempt 1:2/\"/tmp/victim\" is not one a create could make"),
         "{message}"
     );
     assert!(message.contains("--repair"), "{message}");
-    let opened = open_journal(dir.path(), Durability::Flush, true, handle.clone()).unwrap();
+    let opened = open_journal(dir.path(), &config(true), handle.clone()).unwrap();
     assert_eq!(opened.records, vec![records[0].clone(), records[2].clone()]);
     assert!(opened
         .cut_reason
@@ -364,7 +373,7 @@ async fn opening_refuses_records_this_worker_cannot_have_written() {
         .contains("1 records of impossible attempts dropped"));
     drop(opened);
     // They left the files too: the next start needs no repair.
-    let reopened = open_journal(dir.path(), Durability::Flush, false, handle.clone()).unwrap();
+    let reopened = open_journal(dir.path(), &config(false), handle.clone()).unwrap();
     assert_eq!(
         reopened.records,
         vec![records[0].clone(), records[2].clone()]
@@ -375,7 +384,7 @@ async fn opening_refuses_records_this_worker_cannot_have_written() {
     let mut records = sample_records(2);
     records[1].event_version = EVENT_VERSION + 96;
     write(dir.path(), &records);
-    let err = open_journal(dir.path(), Durability::Flush, true, handle).unwrap_err();
+    let err = open_journal(dir.path(), &config(true), handle).unwrap_err();
     assert!(
         err.to_string()
             .contains("written by a newer worker (event version 99"),
@@ -387,4 +396,138 @@ async fn opening_refuses_records_this_worker_cannot_have_written() {
         &report.problems[..],
         [crate::replay::Problem::ForeignRecord { seq: 2, .. }]
     ));
+}
+
+/// Opening options: no fsync, no preallocation, repair as given.
+fn config(repair: bool) -> JournalConfig {
+    JournalConfig {
+        segments: SegmentOptions {
+            durability: Durability::Flush,
+            preallocate_bytes: 0,
+            faults: None,
+        },
+        repair,
+    }
+}
+
+/// Appends `records` through `writer`, each waited for.
+async fn append_all(writer: &JournalWriter, records: &[JournalRecord]) {
+    for record in records {
+        let mut bytes = Vec::new();
+        encode_record(record, &mut bytes).unwrap();
+        let (done, wait) = tokio::sync::oneshot::channel();
+        writer.append(bytes, Box::new(move |ok| done.send(ok).unwrap()));
+        assert!(wait.await.unwrap(), "written");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_append_is_cut_back_and_retried_and_nothing_waits_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Appends 2 and 3 fail: the first torn half way, the next with nothing
+    // written; the fourth try succeeds.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = calls.clone();
+    let faults = WriteFaults(std::sync::Arc::new(move |size| {
+        match counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            1 => Some(WriteFault::Torn(size / 2)),
+            2 => Some(WriteFault::Full),
+            _ => None,
+        }
+    }));
+    let config = JournalConfig {
+        segments: SegmentOptions {
+            faults: Some(faults),
+            ..config(false).segments
+        },
+        repair: false,
+    };
+    let opened = open_journal(dir.path(), &config, WriterMode::Inline).unwrap();
+    let records = sample_records(3);
+    append_all(&opened.writer, &records[..1]).await;
+    // The second is queued behind a failing write; so is the third, and
+    // neither callback runs until the write succeeds.
+    let mut waits = Vec::new();
+    for record in &records[1..] {
+        let mut bytes = Vec::new();
+        encode_record(record, &mut bytes).unwrap();
+        let (done, wait) = tokio::sync::oneshot::channel();
+        opened
+            .writer
+            .append(bytes, Box::new(move |ok| done.send(ok).unwrap()));
+        waits.push(wait);
+    }
+    assert!(opened.writer.is_failing());
+    let path = segment_path(&journal_dir(dir.path()), 1);
+    // Cut back at once: the file holds only whole records.
+    assert_eq!(decode(&std::fs::read(&path).unwrap()).unwrap().tail, None);
+    for wait in waits {
+        assert!(wait.await.unwrap());
+    }
+    assert!(!opened.writer.is_failing());
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 5);
+    let decoded = decode(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(decoded.records, records);
+    assert_eq!(decoded.tail, None);
+}
+
+#[tokio::test]
+async fn a_journal_cut_short_of_its_checkpoint_is_refused_and_replay_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let opened = open_journal(dir.path(), &config(false), WriterMode::Inline).unwrap();
+    append_all(&opened.writer, &sample_records(4)).await;
+    drop(opened);
+    let path = segment_path(&journal_dir(dir.path()), 1);
+    let (_, ends) = encode_all(&sample_records(4));
+    // Cut at a record boundary: it looks like a clean end, but the
+    // checkpoint says two more records were written.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(ends[1] as u64).unwrap();
+    let err = open_journal(dir.path(), &config(false), WriterMode::Inline).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("records are missing"), "{message}");
+    assert!(message.contains("--repair"), "{message}");
+    let report = crate::replay::replay_path(dir.path(), Default::default()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| matches!(p, crate::replay::Problem::MissingRecords { .. })),
+        "{:?}",
+        report.problems
+    );
+    // Repair keeps the two left and starts clean.
+    let opened = open_journal(dir.path(), &config(true), WriterMode::Inline).unwrap();
+    assert_eq!(opened.records, sample_records(2));
+    drop(opened);
+    assert!(open_journal(dir.path(), &config(false), WriterMode::Inline).is_ok());
+}
+
+#[tokio::test]
+async fn a_journal_missing_beside_attempt_directories_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("jobs/1/2/a")).unwrap();
+    let err = open_journal(dir.path(), &config(false), WriterMode::Inline).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the journal is missing, but 1 attempt directories are under"),
+        "{err}"
+    );
+    // No segment was made by the refusal.
+    assert!(segments(&journal_dir(dir.path())).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn swapped_or_repeated_sequence_numbers_are_refused_and_repair_restores_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = segment_path(&journal_dir(dir.path()), 1);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut records = sample_records(4);
+    records.swap(1, 2);
+    records.push(records[3].clone());
+    std::fs::write(&path, encode_all(&records).0).unwrap();
+    let err = open_journal(dir.path(), &config(false), WriterMode::Inline).unwrap_err();
+    assert!(err.to_string().contains("seq 3 follows seq 1"), "{err}");
+    let opened = open_journal(dir.path(), &config(true), WriterMode::Inline).unwrap();
+    assert_eq!(opened.records, sample_records(4));
 }

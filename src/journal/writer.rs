@@ -5,15 +5,38 @@
 //!
 //! The journal is a directory of segments `000001.jnl`, `000002.jnl`, ...
 //! Compaction writes a snapshot segment (the whole history of every
-//! attempt still kept), makes it durable, and only then deletes the
-//! segments before it; a snapshot supersedes everything before it, so a
-//! crash in between loses nothing.
+//! attempt still kept), makes it durable, starts a fresh segment after it
+//! for the appends that follow, and only then deletes the segments before
+//! it; a snapshot supersedes everything before it, so a crash in between
+//! loses nothing.
+//!
+//! # A write that fails
+//!
+//! A failed or short append (a full disk, an IO error) is cut back to the
+//! end of the last whole record before anything else is written, and the
+//! same batch is tried again, with backoff ([`RETRY_FIRST`] doubling to
+//! [`RETRY_MOST`]), until it is written. Records are never dropped or
+//! reordered, and what follows a record (its callback) waits until it is
+//! written: an event that is not journaled has no effects.
+//! [`JournalWriter::is_failing`] says so meanwhile (creates are refused).
+//!
+//! # The reserve and the checkpoint
+//!
+//! Each segment is preallocated ([`SegmentOptions::preallocate_bytes`],
+//! `fallocate` keeping the file's size), so records that end and report
+//! jobs still find room on a disk that others filled. After every batch
+//! the writer overwrites `checkpoint` (see [`super::checkpoint`]) with the
+//! segment and byte offset now written; opening the journal refuses a
+//! journal that ends before it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use super::checkpoint::{Checkpoint, CheckpointFile};
 
 /// How durable a record is before what follows it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -29,7 +52,17 @@ pub enum Durability {
 /// Most records written as one batch.
 const MAX_BATCH: usize = 4096;
 
-/// What runs after a record's batch is written; `true` when it is durable.
+/// First wait before a failed batch is tried again.
+pub const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest wait between two tries of a failed batch.
+pub const RETRY_MOST: Duration = Duration::from_secs(2);
+
+/// Default bytes preallocated for each segment (8 MiB): about 25,000
+/// records, the end and report of thousands of jobs on a full disk.
+pub const DEFAULT_PREALLOCATE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What runs after a record's batch is written; `true` when it is durable,
+/// `false` only when the writer is gone (the worker is exiting).
 pub type AfterWrite = Box<dyn FnOnce(bool) + Send>;
 
 /// Told how long each batch written took (its write and, with
@@ -51,6 +84,59 @@ impl std::fmt::Debug for BatchObserver {
     }
 }
 
+/// A fault a [`WriteFaults`] injects into one append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFault {
+    /// Nothing is written; the append fails with `ENOSPC`.
+    Full,
+    /// The first `n` bytes are written (a torn record), then the append
+    /// fails with `ENOSPC`.
+    Torn(usize),
+}
+
+/// Injected write faults, for the simulation: asked before every append
+/// with the batch's size in bytes; `Some` makes that append fail.
+#[derive(Clone)]
+pub struct WriteFaults(pub Arc<dyn Fn(usize) -> Option<WriteFault> + Send + Sync>);
+
+impl std::fmt::Debug for WriteFaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteFaults")
+    }
+}
+
+/// How segments are written.
+#[derive(Debug, Clone)]
+pub struct SegmentOptions {
+    /// When a record counts as written.
+    pub durability: Durability,
+    /// Bytes reserved for each segment when it is started (`fallocate`,
+    /// keeping the file's size); 0 for none. Where the file system cannot
+    /// preallocate, segments grow as they are written.
+    pub preallocate_bytes: u64,
+    /// Injected faults (simulation only).
+    pub faults: Option<WriteFaults>,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> SegmentOptions {
+        SegmentOptions {
+            durability: Durability::Fsync,
+            preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
+            faults: None,
+        }
+    }
+}
+
+impl From<Durability> for SegmentOptions {
+    fn from(durability: Durability) -> SegmentOptions {
+        SegmentOptions {
+            durability,
+            ..SegmentOptions::default()
+        }
+    }
+}
+
 enum Message {
     Append { bytes: Vec<u8>, then: AfterWrite },
     Snapshot { bytes: Vec<u8>, then: AfterWrite },
@@ -63,9 +149,11 @@ pub enum WriterMode {
     /// it, inside this runtime (so they may spawn tasks). The worker's mode.
     Thread(tokio::runtime::Handle),
     /// Each record is written on the caller's thread at once, and its
-    /// callback is spawned as a task on the current tokio runtime. For
-    /// deterministic simulation (one thread, a paused clock): the same
-    /// files and format, and no thread whose timing tokio cannot see.
+    /// callback is spawned as a task on the current tokio runtime; a failed
+    /// write is queued with later ones and tried again by a task (tokio's
+    /// clock). For deterministic simulation (one thread, a paused clock):
+    /// the same files and format, and no thread whose timing tokio cannot
+    /// see.
     Inline,
 }
 
@@ -78,7 +166,7 @@ impl From<tokio::runtime::Handle> for WriterMode {
 #[derive(Debug, Clone)]
 enum Sink {
     Thread(mpsc::Sender<Message>),
-    Inline(Arc<Mutex<Segments>>),
+    Inline(Arc<Mutex<InlineWriter>>),
 }
 
 /// Hands records to the writer. Cheap to clone.
@@ -87,6 +175,7 @@ pub struct JournalWriter {
     sink: Sink,
     dir: PathBuf,
     observer: BatchObserver,
+    failing: Arc<AtomicBool>,
 }
 
 /// The segment file number `n` of `dir`.
@@ -127,10 +216,12 @@ impl JournalWriter {
         dir: &Path,
         segment: u64,
         valid_bytes: Option<u64>,
-        durability: Durability,
+        options: impl Into<SegmentOptions>,
         mode: impl Into<WriterMode>,
     ) -> std::io::Result<JournalWriter> {
+        let options = options.into();
         let path = segment_path(dir, segment);
+        let existed = path.exists();
         let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
         if let Some(valid) = valid_bytes {
             file.set_len(valid)?;
@@ -138,25 +229,41 @@ impl JournalWriter {
         if file.metadata()?.len() == 0 {
             file.write_all(&super::encode_header())?;
             file.sync_all()?;
+        }
+        if !existed {
             sync_dir(dir)?;
         }
+        preallocate(&file, options.preallocate_bytes);
+        let len = file.metadata()?.len();
         let observer = BatchObserver::default();
-        let mut state = Segments {
+        let failing = Arc::new(AtomicBool::new(false));
+        let mut segments = Segments {
             dir: dir.to_owned(),
             number: segment,
             file,
-            durability,
+            len,
+            cut_pending: false,
+            checkpoint: CheckpointFile::open(dir)?,
+            options,
             observer: observer.clone(),
         };
+        segments.mark();
         let sink = match mode.into() {
-            WriterMode::Inline => Sink::Inline(Arc::new(Mutex::new(state))),
+            WriterMode::Inline => Sink::Inline(Arc::new(Mutex::new(InlineWriter {
+                segments,
+                queued: std::collections::VecDeque::new(),
+                retry: RETRY_FIRST,
+                retrying: false,
+                failing: failing.clone(),
+            }))),
             WriterMode::Thread(runtime) => {
                 let (tx, rx) = mpsc::channel::<Message>();
+                let failing = failing.clone();
                 std::thread::Builder::new()
                     .name("journal".into())
                     .spawn(move || {
                         let _runtime = runtime.enter();
-                        state.run(rx);
+                        segments.run(rx, &failing);
                     })?;
                 Sink::Thread(tx)
             }
@@ -165,6 +272,7 @@ impl JournalWriter {
             sink,
             dir: dir.to_owned(),
             observer,
+            failing,
         })
     }
 
@@ -178,6 +286,12 @@ impl JournalWriter {
     /// The journal directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the last write failed and records are waiting for it to be
+    /// tried again (a full disk): nothing queued now is written until it is.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
     }
 
     /// Completes once every record queued before it is written (or the
@@ -194,7 +308,7 @@ impl JournalWriter {
     }
 
     /// Queues one framed record; `then` runs once it is written (with
-    /// `false` if the write or sync failed, or the writer is gone).
+    /// `false` only if the writer is gone).
     pub fn append(&self, bytes: Vec<u8>, then: AfterWrite) {
         self.send(Message::Append { bytes, then });
     }
@@ -202,6 +316,8 @@ impl JournalWriter {
     /// Queues a compaction: `bytes` (framed records) become a new snapshot
     /// segment that replaces every segment before it. Records queued
     /// before this call are covered by the snapshot; later ones follow it.
+    /// `then` gets `false` if the compaction failed (the journal goes on
+    /// in the segments it had).
     pub fn snapshot(&self, bytes: Vec<u8>, then: AfterWrite) {
         self.send(Message::Snapshot { bytes, then });
     }
@@ -217,16 +333,76 @@ impl JournalWriter {
                     }
                 }
             }
-            Sink::Inline(segments) => {
-                let mut segments = segments.lock().unwrap_or_else(|p| p.into_inner());
-                let (ok, then) = match message {
-                    Message::Append { bytes, then } => (segments.write_batch(&bytes, 1), then),
-                    Message::Snapshot { bytes, then } => (segments.snapshot(&bytes), then),
-                };
-                // The caller may hold locks its callback takes.
-                tokio::spawn(async move { then(ok) });
+            Sink::Inline(inline) => InlineWriter::send(inline, message),
+        }
+    }
+}
+
+/// The writer of [`WriterMode::Inline`]: messages wait in `queued` while a
+/// failed write is being retried.
+#[derive(Debug)]
+struct InlineWriter {
+    segments: Segments,
+    queued: std::collections::VecDeque<QueuedMessage>,
+    retry: Duration,
+    retrying: bool,
+    failing: Arc<AtomicBool>,
+}
+
+/// A message queued behind a failed write.
+struct QueuedMessage(Message);
+
+impl std::fmt::Debug for QueuedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueuedMessage")
+    }
+}
+
+impl InlineWriter {
+    fn send(inline: &Arc<Mutex<InlineWriter>>, message: Message) {
+        let mut writer = inline.lock().unwrap_or_else(|p| p.into_inner());
+        writer.queued.push_back(QueuedMessage(message));
+        if !writer.retrying {
+            writer.flush(inline);
+        }
+    }
+
+    /// Writes the queued messages in order; on a failed append, stops and
+    /// schedules a retry.
+    fn flush(&mut self, inline: &Arc<Mutex<InlineWriter>>) {
+        while let Some(QueuedMessage(message)) = self.queued.pop_front() {
+            match message {
+                Message::Snapshot { bytes, then } => {
+                    let ok = self.segments.snapshot(&bytes);
+                    tokio::spawn(async move { then(ok) });
+                }
+                Message::Append { bytes, then } => {
+                    if let Err(e) = self.segments.write_batch(&bytes, 1) {
+                        self.segments.log_failure(&e, 1, self.retry);
+                        self.queued
+                            .push_front(QueuedMessage(Message::Append { bytes, then }));
+                        self.failing.store(true, Ordering::Relaxed);
+                        self.retrying = true;
+                        let wait = self.retry;
+                        self.retry = (self.retry * 2).min(RETRY_MOST);
+                        let inline = inline.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(wait).await;
+                            let mut writer = inline.lock().unwrap_or_else(|p| p.into_inner());
+                            writer.retrying = false;
+                            writer.flush(&inline);
+                        });
+                        return;
+                    }
+                    // The caller may hold locks its callback takes.
+                    tokio::spawn(async move { then(true) });
+                }
             }
         }
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(dir = %self.segments.dir.display(), "journal writes again");
+        }
+        self.retry = RETRY_FIRST;
     }
 }
 
@@ -235,12 +411,18 @@ struct Segments {
     dir: PathBuf,
     number: u64,
     file: File,
-    durability: Durability,
+    /// Bytes of the segment that hold its header and whole records: where
+    /// the next append starts, and what a failed one is cut back to.
+    len: u64,
+    /// A failed append could not be cut back yet: cut before writing.
+    cut_pending: bool,
+    checkpoint: CheckpointFile,
+    options: SegmentOptions,
     observer: BatchObserver,
 }
 
 impl Segments {
-    fn run(&mut self, rx: mpsc::Receiver<Message>) {
+    fn run(&mut self, rx: mpsc::Receiver<Message>, failing: &AtomicBool) {
         let mut buffer = Vec::new();
         let mut pending = None;
         loop {
@@ -274,41 +456,91 @@ impl Segments {
                     Err(_) => break,
                 }
             }
-            let ok = self.write_batch(&buffer, batch.len());
+            // The same batch until it is written: nothing after it may be
+            // written first, and nothing in it is dropped.
+            let mut retry = RETRY_FIRST;
+            while let Err(e) = self.write_batch(&buffer, batch.len()) {
+                self.log_failure(&e, batch.len(), retry);
+                failing.store(true, Ordering::Relaxed);
+                std::thread::sleep(retry);
+                retry = (retry * 2).min(RETRY_MOST);
+            }
+            if failing.swap(false, Ordering::Relaxed) {
+                tracing::info!(dir = %self.dir.display(), "journal writes again");
+            }
             for then in batch {
-                then(ok);
+                then(true);
             }
         }
     }
 
+    fn log_failure(&self, e: &std::io::Error, records: usize, retry: Duration) {
+        tracing::error!(
+            dir = %self.dir.display(),
+            error = %e,
+            records,
+            retry_ms = retry.as_millis() as u64,
+            "journal write failed; cut back to the last whole record, trying again"
+        );
+    }
+
     /// Appends `records` framed records in `buffer`, durably per the
-    /// durability mode; false (and logged) if that failed.
-    fn write_batch(&mut self, buffer: &[u8], records: usize) -> bool {
+    /// durability mode. On failure the segment is cut back to its last
+    /// whole record (now, or before the next try if that fails too).
+    fn write_batch(&mut self, buffer: &[u8], records: usize) -> std::io::Result<()> {
+        if buffer.is_empty() {
+            return Ok(());
+        }
         let started = std::time::Instant::now();
-        let written = self
-            .file
-            .write_all(buffer)
-            .and_then(|()| match self.durability {
-                Durability::Fsync => self.file.sync_data(),
-                Durability::Flush => Ok(()),
-            });
+        if self.cut_pending {
+            self.file.set_len(self.len)?;
+            self.cut_pending = false;
+        }
+        let fault = self
+            .options
+            .faults
+            .as_ref()
+            .and_then(|f| (f.0)(buffer.len()));
+        let written = match fault {
+            Some(WriteFault::Full) => Err(no_space()),
+            Some(WriteFault::Torn(n)) => self
+                .file
+                .write_all(&buffer[..n.min(buffer.len())])
+                .and(Err(no_space())),
+            None => self.file.write_all(buffer),
+        }
+        .and_then(|()| match self.options.durability {
+            Durability::Fsync => self.file.sync_data(),
+            Durability::Flush => Ok(()),
+        });
+        if let Err(e) = written {
+            // A partly written record must not stay: later appends would
+            // land after it and leave a corrupt middle.
+            self.cut_pending = self.file.set_len(self.len).is_err();
+            return Err(e);
+        }
+        self.len += buffer.len() as u64;
+        self.mark();
         tracing::trace!(
             records,
             size_bytes = buffer.len(),
             sync_ms = started.elapsed().as_millis() as u64,
             "journal batch"
         );
-        match written {
-            Ok(()) => {
-                if let Some(observe) = self.observer.0.get() {
-                    observe(started.elapsed());
-                }
-                true
-            }
-            Err(e) => {
-                tracing::error!(dir = %self.dir.display(), error = %e, records, "journal write failed");
-                false
-            }
+        if let Some(observe) = self.observer.0.get() {
+            observe(started.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint: this segment, written through `len`.
+    fn mark(&mut self) {
+        let now = Checkpoint {
+            segment: self.number,
+            offset: self.len,
+        };
+        if let Err(e) = self.checkpoint.write(now) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "journal checkpoint not written");
         }
     }
 
@@ -316,49 +548,97 @@ impl Segments {
     fn snapshot(&mut self, bytes: &[u8]) -> bool {
         self.write_snapshot(bytes)
             .map_err(|e| {
-                tracing::error!(dir = %self.dir.display(), error = %e, "journal compaction failed");
+                tracing::error!(dir = %self.dir.display(), error = %e, "journal compaction failed; the journal goes on in its segments");
             })
             .is_ok()
     }
 
-    /// Writes the snapshot as the next segment, durably, then deletes every
-    /// earlier segment and appends to the new one from now on.
+    /// Writes the snapshot as the next segment and a fresh segment after
+    /// it, durably, then deletes every earlier segment and appends to the
+    /// fresh one from now on. On failure nothing changes.
     fn write_snapshot(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let next = self.number + 1;
-        let path = write_snapshot_segment(&self.dir, next, bytes)?;
-        self.file = OpenOptions::new().append(true).open(&path)?;
-        self.number = next;
+        let snapshot = self.number + 1;
+        let (path, file) =
+            write_snapshot_segment(&self.dir, snapshot, bytes, self.options.preallocate_bytes)?;
+        self.file = file;
+        self.number = snapshot + 1;
+        self.len = super::HEADER_BYTES as u64;
+        self.cut_pending = false;
+        self.mark();
+        tracing::debug!(snapshot = %path.display(), "journal snapshot written");
         Ok(())
     }
 }
 
-/// Writes `bytes` (framed records) as snapshot segment `next` of `dir`,
-/// durably (a partial file, then one rename), then deletes every earlier
-/// segment. Returns the segment's path.
+/// Writes `bytes` (framed records) as snapshot segment `snapshot` of
+/// `dir`, and an empty segment `snapshot + 1` after it (preallocated with
+/// `preallocate_bytes`), durably; then deletes every segment before the
+/// snapshot. Returns the snapshot's path and the empty segment, open for
+/// appending. On failure, what it wrote is removed and nothing changes.
 pub(super) fn write_snapshot_segment(
     dir: &Path,
-    next: u64,
+    snapshot: u64,
     bytes: &[u8],
-) -> std::io::Result<PathBuf> {
-    let path = segment_path(dir, next);
+    preallocate_bytes: u64,
+) -> std::io::Result<(PathBuf, File)> {
+    let path = segment_path(dir, snapshot);
     let partial = path.with_extension("jnl.partial");
-    {
-        let mut file = File::create(&partial)?;
-        file.write_all(&super::encode_snapshot_header())?;
-        file.write_all(bytes)?;
+    let next = segment_path(dir, snapshot + 1);
+    let written = (|| {
+        {
+            let mut file = File::create(&partial)?;
+            file.write_all(&super::encode_snapshot_header())?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&next)?;
+        file.write_all(&super::encode_header())?;
         file.sync_all()?;
-    }
+        preallocate(&file, preallocate_bytes);
+        Ok(file)
+    })();
+    let file = match written {
+        Ok(file) => file,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(&next);
+            return Err(e);
+        }
+    };
     std::fs::rename(&partial, &path)?;
     sync_dir(dir)?;
     for (number, old) in segments(dir)? {
-        if number < next {
+        if number < snapshot {
             std::fs::remove_file(old)?;
         }
     }
     sync_dir(dir)?;
-    Ok(path)
+    drop(file);
+    let file = OpenOptions::new().append(true).open(&next)?;
+    Ok((path, file))
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// Reserves `bytes` for `file` without changing its size (best effort: a
+/// file system that cannot, or a disk already full, leaves it growing as
+/// it is written).
+fn preallocate(file: &File, bytes: u64) {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    if bytes == 0 {
+        return;
+    }
+    if let Err(e) = fallocate(file, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, bytes as i64) {
+        tracing::debug!(error = %e, size_bytes = bytes, "journal segment not preallocated");
+    }
+}
+
+fn no_space() -> std::io::Error {
+    std::io::Error::from_raw_os_error(libc::ENOSPC)
+}
+
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }

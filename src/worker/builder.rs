@@ -23,7 +23,10 @@ use super::{Inner, Ports, Settings, Worker};
 use crate::admission::{Admission, Capacity};
 use crate::driver_client::DriverClient;
 use crate::image::ImageStore;
-use crate::journal::{open_journal, Durability, RecoveryError, WriterMode};
+use crate::journal::{
+    open_journal, Durability, JournalConfig, RecoveryError, SegmentOptions, WriteFaults,
+    WriterMode, DEFAULT_PREALLOCATE_BYTES,
+};
 use crate::logs_store::LogsStore;
 use crate::metrics::Metrics;
 use crate::runner::{HostRunner, Runner};
@@ -76,13 +79,27 @@ type MakeStores = Box<dyn FnOnce(&Path) -> Result<(SpecStore, LogsStore), String
 pub struct JournalOptions {
     /// When a record counts as written (default [`Durability::Fsync`]).
     pub durability: Durability,
-    /// Start on a journal damaged in its middle, keeping the records before
-    /// the damage (default false: refuse).
+    /// Start on a damaged journal, keeping every valid record (default
+    /// false: refuse, naming the damage and the repair).
     pub repair: bool,
     /// A writer thread on the current runtime (default, `None`), or
     /// [`WriterMode::Inline`] for the deterministic simulation.
     pub mode: Option<WriterMode>,
+    /// Bytes reserved for each journal segment when it starts (default
+    /// [`DEFAULT_PREALLOCATE_BYTES`]; 0 for none).
+    pub preallocate_bytes: u64,
+    /// Creates are refused (503, `Retry-After`) while the file system of
+    /// the data directory has fewer free bytes than this (default
+    /// [`DEFAULT_MIN_FREE_BYTES`]; 0 for no floor): the rest is kept for
+    /// the records that end and report the jobs already accepted.
+    pub min_free_bytes: u64,
+    /// Injected write faults (the simulation's full disk; default none).
+    pub faults: Option<WriteFaults>,
 }
+
+/// Default floor of free bytes under the data directory below which
+/// creates are refused (128 MiB).
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 128 * 1024 * 1024;
 
 impl Default for JournalOptions {
     fn default() -> JournalOptions {
@@ -90,6 +107,9 @@ impl Default for JournalOptions {
             durability: Durability::Fsync,
             repair: false,
             mode: None,
+            preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            faults: None,
         }
     }
 }
@@ -310,12 +330,15 @@ impl WorkerBuilder {
             Some(logs) => logs,
             None => LogsStore::new(local_store(&data_dir.join("logs"))?, Default::default()),
         };
-        let recovered = open_journal(
-            &data_dir,
-            self.journal.durability,
-            self.journal.repair,
-            mode,
-        )?;
+        let config = JournalConfig {
+            segments: SegmentOptions {
+                durability: self.journal.durability,
+                preallocate_bytes: self.journal.preallocate_bytes,
+                faults: self.journal.faults.clone(),
+            },
+            repair: self.journal.repair,
+        };
+        let recovered = open_journal(&data_dir, &config, mode)?;
         if let Some(reason) = &recovered.cut_reason {
             tracing::warn!(cut_bytes = recovered.cut_bytes, reason = %reason, "journal: damaged records cut off");
         }
@@ -335,6 +358,7 @@ impl WorkerBuilder {
                     name: self.name.unwrap_or_else(default_name),
                     data_dir,
                     journal_segment_bytes: self.journal_segment_bytes,
+                    min_free_bytes: self.journal.min_free_bytes,
                     retention: self.retention,
                     capacity,
                     report_drain: self.report_drain,

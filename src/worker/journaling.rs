@@ -13,32 +13,31 @@ use crate::journal::{encode_record, JournalRecord};
 
 impl Worker {
     /// Gives `record` (the event just applied) to the journal. The work runs
-    /// on the writer's side once the record is written; the receiver says
-    /// whether it is durable. When `act_if_lost` is false, work whose record
-    /// could not be written is dropped (a create is then refused); when
-    /// true, it is performed all the same: the work returned is what the
-    /// caller must perform itself, once it has let go of the table lock (a
-    /// record that cannot even be encoded).
+    /// on the writer's side once the record is written, and never if it is
+    /// not: the writer retries a failed write until it succeeds, so the
+    /// work only waits (the writer is gone only when the worker exits).
+    /// The receiver says whether the record is durable.
     pub(super) fn commit(
         &self,
         table: &mut Table,
         record: JournalRecord,
         work: Vec<Work>,
-        act_if_lost: bool,
-    ) -> (Vec<Work>, oneshot::Receiver<bool>) {
+    ) -> oneshot::Receiver<bool> {
         let (done, durable) = oneshot::channel();
         let mut bytes = Vec::new();
         if let Err(e) = encode_record(&record, &mut bytes) {
-            tracing::error!(key = %record.key, error = %e, "event not journaled");
+            // Cannot happen: free texts are bounded far below the record
+            // limit (MAX_EVENT_TEXT_BYTES).
+            tracing::error!(key = %record.key, error = %e, "event not journaled; its effects are not performed");
             let _ = done.send(false);
-            return (if act_if_lost { work } else { Vec::new() }, durable);
+            return durable;
         }
         table.journal_bytes += bytes.len() as u64;
         let worker = self.clone();
         self.inner.journal.append(
             bytes,
             Box::new(move |ok| {
-                if ok || act_if_lost {
+                if ok {
                     worker.perform(work);
                 }
                 let _ = done.send(ok);
@@ -47,7 +46,7 @@ impl Worker {
         if table.journal_bytes >= self.inner.settings.journal_segment_bytes {
             self.compact(table);
         }
-        (Vec::new(), durable)
+        durable
     }
 
     /// Compaction, under the table lock: forgets attempts finished,

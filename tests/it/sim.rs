@@ -19,7 +19,7 @@ use batch_worker::admission::Capacity;
 use batch_worker::driver_client::{
     DriverAnswer, DriverClient, DriverTransport, ReportRetry, JOB_COMPLETE_PATH, JOB_STARTED_PATH,
 };
-use batch_worker::journal::{Durability, WriterMode};
+use batch_worker::journal::{Durability, WriteFault, WriteFaults, WriterMode};
 use batch_worker::logs_store::LogsStore;
 use batch_worker::runner::{LaunchError, Process, ProcessRequest, Runner};
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
@@ -321,6 +321,47 @@ pub struct SimParts {
     pub capacity: Capacity,
     /// Journal bytes after which it is compacted.
     pub segment_bytes: u64,
+    /// Faults injected into the journal's writes (a full disk, torn writes).
+    pub journal_faults: Option<WriteFaults>,
+}
+
+/// Journal write faults by seed: about one append in `1 / rate` starts a
+/// full-disk episode, whose first write is torn (half written) and whose
+/// next `2..=8` tries fail with nothing written. Counts what it injected.
+#[derive(Debug, Default)]
+pub struct JournalFaults {
+    calls: std::sync::atomic::AtomicU64,
+    remaining: AtomicU32,
+    /// Appends that failed.
+    pub injected: std::sync::atomic::AtomicU64,
+    /// Episodes started.
+    pub episodes: std::sync::atomic::AtomicU64,
+}
+
+impl JournalFaults {
+    /// Faults for `seed`, at `rate` episodes per append.
+    pub fn writer_faults(self: &Arc<Self>, seed: u64, rate: f64) -> WriteFaults {
+        let faults = self.clone();
+        WriteFaults(Arc::new(move |size| {
+            let n = faults.calls.fetch_add(1, Ordering::Relaxed);
+            let remaining = faults.remaining.load(Ordering::Relaxed);
+            let fault = if remaining > 0 {
+                faults.remaining.store(remaining - 1, Ordering::Relaxed);
+                Some(WriteFault::Full)
+            } else if draw(seed, ("journal", n)) < rate {
+                let tries = 2 + (draw(seed, ("journal-len", n)) * 7.0) as u32;
+                faults.remaining.store(tries, Ordering::Relaxed);
+                faults.episodes.fetch_add(1, Ordering::Relaxed);
+                Some(WriteFault::Torn(size / 2))
+            } else {
+                None
+            };
+            if fault.is_some() {
+                faults.injected.fetch_add(1, Ordering::Relaxed);
+            }
+            fault
+        }))
+    }
 }
 
 impl SimParts {
@@ -346,6 +387,7 @@ impl SimParts {
                 memory_bytes: 64 << 30,
             },
             segment_bytes: 64 * 1024,
+            journal_faults: None,
         }
     }
 
@@ -369,8 +411,10 @@ impl SimParts {
             .executor(Executor::Host(runner))
             .journal(JournalOptions {
                 durability: Durability::Flush,
-                repair: false,
                 mode: Some(WriterMode::Inline),
+                preallocate_bytes: 0,
+                faults: self.journal_faults.clone(),
+                ..JournalOptions::default()
             })
             .journal_segment_bytes(self.segment_bytes)
             .capacity(self.capacity)

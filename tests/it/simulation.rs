@@ -24,7 +24,7 @@ use batch_worker::bunch::{self, BunchKeys};
 use batch_worker::replay::{replay_path, ReplayOptions};
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::store::{FaultPlan, FaultStore};
-use batch_worker::worker::{status_of, Worker};
+use batch_worker::worker::{status_of, Worker, CREATE_JOURNAL_WAIT};
 use batch_worker_model::{ErrorKind, Event, JobAttempt, JobState, Outcome};
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -246,6 +246,9 @@ struct World {
     accepted: HashMap<usize, String>,
     /// The worker incarnation (0, 1, ...) each accepted job came to.
     accepted_in: HashMap<usize, usize>,
+    /// Jobs whose create was refused with 503 (a full disk): not accepted;
+    /// the worker may keep a cancelled attempt of them.
+    refused: HashSet<usize>,
     /// Jobs a cancel reached while their attempt was not finished.
     cancelled_live: HashMap<usize, ()>,
     violations: Vec<String>,
@@ -302,7 +305,13 @@ async fn act(
             let took = began.elapsed().as_millis();
             world.creates += 1;
             world.max_create_ms = world.max_create_ms.max(took);
-            if took > CREATE_BOUND_MS {
+            let bound = match status {
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    CREATE_JOURNAL_WAIT.as_millis() + CREATE_BOUND_MS
+                }
+                _ => CREATE_BOUND_MS,
+            };
+            if took > bound {
                 world.violate(format!(
                     "create of {}:{} took {took} ms of virtual time",
                     job.batch_id, job.job_id
@@ -313,6 +322,15 @@ async fn act(
                     world.accepted.insert(i, attempt);
                     world.accepted_in.insert(i, world.restarts);
                 }
+                (StatusCode::SERVICE_UNAVAILABLE, _)
+                    if answer.to_string().contains("journal")
+                        || answer.to_string().contains("disk") =>
+                {
+                    if !world.accepted.contains_key(&i) {
+                        world.refused.insert(i);
+                    }
+                }
+                (s, true) if s.is_client_error() && world.refused.contains(&i) => {}
                 (s, true) if s.is_client_error() && world.accepted.contains_key(&i) => {}
                 (s, true) if s == StatusCode::OK && !world.accepted.contains_key(&i) => {
                     world.accepted.insert(i, attempt);
@@ -337,6 +355,7 @@ async fn act(
                 }
                 StatusCode::OK => {}
                 StatusCode::NOT_FOUND if !world.accepted.contains_key(&i) => {}
+                StatusCode::OK if world.refused.contains(&i) => {}
                 s => world.violate(format!(
                     "cancel of {}:{} answered {s}: {answer}",
                     job.batch_id, job.job_id
@@ -351,7 +370,9 @@ async fn act(
             } else {
                 StatusCode::NOT_FOUND
             };
-            if status != expected {
+            // A refused create may leave a cancelled attempt behind.
+            let refused = world.refused.contains(&i) && status == StatusCode::OK;
+            if status != expected && !refused {
                 world.violate(format!(
                     "status of {}:{} answered {status}: {answer}",
                     job.batch_id, job.job_id
@@ -389,7 +410,12 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
     };
     let logs = Arc::new(FaultStore::new(logs_inner.clone(), logs_faults));
     let driver = Arc::new(SimDriver::new(seed, 0.1, 0.05, 400));
-    let parts = SimParts::new(data.path(), spec_faults.clone(), logs, Some(driver.clone()));
+    let mut parts = SimParts::new(data.path(), spec_faults.clone(), logs, Some(driver.clone()));
+    // A full disk now and then: the journal's writes fail (the first torn)
+    // for a few tries, and the worker must neither lose nor act on what
+    // it could not write.
+    let journal_faults = Arc::new(sim::JournalFaults::default());
+    parts.journal_faults = Some(journal_faults.writer_faults(seed ^ 0x6a6e6c, 0.002));
     let panics_before = sim::panics_on_this_thread();
     let mut world = World::default();
     let mut next_action = 0;
@@ -451,7 +477,11 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
                 // The worker dies here: the runtime is dropped with every
                 // task in flight.
                 tokio::time::sleep_until(began + Duration::from_millis(end - offset)).await;
-                before_crash = Some(sim::statuses(&worker));
+                // A status may show events not yet journaled while the
+                // disk is full; a crash then loses them (they were never
+                // acted on), so statuses are compared only when nothing
+                // was waiting to be written.
+                before_crash = (!worker.journal_failing()).then(|| sim::statuses(&worker));
                 clock_ms = end;
                 world.restarts += 1;
                 return;
@@ -531,13 +561,17 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
         *by_state.entry(name).or_default() += 1;
     }
     // Not vacuous: faults, crashes and driver failures must have happened.
+    let journal_episodes = journal_faults
+        .episodes
+        .load(std::sync::atomic::Ordering::Relaxed);
     if stats.errors == 0
         || stats.hangs + stats.short_reads + stats.flips == 0
+        || journal_episodes == 0
         || log.failed == 0
         || world.restarts == 0
     {
         world.violate(format!(
-            "too few faults to mean anything: {stats:?}, driver failed {}, restarts {}",
+            "too few faults to mean anything: {stats:?}, driver failed {}, restarts {}, full-disk episodes {journal_episodes}",
             log.failed, world.restarts
         ));
     }
@@ -546,13 +580,15 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
     }
     Ok(format!(
         "seed {seed}: trace {:016x}; {} jobs, {} creates (max {} ms virtual), {} accepted, {} restarts; outcomes {by_state:?}; \
-         store faults {stats:?}; driver calls failed {} and answers lost {}; {:.1} s",
+         store faults {stats:?}; journal: {journal_episodes} full-disk episodes, {} failed writes, {} creates refused; driver calls failed {} and answers lost {}; {:.1} s",
         world.trace_digest,
         plan.jobs.len(),
         world.creates,
         world.max_create_ms,
         world.accepted.len(),
         world.restarts,
+        journal_faults.injected.load(std::sync::atomic::Ordering::Relaxed),
+        world.refused.len(),
         log.failed,
         log.lost,
         wall.elapsed().as_secs_f64(),
