@@ -38,7 +38,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{ApiToken, TokenFileError};
-pub use error::ApiError;
+pub use error::{ApiError, RETRY_AFTER_SECONDS};
 
 use crate::server::BODY_READ_TIMEOUT;
 use crate::wire::{CreateJob, FieldError};

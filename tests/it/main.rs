@@ -21,6 +21,9 @@
 //!   refused, the first unharmed); a busy port writes nothing.
 //! - `hostile_specs`: deep `resources`, a 5 MB argv: the journal still
 //!   replays, statuses unchanged across a restart.
+//! - `disk_full`: a real tmpfs filled to its last byte under `serve`:
+//!   creates refused, nothing unjournaled acted on, healing by itself, the
+//!   reserve that lets accepted jobs end and report.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
 //! - `replay`: the replay tool against the committed journal corpus.
 //! - `reports`: activation, retries through a failing, slow, restarting
@@ -57,6 +60,7 @@ mod control_plane;
 mod crash;
 mod create_api;
 mod data_dir;
+mod disk_full;
 mod file_staging;
 mod fuzz_corpus;
 mod hanging_store;

@@ -242,7 +242,7 @@ async fn reports_recovered_at_start_wait_for_activation() {
     let records: Vec<JournalRecord> = events
         .into_iter()
         .enumerate()
-        .map(|(i, event)| JournalRecord::new(100 + i as u64, 1_764_504_000_000, key.clone(), event))
+        .map(|(i, event)| JournalRecord::new(1 + i as u64, 1_764_504_000_000, key.clone(), event))
         .collect();
     // When a worker opens on it before activating
     let h = Harness::with_options(Options {
