@@ -19,6 +19,7 @@
 //! No handler touches the spec store: a create answers from memory.
 
 pub mod auth;
+mod body_guard;
 mod error;
 
 use std::collections::HashMap;
@@ -34,10 +35,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{ApiToken, TokenFileError};
+pub use body_guard::{BodyBudgetExhausted, BodyDeadlineExceeded, BodyGuard};
 pub use error::{ApiError, RETRY_AFTER_SECONDS};
 
 use crate::server::BODY_READ_TIMEOUT;
@@ -55,11 +56,20 @@ pub struct ApiConfig {
     /// The bearer token every request but `/healthcheck` and `/metrics`
     /// must carry; `None`: no authentication.
     pub api_token: Option<ApiToken>,
-    /// How long a request's body may take to arrive once its headers have
-    /// (then 408); [`BODY_READ_TIMEOUT`] by default. Headers themselves
-    /// must arrive within [`crate::server::HEADER_READ_TIMEOUT`].
+    /// How long a request's whole body may take to arrive once its headers
+    /// have (then 408), however it trickles in; [`BODY_READ_TIMEOUT`] by
+    /// default. Headers themselves must arrive within
+    /// [`crate::server::HEADER_READ_TIMEOUT`].
     pub body_read_timeout: Duration,
+    /// Most bytes of request bodies held at once, over every connection
+    /// (then 503 for the body whose bytes do not fit);
+    /// [`DEFAULT_MAX_BUFFERED_BODY_BYTES`] by default.
+    pub max_buffered_body_bytes: usize,
 }
+
+/// Default bound on the body bytes held at once (256 MiB): fifteen
+/// largest create bodies.
+pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 impl ApiConfig {
     /// Bodies up to `max_body_bytes`, no authentication.
@@ -68,6 +78,7 @@ impl ApiConfig {
             max_body_bytes,
             api_token: None,
             body_read_timeout: BODY_READ_TIMEOUT,
+            max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
         }
     }
 }
@@ -103,7 +114,9 @@ pub fn router(worker: Worker, config: &ApiConfig) -> Router {
 }
 
 /// The middleware every route runs under, outermost first: tower-http's
-/// trace layer, the body timeout (`config.body_read_timeout`, 408), the
+/// trace layer, the [`BodyGuard`] (the whole body within
+/// `config.body_read_timeout` of its headers, else 408; at most
+/// `config.max_buffered_body_bytes` of bodies held at once, else 503), the
 /// API token check when `config` has a token (401, before anything about
 /// the body), the 413 for a declared `Content-Length` over
 /// `config.max_body_bytes`, and axum's body limit for bodies that grow
@@ -116,6 +129,7 @@ pub fn router(worker: Worker, config: &ApiConfig) -> Router {
 /// it failed.
 pub fn stack(routes: Router, config: &ApiConfig) -> Router {
     let max_body_bytes = config.max_body_bytes;
+    let guard = BodyGuard::new(config.body_read_timeout, config.max_buffered_body_bytes);
     routes
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(
@@ -127,7 +141,10 @@ pub fn stack(routes: Router, config: &ApiConfig) -> Router {
             config.api_token.clone(),
             auth::require_token,
         ))
-        .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            BodyGuard::layer,
+        ))
         // 5xx answers here are 503s (not activated, shutting down, journal
         // unwritable), expected in a fleet's life: a warning, not an error.
         .layer(

@@ -309,6 +309,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         listener,
         worker.clone(),
         ApiConfig::new(17 << 20),
+        crate::server::ConnectionLimits::default(),
         stop.clone().cancelled_owned(),
     ));
 

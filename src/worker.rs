@@ -348,7 +348,7 @@ impl Worker {
         }
         match nix::sys::statvfs::statvfs(&self.inner.settings.data_dir) {
             Ok(stat) => {
-                let free_bytes = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+                let free_bytes = stat.blocks_available().saturating_mul(stat.fragment_size());
                 if free_bytes < floor_bytes {
                     return Err(CreateError::DiskFull {
                         free_bytes,

@@ -232,7 +232,13 @@ impl Server {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         runtime.spawn(async move {
-            let connections = server::accept(&listener, app, stopped.cancelled_owned()).await;
+            let connections = server::accept(
+                &listener,
+                app,
+                batch_worker::server::ConnectionLimits::default(),
+                stopped.cancelled_owned(),
+            )
+            .await;
             drop(connections);
         });
         Server {

@@ -42,17 +42,25 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Maps axum's body rejection: 413 stays 413, the body timeout
-    /// (tower-http's `TimeoutError` in the error's sources) is 408,
-    /// anything else is a 400 on `body`.
+    /// Maps axum's body rejection: 413 stays 413, the body deadline
+    /// ([`super::BodyDeadlineExceeded`] in the error's sources) is 408, the
+    /// body budget ([`super::BodyBudgetExhausted`]) 503, anything else is a
+    /// 400 on `body`.
     pub fn from_body_rejection(rejection: BytesRejection) -> ApiError {
-        let timed_out = std::iter::successors(
+        let mut sources = std::iter::successors(
             Some(&rejection as &(dyn std::error::Error + 'static)),
             |e| e.source(),
-        )
-        .any(|e| e.is::<tower_http::timeout::TimeoutError>());
-        if timed_out {
-            ApiError::RequestTimeout(rejection.body_text())
+        );
+        let found = sources.find_map(|e| {
+            if let Some(deadline) = e.downcast_ref::<super::BodyDeadlineExceeded>() {
+                Some(ApiError::RequestTimeout(deadline.to_string()))
+            } else {
+                e.downcast_ref::<super::BodyBudgetExhausted>()
+                    .map(|budget| ApiError::Unavailable(budget.to_string()))
+            }
+        });
+        if let Some(error) = found {
+            error
         } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(rejection.body_text())
         } else {

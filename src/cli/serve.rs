@@ -16,13 +16,16 @@ use url::Url;
 
 use super::{store_or_local, CliError, RegistryArgs, SpecArgs, StartError};
 use crate::admission::Capacity;
-use crate::api::{ApiConfig, ApiToken};
+use crate::api::{ApiConfig, ApiToken, DEFAULT_MAX_BUFFERED_BODY_BYTES};
 use crate::container::{ContainerNetwork, RuncConfig, RuncRunner};
 use crate::driver_client::{DriverClient, ReportRetry};
 use crate::image::{ImageStore, PullProcess};
 use crate::journal::{Durability, DEFAULT_PREALLOCATE_BYTES};
 use crate::logs_store::LogsStore;
 use crate::runner::HostRunner;
+use crate::server::{
+    ConnectionLimits, BODY_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+};
 use crate::spec_store::SpecStore;
 use crate::store::{redact_url, throttled, with_control_plane, StoreOptions};
 use crate::worker::{
@@ -125,6 +128,22 @@ pub struct ServeArgs {
     /// Largest accepted create body, in bytes (larger: 413).
     #[arg(long, default_value_t = 17 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// A request's whole body must arrive within this many ms of its
+    /// headers, however it trickles in (then 408).
+    #[arg(long, default_value_t = BODY_READ_TIMEOUT.as_millis() as u64)]
+    pub body_timeout_ms: u64,
+    /// Most bytes of request bodies held at once over every connection
+    /// (then 503 for the body that does not fit).
+    #[arg(long, default_value_t = DEFAULT_MAX_BUFFERED_BODY_BYTES)]
+    pub max_buffered_body_bytes: usize,
+    /// Most client connections at once (more are closed as they are
+    /// accepted); lowered to the open-file limit less 256 if need be.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// A connection with no request in flight and no byte either way for
+    /// this many ms is closed (HTTP/1 and h2c).
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_millis() as u64)]
+    pub idle_timeout_ms: u64,
     /// A file holding the API's bearer token (one line). With it, every
     /// endpoint but /healthcheck and /metrics answers 401 without
     /// `Authorization: Bearer <token>`. Without it: no authentication.
@@ -463,9 +482,23 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
             .as_deref()
             .map(ApiToken::from_file)
             .transpose()?,
+        body_read_timeout: Duration::from_millis(args.body_timeout_ms),
+        max_buffered_body_bytes: args.max_buffered_body_bytes,
         ..ApiConfig::new(args.max_body_bytes)
     };
     args.check()?;
+    match crate::server::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(
+            open_files = limit,
+            "open-file limit raised to its hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "the open-file limit could not be raised"),
+    }
+    let limits = ConnectionLimits {
+        max_connections: args.max_connections,
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+    }
+    .within_fd_limit();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| CliError::Io {
@@ -499,7 +532,12 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
             tracing::error!(error = %e, "activation with the driver failed; creates are refused (503)");
         }
     });
-    crate::server::serve(listener, worker, api_config, shutdown_signals())
+    tracing::info!(
+        max_connections = limits.max_connections,
+        idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
+        "connection limits"
+    );
+    crate::server::serve(listener, worker, api_config, limits, shutdown_signals())
         .await
         .map_err(|source| CliError::Io {
             context: "serving".into(),

@@ -24,6 +24,9 @@
 //! - `disk_full`: a real tmpfs filled to its last byte under `serve`:
 //!   creates refused, nothing unjournaled acted on, healing by itself, the
 //!   reserve that lets accepted jobs end and report.
+//! - `hostile_clients`: idle, silent, h2c, over-the-cap and trickling
+//!   connections on real sockets; the body deadline and budget; 1,100
+//!   connections held against a real `serve`.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
 //! - `replay`: the replay tool against the committed journal corpus.
 //! - `reports`: activation, retries through a failing, slow, restarting
@@ -64,6 +67,7 @@ mod disk_full;
 mod file_staging;
 mod fuzz_corpus;
 mod hanging_store;
+mod hostile_clients;
 mod hostile_specs;
 mod journal_replay;
 mod log_format;

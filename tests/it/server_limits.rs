@@ -165,8 +165,13 @@ async fn a_client_that_sends_headers_and_stalls_is_cut_off_by_the_body_timeout()
     let stop = tokio_util::sync::CancellationToken::new();
     let stopped = stop.clone();
     let server = tokio::spawn(async move {
-        let connections =
-            batch_worker::server::accept(&listener, app, stopped.cancelled_owned()).await;
+        let connections = batch_worker::server::accept(
+            &listener,
+            app,
+            batch_worker::server::ConnectionLimits::default(),
+            stopped.cancelled_owned(),
+        )
+        .await;
         connections.drain().await;
     });
     // 10 of the 100 bytes the headers promise, then nothing.

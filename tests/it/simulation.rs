@@ -415,7 +415,7 @@ fn simulate(seed: u64, job_count: usize) -> Result<String, Vec<String>> {
     // for a few tries, and the worker must neither lose nor act on what
     // it could not write.
     let journal_faults = Arc::new(sim::JournalFaults::default());
-    parts.journal_faults = Some(journal_faults.writer_faults(seed ^ 0x6a6e6c, 0.002));
+    parts.journal_faults = Some(journal_faults.writer_faults(seed ^ 0x6a6e6c, 0.0008));
     let panics_before = sim::panics_on_this_thread();
     let mut world = World::default();
     let mut next_action = 0;

@@ -19,7 +19,7 @@ use batch_worker::journal::{
 use batch_worker::logs_store::LogsStore;
 use batch_worker::runner::{HostRunner, Runner};
 
-use batch_worker::server::serve;
+use batch_worker::server::{serve, ConnectionLimits};
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::worker::{Executor, JournalOptions, Worker, DEFAULT_JOURNAL_SEGMENT_BYTES};
 use batch_worker_model::{JobState, RunPhase};
@@ -62,6 +62,10 @@ pub struct Options {
     /// Records written into the data directory's journal before the
     /// worker opens it (default none: a fresh journal).
     pub journal: Vec<JournalRecord>,
+    /// The API's settings (default: 1 MiB bodies, no token).
+    pub api: ApiConfig,
+    /// The connection limits (default: the server's defaults).
+    pub limits: ConnectionLimits,
 }
 
 impl Default for Options {
@@ -76,6 +80,8 @@ impl Default for Options {
             report_concurrency: 64,
             executor: None,
             journal: Vec::new(),
+            api: ApiConfig::new(1 << 20),
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -237,7 +243,8 @@ impl Harness {
         let server = tokio::spawn(serve(
             listener,
             worker.clone(),
-            ApiConfig::new(1 << 20),
+            options.api.clone(),
+            options.limits,
             stop.clone().cancelled_owned(),
         ));
         Harness {
