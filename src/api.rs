@@ -160,13 +160,23 @@ async fn create(
     let started = std::time::Instant::now();
     let answer = async {
         let body = body.map_err(ApiError::from_body_rejection)?;
-        let job = CreateJob::parse(&body)?;
+        let job = CreateJob::parse(&body);
+        wipe(body);
+        let job = job?;
         worker.create(job).await?;
         Ok(StatusCode::OK)
     }
     .await;
     worker.metrics().observe_create(started.elapsed());
     answer
+}
+
+/// Overwrites a create body (it holds the job's secrets) with zeros once
+/// it is parsed, when no one else holds its buffer.
+fn wipe(body: Bytes) {
+    if let Ok(mut owned) = body.try_into_mut() {
+        zeroize::Zeroize::zeroize(&mut owned[..]);
+    }
 }
 
 /// Answers 413 before reading a body whose `Content-Length` is over the

@@ -289,6 +289,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         .name("demo-worker")
         .executor(Executor::Host(Arc::new(HostRunner {
             kill_grace: Duration::from_secs(2),
+            job_user: None,
         })))
         .capacity(Capacity::of_machine())
         .specs(specs)

@@ -164,14 +164,116 @@ pub trait Process: Send + std::fmt::Debug {
 pub struct HostRunner {
     /// Time between SIGTERM and SIGKILL when ending a process (default 5 s).
     pub kill_grace: Duration,
+    /// The unprivileged user jobs run as (their working directory is given
+    /// to it); `None`: as the worker's own user (default).
+    pub job_user: Option<JobUser>,
 }
 
 impl Default for HostRunner {
     fn default() -> Self {
         HostRunner {
             kill_grace: Duration::from_secs(5),
+            job_user: None,
         }
     }
+}
+
+/// A user host jobs run as: no supplementary groups, its own uid and
+/// primary gid, so that it cannot read the worker's memory (`/proc/PID/mem`
+/// of a process of another user, and not dumpable) nor another job's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobUser {
+    /// Its name, for messages.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+}
+
+/// Why `--job-user` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--job-user {name}: {reason}")]
+pub struct JobUserError {
+    /// The name given.
+    pub name: String,
+    /// What is wrong, and what to do.
+    pub reason: String,
+}
+
+impl JobUser {
+    /// The user called `name` (from the password database), if jobs must
+    /// switch to it: `Ok(None)` when `name` is empty, or when the worker is
+    /// not root (it cannot switch; jobs run as the worker's user), or when
+    /// `name` is the worker's own user.
+    ///
+    /// # Errors
+    /// No such user; or a uid of 0 (root is what the switch avoids).
+    pub fn resolve(name: &str) -> Result<Option<JobUser>, JobUserError> {
+        let fail = |reason: String| JobUserError {
+            name: name.to_owned(),
+            reason,
+        };
+        if name.is_empty() || !nix::unistd::geteuid().is_root() {
+            return Ok(None);
+        }
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| fail(format!("the user database cannot be read ({e})")))?
+            .ok_or_else(|| fail("no such user; name one that exists (`nobody` is usual) or pass --job-user '' to run jobs as the worker's user".into()))?;
+        if user.uid.is_root() {
+            if name == "root" {
+                return Ok(None);
+            }
+            return Err(fail("its uid is 0; name an unprivileged user".into()));
+        }
+        Ok(Some(JobUser {
+            name: name.to_owned(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        }))
+    }
+
+    /// Checks that this user can reach `dir` (every directory above it lets
+    /// others pass: `o+x`), so that jobs can enter their directories.
+    ///
+    /// # Errors
+    /// The first directory it cannot pass, and the fix.
+    pub fn check_reaches(&self, dir: &Path) -> Result<(), JobUserError> {
+        use std::os::unix::fs::MetadataExt;
+        for ancestor in dir.ancestors() {
+            let Ok(meta) = std::fs::metadata(ancestor) else {
+                continue;
+            };
+            let passes = meta.mode() & 0o001 != 0
+                || (meta.uid() == self.uid && meta.mode() & 0o100 != 0)
+                || (meta.gid() == self.gid && meta.mode() & 0o010 != 0);
+            if !passes {
+                return Err(JobUserError {
+                    name: self.name.clone(),
+                    reason: format!(
+                        "jobs cannot reach their directories under {}: {} is mode {:o}; run `chmod o+x {}`, or pass --job-user '' to run jobs as the worker's user",
+                        dir.display(),
+                        ancestor.display(),
+                        meta.mode() & 0o7777,
+                        ancestor.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gives `dir` and everything under it (not following links) to `user`.
+fn give_to(dir: &Path, user: &JobUser) -> std::io::Result<()> {
+    use std::os::unix::fs::lchown;
+    lchown(dir, Some(user.uid), Some(user.gid))?;
+    if std::fs::symlink_metadata(dir)?.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            give_to(&entry?.path(), user)?;
+        }
+    }
+    Ok(())
 }
 
 /// A spawned process.
@@ -198,7 +300,8 @@ impl Runner for HostRunner {
         // spawning thread waits until the child has exec'd): keep them off
         // the threads that answer create calls.
         let request = request.clone();
-        let (child, pid) = tokio::task::spawn_blocking(move || spawn_now(&request))
+        let user = self.job_user.clone();
+        let (child, pid) = tokio::task::spawn_blocking(move || spawn_now(&request, user.as_ref()))
             .await
             .map_err(|e| LaunchError(format!("the spawning thread failed: {e}")))??;
         Ok(Box::new(RunningProcess {
@@ -215,10 +318,24 @@ impl Runner for HostRunner {
 }
 
 /// The blocking part of [`HostRunner::spawn`].
-fn spawn_now(request: &ProcessRequest) -> Result<(Child, u32), LaunchError> {
+fn spawn_now(
+    request: &ProcessRequest,
+    user: Option<&JobUser>,
+) -> Result<(Child, u32), LaunchError> {
     let work = request.dir.work();
     std::fs::create_dir_all(&work)
         .map_err(|e| LaunchError(format!("cannot create {}: {e}", work.display())))?;
+    if let Some(user) = user {
+        // The job's working directory (and its staged inputs) become the
+        // job user's; nothing else of the worker's is.
+        give_to(&work, user).map_err(|e| {
+            LaunchError(format!(
+                "cannot give {} to the job user {}: {e}",
+                work.display(),
+                user.name
+            ))
+        })?;
+    }
     let log_path = request.dir.main_log();
     let log = std::fs::File::create(&log_path)
         .map_err(|e| LaunchError(format!("cannot create {}: {e}", log_path.display())))?;
@@ -260,6 +377,10 @@ fn spawn_now(request: &ProcessRequest) -> Result<(Child, u32), LaunchError> {
         .stderr(Stdio::from(log_err))
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(user) = user {
+        // std drops the supplementary groups too when it switches from root.
+        command.uid(user.uid).gid(user.gid);
+    }
     let child = command
         .spawn()
         .map_err(|e| LaunchError(format!("cannot run {program:?}: {e}")))?;

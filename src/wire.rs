@@ -24,13 +24,48 @@ pub const MAX_ID_CHARS: usize = 64;
 /// The version number of the status bodies the worker sends (`status.version`).
 pub const STATUS_VERSION: u32 = 5;
 
-/// A secret value: deserialised from the wire, never serialised, and shown
-/// as `<redacted>` by `Debug`. Read it with [`Secret::expose`].
+/// A secret value: deserialised from the wire, never serialised, shown as
+/// `<redacted>` by `Debug`, and overwritten with zeros when dropped (once
+/// its job no longer needs it). Read it with [`Secret::expose`].
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
-pub struct Secret<T>(T);
+pub struct Secret<T: Wipe>(T);
 
-impl<T> Secret<T> {
+/// A value whose bytes can be overwritten in place before it is freed
+/// (`zeroize`); what a [`Secret`] may hold.
+pub trait Wipe {
+    /// Overwrites every byte with zero (and empties the value).
+    fn wipe(&mut self);
+}
+
+impl Wipe for Vec<u8> {
+    fn wipe(&mut self) {
+        zeroize::Zeroize::zeroize(self);
+    }
+}
+
+impl Wipe for String {
+    fn wipe(&mut self) {
+        zeroize::Zeroize::zeroize(self);
+    }
+}
+
+impl Wipe for BTreeMap<String, String> {
+    fn wipe(&mut self) {
+        for (mut name, mut value) in std::mem::take(self) {
+            zeroize::Zeroize::zeroize(&mut name);
+            zeroize::Zeroize::zeroize(&mut value);
+        }
+    }
+}
+
+impl<T: Wipe> Drop for Secret<T> {
+    fn drop(&mut self) {
+        self.0.wipe();
+    }
+}
+
+impl<T: Wipe> Secret<T> {
     /// Wraps `value`.
     pub fn new(value: T) -> Secret<T> {
         Secret(value)
@@ -43,13 +78,13 @@ impl<T> Secret<T> {
 }
 
 /// Compares the values (tests compare specs); reveals nothing by itself.
-impl<T: PartialEq> PartialEq for Secret<T> {
+impl<T: PartialEq + Wipe> PartialEq for Secret<T> {
     fn eq(&self, other: &Secret<T>) -> bool {
         self.0 == other.0
     }
 }
 
-impl<T> std::fmt::Debug for Secret<T> {
+impl<T: Wipe> std::fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
     }

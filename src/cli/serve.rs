@@ -22,7 +22,7 @@ use crate::driver_client::{DriverClient, ReportRetry};
 use crate::image::{ImageStore, PullProcess};
 use crate::journal::{Durability, DEFAULT_PREALLOCATE_BYTES};
 use crate::logs_store::LogsStore;
-use crate::runner::HostRunner;
+use crate::runner::{HostRunner, JobUser};
 use crate::server::{
     ConnectionLimits, BODY_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
 };
@@ -175,6 +175,12 @@ pub struct ExecutorArgs {
     /// How jobs run: `host` (host processes) or `runc` (OCI containers).
     #[arg(long, value_enum, default_value = "host")]
     pub executor: ExecutorKind,
+    /// With `--executor host` and a worker running as root: the
+    /// unprivileged user jobs run as (their directories are given to it),
+    /// so that no job can read the worker's memory or another job's
+    /// secrets. '' runs jobs as the worker's own user.
+    #[arg(long, default_value = "nobody")]
+    pub job_user: String,
     /// The runc binary (`--executor runc`).
     #[arg(long, default_value = "runc")]
     pub runc: PathBuf,
@@ -233,7 +239,18 @@ impl ExecutorArgs {
     pub fn build(&self, data_dir: &Path, kill_grace: Duration) -> Result<Executor, StartError> {
         self.check()?;
         match self.executor {
-            ExecutorKind::Host => Ok(Executor::Host(Arc::new(HostRunner { kill_grace }))),
+            ExecutorKind::Host => {
+                let job_user = JobUser::resolve(&self.job_user)
+                    .map_err(|e| StartError::Invalid(e.to_string()))?;
+                if let Some(user) = &job_user {
+                    user.check_reaches(data_dir)
+                        .map_err(|e| StartError::Invalid(e.to_string()))?;
+                }
+                Ok(Executor::Host(Arc::new(HostRunner {
+                    kill_grace,
+                    job_user,
+                })))
+            }
             ExecutorKind::Runc => {
                 let mut images = self.registry.image_config(
                     self.image_cache_dir
@@ -487,6 +504,11 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
         ..ApiConfig::new(args.max_body_bytes)
     };
     args.check()?;
+    // Not dumpable: no core file, and no process of another user (a job)
+    // may read its memory through /proc, where the jobs' secrets are.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "the worker could not be made non-dumpable");
+    }
     match crate::server::raise_fd_limit() {
         Ok(limit) => tracing::debug!(
             open_files = limit,

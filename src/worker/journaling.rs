@@ -33,12 +33,15 @@ impl Worker {
             return durable;
         }
         table.journal_bytes += bytes.len() as u64;
-        let worker = self.clone();
+        // Weak: a record waiting behind a failing write must not keep the
+        // worker alive (the writer is the worker's; a strong handle here
+        // would be a cycle that outlives a crashed incarnation).
+        let worker = std::sync::Arc::downgrade(&self.inner);
         self.inner.journal.append(
             bytes,
             Box::new(move |ok| {
-                if ok {
-                    worker.perform(work);
+                if let (true, Some(inner)) = (ok, worker.upgrade()) {
+                    Worker { inner }.perform(work);
                 }
                 let _ = done.send(ok);
             }),

@@ -81,8 +81,12 @@ impl Drop for Tmpfs {
 }
 
 /// Specs for jobs 1..=n: each appends its job id to `runs` (outside the
-/// full disk), then sleeps `sleep_s`.
+/// full disk; made writable by the job user), then sleeps `sleep_s`.
 async fn write_specs(specs: &Path, runs: &Path, n: i64, sleep_s: f64) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(runs, "").unwrap();
+    std::fs::set_permissions(runs, std::fs::Permissions::from_mode(0o666)).unwrap();
+    crate::support::let_job_user_pass(runs);
     let bunch: Vec<Vec<u8>> = (1..=n)
         .map(|job_id| {
             let script = format!("echo {job_id} >> {}; sleep {sleep_s}", runs.display());

@@ -97,3 +97,60 @@ async fn no_secret_value_reaches_logs_status_events_metrics_or_the_journal() {
         assert!(!holds(&said, secret), "{secret} was shown");
     }
 }
+
+/// As root, `serve` runs host jobs as `nobody` and is not dumpable: a job
+/// can read neither the worker's memory (where other jobs' secrets are)
+/// nor its maps, and its files are its own.
+#[tokio::test]
+async fn a_host_job_runs_as_nobody_and_cannot_read_the_workers_memory() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs as root (as CI does): it checks the switch to nobody"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
+    std::fs::create_dir_all(&specs).unwrap();
+    let script = "id -u; touch mine && echo WROTE-CWD; \
+        (head -c 16 /proc/$PPID/mem > /dev/null 2>&1 && echo MEM-READABLE) || echo MEM-DENIED; \
+        (cat /proc/$PPID/environ > /dev/null 2>&1 && echo ENV-READABLE) || echo ENV-DENIED";
+    let store = std::sync::Arc::new(LocalFileSystem::new_with_prefix(&specs).unwrap());
+    SpecStore::new(store, Default::default(), SpecLoadConfig::default())
+        .unwrap()
+        .write_bunch(
+            6,
+            "nobody",
+            &[serde_json::to_vec(&shell_spec(1, script)).unwrap()],
+        )
+        .await
+        .unwrap();
+    let driver = EmbeddedDriver::start().await.unwrap();
+    let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    let mut body = create_body(6, 1, "nobody", 1);
+    body["gsa_key"] = json!({"key.json": SECRET});
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{}/api/v1alpha/batches/jobs/create", serve.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), reqwest::StatusCode::OK);
+    serve.wait_event(6, 1, "process_exited").await;
+    let log = http
+        .get(format!(
+            "{}/api/v1alpha/batches/6/jobs/1/log/main",
+            serve.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert!(log.contains(&format!("{}\n", nobody.uid)), "{log}");
+    assert!(log.contains("WROTE-CWD"), "{log}");
+    assert!(log.contains("MEM-DENIED"), "{log}");
+    assert!(log.contains("ENV-DENIED"), "{log}");
+    assert!(!holds(log.as_bytes(), SECRET), "{log}");
+}

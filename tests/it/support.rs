@@ -208,6 +208,7 @@ impl Harness {
             Some((runner, images)) => Executor::Runc { runner, images },
             None => Executor::Host(Arc::new(HostRunner {
                 kill_grace: Duration::from_secs(2),
+                job_user: None,
             })),
         };
         // Flush: the tests do not simulate power loss.
@@ -734,6 +735,23 @@ pub fn live_group_members(pgid: u32) -> Vec<u32> {
     live
 }
 
+/// Lets others pass (`o+x`) the test's temporary directories above `data`:
+/// as root, `serve` runs host jobs as `nobody`, which must reach their
+/// directories (tempfile makes its directories 0700).
+pub fn let_job_user_pass(data: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let temp = std::env::temp_dir();
+    for ancestor in data.ancestors() {
+        if ancestor == temp || !ancestor.starts_with(&temp) {
+            break;
+        }
+        if let Ok(meta) = std::fs::metadata(ancestor) {
+            let mode = meta.permissions().mode() | 0o001;
+            let _ = std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
 /// `batch-worker serve` as a child process on a free loopback port.
 pub struct ServeChild {
     pub child: std::process::Child,
@@ -786,6 +804,7 @@ impl ServeChild {
             .local_addr()
             .unwrap()
             .port();
+        let_job_user_pass(data);
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_batch-worker"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
