@@ -290,6 +290,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         .executor(Executor::Host(Arc::new(HostRunner {
             kill_grace: Duration::from_secs(2),
             job_user: None,
+            cgroups: None,
         })))
         .capacity(Capacity::of_machine())
         .specs(specs)

@@ -60,6 +60,7 @@
 pub mod admission;
 pub mod api;
 pub mod bunch;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod container;

@@ -22,6 +22,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use crate::cgroup::{Cgroups, JobCgroup};
 use crate::wire::EnvVar;
 
 /// The niceness of job processes (the worker's own is left as it is).
@@ -167,6 +168,9 @@ pub struct HostRunner {
     /// The unprivileged user jobs run as (their working directory is given
     /// to it); `None`: as the worker's own user (default).
     pub job_user: Option<JobUser>,
+    /// Where each job's cgroup is made (every process of the job stays in
+    /// it and is ended with it); `None`: process groups only (default).
+    pub cgroups: Option<Cgroups>,
 }
 
 impl Default for HostRunner {
@@ -174,6 +178,7 @@ impl Default for HostRunner {
         HostRunner {
             kill_grace: Duration::from_secs(5),
             job_user: None,
+            cgroups: None,
         }
     }
 }
@@ -283,6 +288,8 @@ pub struct RunningProcess {
     pid: u32,
     started: Instant,
     kill_grace: Duration,
+    /// The job's cgroup, ended and removed with the job.
+    cgroup: Option<JobCgroup>,
 }
 
 #[async_trait]
@@ -301,15 +308,33 @@ impl Runner for HostRunner {
         // the threads that answer create calls.
         let request = request.clone();
         let user = self.job_user.clone();
-        let (child, pid) = tokio::task::spawn_blocking(move || spawn_now(&request, user.as_ref()))
-            .await
-            .map_err(|e| LaunchError(format!("the spawning thread failed: {e}")))??;
+        let cgroups = self.cgroups.clone();
+        let (child, pid, cgroup) = tokio::task::spawn_blocking(move || {
+            spawn_now(&request, user.as_ref(), cgroups.as_ref())
+        })
+        .await
+        .map_err(|e| LaunchError(format!("the spawning thread failed: {e}")))??;
         Ok(Box::new(RunningProcess {
             child,
             pid,
             started: Instant::now(),
             kill_grace: self.kill_grace,
+            cgroup,
         }))
+    }
+
+    /// A job from before a restart: its cgroup (if any) is ended and
+    /// removed, every process of it, whatever its pid now names.
+    fn clean_up(&self, key: &JobKey, _dir: &AttemptDir) -> bool {
+        match self.cgroups.as_ref().and_then(|c| c.existing(key)) {
+            Some(cgroup) => {
+                let pids = cgroup.pids();
+                let gone = cgroup.kill_all();
+                tracing::warn!(%key, ?pids, gone, "a job's processes from before the restart ended");
+                true
+            }
+            None => false,
+        }
     }
 
     fn kill_grace(&self) -> Duration {
@@ -321,7 +346,8 @@ impl Runner for HostRunner {
 fn spawn_now(
     request: &ProcessRequest,
     user: Option<&JobUser>,
-) -> Result<(Child, u32), LaunchError> {
+    cgroups: Option<&Cgroups>,
+) -> Result<(Child, u32, Option<JobCgroup>), LaunchError> {
     let work = request.dir.work();
     std::fs::create_dir_all(&work)
         .map_err(|e| LaunchError(format!("cannot create {}: {e}", work.display())))?;
@@ -377,13 +403,39 @@ fn spawn_now(
         .stderr(Stdio::from(log_err))
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(user) = user {
-        // std drops the supplementary groups too when it switches from root.
-        command.uid(user.uid).gid(user.gid);
+    let cgroup = cgroups
+        .map(|c| c.create(&request.key))
+        .transpose()
+        .map_err(|e| LaunchError(format!("cannot make the job's cgroup: {e}")))?;
+    let procs = cgroup
+        .as_ref()
+        .map(JobCgroup::procs_files)
+        .unwrap_or_default();
+    let drop_to = user.map(|u| (u.uid, u.gid));
+    if !procs.is_empty() || drop_to.is_some() {
+        // In the child, before exec: join the cgroup while still root,
+        // then drop to the job user (in this order: joining needs root).
+        // SAFETY: the closure makes only async-signal-safe syscalls on
+        // data made before the fork (see cgroup::join_in_child).
+        unsafe {
+            command.pre_exec(move || {
+                crate::cgroup::join_in_child(&procs)?;
+                if let Some((uid, gid)) = drop_to {
+                    crate::cgroup::drop_to_in_child(uid, gid)?;
+                }
+                Ok(())
+            });
+        }
     }
-    let child = command
-        .spawn()
-        .map_err(|e| LaunchError(format!("cannot run {program:?}: {e}")))?;
+    let child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(cgroup) = &cgroup {
+                cgroup.kill_all();
+            }
+            return Err(LaunchError(format!("cannot run {program:?}: {e}")));
+        }
+    };
     let pid = child
         .id()
         .ok_or_else(|| LaunchError(format!("{program:?} exited before it could be watched")))?;
@@ -392,7 +444,7 @@ fn spawn_now(
     // (The host-process stand-in for a container's CPU shares.)
     // SAFETY: setpriority takes plain integers and touches no memory.
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, JOB_NICENESS) };
-    Ok((child, pid))
+    Ok((child, pid, cgroup))
 }
 
 #[async_trait]
@@ -419,17 +471,46 @@ impl Process for RunningProcess {
             }
             () = kill.cancelled() => self.end_group().await,
         };
-        // Leave nothing of the job behind, even if the leader exited alone.
+        // Leave nothing of the job behind, even if the leader exited alone:
+        // its group, and with a cgroup every process that left the group.
         let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        if let Some(cgroup) = self.cgroup.take() {
+            let usage = cgroup.usage();
+            let pid = self.pid;
+            let _ = tokio::task::spawn_blocking(move || {
+                let left = cgroup.pids();
+                if !left.is_empty() {
+                    tracing::info!(
+                        pid,
+                        ?left,
+                        "processes that left the job's process group ended with its cgroup"
+                    );
+                }
+                cgroup.kill_all()
+            })
+            .await;
+            tracing::debug!(
+                pid,
+                cpu_usec = usage.cpu_usec,
+                memory_peak_bytes = usage.memory_peak_bytes,
+                "job cgroup usage"
+            );
+        }
         (status, self.started.elapsed().as_millis() as u64)
     }
 }
 
 impl RunningProcess {
-    /// SIGTERM to the group, SIGKILL after the grace period.
+    /// SIGTERM to the group (and every process of the cgroup), SIGKILL
+    /// after the grace period.
     async fn end_group(&mut self) -> ExitStatus {
         let group = Pid::from_raw(self.pid as i32);
         let _ = killpg(group, Signal::SIGTERM);
+        if let Some(cgroup) = &self.cgroup {
+            for pid in cgroup.pids() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
         match tokio::time::timeout(self.kill_grace, self.child.wait()).await {
             Ok(status) => exit_status(status),
             Err(_) => {

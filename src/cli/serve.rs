@@ -17,6 +17,7 @@ use url::Url;
 use super::{store_or_local, CliError, RegistryArgs, SpecArgs, StartError};
 use crate::admission::Capacity;
 use crate::api::{ApiConfig, ApiToken, DEFAULT_MAX_BUFFERED_BODY_BYTES};
+use crate::cgroup::{CgroupMode, Cgroups};
 use crate::container::{ContainerNetwork, RuncConfig, RuncRunner};
 use crate::driver_client::{DriverClient, ReportRetry};
 use crate::image::{ImageStore, PullProcess};
@@ -181,6 +182,12 @@ pub struct ExecutorArgs {
     /// secrets. '' runs jobs as the worker's own user.
     #[arg(long, default_value = "nobody")]
     pub job_user: String,
+    /// With `--executor host`: the cgroup hierarchy each job gets a cgroup
+    /// of its own in (`auto`: v2 if mounted with `cgroup.kill`, else v1,
+    /// else none), so that a timeout, a cancel, shutdown or a restart ends
+    /// every process of the job, even one that left its process group.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub job_cgroups: CgroupMode,
     /// The runc binary (`--executor runc`).
     #[arg(long, default_value = "runc")]
     pub runc: PathBuf,
@@ -246,9 +253,22 @@ impl ExecutorArgs {
                     user.check_reaches(data_dir)
                         .map_err(|e| StartError::Invalid(e.to_string()))?;
                 }
+                // Under this process's own cgroup, one parent per data
+                // directory: a restarted worker finds its jobs' cgroups,
+                // and workers on other data directories never touch them.
+                let parent = format!(
+                    "batch-worker/{:08x}",
+                    crc32c::crc32c(data_dir.as_os_str().as_encoded_bytes())
+                );
+                let cgroups = Cgroups::detect(self.job_cgroups, &parent)
+                    .map_err(|e| StartError::Invalid(e.to_string()))?;
+                if let Some(cgroups) = &cgroups {
+                    tracing::info!(version = cgroups.version(), "a cgroup per host job");
+                }
                 Ok(Executor::Host(Arc::new(HostRunner {
                     kill_grace,
                     job_user,
+                    cgroups,
                 })))
             }
             ExecutorKind::Runc => {

@@ -27,6 +27,9 @@
 //! - `hostile_clients`: idle, silent, h2c, over-the-cap and trickling
 //!   connections on real sockets; the body deadline and budget; 1,100
 //!   connections held against a real `serve`.
+//! - `escapes`: `setsid`, double-fork and fan-out escapees end with their
+//!   job (timeout, cancel, the leader's exit, a restart after `kill -9`)
+//!   under cgroup v2 and v1.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
 //! - `replay`: the replay tool against the committed journal corpus.
 //! - `reports`: activation, retries through a failing, slow, restarting
@@ -64,6 +67,7 @@ mod crash;
 mod create_api;
 mod data_dir;
 mod disk_full;
+mod escapes;
 mod file_staging;
 mod fuzz_corpus;
 mod hanging_store;

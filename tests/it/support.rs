@@ -209,6 +209,7 @@ impl Harness {
             None => Executor::Host(Arc::new(HostRunner {
                 kill_grace: Duration::from_secs(2),
                 job_user: None,
+                cgroups: None,
             })),
         };
         // Flush: the tests do not simulate power loss.
