@@ -287,8 +287,9 @@ impl Cgroups {
     }
 }
 
-/// The cgroup of one job (one directory per hierarchy).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The cgroup of one job (one directory per hierarchy). Serialised into
+/// the shim's launch file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobCgroup {
     v2: bool,
     dirs: Vec<PathBuf>,

@@ -835,6 +835,7 @@ mod tests {
             cores_mcpu: 1500,
             memory_bytes: 64 << 20,
             secrets: Vec::new(),
+            timeout: None,
         }
     }
 

@@ -291,6 +291,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             kill_grace: Duration::from_secs(2),
             job_user: None,
             cgroups: None,
+            shim: None,
         })))
         .capacity(Capacity::of_machine())
         .specs(specs)

@@ -77,6 +77,7 @@ pub mod metrics;
 pub mod replay;
 pub mod runner;
 pub mod server;
+pub mod shim;
 pub mod spec_diag;
 pub mod spec_store;
 pub mod store;

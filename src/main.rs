@@ -8,8 +8,28 @@ use batch_worker::cli::{self, Command, LogFormat};
 use batch_worker::config::{self, ConfigError};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // `batch-worker shim ATTEMPT_DIR`: a job's shim (see
+    // batch_worker::shim), started by `serve`; before any runtime, flag or
+    // configuration is read.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == "shim" {
+        let code = batch_worker::shim::main(std::path::Path::new(&args[2]));
+        return ExitCode::from(code as u8);
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let (cli, effective) = match config::parse(std::env::args_os()) {
         Ok(parsed) => parsed,
         Err(ConfigError::Clap(e)) => e.exit(),

@@ -23,6 +23,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::{Cgroups, JobCgroup};
+use crate::shim::Handshake;
 use crate::wire::EnvVar;
 
 /// The niceness of job processes (the worker's own is left as it is).
@@ -102,6 +103,10 @@ pub struct ProcessRequest {
     /// The request's `secrets`, mounted read-only in a container for the
     /// job's life; host processes get none.
     pub secrets: Vec<crate::wire::SecretMount>,
+    /// The spec's timeout. A runner that hands its process to a shim gives
+    /// it the timeout (the shim ends the job on time even while no worker
+    /// runs); others get it in [`Process::wait`].
+    pub timeout: Option<Duration>,
 }
 
 /// A process could not be started.
@@ -140,6 +145,15 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
         let _ = (key, dir);
         false
     }
+
+    /// Called at start for an attempt the journal shows executing as
+    /// `pid`: the process, re-attached (still running under its shim, or
+    /// ended while no worker ran, its exit on record), or `None` when it
+    /// cannot be (then [`Runner::clean_up`] ends what is left). Blocking.
+    fn reattach(&self, key: &JobKey, dir: &AttemptDir, pid: u32) -> Option<Box<dyn Process>> {
+        let _ = (key, dir, pid);
+        None
+    }
 }
 
 /// A started process.
@@ -171,7 +185,26 @@ pub struct HostRunner {
     /// Where each job's cgroup is made (every process of the job stays in
     /// it and is ended with it); `None`: process groups only (default).
     pub cgroups: Option<Cgroups>,
+    /// The shim each job's process is handed to (see [`crate::shim`]), so
+    /// that jobs outlive a worker restart; `None`: the worker's own child,
+    /// ended with the worker (default: an embedded worker has no binary to
+    /// re-exec).
+    pub shim: Option<ShimConfig>,
 }
+
+/// How jobs are handed to their shims.
+#[derive(Debug, Clone)]
+pub struct ShimConfig {
+    /// The `batch-worker` binary (`shim ATTEMPT_DIR` is its subcommand).
+    pub binary: PathBuf,
+    /// Most bytes a job's `main.log` keeps: its first and last halves,
+    /// with a line saying what was cut; 0: no cap.
+    pub max_log_bytes: u64,
+}
+
+/// Default cap of a job's `main.log` (8 MiB: 4 MiB from its start, 4 MiB
+/// from its end).
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
 
 impl Default for HostRunner {
     fn default() -> Self {
@@ -179,6 +212,7 @@ impl Default for HostRunner {
             kill_grace: Duration::from_secs(5),
             job_user: None,
             cgroups: None,
+            shim: None,
         }
     }
 }
@@ -303,6 +337,9 @@ impl Runner for HostRunner {
     /// # Errors
     /// [`LaunchError`] naming the program or path that failed.
     async fn spawn(&self, request: &ProcessRequest) -> Result<Box<dyn Process>, LaunchError> {
+        if let Some(shim) = &self.shim {
+            return self.spawn_with_shim(shim, request).await;
+        }
         // Creating files and spawning block (ext4 inode allocation; the
         // spawning thread waits until the child has exec'd): keep them off
         // the threads that answer create calls.
@@ -320,6 +357,31 @@ impl Runner for HostRunner {
             started: Instant::now(),
             kill_grace: self.kill_grace,
             cgroup,
+        }))
+    }
+
+    /// A job from before a restart that runs under its shim, or whose shim
+    /// recorded its exit: re-attached.
+    fn reattach(&self, key: &JobKey, dir: &AttemptDir, pid: u32) -> Option<Box<dyn Process>> {
+        self.shim.as_ref()?;
+        let cgroup = self.cgroups.as_ref().and_then(|c| c.existing(key));
+        let shim_pid = std::fs::read_to_string(crate::shim::shim_pid_path(&dir.root))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok());
+        let exited = crate::shim::read_exit(&dir.root).is_some();
+        let shim_alive = shim_pid.is_some_and(|shim| is_shim_of(shim, &dir.root));
+        if !exited && !shim_alive {
+            return None;
+        }
+        tracing::info!(%key, pid, shim_pid, exited, "job re-attached");
+        Some(Box::new(ShimProcess {
+            shim: None,
+            shim_pid: shim_pid.unwrap_or(0),
+            pid,
+            root: dir.root.clone(),
+            cgroup,
+            kill_grace: self.kill_grace,
+            started: Instant::now(),
         }))
     }
 
@@ -445,6 +507,342 @@ fn spawn_now(
     // SAFETY: setpriority takes plain integers and touches no memory.
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, JOB_NICENESS) };
     Ok((child, pid, cgroup))
+}
+
+impl HostRunner {
+    /// Spawns `request`'s job under a shim: writes its `launch.json`,
+    /// starts `batch-worker shim ATTEMPT_DIR` in a session of its own, and
+    /// reads the job's pid from the shim's handshake.
+    async fn spawn_with_shim(
+        &self,
+        shim: &ShimConfig,
+        request: &ProcessRequest,
+    ) -> Result<Box<dyn Process>, LaunchError> {
+        let (request, user, cgroups) =
+            (request.clone(), self.job_user.clone(), self.cgroups.clone());
+        let (binary, max_log_bytes, kill_grace) =
+            (shim.binary.clone(), shim.max_log_bytes, self.kill_grace);
+        let prepared = tokio::task::spawn_blocking(move || {
+            prepare_shim(
+                &request,
+                user.as_ref(),
+                cgroups.as_ref(),
+                max_log_bytes,
+                kill_grace,
+            )
+            .map(|(cgroup, launch)| (request, cgroup, launch))
+        })
+        .await
+        .map_err(|e| LaunchError(format!("the spawning thread failed: {e}")))??;
+        let (request, cgroup, launch) = prepared;
+        let launch = zeroize::Zeroizing::new(
+            serde_json::to_vec(&launch)
+                .map_err(|e| LaunchError(format!("the shim's launch: {e}")))?,
+        );
+        let root = request.dir.root.clone();
+        let mut command = Command::new(&binary);
+        command
+            .arg("shim")
+            .arg(&root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(match std::fs::File::create(root.join("shim.log")) {
+                Ok(file) => Stdio::from(file),
+                Err(_) => Stdio::null(),
+            })
+            // The shim outlives the worker: never killed with it.
+            .kill_on_drop(false);
+        // SAFETY: setsid is an async-signal-safe syscall.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setsid()?;
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| LaunchError(format!("cannot start the shim {}: {e}", binary.display())))?;
+        // Dropped before the handshake (a cancel, the spawn timeout): the
+        // shim and whatever it started are ended.
+        let guard = Unconfirmed {
+            shim_pid: child.id(),
+            cgroup: cgroup.clone(),
+        };
+        let mut stdin = child.stdin.take().expect("piped");
+        let fed = async {
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, &launch).await?;
+            tokio::io::AsyncWriteExt::shutdown(&mut stdin).await
+        };
+        fed.await
+            .map_err(|e| LaunchError(format!("cannot give the shim its launch: {e}")))?;
+        drop(stdin);
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(stdout), &mut line)
+            .await
+            .map_err(|e| LaunchError(format!("the shim's handshake: {e}")))?;
+        let handshake = match crate::shim::read_handshake(line.as_bytes()) {
+            Ok(handshake) => handshake,
+            Err(e) => {
+                let ended = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
+                let log = std::fs::read_to_string(root.join("shim.log")).unwrap_or_default();
+                return Err(LaunchError(format!(
+                    "{e}; the shim {}; it said: {:?}",
+                    match ended {
+                        Ok(Ok(status)) => format!("ended {status}"),
+                        _ => "did not end".to_owned(),
+                    },
+                    log.trim()
+                )));
+            }
+        };
+        match handshake {
+            Handshake::Failed { message } => {
+                let _ = child.wait().await;
+                guard.disarm();
+                Err(LaunchError(message))
+            }
+            Handshake::Started { pid, shim_pid } => {
+                guard.disarm();
+                Ok(Box::new(ShimProcess {
+                    shim: Some(child),
+                    shim_pid,
+                    pid,
+                    root,
+                    cgroup,
+                    kill_grace: self.kill_grace,
+                    started: Instant::now(),
+                }))
+            }
+        }
+    }
+}
+
+/// The blocking part of [`HostRunner::spawn_with_shim`]: the attempt's
+/// directory, the program resolved, the cgroup made; the shim's launch.
+fn prepare_shim(
+    request: &ProcessRequest,
+    user: Option<&JobUser>,
+    cgroups: Option<&Cgroups>,
+    max_log_bytes: u64,
+    kill_grace: Duration,
+) -> Result<(Option<JobCgroup>, crate::shim::Launch), LaunchError> {
+    let work = request.dir.work();
+    std::fs::create_dir_all(&work)
+        .map_err(|e| LaunchError(format!("cannot create {}: {e}", work.display())))?;
+    if let Some(user) = user {
+        give_to(&work, user).map_err(|e| {
+            LaunchError(format!(
+                "cannot give {} to the job user {}: {e}",
+                work.display(),
+                user.name
+            ))
+        })?;
+    }
+    let (program, _) = request
+        .argv
+        .split_first()
+        .ok_or_else(|| LaunchError("process.command is empty".into()))?;
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    let resolved = which::which_in(program, Some(&path), &work).map_err(|_| {
+        let place = if program.contains('/') {
+            ""
+        } else {
+            " in PATH"
+        };
+        LaunchError(format!(
+            "cannot run {program:?}: no executable file of that name{place}"
+        ))
+    })?;
+    let cgroup = cgroups
+        .map(|c| c.create(&request.key))
+        .transpose()
+        .map_err(|e| LaunchError(format!("cannot make the job's cgroup: {e}")))?;
+    let mut env = vec![
+        ("PATH".to_owned(), path.to_string_lossy().into_owned()),
+        ("HOME".to_owned(), work.to_string_lossy().into_owned()),
+        ("HAIL_BATCH_ID".to_owned(), request.key.batch_id.to_string()),
+        ("HAIL_JOB_ID".to_owned(), request.key.job_id.to_string()),
+        ("HAIL_ATTEMPT_ID".to_owned(), request.key.attempt_id.clone()),
+    ];
+    env.extend(
+        request
+            .env
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone())),
+    );
+    let launch = crate::shim::Launch {
+        program: resolved,
+        argv: request.argv.clone(),
+        env,
+        cwd: work,
+        log: request.dir.main_log(),
+        max_log_bytes,
+        cgroup: cgroup.clone(),
+        user: user.map(|u| (u.uid, u.gid)),
+        niceness: JOB_NICENESS,
+        timeout_ms: request.timeout.map(|t| t.as_millis() as u64),
+        kill_grace_ms: kill_grace.as_millis() as u64,
+    };
+    Ok((cgroup, launch))
+}
+
+/// Whether `pid` is the shim of attempt directory `root` (its command
+/// line is `... shim ROOT`: a pid reused by another process is not).
+fn is_shim_of(pid: u32, root: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .any(|w| w[0] == b"shim" && w[1] == root.as_os_str().as_encoded_bytes())
+}
+
+/// A shim whose handshake has not been read: ended if dropped.
+struct Unconfirmed {
+    shim_pid: Option<u32>,
+    cgroup: Option<JobCgroup>,
+}
+
+impl Unconfirmed {
+    fn disarm(mut self) {
+        self.shim_pid = None;
+        self.cgroup = None;
+    }
+}
+
+impl Drop for Unconfirmed {
+    fn drop(&mut self) {
+        if let Some(pid) = self.shim_pid {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        if let Some(cgroup) = self.cgroup.take() {
+            std::thread::spawn(move || cgroup.kill_all());
+        }
+    }
+}
+
+/// A job run by its shim: waited for through the shim (the worker's child,
+/// or, re-attached after a restart, through a pidfd), its end read from
+/// `exit.json`.
+#[derive(Debug)]
+struct ShimProcess {
+    /// The shim, when this worker started it (it is reaped here).
+    shim: Option<tokio::process::Child>,
+    shim_pid: u32,
+    /// The job's pid (its process group).
+    pid: u32,
+    root: PathBuf,
+    cgroup: Option<JobCgroup>,
+    kill_grace: Duration,
+    started: Instant,
+}
+
+impl ShimProcess {
+    /// Completes when the shim has exited; its own exit status when it was
+    /// this worker's child (the job's status, should `exit.json` be
+    /// missing).
+    async fn shim_exited(
+        shim: &mut Option<tokio::process::Child>,
+        shim_pid: u32,
+        root: &Path,
+    ) -> Option<ExitStatus> {
+        match shim {
+            Some(child) => Some(exit_status(child.wait().await)),
+            None => {
+                if crate::shim::read_exit(root).is_some() {
+                    // Ended while no worker ran: only the shim's own last
+                    // step (its exit) may be left; its record is final.
+                    return None;
+                }
+                wait_for_exit(shim_pid).await;
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Process for ShimProcess {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for the shim to record the job's end; a kill is SIGTERM to
+    /// the job's group and cgroup, SIGKILL after the grace. The timeout is
+    /// the shim's (given at launch).
+    async fn wait(
+        mut self: Box<Self>,
+        _timeout: Option<Duration>,
+        kill: CancellationToken,
+    ) -> (ExitStatus, u64) {
+        let (shim_pid, root) = (self.shim_pid, self.root.clone());
+        let mut shim = self.shim.take();
+        let exited = ShimProcess::shim_exited(&mut shim, shim_pid, &root);
+        tokio::pin!(exited);
+        let shim_status = tokio::select! {
+            status = &mut exited => status,
+            () = kill.cancelled() => {
+                crate::shim::end(self.pid, self.cgroup.as_ref(), libc::SIGTERM);
+                match tokio::time::timeout(self.kill_grace, &mut exited).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        crate::shim::end(self.pid, self.cgroup.as_ref(), libc::SIGKILL);
+                        exited.await
+                    }
+                }
+            }
+        };
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        if let Some(cgroup) = self.cgroup.take() {
+            let _ = tokio::task::spawn_blocking(move || cgroup.kill_all()).await;
+        }
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        match (crate::shim::read_exit(&self.root), shim_status) {
+            (Some(exit), _) => (exit.status, exit.duration_ms),
+            // exit.json could not be written (a full disk): the shim
+            // exited with the job's own status.
+            (None, Some(status)) => {
+                tracing::warn!(
+                    pid = self.pid,
+                    ?status,
+                    "the job's end was not recorded by its shim; taken from the shim's exit status"
+                );
+                (status, duration_ms)
+            }
+            (None, None) => {
+                tracing::error!(pid = self.pid, shim_pid = self.shim_pid, root = %self.root.display(), "the job's shim ended without recording the job's end");
+                (ExitStatus::Code { code: -1 }, duration_ms)
+            }
+        }
+    }
+}
+
+/// Completes when process `pid` (not this process's child) has exited:
+/// through a pidfd; at once if it is gone already.
+async fn wait_for_exit(pid: u32) {
+    // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: the fd was just returned by pidfd_open and is owned here.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // SAFETY: the OwnedFd is moved into the AsyncFd, open and unchanged
+    // for its life.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    match registered {
+        Ok(fd) => {
+            let _ = fd.readable().await;
+        }
+        Err(_) => {
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 #[async_trait]

@@ -23,7 +23,7 @@ use crate::driver_client::{DriverClient, ReportRetry};
 use crate::image::{ImageStore, PullProcess};
 use crate::journal::{Durability, DEFAULT_PREALLOCATE_BYTES};
 use crate::logs_store::LogsStore;
-use crate::runner::{HostRunner, JobUser};
+use crate::runner::{HostRunner, JobUser, ShimConfig, DEFAULT_MAX_LOG_BYTES};
 use crate::server::{
     ConnectionLimits, BODY_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
 };
@@ -188,6 +188,16 @@ pub struct ExecutorArgs {
     /// every process of the job, even one that left its process group.
     #[arg(long, value_enum, default_value = "auto")]
     pub job_cgroups: CgroupMode,
+    /// With `--executor host`: hand each job's process to a shim (a small
+    /// re-exec of this binary) that outlives the worker, so a restart
+    /// re-attaches to running jobs instead of losing them. `false`: jobs
+    /// are the worker's own children.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub job_shim: bool,
+    /// With `--job-shim`: most bytes a job's `main.log` keeps (its first
+    /// and last halves, with a line saying what was cut); 0: no cap.
+    #[arg(long, default_value_t = DEFAULT_MAX_LOG_BYTES)]
+    pub max_log_bytes: u64,
     /// The runc binary (`--executor runc`).
     #[arg(long, default_value = "runc")]
     pub runc: PathBuf,
@@ -265,10 +275,24 @@ impl ExecutorArgs {
                 if let Some(cgroups) = &cgroups {
                     tracing::info!(version = cgroups.version(), "a cgroup per host job");
                 }
+                let shim = if self.job_shim {
+                    let binary = std::env::current_exe().map_err(|e| {
+                        StartError::Invalid(format!(
+                            "--job-shim: this binary's path cannot be read ({e}); pass --job-shim false"
+                        ))
+                    })?;
+                    Some(ShimConfig {
+                        binary,
+                        max_log_bytes: self.max_log_bytes,
+                    })
+                } else {
+                    None
+                };
                 Ok(Executor::Host(Arc::new(HostRunner {
                     kill_grace,
                     job_user,
                     cgroups,
+                    shim,
                 })))
             }
             ExecutorKind::Runc => {

@@ -121,15 +121,26 @@ async fn state(http: &reqwest::Client, serve: &ServeChild, job_id: i64) -> Strin
 
 /// Waits until every job in `jobs` is `succeeded`.
 async fn wait_succeeded(http: &reqwest::Client, serve: &ServeChild, jobs: &[i64]) {
-    tokio::time::timeout(HANG_GUARD, async {
+    let waited = tokio::time::timeout(HANG_GUARD, async {
         for job_id in jobs {
             while state(http, serve, *job_id).await != "succeeded" {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     })
-    .await
-    .expect("every accepted job succeeds once space is back");
+    .await;
+    if waited.is_err() {
+        let mut states = Vec::new();
+        for job_id in jobs {
+            let url = format!(
+                "{}/api/v1alpha/batches/{BATCH}/jobs/{job_id}/status",
+                serve.base
+            );
+            let status: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            states.push(status.to_string());
+        }
+        panic!("not every accepted job succeeded: {states:#?}");
+    }
 }
 
 /// Job ids in `runs`, with how often each ran.

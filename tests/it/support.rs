@@ -210,6 +210,7 @@ impl Harness {
                 kill_grace: Duration::from_secs(2),
                 job_user: None,
                 cgroups: None,
+                shim: None,
             })),
         };
         // Flush: the tests do not simulate power loss.

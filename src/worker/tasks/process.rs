@@ -50,6 +50,7 @@ impl Worker {
             cores_mcpu: spec.cores_mcpu,
             memory_bytes: spec.memory_limit_bytes(settings.capacity.memory_bytes),
             secrets: spec.secrets.clone(),
+            timeout: spec.timeout,
         };
         if kill.is_cancelled() {
             // Cancelled while the spec was being turned into a process.
