@@ -149,6 +149,27 @@ impl Admission {
         })
     }
 
+    /// Takes `request`'s cores and memory now, ahead of any queue (a job
+    /// re-attached at start, whose process already runs); `None` when they
+    /// are not free (the job then runs without a reservation).
+    pub fn reserve(&self, request: Request) -> Option<Grant> {
+        let memory = mib_up(request.memory_bytes).min(self.capacity.memory_bytes / MIB);
+        let cpu = self
+            .cpu_mcpu
+            .clone()
+            .try_acquire_many_owned(permits(request.cores_mcpu))
+            .ok()?;
+        let memory = self
+            .memory_mib
+            .clone()
+            .try_acquire_many_owned(permits(memory))
+            .ok()?;
+        Some(Grant {
+            _cpu: cpu,
+            _memory: memory,
+        })
+    }
+
     /// Free mcpu and MiB right now (for status and tests).
     pub fn available(&self) -> (u64, u64) {
         (

@@ -23,7 +23,7 @@ use crate::wire::{truncate, validate_env, AttemptFields, EnvVar};
 /// Host processes have no container file system: the path is taken
 /// relative to the attempt's working directory (a leading `/` is dropped,
 /// so `/io/in.txt` is `io/in.txt` there); `..` is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileTransfer {
     /// The object's URL in a store (`s3://`, `gs://`, `az://`, `file://`).
     pub url: url::Url,
@@ -122,8 +122,10 @@ pub fn spec_object(bytes: &[u8]) -> Result<Map<String, Value>, SpecTextError> {
     }
 }
 
-/// A validated job spec.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated job spec. Serialised (without its secrets) into the
+/// attempt's directory when its process starts (`spec.json`), so that a
+/// restarted worker re-attaching to the process still has it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobSpec {
     /// The spec's `job_id` (equal to the create request's).
     pub job_id: i64,
@@ -157,7 +159,8 @@ pub struct JobSpec {
     /// Size of the spec's JSON text, in bytes.
     pub size_bytes: u64,
     /// The create request's `secrets` (never the spec's), with their data:
-    /// mounted into the job's container.
+    /// mounted into the job's container. Never serialised.
+    #[serde(skip)]
     pub secrets: Vec<crate::wire::SecretMount>,
 }
 

@@ -66,6 +66,12 @@ impl AttemptDir {
         self.root.join("main.log")
     }
 
+    /// The spec the process was started from (`spec.json`, without its
+    /// secrets): what a restarted worker re-attaching to it goes on with.
+    pub fn spec_record(&self) -> PathBuf {
+        self.root.join("spec.json")
+    }
+
     /// Makes the working directory (and the attempt's) and an empty
     /// `main.log`, keeping what is already there. Blocking; the worker
     /// calls it before [`Runner::spawn`].
@@ -146,12 +152,13 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
         false
     }
 
-    /// Called at start for an attempt the journal shows executing as
-    /// `pid`: the process, re-attached (still running under its shim, or
-    /// ended while no worker ran, its exit on record), or `None` when it
-    /// cannot be (then [`Runner::clean_up`] ends what is left). Blocking.
-    fn reattach(&self, key: &JobKey, dir: &AttemptDir, pid: u32) -> Option<Box<dyn Process>> {
-        let _ = (key, dir, pid);
+    /// Called at start for an attempt the journal shows starting,
+    /// executing or being cancelled: its process and pid, re-attached
+    /// (still running under its shim, or ended while no worker ran, its
+    /// exit on record), or `None` when it cannot be (then
+    /// [`Runner::clean_up`] ends what is left). Blocking.
+    fn reattach(&self, key: &JobKey, dir: &AttemptDir) -> Option<(u32, Box<dyn Process>)> {
+        let _ = (key, dir);
         None
     }
 }
@@ -362,27 +369,31 @@ impl Runner for HostRunner {
 
     /// A job from before a restart that runs under its shim, or whose shim
     /// recorded its exit: re-attached.
-    fn reattach(&self, key: &JobKey, dir: &AttemptDir, pid: u32) -> Option<Box<dyn Process>> {
+    fn reattach(&self, key: &JobKey, dir: &AttemptDir) -> Option<(u32, Box<dyn Process>)> {
         self.shim.as_ref()?;
         let cgroup = self.cgroups.as_ref().and_then(|c| c.existing(key));
-        let shim_pid = std::fs::read_to_string(crate::shim::shim_pid_path(&dir.root))
-            .ok()
-            .and_then(|text| text.trim().parse::<u32>().ok());
-        let exited = crate::shim::read_exit(&dir.root).is_some();
-        let shim_alive = shim_pid.is_some_and(|shim| is_shim_of(shim, &dir.root));
-        if !exited && !shim_alive {
-            return None;
-        }
-        tracing::info!(%key, pid, shim_pid, exited, "job re-attached");
-        Some(Box::new(ShimProcess {
-            shim: None,
-            shim_pid: shim_pid.unwrap_or(0),
+        let exit = crate::shim::read_exit(&dir.root);
+        let pids = crate::shim::read_pids(&dir.root);
+        let alive = pids.is_some_and(|p| is_shim_of(p.shim_pid, &dir.root));
+        let pid = match (&exit, pids) {
+            (Some(exit), _) => exit.pid,
+            (None, Some(pids)) if alive => pids.pid,
+            _ => return None,
+        };
+        let shim_pid = pids.map_or(0, |p| p.shim_pid);
+        tracing::info!(%key, pid, shim_pid, exited = exit.is_some(), "job re-attached");
+        Some((
             pid,
-            root: dir.root.clone(),
-            cgroup,
-            kill_grace: self.kill_grace,
-            started: Instant::now(),
-        }))
+            Box::new(ShimProcess {
+                shim: None,
+                shim_pid,
+                pid,
+                root: dir.root.clone(),
+                cgroup,
+                kill_grace: self.kill_grace,
+                started: Instant::now(),
+            }),
+        ))
     }
 
     /// A job from before a restart: its cgroup (if any) is ended and

@@ -111,6 +111,20 @@ pub enum Handshake {
     },
 }
 
+/// What `shim.pid` holds: the shim's pid and its job's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimPids {
+    /// The shim's pid.
+    pub shim_pid: u32,
+    /// The job's pid (its process group).
+    pub pid: u32,
+}
+
+/// Reads the `shim.pid` of an attempt directory.
+pub fn read_pids(root: &Path) -> Option<ShimPids> {
+    serde_json::from_slice(&std::fs::read(shim_pid_path(root)).ok()?).ok()
+}
+
 /// `exit.json` of an attempt directory.
 pub fn exit_path(root: &Path) -> PathBuf {
     root.join("exit.json")
@@ -204,10 +218,12 @@ fn run(root: &Path) -> std::io::Result<Option<ExitStatus>> {
     // SAFETY: setpriority takes plain integers.
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, launch.niceness) };
     // Without it a restarted worker cannot re-attach (it ends the job).
-    if let Err(e) = write_atomically(
-        &shim_pid_path(root),
-        std::process::id().to_string().as_bytes(),
-    ) {
+    let pids = ShimPids {
+        shim_pid: std::process::id(),
+        pid,
+    };
+    let pids = serde_json::to_vec(&pids).map_err(std::io::Error::other)?;
+    if let Err(e) = write_atomically(&shim_pid_path(root), &pids) {
         say!("batch-worker shim: shim.pid: {e}");
     }
     handshake(&Handshake::Started {

@@ -391,6 +391,7 @@ impl WorkerBuilder {
             records = recovery.records,
             attempts = recovery.attempts,
             errored_by_restart = recovery.restarted,
+            reattached = recovery.reattached,
             reports_redone = recovery.redone,
             "journal recovered"
         );

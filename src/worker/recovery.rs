@@ -3,9 +3,10 @@
 //! live attempts end `worker_restarted`, and finished ones whose logs
 //! upload or `job_complete` was not done get it again.
 
-use batch_worker_model::{AttemptView, Event, History, JobState, RunPhase, WireState};
+use batch_worker_model::{AttemptView, Event, History, JobKey, JobState, RunPhase, WireState};
 
 use super::table::{self, JobEntry};
+use super::table::{Loaded, Runtime};
 use super::tasks::Work;
 use super::{now_ms, Worker};
 use crate::journal::JournalRecord;
@@ -24,6 +25,9 @@ pub struct Recovery {
     pub attempts: usize,
     /// Attempts that were live and ended `worker_restarted`.
     pub restarted: usize,
+    /// Attempts whose process was re-attached (running under its shim, or
+    /// ended while no worker ran).
+    pub reattached: usize,
     /// Finished attempts whose logs upload or `job_complete` is redone.
     pub redone: usize,
     /// Bytes cut off the journal (a torn tail, or with repair everything
@@ -42,6 +46,8 @@ impl Worker {
     pub(super) fn recover(&self, records: &[JournalRecord]) -> Recovery {
         let mut restarted = Vec::new();
         let mut redo = Vec::new();
+        let mut reattached = Vec::new();
+        let mut started_late = Vec::new();
         let attempts = {
             let mut table = self.table();
             // One entry per `created`: made room for at once, not by
@@ -80,16 +86,41 @@ impl Worker {
             }
             // In key order, so that the work recovery starts is started in
             // the same order on every run (a simulation repeats exactly).
-            let mut entries: Vec<&JobEntry> = table.values().collect();
-            entries.sort_unstable_by(|a, b| a.view.key().cmp(b.view.key()));
+            let mut keys: Vec<JobKey> = table.values().map(|e| e.view.key().clone()).collect();
+            keys.sort_unstable();
             let context = self.plan_context();
-            for entry in entries {
-                let view = &entry.view;
-                let state = view.state();
+            for key in keys {
+                let entry = table.entry_mut(&key).expect("listed above");
+                let state = entry.view.state();
                 if !state.is_terminal() {
-                    // A container (mounts, bundle, secret files) the crash
-                    // left behind goes before anything else runs.
-                    let dir = AttemptDir::new(&self.inner.settings.data_dir, view.key());
+                    let dir = AttemptDir::new(&self.inner.settings.data_dir, &key);
+                    // A process still running under its shim, or that ended
+                    // while no worker ran: waited for, and reported as it
+                    // really ends.
+                    // Starting: spawned, perhaps, before `process_started`
+                    // was written; Cancelling: ended once re-attached.
+                    if let JobState::Running {
+                        phase:
+                            phase @ (RunPhase::Starting
+                            | RunPhase::Executing { .. }
+                            | RunPhase::Cancelling),
+                    } = &state
+                    {
+                        if let Some((pid, work, kill)) = self.reattach(entry, &dir) {
+                            if *phase == RunPhase::Starting {
+                                started_late.push((key.clone(), pid));
+                            }
+                            if *phase == RunPhase::Cancelling {
+                                kill.cancel();
+                            }
+                            reattached.push(work);
+                            continue;
+                        }
+                    }
+                    let view = &entry.view;
+                    // Else what the crash left (a container's mounts and
+                    // bundle, a job's cgroup) is ended before anything
+                    // else runs.
                     let removed = self.inner.ports.runner.clean_up(view.key(), &dir);
                     if let (
                         false,
@@ -103,7 +134,10 @@ impl Worker {
                         tracing::warn!(key = %view.key(), pid, "the attempt's process may still run from before the restart; not killed");
                     }
                     restarted.push(view.key().clone());
-                } else if !view.logs_done() {
+                    continue;
+                }
+                let view = &entry.view;
+                if !view.logs_done() {
                     redo.push(table::upload_logs_work(view, &context));
                 } else if state.wire_state() != WireState::Cancelled && !view.complete_delivered() {
                     redo.push(Work::ReportComplete {
@@ -122,6 +156,12 @@ impl Worker {
                 "finished attempts whose logs upload or job_complete was not done before the restart: doing it again"
             );
         }
+        let reattached_count = reattached.len();
+        // What the journal missed: the process had started.
+        for (key, pid) in started_late {
+            self.record(&key, Event::ProcessStarted { pid });
+        }
+        self.perform(reattached);
         self.perform(redo);
         for key in &restarted {
             self.record(key, Event::WorkerRestarted);
@@ -131,8 +171,59 @@ impl Worker {
             records: records.len(),
             attempts,
             restarted: restarted.len(),
+            reattached: reattached_count,
             redone,
             cut_bytes: 0,
         }
+    }
+}
+
+impl Worker {
+    /// Re-attaches `entry`'s process (in `dir`) if its runner can and its
+    /// spec was recorded: the entry gets its spec, a kill token and its
+    /// cores and memory back. Returns the process's pid, the work that
+    /// waits for it, and its kill token.
+    fn reattach(
+        &self,
+        entry: &mut JobEntry,
+        dir: &AttemptDir,
+    ) -> Option<(u32, Work, tokio_util::sync::CancellationToken)> {
+        let key = entry.view.key().clone();
+        let spec: crate::job_spec::JobSpec = match std::fs::read(dir.spec_record()) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "spec.json unreadable: not re-attached");
+                    return None;
+                }
+            },
+            Err(_) => return None,
+        };
+        let (pid, process) = self.inner.ports.runner.reattach(&key, dir)?;
+        let request = crate::admission::Request {
+            cores_mcpu: spec.cores_mcpu,
+            memory_bytes: spec.memory_bytes,
+        };
+        let grant = self.inner.admission.reserve(request);
+        if grant.is_none() {
+            tracing::warn!(%key, cores_mcpu = spec.cores_mcpu, memory_bytes = spec.memory_bytes, "a re-attached job's resources are not free; it runs without a reservation");
+        }
+        let kill = tokio_util::sync::CancellationToken::new();
+        let timeout = spec.timeout;
+        entry.runtime = Runtime::Loaded(Box::new(Loaded {
+            spec: std::sync::Arc::new(spec),
+            kill: kill.clone(),
+            grant: None,
+            image: None,
+            started_report: None,
+        }));
+        let work = Work::Reattached {
+            key,
+            process,
+            timeout,
+            kill: kill.clone(),
+            grant,
+        };
+        Some((pid, work, kill))
     }
 }

@@ -66,6 +66,14 @@ pub(super) enum Work {
         grant: Option<Grant>,
         image: Option<Arc<PulledImage>>,
     },
+    /// Wait for a process re-attached at start, holding the grant.
+    Reattached {
+        key: JobKey,
+        process: Box<dyn crate::runner::Process>,
+        timeout: Option<std::time::Duration>,
+        kill: CancellationToken,
+        grant: Option<Grant>,
+    },
     /// Upload `status.json` and the main log (`UploadLogs`).
     UploadLogs {
         key: JobKey,
@@ -92,6 +100,7 @@ impl Work {
             | Work::Transfer { key, .. }
             | Work::PullImage { key, .. }
             | Work::Spawn { key, .. }
+            | Work::Reattached { key, .. }
             | Work::UploadLogs { key, .. }
             | Work::ReportStarted { key, .. }
             | Work::ReportComplete { key, .. } => key,
@@ -161,6 +170,19 @@ impl Worker {
                     tokio::spawn(
                         self.clone()
                             .run_process(key, spec, kill, grant, image)
+                            .instrument(span),
+                    );
+                }
+                Work::Reattached {
+                    key,
+                    process,
+                    timeout,
+                    kill,
+                    grant,
+                } => {
+                    tokio::spawn(
+                        self.clone()
+                            .wait_reattached(key, process, timeout, kill, grant)
                             .instrument(span),
                     );
                 }

@@ -31,6 +31,9 @@
 //!   job (timeout, cancel, the leader's exit, a restart after `kill -9`)
 //!   under cgroup v2 and v1.
 //! - `hanging_store`: creates answer while every blob read hangs; cancel.
+//! - `reattach`: rounds of SIGKILL of `serve` while jobs run under their
+//!   shims: nothing lost, nothing run twice, nothing left running, every
+//!   report true.
 //! - `replay`: the replay tool against the committed journal corpus.
 //! - `reports`: activation, retries through a failing, slow, restarting
 //!   driver, the stop on 404, the bound on calls in flight.
@@ -79,6 +82,7 @@ mod logs_upload;
 mod metrics;
 mod model_based;
 mod processes;
+mod reattach;
 mod replay;
 mod report_recovery;
 mod reports;

@@ -15,7 +15,37 @@ use crate::image::PulledImage;
 use crate::job_spec::JobSpec;
 use crate::runner::{AttemptDir, LaunchError, ProcessRequest, SPAWN_TIMEOUT};
 
+/// Writes `bytes` to `path`, readable by its owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
 impl Worker {
+    /// A process re-attached at start (see `recovery`): waits for it as the
+    /// process task does, holding its grant, and records its end.
+    pub(super) async fn wait_reattached(
+        self,
+        key: JobKey,
+        process: Box<dyn crate::runner::Process>,
+        timeout: Option<std::time::Duration>,
+        kill: CancellationToken,
+        grant: Option<Grant>,
+    ) {
+        let live = Counted::new(&self.inner.lifecycle.live_processes);
+        let (exit, duration_ms) = process.wait(timeout, kill).await;
+        self.record(&key, Event::ProcessExited { exit, duration_ms });
+        drop(grant);
+        drop(live);
+    }
+
     /// The process task.
     pub(super) async fn run_process(
         self,
@@ -59,7 +89,17 @@ impl Worker {
             return;
         }
         let dir = request.dir.clone();
-        if let Err(e) = self.job_files(JobFiles::Make, move || dir.create()).await {
+        let record = serde_json::to_vec(spec).unwrap_or_default();
+        let made = move || {
+            dir.create()?;
+            // For a restarted worker re-attaching to the process; without
+            // it (a full disk) the job is ended at a restart instead.
+            if let Err(e) = write_private(&dir.spec_record(), &record) {
+                tracing::warn!(error = %e, "spec.json not written: the job cannot be re-attached after a restart");
+            }
+            Ok(())
+        };
+        if let Err(e) = self.job_files(JobFiles::Make, made).await {
             let message = format!("cannot create the attempt's directory: {e}");
             self.record(&key, Event::LaunchFailed { message });
             return;

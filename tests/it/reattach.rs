@@ -1,0 +1,244 @@
+//! Jobs survive a worker restart: `serve` hands each host job to a shim,
+//! and is killed with SIGKILL at random moments while jobs run, round
+//! after round. After each restart the worker re-attaches to every job
+//! still running (and to those that ended while it was down), so that:
+//! no acknowledged job is lost, none runs twice, none is left running
+//! after its job ended, and every report says what really happened (a
+//! job that ran to its end is reported with its own exit, never
+//! `worker_restarted`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use batch_worker::demo::driver::EmbeddedDriver;
+use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
+use object_store::local::LocalFileSystem;
+use rand::Rng;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::{create_body, let_job_user_pass, shell_spec, ServeChild, HANG_GUARD};
+
+const BATCH: i64 = 41;
+const ROUNDS: i64 = 3;
+const PER_ROUND: i64 = 20;
+
+/// What a job's script wrote to its file in `runs`: `start` when it began,
+/// `end` when it finished.
+fn marks(runs: &Path, job_id: i64) -> Vec<String> {
+    std::fs::read_to_string(runs.join(job_id.to_string()))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Processes whose command line holds `marker`.
+fn with_marker(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(marker)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_rounds_lose_nothing_run_nothing_twice_and_report_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, specs, runs) = (
+        dir.path().join("data"),
+        dir.path().join("specs"),
+        dir.path().join("runs"),
+    );
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::create_dir_all(&runs).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&runs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let_job_user_pass(&runs);
+    let marker = format!("REATTACH{}", std::process::id());
+    let total = ROUNDS * PER_ROUND;
+    let code_of = |job_id: i64| if job_id % 5 == 0 { 3 } else { 0 };
+    let bunch: Vec<Vec<u8>> = (1..=total)
+        .map(|job_id| {
+            let sleep = ["0.3", "1.2", "2.5"][(job_id % 3) as usize];
+            let file = runs.join(job_id.to_string());
+            let script = format!(
+                ": {marker}; echo start >> {f}; sleep {sleep}; echo end >> {f}; exit {code}",
+                f = file.display(),
+                code = code_of(job_id)
+            );
+            serde_json::to_vec(&shell_spec(job_id, &script)).unwrap()
+        })
+        .collect();
+    let store = std::sync::Arc::new(LocalFileSystem::new_with_prefix(&specs).unwrap());
+    SpecStore::new(store, Default::default(), SpecLoadConfig::default())
+        .unwrap()
+        .write_bunch(BATCH, "reattach", &bunch)
+        .await
+        .unwrap();
+    let driver = EmbeddedDriver::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    let mut reattached = 0;
+    for round in 0..ROUNDS {
+        let mut serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+        let first = round * PER_ROUND + 1;
+        let creates = (first..first + PER_ROUND).map(|job_id| {
+            let request = http
+                .post(format!("{}/api/v1alpha/batches/jobs/create", serve.base))
+                .json(&create_body(BATCH, job_id, "reattach", 1));
+            let delay = Duration::from_millis(40 * (job_id - first) as u64);
+            async move {
+                tokio::time::sleep(delay).await;
+                (job_id, request.send().await.map(|r| r.status()))
+            }
+        });
+        let killer = async {
+            let wait = rand::rng().random_range(600..1600);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            serve.child.kill().unwrap();
+        };
+        let (results, ()) = tokio::join!(futures::future::join_all(creates), killer);
+        serve.child.wait().unwrap();
+        for (job_id, result) in results {
+            if matches!(result, Ok(StatusCode::OK)) {
+                accepted.push(job_id);
+            }
+        }
+        let running = with_marker(&marker).len();
+        eprintln!(
+            "round {round}: {} accepted so far; {running} job processes outlive the kill -9",
+            accepted.len()
+        );
+        reattached += running;
+    }
+    assert!(reattached > 0, "some jobs were running at a kill -9");
+    // The last start: everything ends.
+    let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    let mut states = BTreeMap::new();
+    for job_id in &accepted {
+        let url = format!(
+            "{}/api/v1alpha/batches/{BATCH}/jobs/{job_id}/status",
+            serve.base
+        );
+        let status: Value = tokio::time::timeout(HANG_GUARD, async {
+            loop {
+                let response = http.get(&url).send().await.unwrap();
+                assert_eq!(
+                    response.status(),
+                    StatusCode::OK,
+                    "accepted job {job_id} lost"
+                );
+                let status: Value = response.json().await.unwrap();
+                if ["succeeded", "failed", "error", "cancelled"]
+                    .contains(&status["state"].as_str().unwrap_or(""))
+                {
+                    break status;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("job {job_id} never ended"));
+        states.insert(*job_id, status);
+    }
+    // Nothing runs twice; a job that ran to its end is reported with its
+    // own exit; one that did not is reported worker_restarted.
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (job_id, status) in &states {
+        let marks = marks(&runs, *job_id);
+        let starts = marks.iter().filter(|m| *m == "start").count();
+        let ended = marks.iter().any(|m| m == "end");
+        assert!(starts <= 1, "job {job_id} ran {starts} times: {marks:?}");
+        let state = status["state"].as_str().unwrap();
+        let kind = status["error_kind"].as_str();
+        if ended {
+            let expected = if code_of(*job_id) == 0 {
+                "succeeded"
+            } else {
+                "failed"
+            };
+            assert_eq!(state, expected, "job {job_id} ran to its end: {status}");
+            let exit = &status["container_statuses"]["main"]["exit_code"];
+            assert_eq!(
+                exit,
+                &Value::from(code_of(*job_id)),
+                "job {job_id}: {status}"
+            );
+            *counts
+                .entry(if state == "succeeded" {
+                    "ran, succeeded"
+                } else {
+                    "ran, failed"
+                })
+                .or_default() += 1;
+        } else {
+            assert_eq!(
+                kind,
+                Some("worker_restarted"),
+                "job {job_id} did not end by itself: {status} {marks:?}"
+            );
+            *counts
+                .entry(if starts == 1 {
+                    "started, ended by a restart"
+                } else {
+                    "never started"
+                })
+                .or_default() += 1;
+        }
+    }
+    eprintln!("{} accepted of {total}: {counts:?}", accepted.len());
+    // No job process is left.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !with_marker(&marker).is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("job processes left: {:?}", with_marker(&marker)));
+    // Every report agrees with the status.
+    tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let received = driver.received();
+            let reported: std::collections::BTreeSet<i64> =
+                received.complete.iter().map(|c| c.status.job_id).collect();
+            if accepted.iter().all(|j| reported.contains(j)) {
+                for complete in &received.complete {
+                    let status = &states[&complete.status.job_id];
+                    assert_eq!(
+                        complete.status.state,
+                        status["state"].as_str().unwrap(),
+                        "job_complete of job {} disagrees with its status",
+                        complete.status.job_id
+                    );
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("every accepted job is reported");
+    drop(serve);
+    let check = Command::new(env!("CARGO_BIN_EXE_batch-worker"))
+        .arg("replay")
+        .arg(&data)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "replay --check: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
