@@ -1,9 +1,11 @@
 //! Processes that escape their job's process group (`setsid`, a double
 //! fork, a fan-out of 200) are ended with the job all the same: each host
 //! job has a cgroup of its own, and a timeout, a cancel, the leader's own
-//! exit and a restart after `kill -9` end the whole cgroup. Both
-//! hierarchies this machine has are tested: v2 (`cgroup.kill`) and v1
-//! (freezer, pids, cpuacct, memory).
+//! exit end the whole cgroup. Across a `kill -9` of the worker, a job under
+//! its shim runs on, re-attached, and a cancel then ends it whole; a job
+//! without a shim (`--job-shim false`) is ended, cgroup and all, by the
+//! restart. Both hierarchies this machine has are tested: v2
+//! (`cgroup.kill`) and v1 (freezer, pids, cpuacct, memory).
 
 use std::path::Path;
 use std::time::Duration;
@@ -113,8 +115,11 @@ async fn escapes_end_with_their_job(mode: &str, batch: i64) {
             "for i in $(seq 200); do setsid sleep {} & done; sleep 1; exit 0",
             marker(3)
         ),
-        // 4: an escapee left running when the worker is killed.
+        // 4: an escapee left running when the worker is killed (the job
+        // runs on under its shim, re-attached).
         format!("setsid sleep {} & sleep 600", marker(4)),
+        // 5: the same without a shim: the restart ends it.
+        format!("setsid sleep {} & sleep 600", marker(5)),
     ];
     let bunch: Vec<Vec<u8>> = scripts
         .iter()
@@ -170,19 +175,55 @@ async fn escapes_end_with_their_job(mode: &str, batch: i64) {
     let status = wait_final(&http, &serve, batch, 3).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     wait_gone(&marker(3)).await;
-    // 4: kill -9 of the worker; the restart ends the job's cgroup before
-    // it reports the job.
+    // 4: kill -9 of the worker: the job and its escapee run on under the
+    // shim; the restarted worker re-attaches, and a cancel ends both.
     wait_running(&marker(4), 2).await;
     let mut serve = serve;
     serve.child.kill().unwrap();
     serve.child.wait().unwrap();
     assert!(
-        !with_marker(&marker(4)).is_empty(),
-        "the escapee outlives the worker's kill -9"
+        with_marker(&marker(4)).len() >= 2,
+        "the job outlives the worker's kill -9"
     );
     let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &flags).await;
+    let status = state(&http, &serve, batch, 4).await;
+    assert_eq!(status["state"], "running", "re-attached: {status}");
+    assert!(with_marker(&marker(4)).len() >= 2);
+    http.delete(format!(
+        "{}/api/v1alpha/batches/{batch}/jobs/4/delete",
+        serve.base
+    ))
+    .send()
+    .await
+    .unwrap();
     wait_gone(&marker(4)).await;
     let status = wait_final(&http, &serve, batch, 4).await;
+    assert_eq!(status["state"], "cancelled", "{status}");
+    // 5: without a shim the job is the worker's child: a kill -9 leaves it
+    // (and its escapee) running, and the restart ends its cgroup before it
+    // reports it worker_restarted.
+    let mut serve = serve;
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    let no_shim = ["--job-cgroups", mode, "--job-shim", "false"];
+    let mut serve = ServeChild::start(&data, &specs, driver.url.as_str(), &no_shim).await;
+    let created = http
+        .post(format!("{}/api/v1alpha/batches/jobs/create", serve.base))
+        .json(&create_body(batch, 5, "esc", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::OK);
+    wait_running(&marker(5), 2).await;
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    assert!(
+        !with_marker(&marker(5)).is_empty(),
+        "the escapee outlives the worker's kill -9"
+    );
+    let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &no_shim).await;
+    wait_gone(&marker(5)).await;
+    let status = wait_final(&http, &serve, batch, 5).await;
     assert_eq!(status["error_kind"], "worker_restarted", "{status}");
     // No job cgroup is left behind.
     drop(serve);
