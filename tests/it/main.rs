@@ -41,6 +41,8 @@
 //!   client, a store that blocks threads forever.
 //! - `spec_properties`: proptest over corrupt and missing bunches.
 //! - `spec_show`: `spec show` names every kind of bunch damage as the worker does.
+//! - `job_bounds`: a 50 MB output flood under `serve`: `main.log` and its
+//!   uploaded copy keep the first and last parts within `--max-log-bytes`.
 //! - `journal_replay`: proptest: the journal replays to the live table.
 //! - `metrics`: `/metrics` after a demo run shows the demo's counts; it
 //!   agrees with the table and carries no secret.
@@ -76,6 +78,7 @@ mod fuzz_corpus;
 mod hanging_store;
 mod hostile_clients;
 mod hostile_specs;
+mod job_bounds;
 mod journal_replay;
 mod log_format;
 mod logs_upload;
