@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use batch_worker::cgroup::{CgroupMode, Cgroups};
 use batch_worker::runner::{
-    AttemptDir, HostRunner, ProcessRequest, Runner, ShimConfig, DEFAULT_MAX_LOG_BYTES,
+    AttemptDir, HostRunner, ProcessRequest, Runner, ShimConfig, DEFAULT_JOB_STORAGE_BYTES,
+    DEFAULT_MAX_LOG_BYTES,
 };
 use batch_worker_model::JobKey;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,7 @@ async fn row(name: &str, runner: HostRunner, jobs: usize) {
             memory_bytes: 0,
             secrets: Vec::new(),
             timeout: None,
+            storage_bytes: None,
         };
         let began = Instant::now();
         let process = runner.spawn(&request).await.expect("true starts");
@@ -82,6 +84,7 @@ async fn main() {
     let shim = ShimConfig {
         binary: env!("CARGO_BIN_EXE_batch-worker").into(),
         max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+        default_storage_bytes: DEFAULT_JOB_STORAGE_BYTES,
     };
     println!("{jobs} jobs per row (`true`, one at a time), ms\n");
     println!("| runner | phase | p50 | p99 | max |\n|---|---|---:|---:|---:|");

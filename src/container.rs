@@ -836,6 +836,7 @@ mod tests {
             memory_bytes: 64 << 20,
             secrets: Vec::new(),
             timeout: None,
+            storage_bytes: None,
         }
     }
 

@@ -358,6 +358,17 @@ impl JobSpec {
         }
     }
 
+    /// The job's storage bound from `resources.storage_gib` (GiB, 2³⁰
+    /// bytes; a fraction allowed), in bytes; `None` when absent, zero or
+    /// not a non-negative number (the worker's default applies).
+    pub fn storage_bytes(&self) -> Option<u64> {
+        self.resources
+            .get("storage_gib")
+            .and_then(Value::as_f64)
+            .filter(|gib| gib.is_finite() && *gib > 0.0)
+            .map(|gib| (gib * (1u64 << 30) as f64).min(u64::MAX as f64) as u64)
+    }
+
     /// The `spec_loaded` event of this spec: what the journal keeps of it,
     /// `resources` as sent, and the image only on a worker that pulls
     /// images (`containers`).

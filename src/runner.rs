@@ -113,6 +113,9 @@ pub struct ProcessRequest {
     /// it the timeout (the shim ends the job on time even while no worker
     /// runs); others get it in [`Process::wait`].
     pub timeout: Option<Duration>,
+    /// The spec's storage bound (`resources.storage_gib`), in bytes; `None`:
+    /// the runner's default.
+    pub storage_bytes: Option<u64>,
 }
 
 /// A process could not be started.
@@ -207,7 +210,13 @@ pub struct ShimConfig {
     /// Most bytes a job's `main.log` keeps: its first and last halves,
     /// with a line saying what was cut; 0: no cap.
     pub max_log_bytes: u64,
+    /// The storage bound of a job whose spec gives none
+    /// (`resources.storage_gib` absent or 0), in bytes; 0: unbounded.
+    pub default_storage_bytes: u64,
 }
+
+/// Default storage bound of a job whose spec gives none (10 GiB).
+pub const DEFAULT_JOB_STORAGE_BYTES: u64 = 10 << 30;
 
 /// Default cap of a job's `main.log` (8 MiB: 4 MiB from its start, 4 MiB
 /// from its end).
@@ -521,9 +530,9 @@ fn spawn_now(
 }
 
 impl HostRunner {
-    /// Spawns `request`'s job under a shim: writes its `launch.json`,
-    /// starts `batch-worker shim ATTEMPT_DIR` in a session of its own, and
-    /// reads the job's pid from the shim's handshake.
+    /// Spawns `request`'s job under a shim: starts `batch-worker shim
+    /// ATTEMPT_DIR` in a session of its own, gives it the job's launch on
+    /// its stdin, and reads the job's pid from its handshake.
     async fn spawn_with_shim(
         &self,
         shim: &ShimConfig,
@@ -531,14 +540,14 @@ impl HostRunner {
     ) -> Result<Box<dyn Process>, LaunchError> {
         let (request, user, cgroups) =
             (request.clone(), self.job_user.clone(), self.cgroups.clone());
-        let (binary, max_log_bytes, kill_grace) =
-            (shim.binary.clone(), shim.max_log_bytes, self.kill_grace);
+        let (binary, kill_grace) = (shim.binary.clone(), self.kill_grace);
+        let bounds = (shim.max_log_bytes, shim.default_storage_bytes);
         let prepared = tokio::task::spawn_blocking(move || {
             prepare_shim(
                 &request,
                 user.as_ref(),
                 cgroups.as_ref(),
-                max_log_bytes,
+                bounds,
                 kill_grace,
             )
             .map(|(cgroup, launch)| (request, cgroup, launch))
@@ -635,7 +644,7 @@ fn prepare_shim(
     request: &ProcessRequest,
     user: Option<&JobUser>,
     cgroups: Option<&Cgroups>,
-    max_log_bytes: u64,
+    (max_log_bytes, default_storage_bytes): (u64, u64),
     kill_grace: Duration,
 ) -> Result<(Option<JobCgroup>, crate::shim::Launch), LaunchError> {
     let work = request.dir.work();
@@ -694,6 +703,9 @@ fn prepare_shim(
         niceness: JOB_NICENESS,
         timeout_ms: request.timeout.map(|t| t.as_millis() as u64),
         kill_grace_ms: kill_grace.as_millis() as u64,
+        storage_limit_bytes: request
+            .storage_bytes
+            .or((default_storage_bytes > 0).then_some(default_storage_bytes)),
     };
     Ok((cgroup, launch))
 }

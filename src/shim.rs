@@ -74,6 +74,10 @@ pub struct Launch {
     pub timeout_ms: Option<u64>,
     /// SIGTERM → SIGKILL delay at the timeout, in ms.
     pub kill_grace_ms: u64,
+    /// The job's storage bound: when its working directory takes more, in
+    /// bytes, the job is ended ([`ExitStatus::StorageExceeded`]).
+    #[serde(default)]
+    pub storage_limit_bytes: Option<u64>,
 }
 
 /// How the job ended (`exit.json`), written by the shim once, durably.
@@ -241,8 +245,19 @@ fn run(root: &Path) -> std::io::Result<Option<ExitStatus>> {
             let _ = pumped.send(());
         });
     }
-    let status = wait(child, &launch);
+    let (watching, exceeded) = watch_storage(&launch, pid);
+    let mut status = wait(child, &launch);
     let duration_ms = started.elapsed().as_millis() as u64;
+    drop(watching);
+    if let (Some(used_bytes), Some(limit_bytes)) = (
+        *exceeded.lock().unwrap_or_else(|p| p.into_inner()),
+        launch.storage_limit_bytes,
+    ) {
+        status = ExitStatus::StorageExceeded {
+            limit_bytes,
+            used_bytes,
+        };
+    }
     // Nothing of the job outlives it.
     let _ = nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -283,6 +298,69 @@ fn run(root: &Path) -> std::io::Result<Option<ExitStatus>> {
         say!("batch-worker shim: exit.json: {e}; the exit status carries the job's end");
     }
     Ok(Some(exit.status))
+}
+
+/// Shortest pause between two measures of a job's files.
+const STORAGE_CHECK_MIN: Duration = Duration::from_millis(250);
+
+/// Watches the job's working directory against its storage bound, on a
+/// thread of its own, until the returned sender is dropped. Over the bound
+/// it ends the job (SIGKILL to its group and cgroup) and records what the
+/// files took. The measure is a walk (allocated blocks, one file system),
+/// paused for at least ten times its own length, so a job with many files
+/// costs the shim at most a tenth of a core; a job that writes faster than
+/// that can overshoot its bound by what it writes in one pause.
+fn watch_storage(launch: &Launch, pid: u32) -> (mpsc::Sender<()>, Arc<Mutex<Option<u64>>>) {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let exceeded = Arc::new(Mutex::new(None));
+    let Some(limit) = launch.storage_limit_bytes else {
+        return (stop, exceeded);
+    };
+    let (cwd, cgroup, found) = (launch.cwd.clone(), launch.cgroup.clone(), exceeded.clone());
+    std::thread::spawn(move || {
+        let mut pause = STORAGE_CHECK_MIN;
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(pause) {
+            let began = Instant::now();
+            let used = disk_usage(&cwd);
+            pause = (began.elapsed() * 10).max(STORAGE_CHECK_MIN);
+            if used > limit {
+                *found.lock().unwrap_or_else(|p| p.into_inner()) = Some(used);
+                end(pid, cgroup.as_ref(), libc::SIGKILL);
+                return;
+            }
+        }
+    });
+    (stop, exceeded)
+}
+
+/// Bytes allocated to the files under `dir` (not following links, not
+/// crossing into other file systems).
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let device = root.dev();
+    let mut total = root.blocks() * 512;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(at) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&at) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.dev() != device {
+                continue;
+            }
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    total
 }
 
 /// SIGINT, SIGHUP and SIGTERM do not end the shim.

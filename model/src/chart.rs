@@ -27,7 +27,7 @@
 use statig::prelude::*;
 
 use crate::effect::Effect;
-use crate::event::{Event, ProcessKind};
+use crate::event::{Event, ExitStatus, ProcessKind};
 use crate::state::{ErrorKind, JobState, Outcome as JobOutcome, RunPhase};
 
 /// What applying one event decided.
@@ -213,6 +213,19 @@ impl JobChart {
     fn executing(&self, context: &mut Decision, pid: &u32, event: &Event) -> Outcome<State> {
         match event {
             Event::StartedDelivered => Handled,
+            Event::ProcessExited {
+                exit:
+                    ExitStatus::StorageExceeded {
+                        limit_bytes,
+                        used_bytes,
+                    },
+                ..
+            } => errored(
+                ErrorKind::StorageExceeded,
+                format!(
+                    "the job's files took {used_bytes} bytes, over its storage bound of {limit_bytes} bytes (resources.storage_gib); it was ended"
+                ),
+            ),
             Event::ProcessExited { exit, .. } if exit.is_success() && self.upload_outputs => {
                 context.effects.push(Effect::UploadOutputs);
                 Transition(State::uploading_outputs())

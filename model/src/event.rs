@@ -14,9 +14,10 @@ use crate::state::ErrorKind;
 /// records carry it. Version 2 added resource admission (`resources_granted`
 /// between `spec_loaded` and the spawn) and the delivery events; version 3
 /// keeps the spec's `resources` as sent in `spec_loaded` (absent: the spec
-/// had none) and the create facts in `created`. Read older records through
-/// [`upcast`].
-pub const EVENT_VERSION: u32 = 3;
+/// had none) and the create facts in `created`; version 4 adds
+/// [`ExitStatus::StorageExceeded`] (no older event changes meaning). Read
+/// older records through [`upcast`].
+pub const EVENT_VERSION: u32 = 4;
 
 /// The events of the current [`EVENT_VERSION`] that one event recorded
 /// under `event_version` stands for.
@@ -358,6 +359,15 @@ pub enum ExitStatus {
         /// The spec's timeout, in ms.
         timeout_ms: u64,
     },
+    /// Ended by the worker because the job's files (its working directory)
+    /// took more than its storage bound: `resources.storage_gib`, or the
+    /// worker's default for a spec without one.
+    StorageExceeded {
+        /// The bound, in bytes.
+        limit_bytes: u64,
+        /// What the job's files took when it was ended, in bytes.
+        used_bytes: u64,
+    },
     /// The kernel's out-of-memory killer ended a process of the job's
     /// container: it used more than its memory limit. (Host processes have
     /// no limit and never end this way.)
@@ -378,7 +388,7 @@ impl ExitStatus {
         match *self {
             ExitStatus::Code { code } => Some(code),
             ExitStatus::Signal { signal } => Some(128 + signal),
-            ExitStatus::TimedOut { .. } => None,
+            ExitStatus::TimedOut { .. } | ExitStatus::StorageExceeded { .. } => None,
             ExitStatus::OutOfMemory { code, .. } => Some(code),
         }
     }

@@ -166,11 +166,13 @@ pub enum ErrorKind {
     /// The job's container image could not be pulled (missing, refused,
     /// registry down through the retries, damaged or unusable layers).
     ImagePullFailed,
+    /// The job's files took more than its storage bound; it was ended.
+    StorageExceeded,
 }
 
 impl ErrorKind {
     /// All kinds, in declaration order.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::SpecMissing,
         ErrorKind::SpecCorrupt,
         ErrorKind::SpecTimeout,
@@ -182,6 +184,7 @@ impl ErrorKind {
         ErrorKind::InputFailed,
         ErrorKind::OutputFailed,
         ErrorKind::ImagePullFailed,
+        ErrorKind::StorageExceeded,
     ];
 
     /// The snake_case name, as serialised.
@@ -198,6 +201,7 @@ impl ErrorKind {
             ErrorKind::InputFailed => "input_failed",
             ErrorKind::OutputFailed => "output_failed",
             ErrorKind::ImagePullFailed => "image_pull_failed",
+            ErrorKind::StorageExceeded => "storage_exceeded",
         }
     }
 

@@ -23,7 +23,9 @@ use crate::driver_client::{DriverClient, ReportRetry};
 use crate::image::{ImageStore, PullProcess};
 use crate::journal::{Durability, DEFAULT_PREALLOCATE_BYTES};
 use crate::logs_store::LogsStore;
-use crate::runner::{HostRunner, JobUser, ShimConfig, DEFAULT_MAX_LOG_BYTES};
+use crate::runner::{
+    HostRunner, JobUser, ShimConfig, DEFAULT_JOB_STORAGE_BYTES, DEFAULT_MAX_LOG_BYTES,
+};
 use crate::server::{
     ConnectionLimits, BODY_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
 };
@@ -198,6 +200,11 @@ pub struct ExecutorArgs {
     /// and last halves, with a line saying what was cut); 0: no cap.
     #[arg(long, default_value_t = DEFAULT_MAX_LOG_BYTES)]
     pub max_log_bytes: u64,
+    /// With `--job-shim`: the storage bound, in bytes, of a job whose spec
+    /// gives none (`resources.storage_gib` absent or 0); a job whose files
+    /// grow past its bound is ended, `error: storage_exceeded`. 0: none.
+    #[arg(long, default_value_t = DEFAULT_JOB_STORAGE_BYTES)]
+    pub default_job_storage_bytes: u64,
     /// The runc binary (`--executor runc`).
     #[arg(long, default_value = "runc")]
     pub runc: PathBuf,
@@ -284,6 +291,7 @@ impl ExecutorArgs {
                     Some(ShimConfig {
                         binary,
                         max_log_bytes: self.max_log_bytes,
+                        default_storage_bytes: self.default_job_storage_bytes,
                     })
                 } else {
                     None

@@ -107,3 +107,66 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_its_storage_bound_ends_storage_exceeded_and_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
+    std::fs::create_dir_all(&specs).unwrap();
+    // 1: 64 MB of files against the default bound of 16 MiB, then waits.
+    // 2: 30 MB against its own bound, `storage_gib: 0.1` (about 107 MB).
+    let mut roomy = shell_spec(2, "head -c 30000000 /dev/zero > big && echo fits");
+    roomy["resources"]["storage_gib"] = serde_json::json!(0.1);
+    let bunch = vec![
+        serde_json::to_vec(&shell_spec(
+            1,
+            "for i in 1 2 3 4; do head -c 16000000 /dev/zero > f$i; done; sleep 30",
+        ))
+        .unwrap(),
+        serde_json::to_vec(&roomy).unwrap(),
+    ];
+    let store = std::sync::Arc::new(LocalFileSystem::new_with_prefix(&specs).unwrap());
+    SpecStore::new(store, Default::default(), SpecLoadConfig::default())
+        .unwrap()
+        .write_bunch(BATCH + 1, "bounds", &bunch)
+        .await
+        .unwrap();
+    let driver = EmbeddedDriver::start().await.unwrap();
+    let flags = ["--default-job-storage-bytes", "16777216"];
+    let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &flags).await;
+    let http = reqwest::Client::new();
+    for job_id in 1..=2 {
+        let created = http
+            .post(format!("{}/api/v1alpha/batches/jobs/create", serve.base))
+            .json(&create_body(BATCH + 1, job_id, "bounds", 1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::OK);
+    }
+    let status = |job_id: i64| {
+        let url = format!(
+            "{}/api/v1alpha/batches/{}/jobs/{job_id}/status",
+            serve.base,
+            BATCH + 1
+        );
+        let http = http.clone();
+        async move {
+            let status: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            status
+        }
+    };
+    // Ended well before its 30 s sleep.
+    serve.wait_event(BATCH + 1, 1, "process_exited").await;
+    let over = status(1).await;
+    assert_eq!(over["state"], "error", "{over}");
+    assert_eq!(over["error_kind"], "storage_exceeded", "{over}");
+    let message = over["error"].as_str().unwrap();
+    assert!(
+        message.contains("over its storage bound of 16777216 bytes"),
+        "{message}"
+    );
+    serve.wait_event(BATCH + 1, 2, "process_exited").await;
+    let fits = status(2).await;
+    assert_eq!(fits["state"], "succeeded", "{fits}");
+}

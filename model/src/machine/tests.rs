@@ -774,3 +774,32 @@ fn an_out_of_memory_exit_is_a_failure_with_exit_code_137() {
     assert_eq!(exit.exit_code(), Some(137));
     assert!(!exit.is_success());
 }
+
+#[test]
+fn a_job_over_its_storage_bound_errors_storage_exceeded_with_both_sizes_said() {
+    let mut attempt = given(&[
+        Event::SpecLoadStarted,
+        docker_loaded(),
+        Event::ResourcesGranted,
+        Event::ProcessStarted { pid: 3 },
+    ]);
+    let applied = attempt
+        .apply(&Event::ProcessExited {
+            exit: ExitStatus::StorageExceeded {
+                limit_bytes: 1000,
+                used_bytes: 1500,
+            },
+            duration_ms: 9,
+        })
+        .unwrap();
+    match attempt.state() {
+        JobState::Errored { kind, message } => {
+            assert_eq!(kind, ErrorKind::StorageExceeded);
+            assert!(message.contains("1500 bytes"), "{message}");
+            assert!(message.contains("bound of 1000 bytes"), "{message}");
+        }
+        other => panic!("expected errored, got {other:?}"),
+    }
+    // Its logs are uploaded, then it is reported, as every error.
+    assert_eq!(applied.effects, vec![Effect::UploadLogs]);
+}

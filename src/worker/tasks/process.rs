@@ -81,6 +81,7 @@ impl Worker {
             memory_bytes: spec.memory_limit_bytes(settings.capacity.memory_bytes),
             secrets: spec.secrets.clone(),
             timeout: spec.timeout,
+            storage_bytes: spec.storage_bytes(),
         };
         if kill.is_cancelled() {
             // Cancelled while the spec was being turned into a process.
