@@ -56,7 +56,9 @@ use oci_spec::runtime::{
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use crate::runner::{AttemptDir, LaunchError, Process as JobProcess, ProcessRequest, Runner};
+use crate::runner::{
+    AttemptDir, LaunchError, Process as JobProcess, ProcessRequest, Runner, ShimHandle,
+};
 
 mod user;
 
@@ -100,6 +102,9 @@ pub struct RuncConfig {
 #[derive(Debug, Clone)]
 pub struct RuncRunner {
     config: RuncConfig,
+    /// With a shim, `runc run` is the shim's process, not the worker's: a
+    /// container outlives a worker crash and the next worker re-attaches.
+    shim: Option<crate::runner::ShimConfig>,
 }
 
 impl RuncRunner {
@@ -137,7 +142,15 @@ impl RuncRunner {
                 String::from_utf8_lossy(&version.stderr).trim()
             )));
         }
-        Ok(RuncRunner { config })
+        Ok(RuncRunner { config, shim: None })
+    }
+
+    /// This runner with each `runc run` handed to a shim (see
+    /// [`crate::shim`]): containers outlive a worker crash, and a restarted
+    /// worker re-attaches to them ([`Runner::reattach`]).
+    pub fn with_shim(mut self, shim: crate::runner::ShimConfig) -> RuncRunner {
+        self.shim = Some(shim);
+        self
     }
 
     /// The settings.
@@ -271,12 +284,21 @@ impl Runner for RuncRunner {
         let runner = self.clone();
         let memory_limit_bytes = request.memory_bytes;
         let request = request.clone();
-        let (child, cleanup) = tokio::task::spawn_blocking(move || runner.start_now(&request))
+        let root = request.dir.root.clone();
+        let (start, cleanup) = tokio::task::spawn_blocking(move || runner.start_now(&request))
             .await
             .map_err(|e| LaunchError(format!("the spawning thread failed: {e}")))??;
         let pid_file = cleanup.bundle.join("pid");
+        let waiter = match start {
+            Start::Runc(child) => Waiter::Runc(child),
+            Start::Shim { binary, launch } => {
+                let launch = serde_json::to_vec(&launch)
+                    .map_err(|e| LaunchError(format!("the shim's launch: {e}")))?;
+                Waiter::Shim(ShimHandle::start(&binary, &root, &launch, None).await?)
+            }
+        };
         let mut process = RuncProcess {
-            child,
+            waiter,
             pid: 0,
             started: Instant::now(),
             memory_limit_bytes,
@@ -288,7 +310,14 @@ impl Runner for RuncRunner {
                 process.pid = pid;
                 break;
             }
-            if let Ok(Some(_)) = process.child.try_wait() {
+            let ended = match &mut process.waiter {
+                Waiter::Runc(child) => matches!(child.try_wait(), Ok(Some(_))),
+                Waiter::Shim(handle) => tokio::select! {
+                    _ = handle.exited() => true,
+                    () = tokio::time::sleep(Duration::from_millis(5)) => false,
+                },
+            };
+            if ended {
                 if let Some(pid) = read_pid(&pid_file) {
                     // Started and already ended.
                     process.pid = pid;
@@ -299,9 +328,44 @@ impl Runner for RuncRunner {
                     "runc could not start the container: {log}"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            if matches!(process.waiter, Waiter::Runc(_)) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         Ok(Box::new(process))
+    }
+
+    /// A container from before a restart whose shim still runs or recorded
+    /// its end: re-attached (waited for, then deleted as every container).
+    fn reattach(&self, key: &JobKey, dir: &AttemptDir) -> Option<(u32, Box<dyn JobProcess>)> {
+        self.shim.as_ref()?;
+        let handle = ShimHandle::find(&dir.root)?;
+        let bundle = bundle_dir(dir);
+        let pid = read_pid(&bundle.join("pid")).unwrap_or(handle.pid);
+        // The limit it was started with, for an out-of-memory end.
+        let memory_limit_bytes = Spec::load(bundle.join("config.json"))
+            .ok()
+            .and_then(|spec| spec.linux().clone())
+            .and_then(|linux| linux.resources().clone())
+            .and_then(|resources| *resources.memory())
+            .and_then(|memory| memory.limit())
+            .map_or(0, |limit| limit.max(0) as u64);
+        tracing::info!(%key, pid, "container re-attached");
+        Some((
+            pid,
+            Box::new(RuncProcess {
+                waiter: Waiter::Shim(handle),
+                pid,
+                started: Instant::now(),
+                memory_limit_bytes,
+                cleanup: Cleanup {
+                    runner: self.clone(),
+                    id: container_id(key),
+                    bundle,
+                    armed: true,
+                },
+            }),
+        ))
     }
 
     fn kill_grace(&self) -> Duration {
@@ -320,8 +384,9 @@ impl Runner for RuncRunner {
 }
 
 impl RuncRunner {
-    /// The blocking part of [`Runner::spawn`].
-    fn start_now(&self, request: &ProcessRequest) -> Result<(Child, Cleanup), LaunchError> {
+    /// The blocking part of [`Runner::spawn`]: the bundle, then `runc run`
+    /// started, or, with a shim, what the shim is to start.
+    fn start_now(&self, request: &ProcessRequest) -> Result<(Start, Cleanup), LaunchError> {
         let image = request.image.as_ref().ok_or_else(|| {
             LaunchError(
                 "the spec has no process.image; the runc executor runs every job in its image"
@@ -369,6 +434,53 @@ impl RuncRunner {
         let config = bundle.join("config.json");
         spec.save(&config).map_err(|e| fail("write", &config, &e))?;
         let log_path = request.dir.main_log();
+        let runc_args = |tail: &[&str]| -> Vec<String> {
+            let mut argv = vec![
+                self.config.runc.to_string_lossy().into_owned(),
+                "--root".to_owned(),
+                self.config.state_dir.to_string_lossy().into_owned(),
+            ];
+            argv.extend(tail.iter().map(|a| (*a).to_owned()));
+            argv
+        };
+        if let Some(shim) = &self.shim {
+            let bundle_text = bundle.to_string_lossy().into_owned();
+            let pid_text = bundle.join("pid").to_string_lossy().into_owned();
+            let launch = crate::shim::Launch {
+                program: self.config.runc.clone(),
+                argv: runc_args(&[
+                    "run",
+                    "--keep",
+                    "--bundle",
+                    &bundle_text,
+                    "--pid-file",
+                    &pid_text,
+                    &id,
+                ]),
+                env: vec![(
+                    "PATH".to_owned(),
+                    std::env::var("PATH").unwrap_or_else(|_| crate::runner::DEFAULT_PATH.into()),
+                )],
+                cwd: bundle.clone(),
+                log: log_path,
+                max_log_bytes: shim.max_log_bytes,
+                cgroup: None,
+                user: None,
+                niceness: 0,
+                timeout_ms: request.timeout.map(|t| t.as_millis() as u64),
+                kill_grace_ms: self.config.kill_grace.as_millis() as u64,
+                storage_limit_bytes: request
+                    .storage_bytes
+                    .or((shim.default_storage_bytes > 0).then_some(shim.default_storage_bytes)),
+                scratch: work.clone(),
+                kill_argv: Some(runc_args(&["kill", "--all", &id])),
+            };
+            let start = Start::Shim {
+                binary: shim.binary.clone(),
+                launch,
+            };
+            return Ok((start, cleanup));
+        }
         let log = std::fs::File::create(&log_path).map_err(|e| fail("create", &log_path, &e))?;
         let log_err = log.try_clone().map_err(|e| fail("open", &log_path, &e))?;
         let mut command = Command::new(&self.config.runc);
@@ -388,8 +500,18 @@ impl RuncRunner {
         let child = command
             .spawn()
             .map_err(|e| fail("run", &self.config.runc, &e))?;
-        Ok((child, cleanup))
+        Ok((Start::Runc(child), cleanup))
     }
+}
+
+/// How a container was started: `runc run` as the worker's child, or what
+/// its shim is to run.
+enum Start {
+    Runc(Child),
+    Shim {
+        binary: PathBuf,
+        launch: crate::shim::Launch,
+    },
 }
 
 fn read_pid(path: &Path) -> Option<u32> {
@@ -684,10 +806,20 @@ fn container_env(request: &ProcessRequest, home: &str) -> Vec<String> {
     env.into_iter().map(|(n, v)| format!("{n}={v}")).collect()
 }
 
-/// A running container: the `runc run` process in the foreground.
+/// What a container's end is waited for through.
+#[derive(Debug)]
+enum Waiter {
+    /// `runc run`, the worker's child.
+    Runc(Child),
+    /// The shim that runs `runc run`.
+    Shim(ShimHandle),
+}
+
+/// A running container: the `runc run` process in the foreground (the
+/// worker's, or its shim's).
 #[derive(Debug)]
 pub struct RuncProcess {
-    child: Child,
+    waiter: Waiter,
     pid: u32,
     started: Instant,
     memory_limit_bytes: u64,
@@ -709,9 +841,12 @@ impl JobProcess for RuncProcess {
         timeout: Option<Duration>,
         kill: CancellationToken,
     ) -> (ExitStatus, u64) {
+        if matches!(self.waiter, Waiter::Shim(_)) {
+            return self.wait_shim(kill).await;
+        }
         let timer = crate::runner::run_out(timeout);
         let status = tokio::select! {
-            status = self.child.wait() => Some(status),
+            status = self.child_wait() => Some(status),
             () = timer => {
                 let _ = self.end().await;
                 return self.finish(ExitStatus::TimedOut {
@@ -731,49 +866,115 @@ impl JobProcess for RuncProcess {
             }
             Err(_) => -1,
         };
-        // An OOM kill the job survived (a child killed, the job exiting 0
-        // all the same) is the job's own business.
-        let exit = if code != 0 && oom_kills(&self.cleanup.id) > 0 {
-            ExitStatus::OutOfMemory {
-                code,
-                memory_limit_bytes: self.memory_limit_bytes,
-            }
-        } else {
-            ExitStatus::Code { code }
-        };
+        let exit = self.with_oom(code);
         self.finish(exit).await
     }
 }
 
 impl RuncProcess {
+    /// `runc run`'s end (the worker's child).
+    async fn child_wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match &mut self.waiter {
+            Waiter::Runc(child) => child.wait().await,
+            Waiter::Shim(_) => std::future::pending().await,
+        }
+    }
+
+    /// The end of a container run by its shim: the shim's record (its
+    /// timeout and storage bound are the shim's); a kill is `runc kill`
+    /// SIGTERM, SIGKILL after the grace period.
+    async fn wait_shim(self: Box<Self>, kill: CancellationToken) -> (ExitStatus, u64) {
+        let RuncProcess {
+            waiter,
+            started,
+            memory_limit_bytes,
+            mut cleanup,
+            ..
+        } = *self;
+        let Waiter::Shim(mut handle) = waiter else {
+            unreachable!("checked by the caller");
+        };
+        let grace = cleanup.runner.config.kill_grace;
+        let shim_status = tokio::select! {
+            status = handle.exited() => status,
+            () = kill.cancelled() => {
+                signal_container(&cleanup, "TERM").await;
+                match tokio::time::timeout(grace, handle.exited()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        signal_container(&cleanup, "KILL").await;
+                        handle.exited().await
+                    }
+                }
+            }
+        };
+        let (status, duration_ms) = handle.end(shim_status, started);
+        let exit = match status {
+            ExitStatus::Code { code } => with_oom(&cleanup.id, memory_limit_bytes, code),
+            ExitStatus::Signal { signal } => {
+                with_oom(&cleanup.id, memory_limit_bytes, 128 + signal)
+            }
+            other => other,
+        };
+        let _ = tokio::task::spawn_blocking(move || cleanup.run()).await;
+        (exit, duration_ms)
+    }
+
+    /// `code`, or an out-of-memory end when the container's cgroup saw an
+    /// OOM kill and the job failed. An OOM kill the job survived (a child
+    /// killed, the job exiting 0 all the same) is the job's own business.
+    fn with_oom(&self, code: i32) -> ExitStatus {
+        with_oom(&self.cleanup.id, self.memory_limit_bytes, code)
+    }
+
     /// `runc kill` SIGTERM, SIGKILL after the grace period; waits for
     /// `runc run` to return.
     async fn end(&mut self) -> std::io::Result<std::process::ExitStatus> {
         let grace = self.cleanup.runner.config.kill_grace;
         self.signal("TERM").await;
-        match tokio::time::timeout(grace, self.child.wait()).await {
+        match tokio::time::timeout(grace, self.child_wait()).await {
             Ok(status) => status,
             Err(_) => {
                 self.signal("KILL").await;
-                self.child.wait().await
+                self.child_wait().await
             }
         }
     }
 
     async fn signal(&self, signal: &str) {
-        let config = &self.cleanup.runner.config;
-        let result = Command::new(&config.runc)
-            .arg("--root")
-            .arg(&config.state_dir)
-            .args(["kill", "--all", &self.cleanup.id, signal])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
-        tracing::debug!(container = %self.cleanup.id, signal, ok = result.is_ok_and(|s| s.success()), "runc kill");
+        signal_container(&self.cleanup, signal).await;
     }
+}
 
+/// See [`RuncProcess::with_oom`]: container `id`, limited to
+/// `memory_limit_bytes`, ended with `code`.
+fn with_oom(id: &str, memory_limit_bytes: u64, code: i32) -> ExitStatus {
+    if code != 0 && oom_kills(id) > 0 {
+        ExitStatus::OutOfMemory {
+            code,
+            memory_limit_bytes,
+        }
+    } else {
+        ExitStatus::Code { code }
+    }
+}
+
+/// `runc kill --all` with `signal` to the container of `cleanup`.
+async fn signal_container(cleanup: &Cleanup, signal: &str) {
+    let config = &cleanup.runner.config;
+    let result = Command::new(&config.runc)
+        .arg("--root")
+        .arg(&config.state_dir)
+        .args(["kill", "--all", &cleanup.id, signal])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    tracing::debug!(container = %cleanup.id, signal, ok = result.is_ok_and(|s| s.success()), "runc kill");
+}
+
+impl RuncProcess {
     /// Deletes the container and its bundle (off the async threads).
     async fn finish(self: Box<Self>, exit: ExitStatus) -> (ExitStatus, u64) {
         let duration_ms = self.started.elapsed().as_millis() as u64;

@@ -380,25 +380,14 @@ impl Runner for HostRunner {
     /// recorded its exit: re-attached.
     fn reattach(&self, key: &JobKey, dir: &AttemptDir) -> Option<(u32, Box<dyn Process>)> {
         self.shim.as_ref()?;
-        let cgroup = self.cgroups.as_ref().and_then(|c| c.existing(key));
-        let exit = crate::shim::read_exit(&dir.root);
-        let pids = crate::shim::read_pids(&dir.root);
-        let alive = pids.is_some_and(|p| is_shim_of(p.shim_pid, &dir.root));
-        let pid = match (&exit, pids) {
-            (Some(exit), _) => exit.pid,
-            (None, Some(pids)) if alive => pids.pid,
-            _ => return None,
-        };
-        let shim_pid = pids.map_or(0, |p| p.shim_pid);
-        tracing::info!(%key, pid, shim_pid, exited = exit.is_some(), "job re-attached");
+        let handle = ShimHandle::find(&dir.root)?;
+        let pid = handle.pid;
+        tracing::info!(%key, pid, "job re-attached");
         Some((
             pid,
             Box::new(ShimProcess {
-                shim: None,
-                shim_pid,
-                pid,
-                root: dir.root.clone(),
-                cgroup,
+                handle,
+                cgroup: self.cgroups.as_ref().and_then(|c| c.existing(key)),
                 kill_grace: self.kill_grace,
                 started: Instant::now(),
             }),
@@ -555,15 +544,51 @@ impl HostRunner {
         .await
         .map_err(|e| LaunchError(format!("the spawning thread failed: {e}")))??;
         let (request, cgroup, launch) = prepared;
-        let launch = zeroize::Zeroizing::new(
+        let launch: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(
             serde_json::to_vec(&launch)
                 .map_err(|e| LaunchError(format!("the shim's launch: {e}")))?,
         );
         let root = request.dir.root.clone();
-        let mut command = Command::new(&binary);
+        let handle = ShimHandle::start(&binary, &root, &launch, cgroup.clone()).await?;
+        Ok(Box::new(ShimProcess {
+            handle,
+            cgroup,
+            kill_grace: self.kill_grace,
+            started: Instant::now(),
+        }))
+    }
+}
+
+/// A job's shim, seen from the worker: started by this worker (its child,
+/// reaped here) or found again after a restart (waited for through a
+/// pidfd); its job's pid; its attempt directory, where `exit.json` is.
+#[derive(Debug)]
+pub(crate) struct ShimHandle {
+    child: Option<tokio::process::Child>,
+    shim_pid: u32,
+    /// The job's pid (its process group).
+    pub(crate) pid: u32,
+    root: PathBuf,
+}
+
+impl ShimHandle {
+    /// Starts `binary shim ROOT` in a session of its own, gives it
+    /// `launch` (JSON) on its stdin, and reads its handshake. Dropped
+    /// before the handshake (a cancel, the spawn timeout), the shim and
+    /// `cgroup` are ended.
+    ///
+    /// # Errors
+    /// The shim cannot start, or says the job could not (its message).
+    pub(crate) async fn start(
+        binary: &Path,
+        root: &Path,
+        launch: &[u8],
+        cgroup: Option<JobCgroup>,
+    ) -> Result<ShimHandle, LaunchError> {
+        let mut command = Command::new(binary);
         command
             .arg("shim")
-            .arg(&root)
+            .arg(root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(match std::fs::File::create(root.join("shim.log")) {
@@ -582,15 +607,13 @@ impl HostRunner {
         let mut child = command
             .spawn()
             .map_err(|e| LaunchError(format!("cannot start the shim {}: {e}", binary.display())))?;
-        // Dropped before the handshake (a cancel, the spawn timeout): the
-        // shim and whatever it started are ended.
         let guard = Unconfirmed {
             shim_pid: child.id(),
-            cgroup: cgroup.clone(),
+            cgroup,
         };
         let mut stdin = child.stdin.take().expect("piped");
         let fed = async {
-            tokio::io::AsyncWriteExt::write_all(&mut stdin, &launch).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, launch).await?;
             tokio::io::AsyncWriteExt::shutdown(&mut stdin).await
         };
         fed.await
@@ -624,15 +647,80 @@ impl HostRunner {
             }
             Handshake::Started { pid, shim_pid } => {
                 guard.disarm();
-                Ok(Box::new(ShimProcess {
-                    shim: Some(child),
+                Ok(ShimHandle {
+                    child: Some(child),
                     shim_pid,
                     pid,
-                    root,
-                    cgroup,
-                    kill_grace: self.kill_grace,
-                    started: Instant::now(),
-                }))
+                    root: root.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// The shim of attempt directory `root` from before a restart: one that
+    /// still runs (checked by its command line, not only its pid), or one
+    /// that recorded its job's end.
+    pub(crate) fn find(root: &Path) -> Option<ShimHandle> {
+        // Alive first, then the record: a shim that exits between the two
+        // looks alive (its pidfd then says it is gone, and its record is
+        // read after), never dead without a record.
+        let pids = crate::shim::read_pids(root);
+        let alive = pids.is_some_and(|p| is_shim_of(p.shim_pid, root));
+        let exit = crate::shim::read_exit(root);
+        let pid = match (&exit, pids) {
+            (Some(exit), _) => exit.pid,
+            (None, Some(pids)) if alive => pids.pid,
+            _ => return None,
+        };
+        Some(ShimHandle {
+            child: None,
+            shim_pid: pids.map_or(0, |p| p.shim_pid),
+            pid,
+            root: root.to_owned(),
+        })
+    }
+
+    /// Completes when the shim has exited; its own exit status when it was
+    /// this worker's child (the job's status, should `exit.json` be
+    /// missing).
+    pub(crate) async fn exited(&mut self) -> Option<ExitStatus> {
+        match &mut self.child {
+            Some(child) => Some(exit_status(child.wait().await)),
+            None => {
+                if crate::shim::read_exit(&self.root).is_some() {
+                    // Ended while no worker ran: only the shim's own last
+                    // step (its exit) may be left; its record is final.
+                    return None;
+                }
+                wait_for_exit(self.shim_pid).await;
+                None
+            }
+        }
+    }
+
+    /// The job's end, once the shim exited with `shim_status`: its
+    /// `exit.json`, else the shim's own status (a full disk), else unknown
+    /// (code -1, logged). The run time is the record's, else since
+    /// `started`.
+    pub(crate) fn end(
+        &self,
+        shim_status: Option<ExitStatus>,
+        started: Instant,
+    ) -> (ExitStatus, u64) {
+        let duration_ms = started.elapsed().as_millis() as u64;
+        match (crate::shim::read_exit(&self.root), shim_status) {
+            (Some(exit), _) => (exit.status, exit.duration_ms),
+            (None, Some(status)) => {
+                tracing::warn!(
+                    pid = self.pid,
+                    ?status,
+                    "the job's end was not recorded by its shim; taken from the shim's exit status"
+                );
+                (status, duration_ms)
+            }
+            (None, None) => {
+                tracing::error!(pid = self.pid, shim_pid = self.shim_pid, root = %self.root.display(), "the job's shim ended without recording the job's end");
+                (ExitStatus::Code { code: -1 }, duration_ms)
             }
         }
     }
@@ -695,7 +783,7 @@ fn prepare_shim(
         program: resolved,
         argv: request.argv.clone(),
         env,
-        cwd: work,
+        cwd: work.clone(),
         log: request.dir.main_log(),
         max_log_bytes,
         cgroup: cgroup.clone(),
@@ -706,6 +794,8 @@ fn prepare_shim(
         storage_limit_bytes: request
             .storage_bytes
             .or((default_storage_bytes > 0).then_some(default_storage_bytes)),
+        scratch: work.clone(),
+        kill_argv: None,
     };
     Ok((cgroup, launch))
 }
@@ -745,50 +835,19 @@ impl Drop for Unconfirmed {
     }
 }
 
-/// A job run by its shim: waited for through the shim (the worker's child,
-/// or, re-attached after a restart, through a pidfd), its end read from
-/// `exit.json`.
+/// A host job run by its shim, its end read from `exit.json`.
 #[derive(Debug)]
 struct ShimProcess {
-    /// The shim, when this worker started it (it is reaped here).
-    shim: Option<tokio::process::Child>,
-    shim_pid: u32,
-    /// The job's pid (its process group).
-    pid: u32,
-    root: PathBuf,
+    handle: ShimHandle,
     cgroup: Option<JobCgroup>,
     kill_grace: Duration,
     started: Instant,
 }
 
-impl ShimProcess {
-    /// Completes when the shim has exited; its own exit status when it was
-    /// this worker's child (the job's status, should `exit.json` be
-    /// missing).
-    async fn shim_exited(
-        shim: &mut Option<tokio::process::Child>,
-        shim_pid: u32,
-        root: &Path,
-    ) -> Option<ExitStatus> {
-        match shim {
-            Some(child) => Some(exit_status(child.wait().await)),
-            None => {
-                if crate::shim::read_exit(root).is_some() {
-                    // Ended while no worker ran: only the shim's own last
-                    // step (its exit) may be left; its record is final.
-                    return None;
-                }
-                wait_for_exit(shim_pid).await;
-                None
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl Process for ShimProcess {
     fn pid(&self) -> u32 {
-        self.pid
+        self.handle.pid
     }
 
     /// Waits for the shim to record the job's end; a kill is SIGTERM to
@@ -799,45 +858,32 @@ impl Process for ShimProcess {
         _timeout: Option<Duration>,
         kill: CancellationToken,
     ) -> (ExitStatus, u64) {
-        let (shim_pid, root) = (self.shim_pid, self.root.clone());
-        let mut shim = self.shim.take();
-        let exited = ShimProcess::shim_exited(&mut shim, shim_pid, &root);
-        tokio::pin!(exited);
-        let shim_status = tokio::select! {
-            status = &mut exited => status,
-            () = kill.cancelled() => {
-                crate::shim::end(self.pid, self.cgroup.as_ref(), libc::SIGTERM);
-                match tokio::time::timeout(self.kill_grace, &mut exited).await {
-                    Ok(status) => status,
-                    Err(_) => {
-                        crate::shim::end(self.pid, self.cgroup.as_ref(), libc::SIGKILL);
-                        exited.await
+        let pid = self.handle.pid;
+        let cgroup = self.cgroup.take();
+        let shim_status = {
+            let exited = self.handle.exited();
+            tokio::pin!(exited);
+            tokio::select! {
+                status = &mut exited => status,
+                () = kill.cancelled() => {
+                    crate::shim::end(pid, cgroup.as_ref(), libc::SIGTERM);
+                    match tokio::time::timeout(self.kill_grace, &mut exited).await {
+                        Ok(status) => status,
+                        Err(_) => {
+                            crate::shim::end(pid, cgroup.as_ref(), libc::SIGKILL);
+                            exited.await
+                        }
                     }
                 }
             }
         };
-        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        if let Some(cgroup) = self.cgroup.take() {
+        // The shim ended the job's group when the job ended; its pid may
+        // be another process's by now, so no signal goes to it from here.
+        // The cgroup is the job's own: what is left in it goes.
+        if let Some(cgroup) = cgroup {
             let _ = tokio::task::spawn_blocking(move || cgroup.kill_all()).await;
         }
-        let duration_ms = self.started.elapsed().as_millis() as u64;
-        match (crate::shim::read_exit(&self.root), shim_status) {
-            (Some(exit), _) => (exit.status, exit.duration_ms),
-            // exit.json could not be written (a full disk): the shim
-            // exited with the job's own status.
-            (None, Some(status)) => {
-                tracing::warn!(
-                    pid = self.pid,
-                    ?status,
-                    "the job's end was not recorded by its shim; taken from the shim's exit status"
-                );
-                (status, duration_ms)
-            }
-            (None, None) => {
-                tracing::error!(pid = self.pid, shim_pid = self.shim_pid, root = %self.root.display(), "the job's shim ended without recording the job's end");
-                (ExitStatus::Code { code: -1 }, duration_ms)
-            }
-        }
+        self.handle.end(shim_status, self.started)
     }
 }
 

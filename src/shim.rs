@@ -74,10 +74,17 @@ pub struct Launch {
     pub timeout_ms: Option<u64>,
     /// SIGTERM → SIGKILL delay at the timeout, in ms.
     pub kill_grace_ms: u64,
-    /// The job's storage bound: when its working directory takes more, in
-    /// bytes, the job is ended ([`ExitStatus::StorageExceeded`]).
-    #[serde(default)]
+    /// The job's storage bound: when `scratch` takes more, in bytes, the
+    /// job is ended ([`ExitStatus::StorageExceeded`]).
     pub storage_limit_bytes: Option<u64>,
+    /// The directory the storage bound applies to (the job's working
+    /// directory; a container's writable layer).
+    pub scratch: PathBuf,
+    /// How the job is ended when it is not a plain process group: this
+    /// command with the signal's name (`TERM`, `KILL`) appended (a
+    /// container: `runc kill --all ID`); `None`: signals to the job's
+    /// process group and cgroup.
+    pub kill_argv: Option<Vec<String>>,
 }
 
 /// How the job ended (`exit.json`), written by the shim once, durably.
@@ -230,10 +237,15 @@ fn run(root: &Path) -> std::io::Result<Option<ExitStatus>> {
     if let Err(e) = write_atomically(&shim_pid_path(root), &pids) {
         say!("batch-worker shim: shim.pid: {e}");
     }
-    handshake(&Handshake::Started {
+    // The worker may be gone already (killed between the launch and the
+    // handshake): the job runs all the same, and the next worker
+    // re-attaches through shim.pid.
+    if let Err(e) = handshake(&Handshake::Started {
         pid,
         shim_pid: std::process::id(),
-    })?;
+    }) {
+        say!("batch-worker shim: the handshake: {e}; going on without the worker");
+    }
     let cap = Arc::new(Mutex::new(Some(
         LogCap::new(log, launch.max_log_bytes).beside(&launch.log),
     )));
@@ -316,16 +328,16 @@ fn watch_storage(launch: &Launch, pid: u32) -> (mpsc::Sender<()>, Arc<Mutex<Opti
     let Some(limit) = launch.storage_limit_bytes else {
         return (stop, exceeded);
     };
-    let (cwd, cgroup, found) = (launch.cwd.clone(), launch.cgroup.clone(), exceeded.clone());
+    let (scratch, found, launch) = (launch.scratch.clone(), exceeded.clone(), launch.clone());
     std::thread::spawn(move || {
         let mut pause = STORAGE_CHECK_MIN;
         while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(pause) {
             let began = Instant::now();
-            let used = disk_usage(&cwd);
+            let used = disk_usage(&scratch);
             pause = (began.elapsed() * 10).max(STORAGE_CHECK_MIN);
             if used > limit {
                 *found.lock().unwrap_or_else(|p| p.into_inner()) = Some(used);
-                end(pid, cgroup.as_ref(), libc::SIGKILL);
+                end_job(&launch, pid, libc::SIGKILL);
                 return;
             }
         }
@@ -476,15 +488,40 @@ fn wait(mut child: std::process::Child, launch: &Launch) -> ExitStatus {
         Err(mpsc::RecvTimeoutError::Disconnected) => return ExitStatus::Code { code: -1 },
         Err(mpsc::RecvTimeoutError::Timeout) => {}
     }
-    end(pid, launch.cgroup.as_ref(), libc::SIGTERM);
+    end_job(launch, pid, libc::SIGTERM);
     if waited
         .recv_timeout(Duration::from_millis(launch.kill_grace_ms))
         .is_err()
     {
-        end(pid, launch.cgroup.as_ref(), libc::SIGKILL);
+        end_job(launch, pid, libc::SIGKILL);
         let _ = waited.recv();
     }
     ExitStatus::TimedOut { timeout_ms }
+}
+
+/// Ends the job of `launch` (process `pid`) with `signal`: its
+/// [`Launch::kill_argv`] if it has one, else [`end`].
+fn end_job(launch: &Launch, pid: u32, signal: i32) {
+    match &launch.kill_argv {
+        Some(argv) if !argv.is_empty() => {
+            let name = if signal == libc::SIGKILL {
+                "KILL"
+            } else {
+                "TERM"
+            };
+            let ran = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .arg(name)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            if !ran.as_ref().is_ok_and(|s| s.success()) {
+                say!("batch-worker shim: {argv:?} {name} failed: {ran:?}");
+            }
+        }
+        _ => end(pid, launch.cgroup.as_ref(), signal),
+    }
 }
 
 /// `signal` to the job's process group and every process of its cgroup.

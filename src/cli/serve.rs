@@ -190,10 +190,10 @@ pub struct ExecutorArgs {
     /// every process of the job, even one that left its process group.
     #[arg(long, value_enum, default_value = "auto")]
     pub job_cgroups: CgroupMode,
-    /// With `--executor host`: hand each job's process to a shim (a small
-    /// re-exec of this binary) that outlives the worker, so a restart
-    /// re-attaches to running jobs instead of losing them. `false`: jobs
-    /// are the worker's own children.
+    /// Hand each job's process (a host process, or `runc run`) to a shim
+    /// (a small re-exec of this binary) that outlives the worker, so a
+    /// restart re-attaches to running jobs instead of losing them.
+    /// `false`: jobs are the worker's own children.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub job_shim: bool,
     /// With `--job-shim`: most bytes a job's `main.log` keeps (its first
@@ -254,6 +254,26 @@ impl ExecutorArgs {
         Ok(())
     }
 
+    /// The shim these flags give jobs (`--job-shim`): this binary.
+    ///
+    /// # Errors
+    /// [`StartError::Invalid`] when this binary's path cannot be read.
+    fn shim(&self) -> Result<Option<ShimConfig>, StartError> {
+        if !self.job_shim {
+            return Ok(None);
+        }
+        let binary = std::env::current_exe().map_err(|e| {
+            StartError::Invalid(format!(
+                "--job-shim: this binary's path cannot be read ({e}); pass --job-shim false"
+            ))
+        })?;
+        Ok(Some(ShimConfig {
+            binary,
+            max_log_bytes: self.max_log_bytes,
+            default_storage_bytes: self.default_job_storage_bytes,
+        }))
+    }
+
     /// The executor these flags give: host processes, or containers with
     /// their image cache, under `data_dir`.
     ///
@@ -282,20 +302,7 @@ impl ExecutorArgs {
                 if let Some(cgroups) = &cgroups {
                     tracing::info!(version = cgroups.version(), "a cgroup per host job");
                 }
-                let shim = if self.job_shim {
-                    let binary = std::env::current_exe().map_err(|e| {
-                        StartError::Invalid(format!(
-                            "--job-shim: this binary's path cannot be read ({e}); pass --job-shim false"
-                        ))
-                    })?;
-                    Some(ShimConfig {
-                        binary,
-                        max_log_bytes: self.max_log_bytes,
-                        default_storage_bytes: self.default_job_storage_bytes,
-                    })
-                } else {
-                    None
-                };
+                let shim = self.shim()?;
                 Ok(Executor::Host(Arc::new(HostRunner {
                     kill_grace,
                     job_user,
@@ -330,6 +337,10 @@ impl ExecutorArgs {
                     kill_grace,
                 })
                 .map_err(|e| StartError::Invalid(format!("--executor runc: {e}")))?;
+                let runner = match self.shim()? {
+                    Some(shim) => runner.with_shim(shim),
+                    None => runner,
+                };
                 let images = ImageStore::new(images)
                     .map_err(|e| StartError::Invalid(format!("--executor runc: {e}")))?;
                 Ok(Executor::Runc {

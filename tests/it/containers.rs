@@ -600,8 +600,8 @@ async fn a_missing_image_errors_image_pull_failed_while_the_create_answers_at_on
     assert_nothing_left(&runner, h.data.path());
 }
 
-#[tokio::test]
-async fn a_restart_removes_the_container_a_crash_left_behind() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_leaves_containers_to_their_shims_and_the_restart_reattaches() {
     let Some((image, _)) = images() else {
         return;
     };
@@ -616,35 +616,54 @@ async fn a_restart_removes_the_container_a_crash_left_behind() {
         Default::default(),
     )
     .unwrap();
+    // 1 runs past the crash and the restart; 2 ends (exit 7) while no
+    // worker runs; 3 runs without a shim.
     writer
         .write_bunch(
             7,
             "tokR",
-            &[serde_json::to_vec(&container_spec(1, &image, "sleep 120")).unwrap()],
+            &[
+                serde_json::to_vec(&container_spec(1, &image, "sleep 120")).unwrap(),
+                serde_json::to_vec(&container_spec(2, &image, "sleep 1; exit 7")).unwrap(),
+                serde_json::to_vec(&container_spec(3, &image, "sleep 120")).unwrap(),
+                serde_json::to_vec(&{
+                    let mut timed = container_spec(4, &image, "sleep 60");
+                    timed["timeout"] = json!(1);
+                    timed
+                })
+                .unwrap(),
+            ],
         )
         .await
         .unwrap();
-    let flags = [
-        "--executor",
-        "runc",
-        "--insecure-registry",
-        &registry_of(&image),
-    ];
-    let mut first = ServeChild::start(data.path(), specs.path(), driver.url.as_str(), &flags).await;
+    let registry = registry_of(&image);
+    let flags = ["--executor", "runc", "--insecure-registry", &registry];
     let http = reqwest::Client::new();
-    let create = |base: String| {
+    let create = |base: String, job_id: i64| {
         let http = http.clone();
         async move {
             http.post(format!("{base}/api/v1alpha/batches/jobs/create"))
-                .json(&create_body(7, 1, "tokR", 1))
+                .json(&create_body(7, job_id, "tokR", 1))
                 .send()
                 .await
                 .unwrap()
                 .status()
         }
     };
-    assert_eq!(create(first.base.clone()).await, StatusCode::OK);
-    first.wait_event(7, 1, "process_started").await;
+    let status = |base: String, job_id: i64| {
+        let http = http.clone();
+        async move {
+            let status: Value = http
+                .get(format!("{base}/api/v1alpha/batches/7/jobs/{job_id}/status"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            status
+        }
+    };
     let runner = RuncRunner::new(RuncConfig {
         runc: "runc".into(),
         state_dir: data.path().join("runc"),
@@ -652,22 +671,76 @@ async fn a_restart_removes_the_container_a_crash_left_behind() {
         kill_grace: Duration::from_millis(500),
     })
     .unwrap();
-    assert_eq!(runner.list().unwrap(), ["bw-7-1-a1"]);
-    // A crash: the container outlives the worker.
+    let mut first = ServeChild::start(data.path(), specs.path(), driver.url.as_str(), &flags).await;
+    for job_id in [1, 2] {
+        assert_eq!(create(first.base.clone(), job_id).await, StatusCode::OK);
+        first.wait_event(7, job_id, "process_started").await;
+    }
+    // A crash: both containers outlive the worker, under their shims.
     first.child.kill().unwrap();
     first.child.wait().unwrap();
+    assert_eq!(runner.list().unwrap(), ["bw-7-1-a1", "bw-7-2-a2"]);
+    // 2 ends meanwhile.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let second = ServeChild::start(data.path(), specs.path(), driver.url.as_str(), &flags).await;
+    second.wait_event(7, 2, "process_exited").await;
+    let ended = status(second.base.clone(), 2).await;
+    assert_eq!(ended["state"], "failed", "its real end: {ended}");
     assert_eq!(
-        runner.list().unwrap(),
-        ["bw-7-1-a1"],
-        "the crash left the container"
+        ended["container_statuses"]["main"]["exit_code"], 7,
+        "{ended}"
     );
-    assert_eq!(bundles(data.path()).len(), 1);
-    let mut second =
-        ServeChild::start(data.path(), specs.path(), driver.url.as_str(), &flags).await;
-    second.wait_event(7, 1, "worker_restarted").await;
+    let running = status(second.base.clone(), 1).await;
+    assert_eq!(running["state"], "running", "re-attached: {running}");
+    // Under its shim, a container's timeout is the shim's: `runc kill`.
+    assert_eq!(create(second.base.clone(), 4).await, StatusCode::OK);
+    second.wait_event(7, 4, "process_exited").await;
+    let timed = status(second.base.clone(), 4).await;
+    assert_eq!(timed["state"], "failed", "{timed}");
+    // The re-attached container is cancelled whole.
+    http.delete(format!(
+        "{}/api/v1alpha/batches/7/jobs/1/delete",
+        second.base
+    ))
+    .send()
+    .await
+    .unwrap();
+    second.wait_event(7, 1, "process_exited").await;
+    for job_id in [1, 2, 4] {
+        second.wait_event(7, job_id, "logs_uploaded").await;
+    }
     assert_nothing_left(&runner, data.path());
+    // Without a shim, `runc run` is the worker's child: a crash leaves the
+    // container, and the restart removes it and reports the job
+    // worker_restarted.
+    let mut second = second;
     second.child.kill().unwrap();
     second.child.wait().unwrap();
+    let no_shim = [
+        "--executor",
+        "runc",
+        "--insecure-registry",
+        &registry,
+        "--job-shim",
+        "false",
+    ];
+    let mut third =
+        ServeChild::start(data.path(), specs.path(), driver.url.as_str(), &no_shim).await;
+    assert_eq!(create(third.base.clone(), 3).await, StatusCode::OK);
+    third.wait_event(7, 3, "process_started").await;
+    third.child.kill().unwrap();
+    third.child.wait().unwrap();
+    assert_eq!(
+        runner.list().unwrap(),
+        ["bw-7-3-a3"],
+        "the crash left the container"
+    );
+    let mut fourth =
+        ServeChild::start(data.path(), specs.path(), driver.url.as_str(), &no_shim).await;
+    fourth.wait_event(7, 3, "worker_restarted").await;
+    assert_nothing_left(&runner, data.path());
+    fourth.child.kill().unwrap();
+    fourth.child.wait().unwrap();
 }
 
 /// A "registry" on loopback that accepts connections and never answers:

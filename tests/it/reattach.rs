@@ -35,6 +35,25 @@ fn marks(runs: &Path, job_id: i64) -> Vec<String> {
         .collect()
 }
 
+/// The workers' log lines about job `job_id` (attempt `a{job_id}`), to
+/// explain a failure.
+fn worker_lines(dir: &Path, job_id: i64) -> String {
+    let needle = format!("{BATCH}:{job_id}/a{job_id}");
+    let other = format!("job_id={job_id} ");
+    let mut lines = Vec::new();
+    for round in 0..=ROUNDS {
+        let text =
+            std::fs::read_to_string(dir.join(format!("serve-{round}.log"))).unwrap_or_default();
+        lines.push(format!("--- serve {round}"));
+        lines.extend(
+            text.lines()
+                .filter(|l| l.contains(&needle) || l.contains(&other))
+                .map(str::to_owned),
+        );
+    }
+    lines.join("\n")
+}
+
 /// Processes whose command line holds `marker`.
 fn with_marker(marker: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -91,7 +110,9 @@ async fn sigkill_rounds_lose_nothing_run_nothing_twice_and_report_the_truth() {
     let mut accepted = Vec::new();
     let mut reattached = 0;
     for round in 0..ROUNDS {
-        let mut serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+        let log = dir.path().join(format!("serve-{round}.log"));
+        let mut serve =
+            ServeChild::start_logging(&data, &specs, driver.url.as_str(), &[], &log).await;
         let first = round * PER_ROUND + 1;
         let creates = (first..first + PER_ROUND).map(|job_id| {
             let request = http
@@ -124,7 +145,8 @@ async fn sigkill_rounds_lose_nothing_run_nothing_twice_and_report_the_truth() {
     }
     assert!(reattached > 0, "some jobs were running at a kill -9");
     // The last start: everything ends.
-    let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    let last_log = dir.path().join(format!("serve-{ROUNDS}.log"));
+    let serve = ServeChild::start_logging(&data, &specs, driver.url.as_str(), &[], &last_log).await;
     let mut states = BTreeMap::new();
     for job_id in &accepted {
         let url = format!(
@@ -168,7 +190,12 @@ async fn sigkill_rounds_lose_nothing_run_nothing_twice_and_report_the_truth() {
             } else {
                 "failed"
             };
-            assert_eq!(state, expected, "job {job_id} ran to its end: {status}");
+            assert_eq!(
+                state,
+                expected,
+                "job {job_id} ran to its end: {status}\n{}",
+                worker_lines(dir.path(), *job_id)
+            );
             let exit = &status["container_statuses"]["main"]["exit_code"];
             assert_eq!(
                 exit,
@@ -241,4 +268,60 @@ async fn sigkill_rounds_lose_nothing_run_nothing_twice_and_report_the_truth() {
         "replay --check: {}",
         String::from_utf8_lossy(&check.stdout)
     );
+}
+
+/// A shim whose worker is gone before the handshake (killed between the
+/// launch and the answer) runs the job to its end all the same and
+/// records it, so that the next worker re-attaches rather than report a
+/// finished job `worker_restarted`.
+#[test]
+fn a_shim_whose_worker_died_before_the_handshake_still_runs_and_records_the_job() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("attempt");
+    let work = root.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let launch = batch_worker::shim::Launch {
+        program: "/bin/sh".into(),
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "sleep 0.2; echo done > ran".into(),
+        ],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: work.clone(),
+        log: root.join("main.log"),
+        max_log_bytes: 1 << 20,
+        cgroup: None,
+        user: None,
+        niceness: 0,
+        timeout_ms: None,
+        kill_grace_ms: 1000,
+        storage_limit_bytes: None,
+        scratch: work.clone(),
+        kill_argv: None,
+    };
+    let mut shim = Command::new(env!("CARGO_BIN_EXE_batch-worker"))
+        .arg("shim")
+        .arg(&root)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The worker's end of the handshake is gone before the shim answers.
+    drop(shim.stdout.take());
+    let mut stdin = shim.stdin.take().unwrap();
+    stdin
+        .write_all(&serde_json::to_vec(&launch).unwrap())
+        .unwrap();
+    drop(stdin);
+    let status = shim.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(std::fs::read_to_string(work.join("ran")).unwrap(), "done\n");
+    let exit = batch_worker::shim::read_exit(&root).expect("exit.json");
+    assert_eq!(
+        exit.status,
+        batch_worker_model::ExitStatus::Code { code: 0 }
+    );
+    assert!(batch_worker::shim::read_pids(&root).is_some());
 }

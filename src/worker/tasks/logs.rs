@@ -31,12 +31,20 @@ impl Worker {
                 let uploaded = worker.inner.ports.logs.upload(&key, status, &log).await;
                 let duration_ms = started.elapsed().as_millis() as u64;
                 // The attempt is over: its scratch space (inputs, outputs,
-                // partial downloads) goes before the result is recorded;
+                // partial downloads) and its spec.json go before the result
+                // is recorded;
                 // main.log stays for `GET .../log/main` while the attempt is
                 // kept.
-                let work = AttemptDir::new(&worker.inner.settings.data_dir, &key).work();
+                let dir = AttemptDir::new(&worker.inner.settings.data_dir, &key);
+                let (work, spec) = (dir.work(), dir.spec_record());
+                let removed = move || {
+                    // The spec kept for a re-attach is of no more use (and
+                    // may name what the job was given).
+                    let _ = std::fs::remove_file(spec);
+                    std::fs::remove_dir_all(work)
+                };
                 match worker
-                    .job_files(JobFiles::Remove, move || std::fs::remove_dir_all(work))
+                    .job_files(JobFiles::Remove, removed)
                     .await
                 {
                     Ok(()) => tracing::debug!(%key, "working directory removed"),
