@@ -335,6 +335,10 @@ impl Runner for RuncRunner {
         Ok(Box::new(process))
     }
 
+    fn reattaches(&self) -> bool {
+        self.shim.is_some()
+    }
+
     /// A container from before a restart whose shim still runs or recorded
     /// its end: re-attached (waited for, then deleted as every container).
     fn reattach(&self, key: &JobKey, dir: &AttemptDir) -> Option<(u32, Box<dyn JobProcess>)> {

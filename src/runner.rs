@@ -155,6 +155,13 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// Whether this runner's processes outlive the worker, so that
+    /// [`Runner::reattach`] can find them (the worker then keeps each
+    /// job's spec beside it, `spec.json`). Default false.
+    fn reattaches(&self) -> bool {
+        false
+    }
+
     /// Called at start for an attempt the journal shows starting,
     /// executing or being cancelled: its process and pid, re-attached
     /// (still running under its shim, or ended while no worker ran, its
@@ -374,6 +381,10 @@ impl Runner for HostRunner {
             kill_grace: self.kill_grace,
             cgroup,
         }))
+    }
+
+    fn reattaches(&self) -> bool {
+        self.shim.is_some()
     }
 
     /// A job from before a restart that runs under its shim, or whose shim

@@ -90,13 +90,21 @@ impl Worker {
             return;
         }
         let dir = request.dir.clone();
-        let record = serde_json::to_vec(spec).unwrap_or_default();
+        // For a restarted worker re-attaching to the process (only a runner
+        // whose processes outlive the worker); without it (a full disk)
+        // the job is ended at a restart instead.
+        let record = self
+            .inner
+            .ports
+            .runner
+            .reattaches()
+            .then(|| serde_json::to_vec(spec).unwrap_or_default());
         let made = move || {
             dir.create()?;
-            // For a restarted worker re-attaching to the process; without
-            // it (a full disk) the job is ended at a restart instead.
-            if let Err(e) = write_private(&dir.spec_record(), &record) {
-                tracing::warn!(error = %e, "spec.json not written: the job cannot be re-attached after a restart");
+            if let Some(record) = record {
+                if let Err(e) = write_private(&dir.spec_record(), &record) {
+                    tracing::warn!(error = %e, "spec.json not written: the job cannot be re-attached after a restart");
+                }
             }
             Ok(())
         };
