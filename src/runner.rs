@@ -457,17 +457,7 @@ fn spawn_now(
     // Resolve argv[0] here: std spawns with posix_spawn (vfork-like) only
     // for a program given as a path, and otherwise forks, which stalls every
     // worker thread on copy-on-write faults.
-    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
-    let resolved = which::which_in(program, Some(&path), &work).map_err(|_| {
-        let place = if program.contains('/') {
-            ""
-        } else {
-            " in PATH"
-        };
-        LaunchError(format!(
-            "cannot run {program:?}: no executable file of that name{place}"
-        ))
-    })?;
+    let (resolved, path) = resolve(program, &work)?;
     let mut command = Command::new(&resolved);
     command
         .arg0(program)
@@ -737,6 +727,26 @@ impl ShimHandle {
     }
 }
 
+/// `program` looked up in the worker's `PATH` (relative to `work` when it
+/// is a relative path): its path, and the `PATH` the job gets.
+///
+/// # Errors
+/// No executable file of that name.
+fn resolve(program: &str, work: &Path) -> Result<(PathBuf, std::ffi::OsString), LaunchError> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    let resolved = which::which_in(program, Some(&path), work).map_err(|_| {
+        let place = if program.contains('/') {
+            ""
+        } else {
+            " in PATH"
+        };
+        LaunchError(format!(
+            "cannot run {program:?}: no executable file of that name{place}"
+        ))
+    })?;
+    Ok((resolved, path))
+}
+
 /// The blocking part of [`HostRunner::spawn_with_shim`]: the attempt's
 /// directory, the program resolved, the cgroup made; the shim's launch.
 fn prepare_shim(
@@ -762,17 +772,7 @@ fn prepare_shim(
         .argv
         .split_first()
         .ok_or_else(|| LaunchError("process.command is empty".into()))?;
-    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
-    let resolved = which::which_in(program, Some(&path), &work).map_err(|_| {
-        let place = if program.contains('/') {
-            ""
-        } else {
-            " in PATH"
-        };
-        LaunchError(format!(
-            "cannot run {program:?}: no executable file of that name{place}"
-        ))
-    })?;
+    let (resolved, path) = resolve(program, &work)?;
     let cgroup = cgroups
         .map(|c| c.create(&request.key))
         .transpose()
@@ -1008,7 +1008,9 @@ pub async fn run_out(timeout: Option<Duration>) {
     }
 }
 
-fn exit_status(status: std::io::Result<std::process::ExitStatus>) -> ExitStatus {
+/// A process's wait status as the model's [`ExitStatus`]: its code, or the
+/// signal that ended it; code -1 when it is unknown (`waitpid` failed).
+pub(crate) fn exit_status(status: std::io::Result<std::process::ExitStatus>) -> ExitStatus {
     use std::os::unix::process::ExitStatusExt;
     match status {
         Ok(s) => match (s.code(), s.signal()) {

@@ -39,6 +39,7 @@ use batch_worker_model::ExitStatus;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::JobCgroup;
+use crate::runner::exit_status;
 
 /// Writes a line to the shim's stderr (its `shim.log`), ignoring failure:
 /// `eprintln!` panics when stderr cannot be written, which on a full disk
@@ -532,18 +533,6 @@ pub fn end(pid: u32, cgroup: Option<&JobCgroup>, signal: i32) {
         for member in cgroup.pids() {
             unsafe { libc::kill(member, signal) };
         }
-    }
-}
-
-fn exit_status(status: std::io::Result<std::process::ExitStatus>) -> ExitStatus {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => ExitStatus::Code { code },
-            (None, Some(signal)) => ExitStatus::Signal { signal },
-            (None, None) => ExitStatus::Code { code: -1 },
-        },
-        Err(_) => ExitStatus::Code { code: -1 },
     }
 }
 
