@@ -208,6 +208,7 @@ pub fn decode_resync(bytes: &[u8]) -> Result<(Decoded, Vec<Skipped>), JournalErr
                 };
                 return Ok((decoded, skipped));
             }
+            (None, End::Corrupt(JournalError::CorruptMiddle { reason, .. })) => (framed, reason),
             (None, End::Corrupt(e)) => (framed, e.to_string()),
         };
         let next = (damage_at + 1..bytes.len())

@@ -329,6 +329,14 @@ pub fn open_journal(
         problems.push(format!("{dropped} records of impossible attempts dropped"));
     }
     if !problems.is_empty() {
+        // What is kept must replay clean: records the attempts' fold
+        // rejects (an event whose predecessors the damage took) go too.
+        let rejected = drop_rejected(&mut records);
+        if rejected > 0 {
+            problems.push(format!(
+                "{rejected} records their attempt's events no longer allow dropped"
+            ));
+        }
         let repaired = format!("repair: {}", problems.join("; "));
         cut_reason = Some(match cut_reason {
             Some(earlier) => format!("{earlier}; {repaired}"),
@@ -357,6 +365,35 @@ pub fn open_journal(
         cut_bytes,
         cut_reason,
     })
+}
+
+/// Drops the records `replay` rejects (an illegal transition, an event
+/// after a terminal state or before `created`, a second live attempt),
+/// until none is left; returns how many were dropped.
+fn drop_rejected(records: &mut Vec<JournalRecord>) -> usize {
+    use crate::replay::{replay_records, Problem, ReplayOptions};
+    let before = records.len();
+    loop {
+        let options = ReplayOptions {
+            gaps_allowed_through: u64::MAX,
+            ..ReplayOptions::default()
+        };
+        let rejected: std::collections::HashSet<u64> = replay_records(records, options)
+            .problems
+            .iter()
+            .filter_map(|problem| match problem {
+                Problem::IllegalTransition { seq, .. }
+                | Problem::EventAfterTerminal { seq, .. }
+                | Problem::FirstEventNotCreated { seq, .. }
+                | Problem::TwoLiveAttempts { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        if rejected.is_empty() {
+            return before - records.len();
+        }
+        records.retain(|r| !rejected.contains(&r.seq));
+    }
 }
 
 /// Attempt directories under `data_dir/jobs` (`jobs/BATCH/JOB/ATTEMPT`).

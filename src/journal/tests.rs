@@ -533,3 +533,47 @@ async fn swapped_or_repeated_sequence_numbers_are_refused_and_repair_restores_or
     let opened = open_journal(dir.path(), &config(true), WriterMode::Inline).unwrap();
     assert_eq!(opened.records, sample_records(4));
 }
+
+#[tokio::test]
+async fn a_repaired_journal_replays_clean_even_when_the_damage_took_an_attempts_middle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = segment_path(&journal_dir(dir.path()), 1);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let key = JobKey {
+        batch_id: 1,
+        job_id: 1,
+        attempt_id: "a".into(),
+    };
+    let events = [
+        Event::created(7),
+        Event::SpecLoadStarted,
+        Event::SpecLoadFailed {
+            kind: ErrorKind::SpecMissing,
+            message: "gone".into(),
+        },
+    ];
+    let records: Vec<JournalRecord> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| JournalRecord::new(i as u64 + 1, 5, key.clone(), event))
+        .collect();
+    let (mut bytes, ends) = encode_all(&records);
+    // The middle record (spec_load_started) is damaged.
+    bytes[ends[0] + FRAME_BYTES + 3] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let opened = open_journal(dir.path(), &config(true), WriterMode::Inline).unwrap();
+    // spec_load_failed cannot follow created: it goes with the damage.
+    assert_eq!(opened.records, records[..1].to_vec());
+    assert!(
+        opened
+            .cut_reason
+            .as_deref()
+            .unwrap()
+            .contains("no longer allow"),
+        "{:?}",
+        opened.cut_reason
+    );
+    drop(opened);
+    let report = crate::replay::replay_path(dir.path(), Default::default()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
