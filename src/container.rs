@@ -38,9 +38,11 @@
 //! deleted, the overlay unmounted and the bundle (secrets included)
 //! removed.
 //!
-//! This file is long (about 800 lines of code, 1,020 with tests) because a bundle, its
-//! mounts and its cleanup are one concern whose steps must stay in order;
-//! the image's user is in `container/user.rs`.
+//! This file is long (about 1,000 lines of code, 1,230 with tests) because
+//! a bundle, its mounts, the two ways of running `runc run` (the worker's
+//! child, or its shim's, re-attached after a restart) and the cleanup are
+//! one concern whose steps must stay in order; the image's user is in
+//! `container/user.rs`, the shim's side in `shim.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -6,7 +6,7 @@
 //! type), `resources` (`cores_mcpu`, `memory_bytes`, `storage_gib`),
 //! optional `env`, `timeout` (seconds), `input_files`, `output_files`.
 //!
-//! This file is long (about 690 lines, 180 of them tests) because every
+//! This file is long (about 700 lines, 180 of them tests) because every
 //! field's validation and its error message live together: what a spec may
 //! hold, and the bounds of what the journal keeps of it (`resources`).
 

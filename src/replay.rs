@@ -7,7 +7,7 @@
 //! directory, or a worker's data directory (its `journal/`). The format is
 //! [`crate::journal`].
 //!
-//! This file is long (about 620 lines): reading the journal files, the
+//! This file is long (about 650 lines): reading the journal files, the
 //! fold with its problem checks, the summary and the text rendering are the
 //! replay tool's one job; the fold itself is `AttemptView`.
 

@@ -25,6 +25,10 @@
 //!    written at all.
 //!
 //! The shim ignores SIGINT, SIGHUP and SIGTERM: only the job's end ends it.
+//!
+//! This file is long (about 740 lines, 60 of them tests) because the shim
+//! is one program read top to bottom: its launch, the job's start, the
+//! log cap, the timeout and storage watch, and the record of the end.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Read, Write};

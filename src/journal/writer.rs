@@ -10,6 +10,10 @@
 //! it; a snapshot supersedes everything before it, so a crash in between
 //! loses nothing.
 //!
+//! This file is long (about 640 lines) because the thread writer and the
+//! inline writer (the simulation's) share one `Segments` and one failure
+//! rule (cut back, retry), which must stay the same for both.
+//!
 //! # A write that fails
 //!
 //! A failed or short append (a full disk, an IO error) is cut back to the

@@ -18,13 +18,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use batch_worker::demo::driver::EmbeddedDriver;
-use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
-use object_store::local::LocalFileSystem;
 use reqwest::StatusCode;
 use serde_json::Value;
 use url::Url;
 
-use crate::support::{create_body, shell_spec, ServeChild, HANG_GUARD};
+use crate::support::{create_body, shell_spec, write_local_bunch, ServeChild, HANG_GUARD};
 
 const BATCH: i64 = 11;
 
@@ -93,12 +91,7 @@ async fn write_specs(specs: &Path, runs: &Path, n: i64, sleep_s: f64) {
             serde_json::to_vec(&shell_spec(job_id, &script)).unwrap()
         })
         .collect();
-    let store = std::sync::Arc::new(LocalFileSystem::new_with_prefix(specs).unwrap());
-    SpecStore::new(store, Default::default(), SpecLoadConfig::default())
-        .unwrap()
-        .write_bunch(BATCH, "full", &bunch)
-        .await
-        .unwrap();
+    write_local_bunch(specs, BATCH, "full", &bunch).await;
 }
 
 async fn create(http: &reqwest::Client, serve: &ServeChild, job_id: i64) -> reqwest::Response {

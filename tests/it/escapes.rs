@@ -11,12 +11,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use batch_worker::demo::driver::EmbeddedDriver;
-use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
-use object_store::local::LocalFileSystem;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{create_body, let_job_user_pass, shell_spec, ServeChild, HANG_GUARD};
+use crate::support::{
+    create_body, let_job_user_pass, shell_spec, write_local_bunch, ServeChild, HANG_GUARD,
+};
 
 /// Processes whose command line holds `marker`.
 fn with_marker(marker: &str) -> Vec<u32> {
@@ -132,12 +132,7 @@ async fn escapes_end_with_their_job(mode: &str, batch: i64) {
             serde_json::to_vec(&spec).unwrap()
         })
         .collect();
-    let store = std::sync::Arc::new(LocalFileSystem::new_with_prefix(&specs).unwrap());
-    SpecStore::new(store, Default::default(), SpecLoadConfig::default())
-        .unwrap()
-        .write_bunch(batch, "esc", &bunch)
-        .await
-        .unwrap();
+    write_local_bunch(&specs, batch, "esc", &bunch).await;
     let driver = EmbeddedDriver::start().await.unwrap();
     let flags = ["--job-cgroups", mode];
     let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &flags).await;

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use batch_worker::api::ApiConfig;
 use batch_worker::demo::driver::EmbeddedDriver;
 use batch_worker::server::ConnectionLimits;
-use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
-use object_store::local::LocalFileSystem;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{create_body, shell_spec, Harness, Options, ServeChild, HANG_GUARD};
+use crate::support::{
+    create_body, shell_spec, write_local_bunch, Harness, Options, ServeChild, HANG_GUARD,
+};
 
 /// The host:port of a harness.
 fn address(h: &Harness) -> String {
@@ -221,12 +221,7 @@ async fn eleven_hundred_idle_or_trickling_connections_starve_nothing() {
     let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
     std::fs::create_dir_all(&specs).unwrap();
     let bunch = vec![serde_json::to_vec(&shell_spec(1, "echo hi")).unwrap()];
-    let store = std::sync::Arc::new(LocalFileSystem::new_with_prefix(&specs).unwrap());
-    SpecStore::new(store, Default::default(), SpecLoadConfig::default())
-        .unwrap()
-        .write_bunch(5, "many", &bunch)
-        .await
-        .unwrap();
+    write_local_bunch(&specs, 5, "many", &bunch).await;
     let driver = EmbeddedDriver::start().await.unwrap();
     let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
     // Its soft open-file limit was raised to the hard one.

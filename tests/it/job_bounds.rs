@@ -6,13 +6,11 @@
 use std::time::Duration;
 
 use batch_worker::demo::driver::EmbeddedDriver;
-use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
-use object_store::local::LocalFileSystem;
 use reqwest::StatusCode;
 use serde_json::Value;
 use url::Url;
 
-use crate::support::{create_body, shell_spec, ServeChild, HANG_GUARD};
+use crate::support::{create_body, shell_spec, write_local_bunch, ServeChild, HANG_GUARD};
 
 const BATCH: i64 = 51;
 
@@ -32,12 +30,7 @@ async fn a_flood_of_output_is_capped_with_its_start_and_end_kept() {
         serde_json::to_vec(&shell_spec(1, flood)).unwrap(),
         serde_json::to_vec(&shell_spec(2, "echo quiet")).unwrap(),
     ];
-    let store = std::sync::Arc::new(LocalFileSystem::new_with_prefix(&specs).unwrap());
-    SpecStore::new(store, Default::default(), SpecLoadConfig::default())
-        .unwrap()
-        .write_bunch(BATCH, "bounds", &bunch)
-        .await
-        .unwrap();
+    write_local_bunch(&specs, BATCH, "bounds", &bunch).await;
     let driver = EmbeddedDriver::start().await.unwrap();
     let logs_url = Url::from_directory_path(&logs).unwrap().to_string();
     let flags = [
@@ -125,12 +118,7 @@ async fn a_job_over_its_storage_bound_ends_storage_exceeded_and_others_go_on() {
         .unwrap(),
         serde_json::to_vec(&roomy).unwrap(),
     ];
-    let store = std::sync::Arc::new(LocalFileSystem::new_with_prefix(&specs).unwrap());
-    SpecStore::new(store, Default::default(), SpecLoadConfig::default())
-        .unwrap()
-        .write_bunch(BATCH + 1, "bounds", &bunch)
-        .await
-        .unwrap();
+    write_local_bunch(&specs, BATCH + 1, "bounds", &bunch).await;
     let driver = EmbeddedDriver::start().await.unwrap();
     let flags = ["--default-job-storage-bytes", "16777216"];
     let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &flags).await;

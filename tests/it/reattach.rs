@@ -13,13 +13,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use batch_worker::demo::driver::EmbeddedDriver;
-use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
-use object_store::local::LocalFileSystem;
 use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{create_body, let_job_user_pass, shell_spec, ServeChild, HANG_GUARD};
+use crate::support::{
+    create_body, let_job_user_pass, shell_spec, write_local_bunch, ServeChild, HANG_GUARD,
+};
 
 const BATCH: i64 = 41;
 const ROUNDS: i64 = 3;
@@ -99,12 +99,7 @@ async fn sigkill_rounds_lose_nothing_run_nothing_twice_and_report_the_truth() {
             serde_json::to_vec(&shell_spec(job_id, &script)).unwrap()
         })
         .collect();
-    let store = std::sync::Arc::new(LocalFileSystem::new_with_prefix(&specs).unwrap());
-    SpecStore::new(store, Default::default(), SpecLoadConfig::default())
-        .unwrap()
-        .write_bunch(BATCH, "reattach", &bunch)
-        .await
-        .unwrap();
+    write_local_bunch(&specs, BATCH, "reattach", &bunch).await;
     let driver = EmbeddedDriver::start().await.unwrap();
     let http = reqwest::Client::new();
     let mut accepted = Vec::new();

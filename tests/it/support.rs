@@ -737,6 +737,22 @@ pub fn live_group_members(pgid: u32) -> Vec<u32> {
     live
 }
 
+/// Writes `specs` (each a spec's bytes) as the bunch of `batch_id` with
+/// `token` into the local spec store rooted at `dir`.
+pub async fn write_local_bunch(
+    dir: &std::path::Path,
+    batch_id: i64,
+    token: &str,
+    specs: &[Vec<u8>],
+) {
+    let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap());
+    SpecStore::new(store, Default::default(), SpecLoadConfig::default())
+        .unwrap()
+        .write_bunch(batch_id, token, specs)
+        .await
+        .unwrap();
+}
+
 /// Lets others pass (`o+x`) the test's temporary directories above `data`:
 /// as root, `serve` runs host jobs as `nobody`, which must reach their
 /// directories (tempfile makes its directories 0700).
