@@ -680,8 +680,15 @@ async fn a_crash_leaves_containers_to_their_shims_and_the_restart_reattaches() {
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     assert_eq!(runner.list().unwrap(), ["bw-7-1-a1", "bw-7-2-a2"]);
-    // 2 ends meanwhile.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // 2 ends meanwhile: its shim records it.
+    let root2 = data.path().join("jobs/7/2/a2");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while batch_worker::shim::read_exit(&root2).is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("job 2 ends while no worker runs");
     let second = ServeChild::start(data.path(), specs.path(), driver.url.as_str(), &flags).await;
     second.wait_event(7, 2, "process_exited").await;
     let ended = status(second.base.clone(), 2).await;

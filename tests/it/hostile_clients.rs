@@ -99,10 +99,17 @@ async fn connections_past_the_cap_are_closed_as_they_come() {
     let addr = address(&h);
     let mut held = Vec::new();
     for _ in 0..8 {
-        held.push(TcpStream::connect(&addr).await.unwrap());
+        // Answered: the server has taken it (and keeps it alive).
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: w\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        held.push(stream);
     }
-    // Let the server accept all eight before the ninth.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut ninth = TcpStream::connect(&addr).await.unwrap();
     ninth
         .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: w\r\n\r\n")
