@@ -1,6 +1,9 @@
 //! Resource admission: a job's process starts only once the worker's cores
-//! and memory it asks for (`resources.cores_mcpu`, `resources.memory_bytes`)
-//! are free.
+//! it asks for (`resources.cores_mcpu`) are free, as Hail's worker admits
+//! (its `cpu_sem`; the driver packs workers by cores). A job's
+//! `memory_bytes` is its limit, not a share of a queue. With
+//! [`Admission::by_cores_and_memory`] (`serve --admit-by-memory`) memory is
+//! queued for too.
 //!
 //! The queue is first come, first served: two fair tokio semaphores, one
 //! counting mcpu and one counting MiB of memory, acquired in that order by
@@ -72,6 +75,8 @@ pub struct Grant {
 #[derive(Debug, Clone)]
 pub struct Admission {
     capacity: Capacity,
+    /// Whether memory is reserved and waited for too.
+    by_memory: bool,
     cpu_mcpu: Arc<Semaphore>,
     memory_mib: Arc<Semaphore>,
 }
@@ -92,9 +97,21 @@ fn permits(n: u64) -> u32 {
 }
 
 impl Admission {
-    /// A queue giving out `capacity`.
+    /// A queue giving out `capacity`'s cores (Hail's admission): memory is
+    /// neither reserved nor waited for.
     pub fn new(capacity: Capacity) -> Admission {
         Admission {
+            by_memory: false,
+            ..Admission::by_cores_and_memory(capacity)
+        }
+    }
+
+    /// A queue giving out `capacity`'s cores and memory: a job also waits
+    /// until its `memory_bytes` are free, and one asking for more than the
+    /// worker has is refused.
+    pub fn by_cores_and_memory(capacity: Capacity) -> Admission {
+        Admission {
+            by_memory: true,
             capacity,
             cpu_mcpu: Arc::new(Semaphore::new(permits(capacity.cores_mcpu) as usize)),
             memory_mib: Arc::new(Semaphore::new(permits(capacity.memory_bytes / MIB) as usize)),
@@ -111,6 +128,7 @@ impl Admission {
     /// # Errors
     /// [`Refused`] at once when `request` exceeds the worker's capacity.
     pub async fn request(&self, request: Request) -> Result<Grant, Refused> {
+        let request = self.counted(request);
         let cpu = request.cores_mcpu;
         // Fit is decided in bytes; the reservation is rounded up to whole
         // MiB but never past the whole capacity (which is rounded down), so
@@ -153,6 +171,7 @@ impl Admission {
     /// re-attached at start, whose process already runs); `None` when they
     /// are not free (the job then runs without a reservation).
     pub fn reserve(&self, request: Request) -> Option<Grant> {
+        let request = self.counted(request);
         let memory = mib_up(request.memory_bytes).min(self.capacity.memory_bytes / MIB);
         let cpu = self
             .cpu_mcpu
@@ -170,6 +189,18 @@ impl Admission {
         })
     }
 
+    /// What of `request` this queue counts: its memory only by memory.
+    fn counted(&self, request: Request) -> Request {
+        Request {
+            memory_bytes: if self.by_memory {
+                request.memory_bytes
+            } else {
+                0
+            },
+            ..request
+        }
+    }
+
     /// Free mcpu and MiB right now (for status and tests).
     pub fn available(&self) -> (u64, u64) {
         (
@@ -184,7 +215,7 @@ mod tests {
     use super::*;
 
     fn two_cores() -> Admission {
-        Admission::new(Capacity {
+        Admission::by_cores_and_memory(Capacity {
             cores_mcpu: 2000,
             memory_bytes: 4 << 30,
         })
@@ -195,6 +226,31 @@ mod tests {
             cores_mcpu: mcpu,
             memory_bytes: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn by_default_memory_is_a_limit_not_a_queue() {
+        let admission = Admission::new(Capacity {
+            cores_mcpu: 4000,
+            memory_bytes: 15 << 30,
+        });
+        // Four one-core jobs of a standard 4-core worker, each asking for
+        // 3.75 GiB plus a little: all four run at once, as on Hail's.
+        let job = Request {
+            cores_mcpu: 1000,
+            memory_bytes: (15 << 30) / 4 + 1,
+        };
+        let mut grants = Vec::new();
+        for _ in 0..4 {
+            grants.push(admission.request(job).await.unwrap());
+        }
+        assert_eq!(admission.available().0, 0);
+        // More memory than the machine has is not refused either.
+        let huge = Request {
+            cores_mcpu: 0,
+            memory_bytes: 1 << 40,
+        };
+        assert!(admission.request(huge).await.is_ok());
     }
 
     #[tokio::test]
@@ -244,7 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_asking_for_exactly_the_capacity_fits() {
-        let odd = Admission::new(Capacity {
+        let odd = Admission::by_cores_and_memory(Capacity {
             cores_mcpu: 1000,
             memory_bytes: 1_000_000_000,
         });

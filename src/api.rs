@@ -7,8 +7,9 @@
 //! | DELETE | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/delete` | 200 `{"state": ...}`; 404 |
 //! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/status` | status JSON; 404 |
 //! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/events` | event history; 404 |
-//! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/log/{container}` | log text; 404 |
-//! | GET | `/healthcheck` | `{"name": worker, "activated": bool}` |
+//! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/log/{task}` | `input`, `main` or `output` log; 404 |
+//! | GET | `/api/v1alpha/batches/{batch_id}/jobs/{job_id}/resource_usage` | `{task: base64}`; 404 |
+//! | GET | `/healthcheck` | `{"name": worker}`; 503 before activation and while shutting down |
 //! | GET | `/metrics` | Prometheus text format 0.0.4 (see [`crate::metrics`]) |
 //! | POST | `/api/v1alpha/kill` | 200; the worker begins shutdown |
 //!
@@ -103,6 +104,10 @@ pub fn router(worker: Worker, config: &ApiConfig) -> Router {
         .route(
             "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/log/{container}",
             get(log),
+        )
+        .route(
+            "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/resource_usage",
+            get(resource_usage),
         )
         .route("/healthcheck", get(healthcheck))
         .route("/metrics", get(metrics))
@@ -263,16 +268,20 @@ async fn log(
         container,
     }: JobPath,
 ) -> Result<Response, ApiError> {
-    let path = worker.main_log(batch_id, job_id)?;
-    let container = container.unwrap_or_default();
-    if container != "main" {
+    let (tasks, dir) = worker.tasks(batch_id, job_id)?;
+    let task = container.unwrap_or_default();
+    // `main` always (empty before it runs); `input` / `output` when the
+    // job has them, as Hail's containers.
+    if task != "main" && !tasks.contains(&task.as_str()) {
         return Err(ApiError::NotFound(format!(
-            "job {batch_id}:{job_id} has no container {container:?}; this worker runs one, \"main\""
+            "job {batch_id}:{job_id} has no task {:?}; it has {tasks:?} (input and output exist when its spec has input_files / output_files)",
+            crate::wire::truncate(&task, 40)
         )));
     }
+    let path = dir.task_log(&task);
     let body = match tokio::fs::File::open(&path).await {
         Ok(file) => Body::from_stream(tokio_util::io::ReaderStream::new(file)),
-        // No process was started (yet): an empty log.
+        // The task has not run (yet): an empty log.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Body::empty(),
         Err(e) => {
             return Err(ApiError::Unavailable(format!(
@@ -283,8 +292,63 @@ async fn log(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
-async fn healthcheck(State(worker): State<Worker>) -> Json<serde_json::Value> {
-    Json(json!({ "name": worker.name(), "activated": worker.is_activated() }))
+/// Hail's `get_job_resource_usage`: `{task: base64 of its resource-usage
+/// file}` for each task the job has (Hail's version 2 format, see
+/// [`crate::resource_usage`]); a task that has not started (or whose file
+/// is gone) gives the header alone, Hail's `no_data()`.
+async fn resource_usage(
+    State(worker): State<Worker>,
+    JobPath {
+        batch_id, job_id, ..
+    }: JobPath,
+) -> Result<Response, ApiError> {
+    let (tasks, dir) = worker.tasks(batch_id, job_id)?;
+    let mut answer = serde_json::Map::new();
+    for task in tasks {
+        let bytes = match tokio::fs::read(dir.task_resource_usage(task)).await {
+            Ok(bytes) if bytes.len() >= crate::resource_usage::HEADER_BYTES => bytes,
+            _ => crate::resource_usage::no_data(),
+        };
+        answer.insert(
+            task.to_owned(),
+            crate::resource_usage::to_base64(&bytes).into(),
+        );
+    }
+    // Hail's order: input, main, output.
+    let ordered: Vec<(String, serde_json::Value)> = crate::logs_store::TASKS
+        .iter()
+        .filter_map(|t| answer.remove(*t).map(|v| ((*t).to_owned(), v)))
+        .collect();
+    Ok(Json(OrderedMap(ordered)).into_response())
+}
+
+/// A JSON object whose keys keep their order.
+struct OrderedMap(Vec<(String, serde_json::Value)>);
+
+impl serde::Serialize for OrderedMap {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// Hail's `healthcheck`: 200 `{"name": worker}` while the worker takes
+/// jobs; 503 before it has activated and once it is shutting down (the
+/// driver's health check then counts it as unhealthy, as it does Hail's).
+async fn healthcheck(State(worker): State<Worker>) -> Result<Json<serde_json::Value>, ApiError> {
+    match worker.phase() {
+        crate::worker::Phase::Active if worker.is_activated() => {
+            Ok(Json(json!({ "name": worker.name() })))
+        }
+        crate::worker::Phase::Starting | crate::worker::Phase::Active => Err(
+            ApiError::Unavailable("the worker has not activated with its driver yet".into()),
+        ),
+        _ => Err(ApiError::Unavailable("the worker is shutting down".into())),
+    }
 }
 
 async fn metrics(State(worker): State<Worker>) -> Response {

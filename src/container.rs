@@ -374,6 +374,46 @@ impl Runner for RuncRunner {
         ))
     }
 
+    /// The container's cgroup (v2, else v1's memory and cpuacct
+    /// hierarchies), where runc made it.
+    fn usage(&self, key: &JobKey) -> Option<crate::cgroup::CgroupUsage> {
+        let path = cgroup_path(&container_id(key));
+        let number = |file: String| {
+            std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        let v2 = format!("/sys/fs/cgroup{path}");
+        if std::path::Path::new(&v2).join("cgroup.procs").exists()
+            && std::path::Path::new(&v2).join("memory.current").exists()
+        {
+            let cpu_usec = std::fs::read_to_string(format!("{v2}/cpu.stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat.lines()
+                        .find_map(|l| l.strip_prefix("usage_usec "))
+                        .and_then(|v| v.trim().parse().ok())
+                });
+            return Some(crate::cgroup::CgroupUsage {
+                cpu_usec,
+                memory_bytes: number(format!("{v2}/memory.current")),
+                memory_peak_bytes: number(format!("{v2}/memory.peak")),
+            });
+        }
+        let memory_bytes = number(format!("/sys/fs/cgroup/memory{path}/memory.usage_in_bytes"));
+        let cpu_usec = ["cpuacct", "cpu,cpuacct"]
+            .iter()
+            .find_map(|h| number(format!("/sys/fs/cgroup/{h}{path}/cpuacct.usage")))
+            .map(|ns| ns / 1000);
+        (memory_bytes.is_some() || cpu_usec.is_some()).then_some(crate::cgroup::CgroupUsage {
+            cpu_usec,
+            memory_bytes,
+            memory_peak_bytes: number(format!(
+                "/sys/fs/cgroup/memory{path}/memory.max_usage_in_bytes"
+            )),
+        })
+    }
+
     fn kill_grace(&self) -> Duration {
         self.config.kill_grace
     }

@@ -28,7 +28,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use url::Url;
 
-use crate::wire::{JobCompleteBody, JobStartedBody};
+use crate::wire::{BillingUpdateBody, JobCompleteBody, JobStartedBody};
 
 /// Path of the activation call under the driver's URL.
 pub const ACTIVATE_PATH: &str = "api/v1alpha/instances/activate";
@@ -36,6 +36,12 @@ pub const ACTIVATE_PATH: &str = "api/v1alpha/instances/activate";
 pub const JOB_STARTED_PATH: &str = "api/v1alpha/instances/job_started";
 /// Path of the `job_complete` call under the driver's URL.
 pub const JOB_COMPLETE_PATH: &str = "api/v1alpha/instances/job_complete";
+/// `POST` the attempts running on this worker, for billing (Hail's
+/// `Worker.send_billing_update`; sample `hail/billing_update.json`).
+pub const BILLING_UPDATE_PATH: &str = "api/v1alpha/billing_update";
+/// `POST`, no body: this worker is going away; the driver reschedules what
+/// ran on it (Hail's `Worker.deactivate`).
+pub const DEACTIVATE_PATH: &str = "api/v1alpha/instances/deactivate";
 
 /// Retry policy of one report.
 #[derive(Debug, Clone)]
@@ -92,6 +98,23 @@ pub enum ReportError {
     #[error("the report cannot be serialized: {0}")]
     Body(String),
     /// The activation answer had no `token` string usable as a header value.
+    /// The report was dropped before it was sent (again): the caller no
+    /// longer wanted it (a `job_started` whose job has already ended).
+    #[error("{path} no longer wanted; not sent")]
+    NotWanted {
+        /// The endpoint's path.
+        path: &'static str,
+    },
+    /// The driver refused the call for good (4xx other than 404, 408 and
+    /// 429: a bad token, a body it does not take); not retried, as Hail's
+    /// `retry_transient_errors` does not.
+    #[error("the driver refused {path}: HTTP {status}; not retrying")]
+    Refused {
+        /// The endpoint's path.
+        path: &'static str,
+        /// The HTTP status.
+        status: u16,
+    },
     #[error("the driver's activation answer has no usable \"token\" string: {0}")]
     BadActivation(String),
 }
@@ -165,7 +188,15 @@ impl DriverTransport for HttpTransport {
             .post(url)
             .header("X-Hail-Instance-Name", instance_name)
             .header("X-Hail-Instance-Token", token)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                // As Hail's client: JSON bodies, and an empty deactivate.
+                if body.is_empty() {
+                    "application/octet-stream"
+                } else {
+                    "application/json"
+                },
+            )
             .body(body)
             .send()
             .await
@@ -182,6 +213,8 @@ impl DriverTransport for HttpTransport {
 
 enum CallFailure {
     Gone,
+    NotWanted,
+    Refused(u16),
     Retry(String),
 }
 
@@ -313,15 +346,28 @@ impl DriverClient {
         self.transport.describe()
     }
 
-    /// Sends `job_started`.
+    /// Sends `job_started` while `wanted()` holds: it is checked before
+    /// every try, and a report no longer wanted (its job ended meanwhile,
+    /// as Hail's `post_job_started_1` checks `job.done()`) is dropped
+    /// unsent. Transient failures (5xx, 408, 429, no answer) are retried;
+    /// any other 4xx is final, as in Hail's `retry_transient_errors`.
     ///
     /// # Errors
-    /// [`ReportError`] once retries are spent or the driver says 404.
-    pub async fn job_started(&self, body: &JobStartedBody) -> Result<(), ReportError> {
-        self.post(JOB_STARTED_PATH, body).await.map(drop)
+    /// [`ReportError::NotWanted`], [`ReportError::Refused`], `Gone` (404),
+    /// or `GaveUp` once retries are spent.
+    pub async fn job_started(
+        &self,
+        body: &JobStartedBody,
+        wanted: impl Fn() -> bool + Send + Sync,
+    ) -> Result<(), ReportError> {
+        let wanted: &(dyn Fn() -> bool + Send + Sync) = &wanted;
+        self.post_with(JOB_STARTED_PATH, body, Some(wanted), false)
+            .await
+            .map(drop)
     }
 
-    /// Sends `job_complete`.
+    /// Sends `job_complete`; every failure but a 404 is retried (Hail's
+    /// `post_job_complete` retries them all).
     ///
     /// # Errors
     /// [`ReportError`] once retries are spent or the driver says 404.
@@ -329,15 +375,70 @@ impl DriverClient {
         self.post(JOB_COMPLETE_PATH, body).await.map(drop)
     }
 
-    /// POSTs `body` with retries; returns the 2xx answer's body.
+    /// Sends `billing_update` (body `{"timestamp": ms, "attempts":
+    /// [{batch_id, job_id, attempt_id}]}`), retrying transient failures.
+    ///
+    /// # Errors
+    /// As [`DriverClient::job_started`], without `NotWanted`.
+    pub async fn billing_update(&self, body: &BillingUpdateBody) -> Result<(), ReportError> {
+        self.post_with(BILLING_UPDATE_PATH, body, None, false)
+            .await
+            .map(drop)
+    }
+
+    /// Sends `deactivate` once, with no body (`Content-Length: 0`), not
+    /// retried: Hail's driver cleans up after a worker whose call is lost.
+    ///
+    /// # Errors
+    /// The one failure, as a `GaveUp` after 1 attempt (or `Gone` / `Refused`).
+    pub async fn deactivate(&self) -> Result<(), ReportError> {
+        let _slot = self.in_flight.acquire().await;
+        let answer = self
+            .transport
+            .post(DEACTIVATE_PATH, &self.instance_name, &self.token(), Bytes::new())
+            .await
+            .map_err(|last| ReportError::GaveUp {
+                path: DEACTIVATE_PATH,
+                attempts: 1,
+                last,
+            })?;
+        match answer.status {
+            200..=299 => Ok(()),
+            404 => Err(ReportError::Gone {
+                path: DEACTIVATE_PATH,
+            }),
+            status => Err(ReportError::Refused {
+                path: DEACTIVATE_PATH,
+                status,
+            }),
+        }
+    }
+
+    /// POSTs `body`, retrying every failure but a 404; returns the 2xx
+    /// answer's body.
     async fn post<B: Serialize>(
         &self,
         path: &'static str,
         body: &B,
     ) -> Result<bytes::Bytes, ReportError> {
+        self.post_with(path, body, None, true).await
+    }
+
+    /// POSTs `body` with retries while `wanted` (if given) holds; with
+    /// `retry_refusals` false a 4xx other than 404, 408 and 429 is final.
+    async fn post_with<B: Serialize>(
+        &self,
+        path: &'static str,
+        body: &B,
+        wanted: Option<&(dyn Fn() -> bool + Send + Sync)>,
+        retry_refusals: bool,
+    ) -> Result<bytes::Bytes, ReportError> {
         let body =
             Bytes::from(serde_json::to_vec(body).map_err(|e| ReportError::Body(e.to_string()))?);
         let call = || async {
+            if wanted.is_some_and(|wanted| !wanted()) {
+                return Err(CallFailure::NotWanted);
+            }
             // Waiting out a backoff holds no slot; only the call does.
             let _slot = self.in_flight.acquire().await;
             let answer = self
@@ -348,6 +449,9 @@ impl DriverClient {
             match answer.status {
                 200..=299 => Ok(answer.body),
                 404 => Err(CallFailure::Gone),
+                s @ 400..=499 if !retry_refusals && s != 408 && s != 429 => {
+                    Err(CallFailure::Refused(s))
+                }
                 s => Err(CallFailure::Retry(format!("HTTP {s}"))),
             }
         };
@@ -364,6 +468,8 @@ impl DriverClient {
             .await
             .map_err(|f| match f {
                 CallFailure::Gone => ReportError::Gone { path },
+                CallFailure::NotWanted => ReportError::NotWanted { path },
+                CallFailure::Refused(status) => ReportError::Refused { path, status },
                 CallFailure::Retry(last) => ReportError::GaveUp {
                     path,
                     attempts: self.retry.max_attempts.unwrap_or(usize::MAX).max(1),

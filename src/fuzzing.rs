@@ -316,6 +316,7 @@ impl<'a> BunchCase<'a> {
                 job_group_id: 0,
                 secrets: Vec::new(),
                 env: Vec::new(),
+                service_account: None,
             },
             queue_time: None,
             gsa_key: None,

@@ -70,11 +70,13 @@ pub mod driver_client;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod image;
+pub mod instance_config;
 pub mod job_spec;
 pub mod journal;
 pub mod logs_store;
 pub mod metrics;
 pub mod replay;
+pub mod resource_usage;
 pub mod runner;
 pub mod server;
 pub mod shim;

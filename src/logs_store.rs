@@ -1,9 +1,19 @@
-//! The logs store: where a finished attempt's `status.json` and main log go,
-//! so that the driver (and people) can read them after the worker is gone.
+//! The logs store: where a finished attempt's `status.json`, its tasks'
+//! logs and resource-usage files go, so that Hail's front end (and people)
+//! can read them after the worker is gone.
 //!
-//! Keys (source: DESIGN.md, "Status JSON", and issue 4):
-//! - `{root}/{batch_id}/{job_id}/{attempt_id}/status.json`
-//! - `{root}/{batch_id}/{job_id}/{attempt_id}/main/log`
+//! Keys (source: Hail's `file_store.py` `FileStore`; sample
+//! `tests/fixtures/samples/hail/paths.md`), `task` one of `input`, `main`,
+//! `output`:
+//! - `{root}/{batch_id}/{job_id}/{attempt_id}/status.json` (format > 1)
+//! - `{root}/{batch_id}/{job_id}/{attempt_id}/{task}/log` and
+//!   `.../{task}/resource_usage`
+//! - format 1: `{root}/{batch_id}/{job_id}/{task}/log` and
+//!   `.../{task}/resource_usage`, and no `status.json`
+//!
+//! `root` is Hail's `batch_logs_root`:
+//! `{BATCH_LOGS_STORAGE_URI}/batch/logs/{INSTANCE_ID}/batch` on a Hail
+//! deployment (the store URL's path).
 //!
 //! Each upload is retried with backoff and jitter within an overall
 //! deadline. The log is streamed from its file (never read whole into
@@ -19,6 +29,7 @@ use batch_worker_model::JobKey;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+use crate::runner::AttemptDir;
 use crate::transfer::{upload_file, UploadFailure};
 
 /// Attempts of one upload, the first included.
@@ -39,12 +50,15 @@ pub enum UploadError {
         source: object_store::Error,
     },
     /// Reading the local log failed.
-    #[error("reading the main log failed: {0}")]
+    #[error("reading a task's log or resource-usage file failed: {0}")]
     LocalLog(std::io::Error),
     /// The deadline passed.
     #[error("the uploads did not finish within {} s", UPLOAD_DEADLINE.as_secs())]
     Timeout,
 }
+
+/// Hail's tasks, in the order they run.
+pub const TASKS: [&str; 3] = ["input", "main", "output"];
 
 /// The logs store: an object store and the root its keys live under.
 #[derive(Debug, Clone)]
@@ -84,17 +98,41 @@ impl LogsStore {
             .join(key.attempt_id.as_str())
     }
 
-    /// `{root}/{batch_id}/{job_id}/{attempt_id}/status.json`.
+    /// Where a task's files go: Hail's `FileStore` keys, with the attempt
+    /// for format > 1 and without it for format 1
+    /// (`has_attempt_in_log_path`).
+    fn task_prefix(&self, key: &JobKey, format_version: u32, task: &str) -> Path {
+        if format_version == 1 {
+            self.root
+                .clone()
+                .join(key.batch_id.to_string())
+                .join(key.job_id.to_string())
+                .join(task)
+        } else {
+            self.attempt_prefix(key).join(task)
+        }
+    }
+
+    /// `{root}/{batch_id}/{job_id}/{attempt_id}/status.json` (format > 1
+    /// only: format 1's full status travels in `job_complete`).
     pub fn status_key(&self, key: &JobKey) -> Path {
         self.attempt_prefix(key).join("status.json")
     }
 
-    /// `{root}/{batch_id}/{job_id}/{attempt_id}/{container}/log`.
-    pub fn log_key(&self, key: &JobKey, container: &str) -> Path {
-        self.attempt_prefix(key).join(container).join("log")
+    /// `{root}/{batch_id}/{job_id}/{attempt_id}/{task}/log`; format 1:
+    /// `{root}/{batch_id}/{job_id}/{task}/log`.
+    pub fn log_key(&self, key: &JobKey, format_version: u32, task: &str) -> Path {
+        self.task_prefix(key, format_version, task).join("log")
     }
 
-    /// Writes `status_json` and, if `main_log` exists, the log, each retried
+    /// `.../{task}/resource_usage`, beside [`LogsStore::log_key`].
+    pub fn resource_usage_key(&self, key: &JobKey, format_version: u32, task: &str) -> Path {
+        self.task_prefix(key, format_version, task)
+            .join("resource_usage")
+    }
+
+    /// Writes `status.json` (format > 1) and, for each of Hail's tasks,
+    /// its log and resource-usage file where `dir` has them, each retried
     /// ([`UPLOAD_ATTEMPTS`]), all within [`UPLOAD_DEADLINE`].
     ///
     /// # Errors
@@ -102,25 +140,38 @@ impl LogsStore {
     pub async fn upload(
         &self,
         key: &JobKey,
+        format_version: u32,
         status_json: Vec<u8>,
-        main_log: &FsPath,
+        dir: &AttemptDir,
     ) -> Result<(), UploadError> {
         let work = async {
-            let status_key = self.status_key(key);
-            let status = PutPayload::from(status_json);
-            (|| async { self.store.put(&status_key, status.clone()).await })
-                .retry(backoff(self.jitter_seed))
-                .await
-                .map_err(|source| UploadError::Store {
-                    key: status_key.to_string(),
-                    source,
-                })?;
-            if tokio::fs::try_exists(main_log).await.unwrap_or(false) {
-                let log_key = self.log_key(key, "main");
-                (|| self.stream_file(main_log, &log_key))
+            if format_version > 1 {
+                let status_key = self.status_key(key);
+                let status = PutPayload::from(status_json);
+                (|| async { self.store.put(&status_key, status.clone()).await })
                     .retry(backoff(self.jitter_seed))
-                    .when(|e| matches!(e, UploadError::Store { .. }))
-                    .await?;
+                    .await
+                    .map_err(|source| UploadError::Store {
+                        key: status_key.to_string(),
+                        source,
+                    })?;
+            }
+            for task in TASKS {
+                let files = [
+                    (dir.task_log(task), self.log_key(key, format_version, task)),
+                    (
+                        dir.task_resource_usage(task),
+                        self.resource_usage_key(key, format_version, task),
+                    ),
+                ];
+                for (file, object) in files {
+                    if tokio::fs::try_exists(&file).await.unwrap_or(false) {
+                        (|| self.stream_file(&file, &object))
+                            .retry(backoff(self.jitter_seed))
+                            .when(|e| matches!(e, UploadError::Store { .. }))
+                            .await?;
+                    }
+                }
             }
             Ok(())
         };

@@ -82,6 +82,19 @@ impl AttemptDir {
         self.root.join("spec.json")
     }
 
+    /// The log of one of Hail's tasks (`input`, `main`, `output`):
+    /// `main.log` is the process's output; `input.log` and `output.log`
+    /// say what the worker's transfers did.
+    pub fn task_log(&self, task: &str) -> PathBuf {
+        self.root.join(format!("{task}.log"))
+    }
+
+    /// The task's resource-usage file, in Hail's binary format
+    /// ([`crate::resource_usage`]).
+    pub fn task_resource_usage(&self, task: &str) -> PathBuf {
+        self.root.join(format!("{task}.resource_usage"))
+    }
+
     /// Makes the working directory (and the attempt's) and an empty
     /// `main.log`, keeping what is already there. Blocking; the worker
     /// calls it before [`Runner::spawn`].
@@ -179,6 +192,15 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
     /// [`Runner::clean_up`] ends what is left). Blocking.
     fn reattach(&self, key: &JobKey, dir: &AttemptDir) -> Option<(u32, Box<dyn Process>)> {
         let _ = (key, dir);
+        None
+    }
+
+    /// What the cgroup of attempt `key`'s process says it uses now (CPU
+    /// time, memory), for its resource-usage file; `None` when its
+    /// processes have no cgroup of their own (the default). Blocking (a
+    /// few small file reads).
+    fn usage(&self, key: &JobKey) -> Option<crate::cgroup::CgroupUsage> {
+        let _ = key;
         None
     }
 }
@@ -435,6 +457,10 @@ impl Runner for HostRunner {
                 started: Instant::now(),
             }),
         ))
+    }
+
+    fn usage(&self, key: &JobKey) -> Option<crate::cgroup::CgroupUsage> {
+        Some(self.cgroups.as_ref()?.existing(key)?.usage())
     }
 
     /// A job from before a restart: its cgroup (if any) is ended and

@@ -123,6 +123,7 @@ pub async fn serve(
     drop(listener);
     tokio::join!(connections.drain(), worker.end_processes());
     let left = worker.drain_reports().await;
+    worker.deactivate().await;
     worker.sync_journal().await;
     tracing::info!(reports_left = left, "shut down");
     Ok(())

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::instance_config::QuantifiedResource;
+
 /// The `format_version`s this worker understands: 1 (spec inline in the
 /// create body) and 2 through 7 (spec in a bunch in the spec store).
 pub const SUPPORTED_FORMAT_VERSIONS: std::ops::RangeInclusive<u32> = 1..=7;
@@ -129,18 +131,35 @@ pub struct AttemptFields {
     /// Secrets to mount. `data` is secret.
     #[serde(default)]
     pub secrets: Vec<SecretMount>,
-    /// Environment variables appended after the spec's own.
+    /// Environment variables appended after the spec's own (Hail's driver
+    /// sends `KUBECONFIG` here for a job with a service account).
     #[serde(default)]
     pub env: Vec<EnvVar>,
+    /// The job's Kubernetes service account, `{"namespace", "name"}` or
+    /// `null`, as Hail's driver sends it. Its credentials arrive as the
+    /// `kube-config` secret; the worker only carries the value.
+    #[serde(default)]
+    pub service_account: Option<Value>,
 }
 
 /// One `job_spec.secrets[]` entry.
+///
+/// Hail's driver (`driver/job.py` `job_config`) sends the user's key secret
+/// with `namespace` and `mount_in_copy`, and, for a job with a service
+/// account, a `kube-config` secret with neither (sample
+/// `create-with-service-account.json`): both are optional here.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct SecretMount {
     /// The secret's name.
     pub name: String,
-    /// Its Kubernetes-style namespace.
-    pub namespace: String,
+    /// Its Kubernetes namespace, when the driver names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Whether Hail mounts it in the input and output copy containers too
+    /// (absent: false). This worker stages files itself, so it only shows
+    /// the flag.
+    #[serde(default)]
+    pub mount_in_copy: bool,
     /// Where the job expects the files.
     pub mount_path: String,
     /// `{file name: base64 content}`. Secret: never serialised.
@@ -641,10 +660,36 @@ pub struct JobStartedStatus {
     pub job_id: i64,
     /// The attempt's id.
     pub attempt_id: String,
-    /// When the process started, ms since the Unix epoch.
+    /// When the job's cores were granted (Hail's `start_time`), ms since
+    /// the Unix epoch.
     pub start_time: i64,
-    /// Resource usage records (`[]`: this worker does not meter yet).
-    pub resources: Vec<Value>,
+    /// What the attempt is billed for: Hail's
+    /// `instance_config.quantified_resources(...)`, `[{name, quantity}]`
+    /// (`[]` on a worker without an instance config).
+    pub resources: Vec<QuantifiedResource>,
+}
+
+/// `POST {driver}/api/v1alpha/billing_update` body (Hail's
+/// `Worker.send_billing_update`; sample `hail/billing_update.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BillingUpdateBody {
+    /// When the worker took the list, ms since the Unix epoch: the driver
+    /// sets each attempt's `rollup_time` to it.
+    pub timestamp: i64,
+    /// The attempts whose `job_started` was acknowledged and that have not
+    /// ended, in the worker's table order.
+    pub attempts: Vec<BillingAttempt>,
+}
+
+/// One attempt of a [`BillingUpdateBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillingAttempt {
+    /// The batch.
+    pub batch_id: i64,
+    /// The job.
+    pub job_id: i64,
+    /// The attempt.
+    pub attempt_id: String,
 }
 
 /// `POST {driver}/api/v1alpha/instances/job_complete` body.
@@ -672,15 +717,18 @@ pub struct JobCompleteStatus {
     pub job_group_id: i64,
     /// `succeeded`, `failed` or `error`.
     pub state: String,
-    /// When the process started (or, if it never did, when the attempt was
-    /// accepted), ms since the Unix epoch.
+    /// When the job's cores were granted (or, if it ended before, its
+    /// end), ms since the Unix epoch.
     pub start_time: i64,
     /// When the attempt ended, ms since the Unix epoch.
     pub end_time: i64,
-    /// Resource usage records (`[]`).
-    pub resources: Vec<Value>,
-    /// `[exit_code or null, duration_ms or null]`.
-    pub status: (Option<i32>, Option<u64>),
+    /// What the attempt is billed for, as in `job_started`.
+    pub resources: Vec<QuantifiedResource>,
+    /// Hail's `BatchFormatVersion.db_status` of the full status: for
+    /// format 1 the whole status object; else `[exit code or null,
+    /// end_time - start_time in ms or null]` (samples
+    /// `hail/job_complete-fv*.json`).
+    pub status: Value,
 }
 
 #[cfg(test)]
@@ -719,7 +767,8 @@ mod tests {
             .iter()
             .map(|p| SecretMount {
                 name: "s".into(),
-                namespace: "n".into(),
+                namespace: Some("n".into()),
+                mount_in_copy: false,
                 mount_path: (*p).into(),
                 data: None,
             })

@@ -65,7 +65,7 @@ pub use lifecycle::Phase;
 pub use lock::{DataDirLock, LockError};
 pub use recovery::Recovery;
 pub use tasks::attempt_span;
-pub use view::{status as status_of, JobStatus};
+pub use view::{hail_exit_code, status as status_of, Identity, JobStatus, EXTENSION_KEY};
 
 use table::{Attach, JobEntry, Table};
 use tasks::JobFilePools;
@@ -123,8 +123,9 @@ pub struct UnknownJob {
 /// The settings of one worker, as [`WorkerBuilder`] filled them in.
 #[derive(Debug, Clone)]
 struct Settings {
-    /// `/healthcheck`, status JSON, `X-Hail-Instance-Name`.
-    name: String,
+    /// Name (`/healthcheck`, status JSON, `X-Hail-Instance-Name`), region
+    /// and instance config (each job's `resources`).
+    identity: Identity,
     /// Absolute; holds `journal/`, attempts' directories, the lock.
     data_dir: PathBuf,
     /// Bytes appended to the journal after which it is compacted.
@@ -138,6 +139,8 @@ struct Settings {
     capacity: Capacity,
     /// At exit, the longest wait for reports still being delivered.
     report_drain: Duration,
+    /// The pause between `billing_update` calls.
+    billing_update_period: Duration,
     /// Options for the stores of jobs' input and output files.
     store_options: StoreOptions,
 }
@@ -180,7 +183,7 @@ pub struct Worker {
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
-            .field("name", &self.inner.settings.name)
+            .field("name", &self.inner.settings.identity.name)
             .field("data_dir", &self.inner.settings.data_dir)
             .finish()
     }
@@ -208,7 +211,13 @@ impl Worker {
 
     /// The worker's name.
     pub fn name(&self) -> &str {
-        &self.inner.settings.name
+        &self.inner.settings.identity.name
+    }
+
+    /// The worker's name, region and instance config, as its statuses and
+    /// reports say them.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.settings.identity
     }
 
     /// What recovery found in the journal when the worker was opened.
@@ -367,7 +376,7 @@ impl Worker {
     /// What planning work needs of the worker's settings.
     fn plan_context(&self) -> table::PlanContext<'_> {
         table::PlanContext {
-            name: &self.inner.settings.name,
+            identity: &self.inner.settings.identity,
             data_dir: &self.inner.settings.data_dir,
         }
     }
@@ -377,27 +386,43 @@ impl Worker {
     /// or illegal in its state, are logged and dropped; events after a
     /// terminal state are absorbed; none of them panics.
     pub fn record(&self, key: &JobKey, event: Event) {
-        self.record_with(key, event, Attach::Nothing);
+        drop(self.record_with(key, event, Attach::Nothing));
+    }
+
+    /// [`Worker::record`], resolving once the event is durable in the
+    /// journal (`true`), or was not taken or could not be written
+    /// (`false`).
+    pub(crate) async fn record_durably(&self, key: &JobKey, event: Event) -> bool {
+        match self.record_with(key, event, Attach::Nothing) {
+            Some(durable) => durable.await.unwrap_or(false),
+            None => false,
+        }
     }
 
     /// [`Worker::record`], with `attach` moved into the attempt's runtime
     /// when the event is taken (dropped, and so freed, when it is not).
-    fn record_with(&self, key: &JobKey, event: Event, attach: Attach) {
+    /// Returns the journal's answer for the record, if it was taken.
+    fn record_with(
+        &self,
+        key: &JobKey,
+        event: Event,
+        attach: Attach,
+    ) -> Option<tokio::sync::oneshot::Receiver<bool>> {
         let event = event.bounded(MAX_EVENT_TEXT_BYTES);
         // While stopping, the processes the worker itself ends must not
         // turn into outcomes; deliveries still count (reports drain).
         if self.phase() == Phase::Stopping && !event.is_delivery() {
             tracing::debug!(%key, event = event.name(), "worker stopping; event not recorded");
-            return;
+            return None;
         }
-        {
+        let durable = {
             let mut table = self.table();
             let now = now_ms();
             let recorded = match table.record(key, &event, attach, &self.plan_context(), now) {
                 Ok(recorded) => recorded,
                 Err(not) => {
                     not.log(key, &event);
-                    return;
+                    return None;
                 }
             };
             table::log_transition(key, &event, &recorded.state);
@@ -407,9 +432,10 @@ impl Worker {
             // Effects run once the event is in the journal, and not before:
             // while its writes fail (a full disk) the attempt waits.
             let record = JournalRecord::new(recorded.seq, now, key.clone(), event);
-            drop(self.commit(&mut table, record, recorded.work));
-        }
+            self.commit(&mut table, record, recorded.work)
+        };
         self.inner.changes.send_modify(|n| *n += 1);
+        Some(durable)
     }
 
     /// Asks for attempt `(batch_id, job_id)` to be cancelled; returns the
@@ -455,7 +481,7 @@ impl Worker {
     /// [`UnknownJob`].
     pub fn status(&self, batch_id: i64, job_id: i64) -> Result<JobStatus, UnknownJob> {
         self.with_entry(batch_id, job_id, |e| {
-            view::status(&e.view, &self.inner.settings.name)
+            view::status(&e.view, &self.inner.settings.identity)
         })
     }
 
@@ -475,6 +501,36 @@ impl Worker {
     pub fn main_log(&self, batch_id: i64, job_id: i64) -> Result<PathBuf, UnknownJob> {
         let key = self.key_of(batch_id, job_id)?;
         Ok(AttemptDir::new(&self.inner.settings.data_dir, &key).main_log())
+    }
+
+    /// The tasks attempt `(batch_id, job_id)` has, as Hail names them
+    /// (`input` when its spec has input files, `main`, `output` when it
+    /// has output files; none before its spec is loaded), and its
+    /// attempt directory, where [`AttemptDir::task_log`] and
+    /// [`AttemptDir::task_resource_usage`] are.
+    ///
+    /// # Errors
+    /// [`UnknownJob`].
+    pub fn tasks(
+        &self,
+        batch_id: i64,
+        job_id: i64,
+    ) -> Result<(Vec<&'static str>, AttemptDir), UnknownJob> {
+        self.with_entry(batch_id, job_id, |entry| {
+            let steps = entry.view.steps();
+            let mut tasks = Vec::new();
+            if steps.spec_loaded_ms.is_some() {
+                if steps.input_files > 0 {
+                    tasks.push("input");
+                }
+                tasks.push("main");
+                if steps.output_files > 0 {
+                    tasks.push("output");
+                }
+            }
+            let dir = AttemptDir::new(&self.inner.settings.data_dir, entry.view.key());
+            (tasks, dir)
+        })
     }
 
     /// States of every attempt on the worker, keyed by attempt.

@@ -36,4 +36,4 @@ pub use event::{upcast, Event, ExitStatus, ProcessKind, EVENT_VERSION};
 pub use key::JobKey;
 pub use machine::{Applied, IllegalTransition, JobAttempt};
 pub use state::{ErrorKind, JobState, Outcome, RunPhase, WireState};
-pub use view::{AttemptView, EventRecord, History};
+pub use view::{AttemptView, EventRecord, History, Steps};

@@ -73,18 +73,28 @@ impl JobState {
     /// The state as Hail's status JSON and the driver see it.
     pub fn wire_state(&self) -> WireState {
         match self {
+            // Hail's worker lists a job whose spec is being read as
+            // `pending` (its FakeJob), until its cores are granted.
             JobState::Accepted
+            | JobState::LoadingSpec
             | JobState::Running {
                 phase: RunPhase::WaitingForResources,
             } => WireState::Pending,
-            JobState::LoadingSpec
-            | JobState::Running {
+            JobState::Running {
                 phase: RunPhase::Initializing | RunPhase::Starting,
             } => WireState::Initializing,
             JobState::Running { .. } => WireState::Running,
             JobState::Done {
                 outcome: Outcome::Succeeded,
             } => WireState::Succeeded,
+            // Hail's container raises a timeout error: the job is `error`
+            // (`short_error` "timed out"), not `failed`.
+            JobState::Done {
+                outcome:
+                    Outcome::Failed {
+                        exit: ExitStatus::TimedOut { .. },
+                    },
+            } => WireState::Error,
             JobState::Done {
                 outcome: Outcome::Failed { .. },
             } => WireState::Failed,

@@ -65,6 +65,7 @@ pub struct AttemptView {
     ended_at_ms: Option<i64>,
     exit: Option<ExitStatus>,
     exit_duration_ms: Option<u64>,
+    steps: Steps,
     started_delivered: bool,
     logs_done: bool,
     complete_delivered: bool,
@@ -130,6 +131,7 @@ impl AttemptView {
             ended_at_ms: None,
             exit: None,
             exit_duration_ms: None,
+            steps: Steps::default(),
             started_delivered: false,
             logs_done: false,
             complete_delivered: false,
@@ -156,22 +158,52 @@ impl AttemptView {
         if applied.absorbed {
             return Ok(applied);
         }
+        let steps = &mut self.steps;
         match event {
             Event::SpecLoadStarted => self.spec_load_began_ms = Some(time_ms),
-            Event::SpecLoaded { resources, .. } => {
+            Event::SpecLoaded {
+                resources,
+                cores_mcpu,
+                memory_bytes,
+                input_files,
+                output_files,
+                image,
+                ..
+            } => {
                 self.resources = resources.clone();
                 self.spec_load_ms = self.spec_load_began_ms.map(|t| time_ms - t);
+                steps.spec_loaded_ms = Some(time_ms);
+                steps.cores_mcpu = *cores_mcpu;
+                steps.memory_bytes = *memory_bytes;
+                steps.input_files = *input_files;
+                steps.output_files = *output_files;
+                steps.image = image.is_some();
             }
             Event::SpecLoadFailed { .. } => {
                 self.spec_load_ms = self.spec_load_began_ms.map(|t| time_ms - t);
+            }
+            Event::ResourcesGranted => steps.granted_ms = Some(time_ms),
+            Event::ImagePulled { .. } | Event::ImagePullFailed { .. } => {
+                steps.image_done_ms = Some(time_ms)
+            }
+            Event::InputsStaged { .. } | Event::InputsFailed { .. } => {
+                steps.inputs_done_ms = Some(time_ms)
             }
             Event::ProcessStarted { .. } => self.started_at_ms = Some(time_ms),
             Event::ProcessExited { exit, duration_ms } => {
                 self.exit = Some(*exit);
                 self.exit_duration_ms = Some(*duration_ms);
+                steps.exited_ms = Some(time_ms);
             }
+            Event::OutputsUploaded { .. } | Event::OutputsFailed { .. } => {
+                steps.outputs_done_ms = Some(time_ms)
+            }
+            Event::CancelRequested => steps.cancel_requested = true,
             Event::StartedDelivered => self.started_delivered = true,
-            Event::LogsUploaded | Event::LogsUploadFailed { .. } => self.logs_done = true,
+            Event::LogsUploaded | Event::LogsUploadFailed { .. } => {
+                self.logs_done = true;
+                steps.logs_done_ms = Some(time_ms);
+            }
             Event::CompleteDelivered => self.complete_delivered = true,
             _ => {}
         }
@@ -259,10 +291,19 @@ impl AttemptView {
         self.started_at_ms
     }
 
-    /// When the process started, else when the attempt was accepted: Hail's
-    /// `start_time`, ms since the Unix epoch.
-    pub fn start_time_ms(&self) -> i64 {
-        self.started_at_ms.unwrap_or(self.accepted_at_ms)
+    /// Hail's `start_time`, ms since the Unix epoch: when the job's cores
+    /// were granted (Hail's worker takes it right after its CPU semaphore).
+    /// An attempt that ended before that (its spec could not be read, it
+    /// can never fit, it was cancelled) has its end as its start, as Hail's
+    /// `FakeJob` does; `None` while it waits.
+    pub fn start_time_ms(&self) -> Option<i64> {
+        self.steps.granted_ms.or(self.ended_at_ms)
+    }
+
+    /// The times of the steps the attempt went through, and what its spec
+    /// asked for (what Hail's status `timing` and `resources` are made of).
+    pub fn steps(&self) -> &Steps {
+        &self.steps
     }
 
     /// When the attempt became terminal, ms since the Unix epoch.
@@ -311,6 +352,40 @@ impl AttemptView {
     pub fn history(&self) -> &[EventRecord] {
         self.history.as_deref().unwrap_or_default()
     }
+}
+
+/// When each step of an attempt ended (ms since the Unix epoch, from its
+/// events' times), and what its spec asked for: the facts Hail's status
+/// `timing`, `container_statuses` and `resources` are made of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Steps {
+    /// `spec_loaded`.
+    pub spec_loaded_ms: Option<i64>,
+    /// `resources_granted`: Hail's `start_time`.
+    pub granted_ms: Option<i64>,
+    /// `image_pulled` or `image_pull_failed`.
+    pub image_done_ms: Option<i64>,
+    /// `inputs_staged` or `inputs_failed`.
+    pub inputs_done_ms: Option<i64>,
+    /// `process_exited`.
+    pub exited_ms: Option<i64>,
+    /// `outputs_uploaded` or `outputs_failed`.
+    pub outputs_done_ms: Option<i64>,
+    /// `logs_uploaded` or `logs_upload_failed`.
+    pub logs_done_ms: Option<i64>,
+    /// Whether `cancel_requested` was applied.
+    pub cancel_requested: bool,
+    /// The spec's `resources.cores_mcpu` (0 before the spec is loaded), mcpu.
+    pub cores_mcpu: u64,
+    /// The spec's `resources.memory_bytes` (0 before), bytes.
+    pub memory_bytes: u64,
+    /// How many `input_files` the spec has: Hail's `input` task exists
+    /// when it has any.
+    pub input_files: u32,
+    /// How many `output_files`: Hail's `output` task exists when it has any.
+    pub output_files: u32,
+    /// Whether the worker pulls an image for the job (`spec_loaded.image`).
+    pub image: bool,
 }
 
 #[cfg(test)]

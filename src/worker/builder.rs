@@ -19,10 +19,12 @@ use super::lock::{DataDirLock, LockError};
 use super::recovery::Recovery;
 use super::table::Table;
 use super::tasks::JobFilePools;
+use super::view::Identity;
 use super::{Inner, Ports, Settings, Worker};
 use crate::admission::{Admission, Capacity};
 use crate::driver_client::DriverClient;
 use crate::image::ImageStore;
+use crate::instance_config::InstanceConfig;
 use crate::journal::{
     open_journal, Durability, JournalConfig, RecoveryError, SegmentOptions, WriteFaults,
     WriterMode, DEFAULT_PREALLOCATE_BYTES,
@@ -39,6 +41,10 @@ pub const DEFAULT_JOURNAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_RETENTION_HOURS: u64 = 24;
 /// Default longest wait at exit for reports in flight, in ms.
 pub const DEFAULT_REPORT_DRAIN_MS: u64 = 30_000;
+
+/// Hail's worker sends `billing_update` every 60 s (`Worker.run`:
+/// `periodically_call(60, send_billing_update)`).
+pub const DEFAULT_BILLING_UPDATE_PERIOD: Duration = Duration::from_secs(60);
 
 /// How the worker runs jobs. Images come only with containers: a host
 /// worker has no image cache, and its `spec_loaded` events name no image.
@@ -152,6 +158,8 @@ pub enum OpenError {
 pub struct WorkerBuilder {
     data_dir: PathBuf,
     name: Option<String>,
+    region: Option<String>,
+    instance_config: Option<InstanceConfig>,
     executor: Option<MakeExecutor>,
     driver: Option<DriverClient>,
     journal: JournalOptions,
@@ -162,6 +170,8 @@ pub struct WorkerBuilder {
     journal_segment_bytes: u64,
     retention: Duration,
     report_drain: Duration,
+    billing_update_period: Duration,
+    admit_by_memory: bool,
     store_options: Option<StoreOptions>,
 }
 
@@ -170,6 +180,8 @@ impl WorkerBuilder {
         WorkerBuilder {
             data_dir,
             name: None,
+            region: None,
+            instance_config: None,
             executor: None,
             driver: None,
             journal: JournalOptions::default(),
@@ -180,8 +192,25 @@ impl WorkerBuilder {
             journal_segment_bytes: DEFAULT_JOURNAL_SEGMENT_BYTES,
             retention: Duration::from_secs(DEFAULT_RETENTION_HOURS * 3600),
             report_drain: Duration::from_millis(DEFAULT_REPORT_DRAIN_MS),
+            billing_update_period: DEFAULT_BILLING_UPDATE_PERIOD,
+            admit_by_memory: false,
             store_options: None,
         }
+    }
+
+    /// The cloud region the status JSON's `region` names (Hail's `REGION`).
+    /// Default: empty.
+    pub fn region(mut self, region: impl Into<String>) -> WorkerBuilder {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// The instance config the driver made this VM with (Hail's
+    /// `INSTANCE_CONFIG`): each job's `resources`, what the driver bills.
+    /// Default: none, and `resources` is `[]` in statuses and reports.
+    pub fn instance_config(mut self, config: InstanceConfig) -> WorkerBuilder {
+        self.instance_config = Some(config);
+        self
     }
 
     /// The worker's name: `/healthcheck`, status JSON,
@@ -266,6 +295,21 @@ impl WorkerBuilder {
     /// Default [`DEFAULT_RETENTION_HOURS`].
     pub fn retention(mut self, retention: Duration) -> WorkerBuilder {
         self.retention = retention;
+        self
+    }
+
+    /// Whether jobs also wait for their `memory_bytes` to be free (and one
+    /// asking for more than the worker has errors). Default false: cores
+    /// only, as Hail's worker admits.
+    pub fn admit_by_memory(mut self, by_memory: bool) -> WorkerBuilder {
+        self.admit_by_memory = by_memory;
+        self
+    }
+
+    /// The pause after each `billing_update` call before the next.
+    /// Default [`DEFAULT_BILLING_UPDATE_PERIOD`] (Hail's 60 s).
+    pub fn billing_update_period(mut self, period: Duration) -> WorkerBuilder {
+        self.billing_update_period = period;
         self
     }
 
@@ -355,13 +399,18 @@ impl WorkerBuilder {
         let worker = Worker {
             inner: Arc::new(Inner {
                 settings: Settings {
-                    name: self.name.unwrap_or_else(default_name),
+                    identity: Identity {
+                        name: self.name.unwrap_or_else(default_name),
+                        region: self.region.unwrap_or_default(),
+                        instance_config: self.instance_config.map(Arc::new),
+                    },
                     data_dir,
                     journal_segment_bytes: self.journal_segment_bytes,
                     min_free_bytes: self.journal.min_free_bytes,
                     retention: self.retention,
                     capacity,
                     report_drain: self.report_drain,
+                    billing_update_period: self.billing_update_period,
                     store_options: self.store_options.unwrap_or_else(StoreOptions::from_env),
                 },
                 lifecycle: Lifecycle::new(self.driver.is_some()),
@@ -375,7 +424,11 @@ impl WorkerBuilder {
                 journal: recovered.writer,
                 table: Mutex::new(Table::default()),
                 changes: watch::channel(0).0,
-                admission: Admission::new(capacity),
+                admission: if self.admit_by_memory {
+                    Admission::by_cores_and_memory(capacity)
+                } else {
+                    Admission::new(capacity)
+                },
                 job_files: JobFilePools::new(),
                 metrics,
                 recovery: std::sync::OnceLock::new(),

@@ -117,7 +117,81 @@ impl Worker {
         lifecycle.advance(Phase::Active);
         // Reports waiting in `Draining` for a token go out now.
         lifecycle.phase.send_modify(|_| {});
+        if self.inner.ports.driver.is_some() {
+            tokio::spawn(self.clone().send_billing_updates());
+        }
         Ok(())
+    }
+
+    /// Hail's `periodically_call(60, send_billing_update)`: at once, then
+    /// every `--billing-update-ms` after each call returns, until the
+    /// worker stops; a call is made only when some attempt is billed.
+    async fn send_billing_updates(self) {
+        let Some(driver) = self.inner.ports.driver.clone() else {
+            return;
+        };
+        let period = self.inner.settings.billing_update_period;
+        let mut phase = self.inner.lifecycle.phase.subscribe();
+        loop {
+            if self.phase() >= Phase::Stopping {
+                return;
+            }
+            if let Some(body) = self.billing_update() {
+                let attempts = body.attempts.len();
+                match driver.billing_update(&body).await {
+                    Ok(()) => tracing::debug!(attempts, "billing_update delivered"),
+                    Err(e) => tracing::warn!(attempts, error = %e, "billing_update not delivered"),
+                }
+            }
+            let stopping = phase.wait_for(|p| *p >= Phase::Stopping);
+            if tokio::time::timeout(period, stopping).await.is_ok() {
+                return;
+            }
+        }
+    }
+
+    /// The `billing_update` body now: the attempts whose `job_started` the
+    /// driver acknowledged and that have not ended, in key order; `None`
+    /// when there is none (Hail sends nothing then).
+    pub fn billing_update(&self) -> Option<crate::wire::BillingUpdateBody> {
+        let mut attempts: Vec<crate::wire::BillingAttempt> = self
+            .table()
+            .values()
+            .filter(|e| e.view.started_delivered() && !e.view.is_terminal())
+            .map(|e| {
+                let key = e.view.key();
+                crate::wire::BillingAttempt {
+                    batch_id: key.batch_id,
+                    job_id: key.job_id,
+                    attempt_id: key.attempt_id.clone(),
+                }
+            })
+            .collect();
+        if attempts.is_empty() {
+            return None;
+        }
+        attempts.sort_by_key(|a| (a.batch_id, a.job_id));
+        Some(crate::wire::BillingUpdateBody {
+            timestamp: super::now_ms(),
+            attempts,
+        })
+    }
+
+    /// For exit, after the reports drained: tells the driver this worker
+    /// is going away (`POST .../instances/deactivate`, once, as Hail's
+    /// worker does), so that it reschedules the jobs that were here.
+    /// Nothing without a driver or before activation.
+    pub async fn deactivate(&self) {
+        let Some(driver) = &self.inner.ports.driver else {
+            return;
+        };
+        if !self.is_activated() {
+            return;
+        }
+        match driver.deactivate().await {
+            Ok(()) => tracing::info!("deactivated with the driver"),
+            Err(e) => tracing::warn!(error = %e, "deactivate failed; the driver's own checks will find this worker gone"),
+        }
     }
 
     /// Whether the worker has activated with its driver (or has none).

@@ -114,6 +114,20 @@ impl Worker {
                                 kill.cancel();
                             }
                             reattached.push(work);
+                            // Its job_started was not acknowledged before
+                            // the restart: sent again (a Starting attempt's
+                            // goes with the process_started recorded below).
+                            if matches!(phase, RunPhase::Executing { .. })
+                                && !entry.view.started_delivered()
+                            {
+                                reattached.push(Work::ReportStarted {
+                                    key: key.clone(),
+                                    body: super::view::started_body(
+                                        &entry.view,
+                                        &self.inner.settings.identity,
+                                    ),
+                                });
+                            }
                             continue;
                         }
                     }
@@ -142,7 +156,7 @@ impl Worker {
                 } else if state.wire_state() != WireState::Cancelled && !view.complete_delivered() {
                     redo.push(Work::ReportComplete {
                         key: view.key().clone(),
-                        status: super::view::complete_status(view, now_ms()),
+                        status: super::view::complete_status(view, &self.inner.settings.identity, now_ms()),
                         started: None,
                     });
                 }

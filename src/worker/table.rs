@@ -173,8 +173,9 @@ pub(super) struct Recorded {
 
 /// What planning needs of the worker.
 pub(super) struct PlanContext<'a> {
-    /// The worker's name (status JSON).
-    pub(super) name: &'a str,
+    /// The worker's name, region and instance config (status JSON,
+    /// reports' `resources`).
+    pub(super) identity: &'a view::Identity,
     /// The data directory (attempt directories).
     pub(super) data_dir: &'a Path,
 }
@@ -320,14 +321,14 @@ pub(super) fn plan(
             Effect::UploadLogs => work.push(upload_logs_work(&entry.view, context)),
             Effect::ReportStarted => work.push(Work::ReportStarted {
                 key: key.clone(),
-                body: view::started_body(&entry.view),
+                body: view::started_body(&entry.view, context.identity),
             }),
             // Acknowledged already (a journal from before logs uploads
             // existed, uploaded again after a restart): not again.
             Effect::ReportComplete if entry.view.complete_delivered() => {}
             Effect::ReportComplete => work.push(Work::ReportComplete {
                 key: key.clone(),
-                status: view::complete_status(&entry.view, now),
+                status: view::complete_status(&entry.view, context.identity, now),
                 started: entry.runtime.take_started_report(),
             }),
             Effect::RequestResources
@@ -386,11 +387,10 @@ pub(super) fn plan(
 
 /// The `UploadLogs` work of an attempt: its status JSON now, its log file.
 pub(super) fn upload_logs_work(view: &AttemptView, context: &PlanContext<'_>) -> Work {
-    let status = serde_json::to_vec(&view::status(view, context.name)).unwrap_or_default();
     Work::UploadLogs {
         key: view.key().clone(),
-        status,
-        log: AttemptDir::new(context.data_dir, view.key()).main_log(),
+        format_version: view.format_version(),
+        status: view::status_file(&view::status(view, context.identity)),
     }
 }
 
@@ -433,8 +433,10 @@ mod tests {
     }
 
     fn context() -> PlanContext<'static> {
+        static IDENTITY: std::sync::LazyLock<view::Identity> =
+            std::sync::LazyLock::new(|| view::Identity::named("w"));
         PlanContext {
-            name: "w",
+            identity: &IDENTITY,
             data_dir: Path::new("/data"),
         }
     }

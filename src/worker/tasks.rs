@@ -12,6 +12,7 @@ mod process;
 mod reports;
 mod spec_load;
 mod transfer;
+mod usage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,16 +75,17 @@ pub(super) enum Work {
         kill: CancellationToken,
         grant: Option<Grant>,
     },
-    /// Upload `status.json` and the main log (`UploadLogs`).
+    /// Upload `status.json` and the tasks' logs and resource usage
+    /// (`UploadLogs`).
     UploadLogs {
         key: JobKey,
+        format_version: u32,
         status: Vec<u8>,
-        log: PathBuf,
     },
     /// Send `job_started` (`ReportStarted`).
     ReportStarted { key: JobKey, body: JobStartedBody },
-    /// Send `job_complete` (`ReportComplete`), aborting a `job_started`
-    /// still being retried.
+    /// Send `job_complete` (`ReportComplete`), once the attempt's
+    /// `job_started` task has ended.
     ReportComplete {
         key: JobKey,
         status: JobCompleteStatus,
@@ -186,7 +188,11 @@ impl Worker {
                             .instrument(span),
                     );
                 }
-                Work::UploadLogs { key, status, log } => self.upload_logs(key, status, log, span),
+                Work::UploadLogs {
+                    key,
+                    format_version,
+                    status,
+                } => self.upload_logs(key, format_version, status, span),
                 Work::ReportStarted { key, body } => self.report_started(key, body, span),
                 Work::ReportComplete {
                     key,

@@ -141,7 +141,7 @@ async fn check(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
         // One fold: the replayed view's status JSON is the live one, field
         // by field (deliveries since change no field of it).
         prop_assert_eq!(
-            serde_json::to_value(status_of(&replayed.view, h.worker.name())).unwrap(),
+            serde_json::to_value(status_of(&replayed.view, h.worker.identity())).unwrap(),
             serde_json::to_value(h.worker.status(batch_id, *job_id).unwrap()).unwrap(),
             "job {}",
             job_id

@@ -467,7 +467,7 @@ impl StateMachineTest for WorkerMatchesModel {
             .iter()
             .filter(|t| live.contains_key(&(t.key.batch_id, t.key.job_id)))
             .map(|t| {
-                let status = status_of(&t.view, system.worker().name());
+                let status = status_of(&t.view, system.worker().identity());
                 (
                     (t.key.batch_id, t.key.job_id),
                     serde_json::to_value(status).unwrap(),

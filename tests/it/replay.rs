@@ -211,7 +211,7 @@ fn a_version_2_journal_replays_to_todays_status_but_for_what_it_never_kept() {
             .iter()
             .find(|t| t.key.job_id == job_id)
             .unwrap();
-        serde_json::to_value(status_of(&timeline.view, "w")).unwrap()
+        serde_json::to_value(status_of(&timeline.view, &batch_worker::worker::Identity::named("w"))).unwrap()
     };
     let (today, old) = (status("good", 12), status("version_2", 12));
     // The create facts beside an old `created` are read into the event.

@@ -50,7 +50,7 @@ async fn a_404_from_the_driver_stops_the_retries() {
             start_time: 1,
             end_time: 2,
             resources: vec![],
-            status: (None, Some(1)),
+            status: serde_json::json!([null, 1]),
         },
         marked_job_started: false,
     };

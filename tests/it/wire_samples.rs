@@ -150,7 +150,7 @@ fn report_bodies_serialise_byte_for_byte_like_the_samples() {
             start_time: 1764504000123,
             end_time: 1764504001456,
             resources: vec![],
-            status: (Some(7), Some(1333)),
+            status: serde_json::json!([7, 1333]),
         },
         marked_job_started: true,
     };
@@ -162,7 +162,7 @@ fn report_bodies_serialise_byte_for_byte_like_the_samples() {
             state: "error".into(),
             start_time: 1764504000200,
             end_time: 1764504000210,
-            status: (None, Some(10)),
+            status: serde_json::json!([null, 10]),
             ..failed.status.clone()
         },
         marked_job_started: false,

@@ -21,7 +21,7 @@ impl Worker {
                 tracing::debug!(%key, cores_mcpu = request.cores_mcpu, memory_bytes = request.memory_bytes, "resources granted");
                 // If the event is not taken (cancelled meanwhile), the grant
                 // is dropped with it: freed.
-                self.record_with(&key, Event::ResourcesGranted, Attach::Grant(grant));
+                drop(self.record_with(&key, Event::ResourcesGranted, Attach::Grant(grant)));
             }
             Err(refused) => {
                 let message = refused.to_string();

@@ -38,7 +38,7 @@ impl Worker {
                     digest: pulled_image.digest.clone(),
                     pulled,
                 };
-                self.record_with(&key, event, Attach::Image(pulled_image));
+                drop(self.record_with(&key, event, Attach::Image(pulled_image)));
             }
             Ok(Err(e)) => {
                 tracing::warn!(%key, image = %image, duration_ms, error = %e, "image pull failed");

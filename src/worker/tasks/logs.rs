@@ -1,8 +1,6 @@
-//! The logs task (`UploadLogs`): `status.json` and the main log to the logs
-//! store, the attempt's `work/` directory removed, then `logs_uploaded` or
+//! The logs task (`UploadLogs`): `status.json` and the tasks' logs and
+//! resource-usage files to the logs store, the attempt's `work/` directory removed, then `logs_uploaded` or
 //! `logs_upload_failed` (either asks for `job_complete`).
-
-use std::path::PathBuf;
 
 use batch_worker_model::{Event, JobKey};
 use tracing::Instrument;
@@ -18,8 +16,8 @@ impl Worker {
     pub(super) fn upload_logs(
         &self,
         key: JobKey,
+        format_version: u32,
         status: Vec<u8>,
-        log: PathBuf,
         span: tracing::Span,
     ) {
         let pending = Counted::new(&self.inner.lifecycle.reports_pending);
@@ -28,14 +26,19 @@ impl Worker {
             async move {
                 let _pending = pending;
                 let started = std::time::Instant::now();
-                let uploaded = worker.inner.ports.logs.upload(&key, status, &log).await;
+                let dir = AttemptDir::new(&worker.inner.settings.data_dir, &key);
+                let uploaded = worker
+                    .inner
+                    .ports
+                    .logs
+                    .upload(&key, format_version, status, &dir)
+                    .await;
                 let duration_ms = started.elapsed().as_millis() as u64;
                 // The attempt is over: its scratch space (inputs, outputs,
                 // partial downloads) and its spec.json go before the result
                 // is recorded;
                 // main.log stays for `GET .../log/main` while the attempt is
                 // kept.
-                let dir = AttemptDir::new(&worker.inner.settings.data_dir, &key);
                 let (work, spec) = (dir.work(), dir.spec_record());
                 let removed = move || {
                     // The spec kept for a re-attach is of no more use (and

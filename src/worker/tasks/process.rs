@@ -40,10 +40,20 @@ impl Worker {
         grant: Option<Grant>,
     ) {
         let live = Counted::new(&self.inner.lifecycle.live_processes);
+        let sampling = self.start_sampling(&key);
         let (exit, duration_ms) = process.wait(timeout, kill).await;
+        sampling.cancel();
         self.record(&key, Event::ProcessExited { exit, duration_ms });
         drop(grant);
         drop(live);
+    }
+
+    /// Starts sampling `key`'s resource usage (see `usage.rs`); cancel the
+    /// token when the process has ended.
+    fn start_sampling(&self, key: &JobKey) -> CancellationToken {
+        let stop = CancellationToken::new();
+        tokio::spawn(self.clone().sample_usage(key.clone(), stop.clone()));
+        stop
     }
 
     /// The process task.
@@ -127,7 +137,9 @@ impl Worker {
             Err(e) => self.record(&key, Event::LaunchFailed { message: e.0 }),
             Ok(process) => {
                 self.record(&key, Event::ProcessStarted { pid: process.pid() });
+                let sampling = self.start_sampling(&key);
                 let (exit, duration_ms) = process.wait(spec.timeout, kill).await;
+                sampling.cancel();
                 self.record(&key, Event::ProcessExited { exit, duration_ms });
             }
         }

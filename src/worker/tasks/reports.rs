@@ -2,6 +2,14 @@
 //! retried until acknowledged (or 404), then `started_delivered` /
 //! `complete_delivered`. The journal is the outbox: a report not
 //! acknowledged before a crash is sent again after the restart.
+//!
+//! Order, as Hail's `post_job_complete`: a `job_complete` waits until the
+//! attempt's `job_started` task has ended (acknowledged, refused, or
+//! dropped because the job ended before it could be sent again), so the
+//! driver never marks an attempt started after it marked it complete. Its
+//! `marked_job_started` is then exactly whether the driver acknowledged
+//! `job_started`: `started_delivered` is durable in the journal before the
+//! started task ends, so a restart says the same.
 
 use batch_worker_model::{Event, JobKey};
 use tokio::task::JoinHandle;
@@ -27,8 +35,22 @@ impl Worker {
                 let key = task_key;
                 let _pending = pending;
                 worker.activated().await;
-                match driver.job_started(&body).await {
-                    Ok(()) => worker.record(&key, Event::StartedDelivered),
+                // Hail's post_job_started_1 skips a job already done.
+                let wanted = || {
+                    worker
+                        .table()
+                        .entry_mut(&key)
+                        .is_some_and(|e| !e.view.is_terminal())
+                };
+                match driver.job_started(&body, wanted).await {
+                    Ok(()) => {
+                        // Durable before this task ends: job_complete
+                        // waits for it and reads it.
+                        worker.record_durably(&key, Event::StartedDelivered).await;
+                    }
+                    Err(e @ ReportError::NotWanted { .. }) => {
+                        tracing::info!(%key, error = %e, "job_started dropped: the job ended first")
+                    }
                     Err(e) => tracing::warn!(%key, error = %e, "job_started not delivered"),
                 }
             }
@@ -40,9 +62,9 @@ impl Worker {
         }
     }
 
-    /// Starts the `job_complete` report of `key`, first aborting its
-    /// `job_started` if that is still being retried (`marked_job_started`
-    /// then says false).
+    /// Starts the `job_complete` report of `key`, after its `job_started`
+    /// task (if any) has ended; `marked_job_started` says whether that was
+    /// acknowledged.
     pub(super) fn report_complete(
         &self,
         key: JobKey,
@@ -60,12 +82,11 @@ impl Worker {
                 let _pending = pending;
                 // Reports recovered at start wait for activation.
                 worker.activated().await;
-                // Never wait for job_started: if it is still being retried,
-                // drop it and say so in marked_job_started.
+                // Never before job_started has ended: it stops retrying
+                // now that the job is done, but a call on the wire is
+                // answered first.
                 if let Some(started) = started {
-                    if !started.is_finished() {
-                        started.abort();
-                    }
+                    let _ = started.await;
                 }
                 let marked_job_started = worker
                     .table()

@@ -50,7 +50,7 @@ impl Worker {
             Ok(spec) => {
                 tracing::debug!(%key, duration_ms, size_bytes = spec.size_bytes, "spec loaded");
                 let event = spec.loaded_event(containers);
-                self.record_with(&key, event, Attach::Spec(Arc::new(spec)));
+                drop(self.record_with(&key, event, Attach::Spec(Arc::new(spec))));
             }
             Err(e) => {
                 tracing::debug!(%key, duration_ms, error = %e, "spec load failed");
