@@ -35,6 +35,7 @@ use crate::admission::Capacity;
 use crate::api::{ApiConfig, CREATE_PATH};
 use crate::cli::{prepare_dir, DemoArgs, StartError};
 use crate::driver_client::{DriverClient, ReportRetry};
+use crate::instance_config::InstanceConfig;
 use crate::logs_store::LogsStore;
 use crate::runner::HostRunner;
 use crate::server::serve;
@@ -129,6 +130,14 @@ pub struct CreateStats {
     pub max_us: u64,
 }
 
+/// The instance config the demo's worker bills by (Hail's default
+/// `standard` pool: GCP `n1-standard-16`, preemptible, `us-central1`;
+/// from `tests/fixtures/samples/hail/quantified-resources.json`).
+const DEMO_INSTANCE_CONFIG: &str = include_str!("demo/instance_config.json");
+
+/// The demo's `billing_update` period (Hail's is 60 s; the demo is short).
+const DEMO_BILLING_UPDATE_PERIOD: Duration = Duration::from_secs(5);
+
 /// The demo's findings.
 #[derive(Debug, Clone)]
 pub struct DemoReport {
@@ -142,11 +151,21 @@ pub struct DemoReport {
     pub complete_received: usize,
     /// `job_complete` bodies for an attempt already reported.
     pub complete_duplicates: usize,
+    /// `billing_update` calls received.
+    pub billing_updates: usize,
+    /// `deactivate` calls received (1 expected: the worker's shutdown).
+    pub deactivations: usize,
+    /// What Hail's driver handlers would have refused or got wrong (see
+    /// [`driver`]); none expected.
+    pub driver_violations: Vec<String>,
     /// Driver calls without `X-Hail-Instance-Name`, or whose
     /// `X-Hail-Instance-Token` was not the one activation handed out.
     pub missing_instance_header: usize,
-    /// `status.json` objects in the logs store (one per attempt expected).
+    /// `status.json` objects in the logs store.
     pub status_files: usize,
+    /// `status.json` objects expected: one per attempt of format > 1
+    /// (format 1's full status travels in `job_complete`, as in Hail).
+    pub status_files_expected: usize,
     /// Main logs in the logs store (one per started process).
     pub log_files: usize,
     /// Bunches written.
@@ -285,8 +304,23 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         "demo-token".into(),
         ReportRetry::default(),
     )?;
+    // A Hail instance config (GCP n1-standard-16, preemptible, the
+    // default pool's), so that every report is billed as on Hail; the
+    // driver checks each resource name against it.
+    let instance_config = InstanceConfig::from_json(DEMO_INSTANCE_CONFIG.as_bytes())
+        .expect("the embedded instance config is valid");
+    driver.expect_resources(
+        instance_config
+            .quantified_resources(1000, 0, 1)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.name),
+    );
     let worker = Worker::builder(&worker_dir)
         .name("demo-worker")
+        .region("us-central1")
+        .instance_config(instance_config)
+        .billing_update_period(DEMO_BILLING_UPDATE_PERIOD)
         .executor(Executor::Host(Arc::new(HostRunner {
             kill_grace: Duration::from_secs(2),
             job_user: None,
@@ -390,6 +424,8 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let metrics = scrape_metrics(&http, &base).await;
     stop.cancel();
     let _ = server.await;
+    // After the worker's shutdown: its deactivate has arrived.
+    let after = driver.received();
     // The journal of the run, through the replay tool's checks.
     let replayed =
         crate::replay::replay_path(&journal_file, crate::replay::ReplayOptions::default());
@@ -420,10 +456,17 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         jobs,
         creates,
         started_received: received.started.len(),
+        billing_updates: after.billing_updates.len(),
+        deactivations: after.deactivations,
+        driver_violations: after.violations.clone(),
         complete_received: received.complete.len(),
         complete_duplicates,
         missing_instance_header: received.missing_instance_header + received.wrong_token,
         status_files: count_files(&data_dir.join("logs"), "status.json"),
+        status_files_expected: planned
+            .iter()
+            .filter(|j| j.body["format_version"] != 1)
+            .count(),
         log_files: count_files(&data_dir.join("logs"), "log"),
         bunches,
         blob_latency_ms: args.blob_latency_ms,
@@ -662,9 +705,17 @@ async fn collect_results(
             kind: job.kind,
             expected: job.kind.expected(),
             actual,
-            error: status
-                .as_ref()
-                .and_then(|s| s["error"].as_str().map(str::to_owned)),
+            error: status.as_ref().and_then(|s| {
+                let tasks = &s["container_statuses"];
+                [
+                    &s["error"],
+                    &tasks["main"]["error"],
+                    &tasks["input"]["error"],
+                    &tasks["output"]["error"],
+                ]
+                .into_iter()
+                .find_map(|e| e.as_str().map(str::to_owned))
+            }),
             reported_state: reported.get(&job.job_id).cloned(),
             faulted: false,
         });
@@ -677,14 +728,19 @@ fn actual_state(status: &Value) -> Option<Expected> {
     match status["state"].as_str()? {
         "succeeded" => Some(Expected::Succeeded),
         "failed" => Some(Expected::Failed(
-            status["container_statuses"]["main"]["exit_code"]
+            status["container_statuses"]["main"]["container_status"]["exit_code"]
                 .as_i64()
                 .map(|c| c as i32),
         )),
         "cancelled" => Some(Expected::Cancelled),
-        "error" => serde_json::from_value::<ErrorKind>(status["error_kind"].clone())
-            .ok()
-            .map(Expected::Error),
+        "error" if status["container_statuses"]["main"]["short_error"] == "timed out" => {
+            Some(Expected::Failed(None))
+        }
+        "error" => serde_json::from_value::<ErrorKind>(
+            status[crate::worker::EXTENSION_KEY]["error_kind"].clone(),
+        )
+        .ok()
+        .map(Expected::Error),
         _ => None,
     }
 }
@@ -695,6 +751,7 @@ impl JobResult {
     pub fn as_planned(&self) -> bool {
         let wire = |e: Expected| match e {
             Expected::Succeeded => "succeeded",
+            Expected::Failed(None) => "error",
             Expected::Failed(_) => "failed",
             Expected::Cancelled => "cancelled",
             Expected::Error(_) => "error",
@@ -722,8 +779,10 @@ impl DemoReport {
             && self.creates.timed_out == 0
             && self.creates.ok == self.creates.sent
             && self.missing_instance_header == 0
+            && self.driver_violations.is_empty()
+            && self.deactivations == 1
             && self.journal_problems.is_empty()
-            && self.status_files == self.jobs.len()
+            && self.status_files == self.status_files_expected
     }
 
     /// The report as the demo prints it.
@@ -837,8 +896,21 @@ impl DemoReport {
         );
         let _ = writeln!(
             out,
-            "driver received: {} job_started, {} job_complete ({} duplicates)",
-            self.started_received, self.complete_received, self.complete_duplicates
+            "driver received: {} job_started, {} job_complete ({} duplicates), {} billing_update, {} deactivate; {}",
+            self.started_received,
+            self.complete_received,
+            self.complete_duplicates,
+            self.billing_updates,
+            self.deactivations,
+            if self.driver_violations.is_empty() {
+                "every call as Hail's driver expects".to_owned()
+            } else {
+                format!(
+                    "{} calls Hail's driver would refuse: {}",
+                    self.driver_violations.len(),
+                    self.driver_violations.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+                )
+            }
         );
         let _ = writeln!(
             out,

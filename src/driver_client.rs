@@ -395,7 +395,12 @@ impl DriverClient {
         let _slot = self.in_flight.acquire().await;
         let answer = self
             .transport
-            .post(DEACTIVATE_PATH, &self.instance_name, &self.token(), Bytes::new())
+            .post(
+                DEACTIVATE_PATH,
+                &self.instance_name,
+                &self.token(),
+                Bytes::new(),
+            )
             .await
             .map_err(|last| ReportError::GaveUp {
                 path: DEACTIVATE_PATH,

@@ -58,8 +58,8 @@ use crate::wire::CreateJob;
 
 pub use builder::{
     default_name, Executor, JournalOptions, OpenError, WorkerBuilder,
-    DEFAULT_JOURNAL_SEGMENT_BYTES, DEFAULT_MIN_FREE_BYTES, DEFAULT_REPORT_DRAIN_MS,
-    DEFAULT_RETENTION_HOURS,
+    DEFAULT_BILLING_UPDATE_PERIOD, DEFAULT_JOURNAL_SEGMENT_BYTES, DEFAULT_MIN_FREE_BYTES,
+    DEFAULT_REPORT_DRAIN_MS, DEFAULT_RETENTION_HOURS,
 };
 pub use lifecycle::Phase;
 pub use lock::{DataDirLock, LockError};
@@ -257,7 +257,8 @@ impl Worker {
     /// its only wait is the journal's group commit of the `created` record.
     ///
     /// # Errors
-    /// [`CreateError::Duplicate`] if the `(batch_id, job_id)` is present,
+    /// [`CreateError::Duplicate`] if the `(batch_id, job_id)` is present with the
+    /// same attempt, or one not yet finished and reported,
     /// [`CreateError::ShuttingDown`] during shutdown,
     /// [`CreateError::NotActivated`] before activation,
     /// [`CreateError::JournalUnavailable`] when `Created` cannot be written
@@ -285,11 +286,31 @@ impl Worker {
         let (work, mut durable) = {
             let mut table = self.table();
             if let Some(existing) = table.get(&(key.batch_id, key.job_id)) {
-                return Err(CreateError::Duplicate {
-                    batch_id: key.batch_id,
-                    job_id: key.job_id,
-                    attempt_id: existing.view.key().attempt_id.clone(),
-                });
+                // As Hail's worker, which forgets a job once reported (or
+                // deleted): a new attempt of a finished one runs, and
+                // takes its place here (the old one's history stays in
+                // the journal). The same attempt, or one still live or
+                // still reporting, is refused.
+                let view = &existing.view;
+                let finished = view.is_terminal()
+                    && view.logs_done()
+                    && (view.complete_delivered()
+                        || view.state_ref().wire_state()
+                            == batch_worker_model::WireState::Cancelled);
+                if !finished || view.key().attempt_id == key.attempt_id {
+                    return Err(CreateError::Duplicate {
+                        batch_id: key.batch_id,
+                        job_id: key.job_id,
+                        attempt_id: view.key().attempt_id.clone(),
+                    });
+                }
+                tracing::info!(
+                    batch_id = key.batch_id,
+                    job_id = key.job_id,
+                    old_attempt_id = %view.key().attempt_id,
+                    attempt_id = %key.attempt_id,
+                    "a new attempt of a finished job: it replaces the old one"
+                );
             }
             let seq = table.next_seq;
             let now = now_ms();

@@ -22,6 +22,7 @@ use crate::cgroup::{CgroupMode, Cgroups};
 use crate::container::{ContainerNetwork, RuncConfig, RuncRunner};
 use crate::driver_client::{DriverClient, ReportRetry};
 use crate::image::{ImageStore, PullProcess};
+use crate::instance_config::InstanceConfig;
 use crate::journal::{Durability, DEFAULT_PREALLOCATE_BYTES};
 use crate::logs_store::LogsStore;
 use crate::runner::{
@@ -33,8 +34,9 @@ use crate::server::{
 use crate::spec_store::SpecStore;
 use crate::store::{redact_url, throttled, with_control_plane, StoreOptions};
 use crate::worker::{
-    default_name, Executor, JournalOptions, Worker, DEFAULT_JOURNAL_SEGMENT_BYTES,
-    DEFAULT_MIN_FREE_BYTES, DEFAULT_REPORT_DRAIN_MS, DEFAULT_RETENTION_HOURS,
+    default_name, Executor, JournalOptions, Worker, DEFAULT_BILLING_UPDATE_PERIOD,
+    DEFAULT_JOURNAL_SEGMENT_BYTES, DEFAULT_MIN_FREE_BYTES, DEFAULT_REPORT_DRAIN_MS,
+    DEFAULT_RETENTION_HOURS,
 };
 
 /// Flags of `serve`.
@@ -65,6 +67,29 @@ pub struct ServeArgs {
     /// The worker's name (X-Hail-Instance-Name, /healthcheck). Default: the host name.
     #[arg(long)]
     pub name: Option<String>,
+    /// The instance config the driver made this VM with, base64 of its
+    /// JSON, as Hail's driver passes it in the environment (INSTANCE_CONFIG,
+    /// read when neither this nor --instance-config-file is given). Each
+    /// job's `resources` (what it is billed for) come from it; without one
+    /// they are `[]`.
+    #[arg(long, hide_env_values = true)]
+    pub instance_config: Option<String>,
+    /// The instance config in a file: its JSON, or base64 of it.
+    #[arg(long, conflicts_with = "instance_config")]
+    pub instance_config_file: Option<PathBuf>,
+    /// The cloud region statuses name (`region`). Default: the REGION
+    /// environment variable, as on Hail's workers, else empty.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// The pause after each billing_update call (the running attempts the
+    /// driver bills), in ms; Hail's worker waits 60 s.
+    #[arg(long, default_value_t = DEFAULT_BILLING_UPDATE_PERIOD.as_millis() as u64)]
+    pub billing_update_ms: u64,
+    /// Also queue jobs for memory: a job waits until its memory_bytes are
+    /// free, and one asking for more than --memory errors. Default: cores
+    /// only, as Hail's worker admits (memory is each job's limit).
+    #[arg(long)]
+    pub admit_by_memory: bool,
     /// The activation token, sent as X-Hail-Instance-Token on the activate
     /// call; the driver's answer replaces it for every later call.
     #[arg(
@@ -389,7 +414,10 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
     let data_dir = &args.data_dir;
     let mut builder = Worker::builder(data_dir)
         .name(name)
+        .region(args.region())
         .capacity(capacity)
+        .admit_by_memory(args.admit_by_memory)
+        .billing_update_period(Duration::from_millis(args.billing_update_ms.max(1)))
         .journal(JournalOptions {
             durability: args.durability,
             repair: args.repair,
@@ -404,6 +432,16 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
         .store_options(options.clone());
     if let Some(driver) = driver {
         builder = builder.driver(driver);
+    }
+    if let Some(config) = args.instance_config()? {
+        if u64::from(config.cores()) * 1000 != capacity.cores_mcpu {
+            tracing::warn!(
+                instance_cores = config.cores(),
+                worker_cores_mcpu = capacity.cores_mcpu,
+                "the instance config's machine type has another number of cores than this worker gives jobs (--cores); jobs are billed by the config"
+            );
+        }
+        builder = builder.instance_config(config);
     }
     let remote = |url: Option<&Url>| {
         url.map(|url| store_or_local(Some(url), Path::new(""), &options))
@@ -466,8 +504,52 @@ impl ServeArgs {
             }
         }
         self.capacity()?;
+        self.instance_config()?;
         self.store_options()?;
         self.executor.check()
+    }
+
+    /// The instance config: `--instance-config`, `--instance-config-file`,
+    /// else Hail's `INSTANCE_CONFIG` environment variable, else none.
+    ///
+    /// # Errors
+    /// [`StartError::Invalid`] naming the source and what is wrong in it.
+    pub fn instance_config(&self) -> Result<Option<InstanceConfig>, StartError> {
+        let invalid = |source: &str, e: &dyn std::fmt::Display| {
+            StartError::Invalid(format!(
+                "{source}: not a usable instance config: {e} (expected base64 of the JSON Hail's driver writes, or the JSON itself in a file)"
+            ))
+        };
+        if let Some(text) = &self.instance_config {
+            return InstanceConfig::from_base64(text.trim())
+                .map(Some)
+                .map_err(|e| invalid("--instance-config", &e));
+        }
+        if let Some(path) = &self.instance_config_file {
+            let source = format!("--instance-config-file {}", path.display());
+            let bytes = std::fs::read(path).map_err(|e| invalid(&source, &e))?;
+            let text = String::from_utf8_lossy(&bytes);
+            let parsed = if text.trim_start().starts_with('{') {
+                InstanceConfig::from_json(&bytes)
+            } else {
+                InstanceConfig::from_base64(text.trim())
+            };
+            return parsed.map(Some).map_err(|e| invalid(&source, &e));
+        }
+        match std::env::var("INSTANCE_CONFIG") {
+            Ok(text) if !text.trim().is_empty() => InstanceConfig::from_base64(text.trim())
+                .map(Some)
+                .map_err(|e| invalid("the INSTANCE_CONFIG environment variable", &e)),
+            _ => Ok(None),
+        }
+    }
+
+    /// `--region`, else Hail's `REGION` environment variable, else empty.
+    pub fn region(&self) -> String {
+        self.region
+            .clone()
+            .or_else(|| std::env::var("REGION").ok())
+            .unwrap_or_default()
     }
 
     /// The environment's store options, overridden by `--store-options`.

@@ -1,7 +1,20 @@
 //! The demo's (and the tests') embedded driver: a real axum server on
-//! loopback that activates workers, receives `job_started` and
-//! `job_complete`, keeps every body, and can be told to fail, slow down or
-//! go away and come back on the same port.
+//! loopback that activates workers, receives `job_started`,
+//! `job_complete`, `billing_update` and `deactivate`, keeps every body, and
+//! can be told to fail, slow down or go away and come back on the same
+//! port.
+//!
+//! It checks what Hail's driver handlers (`driver/main.py`
+//! `job_started_1`, `job_complete_1`, `billing_update_1`) and the stored
+//! procedures behind them need, and records each breach in
+//! [`Received::violations`]: the required fields (a typed parse), `state`
+//! one of `succeeded`, `failed`, `error`, `status.status` as
+//! `db_status` keeps it, `resources` names the instance config has
+//! ([`EmbeddedDriver::expect_resources`]), and the order: no
+//! `job_complete` while that attempt's `job_started` is unanswered, no
+//! `job_started` after its `job_complete`, `marked_job_started` exactly
+//! whether this driver acknowledged `job_started`, and `billing_update`
+//! only for attempts started and not complete.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,8 +29,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::driver_client::{ACTIVATE_PATH, JOB_COMPLETE_PATH, JOB_STARTED_PATH};
-use crate::wire::{JobCompleteBody, JobStartedBody};
+use std::collections::{BTreeSet, HashSet};
+
+use crate::driver_client::{
+    ACTIVATE_PATH, BILLING_UPDATE_PATH, DEACTIVATE_PATH, JOB_COMPLETE_PATH, JOB_STARTED_PATH,
+};
+use crate::wire::{BillingUpdateBody, JobCompleteBody, JobStartedBody, QuantifiedResource};
+
+/// An attempt, as the driver's tables key it.
+type AttemptKey = (i64, i64, String);
 
 /// Everything the driver received.
 #[derive(Debug, Default, Clone)]
@@ -39,6 +59,19 @@ pub struct Received {
     pub in_flight: usize,
     /// The most report calls ever answered at once.
     pub max_in_flight: usize,
+    /// `billing_update` bodies, in arrival order.
+    pub billing_updates: Vec<BillingUpdateBody>,
+    /// `deactivate` calls.
+    pub deactivations: usize,
+    /// What Hail's driver would have refused or got wrong, one line each
+    /// (see the module's docs); empty when every call agreed.
+    pub violations: Vec<String>,
+    /// Attempts whose `job_started` this driver answered 200.
+    pub started_acknowledged: HashSet<AttemptKey>,
+    /// Attempts whose `job_started` is being answered now.
+    started_in_flight: Vec<AttemptKey>,
+    /// Attempts whose `job_complete` arrived.
+    completed: HashSet<AttemptKey>,
 }
 
 /// The instance token the embedded driver hands out on activation.
@@ -54,6 +87,8 @@ struct Shared {
     delay: Arc<Mutex<Duration>>,
     /// While true, calls wait (after the delay) before being answered.
     held: watch::Sender<bool>,
+    /// The resource names a report may carry (`None`: any).
+    resources: Arc<Mutex<Option<BTreeSet<String>>>>,
 }
 
 /// A running embedded driver.
@@ -76,6 +111,7 @@ impl EmbeddedDriver {
             refuse: Arc::new(Mutex::new((0, StatusCode::OK))),
             delay: Arc::default(),
             held: watch::channel(false).0,
+            resources: Arc::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = Url::parse(&format!("http://{}/", listener.local_addr()?))
@@ -152,6 +188,18 @@ impl EmbeddedDriver {
         *self.shared.refuse.lock().unwrap_or_else(|p| p.into_inner()) = (calls, status);
     }
 
+    /// Checks every report's `resources` against `names` (the instance
+    /// config's resource names, as the driver's `resources` table holds
+    /// them): another name is a violation, as an unknown resource fails
+    /// Hail's billing insert.
+    pub fn expect_resources(&self, names: impl IntoIterator<Item = String>) {
+        *self
+            .shared
+            .resources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(names.into_iter().collect());
+    }
+
     /// A receiver that changes on every call received (as it arrives and
     /// as it is answered).
     pub fn changes(&self) -> watch::Receiver<usize> {
@@ -172,6 +220,8 @@ fn serve(listener: TcpListener, shared: Shared) -> CancellationToken {
         .route(&format!("/{ACTIVATE_PATH}"), post(activate))
         .route(&format!("/{JOB_STARTED_PATH}"), post(job_started))
         .route(&format!("/{JOB_COMPLETE_PATH}"), post(job_complete))
+        .route(&format!("/{BILLING_UPDATE_PATH}"), post(billing_update))
+        .route(&format!("/{DEACTIVATE_PATH}"), post(deactivate))
         .with_state(shared);
     let stop = CancellationToken::new();
     let stopped = stop.clone();
@@ -200,18 +250,22 @@ async fn delay_then_refusal(shared: &Shared) -> Option<StatusCode> {
 
 /// Counts one call in [`Received::in_flight`] while alive: also a call
 /// whose client went away mid-answer (hyper then drops the handler, e.g.
-/// for a `job_started` the worker aborted) stops counting.
-struct InFlight<'a>(&'a Shared);
+/// for a `job_started` the worker aborted) stops counting. A
+/// `job_started`'s attempt is in `started_in_flight` meanwhile.
+struct InFlight<'a>(&'a Shared, Option<AttemptKey>);
 
 impl<'a> InFlight<'a> {
-    fn new(shared: &'a Shared) -> InFlight<'a> {
+    fn new(shared: &'a Shared, started: Option<AttemptKey>) -> InFlight<'a> {
         {
             let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
             received.in_flight += 1;
             received.max_in_flight = received.max_in_flight.max(received.in_flight);
+            if let Some(key) = &started {
+                received.started_in_flight.push(key.clone());
+            }
         }
         shared.changes.send_modify(|n| *n += 1);
-        InFlight(shared)
+        InFlight(shared, started)
     }
 }
 
@@ -219,11 +273,37 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut received = self.0.received.lock().unwrap_or_else(|p| p.into_inner());
         received.in_flight -= 1;
+        if let Some(key) = &self.1 {
+            if let Some(at) = received.started_in_flight.iter().position(|k| k == key) {
+                received.started_in_flight.swap_remove(at);
+            }
+        }
     }
 }
 
-async fn note(shared: &Shared, headers: &HeaderMap, add: impl FnOnce(&mut Received)) -> StatusCode {
-    let in_flight = InFlight::new(shared);
+/// The resource names in `resources` the driver does not know.
+fn unknown_resources(shared: &Shared, resources: &[QuantifiedResource]) -> Vec<String> {
+    let expected = shared.resources.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(names) = expected.as_ref() else {
+        return Vec::new();
+    };
+    if resources.is_empty() {
+        return vec!["none: the attempt would be billed nothing".to_owned()];
+    }
+    resources
+        .iter()
+        .filter(|r| !names.contains(&r.name) || r.quantity < 0)
+        .map(|r| format!("{} = {}", r.name, r.quantity))
+        .collect()
+}
+
+async fn note(
+    shared: &Shared,
+    headers: &HeaderMap,
+    started: Option<AttemptKey>,
+    add: impl FnOnce(&mut Received),
+) -> StatusCode {
+    let in_flight = InFlight::new(shared, started);
     let refused = delay_then_refusal(shared).await;
     drop(in_flight);
     {
@@ -251,7 +331,34 @@ async fn job_started(
     headers: HeaderMap,
     Json(body): Json<JobStartedBody>,
 ) -> StatusCode {
-    note(&shared, &headers, |r| r.started.push(body)).await
+    let s = &body.status;
+    let key: AttemptKey = (s.batch_id, s.job_id, s.attempt_id.clone());
+    {
+        let unknown = unknown_resources(&shared, &s.resources);
+        let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
+        if received.completed.contains(&key) {
+            received
+                .violations
+                .push(format!("job_started of {key:?} after its job_complete"));
+        }
+        if s.start_time <= 0 {
+            received.violations.push(format!(
+                "job_started of {key:?}: start_time {}",
+                s.start_time
+            ));
+        }
+        if !unknown.is_empty() {
+            received.violations.push(format!(
+                "job_started of {key:?}: resources the driver does not bill: {unknown:?}"
+            ));
+        }
+    }
+    let answered_key = key.clone();
+    note(&shared, &headers, Some(key), |r| {
+        r.started_acknowledged.insert(answered_key);
+        r.started.push(body);
+    })
+    .await
 }
 
 async fn job_complete(
@@ -259,7 +366,100 @@ async fn job_complete(
     headers: HeaderMap,
     Json(body): Json<JobCompleteBody>,
 ) -> StatusCode {
-    note(&shared, &headers, |r| r.complete.push(body)).await
+    let s = &body.status;
+    let key: AttemptKey = (s.batch_id, s.job_id, s.attempt_id.clone());
+    {
+        let unknown = unknown_resources(&shared, &s.resources);
+        let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
+        let mut violations = Vec::new();
+        if received.started_in_flight.contains(&key) {
+            violations.push("job_complete while its job_started is unanswered".to_owned());
+        }
+        let acknowledged = received.started_acknowledged.contains(&key);
+        if body.marked_job_started != acknowledged {
+            violations.push(format!(
+                "marked_job_started {} but job_started was {}acknowledged",
+                body.marked_job_started,
+                if acknowledged { "" } else { "not " }
+            ));
+        }
+        if !matches!(s.state.as_str(), "succeeded" | "failed" | "error") {
+            violations.push(format!(
+                "state {:?} (Hail's driver asserts succeeded, failed or error)",
+                s.state
+            ));
+        }
+        let status_ok = match &s.status {
+            serde_json::Value::Array(pair) => {
+                pair.len() == 2
+                    && (pair[0].is_null() || pair[0].is_i64())
+                    && (pair[1].is_null() || pair[1].is_i64())
+            }
+            serde_json::Value::Object(full) => full.contains_key("state"),
+            _ => false,
+        };
+        if !status_ok {
+            violations.push(format!(
+                "status.status {} is not what db_status keeps",
+                s.status
+            ));
+        }
+        if s.start_time <= 0 || s.end_time < s.start_time {
+            violations.push(format!(
+                "start_time {} end_time {}",
+                s.start_time, s.end_time
+            ));
+        }
+        if !unknown.is_empty() {
+            violations.push(format!("resources the driver does not bill: {unknown:?}"));
+        }
+        received.completed.insert(key.clone());
+        received.violations.extend(
+            violations
+                .into_iter()
+                .map(|v| format!("job_complete of {key:?}: {v}")),
+        );
+    }
+    note(&shared, &headers, None, |r| r.complete.push(body)).await
+}
+
+async fn billing_update(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Json(body): Json<BillingUpdateBody>,
+) -> StatusCode {
+    {
+        let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
+        let mut violations = Vec::new();
+        if body.attempts.is_empty() {
+            violations.push("billing_update with no attempt (Hail sends none then)".to_owned());
+        }
+        for a in &body.attempts {
+            let key: AttemptKey = (a.batch_id, a.job_id, a.attempt_id.clone());
+            if !received.started_acknowledged.contains(&key) || received.completed.contains(&key) {
+                violations.push(format!(
+                    "billing_update names {key:?}, not running as far as the driver knows"
+                ));
+            }
+        }
+        received.violations.extend(violations);
+    }
+    note(&shared, &headers, None, |r| r.billing_updates.push(body)).await
+}
+
+/// `POST .../instances/deactivate`: no body.
+async fn deactivate(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    if !body.is_empty() {
+        let mut received = shared.received.lock().unwrap_or_else(|p| p.into_inner());
+        received
+            .violations
+            .push(format!("deactivate with a {}-byte body", body.len()));
+    }
+    note(&shared, &headers, None, |r| r.deactivations += 1).await
 }
 
 /// `POST /api/v1alpha/instances/activate`: answers `{"token": ...}` to a

@@ -78,7 +78,8 @@ pub const SPECIAL: [Kind; 17] = [
 pub enum Expected {
     /// `succeeded`.
     Succeeded,
-    /// `failed` with this exit code (`None`: timed out).
+    /// The process failed: `failed` with this exit code; `None`: it timed
+    /// out, which Hail reports as `error` (`short_error` "timed out").
     Failed(Option<i32>),
     /// `cancelled`.
     Cancelled,
@@ -91,7 +92,7 @@ impl std::fmt::Display for Expected {
         match self {
             Expected::Succeeded => write!(f, "succeeded"),
             Expected::Failed(Some(code)) => write!(f, "failed (exit {code})"),
-            Expected::Failed(None) => write!(f, "failed (timed out)"),
+            Expected::Failed(None) => write!(f, "error (timed out)"),
             Expected::Cancelled => write!(f, "cancelled"),
             Expected::Error(kind) => write!(f, "error: {kind}"),
         }

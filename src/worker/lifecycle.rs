@@ -190,7 +190,9 @@ impl Worker {
         }
         match driver.deactivate().await {
             Ok(()) => tracing::info!("deactivated with the driver"),
-            Err(e) => tracing::warn!(error = %e, "deactivate failed; the driver's own checks will find this worker gone"),
+            Err(e) => {
+                tracing::warn!(error = %e, "deactivate failed; the driver's own checks will find this worker gone")
+            }
         }
     }
 

@@ -156,7 +156,11 @@ impl Worker {
                 } else if state.wire_state() != WireState::Cancelled && !view.complete_delivered() {
                     redo.push(Work::ReportComplete {
                         key: view.key().clone(),
-                        status: super::view::complete_status(view, &self.inner.settings.identity, now_ms()),
+                        status: super::view::complete_status(
+                            view,
+                            &self.inner.settings.identity,
+                            now_ms(),
+                        ),
                         started: None,
                     });
                 }

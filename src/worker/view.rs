@@ -70,11 +70,13 @@ impl Identity {
             return Vec::new();
         };
         let steps = view.steps();
+        // Hail's front end sends whole GiB; a fraction is billed whole.
         let storage_gib = view
             .resources()
             .and_then(|r| r.get("storage_gib"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+            .and_then(Value::as_f64)
+            .filter(|gib| gib.is_finite() && *gib > 0.0)
+            .map_or(0, |gib| gib.ceil() as u64);
         config
             .quantified_resources(
                 steps.cores_mcpu,
@@ -277,10 +279,9 @@ pub fn status(view: &AttemptView, identity: &Identity) -> JobStatus {
     let state = view.state();
     let key = view.key();
     let (job_error, error_kind) = match &state {
-        JobState::Errored { kind, message } => (
-            (!task_error(*kind)).then(|| message.clone()),
-            Some(*kind),
-        ),
+        JobState::Errored { kind, message } => {
+            ((!task_error(*kind)).then(|| message.clone()), Some(*kind))
+        }
         _ => (None, None),
     };
     let loaded = view.steps().spec_loaded_ms.is_some();
@@ -360,7 +361,11 @@ fn container_statuses(view: &AttemptView, state: &JobState) -> ContainerStatuses
         JobState::Errored { kind, message } => (Some(*kind), Some(message.as_str())),
         _ => (None, None),
     };
-    let error_of = |kind: ErrorKind| (error_kind == Some(kind)).then(|| error_message.map(str::to_owned)).flatten();
+    let error_of = |kind: ErrorKind| {
+        (error_kind == Some(kind))
+            .then(|| error_message.map(str::to_owned))
+            .flatten()
+    };
     // Every task that ran uploads in the end's logs step.
     let uploads = |timing: &mut Timing| {
         timing.step("uploading_log", ended, steps.logs_done_ms);
@@ -369,29 +374,59 @@ fn container_statuses(view: &AttemptView, state: &JobState) -> ContainerStatuses
 
     // The image pull, then the inputs, then the process, then the outputs.
     let inputs_began = if steps.image {
-        steps.image_done_ms.filter(|_| error_kind != Some(ErrorKind::ImagePullFailed))
+        steps
+            .image_done_ms
+            .filter(|_| error_kind != Some(ErrorKind::ImagePullFailed))
     } else {
         steps.granted_ms
     };
     let input = (steps.input_files > 0).then(|| {
         let failed = error_of(ErrorKind::InputFailed);
         let mut timing = Timing::default();
-        timing.step("running", inputs_began, steps.inputs_done_ms.or(ended.filter(|_| inputs_began.is_some())));
+        timing.step(
+            "running",
+            inputs_began,
+            steps
+                .inputs_done_ms
+                .or(ended.filter(|_| inputs_began.is_some())),
+        );
         if inputs_began.is_some() {
             uploads(&mut timing);
         }
-        transfer_task(name("input"), inputs_began, steps.inputs_done_ms, failed, timing, cancelled)
+        transfer_task(
+            name("input"),
+            inputs_began,
+            steps.inputs_done_ms,
+            failed,
+            timing,
+            cancelled,
+        )
     });
 
-    let outputs_began = steps.exited_ms.filter(|_| steps.output_files > 0 && view.exit().is_some_and(|e| e.is_success()));
+    let outputs_began = steps
+        .exited_ms
+        .filter(|_| steps.output_files > 0 && view.exit().is_some_and(|e| e.is_success()));
     let output = (steps.output_files > 0).then(|| {
         let failed = error_of(ErrorKind::OutputFailed);
         let mut timing = Timing::default();
-        timing.step("running", outputs_began, steps.outputs_done_ms.or(ended.filter(|_| outputs_began.is_some())));
+        timing.step(
+            "running",
+            outputs_began,
+            steps
+                .outputs_done_ms
+                .or(ended.filter(|_| outputs_began.is_some())),
+        );
         if outputs_began.is_some() {
             uploads(&mut timing);
         }
-        transfer_task(name("output"), outputs_began, steps.outputs_done_ms, failed, timing, cancelled)
+        transfer_task(
+            name("output"),
+            outputs_began,
+            steps.outputs_done_ms,
+            failed,
+            timing,
+            cancelled,
+        )
     });
 
     ContainerStatuses {
@@ -422,7 +457,11 @@ fn transfer_task(
     let container_status = began.map(|started_at| ContainerStatus {
         started_at: Some(started_at),
         finished_at: done,
-        state: if done.is_some() { "finished" } else { "running" },
+        state: if done.is_some() {
+            "finished"
+        } else {
+            "running"
+        },
         exit_code: done.map(|_| if failed.is_some() { 1 } else { 0 }),
         out_of_memory: false,
     });
@@ -451,10 +490,16 @@ fn main_task(
         timing.step(
             "pulling",
             steps.granted_ms,
-            steps.image_done_ms.or(ended.filter(|_| steps.granted_ms.is_some())),
+            steps
+                .image_done_ms
+                .or(ended.filter(|_| steps.granted_ms.is_some())),
         );
     }
-    timing.step("running", started, steps.exited_ms.or(ended.filter(|_| started.is_some())));
+    timing.step(
+        "running",
+        started,
+        steps.exited_ms.or(ended.filter(|_| started.is_some())),
+    );
     let pull_failed = error_of(ErrorKind::ImagePullFailed);
     if started.is_some() || pull_failed.is_some() {
         uploads(&mut timing);
@@ -475,13 +520,24 @@ fn main_task(
             error = error_of(ErrorKind::StorageExceeded);
             "error"
         }
-        (Some(ExitStatus::OutOfMemory { memory_limit_bytes, code }), _) => {
+        (
+            Some(ExitStatus::OutOfMemory {
+                memory_limit_bytes,
+                code,
+            }),
+            _,
+        ) => {
             short_error = Some("out of memory");
             let _ = (memory_limit_bytes, code);
             "failed"
         }
         (Some(e), _) if e.is_success() => "succeeded",
-        (Some(_), JobState::Done { outcome: Outcome::Cancelled }) => "cancelled",
+        (
+            Some(_),
+            JobState::Done {
+                outcome: Outcome::Cancelled,
+            },
+        ) => "cancelled",
         (Some(_), _) => "failed",
         (None, _) => {
             if let Some(message) = pull_failed {
@@ -491,11 +547,20 @@ fn main_task(
             } else if let Some(message) = error_of(ErrorKind::LaunchFailed) {
                 error = Some(message);
                 "error"
-            } else if matches!(state, JobState::Done { outcome: Outcome::Cancelled }) {
+            } else if matches!(
+                state,
+                JobState::Done {
+                    outcome: Outcome::Cancelled
+                }
+            ) {
                 "cancelled"
             } else if started.is_some() {
                 "running"
-            } else if steps.image && steps.granted_ms.is_some() && steps.image_done_ms.is_none() && !state.is_terminal() {
+            } else if steps.image
+                && steps.granted_ms.is_some()
+                && steps.image_done_ms.is_none()
+                && !state.is_terminal()
+            {
                 "creating"
             } else {
                 "pending"
@@ -547,9 +612,14 @@ fn main_task(
 /// Hail's `short_error` for a failed pull, from the pull's message.
 fn pull_short_error(message: &str) -> &'static str {
     let lower = message.to_ascii_lowercase();
-    if lower.contains("not found") || lower.contains("unknown manifest") || lower.contains("manifest unknown") {
+    if lower.contains("not found")
+        || lower.contains("unknown manifest")
+        || lower.contains("manifest unknown")
+    {
         "image not found"
-    } else if lower.contains("invalid reference") || lower.contains("repository") && lower.contains("invalid") {
+    } else if lower.contains("invalid reference")
+        || lower.contains("repository") && lower.contains("invalid")
+    {
         "image repository is invalid"
     } else {
         "image cannot be pulled"
@@ -565,15 +635,19 @@ pub fn hail_exit_code(status: &JobStatus) -> Option<i32> {
         return None;
     }
     let tasks = status.container_statuses.as_ref()?;
-    let codes = [tasks.input.as_ref(), Some(&tasks.main), tasks.output.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|task| {
-            if task.error.is_some() {
-                return None;
-            }
-            task.container_status.as_ref()?.exit_code
-        });
+    let codes = [
+        tasks.input.as_ref(),
+        Some(&tasks.main),
+        tasks.output.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|task| {
+        if task.error.is_some() {
+            return None;
+        }
+        task.container_status.as_ref()?.exit_code
+    });
     for code in codes {
         match code {
             None => return None,
@@ -593,7 +667,9 @@ pub(super) fn started_body(view: &AttemptView, identity: &Identity) -> JobStarte
             batch_id: key.batch_id,
             job_id: key.job_id,
             attempt_id: key.attempt_id.clone(),
-            start_time: view.start_time_ms().unwrap_or_else(|| view.accepted_at_ms()),
+            start_time: view
+                .start_time_ms()
+                .unwrap_or_else(|| view.accepted_at_ms()),
             resources: identity.resources(view),
         },
     }
@@ -603,7 +679,11 @@ pub(super) fn started_body(view: &AttemptView, identity: &Identity) -> JobStarte
 /// epoch) stands for an end the view does not have. `status.status` is
 /// Hail's `BatchFormatVersion.db_status`: the whole status for format 1,
 /// else `[exit code, end_time - start_time]`.
-pub(super) fn complete_status(view: &AttemptView, identity: &Identity, now: i64) -> JobCompleteStatus {
+pub(super) fn complete_status(
+    view: &AttemptView,
+    identity: &Identity,
+    now: i64,
+) -> JobCompleteStatus {
     let full = status(view, identity);
     let end = full.end_time.unwrap_or(now);
     let start = full.start_time.unwrap_or(end);

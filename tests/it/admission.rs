@@ -1,5 +1,7 @@
-//! Resource admission: jobs wait for cores and memory, first come first
-//! served; a job that can never fit errors `insufficient_resources`.
+//! Resource admission: jobs wait for cores (and, with `--admit-by-memory`,
+//! memory), first come first served; a job that can never fit errors
+//! `insufficient_resources`. By default memory is each job's limit, as on
+//! Hail's workers.
 
 use batch_worker::admission::Capacity;
 use batch_worker::worker::Worker;
@@ -15,6 +17,58 @@ async fn worker_with(capacity: Capacity) -> Harness {
         ..Options::default()
     };
     Harness::with_options(options).await
+}
+
+/// The processes of jobs `1..=jobs` of batch `batch_id` executing now.
+fn executing(w: &Worker, batch_id: i64, jobs: i64) -> usize {
+    (1..=jobs)
+        .filter_map(|j| w.state_of(batch_id, j).ok())
+        .filter(|s| {
+            matches!(
+                s,
+                JobState::Running {
+                    phase: RunPhase::Executing { .. }
+                }
+            )
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn four_one_core_standard_jobs_on_a_four_core_worker_all_run_at_once() {
+    // A 4-core worker with a 15 GiB-class machine's memory, less what the
+    // system keeps; each job asks for Hail's standard 3.75 GiB per core.
+    let h = worker_with(Capacity {
+        cores_mcpu: 4000,
+        memory_bytes: 14 << 30,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let wait_for_go = format!("while [ ! -e '{}' ]; do sleep 0.01; done", go.display());
+    let specs: Vec<_> = (1..=4)
+        .map(|job_id| {
+            let mut spec = shell_spec(job_id, &wait_for_go);
+            spec["resources"] = json!({"cores_mcpu": 1000, "memory_bytes": 3840u64 << 20});
+            spec
+        })
+        .collect();
+    bunch(&h, 4, "std", &specs).await;
+    for job_id in 1..=4 {
+        h.accept(4, job_id, "std").await;
+    }
+    tokio::time::timeout(HANG_GUARD, h.worker.wait_until(|w| executing(w, 4, 4) == 4))
+        .await
+        .unwrap_or_else(|_| panic!("not all four ran at once: {:?}", h.worker.snapshot()));
+    std::fs::write(&go, b"").unwrap();
+    for job_id in 1..=4 {
+        assert_eq!(
+            h.wait_final(4, job_id).await,
+            JobState::Done {
+                outcome: Outcome::Succeeded
+            }
+        );
+    }
 }
 
 const TWO_CORES: Capacity = Capacity {
@@ -104,7 +158,13 @@ async fn four_one_core_jobs_on_a_two_core_worker_run_at_most_two_at_a_time() {
 
 #[tokio::test]
 async fn a_job_that_can_never_fit_errors_insufficient_resources() {
-    let h = worker_with(TWO_CORES).await;
+    // Memory counts only when admitting by memory.
+    let h = Harness::with_options(Options {
+        capacity: TWO_CORES,
+        admit_by_memory: true,
+        ..Options::default()
+    })
+    .await;
     let mut too_many_cores = shell_spec(1, "echo never");
     too_many_cores["resources"]["cores_mcpu"] = json!(4000);
     let mut too_much_memory = shell_spec(2, "echo never");

@@ -95,7 +95,7 @@ async fn without_the_token_every_endpoint_but_healthcheck_and_metrics_answers_40
 
     let (status, _, health) = call(&app, "GET", "/healthcheck", None, None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(health["activated"], json!(true));
+    assert_eq!(health["name"], json!("test-worker"));
     let (status, _, _) = call(&app, "GET", "/metrics", None, None).await;
     assert_ne!(status, StatusCode::UNAUTHORIZED);
 

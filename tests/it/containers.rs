@@ -253,7 +253,10 @@ async fn containers_run_the_command_in_the_image_with_its_exit_code_and_env() {
     );
     let (_, status) = h.status(1, 2).await;
     assert_eq!(status["state"], "failed");
-    assert_eq!(status["container_statuses"]["main"]["exit_code"], 3);
+    assert_eq!(
+        status["container_statuses"]["main"]["container_status"]["exit_code"],
+        3
+    );
     // Two images, each pulled once, although five jobs ran the first.
     assert_eq!(images.downloads(), 2);
     let entries = std::fs::read_dir(images.cache_dir().join("sha256"))
@@ -537,7 +540,10 @@ async fn a_memory_hog_over_its_limit_fails_out_of_memory() {
         message.contains("out of memory") && message.contains("16777216"),
         "{status}"
     );
-    assert_eq!(status["container_statuses"]["main"]["out_of_memory"], true);
+    assert_eq!(
+        status["container_statuses"]["main"]["container_status"]["out_of_memory"],
+        true
+    );
     h.wait_event(5, 1, "logs_uploaded").await;
     h.wait_event(5, 2, "logs_uploaded").await;
     assert_nothing_left(&runner, h.data.path());
@@ -694,7 +700,7 @@ async fn a_crash_leaves_containers_to_their_shims_and_the_restart_reattaches() {
     let ended = status(second.base.clone(), 2).await;
     assert_eq!(ended["state"], "failed", "its real end: {ended}");
     assert_eq!(
-        ended["container_statuses"]["main"]["exit_code"], 7,
+        ended["container_statuses"]["main"]["container_status"]["exit_code"], 7,
         "{ended}"
     );
     let running = status(second.base.clone(), 1).await;

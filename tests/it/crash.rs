@@ -121,7 +121,7 @@ async fn sigkill_at_random_moments_loses_no_accepted_job() {
         })
         .await
         .unwrap_or_else(|_| panic!("job {job_id} never ended"));
-        let state = match status["error_kind"].as_str() {
+        let state = match status["batch_worker"]["error_kind"].as_str() {
             Some(kind) => format!("error:{kind}"),
             None => status["state"].as_str().unwrap().to_owned(),
         };

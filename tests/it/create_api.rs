@@ -338,7 +338,7 @@ async fn other_endpoints_answer_in_the_same_envelope() {
     let h = Harness::in_memory().await;
     let (status, answer) = h.get("/healthcheck").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(answer, json!({"name": "test-worker", "activated": true}));
+    assert_eq!(answer, json!({"name": "test-worker"}));
     let (status, answer) = h.status(1, 2).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(answer["error"]["code"], json!("not_found"));

@@ -219,7 +219,10 @@ async fn escapes_end_with_their_job(mode: &str, batch: i64) {
     let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &no_shim).await;
     wait_gone(&marker(5)).await;
     let status = wait_final(&http, &serve, batch, 5).await;
-    assert_eq!(status["error_kind"], "worker_restarted", "{status}");
+    assert_eq!(
+        status["batch_worker"]["error_kind"], "worker_restarted",
+        "{status}"
+    );
     // No job cgroup is left behind.
     drop(serve);
     assert_no_job_cgroups(&data);

@@ -77,7 +77,11 @@ async fn deep_resources_and_a_huge_argv_leave_a_journal_that_restarts_unchanged(
         }
     };
     let before = statuses(first.base.clone()).await;
-    assert_eq!(before[0]["error_kind"], "spec_corrupt", "{}", before[0]);
+    assert_eq!(
+        before[0]["batch_worker"]["error_kind"], "spec_corrupt",
+        "{}",
+        before[0]
+    );
     assert!(
         before[0]["error"]
             .as_str()
@@ -86,7 +90,7 @@ async fn deep_resources_and_a_huge_argv_leave_a_journal_that_restarts_unchanged(
         "{}",
         before[0]
     );
-    assert_eq!(before[1]["error_kind"], "launch_failed");
+    assert_eq!(before[1]["batch_worker"]["error_kind"], "launch_failed");
     assert!(
         before[1]["error"].as_str().unwrap().len() < 20_000,
         "the launch error is cut"

@@ -148,7 +148,10 @@ async fn a_job_over_its_storage_bound_ends_storage_exceeded_and_others_go_on() {
     serve.wait_event(BATCH + 1, 1, "process_exited").await;
     let over = status(1).await;
     assert_eq!(over["state"], "error", "{over}");
-    assert_eq!(over["error_kind"], "storage_exceeded", "{over}");
+    assert_eq!(
+        over["batch_worker"]["error_kind"], "storage_exceeded",
+        "{over}"
+    );
     let message = over["error"].as_str().unwrap();
     assert!(
         message.contains("over its storage bound of 16777216 bytes"),

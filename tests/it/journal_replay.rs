@@ -117,6 +117,9 @@ async fn check(world: &World, ops: Vec<Op>) -> Result<(), TestCaseError> {
     futures::future::join_all(work).await;
     for (job_id, _) in &ops_with_ids {
         h.wait_final(batch_id, *job_id).await;
+        // The end's uploads are timed in the status (Hail's uploading
+        // steps): settled before the live and replayed statuses compare.
+        h.wait_event(batch_id, *job_id, "logs_uploaded").await;
     }
     // What the live table says now; the journal holds at least that once
     // synced (a delivery, such as `complete_delivered`, may land in

@@ -26,7 +26,10 @@ async fn status_and_main_log_are_uploaded_before_job_complete() {
     assert_eq!(status["state"], json!("failed"));
     assert_eq!(status["batch_id"], json!(8));
     assert_eq!(status["attempt_id"], json!("a1"));
-    assert_eq!(status["container_statuses"]["main"]["exit_code"], json!(4));
+    assert_eq!(
+        status["container_statuses"]["main"]["container_status"]["exit_code"],
+        json!(4)
+    );
     // One end time everywhere: when the job ended, not when it was
     // uploaded or reported.
     let reported = h.driver.received().complete[0].status.end_time;
@@ -58,7 +61,7 @@ async fn a_job_without_a_process_still_gets_its_status_json() {
     let status: Value =
         serde_json::from_slice(&h.logs_object("logs/8/2/a2/status.json").await.unwrap()).unwrap();
     assert_eq!(status["state"], json!("error"));
-    assert_eq!(status["error_kind"], json!("spec_missing"));
+    assert_eq!(status["batch_worker"]["error_kind"], json!("spec_missing"));
     assert!(h.logs_object("logs/8/2/a2/main/log").await.is_none());
 }
 

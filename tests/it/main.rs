@@ -52,6 +52,11 @@
 //!   masked where the configuration is printed.
 //! - `store_faults`: retries, spec_unavailable, spec_timeout, the load cap.
 //! - `wire_samples`: the shared byte-exact samples.
+//! - `hail_conformance`: every status and report body in Hail's shapes
+//!   (its samples), hailtop's `exit_code` on each outcome, quantified
+//!   resources, resource usage, report order against a slow driver,
+//!   billing_update, deactivate, service-account creates, new attempts,
+//!   format 1.
 //! - `sim`: simulated parts: a runner, a driver, a worker on an inline
 //!   journal (no sockets, one thread, a paused clock).
 //! - `simulation`: deterministic simulation of thousands of jobs per seed
@@ -75,6 +80,7 @@ mod disk_full;
 mod escapes;
 mod file_staging;
 mod fuzz_corpus;
+mod hail_conformance;
 mod hanging_store;
 mod hostile_clients;
 mod hostile_specs;

@@ -424,7 +424,10 @@ impl StateMachineTest for WorkerMatchesModel {
             assert_eq!(status, StatusCode::OK);
             assert_eq!(body["state"], expected.wire(), "job {job_id}: {body}");
             if let Expected::Error(kind) = expected {
-                assert_eq!(body["error_kind"], *kind, "job {job_id}: {body}");
+                assert_eq!(
+                    body["batch_worker"]["error_kind"], *kind,
+                    "job {job_id}: {body}"
+                );
             }
             let attempt = body["attempt_id"].as_str().unwrap_or_default().to_owned();
             let reports = log

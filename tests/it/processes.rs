@@ -55,7 +55,7 @@ async fn exit_codes_end_succeeded_or_failed_and_status_agrees_with_the_driver() 
         let (_, status) = h.status(2, job_id).await;
         assert_eq!(status["state"], json!(state));
         assert_eq!(
-            status["container_statuses"]["main"]["exit_code"],
+            status["container_statuses"]["main"]["container_status"]["exit_code"],
             json!(code)
         );
         let complete = complete_for(&h, job_id);
@@ -99,7 +99,7 @@ async fn env_is_spec_then_request_and_the_job_runs_in_its_own_directory() {
 }
 
 #[tokio::test]
-async fn a_timeout_fails_the_job_with_no_exit_code() {
+async fn a_timeout_errors_the_job_as_hail_does_with_no_exit_code() {
     let h = Harness::in_memory().await;
     let mut spec = shell_spec(1, "sleep 30");
     spec["timeout"] = json!(0.3);
@@ -114,9 +114,17 @@ async fn a_timeout_fails_the_job_with_no_exit_code() {
         }
     );
     h.wait_reports(1).await;
+    // Hail's container raises a timeout error: the job is `error`, the
+    // container `error` with `short_error` "timed out".
     let complete = complete_for(&h, 1);
-    assert_eq!(complete["status"]["state"], json!("failed"));
+    assert_eq!(complete["status"]["state"], json!("error"));
     assert_eq!(complete["status"]["status"][0], Value::Null);
+    let (_, status) = h.status(4, 1).await;
+    let main = &status["container_statuses"]["main"];
+    assert_eq!(
+        (&main["state"], &main["short_error"]),
+        (&json!("error"), &json!("timed out"))
+    );
 }
 
 #[tokio::test]

@@ -178,7 +178,7 @@ async fn sigkill_rounds_lose_nothing_run_nothing_twice_and_report_the_truth() {
         let ended = marks.iter().any(|m| m == "end");
         assert!(starts <= 1, "job {job_id} ran {starts} times: {marks:?}");
         let state = status["state"].as_str().unwrap();
-        let kind = status["error_kind"].as_str();
+        let kind = status["batch_worker"]["error_kind"].as_str();
         if ended {
             let expected = if code_of(*job_id) == 0 {
                 "succeeded"
@@ -191,7 +191,7 @@ async fn sigkill_rounds_lose_nothing_run_nothing_twice_and_report_the_truth() {
                 "job {job_id} ran to its end: {status}\n{}",
                 worker_lines(dir.path(), *job_id)
             );
-            let exit = &status["container_statuses"]["main"]["exit_code"];
+            let exit = &status["container_statuses"]["main"]["container_status"]["exit_code"];
             assert_eq!(
                 exit,
                 &Value::from(code_of(*job_id)),

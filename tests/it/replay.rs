@@ -211,25 +211,29 @@ fn a_version_2_journal_replays_to_todays_status_but_for_what_it_never_kept() {
             .iter()
             .find(|t| t.key.job_id == job_id)
             .unwrap();
-        serde_json::to_value(status_of(&timeline.view, &batch_worker::worker::Identity::named("w"))).unwrap()
+        serde_json::to_value(status_of(
+            &timeline.view,
+            &batch_worker::worker::Identity::named("w"),
+        ))
+        .unwrap()
     };
     let (today, old) = (status("good", 12), status("version_2", 12));
     // The create facts beside an old `created` are read into the event.
     assert_eq!(old["user"], "alice");
     assert_eq!(old["job_group_id"], 2);
-    assert_eq!(old["secrets"], json!(["gsa-key/key.json"]));
+    assert_eq!(old["batch_worker"]["secrets"], json!(["gsa-key/key.json"]));
     // An old `spec_loaded` did not keep the spec's resources: what it knew.
     assert_eq!(
-        old["resources"],
+        old["batch_worker"]["spec_resources"],
         json!({"cores_mcpu": 1000, "memory_bytes": 1 << 30})
     );
     assert_eq!(
-        today["resources"],
+        today["batch_worker"]["spec_resources"],
         json!({"cores_mcpu": 1000, "memory_bytes": 1 << 30, "storage_gib": 2})
     );
     let (mut today, mut old) = (today, old);
-    today["resources"] = json!(null);
-    old["resources"] = json!(null);
+    today["batch_worker"]["spec_resources"] = json!(null);
+    old["batch_worker"]["spec_resources"] = json!(null);
     assert_eq!(today, old);
 }
 

@@ -210,13 +210,20 @@ async fn creates_get_503_until_the_worker_is_activated() {
             .contains("not activated"),
         "{answer}"
     );
-    assert_eq!(h.get("/healthcheck").await.1["activated"], json!(false));
+    // Hail's healthcheck: 503 until activated.
+    assert_eq!(
+        h.get("/healthcheck").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     // A driver being deployed answers 404 at first: activation retries.
     h.driver.refuse_next(2, StatusCode::NOT_FOUND);
     h.worker.activate("127.0.0.1").await.unwrap();
     let received = h.driver.received();
     assert_eq!((received.refused, received.activations), (2, 1));
-    assert_eq!(h.get("/healthcheck").await.1["activated"], json!(true));
+    assert_eq!(
+        h.get("/healthcheck").await,
+        (StatusCode::OK, json!({"name": "test-worker"}))
+    );
     assert_eq!(h.create(&create_body(7, 1, "t", 1)).await.0, StatusCode::OK);
     h.wait_reports(1).await;
     assert_eq!(h.driver.received().wrong_token, 0);

@@ -851,8 +851,11 @@ fn check_journal(
             timeline.key.attempt_id.clone(),
         );
         // The replay tool's view gives the live status JSON, field by field.
-        let status = serde_json::to_value(status_of(&timeline.view, &batch_worker::worker::Identity::named("sim-worker")))
-            .expect("status serialises");
+        let status = serde_json::to_value(status_of(
+            &timeline.view,
+            &batch_worker::worker::Identity::named("sim-worker"),
+        ))
+        .expect("status serialises");
         let job = (timeline.key.batch_id, timeline.key.job_id);
         if live.contains_key(&slot) && live_statuses.get(&job) != Some(&status) {
             world.violate(format!(

@@ -72,9 +72,12 @@ async fn the_v7_sample_runs_job_12_of_the_sample_bunch_and_leaks_no_secret() {
     h.wait_reports(1).await;
     let (_, status) = h.status(7, 12).await;
     assert_eq!(status["state"], json!("failed"));
-    assert_eq!(status["resources"]["cores_mcpu"], json!(1000));
     assert_eq!(
-        status["secrets"],
+        status["batch_worker"]["spec_resources"]["cores_mcpu"],
+        json!(1000)
+    );
+    assert_eq!(
+        status["batch_worker"]["secrets"],
         json!(["gsa_key/key.json", "sample-user-gsa-key"])
     );
     let (_, events) = h.get("/api/v1alpha/batches/7/jobs/12/events").await;

@@ -46,6 +46,26 @@ impl Worker {
                 message: corrupt.0,
             }),
         });
+        // Resources the instance config cannot bill (Hail's worker raises
+        // in `Job.__init__`): the job errors instead of running unbilled.
+        let result = result.and_then(|spec| {
+            let storage_gib = spec
+                .storage_bytes()
+                .map_or(0, |bytes| bytes.div_ceil(1 << 30));
+            match self.inner.settings.identity.check_resources(
+                spec.cores_mcpu,
+                spec.memory_bytes,
+                storage_gib,
+            ) {
+                Ok(()) => Ok(spec),
+                Err(e) => Err(SpecLoadError {
+                    kind: ErrorKind::SpecCorrupt,
+                    message: format!(
+                        "resources: this worker's instance config cannot bill them: {e}"
+                    ),
+                }),
+            }
+        });
         match result {
             Ok(spec) => {
                 tracing::debug!(%key, duration_ms, size_bytes = spec.size_bytes, "spec loaded");
