@@ -458,7 +458,14 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         started_received: received.started.len(),
         billing_updates: after.billing_updates.len(),
         deactivations: after.deactivations,
-        driver_violations: after.violations.clone(),
+        driver_violations: after
+            .violations
+            .iter()
+            .cloned()
+            .chain(after.unmarked_acknowledged.iter().map(|key| {
+                format!("job_complete of {key:?}: marked_job_started false but job_started was acknowledged")
+            }))
+            .collect(),
         complete_received: received.complete.len(),
         complete_duplicates,
         missing_instance_header: received.missing_instance_header + received.wrong_token,

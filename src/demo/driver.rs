@@ -12,9 +12,10 @@
 //! `db_status` keeps it, `resources` names the instance config has
 //! ([`EmbeddedDriver::expect_resources`]), and the order: no
 //! `job_complete` while that attempt's `job_started` is unanswered, no
-//! `job_started` after its `job_complete`, `marked_job_started` exactly
-//! whether this driver acknowledged `job_started`, and `billing_update`
-//! only for attempts started and not complete.
+//! `job_started` after its `job_complete`, `marked_job_started` never true
+//! for a `job_started` it did not acknowledge (and, in
+//! [`Received::unmarked_acknowledged`], false for one it did), and
+//! `billing_update` only for attempts started and not complete.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,12 @@ pub struct Received {
     /// What Hail's driver would have refused or got wrong, one line each
     /// (see the module's docs); empty when every call agreed.
     pub violations: Vec<String>,
+    /// Attempts whose `job_complete` said `marked_job_started: false`
+    /// although this driver had answered their `job_started` 200: right
+    /// only for a worker killed between that answer and its journal's
+    /// write of it (Hail's driver then adds the attempt's resources once
+    /// more, idempotently); none otherwise.
+    pub unmarked_acknowledged: Vec<AttemptKey>,
     /// Attempts whose `job_started` this driver answered 200.
     pub started_acknowledged: HashSet<AttemptKey>,
     /// Attempts whose `job_started` is being answered now.
@@ -376,12 +383,12 @@ async fn job_complete(
             violations.push("job_complete while its job_started is unanswered".to_owned());
         }
         let acknowledged = received.started_acknowledged.contains(&key);
-        if body.marked_job_started != acknowledged {
-            violations.push(format!(
-                "marked_job_started {} but job_started was {}acknowledged",
-                body.marked_job_started,
-                if acknowledged { "" } else { "not " }
-            ));
+        if body.marked_job_started && !acknowledged {
+            violations
+                .push("marked_job_started true but job_started was never acknowledged".to_owned());
+        }
+        if !body.marked_job_started && acknowledged {
+            received.unmarked_acknowledged.push(key.clone());
         }
         if !matches!(s.state.as_str(), "succeeded" | "failed" | "error") {
             violations.push(format!(

@@ -149,7 +149,12 @@ async fn escapes_end_with_their_job(mode: &str, batch: i64) {
     // 1: the timeout ends the escapee too.
     wait_running(&marker(1), 2).await;
     let status = wait_final(&http, &serve, batch, 1).await;
-    assert_eq!(status["state"], "failed", "{status}");
+    // Hail's reading of a timeout: `error`, the container `timed out`.
+    assert_eq!(status["state"], "error", "{status}");
+    assert_eq!(
+        status["container_statuses"]["main"]["short_error"],
+        "timed out"
+    );
     wait_gone(&marker(1)).await;
     // 2: the cancel ends the double-forked pair.
     wait_running(&marker(2), 3).await;

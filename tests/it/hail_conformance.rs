@@ -376,6 +376,11 @@ async fn every_outcome_has_hails_status_and_report_shapes() {
         .iter()
         .all(|r| r["quantity"] == 0));
     assert!(received.violations.is_empty(), "{:#?}", received.violations);
+    assert!(
+        received.unmarked_acknowledged.is_empty(),
+        "{:?}",
+        received.unmarked_acknowledged
+    );
 
     // Every task's log and resource usage at Hail's keys.
     let store = h.logs.clone();
@@ -478,6 +483,11 @@ async fn job_complete_waits_for_a_slow_job_started_and_says_it_was_acknowledged(
     // could be sent has none, as Hail's `post_job_started_1` skips it).
     let received = h.driver.received();
     assert!(received.violations.is_empty(), "{:#?}", received.violations);
+    assert!(
+        received.unmarked_acknowledged.is_empty(),
+        "{:?}",
+        received.unmarked_acknowledged
+    );
     assert!(!received.started.is_empty());
     for started in &received.started {
         let complete = received
@@ -553,6 +563,11 @@ async fn running_attempts_are_sent_in_billing_updates_and_shutdown_deactivates()
     let received = h.driver.received();
     assert_eq!(received.deactivations, 1);
     assert!(received.violations.is_empty(), "{:#?}", received.violations);
+    assert!(
+        received.unmarked_acknowledged.is_empty(),
+        "{:?}",
+        received.unmarked_acknowledged
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,4 +659,9 @@ async fn hails_creates_run_service_account_new_attempt_and_format_1() {
     assert!(h.logs_object("logs/3/1/Ab12Cd/status.json").await.is_none());
     let received = h.driver.received();
     assert!(received.violations.is_empty(), "{:#?}", received.violations);
+    assert!(
+        received.unmarked_acknowledged.is_empty(),
+        "{:?}",
+        received.unmarked_acknowledged
+    );
 }

@@ -152,7 +152,9 @@ async fn a_job_over_its_storage_bound_ends_storage_exceeded_and_others_go_on() {
         over["batch_worker"]["error_kind"], "storage_exceeded",
         "{over}"
     );
-    let message = over["error"].as_str().unwrap();
+    let main = &over["container_statuses"]["main"];
+    assert_eq!(main["short_error"], "storage exceeded", "{over}");
+    let message = main["error"].as_str().unwrap();
     assert!(
         message.contains("over its storage bound of 16777216 bytes"),
         "{message}"

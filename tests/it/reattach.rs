@@ -235,6 +235,11 @@ async fn sigkill_rounds_lose_nothing_run_nothing_twice_and_report_the_truth() {
             let reported: std::collections::BTreeSet<i64> =
                 received.complete.iter().map(|c| c.status.job_id).collect();
             if accepted.iter().all(|j| reported.contains(j)) {
+                // Through every SIGKILL: the calls as Hail's driver takes
+                // them (no job_complete before its job_started's answer,
+                // none marked started without an acknowledged job_started,
+                // states, db_status).
+                assert!(received.violations.is_empty(), "{:#?}", received.violations);
                 for complete in &received.complete {
                     let status = &states[&complete.status.job_id];
                     assert_eq!(

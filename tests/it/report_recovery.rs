@@ -83,6 +83,8 @@ async fn no_report_is_lost_or_sent_again_across_a_sigkill() {
     .unwrap();
     assert!(exited.success(), "{exited}");
     let received = driver.received();
+    assert!(received.violations.is_empty(), "{:#?}", received.violations);
+    assert_eq!(received.deactivations, 1, "the SIGTERM deactivates");
     for job_id in 1..=3 {
         let times = received
             .complete
@@ -95,4 +97,96 @@ async fn no_report_is_lost_or_sent_again_across_a_sigkill() {
         .complete
         .iter()
         .all(|c| c.status.state == "error" && !c.marked_job_started));
+}
+
+/// Hail's `marked_job_started` across a SIGKILL: a job whose `job_started`
+/// the driver acknowledged before the kill is reported `true` after the
+/// restart (the acknowledgement is in the journal), and one whose
+/// `job_started` was unanswered at the kill gets it sent again by the
+/// restarted worker, before its `job_complete`. The reports keep Hail's
+/// shapes, and the SIGTERM at the end deactivates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marked_job_started_is_exact_across_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
+    std::fs::create_dir_all(&specs).unwrap();
+    crate::support::let_job_user_pass(&data);
+    let go = dir.path().join("go");
+    let wait = format!("while [ ! -e '{}' ]; do sleep 0.05; done", go.display());
+    let bunch: Vec<Vec<u8>> = (1..=2)
+        .map(|j| serde_json::to_vec(&crate::support::shell_spec(j, &wait)).unwrap())
+        .collect();
+    crate::support::write_local_bunch(&specs, 12, "marked", &bunch).await;
+    let mut driver = EmbeddedDriver::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let mut serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    let create = |job_id: i64| {
+        http.post(format!("{}/api/v1alpha/batches/jobs/create", serve.base))
+            .json(&create_body(12, job_id, "marked", 1))
+            .send()
+    };
+    // Job 1's job_started is acknowledged.
+    assert_eq!(create(1).await.unwrap().status(), StatusCode::OK);
+    serve.wait_event(12, 1, "started_delivered").await;
+    // Job 2's job_started is on the wire, unanswered, at the kill.
+    driver.hold();
+    assert_eq!(create(2).await.unwrap().status(), StatusCode::OK);
+    let mut changes = driver.changes();
+    tokio::time::timeout(HANG_GUARD, async {
+        while driver.received().in_flight == 0 {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    // The held call's answer goes nowhere: the worker that sent it is gone
+    // (the driver took it, so only the restarted worker's own job_started
+    // can make its job_complete say `true`).
+    driver.release();
+    driver.restart().await.unwrap();
+    let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    serve.wait_event(12, 2, "started_delivered").await;
+    std::fs::write(&go, b"").unwrap();
+    for job_id in 1..=2 {
+        serve.wait_event(12, job_id, "complete_delivered").await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exited = tokio::task::spawn_blocking(move || {
+        let mut serve = serve;
+        serve.child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(exited.success(), "{exited}");
+    let received = driver.received();
+    assert!(received.violations.is_empty(), "{:#?}", received.violations);
+    assert!(
+        received.unmarked_acknowledged.is_empty(),
+        "{:?}",
+        received.unmarked_acknowledged
+    );
+    for job_id in 1..=2 {
+        let complete: Vec<_> = received
+            .complete
+            .iter()
+            .filter(|c| c.status.job_id == job_id)
+            .collect();
+        assert_eq!(complete.len(), 1, "job {job_id}");
+        assert!(complete[0].marked_job_started, "job {job_id}");
+        assert_eq!(complete[0].status.state, "succeeded");
+        assert_eq!(
+            complete[0].status.status,
+            serde_json::json!([
+                0,
+                complete[0].status.end_time - complete[0].status.start_time
+            ])
+        );
+    }
+    assert_eq!(received.deactivations, 1);
 }
