@@ -165,6 +165,23 @@ impl ShimHandle {
     /// still runs (checked by its command line, not only its pid), or one
     /// that recorded its job's end.
     pub(crate) fn find(root: &Path) -> Option<ShimHandle> {
+        if let Some(found) = ShimHandle::find_now(root) {
+            return Some(found);
+        }
+        // A shim started just before the crash may not have written
+        // `shim.pid` yet: while one of this attempt runs, wait for its
+        // record (it exits instead if its launch never fully arrived).
+        let deadline = std::time::Instant::now() + SHIM_RECORD_WAIT;
+        while std::time::Instant::now() < deadline && any_shim_of(root) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            if let Some(found) = ShimHandle::find_now(root) {
+                return Some(found);
+            }
+        }
+        ShimHandle::find_now(root)
+    }
+
+    fn find_now(root: &Path) -> Option<ShimHandle> {
         // Alive first, then the record: a shim that exits between the two
         // looks alive (its pidfd then says it is gone, and its record is
         // read after), never dead without a record.
@@ -285,6 +302,22 @@ fn prepare_shim(
 
 /// Whether `pid` is the shim of attempt directory `root` (its command
 /// line is `... shim ROOT`: a pid reused by another process is not).
+/// Longest wait at a restart for a running shim of an attempt to write
+/// its `shim.pid` (it does within milliseconds of its start).
+const SHIM_RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether any process is a shim of the attempt in `root` (a scan of
+/// `/proc`).
+fn any_shim_of(root: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| is_shim_of(pid, root))
+}
+
 fn is_shim_of(pid: u32, root: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;

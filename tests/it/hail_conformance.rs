@@ -557,11 +557,14 @@ async fn running_attempts_are_sent_in_billing_updates_and_shutdown_deactivates()
         ])
     );
     assert!(update.timestamp > 1_700_000_000_000);
-    std::fs::write(&go, b"").unwrap();
-    h.wait_reports(2).await;
+    // A shutdown (SIGTERM) with both jobs still running: they are ended,
+    // not reported, and the worker deactivates, so that Hail's driver
+    // reschedules them.
     h.shutdown().await;
     let received = h.driver.received();
     assert_eq!(received.deactivations, 1);
+    assert!(received.complete.is_empty());
+    drop(go);
     assert!(received.violations.is_empty(), "{:#?}", received.violations);
     assert!(
         received.unmarked_acknowledged.is_empty(),
@@ -664,4 +667,73 @@ async fn hails_creates_run_service_account_new_attempt_and_format_1() {
         "{:?}",
         received.unmarked_acknowledged
     );
+}
+
+/// Under `serve` with a cgroup per job (v1 here: this machine's v2 mount
+/// has no controllers), the main task's resource usage is sampled from it
+/// at Hail's period: records of memory, CPU and the job's files, the
+/// network fields missing (NaN); the same bytes reach the logs store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_resource_usage_is_sampled_from_the_jobs_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
+    std::fs::create_dir_all(&specs).unwrap();
+    crate::support::let_job_user_pass(&data);
+    // Busy for 1.5 s, with 4 MB of files.
+    let script = "head -c 4000000 /dev/zero > big; end=$(( $(date +%s%N) + 1500000000 )); while [ $(date +%s%N) -lt $end ]; do :; done";
+    let spec = serde_json::to_vec(&standard_spec(1, script)).unwrap();
+    crate::support::write_local_bunch(&specs, 9, "usage", &[spec]).await;
+    let driver = batch_worker::demo::driver::EmbeddedDriver::start()
+        .await
+        .unwrap();
+    let serve = crate::support::ServeChild::start(
+        &data,
+        &specs,
+        driver.url.as_str(),
+        &["--job-cgroups", "v1"],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{}/api/v1alpha/batches/jobs/create", serve.base))
+        .json(&create_body(9, 1, "usage", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::OK);
+    serve.wait_event(9, 1, "process_exited").await;
+    serve.wait_event(9, 1, "logs_uploaded").await;
+    let usage: Value = http
+        .get(format!(
+            "{}/api/v1alpha/batches/9/jobs/1/resource_usage",
+            serve.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(usage["main"].as_str().unwrap())
+        .unwrap();
+    let records = resource_usage::decode(&bytes).unwrap();
+    // 100 ms apart for the first 5 s: about 15 in 1.5 s.
+    assert!(records.len() >= 5, "{} records", records.len());
+    assert!(records.iter().all(|r| r.memory_bytes > 0), "{records:?}");
+    assert!(
+        records.iter().any(|r| r.cpu_usage > 0.3),
+        "a busy job uses CPU: {records:?}"
+    );
+    assert!(
+        records.iter().any(|r| r.non_io_storage_bytes >= 4_000_000),
+        "its files are counted: {records:?}"
+    );
+    assert!(records
+        .iter()
+        .all(|r| r.network_upload.is_nan() && r.network_download.is_nan()));
+    assert!(records.windows(2).all(|w| w[0].time_ms < w[1].time_ms));
+    let uploaded = std::fs::read(data.join("logs/9/1/a1/main/resource_usage")).unwrap();
+    assert_eq!(uploaded, bytes);
 }
