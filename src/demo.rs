@@ -136,7 +136,7 @@ pub struct CreateStats {
 const DEMO_INSTANCE_CONFIG: &str = include_str!("demo/instance_config.json");
 
 /// The demo's `billing_update` period (Hail's is 60 s; the demo is short).
-const DEMO_BILLING_UPDATE_PERIOD: Duration = Duration::from_secs(5);
+const DEMO_BILLING_UPDATE_PERIOD: Duration = Duration::from_millis(500);
 
 /// The demo's findings.
 #[derive(Debug, Clone)]
