@@ -65,7 +65,9 @@ pub struct AttemptView {
     ended_at_ms: Option<i64>,
     exit: Option<ExitStatus>,
     exit_duration_ms: Option<u64>,
-    steps: Steps,
+    /// Allocated at the first event past the spec load (a job waiting for
+    /// its spec holds 8 bytes of it, not its whole size).
+    steps: Option<Box<Steps>>,
     started_delivered: bool,
     logs_done: bool,
     complete_delivered: bool,
@@ -131,7 +133,7 @@ impl AttemptView {
             ended_at_ms: None,
             exit: None,
             exit_duration_ms: None,
-            steps: Steps::default(),
+            steps: None,
             started_delivered: false,
             logs_done: false,
             complete_delivered: false,
@@ -159,6 +161,10 @@ impl AttemptView {
             return Ok(applied);
         }
         let steps = &mut self.steps;
+        /// The steps, made at their first use.
+        fn at(steps: &mut Option<Box<Steps>>) -> &mut Steps {
+            steps.get_or_insert_with(Box::default)
+        }
         match event {
             Event::SpecLoadStarted => self.spec_load_began_ms = Some(time_ms),
             Event::SpecLoaded {
@@ -172,37 +178,36 @@ impl AttemptView {
             } => {
                 self.resources = resources.clone();
                 self.spec_load_ms = self.spec_load_began_ms.map(|t| time_ms - t);
-                steps.spec_loaded_ms = Some(time_ms);
-                steps.cores_mcpu = *cores_mcpu;
-                steps.memory_bytes = *memory_bytes;
-                steps.input_files = *input_files;
-                steps.output_files = *output_files;
-                steps.image = image.is_some();
+                at(steps).spec_loaded_ms = Some(time_ms);
+                at(steps).cores_mcpu = *cores_mcpu;
+                at(steps).memory_bytes = *memory_bytes;
+                at(steps).input_files = *input_files;
+                at(steps).output_files = *output_files;
+                at(steps).image = image.is_some();
             }
             Event::SpecLoadFailed { .. } => {
                 self.spec_load_ms = self.spec_load_began_ms.map(|t| time_ms - t);
             }
-            Event::ResourcesGranted => steps.granted_ms = Some(time_ms),
+            Event::ResourcesGranted => at(steps).granted_ms = Some(time_ms),
             Event::ImagePulled { .. } | Event::ImagePullFailed { .. } => {
-                steps.image_done_ms = Some(time_ms)
+                at(steps).image_done_ms = Some(time_ms)
             }
             Event::InputsStaged { .. } | Event::InputsFailed { .. } => {
-                steps.inputs_done_ms = Some(time_ms)
+                at(steps).inputs_done_ms = Some(time_ms)
             }
             Event::ProcessStarted { .. } => self.started_at_ms = Some(time_ms),
             Event::ProcessExited { exit, duration_ms } => {
                 self.exit = Some(*exit);
                 self.exit_duration_ms = Some(*duration_ms);
-                steps.exited_ms = Some(time_ms);
+                at(steps).exited_ms = Some(time_ms);
             }
             Event::OutputsUploaded { .. } | Event::OutputsFailed { .. } => {
-                steps.outputs_done_ms = Some(time_ms)
+                at(steps).outputs_done_ms = Some(time_ms)
             }
-            Event::CancelRequested => steps.cancel_requested = true,
             Event::StartedDelivered => self.started_delivered = true,
             Event::LogsUploaded | Event::LogsUploadFailed { .. } => {
                 self.logs_done = true;
-                steps.logs_done_ms = Some(time_ms);
+                at(steps).logs_done_ms = Some(time_ms);
             }
             Event::CompleteDelivered => self.complete_delivered = true,
             _ => {}
@@ -297,13 +302,27 @@ impl AttemptView {
     /// can never fit, it was cancelled) has its end as its start, as Hail's
     /// `FakeJob` does; `None` while it waits.
     pub fn start_time_ms(&self) -> Option<i64> {
-        self.steps.granted_ms.or(self.ended_at_ms)
+        self.steps().granted_ms.or(self.ended_at_ms)
     }
 
     /// The times of the steps the attempt went through, and what its spec
     /// asked for (what Hail's status `timing` and `resources` are made of).
     pub fn steps(&self) -> &Steps {
-        &self.steps
+        static NONE: Steps = Steps {
+            spec_loaded_ms: None,
+            granted_ms: None,
+            image_done_ms: None,
+            inputs_done_ms: None,
+            exited_ms: None,
+            outputs_done_ms: None,
+            logs_done_ms: None,
+            cores_mcpu: 0,
+            memory_bytes: 0,
+            input_files: 0,
+            output_files: 0,
+            image: false,
+        };
+        self.steps.as_deref().unwrap_or(&NONE)
     }
 
     /// When the attempt became terminal, ms since the Unix epoch.
@@ -373,8 +392,6 @@ pub struct Steps {
     pub outputs_done_ms: Option<i64>,
     /// `logs_uploaded` or `logs_upload_failed`.
     pub logs_done_ms: Option<i64>,
-    /// Whether `cancel_requested` was applied.
-    pub cancel_requested: bool,
     /// The spec's `resources.cores_mcpu` (0 before the spec is loaded), mcpu.
     pub cores_mcpu: u64,
     /// The spec's `resources.memory_bytes` (0 before), bytes.
