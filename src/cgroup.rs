@@ -415,8 +415,26 @@ impl JobCgroup {
         gone
     }
 
-    /// The CPU time and memory the cgroup's accounting shows (what it can).
+    /// The CPU time and memory of the job: what the cgroup's accounting
+    /// shows, else (a v2 cgroup without the `cpu` and `memory` controllers,
+    /// as on a host whose v2 mount has none) the sum over its processes
+    /// now, from `/proc` (resident memory; user and system time, which
+    /// misses processes that already ended).
     pub fn usage(&self) -> CgroupUsage {
+        let accounted = self.accounted();
+        if accounted.cpu_usec.is_some() && accounted.memory_bytes.is_some() {
+            return accounted;
+        }
+        let from_proc = processes_usage(&self.pids());
+        CgroupUsage {
+            cpu_usec: accounted.cpu_usec.or(from_proc.cpu_usec),
+            memory_bytes: accounted.memory_bytes.or(from_proc.memory_bytes),
+            memory_peak_bytes: accounted.memory_peak_bytes,
+        }
+    }
+
+    /// The CPU time and memory the cgroup's accounting shows (what it can).
+    fn accounted(&self) -> CgroupUsage {
         let read = |file: &str| -> Option<String> {
             self.dirs
                 .iter()
@@ -441,6 +459,42 @@ impl JobCgroup {
                 memory_peak_bytes: number("memory.max_usage_in_bytes"),
             }
         }
+    }
+}
+
+/// CPU time (user + system, µs) and resident memory (bytes) of `pids`
+/// now, from `/proc/{pid}/stat` and `/proc/{pid}/statm`; a process that
+/// is gone counts nothing.
+fn processes_usage(pids: &[i32]) -> CgroupUsage {
+    // SAFETY: sysconf reads a constant.
+    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    // SAFETY: as above.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let (mut cpu_ticks, mut rss_pages) = (0u64, 0u64);
+    for pid in pids {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // Fields after the parenthesised command: state is field 3;
+            // utime and stime are fields 14 and 15.
+            if let Some((_, rest)) = stat.rsplit_once(')') {
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+                cpu_ticks += field(14).unwrap_or(0) + field(15).unwrap_or(0);
+            }
+        }
+        if let Ok(statm) = std::fs::read_to_string(format!("/proc/{pid}/statm")) {
+            rss_pages += statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    CgroupUsage {
+        cpu_usec: Some(cpu_ticks * 1_000_000 / ticks),
+        memory_bytes: Some(rss_pages * page),
+        memory_peak_bytes: None,
     }
 }
 

@@ -429,6 +429,19 @@ impl Worker {
         event: Event,
         attach: Attach,
     ) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+        self.record_at(key, event, attach, None)
+    }
+
+    /// [`Worker::record_with`], the record's time `at` (ms since the Unix
+    /// epoch) when the event happened earlier than now (a process that
+    /// ended while no worker ran), else now.
+    fn record_at(
+        &self,
+        key: &JobKey,
+        event: Event,
+        attach: Attach,
+        at: Option<i64>,
+    ) -> Option<tokio::sync::oneshot::Receiver<bool>> {
         let event = event.bounded(MAX_EVENT_TEXT_BYTES);
         // While stopping, the processes the worker itself ends must not
         // turn into outcomes; deliveries still count (reports drain).
@@ -438,7 +451,7 @@ impl Worker {
         }
         let durable = {
             let mut table = self.table();
-            let now = now_ms();
+            let now = at.unwrap_or_else(now_ms);
             let recorded = match table.record(key, &event, attach, &self.plan_context(), now) {
                 Ok(recorded) => recorded,
                 Err(not) => {

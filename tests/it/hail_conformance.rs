@@ -669,12 +669,19 @@ async fn hails_creates_run_service_account_new_attempt_and_format_1() {
     );
 }
 
-/// Under `serve` with a cgroup per job (v1 here: this machine's v2 mount
-/// has no controllers), the main task's resource usage is sampled from it
-/// at Hail's period: records of memory, CPU and the job's files, the
-/// network fields missing (NaN); the same bytes reach the logs store.
+/// Under `serve` with a cgroup per job, the main task's resource usage is
+/// sampled from it at Hail's period: records of memory, CPU and the job's
+/// files, the network fields missing (NaN); the same bytes reach the logs
+/// store. v1 reads the cgroup's accounting; `auto` picks this machine's v2
+/// mount, which has no controllers: its processes are read in /proc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn main_resource_usage_is_sampled_from_the_jobs_cgroup() {
+    for mode in ["v1", "auto"] {
+        sampled_from_the_cgroup(mode).await;
+    }
+}
+
+async fn sampled_from_the_cgroup(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
     std::fs::create_dir_all(&specs).unwrap();
@@ -690,7 +697,7 @@ async fn main_resource_usage_is_sampled_from_the_jobs_cgroup() {
         &data,
         &specs,
         driver.url.as_str(),
-        &["--job-cgroups", "v1"],
+        &["--job-cgroups", mode],
     )
     .await;
     let http = reqwest::Client::new();
@@ -720,11 +727,11 @@ async fn main_resource_usage_is_sampled_from_the_jobs_cgroup() {
         .unwrap();
     let records = resource_usage::decode(&bytes).unwrap();
     // 100 ms apart for the first 5 s: about 15 in 1.5 s.
-    assert!(records.len() >= 5, "{} records", records.len());
+    assert!(records.len() >= 5, "{mode}: {} records", records.len());
     assert!(records.iter().all(|r| r.memory_bytes > 0), "{records:?}");
     assert!(
         records.iter().any(|r| r.cpu_usage > 0.3),
-        "a busy job uses CPU: {records:?}"
+        "{mode}: a busy job uses CPU: {records:?}"
     );
     assert!(
         records.iter().any(|r| r.non_io_storage_bytes >= 4_000_000),

@@ -111,10 +111,12 @@ async fn marked_job_started_is_exact_across_a_sigkill() {
     let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
     std::fs::create_dir_all(&specs).unwrap();
     crate::support::let_job_user_pass(&data);
-    let go = dir.path().join("go");
-    let wait = format!("while [ ! -e '{}' ]; do sleep 0.05; done", go.display());
+    let go = |j: i64| dir.path().join(format!("go{j}"));
     let bunch: Vec<Vec<u8>> = (1..=2)
-        .map(|j| serde_json::to_vec(&crate::support::shell_spec(j, &wait)).unwrap())
+        .map(|j| {
+            let wait = format!("while [ ! -e '{}' ]; do sleep 0.05; done", go(j).display());
+            serde_json::to_vec(&crate::support::shell_spec(j, &wait)).unwrap()
+        })
         .collect();
     crate::support::write_local_bunch(&specs, 12, "marked", &bunch).await;
     let mut driver = EmbeddedDriver::start().await.unwrap();
@@ -141,6 +143,19 @@ async fn marked_job_started_is_exact_across_a_sigkill() {
     .unwrap();
     serve.child.kill().unwrap();
     serve.child.wait().unwrap();
+    // Job 1 ends while no worker runs (its shim records when), well before
+    // the restart.
+    std::fs::write(go(1), b"").unwrap();
+    let exit_json = data.join("jobs/12/1/a1/exit.json");
+    tokio::time::timeout(HANG_GUARD, async {
+        while !std::fs::read(&exit_json).is_ok_and(|b| b.starts_with(b"{")) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let ended_by = batch_worker::worker::now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     // The held call's answer goes nowhere: the worker that sent it is gone
     // (the driver took it, so only the restarted worker's own job_started
     // can make its job_complete say `true`).
@@ -148,7 +163,7 @@ async fn marked_job_started_is_exact_across_a_sigkill() {
     driver.restart().await.unwrap();
     let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
     serve.wait_event(12, 2, "started_delivered").await;
-    std::fs::write(&go, b"").unwrap();
+    std::fs::write(go(2), b"").unwrap();
     for job_id in 1..=2 {
         serve.wait_event(12, job_id, "complete_delivered").await;
     }
@@ -189,4 +204,15 @@ async fn marked_job_started_is_exact_across_a_sigkill() {
         );
     }
     assert_eq!(received.deactivations, 1);
+    // Job 1 is billed to its own end, not to the restart 2.5 s later.
+    let job1 = received
+        .complete
+        .iter()
+        .find(|c| c.status.job_id == 1)
+        .unwrap();
+    assert!(
+        job1.status.end_time <= ended_by,
+        "end_time {} is after the job ended ({ended_by})",
+        job1.status.end_time
+    );
 }

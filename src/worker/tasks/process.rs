@@ -43,7 +43,35 @@ impl Worker {
         let sampling = self.start_sampling(&key);
         let (exit, duration_ms) = process.wait(timeout, kill).await;
         sampling.cancel();
-        self.record(&key, Event::ProcessExited { exit, duration_ms });
+        // A job that ended while no worker ran ended when its shim says
+        // (`exit.json`), not now: its end time and what it is billed for
+        // are its own.
+        let dir = AttemptDir::new(&self.inner.settings.data_dir, &key);
+        let ended = crate::shim::read_exit(&dir.root)
+            .map(|exit| exit.end_time_ms)
+            .filter(|at| *at < super::super::now_ms() - 1000);
+        let ended = ended.map(|at| {
+            // Never before the attempt's own last change of state.
+            let last = self
+                .table()
+                .entry_mut(&key)
+                .and_then(|e| {
+                    e.view
+                        .history()
+                        .iter()
+                        .rev()
+                        .find(|r| !r.event.is_delivery())
+                        .map(|r| r.time_ms)
+                })
+                .unwrap_or(at);
+            at.max(last)
+        });
+        drop(self.record_at(
+            &key,
+            Event::ProcessExited { exit, duration_ms },
+            super::super::table::Attach::Nothing,
+            ended,
+        ));
         drop(grant);
         drop(live);
     }

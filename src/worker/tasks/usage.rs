@@ -6,7 +6,9 @@
 //! main log; `GET .../resource_usage` reads it while the job runs.
 //!
 //! A process without a cgroup of its own (`--job-cgroups off`, or a
-//! runner without cgroups) gets the header alone: Hail's "no data". There
+//! runner without cgroups) gets the header alone: Hail's "no data". A v2
+//! cgroup without the `cpu` and `memory` controllers is read through its
+//! processes in `/proc` instead ([`crate::cgroup::JobCgroup::usage`]). There
 //! are no per-job network counters yet, so both network fields are written
 //! as missing (NaN).
 
@@ -52,6 +54,9 @@ impl Worker {
         let began = Instant::now();
         let mut sampler = Sampler::new();
         let mut files = FilesMeasure::default();
+        // CPU time read from /proc (a cgroup without accounting) drops
+        // when a process ends: never counted backwards.
+        let mut cpu_seen = 0u64;
         for tries in 0u32.. {
             let probe_key = key.clone();
             let probe_runner = runner.clone();
@@ -68,7 +73,10 @@ impl Worker {
                 time_ms: now_ms(),
                 monotonic_ns: MONOTONIC_ORIGIN.elapsed().as_nanos() as u64,
                 memory_bytes: usage.memory_bytes.map(|b| b as i64),
-                cpu_usage_usec: usage.cpu_usec,
+                cpu_usage_usec: usage.cpu_usec.map(|usec| {
+                    cpu_seen = cpu_seen.max(usec);
+                    cpu_seen
+                }),
                 non_io_storage_bytes,
                 io_storage_bytes: 0,
                 net_up_bytes: None,
