@@ -158,11 +158,30 @@ impl Effective {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for setting in &self.0 {
-            let line = match &setting.value {
-                Some(value) => format!("{} = {}", setting.name, toml_value(value)),
-                None => format!("# {} (unset)", setting.name),
+            // Hail's own variables, read when the flag is not given.
+            let hail = match setting.name.as_str() {
+                "instance-config" => std::env::var("INSTANCE_CONFIG")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| (format!("<base64, {} bytes>", v.trim().len()), "INSTANCE_CONFIG")),
+                "region" => std::env::var("REGION").ok().map(|v| (v, "REGION")),
+                _ => None,
             };
-            out.push_str(&format!("{line:<60} # {}\n", setting.source));
+            let (line, source) = match (&setting.value, hail) {
+                (Some(value), _) => (
+                    format!("{} = {}", setting.name, toml_value(value)),
+                    setting.source.to_string(),
+                ),
+                (None, Some((value, variable))) => (
+                    format!("{} = {}", setting.name, toml_value(&value)),
+                    format!("environment ({variable}, as on Hail's workers)"),
+                ),
+                (None, None) => (
+                    format!("# {} (unset)", setting.name),
+                    setting.source.to_string(),
+                ),
+            };
+            out.push_str(&format!("{line:<60} # {source}\n"));
         }
         out
     }

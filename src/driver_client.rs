@@ -188,6 +188,7 @@ impl DriverTransport for HttpTransport {
             .post(url)
             .header("X-Hail-Instance-Name", instance_name)
             .header("X-Hail-Instance-Token", token)
+            .header(reqwest::header::CONTENT_LENGTH, body.len())
             .header(
                 reqwest::header::CONTENT_TYPE,
                 // As Hail's client: JSON bodies, and an empty deactivate.

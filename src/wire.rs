@@ -139,7 +139,16 @@ pub struct AttemptFields {
     /// `null`, as Hail's driver sends it. Its credentials arrive as the
     /// `kube-config` secret; the worker only carries the value.
     #[serde(default)]
-    pub service_account: Option<Value>,
+    pub service_account: Option<ServiceAccount>,
+}
+
+/// `job_spec.service_account` (Hail's driver, `driver/job.py` `job_config`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ServiceAccount {
+    /// Its Kubernetes namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
 }
 
 /// One `job_spec.secrets[]` entry.

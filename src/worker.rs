@@ -297,7 +297,10 @@ impl Worker {
                     && (view.complete_delivered()
                         || view.state_ref().wire_state()
                             == batch_worker_model::WireState::Cancelled);
-                if !finished || view.key().attempt_id == key.attempt_id {
+                if !finished
+                    || view.key().attempt_id == key.attempt_id
+                    || table.was_replaced((key.batch_id, key.job_id), &key.attempt_id)
+                {
                     return Err(CreateError::Duplicate {
                         batch_id: key.batch_id,
                         job_id: key.job_id,
@@ -319,7 +322,7 @@ impl Worker {
                     .expect("created begins an attempt");
             let mut entry = JobEntry::new(view, Arc::new(job));
             let work = table::plan(&mut entry, &applied.effects, &self.plan_context(), now);
-            table.insert((key.batch_id, key.job_id), entry);
+            table.put((key.batch_id, key.job_id), entry);
             table.next_seq = seq + 1;
             let record = JournalRecord::new(seq, now, key.clone(), event);
             // The create's own work is performed here, once the answer is

@@ -39,6 +39,9 @@ use crate::worker::{
     DEFAULT_RETENTION_HOURS,
 };
 
+/// Largest instance config file read, in bytes (Hail's are a few KiB).
+pub const MAX_INSTANCE_CONFIG_BYTES: u64 = 1024 * 1024;
+
 /// Flags of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -433,12 +436,16 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
     if let Some(driver) = driver {
         builder = builder.driver(driver);
     }
-    if let Some(config) = args.instance_config()? {
+    let instance_config = args.instance_config()?;
+    if instance_config.is_none() && args.driver_url.is_some() {
+        tracing::warn!("no instance config (INSTANCE_CONFIG, --instance-config, --instance-config-file): every job's resources are [] and Hail's driver bills it nothing");
+    }
+    if let Some(config) = instance_config {
         if u64::from(config.cores()) * 1000 != capacity.cores_mcpu {
             tracing::warn!(
                 instance_cores = config.cores(),
                 worker_cores_mcpu = capacity.cores_mcpu,
-                "the instance config's machine type has another number of cores than this worker gives jobs (--cores); jobs are billed by the config"
+                "the instance config's machine type has another number of cores than this worker gives jobs (--cores): jobs are billed as Hail bills them on that machine type; give --cores the machine type's cores if this worker runs on it"
             );
         }
         builder = builder.instance_config(config);
@@ -527,7 +534,23 @@ impl ServeArgs {
         }
         if let Some(path) = &self.instance_config_file {
             let source = format!("--instance-config-file {}", path.display());
-            let bytes = std::fs::read(path).map_err(|e| invalid(&source, &e))?;
+            // An instance config is a few KiB: read at most 1 MiB (a
+            // device or a wrong file must not fill memory).
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(
+                    std::fs::File::open(path).map_err(|e| invalid(&source, &e))?,
+                    MAX_INSTANCE_CONFIG_BYTES + 1,
+                ),
+                &mut bytes,
+            )
+            .map_err(|e| invalid(&source, &e))?;
+            if bytes.len() as u64 > MAX_INSTANCE_CONFIG_BYTES {
+                return Err(invalid(
+                    &source,
+                    &format!("the file is over {MAX_INSTANCE_CONFIG_BYTES} bytes"),
+                ));
+            }
             let text = String::from_utf8_lossy(&bytes);
             let parsed = if text.trim_start().starts_with('{') {
                 InstanceConfig::from_json(&bytes)

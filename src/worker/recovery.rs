@@ -75,7 +75,7 @@ impl Worker {
                             // Room for the rest of a job that ran (nine
                             // events in all), rather than growing to 16.
                             view.reserve_history(RECOVERED_HISTORY - 1);
-                            table.insert(slot, JobEntry::recovered(view));
+                            table.put(slot, JobEntry::recovered(view));
                         }),
                     };
                     if let Err(illegal) = taken {

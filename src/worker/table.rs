@@ -188,6 +188,11 @@ pub(super) struct Table {
     pub(super) next_seq: u64,
     /// Bytes appended to the journal since the last compaction.
     pub(super) journal_bytes: u64,
+    /// The attempts of each job that a newer attempt replaced (finished and
+    /// reported): a create repeating one is refused, as for the present
+    /// one. Rebuilt by recovery from the journal; like any finished
+    /// attempt, forgotten once compaction drops its records.
+    pub(super) replaced: HashMap<(i64, i64), Vec<String>>,
 }
 
 impl Default for Table {
@@ -196,7 +201,28 @@ impl Default for Table {
             entries: HashMap::new(),
             next_seq: 1,
             journal_bytes: 0,
+            replaced: HashMap::new(),
         }
+    }
+}
+
+impl Table {
+    /// Puts `entry` in `slot`; an attempt it replaces is remembered in
+    /// [`Table::replaced`].
+    pub(super) fn put(&mut self, slot: (i64, i64), entry: JobEntry) {
+        if let Some(old) = self.entries.insert(slot, entry) {
+            self.replaced
+                .entry(slot)
+                .or_default()
+                .push(old.view.key().attempt_id.clone());
+        }
+    }
+
+    /// Whether attempt `attempt_id` of `slot` was replaced by a newer one.
+    pub(super) fn was_replaced(&self, slot: (i64, i64), attempt_id: &str) -> bool {
+        self.replaced
+            .get(&slot)
+            .is_some_and(|old| old.iter().any(|a| a == attempt_id))
     }
 }
 

@@ -623,6 +623,9 @@ async fn hails_creates_run_service_account_new_attempt_and_format_1() {
         .map(|c| c.status.attempt_id.clone())
         .collect();
     assert_eq!(reported, ["aTt001", "aTt001b"]);
+    // The replaced attempt never runs again either.
+    again["job_spec"]["attempt_id"] = json!("aTt001");
+    assert_eq!(h.create(&again).await.0, StatusCode::FORBIDDEN);
 
     // Format 1: the whole status in job_complete, logs without the attempt.
     let mut v1: Value = serde_json::from_str(
