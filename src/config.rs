@@ -163,7 +163,12 @@ impl Effective {
                 "instance-config" => std::env::var("INSTANCE_CONFIG")
                     .ok()
                     .filter(|v| !v.trim().is_empty())
-                    .map(|v| (format!("<base64, {} bytes>", v.trim().len()), "INSTANCE_CONFIG")),
+                    .map(|v| {
+                        (
+                            format!("<base64, {} bytes>", v.trim().len()),
+                            "INSTANCE_CONFIG",
+                        )
+                    }),
                 "region" => std::env::var("REGION").ok().map(|v| (v, "REGION")),
                 _ => None,
             };
