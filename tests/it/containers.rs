@@ -533,11 +533,17 @@ async fn a_memory_hog_over_its_limit_fails_out_of_memory() {
         } => assert_eq!(memory_limit_bytes, 16 << 20),
         other => panic!("expected an out-of-memory failure, got {other:?}"),
     }
+    // Hail's reading: `failed`, the container's `short_error` "out of
+    // memory", exit code 137; the limit is in our extension.
     let (_, status) = h.status(5, 1).await;
     assert_eq!(status["state"], "failed");
-    let message = status["error"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("out of memory") && message.contains("16777216"),
+    assert_eq!(
+        status["container_statuses"]["main"]["short_error"], "out of memory",
+        "{status}"
+    );
+    assert_eq!(
+        status["batch_worker"]["worker_state"]["outcome"]["exit"]["memory_limit_bytes"],
+        16 << 20,
         "{status}"
     );
     assert_eq!(
@@ -709,7 +715,11 @@ async fn a_crash_leaves_containers_to_their_shims_and_the_restart_reattaches() {
     assert_eq!(create(second.base.clone(), 4).await, StatusCode::OK);
     second.wait_event(7, 4, "process_exited").await;
     let timed = status(second.base.clone(), 4).await;
-    assert_eq!(timed["state"], "failed", "{timed}");
+    assert_eq!(timed["state"], "error", "{timed}");
+    assert_eq!(
+        timed["container_statuses"]["main"]["short_error"],
+        "timed out"
+    );
     // The re-attached container is cancelled whole.
     http.delete(format!(
         "{}/api/v1alpha/batches/7/jobs/1/delete",

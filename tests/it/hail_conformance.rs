@@ -510,6 +510,8 @@ async fn job_complete_waits_for_a_slow_job_started_and_says_it_was_acknowledged(
             .collect()
     };
     for started in &received.started {
+        h.wait_event(3, started.status.job_id, "complete_delivered")
+            .await;
         let names = events(started.status.job_id);
         let at = |name: &str| names.iter().position(|n| n == name).unwrap();
         assert!(
