@@ -165,6 +165,12 @@ async fn create(
     let started = std::time::Instant::now();
     let answer = async {
         let body = body.map_err(ApiError::from_body_rejection)?;
+        // As Hail's worker: a worker not taking jobs says so first (503),
+        // whatever the body.
+        if let Err(not_taking) = worker.taking_jobs() {
+            wipe(body);
+            return Err(not_taking.into());
+        }
         let job = CreateJob::parse(&body);
         wipe(body);
         let job = job?;

@@ -252,6 +252,19 @@ impl Worker {
         self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the worker takes creates now.
+    ///
+    /// # Errors
+    /// [`CreateError::NotActivated`] before activation,
+    /// [`CreateError::ShuttingDown`] once shutdown began.
+    pub fn taking_jobs(&self) -> Result<(), CreateError> {
+        match self.phase() {
+            Phase::Starting => Err(CreateError::NotActivated),
+            Phase::Draining | Phase::Stopping => Err(CreateError::ShuttingDown),
+            Phase::Active => Ok(()),
+        }
+    }
+
     /// Accepts a validated create request: records `Created` and starts the
     /// attempt's own life. Does no blob-store IO and never waits on a job;
     /// its only wait is the journal's group commit of the `created` record.
@@ -265,11 +278,7 @@ impl Worker {
     /// (within [`CREATE_JOURNAL_WAIT`]), [`CreateError::DiskFull`] below the
     /// free-space floor.
     pub async fn create(&self, job: CreateJob) -> Result<JobKey, CreateError> {
-        match self.phase() {
-            Phase::Starting => return Err(CreateError::NotActivated),
-            Phase::Draining | Phase::Stopping => return Err(CreateError::ShuttingDown),
-            Phase::Active => {}
-        }
+        self.taking_jobs()?;
         self.check_room()?;
         let key = JobKey {
             batch_id: job.batch_id,

@@ -210,6 +210,11 @@ async fn creates_get_503_until_the_worker_is_activated() {
             .contains("not activated"),
         "{answer}"
     );
+    // Even a malformed create: the worker is not taking jobs (Hail's order).
+    assert_eq!(
+        h.create_raw("not json").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     // Hail's healthcheck: 503 until activated.
     assert_eq!(
         h.get("/healthcheck").await.0,
