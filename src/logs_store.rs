@@ -164,6 +164,25 @@ impl LogsStore {
                         self.resource_usage_key(key, format_version, task),
                     ),
                 ];
+                // A task that ran but was not sampled (its process had no
+                // cgroup) gets Hail's "no data", as Hail uploads for it.
+                let ran = tokio::fs::try_exists(dir.task_log(task))
+                    .await
+                    .unwrap_or(false);
+                let sampled = tokio::fs::try_exists(dir.task_resource_usage(task))
+                    .await
+                    .unwrap_or(false);
+                if ran && !sampled {
+                    let object = self.resource_usage_key(key, format_version, task);
+                    let no_data = PutPayload::from(crate::resource_usage::no_data());
+                    (|| async { self.store.put(&object, no_data.clone()).await })
+                        .retry(backoff(self.jitter_seed))
+                        .await
+                        .map_err(|source| UploadError::Store {
+                            key: object.to_string(),
+                            source,
+                        })?;
+                }
                 for (file, object) in files {
                     if tokio::fs::try_exists(&file).await.unwrap_or(false) {
                         (|| self.stream_file(&file, &object))

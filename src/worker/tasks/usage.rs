@@ -6,7 +6,8 @@
 //! main log; `GET .../resource_usage` reads it while the job runs.
 //!
 //! A process without a cgroup of its own (`--job-cgroups off`, or a
-//! runner without cgroups) gets the header alone: Hail's "no data". A v2
+//! runner without cgroups) gets no file: the endpoint answers Hail's "no
+//! data" (the header alone), and so does the logs store. A v2
 //! cgroup without the `cpu` and `memory` controllers is read through its
 //! processes in `/proc` instead ([`crate::cgroup::JobCgroup::usage`]). There
 //! are no per-job network counters yet, so both network fields are written
@@ -32,24 +33,12 @@ impl Worker {
     pub(super) async fn sample_usage(self, key: JobKey, stop: CancellationToken) {
         let dir = AttemptDir::new(&self.inner.settings.data_dir, &key);
         let path = dir.task_resource_usage("main");
-        let opened = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| {
-                if file.metadata()?.len() == 0 {
-                    file.write_all(&resource_usage::header())?;
-                }
-                Ok(file)
-            });
-        let mut file = match opened {
-            Ok(file) => file,
-            Err(e) => {
-                tracing::warn!(%key, error = %e, "resource usage not recorded");
-                return;
-            }
-        };
         let runner = self.inner.ports.runner.clone();
+        // One blocking step per sample, off the runtime's threads: read the
+        // cgroup, then append the record (or, the first time, open the
+        // file and write the header). No cgroup: no file at all (the
+        // endpoint and the logs upload give Hail's "no data").
+        let mut file: Option<std::fs::File> = None;
         let work = dir.work();
         let began = Instant::now();
         let mut sampler = Sampler::new();
@@ -58,14 +47,12 @@ impl Worker {
         // when a process ends: never counted backwards.
         let mut cpu_seen = 0u64;
         for tries in 0u32.. {
-            let probe_key = key.clone();
-            let probe_runner = runner.clone();
+            let (probe_key, probe_runner) = (key.clone(), runner.clone());
             let usage = tokio::task::spawn_blocking(move || probe_runner.usage(&probe_key))
                 .await
                 .ok()
                 .flatten();
             let Some(usage) = usage else {
-                // No cgroup: the header alone says "no data".
                 return;
             };
             let non_io_storage_bytes = files.measure(&work).await;
@@ -82,10 +69,37 @@ impl Worker {
                 net_up_bytes: None,
                 net_down_bytes: None,
             };
-            if let Some(record) = sampler.sample(readings) {
-                if let Err(e) = file.write_all(&record.encode()) {
-                    tracing::warn!(%key, error = %e, "resource usage record not written; sampling stops");
-                    return;
+            let record = sampler.sample(readings);
+            if file.is_none() || record.is_some() {
+                let (path, held) = (path.clone(), file.take());
+                let written = tokio::task::spawn_blocking(move || {
+                    let mut file = match held {
+                        Some(file) => file,
+                        None => {
+                            let mut file = std::fs::OpenOptions::new()
+                                .create(true)
+                                .append(true)
+                                .open(&path)?;
+                            // A file left from before a restart goes on.
+                            if file.metadata()?.len() == 0 {
+                                file.write_all(&resource_usage::header())?;
+                            }
+                            file
+                        }
+                    };
+                    if let Some(record) = record {
+                        file.write_all(&record.encode())?;
+                    }
+                    Ok::<_, std::io::Error>(file)
+                })
+                .await;
+                match written {
+                    Ok(Ok(held)) => file = Some(held),
+                    Ok(Err(e)) => {
+                        tracing::warn!(%key, error = %e, "resource usage not recorded; sampling stops");
+                        return;
+                    }
+                    Err(_) => return,
                 }
             }
             let delay = resource_usage::next_delay(began.elapsed(), tries, rand::random());
