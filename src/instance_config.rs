@@ -1,3 +1,7 @@
+//! This file is long (about 830 lines, 245 of them tests) because it is
+//! the whole of Hail's billing arithmetic for two clouds: every resource
+//! type, its machine tables and their checks against Hail's own values.
+//!
 //! The worker's instance config and the billed resources of each job.
 //!
 //! Hail's driver gives each worker a description of its VM, the *instance

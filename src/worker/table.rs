@@ -1,3 +1,6 @@
+//! This file is long (about 600 lines, half of them given/when/then tests)
+//! because the table step and its tests sit together.
+//!
 //! The job table: one entry per attempt, and [`Table::record`], the
 //! synchronous step every event goes through: apply it to the attempt's
 //! view, move what the event brought into the attempt's runtime, and turn

@@ -1,3 +1,8 @@
+//! This file is long (about 800 lines) because Hail's status is one
+//! nested shape (job, tasks, steps, container status) built in one place,
+//! with the report bodies derived from it and Python's `json.dumps`
+//! layout for `status.json`.
+//!
 //! What the worker shows of an attempt: the status JSON (`GET .../status`
 //! and `status.json` in the logs store) and the report bodies
 //! (`job_started`, `job_complete`). Each is a function of the attempt's
@@ -380,54 +385,35 @@ fn container_statuses(view: &AttemptView, state: &JobState) -> ContainerStatuses
     } else {
         steps.granted_ms
     };
-    let input = (steps.input_files > 0).then(|| {
-        let failed = error_of(ErrorKind::InputFailed);
-        let mut timing = Timing::default();
-        timing.step(
-            "running",
-            inputs_began,
-            steps
-                .inputs_done_ms
-                .or(ended.filter(|_| inputs_began.is_some())),
-        );
-        if inputs_began.is_some() {
-            uploads(&mut timing);
-        }
-        transfer_task(
-            name("input"),
-            inputs_began,
-            steps.inputs_done_ms,
-            failed,
-            timing,
-            cancelled,
-        )
-    });
-
+    // One transfer task: `running` from `began` to `done` (or the end),
+    // then the end's uploads.
+    let transfer = |task: &str, files: u32, began: Option<i64>, done: Option<i64>, kind| {
+        (files > 0).then(|| {
+            let mut timing = Timing::default();
+            timing.step("running", began, done.or(ended.filter(|_| began.is_some())));
+            if began.is_some() {
+                uploads(&mut timing);
+            }
+            transfer_task(name(task), began, done, error_of(kind), timing, cancelled)
+        })
+    };
+    let input = transfer(
+        "input",
+        steps.input_files,
+        inputs_began,
+        steps.inputs_done_ms,
+        ErrorKind::InputFailed,
+    );
     let outputs_began = steps
         .exited_ms
         .filter(|_| steps.output_files > 0 && view.exit().is_some_and(|e| e.is_success()));
-    let output = (steps.output_files > 0).then(|| {
-        let failed = error_of(ErrorKind::OutputFailed);
-        let mut timing = Timing::default();
-        timing.step(
-            "running",
-            outputs_began,
-            steps
-                .outputs_done_ms
-                .or(ended.filter(|_| outputs_began.is_some())),
-        );
-        if outputs_began.is_some() {
-            uploads(&mut timing);
-        }
-        transfer_task(
-            name("output"),
-            outputs_began,
-            steps.outputs_done_ms,
-            failed,
-            timing,
-            cancelled,
-        )
-    });
+    let output = transfer(
+        "output",
+        steps.output_files,
+        outputs_began,
+        steps.outputs_done_ms,
+        ErrorKind::OutputFailed,
+    );
 
     ContainerStatuses {
         input,
