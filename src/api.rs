@@ -12,6 +12,10 @@
 //! | GET | `/healthcheck` | `{"name": worker}`; 503 before activation and while shutting down |
 //! | GET | `/metrics` | Prometheus text format 0.0.4 (see [`crate::metrics`]) |
 //! | POST | `/api/v1alpha/kill` | 200; the worker begins shutdown |
+//! | GET | `/batch-worker/v1/jobs`, `/batch-worker/v1/worker` | our own calls, for operators: see [`extension`] |
+//!
+//! The log call honours `Range: bytes=N-` (206 with the bytes from `N`,
+//! 416 past the end), which `jobs log -f` follows a log with.
 //!
 //! With an API token ([`ApiConfig::api_token`]), every path but
 //! `/healthcheck` and `/metrics` answers 401 without `Authorization:
@@ -22,6 +26,7 @@
 pub mod auth;
 mod body_guard;
 mod error;
+pub mod extension;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -109,6 +114,8 @@ pub fn router(worker: Worker, config: &ApiConfig) -> Router {
             "/api/v1alpha/batches/{batch_id}/jobs/{job_id}/resource_usage",
             get(resource_usage),
         )
+        .route(extension::JOBS_PATH, get(extension::list))
+        .route(extension::WORKER_PATH, get(extension::about))
         .route("/healthcheck", get(healthcheck))
         .route("/metrics", get(metrics))
         .route("/api/v1alpha/kill", post(kill))
@@ -273,6 +280,7 @@ async fn log(
         job_id,
         container,
     }: JobPath,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let (tasks, dir) = worker.tasks(batch_id, job_id)?;
     let task = container.unwrap_or_default();
@@ -285,17 +293,33 @@ async fn log(
         )));
     }
     let path = dir.task_log(&task);
-    let body = match tokio::fs::File::open(&path).await {
-        Ok(file) => Body::from_stream(tokio_util::io::ReaderStream::new(file)),
-        // The task has not run (yet): an empty log.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Body::empty(),
-        Err(e) => {
-            return Err(ApiError::Unavailable(format!(
-                "cannot read the log of job {batch_id}:{job_id}: {e}"
-            )))
+    match tokio::fs::metadata(&path).await {
+        // tower-http's file service: the whole log (200), or from a
+        // `Range: bytes=N-` on (206; 416 once `N` is the log's length).
+        Ok(_) => {
+            let file = tower_http::services::ServeFile::new_with_mime(
+                &path,
+                &"text/plain; charset=utf-8"
+                    .parse()
+                    .expect("a valid mime type"),
+            );
+            match tower::ServiceExt::oneshot(file, request).await {
+                Ok(answer) => Ok(answer.map(Body::new)),
+                Err(e) => Err(ApiError::Unavailable(format!(
+                    "cannot read the log of job {batch_id}:{job_id}: {e}"
+                ))),
+            }
         }
-    };
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+        // The task has not run (yet): an empty log.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            Body::empty(),
+        )
+            .into_response()),
+        Err(e) => Err(ApiError::Unavailable(format!(
+            "cannot read the log of job {batch_id}:{job_id}: {e}"
+        ))),
+    }
 }
 
 /// Hail's `get_job_resource_usage`: `{task: base64 of its resource-usage

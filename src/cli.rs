@@ -11,13 +11,19 @@
 //! - [`spec`]: `spec show`, one job's spec or what is wrong with its bunch.
 //! - [`image`]: `image pull`, and the registry flags `serve` shares.
 //! - [`config`]: `config`, the effective configuration of `serve`.
+//! - [`jobs`]: `jobs list | status | events | log | cancel`, a client of
+//!   one worker's API.
+//! - [`submit`]: `submit` (a bunch written and its jobs created on a
+//!   worker) and `bunch write`.
 
 pub mod config;
 pub mod demo;
 pub mod image;
+pub mod jobs;
 pub mod replay;
 pub mod serve;
 pub mod spec;
+pub mod submit;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -88,6 +94,25 @@ pub enum Command {
         /// What to do with the spec.
         #[command(subcommand)]
         command: SpecCommand,
+    },
+    /// A worker's jobs, from the shell: list, status, events, log (-f
+    /// follows), cancel. Talks to the worker at --worker
+    /// (http://127.0.0.1:5000 by default).
+    Jobs {
+        /// What to do.
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+    },
+    /// Submit job specs by hand (a JSON Lines file, one spec per line):
+    /// write them as a bunch in the worker's spec store, create each job
+    /// as Hail's driver would, and print each job's outcome as it ends.
+    /// Exits 0 when every job succeeded.
+    Submit(Box<submit::SubmitArgs>),
+    /// Spec bunches, as Hail's driver writes them.
+    Bunch {
+        /// What to do.
+        #[command(subcommand)]
+        command: submit::BunchCommand,
     },
     /// Container images in the worker's image cache.
     Image {
@@ -224,6 +249,12 @@ pub enum CliError {
     /// The journal could not be replayed.
     #[error(transparent)]
     Replay(#[from] crate::replay::ReplayError),
+    /// A call to a worker failed (`jobs`, `submit`).
+    #[error(transparent)]
+    Client(crate::client::ClientError),
+    /// A specs file is unusable (`submit`, `bunch write`).
+    #[error(transparent)]
+    Specs(#[from] crate::submit::SpecsFileError),
     /// Listening, serving or printing failed.
     #[error("{context}: {source}")]
     Io {
@@ -299,6 +330,9 @@ pub async fn run(
         Command::Replay(args) => replay::run(&args),
         Command::Spec { command } => spec::run(&command).await,
         Command::Image { command } => image::run(&command).await,
+        Command::Jobs { command } => jobs::run(&command).await,
+        Command::Submit(args) => submit::run(&args).await,
+        Command::Bunch { command } => submit::run_bunch(&command).await,
         Command::Demo(args) => demo::run(&args).await,
     }
 }

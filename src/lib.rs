@@ -14,6 +14,9 @@
 //! # Layout
 //!
 //! - [`api`]: the HTTP API (axum): thin handlers and the one error envelope.
+//! - [`client`]: [`client::WorkerClient`], the API from the other side,
+//!   for `jobs` and `submit`; [`submit`]: writing bunches and creating
+//!   their jobs by hand.
 //! - [`cli`], [`config`]: the flags, and where their values come from (TOML
 //!   file, environment, command line).
 //! - [`server`]: [`server::serve`], the API until a shutdown future completes.
@@ -62,6 +65,7 @@ pub mod api;
 pub mod bunch;
 pub mod cgroup;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod container;
 #[doc(hidden)]
@@ -83,6 +87,7 @@ pub mod shim;
 pub mod spec_diag;
 pub mod spec_store;
 pub mod store;
+pub mod submit;
 pub mod transfer;
 pub mod wire;
 pub mod worker;

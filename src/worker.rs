@@ -34,6 +34,7 @@
 mod builder;
 mod journaling;
 mod lifecycle;
+mod listing;
 mod lock;
 mod recovery;
 mod table;
@@ -70,6 +71,7 @@ pub use recovery::Recovery;
 pub use tasks::attempt_span;
 pub use view::{hail_exit_code, status as status_of, Identity, JobStatus, EXTENSION_KEY};
 
+pub use listing::{JobPage, JobSummary, ListFilter, WorkerInfo, DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS};
 use table::{Attach, JobEntry, Table};
 use tasks::JobFilePools;
 
@@ -131,6 +133,9 @@ struct Settings {
     identity: Identity,
     /// Absolute; holds `journal/`, attempts' directories, the lock.
     data_dir: PathBuf,
+    /// The spec store as operators type it, if known (see
+    /// [`WorkerBuilder::spec_store_location`]).
+    spec_store_location: Option<String>,
     /// Bytes appended to the journal after which it is compacted.
     journal_segment_bytes: u64,
     /// Creates are refused while the data dir's file system has fewer
@@ -580,6 +585,30 @@ impl Worker {
             let dir = AttemptDir::new(&self.inner.settings.data_dir, entry.view.key());
             (tasks, dir)
         })
+    }
+
+    /// One page of the attempts on the worker that `filter` admits, by
+    /// `(batch_id, job_id)` (see [`listing`]).
+    pub fn list(&self, filter: &ListFilter) -> JobPage {
+        listing::page(self.table().values().map(|e| &e.view), filter)
+    }
+
+    /// What the worker is: its name, spec store, capacity and what is free,
+    /// and how many attempts it holds (`GET /batch-worker/v1/worker`).
+    pub fn about(&self) -> WorkerInfo {
+        let settings = &self.inner.settings;
+        let (free_mcpu, free_mib) = self.resources_available();
+        WorkerInfo {
+            name: settings.identity.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            spec_store: settings.spec_store_location.clone(),
+            cores_mcpu: settings.capacity.cores_mcpu,
+            memory_bytes: settings.capacity.memory_bytes,
+            free_cores_mcpu: free_mcpu,
+            free_memory_bytes: free_mib.saturating_mul(1 << 20),
+            attempts: self.table().len(),
+            taking_jobs: self.taking_jobs().is_ok(),
+        }
     }
 
     /// States of every attempt on the worker, keyed by attempt.

@@ -70,6 +70,53 @@ impl JobState {
         }
     }
 
+    /// The state for a person, in words: `"succeeded (exit 0)"`,
+    /// `"failed (exit 3)"`, `"timed out after 1.5 s"`, `"errored:
+    /// spec_missing: ..."`, `"running (pid 4242)"`, `"waiting for cores and
+    /// memory"`. Used by `jobs list`, `jobs status` and `replay`.
+    pub fn in_words(&self) -> String {
+        match self {
+            JobState::Accepted => "accepted (its spec read has not begun)".to_owned(),
+            JobState::LoadingSpec => "loading its spec".to_owned(),
+            JobState::Running { phase } => match phase {
+                RunPhase::WaitingForResources => "waiting for cores and memory".to_owned(),
+                RunPhase::Initializing => {
+                    "initializing (pulling its image, staging its inputs)".to_owned()
+                }
+                RunPhase::Starting => "starting its process".to_owned(),
+                RunPhase::Executing { pid } => format!("running (pid {pid})"),
+                RunPhase::UploadingOutputs => "uploading its outputs".to_owned(),
+                RunPhase::Cancelling => "cancelling (ending its process)".to_owned(),
+            },
+            JobState::Done { outcome } => match outcome {
+                Outcome::Succeeded => "succeeded (exit 0)".to_owned(),
+                Outcome::Cancelled => "cancelled".to_owned(),
+                Outcome::Failed { exit } => match *exit {
+                    ExitStatus::Code { code } => format!("failed (exit {code})"),
+                    ExitStatus::Signal { signal } => {
+                        format!("failed (killed by signal {signal}, exit {})", 128 + signal)
+                    }
+                    ExitStatus::TimedOut { timeout_ms } => {
+                        format!("timed out after {:.1} s", timeout_ms as f64 / 1000.0)
+                    }
+                    ExitStatus::StorageExceeded {
+                        limit_bytes,
+                        used_bytes,
+                    } => format!(
+                        "ended: its files took {used_bytes} bytes, over its storage bound of {limit_bytes} bytes"
+                    ),
+                    ExitStatus::OutOfMemory {
+                        code,
+                        memory_limit_bytes,
+                    } => format!(
+                        "out of memory (over its limit of {memory_limit_bytes} bytes, exit {code})"
+                    ),
+                },
+            },
+            JobState::Errored { kind, message } => format!("errored: {kind}: {message}"),
+        }
+    }
+
     /// The state as Hail's status JSON and the driver see it.
     pub fn wire_state(&self) -> WireState {
         match self {

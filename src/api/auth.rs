@@ -106,6 +106,18 @@ impl ApiToken {
         Ok(ApiToken(Arc::new(Secret::new(token.to_vec()))))
     }
 
+    /// The `Authorization: Bearer <token>` header value a client sends,
+    /// marked sensitive (never logged).
+    pub fn header_value(&self) -> axum::http::HeaderValue {
+        let mut bearer = b"Bearer ".to_vec();
+        bearer.extend_from_slice(self.0.expose());
+        let mut value = axum::http::HeaderValue::from_bytes(&bearer)
+            .expect("a token is printable ASCII, so a valid header value");
+        zeroize::Zeroize::zeroize(&mut bearer);
+        value.set_sensitive(true);
+        value
+    }
+
     /// Whether an `Authorization` header value carries this token.
     fn admits(&self, authorization: &[u8]) -> bool {
         // RFC 7235: the scheme is case-insensitive, then one or more spaces.

@@ -456,6 +456,18 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
     };
     let spec_store = remote(args.spec_store.as_ref())?;
     let logs_store = remote(args.logs_store.as_ref())?;
+    // Shown by `GET /batch-worker/v1/worker`, for `submit`.
+    builder = builder.spec_store_location(match &args.spec_store {
+        Some(url) => redact_url(url),
+        None => {
+            let data_dir =
+                std::path::absolute(&args.data_dir).map_err(|source| StartError::DataDir {
+                    path: args.data_dir.clone(),
+                    source,
+                })?;
+            format!("file://{}", data_dir.join("specs").display())
+        }
+    });
     let executor = args.executor.clone();
     let kill_grace = Duration::from_millis(args.spec.kill_grace_ms);
     let spec = args.spec.clone();

@@ -164,6 +164,7 @@ pub struct WorkerBuilder {
     driver: Option<DriverClient>,
     journal: JournalOptions,
     specs: Option<SpecStore>,
+    spec_store_location: Option<String>,
     logs: Option<LogsStore>,
     stores: Option<MakeStores>,
     capacity: Option<Capacity>,
@@ -186,6 +187,7 @@ impl WorkerBuilder {
             driver: None,
             journal: JournalOptions::default(),
             specs: None,
+            spec_store_location: None,
             logs: None,
             stores: None,
             capacity: None,
@@ -253,6 +255,16 @@ impl WorkerBuilder {
     /// Where specs are read. Default: local files in `{data_dir}/specs`.
     pub fn specs(mut self, specs: SpecStore) -> WorkerBuilder {
         self.specs = Some(specs);
+        self
+    }
+
+    /// Where the spec store is, as operators type it (`file:///srv/specs`,
+    /// `s3://bucket/specs`; credentials redacted), shown by `GET
+    /// /batch-worker/v1/worker` so that `submit` can write its bunches
+    /// there. Default: `file://{data_dir}/specs` when the specs are the
+    /// default local files, else unknown.
+    pub fn spec_store_location(mut self, location: impl Into<String>) -> WorkerBuilder {
+        self.spec_store_location = Some(location.into());
         self
     }
 
@@ -361,6 +373,11 @@ impl WorkerBuilder {
             }
             None => (self.specs, self.logs),
         };
+        let spec_store_location = match (&specs, self.spec_store_location) {
+            (_, Some(location)) => Some(location),
+            (None, None) => Some(format!("file://{}", data_dir.join("specs").display())),
+            (Some(_), None) => None,
+        };
         let specs = match specs {
             Some(specs) => specs,
             None => SpecStore::new(
@@ -405,6 +422,7 @@ impl WorkerBuilder {
                         instance_config: self.instance_config.map(Arc::new),
                     },
                     data_dir,
+                    spec_store_location,
                     journal_segment_bytes: self.journal_segment_bytes,
                     min_free_bytes: self.journal.min_free_bytes,
                     retention: self.retention,

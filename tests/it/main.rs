@@ -90,6 +90,7 @@ mod log_format;
 mod logs_upload;
 mod metrics;
 mod model_based;
+mod operator_cli;
 mod processes;
 mod reattach;
 mod replay;
