@@ -420,7 +420,7 @@ pub fn render_status(status: &Value) -> String {
         let names: Vec<String> = secrets.iter().map(text).collect();
         add("secrets", names.join(", "));
     }
-    let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    let width = lines.iter().map(|(l, _)| l.len() + 1).max().unwrap_or(0);
     lines
         .into_iter()
         .map(|(label, value)| format!("{:<width$}  {value}\n", format!("{label}:")))

@@ -30,18 +30,7 @@ fn images() -> Option<(String, String)> {
 /// The test image named by the variable `var`, or `None` (skip) when unset
 /// and `BW_REQUIRE_CONTAINERS` is not.
 fn test_image(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(image) => Some(image),
-        Err(_) if std::env::var_os("BW_REQUIRE_CONTAINERS").is_some() => {
-            panic!("{var} is not set but BW_REQUIRE_CONTAINERS is (scripts/containers.sh)")
-        }
-        Err(_) => {
-            eprintln!(
-                "container tests skipped: {var} is not set (eval \"$(scripts/containers.sh)\")"
-            );
-            None
-        }
-    }
+    crate::skips::service_var(crate::skips::Service::Containers, var)
 }
 
 fn registry_of(image: &str) -> String {

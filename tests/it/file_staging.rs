@@ -24,13 +24,9 @@ fn stores(scratch: &std::path::Path) -> Vec<(&'static str, String)> {
         ("Azurite", "BW_TEST_AZ_ROOT"),
         ("S3 (moto)", "BW_TEST_S3_ROOT"),
     ] {
-        match std::env::var(var) {
-            // `az://bw-test/specs` → `az://bw-test/files/`
-            Ok(root) => all.push((name, format!("{}/files/", root.trim_end_matches("/specs")))),
-            Err(_) if std::env::var_os("BW_REQUIRE_EMULATORS").is_some() => {
-                panic!("{var} is not set but BW_REQUIRE_EMULATORS is")
-            }
-            Err(_) => eprintln!("{name} skipped: {var} is not set (scripts/emulators.sh)"),
+        // `az://bw-test/specs` → `az://bw-test/files/`
+        if let Some(root) = crate::skips::service_var(crate::skips::Service::Emulators, var) {
+            all.push((name, format!("{}/files/", root.trim_end_matches("/specs"))));
         }
     }
     all
@@ -176,12 +172,8 @@ async fn a_missing_output_file_errors_output_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_output_goes_up_in_parts() {
-    let Ok(root) = std::env::var("BW_TEST_S3_ROOT") else {
-        assert!(
-            std::env::var_os("BW_REQUIRE_EMULATORS").is_none(),
-            "BW_TEST_S3_ROOT is not set but BW_REQUIRE_EMULATORS is"
-        );
-        eprintln!("skipped: BW_TEST_S3_ROOT is not set (scripts/emulators.sh)");
+    let Some(root) = crate::skips::service_var(crate::skips::Service::Emulators, "BW_TEST_S3_ROOT")
+    else {
         return;
     };
     let h = Harness::in_memory().await;

@@ -101,6 +101,7 @@ mod server_limits;
 mod shutdown;
 mod sim;
 mod simulation;
+mod skips;
 mod spec_properties;
 mod spec_show;
 mod store_config;

@@ -246,44 +246,30 @@ fn file_world() -> &'static World {
 }
 
 /// A world over the emulator store named by `$var` (a root URL such as
-/// `az://bw-test/specs`, set by `scripts/emulators.sh`), or `None` with
-/// the reason printed once when the variable is not set.
-fn emulator_world(
-    var: &'static str,
-    cell: &'static OnceLock<Option<World>>,
-) -> Option<&'static World> {
-    cell.get_or_init(|| match std::env::var(var) {
-        Ok(root) => {
-            let url = url::Url::parse(&root).unwrap_or_else(|e| panic!("{var}={root}: {e}"));
-            let (store, path) = batch_worker::store::open_store(&url)
-                .unwrap_or_else(|e| panic!("{var}={root}: {e}"));
-            // The emulator outlives a test run: a fresh prefix per run, so
-            // a case's "missing" object is not one an earlier run wrote.
-            let run = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            Some(World::new(store, path.join(format!("run{run}")), None))
-        }
-        Err(_) if std::env::var_os("BW_REQUIRE_EMULATORS").is_some() => {
-            panic!("{var} is not set but BW_REQUIRE_EMULATORS is: start scripts/emulators.sh")
-        }
-        Err(_) => {
-            eprintln!(
-                "skipped: {var} is not set (scripts/emulators.sh start, then . .emulators/env; CI always sets it)"
-            );
-            None
-        }
-    })
-    .as_ref()
+/// `az://bw-test/specs`, set by `scripts/emulators.sh`), or `None` (the
+/// test skips, recorded by [`crate::skips`]) when the variable is not set.
+fn emulator_world(var: &'static str, cell: &'static OnceLock<World>) -> Option<&'static World> {
+    let root = crate::skips::service_var(crate::skips::Service::Emulators, var)?;
+    Some(cell.get_or_init(|| {
+        let url = url::Url::parse(&root).unwrap_or_else(|e| panic!("{var}={root}: {e}"));
+        let (store, path) =
+            batch_worker::store::open_store(&url).unwrap_or_else(|e| panic!("{var}={root}: {e}"));
+        // The emulator outlives a test run: a fresh prefix per run, so
+        // a case's "missing" object is not one an earlier run wrote.
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        World::new(store, path.join(format!("run{run}")), None)
+    }))
 }
 
 fn azurite_world() -> Option<&'static World> {
-    static WORLD: OnceLock<Option<World>> = OnceLock::new();
+    static WORLD: OnceLock<World> = OnceLock::new();
     emulator_world("BW_TEST_AZ_ROOT", &WORLD)
 }
 
 fn s3_world() -> Option<&'static World> {
-    static WORLD: OnceLock<Option<World>> = OnceLock::new();
+    static WORLD: OnceLock<World> = OnceLock::new();
     emulator_world("BW_TEST_S3_ROOT", &WORLD)
 }
 
