@@ -127,7 +127,7 @@ impl Report {
         let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
         let _ = writeln!(
             out,
-            r#"<text x="10" y="18" font-size="13" font-weight="bold">batch-worker replay: {} attempts over {} from {} (+0 s)</text>"#,
+            r#"<text x="10" y="18" font-size="13" font-weight="bold">batch-worker replay: {} attempts over {}; 0 s on the axis is {}</text>"#,
             rows,
             escape(&duration(end - origin)),
             escape(&origin_text(self.summary.first_ms)),
@@ -302,11 +302,16 @@ impl Report {
         );
         if let Some(peak) = peak.filter(|p| p.mcpu > 0) {
             let (px, py) = (x(peak.time_ms), y(peak.mcpu));
+            // The label left of the mark when the mark is far right.
+            let (label_x, anchor) = if px > PLOT_X + 0.7 * PLOT_W {
+                (px - 6.0, "end")
+            } else {
+                (px + 6.0, "start")
+            };
             let _ = writeln!(
                 out,
-                r##"<line x1="{PLOT_X}" y1="{py:.1}" x2="{:.0}" y2="{py:.1}" stroke="#de2d26" stroke-dasharray="4 3" stroke-width=".8"/><circle cx="{px:.1}" cy="{py:.1}" r="3" fill="#de2d26"/><text x="{:.1}" y="{:.1}" fill="#de2d26">peak {} cores at {}</text>"##,
+                r##"<line x1="{PLOT_X}" y1="{py:.1}" x2="{:.0}" y2="{py:.1}" stroke="#de2d26" stroke-dasharray="4 3" stroke-width=".8"/><circle cx="{px:.1}" cy="{py:.1}" r="3" fill="#de2d26"/><text x="{label_x:.1}" y="{:.1}" text-anchor="{anchor}" fill="#de2d26">peak {} cores at {}</text>"##,
                 PLOT_X + PLOT_W,
-                px + 6.0,
                 py - 5.0,
                 cores(peak.mcpu),
                 escape(&relative(peak.time_ms - origin)),

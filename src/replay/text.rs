@@ -66,11 +66,10 @@ pub fn duration(ms: i64) -> String {
     } else if ms < 60_000 {
         format!("{}.{:03} s", ms / 1000, ms % 1000)
     } else if ms < 3_600_000 {
-        format!(
-            "{} min {:04.1} s",
-            ms / 60_000,
-            (ms % 60_000) as f64 / 1000.0
-        )
+        // In tenths of a second, rounded (59.96 s is 1 min 00.0 s).
+        let tenths = (ms + 50) / 100;
+        let (minutes, rest) = (tenths / 600, tenths % 600);
+        format!("{minutes} min {:02}.{} s", rest / 10, rest % 10)
     } else {
         format!("{} h {:02} min", ms / 3_600_000, (ms % 3_600_000) / 60_000)
     };
