@@ -9,7 +9,7 @@
 //! [`crate::journal`].
 //!
 //! This file reads the journal files and folds them, with the problem
-//! checks and the summary's tallies (about 750 lines, the replay tool's one
+//! checks and the summary's tallies (about 720 lines, the replay tool's one
 //! job; the fold itself is `AttemptView`). Its parts: [`phases`] (what an
 //! attempt was doing when), [`text`] (the report for a person), [`trace`]
 //! (a Chrome trace-event file) and [`svg`] (a timeline picture).

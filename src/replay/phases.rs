@@ -263,3 +263,72 @@ pub fn peak(points: &[CoresPoint]) -> Option<CoresPoint> {
         .copied()
         .reduce(|best, p| if p.mcpu > best.mcpu { p } else { best })
 }
+
+#[cfg(test)]
+mod tests {
+    use batch_worker_model::{History, JobKey, ProcessKind};
+
+    use super::*;
+
+    /// An attempt granted `mcpu` at `granted` whose process ended at `exited`.
+    fn held(job_id: i64, mcpu: u64, granted: i64, exited: Option<i64>) -> AttemptView {
+        let key = JobKey {
+            batch_id: 1,
+            job_id,
+            attempt_id: "a".into(),
+        };
+        let (mut view, _) =
+            AttemptView::created(key, 1, 0, &Event::created(2), History::Dropped).unwrap();
+        let loaded = Event::SpecLoaded {
+            process: ProcessKind::Docker,
+            size_bytes: 1,
+            unsupported: vec![],
+            cores_mcpu: mcpu,
+            memory_bytes: 0,
+            input_files: 0,
+            output_files: 0,
+            image: None,
+            resources: None,
+        };
+        for (time, event) in [
+            (0, Event::SpecLoadStarted),
+            (0, loaded),
+            (granted, Event::ResourcesGranted),
+            (granted, Event::ProcessStarted { pid: 1 }),
+        ] {
+            view.apply(2, time, &event).unwrap();
+        }
+        if let Some(exited) = exited {
+            let exit = Event::ProcessExited {
+                exit: batch_worker_model::ExitStatus::Code { code: 0 },
+                duration_ms: 1,
+            };
+            view.apply(3, exited, &exit).unwrap();
+        }
+        view
+    }
+
+    #[test]
+    fn cores_are_held_from_the_grant_to_the_exit_and_a_release_makes_room_at_once() {
+        let views = [
+            held(1, 1000, 10, Some(20)),
+            // Granted as the first ends: never 2 cores at once.
+            held(2, 1000, 20, Some(30)),
+            // Still running when the journal ends at 50.
+            held(3, 500, 25, None),
+        ];
+        let points = cores_in_use(views.iter(), 50);
+        let steps: Vec<(i64, u64)> = points.iter().map(|p| (p.time_ms, p.mcpu)).collect();
+        assert_eq!(
+            steps,
+            [(10, 1000), (20, 1000), (25, 1500), (30, 500), (50, 0)]
+        );
+        assert_eq!(
+            peak(&points),
+            Some(CoresPoint {
+                time_ms: 25,
+                mcpu: 1500
+            })
+        );
+    }
+}

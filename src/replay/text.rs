@@ -496,3 +496,23 @@ fn render_timeline(out: &mut String, timeline: &Timeline, origin: i64, time: Tim
         .collect();
     let _ = writeln!(out, "  phases: {}", spans.join(", "));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_offsets_read_as_a_person_writes_them() {
+        assert_eq!(duration(12), "12 ms");
+        assert_eq!(duration(1991), "1.991 s");
+        assert_eq!(duration(123_400), "2 min 03.4 s");
+        // Rounded to tenths without a "60.0 s".
+        assert_eq!(duration(179_990), "3 min 00.0 s");
+        assert_eq!(duration(3_720_000), "1 h 02 min");
+        assert_eq!(relative(12_345), "+12.345 s");
+        assert_eq!(relative(-10), "-0.010 s");
+        assert_eq!(iso(1_764_504_000_123), "2025-11-30T12:00:00.123Z");
+        assert_eq!(cores(250), "0.25");
+        assert_eq!(cores(2000), "2");
+    }
+}
