@@ -2,23 +2,33 @@
 //! crate's transition function (the one definition of the rules), and
 //! reports timelines, a summary and every problem found.
 //!
-//! `batch-worker replay PATH [--job BATCH:JOB] [--json] [--check] [--until SEQ]`
+//! `batch-worker replay PATH [--job BATCH:JOB] [--timelines] [--time iso]
+//! [--json] [--check] [--until SEQ] [--trace FILE] [--timeline FILE.svg]`
 //! reads a journal file, every `*.jnl` file (in name order) of a
 //! directory, or a worker's data directory (its `journal/`). The format is
 //! [`crate::journal`].
 //!
-//! This file is long (about 650 lines): reading the journal files, the
-//! fold with its problem checks, the summary and the text rendering are the
-//! replay tool's one job; the fold itself is `AttemptView`.
+//! This file reads the journal files and folds them, with the problem
+//! checks and the summary's tallies (about 720 lines, the replay tool's one
+//! job; the fold itself is `AttemptView`). Its parts: [`phases`] (what an
+//! attempt was doing when), [`text`] (the report for a person), [`trace`]
+//! (a Chrome trace-event file) and [`svg`] (a timeline picture).
+
+pub mod phases;
+pub mod svg;
+pub mod text;
+pub mod trace;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::path::Path;
 
 use batch_worker_model::{AttemptView, Event, History, JobKey, JobState};
 use serde::Serialize;
 
 use crate::journal::{decode_prefix, JournalError, JournalRecord};
+use phases::{CoresPoint, Phase, PhaseSpan, PhaseTracker};
+
+pub use text::{RenderOptions, TimeFormat};
 
 /// One event of one attempt, as replayed.
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +54,10 @@ pub struct Timeline {
     pub steps: Vec<Step>,
     /// The state after the last event.
     pub final_state: JobState,
+    /// What it was doing when: one span per phase it went through, in
+    /// order, without gaps; the last is `open` when the journal ends
+    /// inside it.
+    pub phases: Vec<PhaseSpan>,
     /// The attempt as its events made it: the same fold the worker keeps
     /// live and rebuilds at start, so its status JSON
     /// ([`crate::worker::status_of`]) is the worker's.
@@ -165,21 +179,48 @@ impl Percentiles {
     }
 }
 
-/// Counts and durations over every attempt replayed.
+/// The durations of one phase over the attempts (its closed spans only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PhaseStats {
+    /// The phase.
+    pub phase: Phase,
+    /// Its durations, in ms.
+    #[serde(flatten)]
+    pub durations: Percentiles,
+}
+
+/// Counts and durations over a set of attempts: every attempt replayed
+/// ([`Report::summary`]) or one job's ([`Report::job_summary`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    /// Records replayed.
+    /// Records replayed (of these attempts).
     pub records: usize,
     /// Attempts seen.
     pub attempts: usize,
-    /// Attempts by final state (`succeeded`, `error`, ...).
+    /// Attempts by final state as the driver names it (`succeeded`,
+    /// `error`, ...; a timeout is `error`, as Hail's).
     pub by_state: BTreeMap<String, usize>,
     /// Errored attempts by kind.
     pub by_error_kind: BTreeMap<String, usize>,
+    /// Attempts by final state in words (`succeeded`, `failed`, `timed
+    /// out`, `errored`, `cancelled`, `still running`, ...; see
+    /// [`text::outcome`]).
+    pub by_outcome: BTreeMap<String, usize>,
     /// From `created` to `process_started`.
     pub accepted_to_running: Percentiles,
     /// From `spec_load_started` to `spec_loaded` or `spec_load_failed`.
     pub spec_load: Percentiles,
+    /// Each phase some attempt finished, in [`Phase::ALL`] order: its
+    /// durations (a span the journal ends in is not counted).
+    pub phases: Vec<PhaseStats>,
+    /// The first record's time, ms since the Unix epoch (`None`: no record).
+    pub first_ms: Option<i64>,
+    /// The last record's time, ms since the Unix epoch.
+    pub last_ms: Option<i64>,
+    /// The most cores in use at once (see [`phases::cores_in_use`]), mcpu.
+    pub peak_cores_mcpu: u64,
+    /// When that peak began, ms since the Unix epoch.
+    pub peak_at_ms: Option<i64>,
 }
 
 /// The result of a replay.
@@ -189,14 +230,24 @@ pub struct Report {
     pub timelines: Vec<Timeline>,
     /// Summary over every attempt.
     pub summary: Summary,
+    /// With [`ReplayOptions::job`]: the summary of that job's attempts
+    /// only (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_summary: Option<Summary>,
     /// Problems found; `--check` fails when there is any.
     pub problems: Vec<Problem>,
+    /// The cores in use over the whole journal (every attempt, whatever
+    /// the job selected), a step function.
+    #[serde(skip)]
+    pub cores_in_use: Vec<CoresPoint>,
 }
 
 /// What to replay.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReplayOptions {
-    /// Only this `(batch_id, job_id)`'s timelines (checks still cover all).
+    /// Only this `(batch_id, job_id)`'s timelines, and its own
+    /// [`Report::job_summary`] (checks and [`Report::summary`] still cover
+    /// all).
     pub job: Option<(i64, i64)>,
     /// Stop after this sequence number (the state at a past moment).
     pub until: Option<u64>,
@@ -369,6 +420,77 @@ struct Replayed {
     view: AttemptView,
     /// Its steps, kept only for the attempts whose timeline is reported.
     steps: Option<Vec<Step>>,
+    /// Its phase now.
+    tracker: PhaseTracker,
+    /// Its phases so far, kept with its steps.
+    spans: Option<Vec<PhaseSpan>>,
+}
+
+/// Counts gathered during the fold, for one [`Summary`].
+#[derive(Default)]
+struct Tally {
+    records: usize,
+    first_ms: Option<i64>,
+    last_ms: Option<i64>,
+    /// Closed spans' durations, by [`Phase::index`], in ms.
+    phases: [Vec<i64>; Phase::ALL.len()],
+}
+
+impl Tally {
+    fn record(&mut self, time_ms: i64) {
+        self.records += 1;
+        self.first_ms = Some(self.first_ms.map_or(time_ms, |t| t.min(time_ms)));
+        self.last_ms = Some(self.last_ms.map_or(time_ms, |t| t.max(time_ms)));
+    }
+
+    /// The summary of `views` (the attempts this tally counted), whose
+    /// cores are `cores`.
+    fn summary<'a>(
+        self,
+        views: impl Iterator<Item = &'a AttemptView>,
+        cores: &[CoresPoint],
+    ) -> Summary {
+        let mut by_state = BTreeMap::new();
+        let mut by_error_kind = BTreeMap::new();
+        let mut by_outcome = BTreeMap::new();
+        let mut accepted_to_running = Vec::new();
+        let mut spec_load = Vec::new();
+        let mut attempts = 0;
+        for view in views {
+            attempts += 1;
+            accepted_to_running.extend(view.accepted_to_running_ms());
+            spec_load.extend(view.spec_load_ms());
+            let state = view.state_ref();
+            *by_state.entry(state.wire_state().as_str()).or_default() += 1;
+            *by_outcome.entry(text::outcome(state)).or_default() += 1;
+            if let JobState::Errored { kind, .. } = state {
+                *by_error_kind.entry(kind.as_str()).or_default() += 1;
+            }
+        }
+        let peak = phases::peak(cores);
+        Summary {
+            records: self.records,
+            attempts,
+            by_state: owned_keys(by_state),
+            by_error_kind: owned_keys(by_error_kind),
+            by_outcome: owned_keys(by_outcome),
+            accepted_to_running: Percentiles::of(accepted_to_running),
+            spec_load: Percentiles::of(spec_load),
+            phases: Phase::ALL
+                .into_iter()
+                .zip(self.phases)
+                .filter(|(_, durations)| !durations.is_empty())
+                .map(|(phase, durations)| PhaseStats {
+                    phase,
+                    durations: Percentiles::of(durations),
+                })
+                .collect(),
+            first_ms: self.first_ms,
+            last_ms: self.last_ms,
+            peak_cores_mcpu: peak.map_or(0, |p| p.mcpu),
+            peak_at_ms: peak.filter(|p| p.mcpu > 0).map(|p| p.time_ms),
+        }
+    }
 }
 
 /// Replays records already decoded.
@@ -382,19 +504,19 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
     let mut live: HashMap<(i64, i64), &str> = HashMap::new();
     let mut problems = Vec::new();
     let mut last_seq: Option<u64> = None;
-    let mut replayed = 0;
-    let mut accepted_to_running = Vec::new();
-    let mut spec_load = Vec::new();
-    let keeps_steps = |key: &JobKey| {
+    let mut all = Tally::default();
+    let mut selected = Tally::default();
+    let is_selected = |key: &JobKey| {
         options
             .job
-            .is_none_or(|job| job == (key.batch_id, key.job_id))
+            .is_some_and(|job| job == (key.batch_id, key.job_id))
     };
+    let keeps_steps = |key: &JobKey| options.job.is_none() || is_selected(key);
     for record in records {
         if options.until.is_some_and(|until| record.seq > until) {
             break;
         }
-        replayed += 1;
+        all.record(record.time_ms);
         if !crate::journal::sequence_follows(last_seq, record.seq, options.gaps_allowed_through) {
             problems.push(Problem::SequenceGap {
                 after_seq: last_seq.unwrap_or(0),
@@ -412,6 +534,10 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
         let events = record.events();
         let key = &record.key;
         let slot = (key.batch_id, key.job_id);
+        let chosen = is_selected(key);
+        if chosen {
+            selected.record(record.time_ms);
+        }
         for event in events.iter() {
             let step = |state_after: &JobState, since_prev_ms| Step {
                 seq: record.seq,
@@ -448,8 +574,17 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
                     Err(illegal) => unreachable!("created begins an attempt: {illegal}"),
                 };
                 live.insert(slot, &key.attempt_id);
-                let steps = keeps_steps(key).then(|| vec![step(view.state_ref(), None)]);
-                attempts.insert(key, Replayed { view, steps });
+                let keep = keeps_steps(key);
+                let steps = keep.then(|| vec![step(view.state_ref(), None)]);
+                attempts.insert(
+                    key,
+                    Replayed {
+                        view,
+                        steps,
+                        tracker: PhaseTracker::created(record.time_ms),
+                        spans: keep.then(Vec::new),
+                    },
+                );
                 continue;
             };
             match replaying.view.apply(record.seq, record.time_ms, event) {
@@ -476,39 +611,44 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
             if state.is_terminal() && live.get(&slot) == Some(&key.attempt_id.as_str()) {
                 live.remove(&slot);
             }
+            if let Some(span) = replaying.tracker.advance(record.time_ms, event, state) {
+                all.phases[span.phase.index()].push(span.duration_ms());
+                if chosen {
+                    selected.phases[span.phase.index()].push(span.duration_ms());
+                }
+                if let Some(spans) = &mut replaying.spans {
+                    spans.push(span);
+                }
+            }
             if let Some(steps) = &mut replaying.steps {
                 let previous = steps.last().map(|s| s.time_ms);
                 steps.push(step(state, previous.map(|p| record.time_ms - p)));
             }
         }
     }
-    let mut by_state = BTreeMap::new();
-    let mut by_error_kind = BTreeMap::new();
-    for replaying in attempts.values() {
-        accepted_to_running.extend(replaying.view.accepted_to_running_ms());
-        spec_load.extend(replaying.view.spec_load_ms());
-        *by_state
-            .entry(replaying.view.state_ref().wire_state().as_str())
-            .or_default() += 1;
-        if let JobState::Errored { kind, .. } = replaying.view.state_ref() {
-            *by_error_kind.entry(kind.as_str()).or_default() += 1;
-        }
-    }
-    let summary = Summary {
-        records: replayed,
-        attempts: attempts.len(),
-        by_state: owned_keys(by_state),
-        by_error_kind: owned_keys(by_error_kind),
-        accepted_to_running: Percentiles::of(accepted_to_running),
-        spec_load: Percentiles::of(spec_load),
-    };
+    let end_ms = all.last_ms.unwrap_or_default();
+    let cores_in_use = phases::cores_in_use(attempts.values().map(|r| &r.view), end_ms);
+    let job_summary = options.job.map(|_| {
+        let chosen = || {
+            attempts
+                .iter()
+                .filter(|(key, _)| is_selected(key))
+                .map(|(_, r)| &r.view)
+        };
+        let cores = phases::cores_in_use(chosen(), end_ms);
+        std::mem::take(&mut selected).summary(chosen(), &cores)
+    });
+    let summary = all.summary(attempts.values().map(|r| &r.view), &cores_in_use);
     let mut timelines: Vec<Timeline> = attempts
         .into_iter()
         .filter_map(|(key, replaying)| {
+            let mut phases = replaying.spans?;
+            phases.extend(replaying.tracker.open_span(end_ms));
             Some(Timeline {
                 key: key.clone(),
                 steps: replaying.steps?,
                 final_state: replaying.view.state(),
+                phases,
                 view: replaying.view,
             })
         })
@@ -517,7 +657,9 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
     Report {
         timelines,
         summary,
+        job_summary,
         problems,
+        cores_in_use,
     }
 }
 
@@ -527,69 +669,6 @@ fn owned_keys(counts: BTreeMap<&str, usize>) -> BTreeMap<String, usize> {
         .into_iter()
         .map(|(name, n)| (name.to_owned(), n))
         .collect()
-}
-
-impl Report {
-    /// The report as text: timelines, summary, problems.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        for timeline in &self.timelines {
-            let _ = writeln!(out, "attempt {}", timeline.key);
-            for step in &timeline.steps {
-                let since = step
-                    .since_prev_ms
-                    .map_or(String::new(), |ms| format!("+{ms} ms"));
-                let _ = writeln!(
-                    out,
-                    "  seq {:>6}  {:>15}  {:>10}  {:<18} -> {}",
-                    step.seq,
-                    step.time_ms,
-                    since,
-                    step.event.name(),
-                    step.state_after.name()
-                );
-            }
-            let _ = writeln!(out, "  final: {}", describe(&timeline.final_state));
-        }
-        let s = &self.summary;
-        let _ = writeln!(out, "\n{} records, {} attempts", s.records, s.attempts);
-        for (state, n) in &s.by_state {
-            let _ = writeln!(out, "  {state:<12} {n}");
-        }
-        for (kind, n) in &s.by_error_kind {
-            let _ = writeln!(out, "  error: {kind:<16} {n}");
-        }
-        for (name, p) in [
-            ("accepted -> running", &s.accepted_to_running),
-            ("spec load", &s.spec_load),
-        ] {
-            let _ = writeln!(
-                out,
-                "  {name:<20} n={} p50 {} ms, p99 {} ms, max {} ms",
-                p.count, p.p50_ms, p.p99_ms, p.max_ms
-            );
-        }
-        if self.problems.is_empty() {
-            let _ = writeln!(out, "\nno problems");
-        } else {
-            let _ = writeln!(out, "\n{} problem(s):", self.problems.len());
-            for problem in &self.problems {
-                let _ = writeln!(out, "  {}", problem.describe());
-            }
-        }
-        out
-    }
-}
-
-fn describe(state: &JobState) -> String {
-    match state {
-        JobState::Errored { kind, message } => format!("errored ({kind}): {message}"),
-        JobState::Done { outcome } => format!(
-            "done: {}",
-            serde_json::to_string(outcome).unwrap_or_default()
-        ),
-        other => other.name().to_owned(),
-    }
 }
 
 impl Problem {
