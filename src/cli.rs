@@ -197,9 +197,9 @@ fn store_or_local(
         None => {
             let dir = prepare_dir(default)?;
             let store =
-                LocalFileSystem::new_with_prefix(&dir).map_err(|source| StoreOpenError {
+                LocalFileSystem::new_with_prefix(&dir).map_err(|e| StoreOpenError {
                     url: format!("file://{}", dir.display()),
-                    source,
+                    source: e.into(),
                 })?;
             Ok((Arc::new(store) as Arc<dyn ObjectStore>, Default::default()))
         }

@@ -58,14 +58,20 @@ pub struct ServeArgs {
     /// and runc's state.
     #[arg(long, default_value = "batch-worker-data")]
     pub data_dir: PathBuf,
-    /// Root URL of the spec store: file:///abs/path, memory://, s3://bucket/prefix,
-    /// gs://bucket/prefix, az://container/prefix. Default: file://{data-dir}/specs.
-    #[arg(long)]
+    /// Root of the spec store: an absolute path (/srv/specs, a local
+    /// directory) or a URL: file:///abs/path, s3://bucket/prefix,
+    /// gs://bucket/prefix, az://container/prefix,
+    /// https://ACCOUNT.blob.core.windows.net/container/prefix, memory:///.
+    /// A relative path or file://dir (two slashes) is refused, with the
+    /// form meant. Default: {data-dir}/specs.
+    #[arg(long, value_parser = crate::location::store_url)]
     pub spec_store: Option<Url>,
-    /// The driver's base URL. The worker activates there before taking
+    /// The driver's base URL, http://HOST:PORT or https://HOST (the
+    /// scheme is required: 127.0.0.1:5000 is refused with "did you mean
+    /// http://127.0.0.1:5000?"). The worker activates there before taking
     /// jobs (creates get 503 until then) and sends job_started /
     /// job_complete. None: no activation, no reports.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::location::parse_driver_url)]
     pub driver_url: Option<Url>,
     /// The worker's name (X-Hail-Instance-Name, /healthcheck). Default: the host name.
     #[arg(long)]
@@ -122,9 +128,10 @@ pub struct ServeArgs {
     /// Default: the machine's.
     #[arg(long)]
     pub memory: Option<bytesize::ByteSize>,
-    /// Root URL where finished attempts' status.json and main log are
-    /// written (same schemes as --spec-store). Default: file://{data-dir}/logs.
-    #[arg(long)]
+    /// Root where finished attempts' status.json and main log are
+    /// written: an absolute path or a URL, as --spec-store. Default:
+    /// {data-dir}/logs.
+    #[arg(long, value_parser = crate::location::store_url)]
     pub logs_store: Option<Url>,
     /// A file of store options, `NAME=VALUE` lines with the names of the
     /// AWS_*, AZURE_*, GOOGLE_* variables (object_store's keys); they
