@@ -155,6 +155,83 @@ pub trait DriverTransport: Send + Sync + fmt::Debug {
 pub struct HttpTransport {
     http: reqwest::Client,
     base: Url,
+    timeout: Duration,
+}
+
+/// A failed driver call in words: its cause, found by walking the error's
+/// source chain to the `std::io::Error` under it ("connection refused",
+/// "timed out after 10 s", "DNS lookup failed for host driver",
+/// "connection reset"), the URL called, and what to check (is the driver
+/// at `base` running, is `--driver-url` right). `timeout` is the call's
+/// (for the words of a timeout).
+pub fn describe_call_error(
+    error: &reqwest::Error,
+    url: &Url,
+    base: &Url,
+    timeout: Duration,
+) -> String {
+    use std::error::Error as _;
+    use std::io::ErrorKind;
+    let host = url.host_str().unwrap_or_default();
+    let mut chain: Vec<String> = Vec::new();
+    let mut io_kind = None;
+    let mut dns = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        dns |= text.starts_with("dns error") || text.contains("failed to lookup address");
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind = io_kind.or(Some(io.kind()));
+        }
+        if !chain.iter().any(|seen| seen.contains(&text)) {
+            chain.push(text);
+        }
+        source = e.source();
+    }
+    let seconds = timeout.as_secs_f64();
+    let check = format!(
+        "is the driver at {} running and reachable from this host? (--driver-url)",
+        crate::store::redact_url(base)
+    );
+    let (cause, advice) = if error.is_timeout() || io_kind == Some(ErrorKind::TimedOut) {
+        (
+            format!("timed out after {seconds} s"),
+            format!("the driver did not answer in time; {check}"),
+        )
+    } else if dns {
+        (
+            format!("DNS lookup failed for host {host}"),
+            format!("check the host name in --driver-url ({})", crate::store::redact_url(base)),
+        )
+    } else {
+        let named = match io_kind {
+            Some(ErrorKind::ConnectionRefused) => Some("connection refused"),
+            Some(ErrorKind::ConnectionReset) => Some("connection reset"),
+            Some(ErrorKind::ConnectionAborted) => Some("connection aborted"),
+            Some(ErrorKind::NotConnected) => Some("not connected"),
+            Some(ErrorKind::BrokenPipe) => Some("connection closed while sending"),
+            Some(ErrorKind::UnexpectedEof) => Some("connection closed before an answer"),
+            Some(ErrorKind::HostUnreachable) => Some("host unreachable"),
+            Some(ErrorKind::NetworkUnreachable) => Some("network unreachable"),
+            Some(ErrorKind::AddrNotAvailable) => Some("address not available"),
+            Some(ErrorKind::PermissionDenied) => Some("permission denied (a firewall?)"),
+            _ => None,
+        };
+        match named {
+            Some(named) => (named.to_owned(), check),
+            None if error.is_connect() => ("cannot connect".to_owned(), check),
+            None => ("the call failed".to_owned(), check),
+        }
+    };
+    let detail = if chain.is_empty() {
+        error.to_string()
+    } else {
+        chain.join(": ")
+    };
+    format!(
+        "{cause} calling {} ({detail}); {advice}",
+        crate::store::redact_url(url)
+    )
 }
 
 impl HttpTransport {
@@ -169,7 +246,11 @@ impl HttpTransport {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        Ok(HttpTransport { http, base })
+        Ok(HttpTransport {
+            http,
+            base,
+            timeout,
+        })
     }
 }
 
@@ -183,9 +264,10 @@ impl DriverTransport for HttpTransport {
         body: Bytes,
     ) -> Result<DriverAnswer, String> {
         let url = self.base.join(path).map_err(|e| e.to_string())?;
+        let described = |e: reqwest::Error| describe_call_error(&e, &url, &self.base, self.timeout);
         let response = self
             .http
-            .post(url)
+            .post(url.clone())
             .header("X-Hail-Instance-Name", instance_name)
             .header("X-Hail-Instance-Token", token)
             .header(reqwest::header::CONTENT_LENGTH, body.len())
@@ -201,9 +283,9 @@ impl DriverTransport for HttpTransport {
             .body(body)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(described)?;
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        let body = response.bytes().await.map_err(described)?;
         Ok(DriverAnswer { status, body })
     }
 
@@ -458,7 +540,7 @@ impl DriverClient {
                 s @ 400..=499 if !retry_refusals && s != 408 && s != 429 => {
                     Err(CallFailure::Refused(s))
                 }
-                s => Err(CallFailure::Retry(format!("HTTP {s}"))),
+                s => Err(CallFailure::Retry(format!("the driver answered HTTP {s}"))),
             }
         };
         call.retry(self.backoff())
@@ -482,5 +564,74 @@ impl DriverClient {
                     last,
                 },
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(url: &str, timeout: Duration) -> HttpTransport {
+        HttpTransport::new(Url::parse(url).unwrap(), timeout).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_named_connection_refused_with_what_to_check() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let base = format!("http://127.0.0.1:{port}/");
+        let error = transport(&base, Duration::from_secs(10))
+            .post(JOB_COMPLETE_PATH, "w", "t", Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(
+            error.starts_with(&format!("connection refused calling {base}{JOB_COMPLETE_PATH}")),
+            "{error}"
+        );
+        assert!(
+            error.contains(&format!("is the driver at {base} running")),
+            "{error}"
+        );
+        assert!(error.contains("--driver-url"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_driver_that_never_answers_is_named_a_timeout() {
+        // Connections complete in the backlog; nothing ever answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        let error = transport(&base, Duration::from_millis(300))
+            .post(ACTIVATE_PATH, "w", "t", Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(error.starts_with("timed out after 0.3 s calling"), "{error}");
+        assert!(error.contains("did not answer in time"), "{error}");
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_without_an_answer_is_named() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            // Read the request's first bytes, then close without answering.
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+        });
+        let error = transport(&base, Duration::from_secs(10))
+            .post(JOB_STARTED_PATH, "w", "t", Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        server.await.unwrap();
+        assert!(
+            error.starts_with("connection closed before an answer")
+                || error.starts_with("connection reset")
+                || error.starts_with("the call failed"),
+            "{error}"
+        );
+        assert!(error.contains(JOB_STARTED_PATH), "{error}");
     }
 }
