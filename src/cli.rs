@@ -144,15 +144,9 @@ impl SpecArgs {
 /// A worker could not be built from its flags.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The data directory could not be made.
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The data directory (or a directory in it) could not be made.
+    #[error(transparent)]
+    DataDir(#[from] crate::dirs::DirError),
     /// The spec store URL could not be opened.
     #[error(transparent)]
     Store(#[from] StoreOpenError),
@@ -173,17 +167,14 @@ pub enum StartError {
     Invalid(String),
 }
 
-/// Makes `path` absolute and creates it.
+/// Makes `path` absolute and creates it (a directory chosen by
+/// `--data-dir`, or one under it).
 ///
 /// # Errors
-/// [`StartError::DataDir`].
+/// [`StartError::DataDir`], naming the file in the way or the directory
+/// not writable.
 pub fn prepare_dir(path: &Path) -> Result<PathBuf, StartError> {
-    let fail = |source| StartError::DataDir {
-        path: path.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(path).map_err(fail)?;
-    std::path::absolute(path).map_err(fail)
+    Ok(crate::dirs::make_dir(path, "--data-dir")?)
 }
 
 /// The store at `url`, or a local directory `default` (created).

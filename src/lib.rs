@@ -30,6 +30,8 @@
 //!   bunch, in the worker's own terms.
 //! - [`location`]: store locations and the driver's URL as people type
 //!   them, each refused with a "did you mean" where the intent is clear.
+//! - [`dirs`]: making the worker's directories, with errors naming the
+//!   file in the way or the directory not writable.
 //! - [`store`]: opening stores from URLs; latency injection; the seeded
 //!   fault-injecting [`store::FaultStore`].
 //! - [`admission`]: the first-come-first-served queue for cores and memory.
@@ -68,6 +70,7 @@ pub mod config;
 pub mod container;
 #[doc(hidden)]
 pub mod demo;
+pub mod dirs;
 pub mod driver_client;
 #[doc(hidden)]
 pub mod fuzzing;
