@@ -187,11 +187,10 @@ fn store_or_local(
         Some(url) => Ok(open_store_with(url, options)?),
         None => {
             let dir = prepare_dir(default)?;
-            let store =
-                LocalFileSystem::new_with_prefix(&dir).map_err(|e| StoreOpenError {
-                    url: format!("file://{}", dir.display()),
-                    source: e.into(),
-                })?;
+            let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| StoreOpenError {
+                url: format!("file://{}", dir.display()),
+                source: e.into(),
+            })?;
             Ok((Arc::new(store) as Arc<dyn ObjectStore>, Default::default()))
         }
     }
@@ -259,10 +258,14 @@ impl CliError {
 
     /// The exit status for this error: 2 for a flag's value that cannot
     /// work (a usage error, like a flag clap refuses; the executor's flags
-    /// included), else 1.
+    /// included; a `--data-dir` that is a file), else 1.
     pub fn exit_code(&self) -> ExitCode {
+        use crate::dirs::DirError;
         match self {
-            CliError::Start(StartError::Invalid(_)) | CliError::Open(OpenError::Executor(_)) => {
+            CliError::Start(StartError::Invalid(_))
+            | CliError::Open(OpenError::Executor(_))
+            | CliError::Start(StartError::DataDir(DirError::NotADirectory { .. }))
+            | CliError::Open(OpenError::DataDir(DirError::NotADirectory { .. })) => {
                 ExitCode::from(2)
             }
             _ => ExitCode::FAILURE,

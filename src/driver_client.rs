@@ -201,7 +201,10 @@ pub fn describe_call_error(
     } else if dns {
         (
             format!("DNS lookup failed for host {host}"),
-            format!("check the host name in --driver-url ({})", crate::store::redact_url(base)),
+            format!(
+                "check the host name in --driver-url ({})",
+                crate::store::redact_url(base)
+            ),
         )
     } else {
         let named = match io_kind {
@@ -587,7 +590,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            error.starts_with(&format!("connection refused calling {base}{JOB_COMPLETE_PATH}")),
+            error.starts_with(&format!(
+                "connection refused calling {base}{JOB_COMPLETE_PATH}"
+            )),
             "{error}"
         );
         assert!(
@@ -606,7 +611,10 @@ mod tests {
             .post(ACTIVATE_PATH, "w", "t", Bytes::from_static(b"{}"))
             .await
             .unwrap_err();
-        assert!(error.starts_with("timed out after 0.3 s calling"), "{error}");
+        assert!(
+            error.starts_with("timed out after 0.3 s calling"),
+            "{error}"
+        );
         assert!(error.contains("did not answer in time"), "{error}");
         drop(listener);
     }

@@ -114,7 +114,9 @@ pub enum LocationError {
         suggestion: String,
     },
     /// `file:rel/path`: a file URL without a root.
-    #[error("a file URL names an absolute path (file:///absolute/path): did you mean {suggestion}?")]
+    #[error(
+        "a file URL names an absolute path (file:///absolute/path): did you mean {suggestion}?"
+    )]
     FileNotAbsolute {
         /// What was typed.
         input: String,
@@ -382,7 +384,9 @@ pub fn check_store_url(url: &Url) -> Result<StoreKind, LocationError> {
             });
         }
     }
-    let known = SCHEME_NAMES.iter().any(|(typed, meant)| typed == meant && *typed == scheme);
+    let known = SCHEME_NAMES
+        .iter()
+        .any(|(typed, meant)| typed == meant && *typed == scheme);
     if !known && scheme != "http" {
         return Err(LocationError::UnknownScheme {
             input,
@@ -503,7 +507,10 @@ mod tests {
     #[test]
     fn absolute_paths_are_local_file_stores() {
         let (url, kind) = parse_store("/tmp/x/specs").unwrap();
-        assert_eq!((url.as_str(), kind), ("file:///tmp/x/specs", StoreKind::Local));
+        assert_eq!(
+            (url.as_str(), kind),
+            ("file:///tmp/x/specs", StoreKind::Local)
+        );
         let (url, _) = parse_store(" /tmp/with space/../y ").unwrap();
         assert_eq!(url.as_str(), "file:///tmp/y");
         assert_eq!(url.to_file_path().unwrap(), Path::new("/tmp/y"));
@@ -511,9 +518,18 @@ mod tests {
 
     #[test]
     fn file_urls_with_three_slashes_or_localhost_work() {
-        for text in ["file:///tmp/x", "file:/tmp/x", "file://localhost/tmp/x", "FILE:///tmp/x"] {
+        for text in [
+            "file:///tmp/x",
+            "file:/tmp/x",
+            "file://localhost/tmp/x",
+            "FILE:///tmp/x",
+        ] {
             let (url, kind) = parse_store(text).unwrap();
-            assert_eq!((url.as_str(), kind), ("file:///tmp/x", StoreKind::Local), "{text}");
+            assert_eq!(
+                (url.as_str(), kind),
+                ("file:///tmp/x", StoreKind::Local),
+                "{text}"
+            );
         }
     }
 
@@ -555,8 +571,14 @@ mod tests {
             ("s3a://bucket/x", StoreKind::S3),
             ("gs://bucket/x", StoreKind::Gcs),
             ("az://container/x", StoreKind::Azure),
-            ("abfss://container@acct.dfs.core.windows.net/x", StoreKind::Azure),
-            ("https://acct.blob.core.windows.net/container/x", StoreKind::Azure),
+            (
+                "abfss://container@acct.dfs.core.windows.net/x",
+                StoreKind::Azure,
+            ),
+            (
+                "https://acct.blob.core.windows.net/container/x",
+                StoreKind::Azure,
+            ),
             ("https://s3.eu-west-3.amazonaws.com/bucket/x", StoreKind::S3),
             ("memory:///specs", StoreKind::Memory),
         ] {
@@ -580,11 +602,17 @@ mod tests {
             ("S3:/b", "s3://b"),
             ("memory://specs", "memory:///specs"),
             ("file//tmp/x", "file:///tmp/x"),
-            ("hail-az://acct/container/x", "https://acct.blob.core.windows.net/container/x"),
+            (
+                "hail-az://acct/container/x",
+                "https://acct.blob.core.windows.net/container/x",
+            ),
         ] {
             let e = refused(text);
             assert_eq!(e.suggestion(), Some(meant), "{text}: {e}");
-            assert!(e.to_string().contains(&format!("did you mean {meant}?")), "{e}");
+            assert!(
+                e.to_string().contains(&format!("did you mean {meant}?")),
+                "{e}"
+            );
         }
     }
 
@@ -599,13 +627,22 @@ mod tests {
             }
         );
         let message = e.to_string();
-        for scheme in ["file:///", "s3://", "gs://", "az://", "blob.core.windows.net"] {
+        for scheme in [
+            "file:///",
+            "s3://",
+            "gs://",
+            "az://",
+            "blob.core.windows.net",
+        ] {
             assert!(message.contains(scheme), "{message}");
         }
         let e = refused("https://example.com/x");
         assert!(matches!(e, LocationError::HttpStore { .. }), "{e:?}");
         assert!(e.to_string().contains("example.com"), "{e}");
-        assert!(matches!(refused("http://example.com/x"), LocationError::HttpStore { .. }));
+        assert!(matches!(
+            refused("http://example.com/x"),
+            LocationError::HttpStore { .. }
+        ));
     }
 
     #[test]
@@ -620,34 +657,56 @@ mod tests {
     fn credentials_never_show_in_errors() {
         let e = refused("ftp://user:pw123@host/x?sig=SIGNED");
         let shown = format!("{e} {e:?}");
-        assert!(!shown.contains("pw123") && !shown.contains("SIGNED"), "{shown}");
+        assert!(
+            !shown.contains("pw123") && !shown.contains("SIGNED"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn check_store_url_agrees_with_parse_store() {
         let url = Url::parse("file://tmp/x").unwrap();
-        assert_eq!(check_store_url(&url).unwrap_err().suggestion(), Some("file:///tmp/x"));
+        assert_eq!(
+            check_store_url(&url).unwrap_err().suggestion(),
+            Some("file:///tmp/x")
+        );
         let url = Url::parse("s3://bucket/x").unwrap();
         assert_eq!(check_store_url(&url).unwrap(), StoreKind::S3);
     }
 
     #[test]
     fn driver_urls_without_a_scheme_suggest_http() {
-        for text in ["127.0.0.1:5000", "localhost:5000", "[::1]:5000", "driver:5000", "driver"] {
+        for text in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "[::1]:5000",
+            "driver:5000",
+            "driver",
+        ] {
             let e = parse_driver_url(text).unwrap_err();
             let meant = format!("http://{text}");
             assert_eq!(e.suggestion(), Some(meant.as_str()), "{text}: {e}");
-            assert!(e.to_string().contains(&format!("did you mean {meant}?")), "{e}");
+            assert!(
+                e.to_string().contains(&format!("did you mean {meant}?")),
+                "{e}"
+            );
         }
     }
 
     #[test]
     fn driver_urls_of_other_schemes_or_paths_are_refused_with_the_reason() {
         let e = parse_driver_url("ftp://driver/x").unwrap_err();
-        assert!(e.to_string().starts_with("ftp:// is not how the worker calls the driver"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("ftp:// is not how the worker calls the driver"),
+            "{e}"
+        );
         for path in ["/var/run/driver.sock", "./driver", "~/driver"] {
             let e = parse_driver_url(path).unwrap_err();
-            assert!(e.to_string().starts_with("a file path, not a URL"), "{path}: {e}");
+            assert!(
+                e.to_string().starts_with("a file path, not a URL"),
+                "{path}: {e}"
+            );
         }
         let e = parse_driver_url("http://").unwrap_err();
         assert!(matches!(e, LocationError::DriverNotUrl { .. }), "{e:?}");
@@ -655,9 +714,16 @@ mod tests {
 
     #[test]
     fn driver_urls_with_a_scheme_and_host_are_taken() {
-        for text in ["http://127.0.0.1:5000", "https://batch.example.org/", "http://[::1]:5000/x/"] {
+        for text in [
+            "http://127.0.0.1:5000",
+            "https://batch.example.org/",
+            "http://[::1]:5000/x/",
+        ] {
             let url = parse_driver_url(text).unwrap();
-            assert!(url.as_str().starts_with(text.trim_end_matches('/')), "{url}");
+            assert!(
+                url.as_str().starts_with(text.trim_end_matches('/')),
+                "{url}"
+            );
         }
     }
 }

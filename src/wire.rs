@@ -671,8 +671,7 @@ pub fn truncate(s: &str, max: usize) -> String {
             .find_map(|(i, c)| {
                 if c.is_whitespace() {
                     Some(i)
-                } else if matches!(c, ',' | ';' | ':' | '.' | '!' | '?' | ')' | ']' | '}' | '/')
-                {
+                } else if matches!(c, ',' | ';' | ':' | '.' | '!' | '?' | ')' | ']' | '}' | '/') {
                     Some(i + c.len_utf8())
                 } else {
                     None
@@ -803,9 +802,15 @@ mod tests {
         assert_eq!(truncate("abcdefghijklmnop", 6), "abcdef […]");
         // A boundary far back is not used: "a " and 29 letters cut at 20.
         let long = format!("a {}", "x".repeat(29));
-        assert_eq!(truncate(&long, 20), format!("a {}{CUT_MARKER}", "x".repeat(18)));
+        assert_eq!(
+            truncate(&long, 20),
+            format!("a {}{CUT_MARKER}", "x".repeat(18))
+        );
         // Multi-byte text: cut at characters, never inside one.
-        assert_eq!(truncate("délai dépassé pour ce travail", 16), "délai dépassé […]");
+        assert_eq!(
+            truncate("délai dépassé pour ce travail", 16),
+            "délai dépassé […]"
+        );
         assert_eq!(truncate("ジョブの期限を超えました", 5), "ジョブの期 […]");
         assert_eq!(truncate("ééééé", 3), "ééé […]");
         for max in 0..40 {
@@ -814,7 +819,10 @@ mod tests {
             assert!(cut.ends_with(CUT_MARKER), "{max}: {cut}");
             let kept = cut.trim_end_matches(CUT_MARKER);
             assert!(deadline.starts_with(kept), "{max}: {cut}");
-            assert!(!kept.contains("deadl") || kept.contains("deadline"), "{max}: {cut}");
+            assert!(
+                !kept.contains("deadl") || kept.contains("deadline"),
+                "{max}: {cut}"
+            );
         }
     }
 
