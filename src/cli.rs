@@ -214,6 +214,15 @@ pub enum CliError {
     /// The journal could not be replayed.
     #[error(transparent)]
     Replay(#[from] crate::replay::ReplayError),
+    /// `--listen`'s address cannot be bound.
+    #[error("cannot listen on {addr}: {source}{}", listen_advice(.source))]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Listening, serving or printing failed.
     #[error("{context}: {source}")]
     Io {
@@ -223,6 +232,24 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What to do about a `--listen` address that cannot be bound.
+fn listen_advice(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another process (another worker?) listens there: stop it or pass another --listen"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "; that IP is not one of this host's: pass one of its addresses, 0.0.0.0 or \
+             127.0.0.1 to --listen"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need root or CAP_NET_BIND_SERVICE: pass a port from 1024 up to \
+             --listen"
+        }
+        _ => "",
+    }
 }
 
 impl CliError {

@@ -603,6 +603,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_host_that_does_not_resolve_is_named_a_dns_failure() {
+        // `.invalid` never resolves (RFC 2606).
+        let error = transport(
+            "http://no-such-driver.invalid:5000/",
+            Duration::from_secs(10),
+        )
+        .post(ACTIVATE_PATH, "w", "t", Bytes::from_static(b"{}"))
+        .await
+        .unwrap_err();
+        assert!(
+            error.starts_with("DNS lookup failed for host no-such-driver.invalid calling"),
+            "{error}"
+        );
+        assert!(
+            error.contains("check the host name in --driver-url"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_driver_that_never_answers_is_named_a_timeout() {
         // Connections complete in the backlog; nothing ever answers.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

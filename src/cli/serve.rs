@@ -699,8 +699,8 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
     .within_fd_limit();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|source| CliError::Io {
-            context: format!("cannot listen on {}", args.listen),
+        .map_err(|source| CliError::Listen {
+            addr: args.listen,
             source,
         })?;
     let local = listener.local_addr().map_err(|source| CliError::Io {

@@ -143,6 +143,12 @@ async fn serve_on_a_busy_port_exits_and_creates_no_file() {
         "{stderr}"
     );
     assert!(
+        stderr.contains(
+            "another process (another worker?) listens there: stop it or pass another --listen"
+        ),
+        "{stderr}"
+    );
+    assert!(
         !data.exists(),
         "serve made {} on a busy port",
         data.display()
