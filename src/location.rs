@@ -348,7 +348,9 @@ pub fn parse_store(text: &str) -> Result<(Url, StoreKind), LocationError> {
         }
     };
     if url.scheme() == "file" {
-        let after = &text["file:".len()..];
+        // What follows the scheme's colon (Url::parse has already
+        // lowercased the scheme and dropped tabs and leading controls).
+        let after = text.split_once(':').map_or("", |(_, after)| after);
         if !after.starts_with('/') {
             return Err(LocationError::FileNotAbsolute {
                 suggestion: absolute_file_url(after),
