@@ -169,15 +169,9 @@ impl SpecArgs {
 /// A worker could not be built from its flags.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The data directory could not be made.
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The data directory (or a directory in it) could not be made.
+    #[error(transparent)]
+    DataDir(#[from] crate::dirs::DirError),
     /// The spec store URL could not be opened.
     #[error(transparent)]
     Store(#[from] StoreOpenError),
@@ -198,17 +192,14 @@ pub enum StartError {
     Invalid(String),
 }
 
-/// Makes `path` absolute and creates it.
+/// Makes `path` absolute and creates it (a directory chosen by
+/// `--data-dir`, or one under it).
 ///
 /// # Errors
-/// [`StartError::DataDir`].
+/// [`StartError::DataDir`], naming the file in the way or the directory
+/// not writable.
 pub fn prepare_dir(path: &Path) -> Result<PathBuf, StartError> {
-    let fail = |source| StartError::DataDir {
-        path: path.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(path).map_err(fail)?;
-    std::path::absolute(path).map_err(fail)
+    Ok(crate::dirs::make_dir(path, "--data-dir")?)
 }
 
 /// The store at `url`, or a local directory `default` (created).
@@ -221,11 +212,10 @@ fn store_or_local(
         Some(url) => Ok(open_store_with(url, options)?),
         None => {
             let dir = prepare_dir(default)?;
-            let store =
-                LocalFileSystem::new_with_prefix(&dir).map_err(|source| StoreOpenError {
-                    url: format!("file://{}", dir.display()),
-                    source,
-                })?;
+            let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| StoreOpenError {
+                url: format!("file://{}", dir.display()),
+                source: e.into(),
+            })?;
             Ok((Arc::new(store) as Arc<dyn ObjectStore>, Default::default()))
         }
     }
@@ -255,6 +245,15 @@ pub enum CliError {
     /// A specs file is unusable (`submit`, `bunch write`).
     #[error(transparent)]
     Specs(#[from] crate::submit::SpecsFileError),
+    /// `--listen`'s address cannot be bound.
+    #[error("cannot listen on {addr}: {source}{}", listen_advice(.source))]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Listening, serving or printing failed.
     #[error("{context}: {source}")]
     Io {
@@ -264,6 +263,24 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What to do about a `--listen` address that cannot be bound.
+fn listen_advice(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another process (another worker?) listens there: stop it or pass another --listen"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "; that IP is not one of this host's: pass one of its addresses, 0.0.0.0 or \
+             127.0.0.1 to --listen"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need root or CAP_NET_BIND_SERVICE: pass a port from 1024 up to \
+             --listen"
+        }
+        _ => "",
+    }
 }
 
 impl CliError {
@@ -299,10 +316,14 @@ impl CliError {
 
     /// The exit status for this error: 2 for a flag's value that cannot
     /// work (a usage error, like a flag clap refuses; the executor's flags
-    /// included), else 1.
+    /// included; a `--data-dir` that is a file), else 1.
     pub fn exit_code(&self) -> ExitCode {
+        use crate::dirs::DirError;
         match self {
-            CliError::Start(StartError::Invalid(_)) | CliError::Open(OpenError::Executor(_)) => {
+            CliError::Start(StartError::Invalid(_))
+            | CliError::Open(OpenError::Executor(_))
+            | CliError::Start(StartError::DataDir(DirError::NotADirectory { .. }))
+            | CliError::Open(OpenError::DataDir(DirError::NotADirectory { .. })) => {
                 ExitCode::from(2)
             }
             _ => ExitCode::FAILURE,

@@ -61,29 +61,6 @@ impl ClientError {
     }
 }
 
-/// The cause of a failed request in words: the deepest `io::Error`'s kind
-/// (`connection refused`), a timeout, or the error's own text.
-pub fn cause_of(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        return format!("no answer within {} s", CALL_TIMEOUT.as_secs());
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    let mut deepest = error.to_string();
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-                std::io::ErrorKind::ConnectionReset => "connection reset".to_owned(),
-                std::io::ErrorKind::TimedOut => "connection timed out".to_owned(),
-                _ => io.to_string(),
-            };
-        }
-        deepest = e.to_string();
-        source = e.source();
-    }
-    deepest
-}
-
 /// One recorded event as the events call shows it
 /// ([`batch_worker_model::EventRecord`]); the event is kept as JSON
 /// (`{"type": "spec_loaded", ...}`) so that a client reads the events of a
@@ -132,6 +109,14 @@ impl WorkerClient {
         &self.base
     }
 
+    fn unreachable(&self, error: &reqwest::Error) -> ClientError {
+        let cause = crate::driver_client::call_cause(error, &self.base, CALL_TIMEOUT);
+        ClientError::Unreachable {
+            url: crate::store::redact_url(&self.base),
+            cause: format!("{} ({})", cause.words, cause.detail),
+        }
+    }
+
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let mut url = self.base.clone();
         url.set_path(path);
@@ -146,10 +131,7 @@ impl WorkerClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let answer = request.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.to_string(),
-            cause: cause_of(&e),
-        })?;
+        let answer = request.send().await.map_err(|e| self.unreachable(&e))?;
         if answer.status().is_success() || answer.status() == StatusCode::RANGE_NOT_SATISFIABLE {
             return Ok(answer);
         }
@@ -168,10 +150,7 @@ impl WorkerClient {
         query: &[(&str, String)],
     ) -> Result<T, ClientError> {
         let answer = self.send(self.request(method, path).query(query)).await?;
-        let body = answer.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.to_string(),
-            cause: cause_of(&e),
-        })?;
+        let body = answer.bytes().await.map_err(|e| self.unreachable(&e))?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Unexpected {
             path: path.to_owned(),
             detail: e.to_string(),
@@ -272,10 +251,7 @@ impl WorkerClient {
         if answer.status() == StatusCode::RANGE_NOT_SATISFIABLE {
             return Ok(LogChunk { bytes: Vec::new() });
         }
-        let body = answer.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.to_string(),
-            cause: cause_of(&e),
-        })?;
+        let body = answer.bytes().await.map_err(|e| self.unreachable(&e))?;
         // A 200 to a range request is the whole log: skip what was seen.
         let skip = if partial || offset == 0 {
             0

@@ -155,6 +155,119 @@ pub trait DriverTransport: Send + Sync + fmt::Debug {
 pub struct HttpTransport {
     http: reqwest::Client,
     base: Url,
+    timeout: Duration,
+}
+
+/// Why an HTTP call failed, in words (see [`call_cause`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallCause {
+    /// The cause: "connection refused", "timed out after 10 s", "DNS
+    /// lookup failed for host driver", "connection reset", ...
+    pub words: String,
+    /// What kind of cause it is.
+    pub kind: CauseKind,
+    /// The error's source chain, each message once, joined by `: `.
+    pub detail: String,
+}
+
+/// The kinds of [`CallCause`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CauseKind {
+    /// No answer within the call's timeout.
+    Timeout,
+    /// The host name did not resolve.
+    Dns,
+    /// Anything else: refused, reset, unreachable.
+    Connection,
+}
+
+/// The cause of a failed HTTP call, found by walking the error's source
+/// chain to the `std::io::Error` under it; `timeout` is the call's (for
+/// the words of a timeout). Shared by the driver's calls and
+/// [`crate::client::WorkerClient`].
+pub fn call_cause(error: &reqwest::Error, url: &Url, timeout: Duration) -> CallCause {
+    use std::error::Error as _;
+    use std::io::ErrorKind;
+    let host = url.host_str().unwrap_or_default();
+    let mut chain: Vec<String> = Vec::new();
+    let mut io_kind = None;
+    let mut dns = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        dns |= text.starts_with("dns error") || text.contains("failed to lookup address");
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind = io_kind.or(Some(io.kind()));
+        }
+        if !chain.iter().any(|seen| seen.contains(&text)) {
+            chain.push(text);
+        }
+        source = e.source();
+    }
+    let detail = if chain.is_empty() {
+        error.to_string()
+    } else {
+        chain.join(": ")
+    };
+    let (words, kind) = if error.is_timeout() || io_kind == Some(ErrorKind::TimedOut) {
+        (
+            format!("timed out after {} s", timeout.as_secs_f64()),
+            CauseKind::Timeout,
+        )
+    } else if dns {
+        (format!("DNS lookup failed for host {host}"), CauseKind::Dns)
+    } else {
+        let named = match io_kind {
+            Some(ErrorKind::ConnectionRefused) => "connection refused",
+            Some(ErrorKind::ConnectionReset) => "connection reset",
+            Some(ErrorKind::ConnectionAborted) => "connection aborted",
+            Some(ErrorKind::NotConnected) => "not connected",
+            Some(ErrorKind::BrokenPipe) => "connection closed while sending",
+            Some(ErrorKind::UnexpectedEof) => "connection closed before an answer",
+            Some(ErrorKind::HostUnreachable) => "host unreachable",
+            Some(ErrorKind::NetworkUnreachable) => "network unreachable",
+            Some(ErrorKind::AddrNotAvailable) => "address not available",
+            Some(ErrorKind::PermissionDenied) => "permission denied (a firewall?)",
+            _ if error.is_connect() => "cannot connect",
+            _ => "the call failed",
+        };
+        (named.to_owned(), CauseKind::Connection)
+    };
+    CallCause {
+        words,
+        kind,
+        detail,
+    }
+}
+
+/// A failed driver call in words: its cause ([`call_cause`]), the URL
+/// called, and what to check (is the driver at `base` running, is
+/// `--driver-url` right).
+pub fn describe_call_error(
+    error: &reqwest::Error,
+    url: &Url,
+    base: &Url,
+    timeout: Duration,
+) -> String {
+    let cause = call_cause(error, url, timeout);
+    let check = format!(
+        "is the driver at {} running and reachable from this host? (--driver-url)",
+        crate::store::redact_url(base)
+    );
+    let advice = match cause.kind {
+        CauseKind::Timeout => format!("the driver did not answer in time; {check}"),
+        CauseKind::Dns => format!(
+            "check the host name in --driver-url ({})",
+            crate::store::redact_url(base)
+        ),
+        CauseKind::Connection => check,
+    };
+    format!(
+        "{} calling {} ({}); {advice}",
+        cause.words,
+        crate::store::redact_url(url),
+        cause.detail
+    )
 }
 
 impl HttpTransport {
@@ -169,7 +282,11 @@ impl HttpTransport {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        Ok(HttpTransport { http, base })
+        Ok(HttpTransport {
+            http,
+            base,
+            timeout,
+        })
     }
 }
 
@@ -183,9 +300,10 @@ impl DriverTransport for HttpTransport {
         body: Bytes,
     ) -> Result<DriverAnswer, String> {
         let url = self.base.join(path).map_err(|e| e.to_string())?;
+        let described = |e: reqwest::Error| describe_call_error(&e, &url, &self.base, self.timeout);
         let response = self
             .http
-            .post(url)
+            .post(url.clone())
             .header("X-Hail-Instance-Name", instance_name)
             .header("X-Hail-Instance-Token", token)
             .header(reqwest::header::CONTENT_LENGTH, body.len())
@@ -201,9 +319,9 @@ impl DriverTransport for HttpTransport {
             .body(body)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(described)?;
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        let body = response.bytes().await.map_err(described)?;
         Ok(DriverAnswer { status, body })
     }
 
@@ -458,7 +576,7 @@ impl DriverClient {
                 s @ 400..=499 if !retry_refusals && s != 408 && s != 429 => {
                     Err(CallFailure::Refused(s))
                 }
-                s => Err(CallFailure::Retry(format!("HTTP {s}"))),
+                s => Err(CallFailure::Retry(format!("the driver answered HTTP {s}"))),
             }
         };
         call.retry(self.backoff())
@@ -482,5 +600,99 @@ impl DriverClient {
                     last,
                 },
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(url: &str, timeout: Duration) -> HttpTransport {
+        HttpTransport::new(Url::parse(url).unwrap(), timeout).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_named_connection_refused_with_what_to_check() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let base = format!("http://127.0.0.1:{port}/");
+        let error = transport(&base, Duration::from_secs(10))
+            .post(JOB_COMPLETE_PATH, "w", "t", Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(
+            error.starts_with(&format!(
+                "connection refused calling {base}{JOB_COMPLETE_PATH}"
+            )),
+            "{error}"
+        );
+        assert!(
+            error.contains(&format!("is the driver at {base} running")),
+            "{error}"
+        );
+        assert!(error.contains("--driver-url"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_host_that_does_not_resolve_is_named_a_dns_failure() {
+        // `.invalid` never resolves (RFC 2606).
+        let error = transport(
+            "http://no-such-driver.invalid:5000/",
+            Duration::from_secs(10),
+        )
+        .post(ACTIVATE_PATH, "w", "t", Bytes::from_static(b"{}"))
+        .await
+        .unwrap_err();
+        assert!(
+            error.starts_with("DNS lookup failed for host no-such-driver.invalid calling"),
+            "{error}"
+        );
+        assert!(
+            error.contains("check the host name in --driver-url"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_driver_that_never_answers_is_named_a_timeout() {
+        // Connections complete in the backlog; nothing ever answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        let error = transport(&base, Duration::from_millis(300))
+            .post(ACTIVATE_PATH, "w", "t", Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(
+            error.starts_with("timed out after 0.3 s calling"),
+            "{error}"
+        );
+        assert!(error.contains("did not answer in time"), "{error}");
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_without_an_answer_is_named() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            // Read the request's first bytes, then close without answering.
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+        });
+        let error = transport(&base, Duration::from_secs(10))
+            .post(JOB_STARTED_PATH, "w", "t", Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        server.await.unwrap();
+        assert!(
+            error.starts_with("connection closed before an answer")
+                || error.starts_with("connection reset")
+                || error.starts_with("the call failed"),
+            "{error}"
+        );
+        assert!(error.contains(JOB_STARTED_PATH), "{error}");
     }
 }

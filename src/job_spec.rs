@@ -430,20 +430,18 @@ fn transfers(
                 })
             };
             let url_text = text(url_key)?;
-            let url = url::Url::parse(url_text).map_err(|e| {
+            // The parser people's flags use (absolute paths taken as
+            // file:///), so a spec gets the same "did you mean".
+            let (url, kind) = crate::location::parse_store(url_text).map_err(|e| {
                 SpecCorrupt(format!(
-                    "{field}[{i}].{url_key}: expected a store URL (s3://, gs://, az://, file://), got {:?}: {e}",
+                    "{field}[{i}].{url_key}: {:?}: {e}",
                     truncate(&crate::store::redact_text(url_text), 200)
                 ))
             })?;
-            if !matches!(
-                url.scheme(),
-                "s3" | "s3a" | "gs" | "az" | "adl" | "azure" | "abfs" | "abfss" | "file"
-            ) {
+            if kind == crate::location::StoreKind::Memory {
                 return Err(SpecCorrupt(format!(
-                    "{field}[{i}].{url_key}: {}:// is not a store this worker reads or writes; \
-                     expected s3://, gs://, az:// or file://",
-                    url.scheme()
+                    "{field}[{i}].{url_key}: memory:// is a store inside one process, not one a \
+                     job's files can come from or go to; expected s3://, gs://, az:// or file:///"
                 )));
             }
             if url.path().trim_matches('/').is_empty() {
@@ -660,6 +658,13 @@ mod tests {
         assert_eq!(s.input_files[0].local, std::path::Path::new("io/data.csv"));
         assert_eq!(s.output_files[0].local, std::path::Path::new("out/r.txt"));
         assert_eq!(s.output_files[0].url.as_str(), "az://c/results/r.txt");
+        // An absolute path is a local file, as on the command line.
+        let s = spec(
+            r#"{"job_id":12,"process":{"type":"docker","command":["true"]},
+               "input_files":[{"from":"/data/in.csv","to":"in.csv"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.input_files[0].url.as_str(), "file:///data/in.csv");
         for (bad, needle) in [
             (
                 r#""input_files":[{"from":"s3://b/x","to":"/io/../../etc/passwd"}]"#,
@@ -693,6 +698,22 @@ mod tests {
             (
                 r#""output_files":[{"from":"a","to":"memory:///x"}]"#,
                 "memory://",
+            ),
+            (
+                r#""input_files":[{"from":"file://tmp/x","to":"a"}]"#,
+                "input_files[0].from: \"file://tmp/x\": file URLs need three slashes",
+            ),
+            (
+                r#""input_files":[{"from":"file://tmp/x","to":"a"}]"#,
+                "did you mean file:///tmp/x?",
+            ),
+            (
+                r#""output_files":[{"from":"a","to":"s3:/bucket/x"}]"#,
+                "output_files[0].to: \"s3:/bucket/x\": not a store URL: did you mean s3://bucket/x?",
+            ),
+            (
+                r#""input_files":[{"from":"ftp://h/x","to":"a"}]"#,
+                "ftp:// is not a store this worker opens",
             ),
         ] {
             let text = format!(

@@ -31,6 +31,10 @@
 //! - [`spec_store`]: loading a spec over `object_store`, classifying failures.
 //! - [`spec_diag`]: `spec show`: one job's spec, or what is wrong with its
 //!   bunch, in the worker's own terms.
+//! - [`location`]: store locations and the driver's URL as people type
+//!   them, each refused with a "did you mean" where the intent is clear.
+//! - [`dirs`]: making the worker's directories, with errors naming the
+//!   file in the way or the directory not writable.
 //! - [`store`]: opening stores from URLs; latency injection; the seeded
 //!   fault-injecting [`store::FaultStore`].
 //! - [`admission`]: the first-come-first-served queue for cores and memory.
@@ -70,6 +74,7 @@ pub mod config;
 pub mod container;
 #[doc(hidden)]
 pub mod demo;
+pub mod dirs;
 pub mod driver_client;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -77,6 +82,7 @@ pub mod image;
 pub mod instance_config;
 pub mod job_spec;
 pub mod journal;
+pub mod location;
 pub mod logs_store;
 pub mod metrics;
 pub mod replay;

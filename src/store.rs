@@ -36,7 +36,19 @@ pub struct StoreOpenError {
     pub url: String,
     /// The cause.
     #[source]
-    pub source: object_store::Error,
+    pub source: StoreOpenCause,
+}
+
+/// Why a store URL could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpenCause {
+    /// The URL names no store this worker opens (with what was meant,
+    /// where that is clear).
+    #[error(transparent)]
+    Location(#[from] crate::location::LocationError),
+    /// `object_store` refused it (a bad configuration).
+    #[error(transparent)]
+    Store(#[from] object_store::Error),
 }
 
 /// An options file that cannot be read.
@@ -202,18 +214,20 @@ pub fn open_store(url: &Url) -> Result<(Arc<dyn ObjectStore>, Path), StoreOpenEr
 /// [`open_store`] with `options` instead of the environment's.
 ///
 /// # Errors
-/// [`StoreOpenError`] for an unknown scheme or a bad configuration.
+/// [`StoreOpenError`] for a URL [`crate::location::check_store_url`]
+/// refuses (an unknown scheme, `file://host/x`; the message says what was
+/// meant) or a bad configuration.
 pub fn open_store_with(
     url: &Url,
     options: &StoreOptions,
 ) -> Result<(Arc<dyn ObjectStore>, Path), StoreOpenError> {
-    let (store, root) =
-        object_store::parse_url_opts(url, options.pairs.iter().cloned()).map_err(|source| {
-            StoreOpenError {
-                url: redact_url(url),
-                source,
-            }
-        })?;
+    let fail = |source: StoreOpenCause| StoreOpenError {
+        url: redact_url(url),
+        source,
+    };
+    crate::location::check_store_url(url).map_err(|e| fail(e.into()))?;
+    let (store, root) = object_store::parse_url_opts(url, options.pairs.iter().cloned())
+        .map_err(|e| fail(e.into()))?;
     Ok((Arc::from(store), root))
 }
 
@@ -340,6 +354,12 @@ mod tests {
         assert!(store.to_string().contains("bucket"), "{store}");
         let err = open_store(&Url::parse("ftp://host/x").unwrap()).unwrap_err();
         assert!(err.to_string().contains("ftp://host/x"), "{err}");
+        assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
+        let err = open_store(&Url::parse("file://tmp/x").unwrap()).unwrap_err();
+        assert!(
+            err.to_string().ends_with("did you mean file:///tmp/x?"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -642,11 +642,47 @@ pub fn validate_env(field: &str, env: &[EnvVar]) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// At most `max` characters of `s`, for error messages.
+/// What [`truncate`] puts where it cut.
+pub const CUT_MARKER: &str = " […]";
+
+/// `s` shortened for an error message: unchanged up to `max` characters
+/// (chars, not bytes), else cut at its last word boundary (before a space,
+/// or after punctuation such as `,`, `;`, `/`, `)`) within the first `max`
+/// characters and followed by [`CUT_MARKER`]; only when no boundary falls
+/// in the last third of those characters (one long token: an id, a path
+/// without separators) is a word cut, and then the marker says so too.
+/// At most `max` + 4 characters.
 pub fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &s[..at]),
-        None => s.to_owned(),
+    let Some((at, _)) = s.char_indices().nth(max) else {
+        return s.to_owned();
+    };
+    let head = &s[..at];
+    // A boundary is looked for in the last third of what fits.
+    let floor = head
+        .char_indices()
+        .nth(max - max / 3)
+        .map_or(head.len(), |(i, _)| i);
+    let boundary = if s[at..].starts_with(char::is_whitespace) {
+        Some(at)
+    } else {
+        head.char_indices()
+            .rev()
+            .take_while(|(i, _)| *i >= floor)
+            .find_map(|(i, c)| {
+                if c.is_whitespace() {
+                    Some(i)
+                } else if matches!(c, ',' | ';' | ':' | '.' | '!' | '?' | ')' | ']' | '}' | '/') {
+                    Some(i + c.len_utf8())
+                } else {
+                    None
+                }
+            })
+    };
+    let kept = boundary.map_or(head, |i| head[..i].trim_end());
+    if kept.is_empty() {
+        format!("{head}{CUT_MARKER}")
+    } else {
+        format!("{kept}{CUT_MARKER}")
     }
 }
 
@@ -742,6 +778,54 @@ pub struct JobCompleteStatus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn truncate_cuts_at_a_word_boundary_with_a_marker() {
+        use super::{truncate, CUT_MARKER};
+        // Short enough: unchanged.
+        assert_eq!(truncate("this job", 8), "this job");
+        assert_eq!(truncate("", 0), "");
+        // The cuts a user saw ("deadl…", "this job …"): whole words now.
+        let deadline = "the spec load exceeded its deadline of 60 s";
+        assert_eq!(truncate(deadline, 32), "the spec load exceeded its […]");
+        let this_job = "a spec read failed for this job because its bunch is gone";
+        assert_eq!(truncate(this_job, 30), "a spec read failed for this […]");
+        assert_eq!(truncate(this_job, 27), "a spec read failed for this […]");
+        // The next character a space: everything that fits is kept.
+        assert_eq!(truncate("retry this job now", 14), "retry this job […]");
+        // After punctuation.
+        assert_eq!(
+            truncate("gs://bucket/batch/specs/abcdef", 26),
+            "gs://bucket/batch/specs/ […]"
+        );
+        assert_eq!(truncate("job 3: deadline", 9), "job 3: […]");
+        // One long token: a character cut, marked.
+        assert_eq!(truncate("abcdefghijklmnop", 6), "abcdef […]");
+        // A boundary far back is not used: "a " and 29 letters cut at 20.
+        let long = format!("a {}", "x".repeat(29));
+        assert_eq!(
+            truncate(&long, 20),
+            format!("a {}{CUT_MARKER}", "x".repeat(18))
+        );
+        // Multi-byte text: cut at characters, never inside one.
+        assert_eq!(
+            truncate("délai dépassé pour ce travail", 16),
+            "délai dépassé […]"
+        );
+        assert_eq!(truncate("ジョブの期限を超えました", 5), "ジョブの期 […]");
+        assert_eq!(truncate("ééééé", 3), "ééé […]");
+        for max in 0..40 {
+            let cut = truncate(deadline, max);
+            assert!(cut.chars().count() <= max + 4, "{max}: {cut}");
+            assert!(cut.ends_with(CUT_MARKER), "{max}: {cut}");
+            let kept = cut.trim_end_matches(CUT_MARKER);
+            assert!(deadline.starts_with(kept), "{max}: {cut}");
+            assert!(
+                !kept.contains("deadl") || kept.contains("deadline"),
+                "{max}: {cut}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -30,11 +30,12 @@ pub struct DemoArgs {
     /// (see `serve --token-latency-ms`); 0: off.
     #[arg(long, default_value_t = 0)]
     pub token_latency_ms: u64,
-    /// Write the specs to this store and have the worker read them from it
-    /// (`s3://`, `az://`, `gs://`, `file://`, `memory://`; options from the
-    /// `AWS_*`, `AZURE_*`, `GOOGLE_*` variables). Default: local files under
-    /// the data directory.
-    #[arg(long)]
+    /// Write the specs to this store and have the worker read them from it:
+    /// an absolute path or a URL, as `serve --spec-store` (`s3://`, `az://`,
+    /// `gs://`, `file:///`, `memory:///`; options from the `AWS_*`,
+    /// `AZURE_*`, `GOOGLE_*` variables). Default: local files under the
+    /// data directory.
+    #[arg(long, value_parser = crate::location::store_url)]
     pub spec_store: Option<Url>,
     /// Testing: inject seeded faults into the worker's spec reads. PLAN is
     /// comma-separated NAME=VALUE: seed (the same seed repeats the same

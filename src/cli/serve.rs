@@ -58,14 +58,20 @@ pub struct ServeArgs {
     /// and runc's state.
     #[arg(long, default_value = "batch-worker-data")]
     pub data_dir: PathBuf,
-    /// Root URL of the spec store: file:///abs/path, memory://, s3://bucket/prefix,
-    /// gs://bucket/prefix, az://container/prefix. Default: file://{data-dir}/specs.
-    #[arg(long)]
+    /// Root of the spec store: an absolute path (/srv/specs, a local
+    /// directory) or a URL: file:///abs/path, s3://bucket/prefix,
+    /// gs://bucket/prefix, az://container/prefix,
+    /// https://ACCOUNT.blob.core.windows.net/container/prefix, memory:///.
+    /// A relative path or file://dir (two slashes) is refused, with the
+    /// form meant. Default: {data-dir}/specs.
+    #[arg(long, value_parser = crate::location::store_url)]
     pub spec_store: Option<Url>,
-    /// The driver's base URL. The worker activates there before taking
+    /// The driver's base URL, http://HOST:PORT or https://HOST (the
+    /// scheme is required: 127.0.0.1:5000 is refused with "did you mean
+    /// http://127.0.0.1:5000?"). The worker activates there before taking
     /// jobs (creates get 503 until then) and sends job_started /
     /// job_complete. None: no activation, no reports.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::location::parse_driver_url)]
     pub driver_url: Option<Url>,
     /// The worker's name (X-Hail-Instance-Name, /healthcheck). Default: the host name.
     #[arg(long)]
@@ -122,9 +128,10 @@ pub struct ServeArgs {
     /// Default: the machine's.
     #[arg(long)]
     pub memory: Option<bytesize::ByteSize>,
-    /// Root URL where finished attempts' status.json and main log are
-    /// written (same schemes as --spec-store). Default: file://{data-dir}/logs.
-    #[arg(long)]
+    /// Root where finished attempts' status.json and main log are
+    /// written: an absolute path or a URL, as --spec-store. Default:
+    /// {data-dir}/logs.
+    #[arg(long, value_parser = crate::location::store_url)]
     pub logs_store: Option<Url>,
     /// A file of store options, `NAME=VALUE` lines with the names of the
     /// AWS_*, AZURE_*, GOOGLE_* variables (object_store's keys); they
@@ -460,11 +467,13 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
     builder = builder.spec_store_location(match &args.spec_store {
         Some(url) => redact_url(url),
         None => {
-            let data_dir =
-                std::path::absolute(&args.data_dir).map_err(|source| StartError::DataDir {
-                    path: args.data_dir.clone(),
+            let data_dir = std::path::absolute(&args.data_dir).map_err(|source| {
+                StartError::from(crate::dirs::DirError::from_io(
+                    &args.data_dir,
+                    "--data-dir",
                     source,
-                })?;
+                ))
+            })?;
             format!("file://{}", data_dir.join("specs").display())
         }
     });
@@ -704,8 +713,8 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
     .within_fd_limit();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|source| CliError::Io {
-            context: format!("cannot listen on {}", args.listen),
+        .map_err(|source| CliError::Listen {
+            addr: args.listen,
             source,
         })?;
     let local = listener.local_addr().map_err(|source| CliError::Io {

@@ -26,9 +26,10 @@ pub enum SpecCommand {
 /// Flags of `spec show`: the create call's fields that locate a spec.
 #[derive(Debug, Args)]
 pub struct SpecShowArgs {
-    /// Root URL of the spec store, as `serve --spec-store`: file:///abs/path,
-    /// s3://bucket/prefix, gs://bucket/prefix, az://container/prefix.
-    #[arg(long)]
+    /// Root of the spec store, as `serve --spec-store`: an absolute path or
+    /// file:///abs/path, s3://bucket/prefix, gs://bucket/prefix,
+    /// az://container/prefix.
+    #[arg(long, value_parser = crate::location::store_url)]
     pub store: Url,
     /// The job's batch_id.
     #[arg(long)]

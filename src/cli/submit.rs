@@ -101,13 +101,7 @@ pub enum BunchCommand {
 
 /// A spec store location: an absolute path (a local directory) or a URL.
 pub fn parse_store(text: &str) -> Result<Url, String> {
-    if text.starts_with('/') {
-        return Url::from_directory_path(text)
-            .map_err(|()| format!("{text:?} is not a usable absolute path"));
-    }
-    Url::parse(text).map_err(|e| {
-        format!("{e}: expected an absolute path (/srv/specs) or a URL (file:///srv/specs, s3://bucket/prefix)")
-    })
+    crate::location::store_url(text).map_err(|e| e.to_string())
 }
 
 impl BunchArgs {

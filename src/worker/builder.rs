@@ -124,15 +124,10 @@ impl Default for JournalOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The data directory (or a default store's directory in it) could not
-    /// be made.
-    #[error("cannot create data directory {}: {source}", path.display())]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// be made: the message names the file in the way, or the directory
+    /// not writable, and `--data-dir`.
+    #[error(transparent)]
+    DataDir(#[from] crate::dirs::DirError),
     /// Another worker holds the data directory, or it cannot be locked.
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -470,22 +465,16 @@ impl WorkerBuilder {
     }
 }
 
-/// Makes `path` and returns it absolute.
+/// Makes `path` (the data directory or one in it) and returns it absolute.
 fn make_dir(path: &Path) -> Result<PathBuf, OpenError> {
-    let fail = |source| OpenError::DataDir {
-        path: path.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(path).map_err(fail)?;
-    std::path::absolute(path).map_err(fail)
+    Ok(crate::dirs::make_dir(path, "--data-dir")?)
 }
 
 /// A local file store rooted at `dir` (made).
 fn local_store(dir: &Path) -> Result<Arc<dyn ObjectStore>, OpenError> {
     let dir = make_dir(dir)?;
-    let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| OpenError::DataDir {
-        path: dir.clone(),
-        source: std::io::Error::other(e),
+    let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| {
+        crate::dirs::DirError::from_io(&dir, "--data-dir", std::io::Error::other(e))
     })?;
     Ok(Arc::new(store))
 }

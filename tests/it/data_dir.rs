@@ -143,6 +143,12 @@ async fn serve_on_a_busy_port_exits_and_creates_no_file() {
         "{stderr}"
     );
     assert!(
+        stderr.contains(
+            "another process (another worker?) listens there: stop it or pass another --listen"
+        ),
+        "{stderr}"
+    );
+    assert!(
         !data.exists(),
         "serve made {} on a busy port",
         data.display()
@@ -259,4 +265,29 @@ async fn a_journal_naming_an_impossible_attempt_is_refused_and_nothing_outside_i
         std::fs::read_to_string(victim.join("work/keep.txt")).unwrap(),
         "keep"
     );
+}
+
+#[tokio::test]
+async fn a_data_dir_that_is_a_file_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data");
+    std::fs::write(&file, b"not a directory").unwrap();
+    for data in [file.clone(), file.join("below")] {
+        let out = serve_to_exit(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{} is a file, not a directory", file.display())),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--data-dir"), "{stderr}");
+        assert!(!stderr.contains("File exists"), "{stderr}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
 }

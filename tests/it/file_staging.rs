@@ -277,3 +277,25 @@ async fn fifos_and_the_workers_own_directory_are_refused_not_waited_on() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_file_url_with_two_slashes_errors_the_job_naming_the_field_and_the_url_meant() {
+    let h = Harness::in_memory().await;
+    let spec = spec_with_files(
+        1,
+        "echo never",
+        json!([{"from": "file://tmp/x", "to": "in.bin"}]),
+        json!([]),
+    );
+    bunch(&h, 42, "twoslash", &[spec]).await;
+    // The create is taken (the spec is read later); the job errors.
+    h.accept(42, 1, "twoslash").await;
+    let state = h.wait_final(42, 1).await;
+    assert!(
+        matches!(&state, JobState::Errored { kind: ErrorKind::SpecCorrupt, message }
+            if message.contains("input_files[0].from")
+                && message.contains("file URLs need three slashes")
+                && message.contains("did you mean file:///tmp/x?")),
+        "{state:?}"
+    );
+}

@@ -814,7 +814,19 @@ impl ServeChild {
         driver: &str,
         extra: &[&str],
     ) -> ServeChild {
-        Self::start_with_log(data, specs, driver, extra, None).await
+        let store = Url::from_directory_path(specs).unwrap();
+        Self::start_with_log(data, store.as_str(), driver, extra, None).await
+    }
+
+    /// [`ServeChild::start`] with `--spec-store spec_store`, as typed (a
+    /// path or a URL).
+    pub async fn start_with_spec_store(
+        data: &std::path::Path,
+        spec_store: &str,
+        driver: &str,
+        extra: &[&str],
+    ) -> ServeChild {
+        Self::start_with_log(data, spec_store, driver, extra, None).await
     }
 
     /// [`ServeChild::start`], logging at `debug` into the file `log`.
@@ -825,12 +837,13 @@ impl ServeChild {
         extra: &[&str],
         log: &std::path::Path,
     ) -> ServeChild {
-        Self::start_with_log(data, specs, driver, extra, Some(log)).await
+        let store = Url::from_directory_path(specs).unwrap();
+        Self::start_with_log(data, store.as_str(), driver, extra, Some(log)).await
     }
 
     async fn start_with_log(
         data: &std::path::Path,
-        specs: &std::path::Path,
+        spec_store: &str,
         driver: &str,
         extra: &[&str],
         log: Option<&std::path::Path>,
@@ -845,8 +858,7 @@ impl ServeChild {
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data)
-            .arg("--spec-store")
-            .arg(Url::from_directory_path(specs).unwrap().as_str())
+            .args(["--spec-store", spec_store])
             .args(["--driver-url", driver, "--durability", "fsync"])
             .args(if extra.contains(&"--kill-grace-ms") {
                 &[][..]
