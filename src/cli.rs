@@ -107,6 +107,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print the configuration `serve` would run with (same flags, file and
     /// environment), as TOML, each value with its source; secrets masked.
+    /// Defaults `serve` derives are resolved (the paths under the data
+    /// directory, the stores, the machine's cores and memory), sizes in
+    /// bytes with their units beside them.
     Config(Box<ServeArgs>),
     /// Run a worker and an embedded driver on loopback, schedule jobs with
     /// good, failing, missing and corrupt specs, and print what became of

@@ -41,10 +41,10 @@ pub struct ImagePullArgs {
     #[arg(long, hide = true)]
     pub scratch_dir: Option<PathBuf>,
     /// Delay before the first retry of a registry call, in ms.
-    #[arg(long, hide = true, default_value_t = 500)]
+    #[arg(long, hide = true, default_value_t = 500, help_heading = heading::TESTING)]
     pub registry_retry_delay_ms: u64,
     /// Tries per registry call.
-    #[arg(long, hide = true, default_value_t = 4)]
+    #[arg(long, hide = true, default_value_t = 4, help_heading = heading::TESTING)]
     pub registry_max_attempts: u32,
 }
 

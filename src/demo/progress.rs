@@ -16,7 +16,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// spinner move, so a wait does not look like a hang).
 const TICK: Duration = Duration::from_millis(250);
 
-/// The progress line; clones draw the same line.
+/// The progress lines (counts, then what the demo waits for); clones
+/// draw the same lines.
 #[derive(Debug, Clone)]
 pub struct Progress {
     bar: ProgressBar,
@@ -30,7 +31,7 @@ impl Progress {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
             .with_style(
                 ProgressStyle::with_template(
-                    "{spinner} {prefix}, {pos}/{len} ended [{bar:20}] {elapsed} {wide_msg}",
+                    "{spinner} {prefix}, {pos}/{len} ended [{bar:30}] {elapsed}\n  {msg}",
                 )
                 .expect("a valid template")
                 .progress_chars("=> "),
