@@ -15,9 +15,16 @@
 //!   one worker's API.
 //! - [`submit`]: `submit` (a bunch written and its jobs created on a
 //!   worker) and `bunch write`.
+//! - [`derived`]: what `serve` derives where a flag is unset (the
+//!   directories under the data directory, the stores, the capacity).
+//!
+//! `--help` groups each subcommand's flags under the headings of
+//! [`heading`]; test and benchmark knobs are hidden from it, and
+//! `--help-all` lists every flag.
 
 pub mod config;
 pub mod demo;
+pub mod derived;
 pub mod image;
 pub mod jobs;
 pub mod replay;
@@ -46,6 +53,28 @@ pub use replay::ReplayArgs;
 pub use serve::{advertised_ip, ExecutorArgs, ExecutorKind, ServeArgs};
 pub use spec::{SpecCommand, SpecShowArgs};
 
+/// `--help`'s headings, one per concern; flags of no heading are listed
+/// first, under "Options".
+pub mod heading {
+    /// The HTTP API: listening, bodies, connections, authentication.
+    pub const API: &str = "API";
+    /// The driver: activation, reports, billing, the instance config.
+    pub const DRIVER: &str = "Driver";
+    /// The spec and logs stores, and the limits of loading a spec.
+    pub const STORES: &str = "Stores and spec loading";
+    /// Capacity, admission, and how jobs run.
+    pub const JOBS: &str = "Jobs and executor";
+    /// The data directory's journal and what it remembers.
+    pub const JOURNAL: &str = "Journal";
+    /// `--executor runc`: containers, images, registries.
+    pub const CONTAINERS: &str = "Containers and registry";
+    /// Log lines on stderr.
+    pub const LOGGING: &str = "Logging";
+    /// Knobs for tests and benchmarks (hidden from `serve --help`, listed
+    /// by `--help-all`).
+    pub const TESTING: &str = "Testing";
+}
+
 /// `batch-worker`: a worker agent for batch job systems, wire-compatible
 /// with Hail Batch's driver.
 #[derive(Debug, Parser)]
@@ -57,8 +86,12 @@ pub struct Cli {
     /// Log format on stderr: `text` (for people) or `json` (one object per
     /// line, with the current span's fields, e.g. an attempt's `batch_id`,
     /// `job_id`, `attempt_id`). The level comes from `RUST_LOG`.
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    #[arg(long, global = true, value_enum, default_value = "text", help_heading = heading::LOGGING)]
     pub log_format: LogFormat,
+    /// Print help with every flag, the test and benchmark knobs `--help`
+    /// hides included.
+    #[arg(long, global = true, action = clap::ArgAction::HelpLong)]
+    pub help_all: Option<bool>,
 }
 
 /// How log lines are written.
@@ -80,6 +113,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print the configuration `serve` would run with (same flags, file and
     /// environment), as TOML, each value with its source; secrets masked.
+    /// Defaults `serve` derives are resolved (the paths under the data
+    /// directory, the stores, the machine's cores and memory), sizes in
+    /// bytes with their units beside them.
     Config(Box<ServeArgs>),
     /// Run a worker and an embedded driver on loopback, schedule jobs with
     /// good, failing, missing and corrupt specs, and print what became of
@@ -122,34 +158,56 @@ pub enum Command {
     },
 }
 
-/// Spec-loading and process flags, shared by `serve` and `demo`.
+/// The limits of one spec load, shared by `serve` and `spec show`.
 #[derive(Debug, Clone, Args)]
-pub struct SpecArgs {
-    /// Added latency of every blob read, in ms (object_store's throttle).
-    #[arg(long, default_value_t = 0)]
-    pub blob_latency_ms: u64,
+pub struct SpecLimitArgs {
     /// Largest spec, in bytes; larger specs error as spec_corrupt.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, default_value_t = 16 * 1024 * 1024, help_heading = heading::STORES)]
     pub spec_max_bytes: u64,
     /// Deadline of one spec load, retries included, in ms.
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = 60_000, help_heading = heading::STORES)]
     pub spec_timeout_ms: u64,
     /// Attempts per spec read on transient store errors.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, help_heading = heading::STORES)]
     pub spec_read_attempts: usize,
+}
+
+impl SpecLimitArgs {
+    /// The spec-load limits these flags give (loads in flight: the
+    /// default).
+    pub fn load_config(&self) -> SpecLoadConfig {
+        SpecLoadConfig {
+            max_spec_bytes: self.spec_max_bytes,
+            deadline: Duration::from_millis(self.spec_timeout_ms),
+            max_attempts: self.spec_read_attempts.max(1),
+            ..SpecLoadConfig::default()
+        }
+    }
+}
+
+/// Spec-loading and process flags of `serve`, and its test knobs (hidden
+/// from `--help`, listed by `--help-all`).
+#[derive(Debug, Clone, Args)]
+pub struct SpecArgs {
+    /// The limits of one spec load.
+    #[command(flatten)]
+    pub limits: SpecLimitArgs,
     /// Spec loads in flight at once.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, help_heading = heading::STORES)]
     pub spec_load_concurrency: usize,
     /// Time between SIGTERM and SIGKILL when ending a process, in ms.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 5_000, help_heading = heading::JOBS)]
     pub kill_grace_ms: u64,
-    /// Testing: a slow control plane before every spec and logs store
+    /// Added latency of every blob read, in ms (object_store's throttle).
+    #[arg(long, default_value_t = 0, hide = true, help_heading = heading::TESTING)]
+    pub blob_latency_ms: u64,
+    /// A slow control plane before every spec and logs store
     /// request (a token fetch, as for Azure behind SAS tokens): the median
     /// wait in ms, log-normal with a heavy tail (p99 ≈ 5.7 × median); 0: off.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide = true, help_heading = heading::TESTING)]
     pub token_latency_ms: u64,
     /// Seed of the token waits (the same seed repeats the same waits).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, hide = true, help_heading = heading::TESTING)]
     pub token_latency_seed: u64,
 }
 
@@ -157,11 +215,8 @@ impl SpecArgs {
     /// The spec-load limits these flags give.
     pub fn load_config(&self) -> SpecLoadConfig {
         SpecLoadConfig {
-            max_spec_bytes: self.spec_max_bytes,
-            deadline: Duration::from_millis(self.spec_timeout_ms),
-            max_attempts: self.spec_read_attempts.max(1),
             max_concurrent_loads: self.spec_load_concurrency.max(1),
-            ..SpecLoadConfig::default()
+            ..self.limits.load_config()
         }
     }
 }
@@ -345,7 +400,7 @@ pub async fn run(
             .await
             .map_err(|e| e.with_origin(effective, args.config.as_deref())),
         Command::Config(args) => match args.check() {
-            Ok(()) => Ok(config::run(effective)),
+            Ok(()) => Ok(config::run(effective, &args)?),
             Err(e) => Err(CliError::from(e).with_origin(effective, args.config.as_deref())),
         },
         Command::Replay(args) => replay::run(&args),

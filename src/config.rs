@@ -33,6 +33,10 @@ const CONFIGURED: [&str; 2] = ["serve", "config"];
 /// Flags holding URLs, printed without password or query string.
 const URL_FLAGS: [&str; 3] = ["spec_store", "logs_store", "driver_url"];
 
+/// Arguments no file or environment variable sets (ids, as clap names
+/// them; the same as their long names).
+const NOT_CONFIGURABLE: [&str; 4] = ["config", "help", "help_all", "version"];
+
 /// Largest config file read, in bytes (a config file is a few KiB).
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -148,16 +152,38 @@ pub struct Setting {
 }
 
 /// The effective configuration of `serve` (or `config`), flag by flag in
-/// `--help`'s order; empty for other subcommands.
+/// the order the flags are declared (`--help` groups them by heading);
+/// empty for other subcommands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Effective(pub Vec<Setting>);
 
+/// What `serve` makes of one flag beyond the text given, for
+/// [`Effective::render`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// The value `serve` uses, as the flag would take it, where that is
+    /// not the text given (`8000000000` for `8G`), or, for an unset flag,
+    /// the default `serve` derives (`file:///srv/worker/specs`).
+    pub value: Option<String>,
+    /// What the value is or where it comes from (`8.0 GB (7.45 GiB)`,
+    /// `{data-dir}/specs`).
+    pub note: Option<String>,
+}
+
 impl Effective {
     /// As TOML a `--config` file could hold, each line commented with its
-    /// source; unset flags are commented out.
-    pub fn render(&self) -> String {
+    /// source and with what `serve` makes of it (`resolutions`, by flag
+    /// name). Unset flags are commented out, with the value `serve`
+    /// derives for them where there is one.
+    pub fn render(&self, resolutions: &BTreeMap<String, Resolution>) -> String {
         let mut out = String::new();
+        let none = Resolution::default();
         for setting in &self.0 {
+            let resolution = resolutions.get(&setting.name).unwrap_or(&none);
+            let note = |comment: String| match &resolution.note {
+                Some(note) => format!("{comment}: {note}"),
+                None => comment,
+            };
             // Hail's own variables, read when the flag is not given.
             let hail = match setting.name.as_str() {
                 "instance-config" => std::env::var("INSTANCE_CONFIG")
@@ -172,21 +198,32 @@ impl Effective {
                 "region" => std::env::var("REGION").ok().map(|v| (v, "REGION")),
                 _ => None,
             };
-            let (line, source) = match (&setting.value, hail) {
-                (Some(value), _) => (
+            let (line, comment) = match (&setting.value, hail, &resolution.value) {
+                (Some(given), _, Some(value)) if value != given => (
                     format!("{} = {}", setting.name, toml_value(value)),
-                    setting.source.to_string(),
+                    match &resolution.note {
+                        Some(note) => format!("{}: {given} = {note}", setting.source),
+                        None => format!("{}: {given}", setting.source),
+                    },
                 ),
-                (None, Some((value, variable))) => (
+                (Some(value), _, _) => (
+                    format!("{} = {}", setting.name, toml_value(value)),
+                    note(setting.source.to_string()),
+                ),
+                (None, Some((value, variable)), _) => (
                     format!("{} = {}", setting.name, toml_value(&value)),
                     format!("environment ({variable}, as on Hail's workers)"),
                 ),
-                (None, None) => (
+                (None, None, Some(value)) => (
+                    format!("# {} = {}", setting.name, toml_value(value)),
+                    note("unset".to_owned()),
+                ),
+                (None, None, None) => (
                     format!("# {} (unset)", setting.name),
-                    setting.source.to_string(),
+                    note(setting.source.to_string()),
                 ),
             };
-            out.push_str(&format!("{line:<60} # {source}\n"));
+            out.push_str(&format!("{line:<60} # {comment}\n"));
         }
         out
     }
@@ -224,6 +261,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Cli, Effective
         None => BTreeMap::new(),
     };
     let mut command = Cli::command();
+    if asks_help_all(&args) {
+        command = unhide_all(command);
+    }
     for name in CONFIGURED {
         command = command.mut_subcommand(name, |sub| {
             let ids: Vec<String> = configurable(&sub).collect();
@@ -270,6 +310,28 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<(Cli, Effective
         _ => Effective::default(),
     };
     Ok((cli, effective))
+}
+
+/// Whether `args` hold `--help-all` (before any `--`).
+fn asks_help_all(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--help-all")
+}
+
+/// `command` with every argument of it and of its subcommands shown in
+/// help, the hidden test and benchmark knobs included (for `--help-all`).
+fn unhide_all(command: clap::Command) -> clap::Command {
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    names
+        .into_iter()
+        .fold(command.mut_args(|arg| arg.hide(false)), |command, name| {
+            command.mut_subcommand(name, unhide_all)
+        })
 }
 
 /// `e`, or, when it is about a value the command line did not give (so it
@@ -324,13 +386,13 @@ fn with_origin(
 }
 
 /// The ids of `command`'s arguments that the file and the environment may
-/// set: all but `--config`, `--help` and `--version`.
+/// set: all but [`NOT_CONFIGURABLE`].
 fn configurable(command: &clap::Command) -> impl Iterator<Item = String> + '_ {
     command
         .get_arguments()
         .filter(|arg| arg.get_long().is_some())
         .map(|arg| arg.get_id().as_str().to_owned())
-        .filter(|id| id != "config" && id != "help" && id != "version")
+        .filter(|id| !NOT_CONFIGURABLE.contains(&id.as_str()))
 }
 
 /// The value of `--config FILE` or `--config=FILE` in `args`, if any.
@@ -414,7 +476,7 @@ fn unknown_key(command: &clap::Command, path: PathBuf, key: &str) -> ConfigError
             serve
                 .get_arguments()
                 .filter_map(|a| a.get_long())
-                .filter(|long| !["config", "help"].contains(long))
+                .filter(|long| !NOT_CONFIGURABLE.contains(&long.replace('-', "_").as_str()))
                 .map(str::to_owned)
                 .collect()
         })
@@ -436,7 +498,7 @@ fn effective(
     let settings = command
         .get_arguments()
         .filter(|arg| arg.get_long().is_some())
-        .filter(|arg| !["config", "help", "version"].contains(&arg.get_id().as_str()))
+        .filter(|arg| !NOT_CONFIGURABLE.contains(&arg.get_id().as_str()))
         .map(|arg| {
             let id = arg.get_id().as_str();
             let value = matches.get_raw(id).map(|values| {

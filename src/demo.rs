@@ -7,12 +7,15 @@
 //!
 //! This file is long (about 890 lines) because it is one run read top to
 //! bottom: set-up, the driver's create loop, the checks and the report; the
-//! plan of job kinds and the embedded driver are in `demo/`.
+//! plan of job kinds, the embedded driver, the progress line and the
+//! outcome table are in `demo/`.
 
 pub mod driver;
 pub mod plan;
+pub mod progress;
+pub mod table;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +24,6 @@ use std::time::{Duration, Instant};
 use batch_worker_model::{ErrorKind, JobState, RunPhase};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -43,6 +45,7 @@ use crate::spec_store::{SpecLoadConfig, SpecStore};
 use crate::store::{open_store, throttled, with_control_plane, FaultStore};
 use crate::worker::{Executor, JournalOptions, Worker};
 use plan::{Expected, Kind, DEMO_BATCH_ID, DEMO_SPEC_MAX_BYTES};
+use progress::Progress;
 
 /// The create calls' client timeout, like the driver's.
 pub const CREATE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -251,7 +254,11 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     // With injected faults the tokens (so the keys, so the faults) follow
     // the plan's seed: the same plan repeats the same faults.
     let token_seed = args.store_faults.as_ref().map(|plan| plan.seed);
-    let (planned, bunches) = write_specs(&store, &root, args.jobs, token_seed).await?;
+    let progress = Progress::new(args.jobs as u64);
+    progress.doing(format!("writing {} job specs", args.jobs));
+    let written = write_specs(&store, &root, args.jobs, token_seed).await;
+    let (planned, bunches) = written.inspect_err(|_| progress.finish())?;
+    progress.doing("starting the worker");
 
     // The driver side (its endpoint and its create calls) runs on a runtime
     // of its own, as it would in its own process: its latency figures then
@@ -352,19 +359,15 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
 
     let http = reqwest::Client::builder().timeout(CREATE_TIMEOUT).build()?;
     let bodies: Vec<Value> = planned.iter().map(|j| j.body.clone()).collect();
+    progress.doing("creating jobs");
     let creates = {
-        let (http, base) = (http.clone(), base.clone());
+        let (http, base, progress) = (http.clone(), base.clone(), progress.clone());
         client_runtime
-            .spawn(async move { create_all(&http, &base, bodies).await })
+            .spawn(async move { create_all(&http, &base, bodies, &progress).await })
             .await
             .expect("the create calls do not panic")
     };
 
-    let progress = ProgressBar::new(planned.len() as u64).with_style(
-        ProgressStyle::with_template("{spinner} {pos}/{len} jobs final [{bar:30}] {elapsed}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
     // A hung spec read ends at the load deadline (60 s).
     let hangs = args
         .store_faults
@@ -376,12 +379,12 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         cancel_when_running(&http, &base, &worker, &planned).await;
         let mut changes = driver.changes();
         loop {
-            let states: Vec<_> = planned
+            let all: Vec<_> = planned
                 .iter()
                 .filter_map(|j| worker.state_of(DEMO_BATCH_ID, j.job_id).ok())
-                .filter(JobState::is_terminal)
                 .collect();
-            progress.set_position(states.len() as u64);
+            let states: Vec<_> = all.iter().filter(|s| s.is_terminal()).collect();
+            progress.ended(states.len() as u64);
             // Every final job but the cancelled ones is reported (with
             // injected faults, a job planned to be cancelled may end
             // otherwise first).
@@ -389,9 +392,16 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
                 .iter()
                 .filter(|s| s.wire_state() != batch_worker_model::WireState::Cancelled)
                 .count();
-            if states.len() == planned.len() && driver.received().complete.len() >= reported {
+            let complete = driver.received().complete.len();
+            if states.len() == planned.len() && complete >= reported {
                 break;
             }
+            let held = faults.as_ref().map_or(0, |f| f.stats().hangs);
+            progress.doing(progress::waiting_for(
+                &all,
+                reported.saturating_sub(complete),
+                held,
+            ));
             let mut worker_changes = worker.changes();
             tokio::select! {
                 _ = changes.changed() => {},
@@ -400,7 +410,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         }
     })
     .await;
-    progress.finish_and_clear();
+    progress.doing("collecting the results, stopping the worker");
     if finished.is_err() {
         tracing::warn!(
             deadline_ms = deadline.as_millis() as u64,
@@ -439,6 +449,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     drop(driver);
     driver_runtime.shutdown_background();
     client_runtime.shutdown_background();
+    progress.finish();
 
     let mut seen = std::collections::HashSet::new();
     let complete_duplicates = received
@@ -608,7 +619,12 @@ fn create_body(job_id: i64, bunch: Option<(&str, i64)>, inline: Option<Value>) -
     })
 }
 
-async fn create_all(http: &reqwest::Client, base: &Url, bodies: Vec<Value>) -> CreateStats {
+async fn create_all(
+    http: &reqwest::Client,
+    base: &Url,
+    bodies: Vec<Value>,
+    progress: &Progress,
+) -> CreateStats {
     let url = base
         .join(CREATE_PATH.trim_start_matches('/'))
         .expect("a valid path");
@@ -619,6 +635,7 @@ async fn create_all(http: &reqwest::Client, base: &Url, bodies: Vec<Value>) -> C
                 async move {
                     let t = Instant::now();
                     let result = request.send().await.map(|r| r.status());
+                    progress.created_one();
                     (t.elapsed(), result)
                 }
             })
@@ -811,20 +828,7 @@ impl DemoReport {
             },
             self.elapsed_ms as f64 / 1000.0
         );
-        let mut by_expected: BTreeMap<Expected, (usize, usize)> = BTreeMap::new();
-        for job in &self.jobs {
-            let row = by_expected.entry(job.expected).or_default();
-            row.0 += 1;
-            row.1 += usize::from(job.as_planned());
-        }
-        let _ = writeln!(
-            out,
-            "{:<28} {:>6} {:>11}",
-            "final state (planned)", "jobs", "as planned"
-        );
-        for (expected, (jobs, ok)) in &by_expected {
-            let _ = writeln!(out, "{:<28} {:>6} {:>11}", expected.to_string(), jobs, ok);
-        }
+        out.push_str(&table::render_outcomes(&self.jobs));
         let _ = writeln!(out, "\nspecial jobs (first of each kind):");
         let mut shown = std::collections::HashSet::new();
         for job in self.jobs.iter().filter(|j| j.kind != Kind::Succeeds) {

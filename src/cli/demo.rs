@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use url::Url;
 
-use super::CliError;
+use super::{heading, CliError};
 use crate::journal::Durability;
 
 /// Flags of `demo`.
@@ -17,7 +17,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 200, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub jobs: usize,
     /// Added latency of every blob read, in ms.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, help_heading = heading::TESTING)]
     pub blob_latency_ms: u64,
     /// Keep what the demo writes (specs, logs, journal) in this directory;
     /// default: a temporary directory, removed at exit.
@@ -26,9 +26,9 @@ pub struct DemoArgs {
     /// The worker's journal durability.
     #[arg(long, value_enum, default_value = "fsync")]
     pub durability: Durability,
-    /// Testing: the median token wait before every store request, in ms
-    /// (see `serve --token-latency-ms`); 0: off.
-    #[arg(long, default_value_t = 0)]
+    /// The median token wait before every store request, in ms (as
+    /// `serve --token-latency-ms`, which `serve --help-all` lists); 0: off.
+    #[arg(long, default_value_t = 0, help_heading = heading::TESTING)]
     pub token_latency_ms: u64,
     /// Write the specs to this store and have the worker read them from it:
     /// an absolute path or a URL, as `serve --spec-store` (`s3://`, `az://`,
@@ -37,7 +37,7 @@ pub struct DemoArgs {
     /// data directory.
     #[arg(long, value_parser = crate::location::store_url)]
     pub spec_store: Option<Url>,
-    /// Testing: inject seeded faults into the worker's spec reads. PLAN is
+    /// Inject seeded faults into the worker's spec reads. PLAN is
     /// comma-separated NAME=VALUE: seed (the same seed repeats the same
     /// faults), latency_ms (median delay per read) and sigma (its
     /// log-normal spread; 0 = fixed), and per-read rates in [0, 1]:
@@ -46,7 +46,7 @@ pub struct DemoArgs {
     /// short_read (bytes cut short) and flip (one byte changed). E.g.
     /// "seed=3,latency_ms=100,sigma=1,error=0.1,not_found=0.02,flip=0.02".
     /// A job whose bunch a fault hit may end as an error of its spec read.
-    #[arg(long)]
+    #[arg(long, help_heading = heading::TESTING)]
     pub store_faults: Option<crate::store::FaultPlan>,
 }
 

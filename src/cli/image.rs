@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::{CliError, StartError};
+use super::{heading, CliError, StartError};
 use crate::image::{ImageConfig, ImageStore, PullError, PullReport, PulledImage};
 
 /// Subcommands of `image`.
@@ -41,10 +41,10 @@ pub struct ImagePullArgs {
     #[arg(long, hide = true)]
     pub scratch_dir: Option<PathBuf>,
     /// Delay before the first retry of a registry call, in ms.
-    #[arg(long, hide = true, default_value_t = 500)]
+    #[arg(long, hide = true, default_value_t = 500, help_heading = heading::TESTING)]
     pub registry_retry_delay_ms: u64,
     /// Tries per registry call.
-    #[arg(long, hide = true, default_value_t = 4)]
+    #[arg(long, hide = true, default_value_t = 4, help_heading = heading::TESTING)]
     pub registry_max_attempts: u32,
 }
 
@@ -106,18 +106,19 @@ pub struct RegistryArgs {
     /// A docker-style config.json with registry credentials
     /// (`{"auths": {"host": {"auth": base64("user:password")}}}`).
     /// Without it images are pulled anonymously.
-    #[arg(long)]
+    #[arg(long, help_heading = heading::CONTAINERS)]
     pub registry_auth_file: Option<PathBuf>,
     /// Registries (host:port, comma-separated) pulled from over plain HTTP
     /// rather than HTTPS, like Docker's insecure-registries.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', help_heading = heading::CONTAINERS)]
     pub insecure_registry: Vec<String>,
     /// Largest image pulled: its layers, compressed as declared and
-    /// unpacked, e.g. 20GiB. Larger images end image_pull_failed.
-    #[arg(long, default_value = "20GiB")]
+    /// unpacked, e.g. 20GiB (GiB: 2^30 bytes; G or GB: 10^9). Larger
+    /// images end image_pull_failed.
+    #[arg(long, default_value = "20GiB", help_heading = heading::CONTAINERS)]
     pub image_max_bytes: bytesize::ByteSize,
     /// Longest one image pull may take, retries included, in s.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, help_heading = heading::CONTAINERS)]
     pub image_pull_timeout_s: u64,
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::Args;
 use url::Url;
 
-use super::{store_or_local, CliError, RegistryArgs, SpecArgs, StartError};
+use super::{derived, heading, store_or_local, CliError, RegistryArgs, SpecArgs, StartError};
 use crate::admission::Capacity;
 use crate::api::{ApiConfig, ApiToken, DEFAULT_MAX_BUFFERED_BODY_BYTES};
 use crate::cgroup::{CgroupMode, Cgroups};
@@ -32,7 +32,7 @@ use crate::server::{
     ConnectionLimits, BODY_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
 };
 use crate::spec_store::SpecStore;
-use crate::store::{redact_url, throttled, with_control_plane, StoreOptions};
+use crate::store::{throttled, with_control_plane, StoreOptions};
 use crate::worker::{
     default_name, Executor, JournalOptions, Worker, DEFAULT_BILLING_UPDATE_PERIOD,
     DEFAULT_JOURNAL_SEGMENT_BYTES, DEFAULT_MIN_FREE_BYTES, DEFAULT_REPORT_DRAIN_MS,
@@ -50,6 +50,7 @@ pub struct ServeArgs {
     /// override both.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    #[arg(help_heading = heading::API)]
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:5000")]
     pub listen: SocketAddr,
@@ -58,6 +59,7 @@ pub struct ServeArgs {
     /// and runc's state.
     #[arg(long, default_value = "batch-worker-data")]
     pub data_dir: PathBuf,
+    #[arg(help_heading = heading::STORES)]
     /// Root of the spec store: an absolute path (/srv/specs, a local
     /// directory) or a URL: file:///abs/path, s3://bucket/prefix,
     /// gs://bucket/prefix, az://container/prefix,
@@ -66,6 +68,7 @@ pub struct ServeArgs {
     /// form meant. Default: {data-dir}/specs.
     #[arg(long, value_parser = crate::location::store_url)]
     pub spec_store: Option<Url>,
+    #[arg(help_heading = heading::DRIVER)]
     /// The driver's base URL, http://HOST:PORT or https://HOST (the
     /// scheme is required: 127.0.0.1:5000 is refused with "did you mean
     /// http://127.0.0.1:5000?"). The worker activates there before taking
@@ -73,9 +76,11 @@ pub struct ServeArgs {
     /// job_complete. None: no activation, no reports.
     #[arg(long, value_parser = crate::location::parse_driver_url)]
     pub driver_url: Option<Url>,
+    #[arg(help_heading = heading::DRIVER)]
     /// The worker's name (X-Hail-Instance-Name, /healthcheck). Default: the host name.
     #[arg(long)]
     pub name: Option<String>,
+    #[arg(help_heading = heading::DRIVER)]
     /// The instance config the driver made this VM with, base64 of its
     /// JSON, as Hail's driver passes it in the environment (INSTANCE_CONFIG,
     /// read when neither this nor --instance-config-file is given). Each
@@ -83,22 +88,27 @@ pub struct ServeArgs {
     /// they are `[]`.
     #[arg(long, hide_env_values = true)]
     pub instance_config: Option<String>,
+    #[arg(help_heading = heading::DRIVER)]
     /// The instance config in a file: its JSON, or base64 of it.
     #[arg(long, conflicts_with = "instance_config")]
     pub instance_config_file: Option<PathBuf>,
+    #[arg(help_heading = heading::DRIVER)]
     /// The cloud region statuses name (`region`). Default: the REGION
     /// environment variable, as on Hail's workers, else empty.
     #[arg(long)]
     pub region: Option<String>,
+    #[arg(help_heading = heading::DRIVER)]
     /// The pause after each billing_update call (the running attempts the
     /// driver bills), in ms; Hail's worker waits 60 s.
     #[arg(long, default_value_t = DEFAULT_BILLING_UPDATE_PERIOD.as_millis() as u64)]
     pub billing_update_ms: u64,
+    #[arg(help_heading = heading::JOBS)]
     /// Also queue jobs for memory: a job waits until its memory_bytes are
     /// free, and one asking for more than --memory errors. Default: cores
     /// only, as Hail's worker admits (memory is each job's limit).
     #[arg(long)]
     pub admit_by_memory: bool,
+    #[arg(help_heading = heading::DRIVER)]
     /// The activation token, sent as X-Hail-Instance-Token on the activate
     /// call; the driver's answer replaces it for every later call.
     #[arg(
@@ -108,81 +118,103 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub activation_token: String,
+    #[arg(help_heading = heading::DRIVER)]
     /// The IP address sent to the driver on activation (where it reaches
     /// this worker). Default: the --listen address's IP; for a wildcard
     /// (0.0.0.0, ::), the local address of the route to the driver.
     #[arg(long)]
     pub ip_address: Option<std::net::IpAddr>,
+    #[arg(help_heading = heading::DRIVER)]
     /// Driver calls on the wire at once (reports are retried until
     /// acknowledged; waiting out a backoff holds no slot).
     #[arg(long, default_value_t = 64)]
     pub report_concurrency: usize,
+    #[arg(help_heading = heading::DRIVER)]
     /// At shutdown, the longest wait for reports still being delivered, in ms.
     #[arg(long, default_value_t = DEFAULT_REPORT_DRAIN_MS)]
     pub report_drain_ms: u64,
+    #[arg(help_heading = heading::JOBS)]
     /// Cores jobs may reserve in all (fractions allowed, e.g. 1.5).
     /// Default: the machine's.
     #[arg(long)]
     pub cores: Option<f64>,
-    /// Memory jobs may reserve in all, e.g. 8GiB or 512MiB or 1000000.
-    /// Default: the machine's.
+    #[arg(help_heading = heading::JOBS)]
+    /// Memory jobs may reserve in all, in bytes or with a unit (bytesize's,
+    /// case-insensitive): 8GiB or 8Gi is 8 × 2^30 bytes, 8G or 8GB is
+    /// 8 × 10^9 (K, M, G, T, P: powers of 1000; KiB, MiB, GiB, TiB, PiB:
+    /// of 1024); 1000000 is bytes. `config` prints the bytes. Default: the
+    /// machine's.
     #[arg(long)]
     pub memory: Option<bytesize::ByteSize>,
+    #[arg(help_heading = heading::STORES)]
     /// Root where finished attempts' status.json and main log are
     /// written: an absolute path or a URL, as --spec-store. Default:
     /// {data-dir}/logs.
     #[arg(long, value_parser = crate::location::store_url)]
     pub logs_store: Option<Url>,
+    #[arg(help_heading = heading::STORES)]
     /// A file of store options, `NAME=VALUE` lines with the names of the
     /// AWS_*, AZURE_*, GOOGLE_* variables (object_store's keys); they
     /// override the environment's, for every store the worker opens.
     #[arg(long)]
     pub store_options: Option<PathBuf>,
+    #[arg(help_heading = heading::JOURNAL)]
     /// When a journal record counts as written: `fsync` (survives power
     /// loss) or `flush` (survives the worker's crash).
     #[arg(long, value_enum, default_value = "fsync")]
     pub durability: Durability,
+    #[arg(help_heading = heading::JOURNAL)]
     /// Start even if the journal is damaged (a corrupt record, records
     /// missing or out of order, a journal missing beside its attempts):
     /// keep every valid record, drop only the damaged bytes (saying what
     /// was dropped), and rewrite the journal clean.
     #[arg(long)]
     pub repair: bool,
+    #[arg(help_heading = heading::JOURNAL)]
     /// Bytes reserved for each journal segment when it starts (`fallocate`),
     /// so that jobs already accepted can still be ended and reported on a
     /// full disk; 0 for none.
     #[arg(long, default_value_t = DEFAULT_PREALLOCATE_BYTES)]
     pub journal_preallocate_bytes: u64,
+    #[arg(help_heading = heading::JOURNAL)]
     /// Refuse creates (503 with `Retry-After`) while the file system of the
     /// data directory has fewer free bytes than this; 0 for no floor.
     #[arg(long, default_value_t = DEFAULT_MIN_FREE_BYTES)]
     pub min_free_bytes: u64,
+    #[arg(help_heading = heading::JOURNAL)]
     /// Compact the journal after this many bytes appended.
     #[arg(long, default_value_t = DEFAULT_JOURNAL_SEGMENT_BYTES)]
     pub journal_segment_bytes: u64,
+    #[arg(help_heading = heading::JOURNAL)]
     /// Remember finished, reported attempts (403 for a repeated create,
     /// across restarts) for this many hours.
     #[arg(long, default_value_t = DEFAULT_RETENTION_HOURS)]
     pub retention_hours: u64,
+    #[arg(help_heading = heading::API)]
     /// Largest accepted create body, in bytes (larger: 413).
     #[arg(long, default_value_t = 17 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    #[arg(help_heading = heading::API)]
     /// A request's whole body must arrive within this many ms of its
     /// headers, however it trickles in (then 408).
     #[arg(long, default_value_t = BODY_READ_TIMEOUT.as_millis() as u64)]
     pub body_timeout_ms: u64,
+    #[arg(help_heading = heading::API)]
     /// Most bytes of request bodies held at once over every connection
     /// (then 503 for the body that does not fit).
     #[arg(long, default_value_t = DEFAULT_MAX_BUFFERED_BODY_BYTES)]
     pub max_buffered_body_bytes: usize,
+    #[arg(help_heading = heading::API)]
     /// Most client connections at once (more are closed as they are
     /// accepted); lowered to the open-file limit less 256 if need be.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    #[arg(help_heading = heading::API)]
     /// A connection with no request in flight and no byte either way for
     /// this many ms is closed (HTTP/1 and h2c).
     #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_millis() as u64)]
     pub idle_timeout_ms: u64,
+    #[arg(help_heading = heading::API)]
     /// A file holding the API's bearer token (one line). With it, every
     /// endpoint but /healthcheck and /metrics answers 401 without
     /// `Authorization: Bearer <token>`. Without it: no authentication.
@@ -211,42 +243,51 @@ pub enum ExecutorKind {
 /// Flags of the executor (`serve`).
 #[derive(Debug, Clone, Args)]
 pub struct ExecutorArgs {
+    #[arg(help_heading = heading::JOBS)]
     /// How jobs run: `host` (host processes) or `runc` (OCI containers).
     #[arg(long, value_enum, default_value = "host")]
     pub executor: ExecutorKind,
+    #[arg(help_heading = heading::JOBS)]
     /// With `--executor host` and a worker running as root: the
     /// unprivileged user jobs run as (their directories are given to it),
     /// so that no job can read the worker's memory or another job's
     /// secrets. '' runs jobs as the worker's own user.
     #[arg(long, default_value = "nobody")]
     pub job_user: String,
+    #[arg(help_heading = heading::JOBS)]
     /// With `--executor host`: the cgroup hierarchy each job gets a cgroup
     /// of its own in (`auto`: v2 if mounted with `cgroup.kill`, else v1,
     /// else none), so that a timeout, a cancel, shutdown or a restart ends
     /// every process of the job, even one that left its process group.
     #[arg(long, value_enum, default_value = "auto")]
     pub job_cgroups: CgroupMode,
+    #[arg(help_heading = heading::JOBS)]
     /// Hand each job's process (a host process, or `runc run`) to a shim
     /// (a small re-exec of this binary) that outlives the worker, so a
     /// restart re-attaches to running jobs instead of losing them.
     /// `false`: jobs are the worker's own children.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub job_shim: bool,
+    #[arg(help_heading = heading::JOBS)]
     /// With `--job-shim`: most bytes a job's `main.log` keeps (its first
     /// and last halves, with a line saying what was cut); 0: no cap.
     #[arg(long, default_value_t = DEFAULT_MAX_LOG_BYTES)]
     pub max_log_bytes: u64,
+    #[arg(help_heading = heading::JOBS)]
     /// With `--job-shim`: the storage bound, in bytes, of a job whose spec
     /// gives none (`resources.storage_gib` absent or 0); a job whose files
     /// grow past its bound is ended, `error: storage_exceeded`. 0: none.
     #[arg(long, default_value_t = DEFAULT_JOB_STORAGE_BYTES)]
     pub default_job_storage_bytes: u64,
+    #[arg(help_heading = heading::CONTAINERS)]
     /// The runc binary (`--executor runc`).
     #[arg(long, default_value = "runc")]
     pub runc: PathBuf,
+    #[arg(help_heading = heading::CONTAINERS)]
     /// runc's state directory (`runc --root`). Default: {data-dir}/runc.
     #[arg(long)]
     pub runc_root: Option<PathBuf>,
+    #[arg(help_heading = heading::CONTAINERS)]
     /// Where pulled images are unpacked, one directory per manifest
     /// digest. Default: {data-dir}/images.
     #[arg(long)]
@@ -254,14 +295,17 @@ pub struct ExecutorArgs {
     /// Registry access and pull bounds.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    #[arg(help_heading = heading::CONTAINERS)]
     /// Network of job containers: `none` (only loopback) or `host`.
     #[arg(long, value_enum, default_value = "none")]
     pub container_network: ContainerNetwork,
+    #[arg(help_heading = heading::CONTAINERS)]
     /// Memory limit of each image pull's child process (its heap), e.g.
-    /// 1GiB; at least 64MiB. A registry whose answers need more ends the
+    /// 1GiB (2^30 bytes; 1G is 10^9); at least 64MiB. A registry whose answers need more ends the
     /// job image_pull_failed; the worker is not touched.
     #[arg(long, default_value = "1GiB")]
     pub image_pull_max_memory: bytesize::ByteSize,
+    #[arg(help_heading = heading::CONTAINERS)]
     /// Most image pulls at once (of different images; more wait in
     /// `initializing`). With --image-pull-max-memory, bounds what pulls
     /// together may take.
@@ -288,6 +332,20 @@ impl ExecutorArgs {
             return Err(StartError::Invalid("--image-pulls-max: at least 1".into()));
         }
         Ok(())
+    }
+
+    /// The image cache: `--image-cache-dir`, else `{data_dir}/images`.
+    pub fn image_cache_dir(&self, data_dir: &Path) -> PathBuf {
+        self.image_cache_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join(derived::IMAGES_DIR))
+    }
+
+    /// runc's state directory: `--runc-root`, else `{data_dir}/runc`.
+    pub fn runc_root(&self, data_dir: &Path) -> PathBuf {
+        self.runc_root
+            .clone()
+            .unwrap_or_else(|| data_dir.join(derived::RUNC_DIR))
     }
 
     /// The shim these flags give jobs (`--job-shim`): this binary.
@@ -347,11 +405,7 @@ impl ExecutorArgs {
                 })))
             }
             ExecutorKind::Runc => {
-                let mut images = self.registry.image_config(
-                    self.image_cache_dir
-                        .clone()
-                        .unwrap_or_else(|| data_dir.join("images")),
-                )?;
+                let mut images = self.registry.image_config(self.image_cache_dir(data_dir))?;
                 let program = std::env::current_exe().map_err(|e| {
                     StartError::Invalid(format!(
                         "--executor runc: cannot find this program to run image pulls: {e}"
@@ -365,10 +419,7 @@ impl ExecutorArgs {
                 images.max_concurrent_pulls = self.image_pulls_max;
                 let runner = RuncRunner::new(RuncConfig {
                     runc: self.runc.clone(),
-                    state_dir: self
-                        .runc_root
-                        .clone()
-                        .unwrap_or_else(|| data_dir.join("runc")),
+                    state_dir: self.runc_root(data_dir),
                     network: self.container_network,
                     kill_grace,
                 })
@@ -464,19 +515,7 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
     let spec_store = remote(args.spec_store.as_ref())?;
     let logs_store = remote(args.logs_store.as_ref())?;
     // Shown by `GET /batch-worker/v1/worker`, for `submit`.
-    builder = builder.spec_store_location(match &args.spec_store {
-        Some(url) => redact_url(url),
-        None => {
-            let data_dir = std::path::absolute(&args.data_dir).map_err(|source| {
-                StartError::from(crate::dirs::DirError::from_io(
-                    &args.data_dir,
-                    "--data-dir",
-                    source,
-                ))
-            })?;
-            format!("file://{}", data_dir.join("specs").display())
-        }
-    });
+    builder = builder.spec_store_location(args.resolved()?.spec_store);
     let executor = args.executor.clone();
     let kill_grace = Duration::from_millis(args.spec.kill_grace_ms);
     let spec = args.spec.clone();
@@ -494,7 +533,7 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
             };
             let (store, root) = match spec_store {
                 Some(remote) => remote,
-                None => local("specs")?,
+                None => local(derived::SPECS_DIR)?,
             };
             let slow =
                 |store| with_control_plane(store, spec.token_latency_ms, spec.token_latency_seed);
@@ -502,7 +541,7 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
                 .map_err(|e| StartError::Runtime(e).to_string())?;
             let (logs, logs_root) = match logs_store {
                 Some(remote) => remote,
-                None => local("logs")?,
+                None => local(derived::LOGS_DIR)?,
             };
             Ok((specs, LogsStore::new(slow(logs), logs_root)))
         })
@@ -723,18 +762,25 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
     })?;
     let ip_address =
         advertised_ip(local.ip(), args.ip_address, args.driver_url.as_ref())?.to_string();
-    let worker = build_worker(args)?;
+    // The start line: what this worker runs with, derived defaults
+    // resolved (as `config` prints them).
+    let resolved = args.resolved()?;
     tracing::info!(
         listen = %local,
-        name = worker.name(),
-        data_dir = %worker.data_dir().display(),
-        spec_store = args.spec_store.as_ref().map_or_else(|| format!("file://{}", worker.data_dir().join("specs").display()), redact_url),
-        logs_store = args.logs_store.as_ref().map_or_else(|| format!("file://{}", worker.data_dir().join("logs").display()), redact_url),
-        driver_url = args.driver_url.as_ref().map_or("none (no reports)".into(), redact_url),
+        name = args.name.clone().unwrap_or_else(default_name),
+        data_dir = %resolved.data_dir.display(),
+        cores = derived::cores(resolved.capacity.cores_mcpu),
+        memory_bytes = resolved.capacity.memory_bytes,
+        memory = derived::human_bytes(resolved.capacity.memory_bytes),
+        executor = ?resolved.executor,
+        spec_store = resolved.spec_store,
+        logs_store = resolved.logs_store,
+        driver_url = resolved.driver_url.as_deref().unwrap_or("none (no activation, no reports)"),
         api_auth = if api_config.api_token.is_some() { "bearer token" } else { "none" },
-        executor = ?args.executor.executor,
-        "batch-worker serving"
+        "batch-worker starting"
     );
+    let worker = build_worker(args)?;
+    tracing::info!(listen = %local, name = worker.name(), "batch-worker serving");
     // Credentials' values are masked.
     let options = args.store_options()?;
     tracing::info!(options = ?options, "store options (environment, then --store-options)");

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use url::Url;
 
-use super::{CliError, SpecArgs, StartError};
+use super::{CliError, SpecLimitArgs, StartError};
 use crate::spec_diag::{diagnose, Diagnosis, SpecQuery};
 use crate::spec_store::SpecStore;
 use crate::store::{open_store_with, redact_url, StoreOptions};
@@ -47,10 +47,11 @@ pub struct SpecShowArgs {
     /// as `serve --store-options`.
     #[arg(long)]
     pub store_options: Option<PathBuf>,
-    /// Spec limits, as `serve`'s (a spec over `--spec-max-bytes` is
-    /// `spec_corrupt`).
+    /// The limits of the spec load, as `serve`'s (a spec over
+    /// `--spec-max-bytes` is `spec_corrupt`); only these of `serve`'s
+    /// flags apply to one spec read.
     #[command(flatten)]
-    pub spec: SpecArgs,
+    pub limits: SpecLimitArgs,
 }
 
 impl SpecShowArgs {
@@ -68,7 +69,7 @@ impl SpecShowArgs {
         };
         let (store, root) = open_store_with(&self.store, &options)?;
         let specs =
-            SpecStore::new(store, root, self.spec.load_config()).map_err(StartError::Runtime)?;
+            SpecStore::new(store, root, self.limits.load_config()).map_err(StartError::Runtime)?;
         let query = SpecQuery {
             batch_id: self.batch,
             token: self.token.clone(),

@@ -271,3 +271,236 @@ fn a_value_the_start_refuses_says_where_it_came_from_and_config_refuses_it_too()
     // and nothing was made.
     assert!(!data.exists());
 }
+
+/// The long flags (`--name`) a help text lists.
+fn flags(help: &str) -> std::collections::BTreeSet<String> {
+    help.split_whitespace()
+        .filter_map(|word| word.strip_prefix("--"))
+        .map(|flag| {
+            flag.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_owned()
+        })
+        .filter(|flag| !flag.is_empty() && !flag.contains(['`', '\'']))
+        .collect()
+}
+
+#[test]
+fn help_is_grouped_by_concern_and_hides_the_test_knobs_that_help_all_lists() {
+    let help = |args: &[&str]| {
+        let out = worker().args(args).output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        stdout
+    };
+    let serve = help(&["serve", "--help"]);
+    for heading in [
+        "API:",
+        "Stores and spec loading:",
+        "Driver:",
+        "Jobs and executor:",
+        "Journal:",
+        "Containers and registry:",
+        "Logging:",
+    ] {
+        assert!(
+            serve.lines().any(|l| l == heading),
+            "no {heading} in\n{serve}"
+        );
+    }
+    let test_knobs = ["blob-latency-ms", "token-latency-ms", "token-latency-seed"];
+    for knob in test_knobs {
+        assert!(!serve.contains(&format!("--{knob}")), "{knob} in\n{serve}");
+    }
+    // A heading holds its flags: --memory is under "Jobs and executor".
+    let jobs: String = serve
+        .lines()
+        .skip_while(|l| *l != "Jobs and executor:")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with(' '))
+        .collect();
+    assert!(
+        jobs.contains("--memory") && jobs.contains("--cores"),
+        "{jobs}"
+    );
+    // --memory says what its units mean.
+    assert!(serve.contains("8G or 8GB is 8 × 10^9"), "{serve}");
+
+    let all = help(&["serve", "--help-all"]);
+    assert!(all.lines().any(|l| l == "Testing:"), "{all}");
+    for knob in test_knobs {
+        assert!(all.contains(&format!("--{knob}")), "{knob} not in\n{all}");
+    }
+    // --help-all lists every flag --help does, and more.
+    assert!(flags(&all).is_superset(&flags(&serve)));
+
+    // The hidden knobs still work when passed.
+    let out = worker()
+        .args([
+            "config",
+            "--blob-latency-ms",
+            "7",
+            "--token-latency-seed",
+            "9",
+        ])
+        .output()
+        .unwrap();
+    let (printed, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(line(&printed, "blob-latency-ms").starts_with("blob-latency-ms = 7 "));
+    assert!(line(&printed, "token-latency-seed").ends_with("# flag"));
+
+    // `spec show` lists only its own flags, even with --help-all.
+    let spec = help(&["spec", "show", "--help-all"]);
+    let own: std::collections::BTreeSet<String> = [
+        "store",
+        "batch",
+        "token",
+        "start",
+        "job",
+        "store-options",
+        "spec-max-bytes",
+        "spec-timeout-ms",
+        "spec-read-attempts",
+        "log-format",
+        "help",
+        "help-all",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let listed: std::collections::BTreeSet<String> = spec
+        .lines()
+        .filter(|l| l.trim_start().starts_with("--") || l.trim_start().starts_with("-h,"))
+        .flat_map(|l| flags(l.split("  ").find(|p| !p.trim().is_empty()).unwrap_or(l)))
+        .collect();
+    assert_eq!(listed, own, "{spec}");
+    for flag in ["kill-grace-ms", "spec-load-concurrency", "blob-latency-ms"] {
+        assert!(!spec.contains(&format!("--{flag}")), "{flag} in\n{spec}");
+    }
+}
+
+#[test]
+fn config_prints_what_serve_derives_and_stays_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = std::path::absolute(dir.path()).unwrap();
+    let out = worker().arg("config").current_dir(&cwd).output().unwrap();
+    let (printed, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let data = cwd.join("batch-worker-data");
+    // The spec store serve would open, not "(unset)".
+    assert!(!printed.contains("spec-store (unset)"), "{printed}");
+    let spec_store = printed
+        .lines()
+        .find(|l| l.starts_with("# spec-store = "))
+        .unwrap_or_else(|| panic!("{printed}"));
+    assert!(
+        spec_store.contains(&format!("\"file://{}/specs\"", data.display())),
+        "{spec_store}"
+    );
+    assert!(
+        spec_store.ends_with("# unset: {data-dir}/specs"),
+        "{spec_store}"
+    );
+    let data_dir = line(&printed, "data-dir");
+    assert!(
+        data_dir.contains(&format!("{}/journal", data.display())),
+        "{data_dir}"
+    );
+    for (name, dir) in [("logs-store", "logs"), ("image-cache-dir", "images")] {
+        let l = printed
+            .lines()
+            .find(|l| l.starts_with(&format!("# {name} = ")))
+            .unwrap_or_else(|| panic!("no {name} in {printed}"));
+        assert!(l.contains(&format!("{}/{dir}", data.display())), "{l}");
+    }
+    // The machine's cores and memory, in bytes with a unit beside them.
+    let memory = printed
+        .lines()
+        .find(|l| l.starts_with("# memory = "))
+        .unwrap_or_else(|| panic!("{printed}"));
+    let bytes: u64 = memory["# memory = ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bytes > 0, "{memory}");
+    assert!(
+        memory.contains("the machine's") && memory.contains("GiB)"),
+        "{memory}"
+    );
+    assert!(printed.contains("\n# cores = "), "{printed}");
+    // Nothing was made, and the output is TOML and a config file.
+    assert!(!data.exists());
+    let table: toml::Table = printed.parse().unwrap();
+    assert_eq!(table["executor"].as_str(), Some("host"));
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &printed).unwrap();
+    let out = worker()
+        .args(["config", "--config"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    // --memory 8G is 8 × 10^9 bytes, and config says so.
+    let out = worker()
+        .args(["config", "--memory", "8G", "--spec-store", "memory://"])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    let (printed, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let memory = line(&printed, "memory");
+    assert!(memory.starts_with("memory = 8000000000 "), "{memory}");
+    assert!(
+        memory.ends_with("# flag: 8G = 8.0 GB (7.45 GiB)"),
+        "{memory}"
+    );
+    assert!(line(&printed, "spec-store").ends_with("# flag"));
+    let table: toml::Table = printed.parse().unwrap();
+    assert_eq!(table["memory"].as_integer(), Some(8_000_000_000));
+}
+
+#[test]
+fn serve_names_what_it_runs_with_in_its_first_log_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = worker()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--memory",
+            "8G",
+            "--cores",
+            "1.5",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Reading the first line waits for it (the child's own event).
+    let first = std::io::BufReader::new(stderr)
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first.contains("batch-worker starting"), "{first}");
+    for field in [
+        "cores=\"1.5\"",
+        "memory_bytes=8000000000",
+        "memory=\"8.0 GB (7.45 GiB)\"",
+        "executor=Host",
+        "spec_store=\"file://",
+        "logs_store=\"file://",
+        "driver_url=\"none",
+    ] {
+        assert!(first.contains(field), "{field} not in {first}");
+    }
+}
