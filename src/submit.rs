@@ -56,6 +56,26 @@ pub enum SpecsFileError {
         /// The file.
         path: PathBuf,
     },
+    /// A line is not UTF-8.
+    #[error("{path}, line {line}: not UTF-8 (byte {byte} of the line); a specs file is UTF-8 JSON, one spec per line")]
+    NotUtf8 {
+        /// The file.
+        path: PathBuf,
+        /// The line's number, from 1.
+        line: usize,
+        /// The offset of the first bad byte in the line, from 0.
+        byte: usize,
+    },
+    /// The job ids would pass `i64::MAX`.
+    #[error("{path}: {count} specs from job id {start_job_id} would pass the largest job id ({}); pass a smaller --start-job-id", i64::MAX)]
+    JobIdOverflow {
+        /// The file.
+        path: PathBuf,
+        /// The first job id.
+        start_job_id: i64,
+        /// How many specs.
+        count: usize,
+    },
     /// The file holds more than [`MAX_SPECS`] specs.
     #[error("{path} holds more than {MAX_SPECS} specs; split it into several bunches")]
     TooMany {
@@ -83,11 +103,22 @@ pub struct SpecLine {
 /// # Errors
 /// [`SpecsFileError`], naming the line.
 pub fn read_specs(path: &Path, start_job_id: i64) -> Result<Vec<SpecLine>, SpecsFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecsFileError::Unreadable {
+    let bytes = std::fs::read(path).map_err(|source| SpecsFileError::Unreadable {
         path: path.to_owned(),
         source,
     })?;
-    parse_specs(&text, path, start_job_id)
+    // A UTF-8 byte order mark (some editors write one) is not JSON.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let before = &bytes[..e.valid_up_to()];
+        let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        SpecsFileError::NotUtf8 {
+            path: path.to_owned(),
+            line: before.iter().filter(|b| **b == b'\n').count() + 1,
+            byte: e.valid_up_to() - line_start,
+        }
+    })?;
+    parse_specs(text, path, start_job_id)
 }
 
 /// [`read_specs`] of `text` (`path` names it in errors).
@@ -125,7 +156,13 @@ pub fn parse_specs(
             }
             Err(e) => return Err(not_object(format!("not JSON: {e}"))),
         };
-        let job_id = start_job_id.saturating_add(specs.len() as i64);
+        let job_id = start_job_id
+            .checked_add(specs.len() as i64)
+            .ok_or_else(|| SpecsFileError::JobIdOverflow {
+                path: path.to_owned(),
+                start_job_id,
+                count: specs.len() + 1,
+            })?;
         let replaced_job_id = spec
             .insert("job_id".to_owned(), json!(job_id))
             .filter(|given| given != &json!(job_id));
@@ -224,6 +261,28 @@ mod tests {
         assert_eq!(specs[1].replaced_job_id, Some(json!(9)));
         assert_eq!(specs[2].replaced_job_id, Some(json!(12)));
         assert_eq!(specs[0].replaced_job_id, None);
+    }
+
+    #[test]
+    fn job_ids_past_the_largest_are_refused_and_bad_bytes_named_by_line() {
+        let err = parse_specs("{}\n{}\n", Path::new("s.jsonl"), i64::MAX).expect_err("overflows");
+        assert!(matches!(err, SpecsFileError::JobIdOverflow { count: 2, .. }), "{err}");
+        assert_eq!(
+            parse_specs("{}\n", Path::new("s.jsonl"), i64::MAX)
+                .expect("one fits")[0]
+                .job_id,
+            i64::MAX
+        );
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("s.jsonl");
+        std::fs::write(&file, b"\xEF\xBB\xBF{}\n{\"a\": \"\xFF\"}\n").expect("written");
+        let err = read_specs(&file, 1).expect_err("not UTF-8");
+        assert!(
+            matches!(err, SpecsFileError::NotUtf8 { line: 2, byte: 7, .. }),
+            "{err}"
+        );
+        std::fs::write(&file, b"\xEF\xBB\xBF{}\n").expect("written");
+        assert_eq!(read_specs(&file, 1).expect("a BOM is skipped").len(), 1);
     }
 
     #[test]

@@ -88,8 +88,12 @@ impl Report {
             }
         }
         if !self.cores_in_use.is_empty() {
-            // A process of its own, numbered past every batch.
-            let pid = batches.last().map_or(0, |b| b + 1);
+            // A process of its own, numbered past every batch (batch ids
+            // are never negative: -1 when the last is i64::MAX).
+            let pid = batches
+                .last()
+                .map_or(Some(0), |b| b.checked_add(1))
+                .unwrap_or(-1);
             events.push(json!({
                 "name": "process_name", "ph": "M", "pid": pid, "tid": 0,
                 "args": {"name": "worker"},
