@@ -15,6 +15,7 @@ use std::time::Duration;
 use batch_worker_model::{Event, ProcessKind};
 use serde_json::{Map, Value};
 
+use crate::spec_fields::UnknownFields;
 use crate::wire::{truncate, validate_env, AttemptFields, EnvVar};
 
 /// One entry of `input_files` (`{from: URL, to: path}`) or `output_files`
@@ -158,6 +159,11 @@ pub struct JobSpec {
     pub unsupported: Vec<String>,
     /// Size of the spec's JSON text, in bytes.
     pub size_bytes: u64,
+    /// The spec's fields that neither this worker nor Hail knows (see
+    /// [`crate::spec_fields`]): ignored, recorded as warnings in
+    /// `spec_loaded`. Absent from `spec.json` files written before.
+    #[serde(default, skip_serializing_if = "UnknownFields::is_empty")]
+    pub unknown_fields: UnknownFields,
     /// The create request's `secrets` (never the spec's), with their data:
     /// mounted into the job's container. Never serialised.
     #[serde(skip)]
@@ -190,6 +196,7 @@ impl JobSpec {
         expected_job_id: i64,
         size_bytes: u64,
     ) -> Result<JobSpec, SpecCorrupt> {
+        let unknown_fields = crate::spec_fields::unknown_fields(&spec);
         let job_id = spec.get("job_id").and_then(Value::as_i64).ok_or_else(|| {
             SpecCorrupt(format!(
                 "job_id: expected an integer, got {}",
@@ -312,6 +319,7 @@ impl JobSpec {
             output_files,
             unsupported,
             size_bytes,
+            unknown_fields,
             secrets: Vec::new(),
         })
     }
@@ -385,6 +393,8 @@ impl JobSpec {
             resources: Some(self.resources.clone())
                 .filter(|r| !r.is_null())
                 .map(Box::new),
+            unknown_fields: self.unknown_fields.fields.clone(),
+            unknown_fields_omitted: self.unknown_fields.omitted,
         }
     }
 }

@@ -122,6 +122,17 @@ pub enum Event {
         /// a spec without `resources`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resources: Option<Box<serde_json::Value>>,
+        /// Fields of the spec that neither this worker nor Hail knows
+        /// (typos such as `timout`): ignored, the job runs without them.
+        /// At most a few are kept (the worker's cap), each path cut to a
+        /// bounded length; `unknown_fields_omitted` counts the rest. Empty
+        /// in records written before it was recorded.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unknown_fields: Vec<UnknownField>,
+        /// How many more unknown fields the spec had than are kept in
+        /// `unknown_fields`.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unknown_fields_omitted: u32,
     },
     /// The worker reserved the job's cores and memory; the process may start.
     ResourcesGranted,
@@ -325,6 +336,38 @@ fn is_zero(n: &u32) -> bool {
 
 fn is_zero_i64(n: &i64) -> bool {
     *n == 0
+}
+
+/// A field of a job spec that neither the worker nor Hail knows: ignored,
+/// and warned about (`spec_loaded.unknown_fields`).
+///
+/// Serialised as `{"path": "process.comand", "suggestion":
+/// "process.command"}` (`suggestion` absent when there is none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnknownField {
+    /// Where the field is in the spec: its name, after the names of the
+    /// objects and the indexes of the lists it is in (`timout`,
+    /// `process.comand`, `input_files[2].form`).
+    pub path: String,
+    /// The known field at the same place whose name is nearest, as a path
+    /// (`process.command`), when one is near enough to be a likely typo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
+}
+
+impl UnknownField {
+    /// The warning for a person: ``unknown field `timout` ignored; did you
+    /// mean `timeout`?`` (without the question when there is no
+    /// suggestion).
+    pub fn message(&self) -> String {
+        match &self.suggestion {
+            Some(near) => format!(
+                "unknown field `{}` ignored; did you mean `{near}`?",
+                self.path
+            ),
+            None => format!("unknown field `{}` ignored", self.path),
+        }
+    }
 }
 
 /// The `process.type` of a job spec.

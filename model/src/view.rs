@@ -13,7 +13,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::event::{Event, ExitStatus};
+use crate::event::{Event, ExitStatus, UnknownField};
 use crate::key::JobKey;
 use crate::machine::{Applied, IllegalTransition, JobAttempt};
 use crate::state::JobState;
@@ -174,6 +174,8 @@ impl AttemptView {
                 input_files,
                 output_files,
                 image,
+                unknown_fields,
+                unknown_fields_omitted,
                 ..
             } => {
                 self.resources = resources.clone();
@@ -184,6 +186,8 @@ impl AttemptView {
                 at(steps).input_files = *input_files;
                 at(steps).output_files = *output_files;
                 at(steps).image = image.is_some();
+                at(steps).unknown_fields = unknown_fields.clone();
+                at(steps).unknown_fields_omitted = *unknown_fields_omitted;
             }
             Event::SpecLoadFailed { .. } => {
                 self.spec_load_ms = self.spec_load_began_ms.map(|t| time_ms - t);
@@ -321,6 +325,8 @@ impl AttemptView {
             input_files: 0,
             output_files: 0,
             image: false,
+            unknown_fields: Vec::new(),
+            unknown_fields_omitted: 0,
         };
         self.steps.as_deref().unwrap_or(&NONE)
     }
@@ -403,6 +409,12 @@ pub struct Steps {
     pub output_files: u32,
     /// Whether the worker pulls an image for the job (`spec_loaded.image`).
     pub image: bool,
+    /// The spec's fields that neither the worker nor Hail knows
+    /// (`spec_loaded.unknown_fields`): ignored, shown as warnings.
+    pub unknown_fields: Vec<UnknownField>,
+    /// How many more unknown fields the spec had
+    /// (`spec_loaded.unknown_fields_omitted`).
+    pub unknown_fields_omitted: u32,
 }
 
 #[cfg(test)]
@@ -429,6 +441,8 @@ mod tests {
             output_files: 0,
             image: None,
             resources: resources.map(Box::new),
+            unknown_fields: Vec::new(),
+            unknown_fields_omitted: 0,
         }
     }
 

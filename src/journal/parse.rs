@@ -10,7 +10,7 @@
 //! `Deserialize` of [`JournalRecord`], which decides: the fast path never
 //! accepts a payload the derived one would not, nor gives another value.
 
-use batch_worker_model::{ErrorKind, Event, ExitStatus, JobKey, ProcessKind};
+use batch_worker_model::{ErrorKind, Event, ExitStatus, JobKey, ProcessKind, UnknownField};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -107,6 +107,8 @@ impl<'de> Visitor<'de> for TagFirstVisitor {
                     output_files,
                     image,
                     resources,
+                    unknown_fields,
+                    unknown_fields_omitted,
                     ..
                 } = fields_of(fields)?;
                 Event::SpecLoaded {
@@ -119,6 +121,8 @@ impl<'de> Visitor<'de> for TagFirstVisitor {
                     output_files,
                     image,
                     resources,
+                    unknown_fields,
+                    unknown_fields_omitted,
                 }
             }
             "resources_granted" => unit(fields, Event::ResourcesGranted)?,
@@ -270,6 +274,10 @@ variant_fields! {
         image: Option<String>,
         #[serde(default)]
         resources: Option<Box<serde_json::Value>>,
+        #[serde(default)]
+        unknown_fields: Vec<UnknownField>,
+        #[serde(default)]
+        unknown_fields_omitted: u32,
     }
     Message { message: String }
     ImagePulled { image: String, digest: String, pulled: bool }
@@ -309,6 +317,17 @@ mod tests {
                 resources: Some(Box::new(
                     serde_json::json!({"cores_mcpu": 250, "storage_gib": 2}),
                 )),
+                unknown_fields: vec![
+                    UnknownField {
+                        path: "process.comand".into(),
+                        suggestion: Some("process.command".into()),
+                    },
+                    UnknownField {
+                        path: "x-ünïcode \"key\"".into(),
+                        suggestion: None,
+                    },
+                ],
+                unknown_fields_omitted: 3,
             },
             Event::ResourcesGranted,
             Event::ImagePulled {

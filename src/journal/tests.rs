@@ -3,7 +3,9 @@
 //! byte is never silently taken for a shorter journal unless it lies in
 //! the last record.
 
-use batch_worker_model::{ErrorKind, Event, ExitStatus, JobKey, ProcessKind, EVENT_VERSION};
+use batch_worker_model::{
+    ErrorKind, Event, ExitStatus, JobKey, ProcessKind, UnknownField, EVENT_VERSION,
+};
 use proptest::prelude::*;
 
 use super::codec::FRAME_BYTES;
@@ -17,9 +19,11 @@ fn event() -> impl Strategy<Value = Event> {
             any::<u64>(),
             prop::collection::vec("[a-z_]{1,12}", 0..2),
             any::<u64>(),
-            any::<u64>()
+            any::<u64>(),
+            prop::collection::vec(("\\PC{1,20}", prop::option::of("[a-z_.]{1,20}")), 0..3),
+            0u32..3,
         )
-            .prop_map(|(size_bytes, unsupported, cores_mcpu, memory_bytes)| {
+            .prop_map(|(size_bytes, unsupported, cores_mcpu, memory_bytes, unknown, omitted)| {
                 Event::SpecLoaded {
                     process: ProcessKind::Docker,
                     size_bytes,
@@ -30,6 +34,11 @@ fn event() -> impl Strategy<Value = Event> {
                     output_files: 0,
                     image: None,
                     resources: None,
+                    unknown_fields: unknown
+                        .into_iter()
+                        .map(|(path, suggestion)| UnknownField { path, suggestion })
+                        .collect(),
+                    unknown_fields_omitted: omitted,
                 }
             }),
         Just(Event::ResourcesGranted),

@@ -36,6 +36,8 @@ fn loaded(inputs: u32, outputs: u32, image: Option<&str>) -> Event {
         output_files: outputs,
         image: image.map(str::to_owned),
         resources: None,
+        unknown_fields: Vec::new(),
+        unknown_fields_omitted: 0,
     }
 }
 
@@ -146,6 +148,8 @@ fn all_events() -> Vec<Event> {
             output_files: 0,
             image: None,
             resources: None,
+            unknown_fields: Vec::new(),
+            unknown_fields_omitted: 0,
         },
         Event::SpecLoaded {
             process: ProcessKind::Docker,
@@ -157,6 +161,8 @@ fn all_events() -> Vec<Event> {
             output_files: 0,
             image: None,
             resources: None,
+            unknown_fields: Vec::new(),
+            unknown_fields_omitted: 0,
         },
         Event::SpecLoadFailed {
             kind: ErrorKind::SpecCorrupt,
@@ -500,6 +506,8 @@ fn spec_loaded_records_from_before_admission_still_parse() {
             output_files: 0,
             image: None,
             resources: None,
+            unknown_fields: Vec::new(),
+            unknown_fields_omitted: 0,
         }
     );
 }
@@ -536,6 +544,8 @@ fn unsupported_process_type_names_the_type() {
             output_files: 0,
             image: None,
             resources: None,
+            unknown_fields: Vec::new(),
+            unknown_fields_omitted: 0,
         })
         .unwrap();
     match attempt.state() {
