@@ -68,7 +68,9 @@ pub use lifecycle::Phase;
 pub use lock::{DataDirLock, LockError};
 pub use recovery::Recovery;
 pub use tasks::attempt_span;
-pub use view::{hail_exit_code, status as status_of, Identity, JobStatus, EXTENSION_KEY};
+pub use view::{
+    hail_exit_code, status as status_of, Identity, JobStatus, SpecWarning, EXTENSION_KEY,
+};
 
 use table::{Attach, JobEntry, Table};
 use tasks::JobFilePools;
