@@ -250,9 +250,8 @@ fn walk(object: &Map<String, Value>, level: &[Field], prefix: &str, found: &mut 
         match level.iter().find(|f| f.name == name.as_str()) {
             None => found.found(prefix, name, level),
             Some(field) => match (field.shape, value) {
-                (Shape::Object(inner), Value::Object(_)) | (Shape::List(inner), Value::Array(_)) => {
-                    nested.push((field.name, inner, value))
-                }
+                (Shape::Object(inner), Value::Object(_))
+                | (Shape::List(inner), Value::Array(_)) => nested.push((field.name, inner, value)),
                 _ => {}
             },
         }

@@ -23,24 +23,26 @@ fn event() -> impl Strategy<Value = Event> {
             prop::collection::vec(("\\PC{1,20}", prop::option::of("[a-z_.]{1,20}")), 0..3),
             0u32..3,
         )
-            .prop_map(|(size_bytes, unsupported, cores_mcpu, memory_bytes, unknown, omitted)| {
-                Event::SpecLoaded {
-                    process: ProcessKind::Docker,
-                    size_bytes,
-                    unsupported,
-                    cores_mcpu,
-                    memory_bytes,
-                    input_files: 0,
-                    output_files: 0,
-                    image: None,
-                    resources: None,
-                    unknown_fields: unknown
-                        .into_iter()
-                        .map(|(path, suggestion)| UnknownField { path, suggestion })
-                        .collect(),
-                    unknown_fields_omitted: omitted,
+            .prop_map(
+                |(size_bytes, unsupported, cores_mcpu, memory_bytes, unknown, omitted)| {
+                    Event::SpecLoaded {
+                        process: ProcessKind::Docker,
+                        size_bytes,
+                        unsupported,
+                        cores_mcpu,
+                        memory_bytes,
+                        input_files: 0,
+                        output_files: 0,
+                        image: None,
+                        resources: None,
+                        unknown_fields: unknown
+                            .into_iter()
+                            .map(|(path, suggestion)| UnknownField { path, suggestion })
+                            .collect(),
+                        unknown_fields_omitted: omitted,
+                    }
                 }
-            }),
+            ),
         Just(Event::ResourcesGranted),
         Just(Event::StartedDelivered),
         Just(Event::LogsUploaded),

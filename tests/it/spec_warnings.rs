@@ -51,7 +51,10 @@ fn sample_specs() -> Vec<(String, Value)> {
     let accounts: Value =
         serde_json::from_str(&sample("hail/create-with-service-account.json")).unwrap();
     for (name, body) in object(&accounts) {
-        specs.push((format!("create-with-service-account {name}"), body["job_spec"].clone()));
+        specs.push((
+            format!("create-with-service-account {name}"),
+            body["job_spec"].clone(),
+        ));
     }
     // Hail's recorded exchanges: every create body's `job_spec`.
     for (n, line) in sample("hail/http-requests.txt").lines().enumerate() {
@@ -101,7 +104,11 @@ fn hails_own_specs_and_every_field_of_the_table_never_warn() {
     let paths: Vec<_> = found.fields.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(
         paths,
-        ["gcsfuse[0].bucekt", "process.jar_spec.valeu", "secrets[0].mount_pth"]
+        [
+            "gcsfuse[0].bucekt",
+            "process.jar_spec.valeu",
+            "secrets[0].mount_pth"
+        ]
     );
 }
 
@@ -127,7 +134,11 @@ fn every_field_runnable(job_id: i64) -> Value {
 async fn a_spec_with_every_hail_field_runs_without_a_warning() {
     let spec = every_field_runnable(1);
     let parsed = JobSpec::parse(spec.to_string().as_bytes(), 1).unwrap();
-    assert!(parsed.unknown_fields.is_empty(), "{:?}", parsed.unknown_fields);
+    assert!(
+        parsed.unknown_fields.is_empty(),
+        "{:?}",
+        parsed.unknown_fields
+    );
 
     let h = Harness::in_memory().await;
     bunch(&h, 5, "everyfield", &[spec]).await;
@@ -141,7 +152,10 @@ async fn a_spec_with_every_hail_field_runs_without_a_warning() {
     let (_, status) = h.status(5, 1).await;
     let extension = object(&status["batch_worker"]);
     assert!(!extension.contains_key("spec_warnings"), "{status:#}");
-    assert!(!extension.contains_key("spec_warnings_omitted"), "{status:#}");
+    assert!(
+        !extension.contains_key("spec_warnings_omitted"),
+        "{status:#}"
+    );
 }
 
 /// The warnings of the typo'd spec, as `(field, suggestion)`, sorted.
@@ -222,9 +236,7 @@ async fn typos_warn_once_each_with_their_suggestion_and_the_job_still_succeeds()
     assert!(!object(&status["batch_worker"]).contains_key("spec_warnings_omitted"));
 
     // The events endpoint serves them in `spec_loaded`.
-    let (_, events) = h
-        .get("/api/v1alpha/batches/6/jobs/1/events")
-        .await;
+    let (_, events) = h.get("/api/v1alpha/batches/6/jobs/1/events").await;
     let loaded = events
         .as_array()
         .unwrap()
@@ -240,9 +252,7 @@ async fn typos_warn_once_each_with_their_suggestion_and_the_job_still_succeeds()
     let journaled: Vec<&Vec<UnknownField>> = records
         .iter()
         .filter_map(|r| match &r.event {
-            Event::SpecLoaded { unknown_fields, .. } if r.key.batch_id == 6 => {
-                Some(unknown_fields)
-            }
+            Event::SpecLoaded { unknown_fields, .. } if r.key.batch_id == 6 => Some(unknown_fields),
             _ => None,
         })
         .collect();

@@ -72,8 +72,7 @@ impl Worker {
                 let unknown = &spec.unknown_fields;
                 if !unknown.is_empty() {
                     // Once per attempt, when its spec is loaded (never on replay).
-                    let fields: Vec<String> =
-                        unknown.fields.iter().map(|f| f.message()).collect();
+                    let fields: Vec<String> = unknown.fields.iter().map(|f| f.message()).collect();
                     tracing::warn!(
                         batch_id = key.batch_id,
                         job_id = key.job_id,
