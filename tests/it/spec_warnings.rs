@@ -10,7 +10,11 @@ use batch_worker_model::{Event, JobState, Outcome, UnknownField};
 use reqwest::StatusCode;
 use serde_json::{json, Map, Value};
 
-use crate::support::{bunch, shell_spec, Harness, Options};
+use batch_worker::demo::driver::EmbeddedDriver;
+
+use crate::support::{
+    bunch, create_body, shell_spec, write_local_bunch, Harness, Options, ServeChild,
+};
 
 fn sample(path: &str) -> String {
     std::fs::read_to_string(format!(
@@ -298,4 +302,83 @@ async fn a_flood_of_junk_keys_keeps_sixteen_warnings_and_counts_the_rest() {
         assert!(w["field"].as_str().unwrap().chars().count() <= 65, "{w}");
         assert_eq!(w["suggestion"], Value::Null);
     }
+}
+
+/// The lines of `log` that are the unknown-fields warning.
+fn warning_lines(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("job spec has unknown fields"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Under `serve`: the warning is logged once, when the spec is loaded, at
+/// WARN with the attempt and the fields; a restart replays the journal
+/// without logging it again, and still shows it in the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warning_is_logged_once_at_warn_with_the_attempt_and_the_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
+    std::fs::create_dir_all(&specs).unwrap();
+    let mut typo = shell_spec(1, "true");
+    typo["timout"] = json!(1);
+    let bunch: Vec<Vec<u8>> = [typo, shell_spec(2, "true")]
+        .iter()
+        .map(|s| serde_json::to_vec(s).unwrap())
+        .collect();
+    write_local_bunch(&specs, 9, "logged", &bunch).await;
+    let driver = EmbeddedDriver::start().await.unwrap();
+    let log = dir.path().join("serve.log");
+    let mut serve = ServeChild::start_logging(&data, &specs, driver.url.as_str(), &[], &log).await;
+    let http = reqwest::Client::new();
+    for job_id in [1, 2] {
+        let answer = http
+            .post(format!("{}/api/v1alpha/batches/jobs/create", serve.base))
+            .json(&create_body(9, job_id, "logged", 1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+    serve.wait_event(9, 1, "complete_delivered").await;
+    serve.wait_event(9, 2, "complete_delivered").await;
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+
+    let lines = warning_lines(&log);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    for needle in [
+        "WARN",
+        "batch_id=9",
+        "job_id=1",
+        "attempt_id=a1",
+        "unknown field `timout` ignored; did you mean `timeout`?",
+    ] {
+        assert!(lines[0].contains(needle), "{needle:?} not in {}", lines[0]);
+    }
+
+    // Restarted on the same data directory: shown, not logged again.
+    let again = dir.path().join("serve-again.log");
+    let mut serve =
+        ServeChild::start_logging(&data, &specs, driver.url.as_str(), &[], &again).await;
+    let status: Value = http
+        .get(format!(
+            "{}/api/v1alpha/batches/9/jobs/1/status",
+            serve.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["batch_worker"]["spec_warnings"][0]["field"], "timout",
+        "{status:#}"
+    );
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    assert_eq!(warning_lines(&again), Vec::<String>::new());
 }
