@@ -12,10 +12,9 @@
 
 use std::time::Duration;
 
-use batch_worker_model::{Event, ProcessKind};
+use batch_worker_model::{Event, ProcessKind, UnknownFields};
 use serde_json::{Map, Value};
 
-use crate::spec_fields::UnknownFields;
 use crate::wire::{truncate, validate_env, AttemptFields, EnvVar};
 
 /// One entry of `input_files` (`{from: URL, to: path}`) or `output_files`
@@ -161,8 +160,10 @@ pub struct JobSpec {
     pub size_bytes: u64,
     /// The spec's fields that neither this worker nor Hail knows (see
     /// [`crate::spec_fields`]): ignored, recorded as warnings in
-    /// `spec_loaded`. Absent from `spec.json` files written before.
-    #[serde(default, skip_serializing_if = "UnknownFields::is_empty")]
+    /// `spec_loaded`. In `spec.json` as the keys `unknown_fields` and
+    /// `unknown_fields_omitted` (absent when none, and from files written
+    /// before).
+    #[serde(flatten)]
     pub unknown_fields: UnknownFields,
     /// The create request's `secrets` (never the spec's), with their data:
     /// mounted into the job's container. Never serialised.
@@ -393,8 +394,7 @@ impl JobSpec {
             resources: Some(self.resources.clone())
                 .filter(|r| !r.is_null())
                 .map(Box::new),
-            unknown_fields: self.unknown_fields.fields.clone(),
-            unknown_fields_omitted: self.unknown_fields.omitted,
+            unknown_fields: self.unknown_fields.clone(),
         }
     }
 }

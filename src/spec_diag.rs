@@ -17,13 +17,12 @@
 use std::fmt::Write as _;
 use std::ops::Range;
 
-use batch_worker_model::{ErrorKind, ProcessKind};
+use batch_worker_model::{ErrorKind, ProcessKind, UnknownFields};
 use object_store::ObjectStoreExt;
 use serde_json::{Map, Value};
 
 use crate::bunch::OFFSET_BYTES;
 use crate::job_spec::{spec_object, JobSpec, SpecTextError};
-use crate::spec_fields::UnknownFields;
 use crate::spec_store::{SpecLoadError, SpecReadError, SpecStore};
 
 /// Which job's spec to look at: the create call's `batch_id`, `token`,
@@ -177,14 +176,14 @@ impl Diagnosis {
         for note in &self.notes {
             let _ = writeln!(out, "note   {note}");
         }
-        for field in &self.unknown_fields.fields {
+        for field in self.unknown_fields.fields() {
             let _ = writeln!(out, "warn   {}", field.message());
         }
-        if self.unknown_fields.omitted > 0 {
+        if self.unknown_fields.omitted() > 0 {
             let _ = writeln!(
                 out,
                 "warn   and {} more unknown fields ignored",
-                self.unknown_fields.omitted
+                self.unknown_fields.omitted()
             );
         }
         match &self.verdict {

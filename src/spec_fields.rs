@@ -33,7 +33,7 @@
 //! `.{from, to}`, and the create body's per-attempt fields) is one of
 //! Hail's, so the table is the whole set of known fields.
 
-use batch_worker_model::UnknownField;
+use batch_worker_model::{UnknownField, UnknownFields};
 use serde_json::{Map, Value};
 
 /// The commit of `hail-is/hail` [`SPEC_FIELDS`] was read from.
@@ -204,25 +204,15 @@ pub fn table_size() -> usize {
     count(SPEC_FIELDS)
 }
 
-/// The unknown fields of one spec: the first [`MAX_UNKNOWN_FIELDS`], in
-/// the spec's order (a level's own fields before those inside them), and
-/// how many more there were.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UnknownFields {
-    /// The fields kept, each once.
-    #[serde(default)]
-    pub fields: Vec<UnknownField>,
-    /// How many more there were.
-    #[serde(default)]
-    pub omitted: u32,
+/// The unknown fields found so far: the first [`MAX_UNKNOWN_FIELDS`], and
+/// how many more.
+#[derive(Default)]
+struct Found {
+    fields: Vec<UnknownField>,
+    omitted: u32,
 }
 
-impl UnknownFields {
-    /// Whether the spec had none.
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty() && self.omitted == 0
-    }
-
+impl Found {
     fn found(&mut self, prefix: &str, name: &str, level: &[Field]) {
         if self.fields.len() >= MAX_UNKNOWN_FIELDS {
             self.omitted = self.omitted.saturating_add(1);
@@ -235,16 +225,18 @@ impl UnknownFields {
     }
 }
 
-/// The fields of `spec` that are not in [`SPEC_FIELDS`] at their level.
-/// The walk looks only inside known objects and lists, so it takes time
-/// linear in the spec's size and keeps at most [`MAX_UNKNOWN_FIELDS`].
+/// The fields of `spec` that are not in [`SPEC_FIELDS`] at their level:
+/// the first [`MAX_UNKNOWN_FIELDS`] in the spec's order (a level's own
+/// fields before those inside them), each once, and how many more. The
+/// walk looks only inside known objects and lists, so it takes time
+/// linear in the spec's size.
 pub fn unknown_fields(spec: &Map<String, Value>) -> UnknownFields {
-    let mut found = UnknownFields::default();
+    let mut found = Found::default();
     walk(spec, SPEC_FIELDS, "", &mut found);
-    found
+    UnknownFields::new(found.fields, found.omitted)
 }
 
-fn walk(object: &Map<String, Value>, level: &[Field], prefix: &str, found: &mut UnknownFields) {
+fn walk(object: &Map<String, Value>, level: &[Field], prefix: &str, found: &mut Found) {
     let mut nested = Vec::new();
     for (name, value) in object {
         match level.iter().find(|f| f.name == name.as_str()) {
@@ -316,9 +308,9 @@ mod tests {
             panic!("an object")
         };
         unknown_fields(&map)
-            .fields
-            .into_iter()
-            .map(|f| (f.path, f.suggestion))
+            .fields()
+            .iter()
+            .map(|f| (f.path.clone(), f.suggestion.clone()))
             .collect()
     }
 
@@ -357,9 +349,9 @@ mod tests {
             map.insert(format!("{}{i}", "k".repeat(200)), Value::Null);
         }
         let found = unknown_fields(&map);
-        assert_eq!(found.fields.len(), MAX_UNKNOWN_FIELDS);
-        assert_eq!(found.omitted, 100_000 - MAX_UNKNOWN_FIELDS as u32);
-        for field in &found.fields {
+        assert_eq!(found.fields().len(), MAX_UNKNOWN_FIELDS);
+        assert_eq!(found.omitted(), 100_000 - MAX_UNKNOWN_FIELDS as u32);
+        for field in found.fields() {
             assert_eq!(field.path.chars().count(), MAX_FIELD_NAME_CHARS + 1);
             assert!(field.path.ends_with('…'), "{}", field.path);
         }

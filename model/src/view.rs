@@ -13,7 +13,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::event::{Event, ExitStatus, UnknownField};
+use crate::event::{Event, ExitStatus, UnknownFields};
 use crate::key::JobKey;
 use crate::machine::{Applied, IllegalTransition, JobAttempt};
 use crate::state::JobState;
@@ -175,7 +175,6 @@ impl AttemptView {
                 output_files,
                 image,
                 unknown_fields,
-                unknown_fields_omitted,
                 ..
             } => {
                 self.resources = resources.clone();
@@ -187,7 +186,6 @@ impl AttemptView {
                 at(steps).output_files = *output_files;
                 at(steps).image = image.is_some();
                 at(steps).unknown_fields = unknown_fields.clone();
-                at(steps).unknown_fields_omitted = *unknown_fields_omitted;
             }
             Event::SpecLoadFailed { .. } => {
                 self.spec_load_ms = self.spec_load_began_ms.map(|t| time_ms - t);
@@ -325,8 +323,7 @@ impl AttemptView {
             input_files: 0,
             output_files: 0,
             image: false,
-            unknown_fields: Vec::new(),
-            unknown_fields_omitted: 0,
+            unknown_fields: UnknownFields::none(),
         };
         self.steps.as_deref().unwrap_or(&NONE)
     }
@@ -411,10 +408,7 @@ pub struct Steps {
     pub image: bool,
     /// The spec's fields that neither the worker nor Hail knows
     /// (`spec_loaded.unknown_fields`): ignored, shown as warnings.
-    pub unknown_fields: Vec<UnknownField>,
-    /// How many more unknown fields the spec had
-    /// (`spec_loaded.unknown_fields_omitted`).
-    pub unknown_fields_omitted: u32,
+    pub unknown_fields: UnknownFields,
 }
 
 #[cfg(test)]
@@ -441,8 +435,7 @@ mod tests {
             output_files: 0,
             image: None,
             resources: resources.map(Box::new),
-            unknown_fields: Vec::new(),
-            unknown_fields_omitted: 0,
+            unknown_fields: UnknownFields::default(),
         }
     }
 

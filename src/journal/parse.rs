@@ -10,7 +10,9 @@
 //! `Deserialize` of [`JournalRecord`], which decides: the fast path never
 //! accepts a payload the derived one would not, nor gives another value.
 
-use batch_worker_model::{ErrorKind, Event, ExitStatus, JobKey, ProcessKind, UnknownField};
+use batch_worker_model::{
+    ErrorKind, Event, ExitStatus, JobKey, ProcessKind, UnknownField, UnknownFields,
+};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -121,8 +123,7 @@ impl<'de> Visitor<'de> for TagFirstVisitor {
                     output_files,
                     image,
                     resources,
-                    unknown_fields,
-                    unknown_fields_omitted,
+                    unknown_fields: UnknownFields::new(unknown_fields, unknown_fields_omitted),
                 }
             }
             "resources_granted" => unit(fields, Event::ResourcesGranted)?,
@@ -317,17 +318,19 @@ mod tests {
                 resources: Some(Box::new(
                     serde_json::json!({"cores_mcpu": 250, "storage_gib": 2}),
                 )),
-                unknown_fields: vec![
-                    UnknownField {
-                        path: "process.comand".into(),
-                        suggestion: Some("process.command".into()),
-                    },
-                    UnknownField {
-                        path: "x-ünïcode \"key\"".into(),
-                        suggestion: None,
-                    },
-                ],
-                unknown_fields_omitted: 3,
+                unknown_fields: UnknownFields::new(
+                    vec![
+                        UnknownField {
+                            path: "process.comand".into(),
+                            suggestion: Some("process.command".into()),
+                        },
+                        UnknownField {
+                            path: "x-ünïcode \"key\"".into(),
+                            suggestion: None,
+                        },
+                    ],
+                    3,
+                ),
             },
             Event::ResourcesGranted,
             Event::ImagePulled {

@@ -4,7 +4,7 @@
 //! the last record.
 
 use batch_worker_model::{
-    ErrorKind, Event, ExitStatus, JobKey, ProcessKind, UnknownField, EVENT_VERSION,
+    ErrorKind, Event, ExitStatus, JobKey, ProcessKind, UnknownField, UnknownFields, EVENT_VERSION,
 };
 use proptest::prelude::*;
 
@@ -35,11 +35,13 @@ fn event() -> impl Strategy<Value = Event> {
                         output_files: 0,
                         image: None,
                         resources: None,
-                        unknown_fields: unknown
-                            .into_iter()
-                            .map(|(path, suggestion)| UnknownField { path, suggestion })
-                            .collect(),
-                        unknown_fields_omitted: omitted,
+                        unknown_fields: UnknownFields::new(
+                            unknown
+                                .into_iter()
+                                .map(|(path, suggestion)| UnknownField { path, suggestion })
+                                .collect(),
+                            omitted,
+                        ),
                     }
                 }
             ),

@@ -357,10 +357,11 @@ pub fn status(view: &AttemptView, identity: &Identity) -> JobStatus {
             spec_warnings: view
                 .steps()
                 .unknown_fields
+                .fields()
                 .iter()
                 .map(SpecWarning::of)
                 .collect(),
-            spec_warnings_omitted: view.steps().unknown_fields_omitted,
+            spec_warnings_omitted: view.steps().unknown_fields.omitted(),
         },
     }
 }

@@ -611,10 +611,10 @@ proptest! {
         let parsed = batch_worker::job_spec::JobSpec::parse(spec.to_string().as_bytes(), 3);
         let parsed = parsed.map_err(|e| TestCaseError::fail(format!("{e}: {spec}")))?;
         let found = &parsed.unknown_fields;
-        prop_assert_eq!(found.fields.len(), paths.len().min(16));
-        prop_assert_eq!(found.fields.len() + found.omitted as usize, paths.len());
+        prop_assert_eq!(found.fields().len(), paths.len().min(16));
+        prop_assert_eq!(found.fields().len() + found.omitted() as usize, paths.len());
         if paths.len() <= 16 {
-            let mut shown: Vec<String> = found.fields.iter().map(|f| f.path.clone()).collect();
+            let mut shown: Vec<String> = found.fields().iter().map(|f| f.path.clone()).collect();
             shown.sort();
             prop_assert_eq!(shown, paths);
         }

@@ -105,7 +105,7 @@ fn hails_own_specs_and_every_field_of_the_table_never_warn() {
     typo["secrets"][0]["mount_pth"] = json!(1);
     typo["gcsfuse"][0]["bucekt"] = json!(1);
     let found = unknown_fields(object(&typo));
-    let paths: Vec<_> = found.fields.iter().map(|f| f.path.as_str()).collect();
+    let paths: Vec<_> = found.fields().iter().map(|f| f.path.as_str()).collect();
     assert_eq!(
         paths,
         [
@@ -253,10 +253,12 @@ async fn typos_warn_once_each_with_their_suggestion_and_the_job_still_succeeds()
 
     // The journal holds them, once.
     let records = h.journal_records();
-    let journaled: Vec<&Vec<UnknownField>> = records
+    let journaled: Vec<&[UnknownField]> = records
         .iter()
         .filter_map(|r| match &r.event {
-            Event::SpecLoaded { unknown_fields, .. } if r.key.batch_id == 6 => Some(unknown_fields),
+            Event::SpecLoaded { unknown_fields, .. } if r.key.batch_id == 6 => {
+                Some(unknown_fields.fields())
+            }
             _ => None,
         })
         .collect();

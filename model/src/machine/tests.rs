@@ -36,8 +36,7 @@ fn loaded(inputs: u32, outputs: u32, image: Option<&str>) -> Event {
         output_files: outputs,
         image: image.map(str::to_owned),
         resources: None,
-        unknown_fields: Vec::new(),
-        unknown_fields_omitted: 0,
+        unknown_fields: Default::default(),
     }
 }
 
@@ -148,8 +147,7 @@ fn all_events() -> Vec<Event> {
             output_files: 0,
             image: None,
             resources: None,
-            unknown_fields: Vec::new(),
-            unknown_fields_omitted: 0,
+            unknown_fields: Default::default(),
         },
         Event::SpecLoaded {
             process: ProcessKind::Docker,
@@ -161,8 +159,7 @@ fn all_events() -> Vec<Event> {
             output_files: 0,
             image: None,
             resources: None,
-            unknown_fields: Vec::new(),
-            unknown_fields_omitted: 0,
+            unknown_fields: Default::default(),
         },
         Event::SpecLoadFailed {
             kind: ErrorKind::SpecCorrupt,
@@ -506,8 +503,7 @@ fn spec_loaded_records_from_before_admission_still_parse() {
             output_files: 0,
             image: None,
             resources: None,
-            unknown_fields: Vec::new(),
-            unknown_fields_omitted: 0,
+            unknown_fields: Default::default(),
         }
     );
 }
@@ -544,8 +540,7 @@ fn unsupported_process_type_names_the_type() {
             output_files: 0,
             image: None,
             resources: None,
-            unknown_fields: Vec::new(),
-            unknown_fields_omitted: 0,
+            unknown_fields: Default::default(),
         })
         .unwrap();
     match attempt.state() {

@@ -72,13 +72,14 @@ impl Worker {
                 let unknown = &spec.unknown_fields;
                 if !unknown.is_empty() {
                     // Once per attempt, when its spec is loaded (never on replay).
-                    let fields: Vec<String> = unknown.fields.iter().map(|f| f.message()).collect();
+                    let fields: Vec<String> =
+                        unknown.fields().iter().map(|f| f.message()).collect();
                     tracing::warn!(
                         batch_id = key.batch_id,
                         job_id = key.job_id,
                         attempt_id = %key.attempt_id,
                         fields = %fields.join("; "),
-                        omitted = unknown.omitted,
+                        omitted = unknown.omitted(),
                         "job spec has unknown fields, ignored"
                     );
                 }
