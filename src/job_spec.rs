@@ -5,6 +5,9 @@
 //! `process` (`{type: "docker", image, command: [argv...]}` or another
 //! type), `resources` (`cores_mcpu`, `memory_bytes`, `storage_gib`),
 //! optional `env`, `timeout` (seconds), `input_files`, `output_files`.
+//! Any other field is ignored; one that Hail does not know either is
+//! recorded as a warning (`JobSpec::unknown_fields`, see
+//! [`crate::spec_fields`]).
 //!
 //! This file is long (about 700 lines, 180 of them tests) because every
 //! field's validation and its error message live together: what a spec may
