@@ -59,6 +59,7 @@ fn lifecycle(job: i64) -> Vec<Event> {
                 resources: Some(Box::new(serde_json::json!({
                     "cores_mcpu": 1000, "memory_bytes": 3_750_000_000u64, "storage_gib": 10
                 }))),
+                unknown_fields: Default::default(),
             },
             Event::ResourcesGranted,
             Event::ProcessStarted { pid: 4242 },

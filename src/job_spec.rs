@@ -5,6 +5,9 @@
 //! `process` (`{type: "docker", image, command: [argv...]}` or another
 //! type), `resources` (`cores_mcpu`, `memory_bytes`, `storage_gib`),
 //! optional `env`, `timeout` (seconds), `input_files`, `output_files`.
+//! Any other field is ignored; one that Hail does not know either is
+//! recorded as a warning (`JobSpec::unknown_fields`, see
+//! [`crate::spec_fields`]).
 //!
 //! This file is long (about 700 lines, 180 of them tests) because every
 //! field's validation and its error message live together: what a spec may
@@ -12,7 +15,7 @@
 
 use std::time::Duration;
 
-use batch_worker_model::{Event, ProcessKind};
+use batch_worker_model::{Event, ProcessKind, UnknownFields};
 use serde_json::{Map, Value};
 
 use crate::wire::{truncate, validate_env, AttemptFields, EnvVar};
@@ -158,6 +161,13 @@ pub struct JobSpec {
     pub unsupported: Vec<String>,
     /// Size of the spec's JSON text, in bytes.
     pub size_bytes: u64,
+    /// The spec's fields that neither this worker nor Hail knows (see
+    /// [`crate::spec_fields`]): ignored, recorded as warnings in
+    /// `spec_loaded`. In `spec.json` as the keys `unknown_fields` and
+    /// `unknown_fields_omitted` (absent when none, and from files written
+    /// before).
+    #[serde(flatten)]
+    pub unknown_fields: UnknownFields,
     /// The create request's `secrets` (never the spec's), with their data:
     /// mounted into the job's container. Never serialised.
     #[serde(skip)]
@@ -190,6 +200,7 @@ impl JobSpec {
         expected_job_id: i64,
         size_bytes: u64,
     ) -> Result<JobSpec, SpecCorrupt> {
+        let unknown_fields = crate::spec_fields::unknown_fields(&spec);
         let job_id = spec.get("job_id").and_then(Value::as_i64).ok_or_else(|| {
             SpecCorrupt(format!(
                 "job_id: expected an integer, got {}",
@@ -312,6 +323,7 @@ impl JobSpec {
             output_files,
             unsupported,
             size_bytes,
+            unknown_fields,
             secrets: Vec::new(),
         })
     }
@@ -385,6 +397,7 @@ impl JobSpec {
             resources: Some(self.resources.clone())
                 .filter(|r| !r.is_null())
                 .map(Box::new),
+            unknown_fields: self.unknown_fields.clone(),
         }
     }
 }

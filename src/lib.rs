@@ -29,6 +29,8 @@
 //! - [`journal`]: the event journal: byte format (framing, checksums, torn
 //!   tails), the group-commit writer, segments, snapshots and recovery.
 //! - [`spec_store`]: loading a spec over `object_store`, classifying failures.
+//! - [`spec_fields`]: the spec fields Hail knows, and the unknown ones a
+//!   spec is warned about.
 //! - [`spec_diag`]: `spec show`: one job's spec, or what is wrong with its
 //!   bunch, in the worker's own terms.
 //! - [`location`]: store locations and the driver's URL as people type
@@ -91,6 +93,7 @@ pub mod runner;
 pub mod server;
 pub mod shim;
 pub mod spec_diag;
+pub mod spec_fields;
 pub mod spec_store;
 pub mod store;
 pub mod submit;

@@ -10,12 +10,14 @@
 //! ([`SpecProblem::load_error`]). Around the verdict, the diagnosis adds
 //! what the worker does not need: both objects' sizes (`head`), the jobs
 //! the index covers, an index whose length is not a multiple of 8, where
-//! in `specs` an invalid byte is.
+//! in `specs` an invalid byte is; and the spec's unknown fields, the
+//! warnings the worker records (`warn   unknown field ...; did you mean
+//! ...?`).
 
 use std::fmt::Write as _;
 use std::ops::Range;
 
-use batch_worker_model::{ErrorKind, ProcessKind};
+use batch_worker_model::{ErrorKind, ProcessKind, UnknownFields};
 use object_store::ObjectStoreExt;
 use serde_json::{Map, Value};
 
@@ -110,6 +112,9 @@ pub struct Diagnosis {
     /// Observations that do not change the verdict (an index length not a
     /// multiple of 8, a process type the worker does not run, ...).
     pub notes: Vec<String>,
+    /// The spec's fields that neither the worker nor Hail knows: the
+    /// warnings the worker records with the attempt (the job still runs).
+    pub unknown_fields: UnknownFields,
     /// The spec's JSON object (validated), or why it is unusable.
     pub verdict: Result<Map<String, Value>, SpecProblem>,
 }
@@ -170,6 +175,16 @@ impl Diagnosis {
         }
         for note in &self.notes {
             let _ = writeln!(out, "note   {note}");
+        }
+        for field in self.unknown_fields.fields() {
+            let _ = writeln!(out, "warn   {}", field.message());
+        }
+        if self.unknown_fields.omitted() > 0 {
+            let _ = writeln!(
+                out,
+                "warn   and {} more unknown fields ignored",
+                self.unknown_fields.omitted()
+            );
         }
         match &self.verdict {
             Ok(object) => {
@@ -279,6 +294,7 @@ pub async fn diagnose(specs: &SpecStore, query: &SpecQuery) -> Diagnosis {
         }
     }
     let mut read = None;
+    let mut unknown_fields = UnknownFields::default();
     let verdict = match specs
         .read_spec_bytes(
             query.batch_id,
@@ -291,7 +307,7 @@ pub async fn diagnose(specs: &SpecStore, query: &SpecQuery) -> Diagnosis {
         Err(e) => Err(SpecProblem::Read(e)),
         Ok(bytes) => {
             read = Some((bytes.entry.clone(), bytes.range.clone()));
-            check(&bytes.bytes, query.job_id, &mut notes)
+            check(&bytes.bytes, query.job_id, &mut notes, &mut unknown_fields)
         }
     };
     Diagnosis {
@@ -302,15 +318,18 @@ pub async fn diagnose(specs: &SpecStore, query: &SpecQuery) -> Diagnosis {
         specs_size,
         read,
         notes,
+        unknown_fields,
         verdict,
     }
 }
 
-/// The checks of [`JobSpec::parse`], typed: the object, or the problem.
+/// The checks of [`JobSpec::parse`], typed: the object, or the problem;
+/// the spec's unknown fields into `unknown_fields`.
 fn check(
     bytes: &[u8],
     job_id: i64,
     notes: &mut Vec<String>,
+    unknown_fields: &mut UnknownFields,
 ) -> Result<Map<String, Value>, SpecProblem> {
     let object = spec_object(bytes)?;
     let spec = JobSpec::from_object(object.clone(), job_id, bytes.len() as u64).map_err(|e| {
@@ -319,6 +338,7 @@ fn check(
             message: e.0,
         }
     })?;
+    *unknown_fields = spec.unknown_fields;
     if let ProcessKind::Other { name } = &spec.process {
         notes.push(format!(
             "process.type {name:?}: this worker runs only \"docker\" specs; the job errors as \

@@ -69,7 +69,9 @@ pub use lifecycle::Phase;
 pub use lock::{DataDirLock, LockError};
 pub use recovery::Recovery;
 pub use tasks::attempt_span;
-pub use view::{hail_exit_code, status as status_of, Identity, JobStatus, EXTENSION_KEY};
+pub use view::{
+    hail_exit_code, status as status_of, Identity, JobStatus, SpecWarning, EXTENSION_KEY,
+};
 
 pub use listing::{JobPage, JobSummary, ListFilter, WorkerInfo, DEFAULT_PAGE_JOBS, MAX_PAGE_JOBS};
 use table::{Attach, JobEntry, Table};

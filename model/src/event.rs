@@ -122,6 +122,14 @@ pub enum Event {
         /// a spec without `resources`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resources: Option<Box<serde_json::Value>>,
+        /// Fields of the spec that neither this worker nor Hail knows
+        /// (typos such as `timout`): ignored, the job runs without them.
+        /// Serialised as two keys of the event, both absent when there
+        /// are none (and in records written before they were recorded):
+        /// `unknown_fields` (at most the worker's cap, each path cut to a
+        /// bounded length) and `unknown_fields_omitted` (how many more).
+        #[serde(flatten)]
+        unknown_fields: UnknownFields,
     },
     /// The worker reserved the job's cores and memory; the process may start.
     ResourcesGranted,
@@ -327,6 +335,121 @@ fn is_zero_i64(n: &i64) -> bool {
     *n == 0
 }
 
+/// A field of a job spec that neither the worker nor Hail knows: ignored,
+/// and warned about (`spec_loaded.unknown_fields`).
+///
+/// Serialised as `{"path": "process.comand", "suggestion":
+/// "process.command"}` (`suggestion` absent when there is none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnknownField {
+    /// Where the field is in the spec: its name, after the names of the
+    /// objects and the indexes of the lists it is in (`timout`,
+    /// `process.comand`, `input_files[2].form`).
+    pub path: String,
+    /// The known field at the same place whose name is nearest, as a path
+    /// (`process.command`), when one is near enough to be a likely typo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
+}
+
+impl UnknownField {
+    /// The warning for a person: ``unknown field `timout` ignored; did you
+    /// mean `timeout`?`` (without the question when there is no
+    /// suggestion).
+    pub fn message(&self) -> String {
+        match &self.suggestion {
+            Some(near) => format!(
+                "unknown field `{}` ignored; did you mean `{near}`?",
+                self.path
+            ),
+            None => format!("unknown field `{}` ignored", self.path),
+        }
+    }
+}
+
+/// The unknown fields of one spec, as `spec_loaded` records them: the
+/// fields kept and how many more there were.
+///
+/// One pointer wide, and no allocation when there are none: it is inside
+/// every [`Event`] a job's history holds, so it must not make a waiting
+/// job's events larger. Serialised as the map `{"unknown_fields": [...],
+/// "unknown_fields_omitted": N}` (each key absent when empty or 0), so
+/// that a flattened field adds those two keys to its event; deserialised
+/// from a map with those keys (any other key is ignored).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnknownFields(Option<Box<KeptFields>>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeptFields {
+    fields: Vec<UnknownField>,
+    omitted: u32,
+}
+
+impl UnknownFields {
+    /// No unknown field.
+    pub const fn none() -> UnknownFields {
+        UnknownFields(None)
+    }
+
+    /// `fields` kept, and `omitted` more that were not.
+    pub fn new(fields: Vec<UnknownField>, omitted: u32) -> UnknownFields {
+        if fields.is_empty() && omitted == 0 {
+            UnknownFields(None)
+        } else {
+            UnknownFields(Some(Box::new(KeptFields { fields, omitted })))
+        }
+    }
+
+    /// The fields kept, in the spec's order.
+    pub fn fields(&self) -> &[UnknownField] {
+        self.0.as_deref().map_or(&[], |kept| &kept.fields)
+    }
+
+    /// How many more unknown fields the spec had than [`Self::fields`].
+    pub fn omitted(&self) -> u32 {
+        self.0.as_deref().map_or(0, |kept| kept.omitted)
+    }
+
+    /// Whether the spec had none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl Serialize for UnknownFields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let fields = self.fields();
+        let omitted = self.omitted();
+        let len = usize::from(!fields.is_empty()) + usize::from(omitted > 0);
+        let mut map = serializer.serialize_map(Some(len))?;
+        if !fields.is_empty() {
+            map.serialize_entry("unknown_fields", fields)?;
+        }
+        if omitted > 0 {
+            map.serialize_entry("unknown_fields_omitted", &omitted)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for UnknownFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Keys {
+            #[serde(default)]
+            unknown_fields: Vec<UnknownField>,
+            #[serde(default)]
+            unknown_fields_omitted: u32,
+        }
+        let keys = Keys::deserialize(deserializer)?;
+        Ok(UnknownFields::new(
+            keys.unknown_fields,
+            keys.unknown_fields_omitted,
+        ))
+    }
+}
+
 /// The `process.type` of a job spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -402,6 +525,46 @@ impl ExitStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_fields_are_two_keys_of_spec_loaded_absent_when_none_and_one_pointer_wide() {
+        assert_eq!(
+            std::mem::size_of::<UnknownFields>(),
+            std::mem::size_of::<usize>()
+        );
+        let loaded = |unknown_fields| Event::SpecLoaded {
+            process: ProcessKind::Docker,
+            size_bytes: 5,
+            unsupported: vec![],
+            cores_mcpu: 0,
+            memory_bytes: 0,
+            input_files: 0,
+            output_files: 0,
+            image: None,
+            resources: None,
+            unknown_fields,
+        };
+        let old = r#"{"type":"spec_loaded","process":{"type":"docker"},"size_bytes":5,"cores_mcpu":0,"memory_bytes":0}"#;
+        let none = loaded(UnknownFields::none());
+        assert_eq!(serde_json::to_string(&none).unwrap(), old);
+        assert_eq!(serde_json::from_str::<Event>(old).unwrap(), none);
+
+        let typo = UnknownField {
+            path: "timout".into(),
+            suggestion: Some("timeout".into()),
+        };
+        assert_eq!(
+            typo.message(),
+            "unknown field `timout` ignored; did you mean `timeout`?"
+        );
+        let some = loaded(UnknownFields::new(vec![typo], 2));
+        let text = serde_json::to_string(&some).unwrap();
+        assert!(
+            text.ends_with(r#""unknown_fields":[{"path":"timout","suggestion":"timeout"}],"unknown_fields_omitted":2}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), some);
+    }
 
     #[test]
     fn bounded_cuts_free_texts_at_a_character_boundary_and_says_so() {

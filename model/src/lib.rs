@@ -32,7 +32,9 @@ pub mod state;
 pub mod view;
 
 pub use effect::Effect;
-pub use event::{upcast, Event, ExitStatus, ProcessKind, EVENT_VERSION};
+pub use event::{
+    upcast, Event, ExitStatus, ProcessKind, UnknownField, UnknownFields, EVENT_VERSION,
+};
 pub use key::JobKey;
 pub use machine::{Applied, IllegalTransition, JobAttempt};
 pub use state::{ErrorKind, JobState, Outcome, RunPhase, WireState};

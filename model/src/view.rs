@@ -13,7 +13,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::event::{Event, ExitStatus};
+use crate::event::{Event, ExitStatus, UnknownFields};
 use crate::key::JobKey;
 use crate::machine::{Applied, IllegalTransition, JobAttempt};
 use crate::state::JobState;
@@ -174,6 +174,7 @@ impl AttemptView {
                 input_files,
                 output_files,
                 image,
+                unknown_fields,
                 ..
             } => {
                 self.resources = resources.clone();
@@ -184,6 +185,7 @@ impl AttemptView {
                 at(steps).input_files = *input_files;
                 at(steps).output_files = *output_files;
                 at(steps).image = image.is_some();
+                at(steps).unknown_fields = unknown_fields.clone();
             }
             Event::SpecLoadFailed { .. } => {
                 self.spec_load_ms = self.spec_load_began_ms.map(|t| time_ms - t);
@@ -321,6 +323,7 @@ impl AttemptView {
             input_files: 0,
             output_files: 0,
             image: false,
+            unknown_fields: UnknownFields::none(),
         };
         self.steps.as_deref().unwrap_or(&NONE)
     }
@@ -403,6 +406,9 @@ pub struct Steps {
     pub output_files: u32,
     /// Whether the worker pulls an image for the job (`spec_loaded.image`).
     pub image: bool,
+    /// The spec's fields that neither the worker nor Hail knows
+    /// (`spec_loaded.unknown_fields`): ignored, shown as warnings.
+    pub unknown_fields: UnknownFields,
 }
 
 #[cfg(test)]
@@ -429,6 +435,7 @@ mod tests {
             output_files: 0,
             image: None,
             resources: resources.map(Box::new),
+            unknown_fields: UnknownFields::default(),
         }
     }
 

@@ -17,7 +17,9 @@ use crate::store::{open_store_with, redact_url, StoreOptions};
 pub enum SpecCommand {
     /// Print a job's spec as the worker would load it, or precisely what is
     /// wrong with its bunch (missing objects, index length, offsets, sizes,
-    /// UTF-8 position, JSON line and column, invalid fields). Exits 0 when
+    /// UTF-8 position, JSON line and column, invalid fields), and the
+    /// unknown fields the worker warns about (`warn   unknown field
+    /// `timout` ignored; did you mean `timeout`?`). Exits 0 when
     /// the worker would load the spec, 1 when it would error the job, 2 for
     /// usage errors.
     Show(SpecShowArgs),

@@ -10,7 +10,9 @@
 //! `Deserialize` of [`JournalRecord`], which decides: the fast path never
 //! accepts a payload the derived one would not, nor gives another value.
 
-use batch_worker_model::{ErrorKind, Event, ExitStatus, JobKey, ProcessKind};
+use batch_worker_model::{
+    ErrorKind, Event, ExitStatus, JobKey, ProcessKind, UnknownField, UnknownFields,
+};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -107,6 +109,8 @@ impl<'de> Visitor<'de> for TagFirstVisitor {
                     output_files,
                     image,
                     resources,
+                    unknown_fields,
+                    unknown_fields_omitted,
                     ..
                 } = fields_of(fields)?;
                 Event::SpecLoaded {
@@ -119,6 +123,7 @@ impl<'de> Visitor<'de> for TagFirstVisitor {
                     output_files,
                     image,
                     resources,
+                    unknown_fields: UnknownFields::new(unknown_fields, unknown_fields_omitted),
                 }
             }
             "resources_granted" => unit(fields, Event::ResourcesGranted)?,
@@ -270,6 +275,10 @@ variant_fields! {
         image: Option<String>,
         #[serde(default)]
         resources: Option<Box<serde_json::Value>>,
+        #[serde(default)]
+        unknown_fields: Vec<UnknownField>,
+        #[serde(default)]
+        unknown_fields_omitted: u32,
     }
     Message { message: String }
     ImagePulled { image: String, digest: String, pulled: bool }
@@ -309,6 +318,19 @@ mod tests {
                 resources: Some(Box::new(
                     serde_json::json!({"cores_mcpu": 250, "storage_gib": 2}),
                 )),
+                unknown_fields: UnknownFields::new(
+                    vec![
+                        UnknownField {
+                            path: "process.comand".into(),
+                            suggestion: Some("process.command".into()),
+                        },
+                        UnknownField {
+                            path: "x-ünïcode \"key\"".into(),
+                            suggestion: None,
+                        },
+                    ],
+                    3,
+                ),
             },
             Event::ResourcesGranted,
             Event::ImagePulled {

@@ -3,7 +3,9 @@
 //! byte is never silently taken for a shorter journal unless it lies in
 //! the last record.
 
-use batch_worker_model::{ErrorKind, Event, ExitStatus, JobKey, ProcessKind, EVENT_VERSION};
+use batch_worker_model::{
+    ErrorKind, Event, ExitStatus, JobKey, ProcessKind, UnknownField, UnknownFields, EVENT_VERSION,
+};
 use proptest::prelude::*;
 
 use super::codec::FRAME_BYTES;
@@ -17,21 +19,32 @@ fn event() -> impl Strategy<Value = Event> {
             any::<u64>(),
             prop::collection::vec("[a-z_]{1,12}", 0..2),
             any::<u64>(),
-            any::<u64>()
+            any::<u64>(),
+            prop::collection::vec(("\\PC{1,20}", prop::option::of("[a-z_.]{1,20}")), 0..3),
+            0u32..3,
         )
-            .prop_map(|(size_bytes, unsupported, cores_mcpu, memory_bytes)| {
-                Event::SpecLoaded {
-                    process: ProcessKind::Docker,
-                    size_bytes,
-                    unsupported,
-                    cores_mcpu,
-                    memory_bytes,
-                    input_files: 0,
-                    output_files: 0,
-                    image: None,
-                    resources: None,
+            .prop_map(
+                |(size_bytes, unsupported, cores_mcpu, memory_bytes, unknown, omitted)| {
+                    Event::SpecLoaded {
+                        process: ProcessKind::Docker,
+                        size_bytes,
+                        unsupported,
+                        cores_mcpu,
+                        memory_bytes,
+                        input_files: 0,
+                        output_files: 0,
+                        image: None,
+                        resources: None,
+                        unknown_fields: UnknownFields::new(
+                            unknown
+                                .into_iter()
+                                .map(|(path, suggestion)| UnknownField { path, suggestion })
+                                .collect(),
+                            omitted,
+                        ),
+                    }
                 }
-            }),
+            ),
         Just(Event::ResourcesGranted),
         Just(Event::StartedDelivered),
         Just(Event::LogsUploaded),

@@ -26,7 +26,9 @@
 
 use std::sync::Arc;
 
-use batch_worker_model::{AttemptView, ErrorKind, ExitStatus, JobState, Outcome, RunPhase};
+use batch_worker_model::{
+    AttemptView, ErrorKind, ExitStatus, JobState, Outcome, RunPhase, UnknownField,
+};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::Value;
@@ -275,6 +277,46 @@ pub struct Extension {
     pub secrets: Vec<String>,
     /// The spec's `resources` object as sent, once loaded.
     pub spec_resources: Option<Value>,
+    /// The spec's fields that neither this worker nor Hail knows, ignored
+    /// (`spec_loaded.unknown_fields`, at most 16). Absent when there are
+    /// none, so the status of a good spec has Hail's shape and ours as
+    /// before. Clients print each `message`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spec_warnings: Vec<SpecWarning>,
+    /// How many more unknown fields the spec had than `spec_warnings`
+    /// shows. Absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub spec_warnings_omitted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One warning about an attempt's spec (`batch_worker.spec_warnings[]`):
+/// `{"field": "timout", "suggestion": "timeout", "message": "unknown field
+/// `timout` ignored; did you mean `timeout`?"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpecWarning {
+    /// The unknown field's path in the spec (`timout`, `process.comand`,
+    /// `input_files[2].form`).
+    pub field: String,
+    /// The known field it may be a typo of, as a path; `null` when none is
+    /// near.
+    pub suggestion: Option<String>,
+    /// The warning for a person.
+    pub message: String,
+}
+
+impl SpecWarning {
+    /// The warning about one unknown field.
+    pub fn of(field: &UnknownField) -> SpecWarning {
+        SpecWarning {
+            field: field.path.clone(),
+            suggestion: field.suggestion.clone(),
+            message: field.message(),
+        }
+    }
 }
 
 /// The status JSON of `view` on the worker `identity`: what `GET
@@ -312,6 +354,14 @@ pub fn status(view: &AttemptView, identity: &Identity) -> JobStatus {
             error_kind,
             secrets: view.secret_names().to_vec(),
             spec_resources: view.resources().cloned(),
+            spec_warnings: view
+                .steps()
+                .unknown_fields
+                .fields()
+                .iter()
+                .map(SpecWarning::of)
+                .collect(),
+            spec_warnings_omitted: view.steps().unknown_fields.omitted(),
         },
     }
 }

@@ -41,6 +41,8 @@
 //!   client, a store that blocks threads forever.
 //! - `spec_properties`: proptest over corrupt and missing bunches.
 //! - `spec_show`: `spec show` names every kind of bunch damage as the worker does.
+//! - `spec_warnings`: unknown spec fields warn (with a did-you-mean), Hail's
+//!   never do; in the journal, status and events, across a restart.
 //! - `job_bounds`: a 50 MB output flood under `serve`: `main.log` and its
 //!   uploaded copy keep the first and last parts within `--max-log-bytes`.
 //! - `journal_replay`: proptest: the journal replays to the live table.
@@ -104,6 +106,7 @@ mod simulation;
 mod skips;
 mod spec_properties;
 mod spec_show;
+mod spec_warnings;
 mod store_config;
 mod store_faults;
 mod support;

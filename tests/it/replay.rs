@@ -77,6 +77,7 @@ fn good_events() -> Vec<(JobKey, Event)> {
                 resources: Some(Box::new(
                     json!({"cores_mcpu": 1000, "memory_bytes": 1 << 30, "storage_gib": 2}),
                 )),
+                unknown_fields: Default::default(),
             },
         ),
         (

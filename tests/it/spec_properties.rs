@@ -4,6 +4,10 @@
 //! endpoint answers 5xx, and every job ends as an independent oracle
 //! predicts: `succeeded` for an intact good spec, otherwise `Errored` with
 //! the right kind, reported to the driver exactly once with state `error`.
+//!
+//! And: extra keys anywhere (at any level of a good spec, in the create
+//! body, in its `job_spec`) never make a create fail or a good spec error:
+//! the job runs, and each extra spec key is one warning.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -457,5 +461,198 @@ proptest! {
     fn any_bunch_bytes_in_s3_end_in_the_oracles_state_and_never_a_5xx(case in case()) {
         let Some(world) = s3_world() else { return Ok(()) };
         world.runtime.block_on(check(world, case))?;
+    }
+}
+
+/// Where an extra key goes: a level of the spec, or the create body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Place {
+    Top,
+    Process,
+    Resources,
+    Env0,
+    /// The create body (not the spec: no warning).
+    Body,
+    /// The create body's `job_spec` (per-attempt fields for a bunch job:
+    /// not the spec, no warning).
+    JobSpec,
+}
+
+impl Place {
+    /// The spec path prefix of a key placed here; `None` outside the spec.
+    fn prefix(self) -> Option<&'static str> {
+        match self {
+            Place::Top => Some(""),
+            Place::Process => Some("process."),
+            Place::Resources => Some("resources."),
+            Place::Env0 => Some("env[0]."),
+            Place::Body | Place::JobSpec => None,
+        }
+    }
+
+    /// Whether `key` is a field already known here (not an extra one).
+    fn knows(self, key: &str) -> bool {
+        use batch_worker::spec_fields::{Shape, SPEC_FIELDS};
+        let inner = |name: &str| {
+            SPEC_FIELDS
+                .iter()
+                .find(|f| f.name == name)
+                .map(|f| match f.shape {
+                    Shape::Object(inner) | Shape::List(inner) => inner,
+                    _ => &[],
+                })
+                .unwrap()
+        };
+        let top = SPEC_FIELDS.iter().any(|f| f.name == key);
+        match self {
+            Place::Top | Place::JobSpec => top,
+            Place::Process => inner("process").iter().any(|f| f.name == key),
+            Place::Resources => inner("resources").iter().any(|f| f.name == key),
+            Place::Env0 => inner("env").iter().any(|f| f.name == key),
+            Place::Body => {
+                top || [
+                    "batch_id",
+                    "job_id",
+                    "format_version",
+                    "token",
+                    "start_job_id",
+                    "user",
+                    "gsa_key",
+                    "job_spec",
+                    "queue_time",
+                ]
+                .contains(&key)
+            }
+        }
+    }
+}
+
+fn extra_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<i64>().prop_map(Value::from),
+        any::<bool>().prop_map(Value::from),
+        "\\PC{0,8}".prop_map(Value::from),
+        ("[a-z]{1,6}", any::<i32>()).prop_map(|(k, v)| json!({ k: [v] })),
+    ]
+}
+
+/// Extra keys, each with where it goes; known names are dropped, and a
+/// key placed twice at one place counts once.
+fn extras() -> impl Strategy<Value = Vec<(Place, String, Value)>> {
+    let place = prop::sample::select(vec![
+        Place::Top,
+        Place::Process,
+        Place::Resources,
+        Place::Env0,
+        Place::Body,
+        Place::JobSpec,
+    ]);
+    prop::collection::vec(
+        (place, "[A-Za-z_][A-Za-z0-9_. \\[\\]-]{0,15}", extra_value()),
+        0..20,
+    )
+    .prop_map(|extras| {
+        let mut seen = std::collections::HashSet::new();
+        extras
+            .into_iter()
+            .filter(|(place, key, _)| !place.knows(key) && seen.insert((*place, key.clone())))
+            .collect()
+    })
+}
+
+/// A good spec with `extras` placed in it (those of the spec's levels),
+/// and the warnings' paths they must give, sorted.
+fn spec_with(job_id: i64, extras: &[(Place, String, Value)]) -> (Value, Vec<String>) {
+    let mut spec = json!({
+        "job_id": job_id,
+        "process": {"type": "docker", "command": ["true"]},
+        "resources": {"cores_mcpu": 250},
+        "env": [{"name": "A", "value": "1"}],
+    });
+    let mut paths = Vec::new();
+    for (place, key, value) in extras {
+        let target = match place {
+            Place::Top => &mut spec,
+            Place::Process => &mut spec["process"],
+            Place::Resources => &mut spec["resources"],
+            Place::Env0 => &mut spec["env"][0],
+            Place::Body | Place::JobSpec => continue,
+        };
+        target[key.as_str()] = value.clone();
+        paths.push(format!("{}{key}", place.prefix().unwrap()));
+    }
+    paths.sort();
+    (spec, paths)
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Parsing alone: a good spec with extra keys parses, and its unknown
+    /// fields are exactly the extra keys (at most 16 kept, the rest counted).
+    #[test]
+    fn extra_keys_never_make_a_good_spec_error_and_each_is_one_warning(extras in extras()) {
+        let (spec, paths) = spec_with(3, &extras);
+        let parsed = batch_worker::job_spec::JobSpec::parse(spec.to_string().as_bytes(), 3);
+        let parsed = parsed.map_err(|e| TestCaseError::fail(format!("{e}: {spec}")))?;
+        let found = &parsed.unknown_fields;
+        prop_assert_eq!(found.fields().len(), paths.len().min(16));
+        prop_assert_eq!(found.fields().len() + found.omitted() as usize, paths.len());
+        if paths.len() <= 16 {
+            let mut shown: Vec<String> = found.fields().iter().map(|f| f.path.clone()).collect();
+            shown.sort();
+            prop_assert_eq!(shown, paths);
+        }
+    }
+}
+
+async fn check_extras(
+    world: &World,
+    extras: Vec<(Place, String, Value)>,
+) -> Result<(), TestCaseError> {
+    let h = &world.harness;
+    let batch_id = world.next_batch.fetch_add(1, Ordering::SeqCst);
+    let token = format!("extras{batch_id}");
+    let (spec, paths) = spec_with(1, &extras);
+    h.writer
+        .write_bunch(batch_id, &token, &[serde_json::to_vec(&spec).unwrap()])
+        .await
+        .unwrap();
+    let mut body = create_body(batch_id, 1, &token, 1);
+    for (place, key, value) in &extras {
+        match place {
+            Place::Body => body[key.as_str()] = value.clone(),
+            Place::JobSpec => body["job_spec"][key.as_str()] = value.clone(),
+            _ => {}
+        }
+    }
+    let (status, answer) = h.create(&body).await;
+    prop_assert_eq!(status, StatusCode::OK, "{}", answer);
+    prop_assert_eq!(
+        h.wait_final(batch_id, 1).await,
+        JobState::Done {
+            outcome: Outcome::Succeeded
+        }
+    );
+    let (_, status) = h.status(batch_id, 1).await;
+    let extension = &status["batch_worker"];
+    let shown = extension["spec_warnings"].as_array().map_or(0, Vec::len);
+    prop_assert_eq!(shown, paths.len().min(16), "{:#}", status);
+    let omitted = extension["spec_warnings_omitted"].as_u64().unwrap_or(0) as usize;
+    prop_assert_eq!(shown + omitted, paths.len());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    /// Through a worker: a create with extra keys answers 200, its good
+    /// spec runs to success, and the status shows one warning per extra
+    /// spec key.
+    #[test]
+    fn extra_keys_never_make_a_create_fail_and_the_job_succeeds(extras in extras()) {
+        let world = memory_world();
+        world.runtime.block_on(check_extras(world, extras))?;
     }
 }

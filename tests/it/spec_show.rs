@@ -408,3 +408,40 @@ async fn the_command_exits_0_for_a_good_spec_1_for_a_bad_one_2_for_usage() {
     let usage = run(dir, &["--token", "../x", "--job", "10"]);
     assert_eq!(usage.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn unknown_fields_are_listed_with_did_you_mean_as_the_worker_records_them() {
+    let mut typo = shell_spec(10, "true");
+    typo["timout"] = json!(1);
+    typo["process"]["comand"] = json!(["false"]);
+    let bunch = Bunch::with(vec![
+        typo.to_string().into_bytes(),
+        shell_spec(11, "true").to_string().into_bytes(),
+    ])
+    .await;
+
+    let d = bunch.show(10).await;
+    assert!(d.is_good(), "{}", d.render());
+    // The same fields the worker's own load finds.
+    let body = serde_json::to_vec(&create_body(BATCH, 10, TOKEN, START)).unwrap();
+    let loaded = bunch.specs.load(&CreateJob::parse(&body).unwrap()).await;
+    assert_eq!(d.unknown_fields, loaded.unwrap().unknown_fields);
+
+    let shown = run(bunch.dir.path(), &["--token", TOKEN, "--job", "10"]);
+    let out = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("warn   unknown field `timout` ignored; did you mean `timeout`?\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "warn   unknown field `process.comand` ignored; did you mean `process.command`?\n"
+        ),
+        "{out}"
+    );
+    // A good spec has no warning line.
+    let good = run(bunch.dir.path(), &["--token", TOKEN, "--job", "11"]);
+    let out = String::from_utf8_lossy(&good.stdout);
+    assert!(!out.contains("warn "), "{out}");
+}

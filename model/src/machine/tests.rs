@@ -36,6 +36,7 @@ fn loaded(inputs: u32, outputs: u32, image: Option<&str>) -> Event {
         output_files: outputs,
         image: image.map(str::to_owned),
         resources: None,
+        unknown_fields: Default::default(),
     }
 }
 
@@ -146,6 +147,7 @@ fn all_events() -> Vec<Event> {
             output_files: 0,
             image: None,
             resources: None,
+            unknown_fields: Default::default(),
         },
         Event::SpecLoaded {
             process: ProcessKind::Docker,
@@ -157,6 +159,7 @@ fn all_events() -> Vec<Event> {
             output_files: 0,
             image: None,
             resources: None,
+            unknown_fields: Default::default(),
         },
         Event::SpecLoadFailed {
             kind: ErrorKind::SpecCorrupt,
@@ -500,6 +503,7 @@ fn spec_loaded_records_from_before_admission_still_parse() {
             output_files: 0,
             image: None,
             resources: None,
+            unknown_fields: Default::default(),
         }
     );
 }
@@ -536,6 +540,7 @@ fn unsupported_process_type_names_the_type() {
             output_files: 0,
             image: None,
             resources: None,
+            unknown_fields: Default::default(),
         })
         .unwrap();
     match attempt.state() {

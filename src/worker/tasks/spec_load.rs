@@ -69,6 +69,20 @@ impl Worker {
         match result {
             Ok(spec) => {
                 tracing::debug!(%key, duration_ms, size_bytes = spec.size_bytes, "spec loaded");
+                let unknown = &spec.unknown_fields;
+                if !unknown.is_empty() {
+                    // Once per attempt, when its spec is loaded (never on replay).
+                    let fields: Vec<String> =
+                        unknown.fields().iter().map(|f| f.message()).collect();
+                    tracing::warn!(
+                        batch_id = key.batch_id,
+                        job_id = key.job_id,
+                        attempt_id = %key.attempt_id,
+                        fields = %fields.join("; "),
+                        omitted = unknown.omitted(),
+                        "job spec has unknown fields, ignored"
+                    );
+                }
                 let event = spec.loaded_event(containers);
                 drop(self.record_with(&key, event, Attach::Spec(Arc::new(spec))));
             }
