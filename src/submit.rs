@@ -111,7 +111,10 @@ pub fn read_specs(path: &Path, start_job_id: i64) -> Result<Vec<SpecLine>, Specs
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let before = &bytes[..e.valid_up_to()];
-        let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let line_start = before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
         SpecsFileError::NotUtf8 {
             path: path.to_owned(),
             line: before.iter().filter(|b| **b == b'\n').count() + 1,
@@ -266,11 +269,12 @@ mod tests {
     #[test]
     fn job_ids_past_the_largest_are_refused_and_bad_bytes_named_by_line() {
         let err = parse_specs("{}\n{}\n", Path::new("s.jsonl"), i64::MAX).expect_err("overflows");
-        assert!(matches!(err, SpecsFileError::JobIdOverflow { count: 2, .. }), "{err}");
+        assert!(
+            matches!(err, SpecsFileError::JobIdOverflow { count: 2, .. }),
+            "{err}"
+        );
         assert_eq!(
-            parse_specs("{}\n", Path::new("s.jsonl"), i64::MAX)
-                .expect("one fits")[0]
-                .job_id,
+            parse_specs("{}\n", Path::new("s.jsonl"), i64::MAX).expect("one fits")[0].job_id,
             i64::MAX
         );
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -278,7 +282,14 @@ mod tests {
         std::fs::write(&file, b"\xEF\xBB\xBF{}\n{\"a\": \"\xFF\"}\n").expect("written");
         let err = read_specs(&file, 1).expect_err("not UTF-8");
         assert!(
-            matches!(err, SpecsFileError::NotUtf8 { line: 2, byte: 7, .. }),
+            matches!(
+                err,
+                SpecsFileError::NotUtf8 {
+                    line: 2,
+                    byte: 7,
+                    ..
+                }
+            ),
             "{err}"
         );
         std::fs::write(&file, b"\xEF\xBB\xBF{}\n").expect("written");

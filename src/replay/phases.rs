@@ -289,6 +289,7 @@ mod tests {
             output_files: 0,
             image: None,
             resources: None,
+            unknown_fields: Default::default(),
         };
         for (time, event) in [
             (0, Event::SpecLoadStarted),

@@ -354,6 +354,7 @@ fn loaded(image: Option<&str>, input_files: u32, output_files: u32) -> Event {
         output_files,
         image: image.map(str::to_owned),
         resources: None,
+        unknown_fields: Default::default(),
     }
 }
 
