@@ -304,6 +304,22 @@ async fn log(
                     .expect("a valid mime type"),
             );
             match tower::ServiceExt::oneshot(file, request).await {
+                // Its refusals in our envelope (with the log's length,
+                // from Content-Range, when it gives one).
+                Ok(answer) if answer.status() == StatusCode::RANGE_NOT_SATISFIABLE => {
+                    let length = answer
+                        .headers()
+                        .get(header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("bytes */"))
+                        .map(str::to_owned);
+                    Err(ApiError::RangeNotSatisfiable(match length {
+                        Some(length) => format!(
+                            "the log of job {batch_id}:{job_id} is {length} bytes; a Range must start before its end (one range, bytes=N-)"
+                        ),
+                        None => "one range only, such as bytes=N-".to_owned(),
+                    }))
+                }
                 Ok(answer) => Ok(answer.map(Body::new)),
                 Err(e) => Err(ApiError::Unavailable(format!(
                     "cannot read the log of job {batch_id}:{job_id}: {e}"

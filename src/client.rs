@@ -40,6 +40,9 @@ pub enum ClientError {
         /// What the worker said.
         message: String,
     },
+    /// The call was not made: an earlier one found the worker unreachable.
+    #[error("not tried: the worker stopped answering")]
+    NotTried,
     /// The answer was not what this client expects (another program on the
     /// port, or a worker of another version).
     #[error("the worker's answer to {path} is not what batch-worker expects: {detail}")]
@@ -77,13 +80,6 @@ pub struct EventLine {
     pub state_after: String,
 }
 
-/// A logged chunk of a task's log: the bytes from an offset on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogChunk {
-    /// The bytes from the asked offset to the log's current end.
-    pub bytes: Vec<u8>,
-}
-
 /// A client of one worker's API.
 #[derive(Debug, Clone)]
 pub struct WorkerClient {
@@ -96,8 +92,10 @@ impl WorkerClient {
     /// A client of the worker at `base` (`http://127.0.0.1:5000`), sending
     /// `token` as a bearer token when given.
     pub fn new(base: Url, token: Option<ApiToken>) -> WorkerClient {
+        // CALL_TIMEOUT bounds each call (RequestBuilder::timeout) but a
+        // log's, which only may not pause for longer between reads.
         let http = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
+            .read_timeout(CALL_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("a reqwest client with rustls builds");
@@ -118,9 +116,10 @@ impl WorkerClient {
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        // A base with a path (a worker behind a proxy's prefix) keeps it.
         let mut url = self.base.clone();
-        url.set_path(path);
-        let request = self.http.request(method, url);
+        url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
+        let request = self.http.request(method, url).timeout(CALL_TIMEOUT);
         match &self.token {
             Some(token) => request.header(header::AUTHORIZATION, token.header_value()),
             None => request,
@@ -228,39 +227,51 @@ impl WorkerClient {
         self.json(Method::DELETE, &path, &[]).await
     }
 
-    /// The bytes of task `task`'s log (`input`, `main`, `output`) from byte
-    /// `offset` on (`Range: bytes=offset-`); empty when there is nothing
-    /// past `offset` yet.
+    /// Writes task `task`'s log (`input`, `main`, `output`) from byte
+    /// `offset` on (`Range: bytes=offset-`) to `out` as it arrives (never
+    /// held whole), and returns how many bytes were written: 0 when there
+    /// is nothing past `offset` yet. No bound on the whole call, only
+    /// [`CALL_TIMEOUT`] between reads, so a log of gigabytes arrives.
     ///
     /// # Errors
-    /// [`ClientError`].
-    pub async fn log_from(
+    /// [`ClientError`]; `Unexpected` when `out` cannot be written.
+    pub async fn log_to(
         &self,
         batch_id: i64,
         job_id: i64,
         task: &str,
         offset: u64,
-    ) -> Result<LogChunk, ClientError> {
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, ClientError> {
         let path = format!("/api/v1alpha/batches/{batch_id}/jobs/{job_id}/log/{task}");
-        let mut request = self.request(Method::GET, &path);
+        let mut request = self
+            .request(Method::GET, &path)
+            .timeout(Duration::from_secs(24 * 3600));
         if offset > 0 {
             request = request.header(header::RANGE, format!("bytes={offset}-"));
         }
-        let answer = self.send(request).await?;
-        let partial = answer.status() == StatusCode::PARTIAL_CONTENT;
+        let mut answer = self.send(request).await?;
         if answer.status() == StatusCode::RANGE_NOT_SATISFIABLE {
-            return Ok(LogChunk { bytes: Vec::new() });
+            return Ok(0);
         }
-        let body = answer.bytes().await.map_err(|e| self.unreachable(&e))?;
         // A 200 to a range request is the whole log: skip what was seen.
-        let skip = if partial || offset == 0 {
+        let mut skip = if answer.status() == StatusCode::PARTIAL_CONTENT {
             0
         } else {
-            (offset as usize).min(body.len())
+            offset
         };
-        Ok(LogChunk {
-            bytes: body[skip..].to_vec(),
-        })
+        let mut written = 0u64;
+        while let Some(chunk) = answer.chunk().await.map_err(|e| self.unreachable(&e))? {
+            let from = (skip as usize).min(chunk.len());
+            skip -= from as u64;
+            out.write_all(&chunk[from..])
+                .map_err(|e| ClientError::Unexpected {
+                    path: path.clone(),
+                    detail: format!("cannot write the log out: {e}"),
+                })?;
+            written += (chunk.len() - from) as u64;
+        }
+        Ok(written)
     }
 
     /// Hail's create call with `body` (a create body as the driver sends

@@ -642,6 +642,30 @@ pub fn validate_env(field: &str, env: &[EnvVar]) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// `text` safe to print on a terminal: newlines and tabs kept, every other
+/// control character (ESC, NUL, ...) and every bidirectional formatting
+/// character (U+202A..U+202E, U+2066..U+2069, U+200E, U+200F) written as
+/// its `\u{..}` escape, so that a job's user name or message cannot move
+/// the cursor, recolour or reorder what follows.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// What [`truncate`] puts where it cut.
 pub const CUT_MARKER: &str = " […]";
 
@@ -778,6 +802,15 @@ pub struct JobCompleteStatus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn printable_escapes_terminal_controls_and_bidi_overrides_only() {
+        assert_eq!(printable("a\tb\nc ü"), "a\tb\nc ü");
+        assert_eq!(
+            printable("x\u{1b}[31mred\u{0}\u{202e}y"),
+            "x\\u{1b}[31mred\\u{0}\\u{202e}y"
+        );
+    }
+
     #[test]
     fn truncate_cuts_at_a_word_boundary_with_a_marker() {
         use super::{truncate, CUT_MARKER};

@@ -36,6 +36,10 @@ pub enum ApiError {
     /// 405: the path exists, the method does not.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 416: a log read's `Range` starts at or past the log's end, or
+    /// asks for several ranges.
+    #[error("{0}")]
+    RangeNotSatisfiable(String),
     /// 503: shutting down, or a resource of the worker failed.
     #[error("{0}")]
     Unavailable(String),
@@ -81,6 +85,7 @@ impl ApiError {
             ApiError::Duplicate(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -94,6 +99,7 @@ impl ApiError {
             ApiError::Duplicate(_) => "duplicate_job",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             ApiError::Unavailable(_) => "unavailable",
         }
     }

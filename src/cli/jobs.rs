@@ -15,6 +15,7 @@ use url::Url;
 use super::CliError;
 use crate::api::ApiToken;
 use crate::client::{ClientError, EventLine, WorkerClient};
+use crate::wire::printable;
 use crate::worker::{JobSummary, MAX_PAGE_JOBS};
 
 /// How often `log -f` and `submit` ask the worker again, in ms.
@@ -55,6 +56,11 @@ impl WorkerArgs {
 /// `--worker`'s value: an http(s) URL, or `HOST:PORT` taken as http.
 pub fn parse_worker_url(text: &str) -> Result<Url, String> {
     let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "a port alone is not the worker's URL; did you mean http://127.0.0.1:{text}?"
+        ));
+    }
     let with_scheme = if text.contains("://") {
         text.to_owned()
     } else {
@@ -124,8 +130,8 @@ pub struct ListArgs {
     pub state: Vec<WireState>,
     /// At most this many jobs (1 to 1000); the last line says how to see
     /// the next page.
-    #[arg(long, default_value_t = 100)]
-    pub limit: usize,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub limit: u16,
     /// Start after this job (a previous page's last, as BATCH:JOB).
     #[arg(long)]
     pub after: Option<String>,
@@ -265,12 +271,15 @@ pub fn count_line(jobs: &[JobSummary]) -> String {
             (n > 0).then(|| format!("{n} {}", state.as_str()))
         })
         .collect();
+    if parts.is_empty() {
+        return "none".to_owned();
+    }
     parts.join(", ")
 }
 
 async fn list(args: &ListArgs) -> Result<ExitCode, CliError> {
     let client = args.worker.client()?;
-    let limit = args.limit.clamp(1, MAX_PAGE_JOBS);
+    let limit = usize::from(args.limit).clamp(1, MAX_PAGE_JOBS);
     let mut after = args.after.clone();
     let mut jobs = Vec::new();
     let (matched, next) = loop {
@@ -294,7 +303,10 @@ async fn list(args: &ListArgs) -> Result<ExitCode, CliError> {
         println!("no jobs{}", filter_words(args));
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", render_table(&jobs, crate::worker::now_ms()));
+    print!(
+        "{}",
+        printable(&render_table(&jobs, crate::worker::now_ms()))
+    );
     println!(
         "{} job{}: {}",
         jobs.len(),
@@ -455,7 +467,7 @@ async fn status(args: &JobArgs) -> Result<ExitCode, CliError> {
     if args.json {
         print_json(&status);
     } else {
-        print!("{}", render_status(&status));
+        print!("{}", printable(&render_status(&status)));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -514,7 +526,7 @@ async fn events(args: &JobArgs) -> Result<ExitCode, CliError> {
             .collect();
         print_json(&values);
     } else {
-        print!("{}", render_events(&events));
+        print!("{}", printable(&render_events(&events)));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -525,10 +537,22 @@ async fn cancel(args: &JobArgs) -> Result<ExitCode, CliError> {
     if args.json {
         print_json(&answer);
     } else {
-        let words = serde_json::from_value::<JobState>(answer["worker_state"].clone())
-            .map(|s| s.in_words())
-            .unwrap_or_else(|_| text(&answer["state"]));
-        println!("job {batch_id}:{job_id}: cancel requested; now {words}");
+        let state = serde_json::from_value::<JobState>(answer["worker_state"].clone()).ok();
+        let words = state
+            .as_ref()
+            .map(JobState::in_words)
+            .unwrap_or_else(|| text(&answer["state"]));
+        if state.as_ref().is_some_and(JobState::is_terminal) {
+            println!(
+                "job {batch_id}:{job_id} had already ended ({}); nothing to cancel",
+                printable(&words)
+            );
+        } else {
+            println!(
+                "job {batch_id}:{job_id}: cancel requested; now {}",
+                printable(&words)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -537,7 +561,7 @@ async fn log(args: &LogArgs) -> Result<ExitCode, CliError> {
     let (batch_id, job_id) = args.job;
     let client = args.worker.client()?;
     let mut offset = 0u64;
-    let mut out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(std::io::stdout());
     loop {
         // The state first: a log read after the job ended is its whole log.
         let ended = if args.follow {
@@ -546,16 +570,13 @@ async fn log(args: &LogArgs) -> Result<ExitCode, CliError> {
         } else {
             None
         };
-        let chunk = client
-            .log_from(batch_id, job_id, &args.task, offset)
+        offset += client
+            .log_to(batch_id, job_id, &args.task, offset, &mut out)
             .await?;
-        offset += chunk.bytes.len() as u64;
-        out.write_all(&chunk.bytes)
-            .and_then(|()| out.flush())
-            .map_err(|source| CliError::Io {
-                context: "writing the log to stdout".into(),
-                source,
-            })?;
+        out.flush().map_err(|source| CliError::Io {
+            context: "writing the log to stdout".into(),
+            source,
+        })?;
         if !args.follow {
             return Ok(ExitCode::SUCCESS);
         }

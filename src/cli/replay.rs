@@ -119,12 +119,13 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, CliError> {
         })?;
         println!("{json}");
     } else {
+        // A user name or message in the journal cannot drive the terminal.
         print!(
             "{}",
-            report.render(RenderOptions {
+            crate::wire::printable(&report.render(RenderOptions {
                 time: if args.iso { TimeFormat::Iso } else { args.time },
                 timelines: args.timelines || args.job.is_some(),
-            })
+            }))
         );
     }
     Ok(super::exit(!args.check || report.problems.is_empty()))

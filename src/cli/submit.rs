@@ -15,7 +15,7 @@ use url::Url;
 
 use super::jobs::{count_line, human_ms, WorkerArgs, POLL_MS};
 use super::{CliError, StartError};
-use crate::client::WorkerClient;
+use crate::client::{ClientError, WorkerClient};
 use crate::spec_store::{SpecLoadConfig, SpecStore};
 use crate::store::{open_store_with, redact_url, StoreOptions};
 use crate::submit::{read_specs, write_bunch, Bunch, SpecLine};
@@ -32,8 +32,8 @@ pub struct BunchArgs {
     /// ["sh", "-c", "echo hi"]}, "resources": {"cores_mcpu": 250}}`. Each
     /// line's `job_id` is set to the id it gets.
     pub specs: PathBuf,
-    /// The first job's id; the others follow.
-    #[arg(long, default_value_t = 1)]
+    /// The first job's id (0 or more); the others follow.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(0..))]
     pub start_job_id: i64,
     /// The bunch's token (1 to 64 letters and digits); random by default.
     #[arg(long)]
@@ -61,8 +61,9 @@ pub struct SubmitArgs {
     /// The worker.
     #[command(flatten)]
     pub worker: WorkerArgs,
-    /// The batch's id; by default one more than the largest the worker holds.
-    #[arg(long)]
+    /// The batch's id (0 or more); by default one more than the largest
+    /// the worker holds.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
     pub batch: Option<i64>,
     /// Create the jobs and exit, without waiting for them to end.
     #[arg(long)]
@@ -82,8 +83,8 @@ pub struct BunchWriteArgs {
     /// The spec store: an absolute path, file:///abs/path, s3://, gs://, az://.
     #[arg(long, value_parser = parse_store)]
     pub store: Url,
-    /// The batch's id.
-    #[arg(long)]
+    /// The batch's id (0 or more).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
     pub batch: i64,
     /// Write each job's create body (one JSON object per line) to this
     /// file, for `curl --data @FILE` (`-`: stdout).
@@ -176,6 +177,29 @@ impl BunchArgs {
 /// The specs file or the store is unusable.
 pub async fn run_bunch(command: &BunchCommand) -> Result<ExitCode, CliError> {
     let BunchCommand::Write(args) = command;
+    // The create bodies' file is opened first: a path that cannot be
+    // written (or is the specs file itself) stops before the bunch is.
+    let mut creates: Option<Box<dyn Write>> = match &args.creates {
+        None => None,
+        Some(path) if path.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
+        Some(path) => {
+            let same = std::fs::canonicalize(path).ok().is_some_and(|p| {
+                std::fs::canonicalize(&args.bunch.specs).is_ok_and(|specs| specs == p)
+            });
+            if same {
+                return Err(StartError::Invalid(format!(
+                    "--creates: {} is the specs file; pass another file",
+                    path.display()
+                ))
+                .into());
+            }
+            let file = std::fs::File::create(path).map_err(|source| CliError::Io {
+                context: format!("creating {} (--creates)", path.display()),
+                source,
+            })?;
+            Some(Box::new(std::io::BufWriter::new(file)))
+        }
+    };
     let (bunch, specs) = args.bunch.write(&args.store, args.batch).await?;
     println!(
         "batch_id={} token={} start_job_id={} jobs={}",
@@ -184,21 +208,18 @@ pub async fn run_bunch(command: &BunchCommand) -> Result<ExitCode, CliError> {
         bunch.start_job_id,
         specs.len()
     );
-    if let Some(path) = &args.creates {
-        let mut text = String::new();
+    if let Some(out) = &mut creates {
+        let mut written = Ok(());
         for spec in &specs {
-            text.push_str(&serde_json::to_string(&bunch.create_body(spec.job_id)).expect("JSON"));
-            text.push('\n');
+            let line = serde_json::to_string(&bunch.create_body(spec.job_id)).expect("JSON");
+            written = written.and_then(|()| writeln!(out, "{line}"));
         }
-        let written = if path.as_os_str() == "-" {
-            std::io::stdout().write_all(text.as_bytes())
-        } else {
-            std::fs::write(path, text)
-        };
-        written.map_err(|source| CliError::Io {
-            context: format!("writing the create bodies to {}", path.display()),
-            source,
-        })?;
+        written
+            .and_then(|()| out.flush())
+            .map_err(|source| CliError::Io {
+                context: "writing the create bodies (--creates)".into(),
+                source,
+            })?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -214,37 +235,81 @@ pub async fn run(args: &SubmitArgs) -> Result<ExitCode, CliError> {
         Some(url) => url.clone(),
         None => worker_store(&client).await?,
     };
-    let batch_id = match args.batch {
+    // The specs are checked before anything is written or created.
+    read_specs(&args.bunch.specs, args.bunch.start_job_id)?;
+    let mut tries = 0;
+    // With no --batch, the next free batch; a concurrent submit may take
+    // the same one first: its first create then gets 403 and the next free
+    // batch is tried (a few times).
+    let mut batch_id = match args.batch {
         Some(batch) => batch,
-        None => next_batch(&client).await?,
+        None => next_batch(&client, 0).await?,
     };
-    let (bunch, specs) = args.bunch.write(&store, batch_id).await?;
+    let (bunch, specs, first) = loop {
+        let (bunch, specs) = args.bunch.write(&store, batch_id).await?;
+        let first_job = specs[0].job_id;
+        let body = bunch.create_body(first_job);
+        let outcome = client.create(&body).await;
+        let taken = outcome
+            .as_ref()
+            .err()
+            .and_then(ClientError::status)
+            .is_some_and(|s| s == reqwest::StatusCode::FORBIDDEN);
+        tries += 1;
+        if taken && args.batch.is_none() && tries < BATCH_TRIES {
+            eprintln!("batch {batch_id} was taken meanwhile (403 for its first job); trying the next free batch");
+            batch_id = next_batch(&client, batch_id).await?;
+            continue;
+        }
+        break (bunch, specs, (first_job, attempt_of(&body), outcome));
+    };
     let job_ids: Vec<i64> = specs.iter().map(|s| s.job_id).collect();
-    let outcomes: Vec<(i64, String, Result<(), crate::client::ClientError>)> =
-        futures::stream::iter(job_ids.iter().copied())
+    let mut outcomes = vec![first];
+    // Once the worker cannot be reached (or an answer is lost), the rest
+    // are not tried: their outcome would be the same wait.
+    let unreachable = std::sync::atomic::AtomicBool::new(matches!(
+        outcomes[0].2,
+        Err(ClientError::Unreachable { .. })
+    ));
+    let rest: Vec<(i64, String, Result<(), ClientError>)> =
+        futures::stream::iter(job_ids[1..].iter().copied())
             .map(|job_id| {
-                let (client, body) = (&client, bunch.create_body(job_id));
+                let (client, body, unreachable) =
+                    (&client, bunch.create_body(job_id), &unreachable);
                 async move {
-                    let attempt_id = body["job_spec"]["attempt_id"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
-                    (job_id, attempt_id, client.create(&body).await)
+                    let attempt_id = attempt_of(&body);
+                    if unreachable.load(std::sync::atomic::Ordering::Relaxed) {
+                        return (job_id, attempt_id, Err(ClientError::NotTried));
+                    }
+                    let outcome = client.create(&body).await;
+                    if matches!(outcome, Err(ClientError::Unreachable { .. })) {
+                        unreachable.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    (job_id, attempt_id, outcome)
                 }
             })
             .buffered(CREATE_CONCURRENCY)
             .collect()
             .await;
+    outcomes.extend(rest);
     // The attempt each job was created as: a job the worker already
     // held (finished) is waited for under its new attempt only.
     let mut created = BTreeMap::new();
+    let mut not_tried = 0;
     for (job_id, attempt_id, outcome) in outcomes {
         match outcome {
             Ok(()) => {
                 created.insert(job_id, attempt_id);
             }
+            Err(ClientError::NotTried) => not_tried += 1,
+            Err(e @ ClientError::Unreachable { .. }) => println!(
+                "{batch_id}:{job_id}  not known whether created (no answer; see `batch-worker jobs status {batch_id}:{job_id}` once the worker answers): {e}"
+            ),
             Err(e) => println!("{batch_id}:{job_id}  not created: {e}"),
         }
+    }
+    if not_tried > 0 {
+        println!("{not_tried} more job{} not created: the worker stopped answering, so they were not tried", if not_tried == 1 { "" } else { "s" });
     }
     let refused = job_ids.len() - created.len();
     eprintln!(
@@ -302,18 +367,41 @@ async fn worker_store(client: &WorkerClient) -> Result<Url, CliError> {
     }
 }
 
-/// One more than the largest batch id the worker holds (1 for none).
-async fn next_batch(client: &WorkerClient) -> Result<i64, CliError> {
-    let mut largest = 0;
-    let mut after = None;
+/// The create body's attempt id.
+fn attempt_of(body: &serde_json::Value) -> String {
+    body["job_spec"]["attempt_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// How many batches `submit` tries when the free one it chose is taken
+/// by a concurrent submit.
+const BATCH_TRIES: usize = 5;
+
+/// One more than the largest batch id the worker holds and than `after`
+/// (1 for none).
+///
+/// # Errors
+/// The worker cannot be reached, or it holds batch `i64::MAX`.
+async fn next_batch(client: &WorkerClient, after: i64) -> Result<i64, CliError> {
+    let mut largest = after;
+    let mut cursor = None;
     loop {
         let page = client
-            .list(None, &[], after.as_deref(), MAX_PAGE_JOBS)
+            .list(None, &[], cursor.as_deref(), MAX_PAGE_JOBS)
             .await?;
         largest = page.jobs.iter().map(|j| j.batch_id).fold(largest, i64::max);
         match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(largest + 1),
+            Some(next) => cursor = Some(next),
+            None => {
+                return largest.checked_add(1).ok_or_else(|| {
+                    StartError::Invalid(format!(
+                        "--batch: the worker holds batch {largest}, the largest there is, so there is no next one; pass --batch"
+                    ))
+                    .into()
+                })
+            }
         }
     }
 }
@@ -356,7 +444,8 @@ async fn wait(
                         (Some(s), Some(e)) => format!("  ran {}", human_ms(e - s)),
                         _ => String::new(),
                     };
-                    println!("{batch_id}:{}  {}{time}", job.job_id, job.summary);
+                    let line = format!("{batch_id}:{}  {}{time}", job.job_id, job.summary);
+                    println!("{}", crate::wire::printable(&line));
                     ended.insert(job.job_id, job);
                 }
             }

@@ -304,3 +304,101 @@ async fn the_list_pages_and_refuses_bad_parameters_with_the_envelope() {
         assert_eq!(body["error"]["field"], field, "{query}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_take_different_batches_and_bad_ids_write_nothing() {
+    // Given a worker and one specs file
+    let dir = tempfile::tempdir().unwrap();
+    let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
+    std::fs::create_dir_all(&specs).unwrap();
+    let driver = EmbeddedDriver::start().await.unwrap();
+    let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    let file = dir.path().join("specs.jsonl");
+    let line = r#"{"process": {"type": "docker", "image": "x", "command": ["true"]}}"#;
+    std::fs::write(&file, format!("{line}\n{line}\n")).unwrap();
+    let file = file.to_str().unwrap();
+
+    // When three submits without --batch run at once
+    let submit = ["submit", file];
+    let (a, b, c) = tokio::join!(
+        cli(&serve.base, &submit),
+        cli(&serve.base, &submit),
+        cli(&serve.base, &submit),
+    );
+
+    // Then every one of them creates and runs its two jobs, each in a batch of its own
+    for out in [&a, &b, &c] {
+        assert!(out.status.success(), "{:?}", text(out));
+        assert!(
+            text(out).0.contains("2 of 2 jobs ended: 2 succeeded"),
+            "{:?}",
+            text(out)
+        );
+    }
+    let out = cli(&serve.base, &["jobs", "list", "--json"]).await;
+    let page: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(page["matched"], 6, "{page}");
+
+    // And negative ids and job ids past i64::MAX are refused before anything is written
+    let before = walk(&specs);
+    for args in [
+        &["submit", file, "--batch=-1"][..],
+        &[
+            "bunch",
+            "write",
+            file,
+            "--store",
+            specs.to_str().unwrap(),
+            "--batch",
+            "5",
+            "--start-job-id=-5",
+        ],
+        &[
+            "bunch",
+            "write",
+            file,
+            "--store",
+            specs.to_str().unwrap(),
+            "--batch",
+            "5",
+            "--start-job-id",
+            "9223372036854775807",
+        ],
+    ] {
+        let out = cli(&serve.base, args).await;
+        assert!(!out.status.success(), "{args:?}: {:?}", text(&out));
+    }
+    assert_eq!(walk(&specs), before, "nothing was written");
+
+    // And a Range past the log's end is a 416 in the API's envelope
+    let answer = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1alpha/batches/1/jobs/1/log/main",
+            serve.base
+        ))
+        .header("Range", "bytes=999999-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 416);
+    let body: Value = answer.json().await.expect("the error envelope");
+    assert_eq!(body["error"]["code"], "range_not_satisfiable", "{body}");
+}
+
+/// Every file under `dir`, sorted.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
