@@ -122,8 +122,9 @@ pub enum Command {
     /// each. Exits non-zero if any job ends other than planned or any
     /// create call fails.
     Demo(DemoArgs),
-    /// Replay a journal file (or a directory of `*.jnl` files) through the
-    /// job state machine: per-attempt timelines, a summary, and problems.
+    /// Replay a worker's data directory, a journal file or a directory of
+    /// `*.jnl` files through the job state machine: a summary, problems,
+    /// and on request timelines, a Chrome trace and an SVG picture.
     Replay(ReplayArgs),
     /// Look at job specs as the worker reads them.
     Spec {

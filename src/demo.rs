@@ -367,6 +367,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             .await
             .expect("the create calls do not panic")
     };
+    progress.doing("waiting for the jobs to end");
 
     // A hung spec read ends at the load deadline (60 s).
     let hangs = args

@@ -627,6 +627,11 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
         }
     }
     let end_ms = all.last_ms.unwrap_or_default();
+    // A worker without a driver never records a delivery: its finished
+    // attempts are not "reporting" until the journal ends.
+    let driver_seen = records
+        .iter()
+        .any(|r| matches!(r.event, Event::StartedDelivered | Event::CompleteDelivered));
     let cores_in_use = phases::cores_in_use(attempts.values().map(|r| &r.view), end_ms);
     let job_summary = options.job.map(|_| {
         let chosen = || {
@@ -643,7 +648,12 @@ pub fn replay_records(records: &[JournalRecord], options: ReplayOptions) -> Repo
         .into_iter()
         .filter_map(|(key, replaying)| {
             let mut phases = replaying.spans?;
-            phases.extend(replaying.tracker.open_span(end_ms));
+            phases.extend(
+                replaying
+                    .tracker
+                    .open_span(end_ms)
+                    .filter(|span| driver_seen || span.phase != phases::Phase::Reporting),
+            );
             Some(Timeline {
                 key: key.clone(),
                 steps: replaying.steps?,

@@ -21,6 +21,9 @@ use crate::store::{open_store_with, redact_url, StoreOptions};
 use crate::submit::{read_specs, write_bunch, Bunch, SpecLine};
 use crate::worker::{JobSummary, MAX_PAGE_JOBS};
 
+/// How often `submit` says which jobs it still waits for.
+const STILL_WAITING_EVERY: Duration = Duration::from_secs(10);
+
 /// Creates in flight at once.
 const CREATE_CONCURRENCY: usize = 16;
 
@@ -69,7 +72,8 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub no_wait: bool,
     /// Stop waiting after this many seconds (exit 1 if jobs are still
-    /// running; they keep running).
+    /// running; they keep running). Default: wait until every job ends,
+    /// saying every 10 s which are still running.
     #[arg(long)]
     pub wait_s: Option<u64>,
 }
@@ -151,11 +155,17 @@ impl BunchArgs {
                 source: std::io::Error::other(e),
             })?;
         let last = specs.last().map_or(self.start_job_id, |s| s.job_id);
+        let jobs = if specs.len() == 1 {
+            format!("1 spec for job {batch_id}:{last}")
+        } else {
+            format!(
+                "{} specs for jobs {batch_id}:{} to {batch_id}:{last}",
+                specs.len(),
+                self.start_job_id
+            )
+        };
         eprintln!(
-            "wrote bunch {token}: {} spec{} for jobs {batch_id}:{} to {batch_id}:{last}, at {}/{}",
-            specs.len(),
-            if specs.len() == 1 { "" } else { "s" },
-            self.start_job_id,
+            "wrote bunch {token}: {jobs}, at {}/{}",
             redact_url(url).trim_end_matches('/'),
             store.shown(&keys.specs),
         );
@@ -231,9 +241,19 @@ pub async fn run_bunch(command: &BunchCommand) -> Result<ExitCode, CliError> {
 /// The specs file, the store or the worker is unusable.
 pub async fn run(args: &SubmitArgs) -> Result<ExitCode, CliError> {
     let client = args.worker.client()?;
+    // A worker that does not take jobs (not activated yet, shutting down)
+    // is found before the bunch is written.
+    let info = client.about().await?;
+    if !info.taking_jobs {
+        return Err(StartError::Invalid(format!(
+            "--worker: the worker {} is not taking jobs now (not yet activated with its driver, shutting down, or its journal cannot be written); its log says which",
+            info.name
+        ))
+        .into());
+    }
     let store = match &args.store {
         Some(url) => url.clone(),
-        None => worker_store(&client).await?,
+        None => worker_store(&info)?,
     };
     // The specs are checked before anything is written or created.
     read_specs(&args.bunch.specs, args.bunch.start_job_id)?;
@@ -349,8 +369,7 @@ pub async fn run(args: &SubmitArgs) -> Result<ExitCode, CliError> {
 }
 
 /// The worker's spec store, when it is local files this process can write.
-async fn worker_store(client: &WorkerClient) -> Result<Url, CliError> {
-    let info = client.about().await?;
+fn worker_store(info: &crate::worker::WorkerInfo) -> Result<Url, CliError> {
     match info.spec_store.as_deref().map(Url::parse) {
         Some(Ok(url)) if url.scheme() == "file" => Ok(url),
         Some(_) => Err(StartError::Invalid(format!(
@@ -415,6 +434,7 @@ async fn wait(
     limit: Option<Duration>,
 ) -> Result<BTreeMap<i64, JobSummary>, CliError> {
     let began = Instant::now();
+    let mut last_note = began;
     let mut ended: BTreeMap<i64, JobSummary> = BTreeMap::new();
     let terminal = [
         batch_worker_model::WireState::Succeeded,
@@ -455,6 +475,23 @@ async fn wait(
             }
         }
         if ended.len() < created.len() {
+            if last_note.elapsed() >= STILL_WAITING_EVERY {
+                last_note = Instant::now();
+                let waiting: Vec<String> = created
+                    .keys()
+                    .filter(|id| !ended.contains_key(*id))
+                    .take(5)
+                    .map(|id| format!("{batch_id}:{id}"))
+                    .collect();
+                let left = created.len() - ended.len();
+                eprintln!(
+                    "still waiting for {left} job{} ({}{}) after {}; --wait-s bounds the wait, and the jobs keep running if this stops",
+                    if left == 1 { "" } else { "s" },
+                    waiting.join(", "),
+                    if left > waiting.len() { ", ..." } else { "" },
+                    human_ms(began.elapsed().as_millis() as i64)
+                );
+            }
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
         }
     }

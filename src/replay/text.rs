@@ -412,8 +412,9 @@ fn render_summary(out: &mut String, s: &Summary, moment: &dyn Fn(i64) -> String)
     if let Some(at) = s.peak_at_ms {
         let _ = writeln!(
             out,
-            "\ncores in use: peak {} cores ({} mcpu) at {}",
+            "\ncores in use: peak {} core{} ({} mcpu) at {}",
             cores(s.peak_cores_mcpu),
+            if s.peak_cores_mcpu == 1000 { "" } else { "s" },
             s.peak_cores_mcpu,
             moment(at)
         );

@@ -82,7 +82,7 @@ impl Report {
                         "attempt": attempt,
                         "seq": step.seq,
                         "event": step.event.name(),
-                        "state_after": final_words(&step.state_after),
+                        "state_after": step.state_after.in_words(),
                     },
                 }));
             }
