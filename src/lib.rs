@@ -42,6 +42,8 @@
 //! - [`admission`]: the first-come-first-served queue for cores and memory.
 //! - [`runner`]: the [`runner::Runner`] trait and the host-process runner.
 //! - [`container`]: the runc executor: a bundle and an OCI container per job.
+//! - [`network`]: a network namespace per container job (public or
+//!   private), pooled, with its iptables chains and published ports.
 //! - [`image`]: pulling images from OCI registries into the image cache;
 //!   [`image::layer`] applies layers (digests, whiteouts).
 //! - [`logs_store`]: finished attempts' `status.json` and main log in a store.
@@ -87,6 +89,7 @@ pub mod journal;
 pub mod location;
 pub mod logs_store;
 pub mod metrics;
+pub mod network;
 pub mod replay;
 pub mod resource_usage;
 pub mod runner;
