@@ -983,7 +983,16 @@ impl Networks {
             }
         }
         let base = veth_counters(&host_veth).unwrap_or((0, 0));
-        self.state().in_use.insert(netns_name.clone(), base);
+        {
+            let mut state = self.state();
+            if state.closed {
+                // `close` ran meanwhile and may have missed what this made.
+                drop(state);
+                let _ = self.delete(kind, index).await;
+                return Err(NetworkError::Closed);
+            }
+            state.in_use.insert(netns_name.clone(), base);
+        }
         let config = &self.inner.config;
         let (resolv_conf, hosts) = match kind {
             NetworkKind::Public => (
@@ -1605,12 +1614,18 @@ mod tests {
     #[tokio::test]
     async fn acquire_from_the_pool_is_faster_than_making_a_namespace() {
         let mut config = config(6);
-        config.pool_size = 1;
+        config.pool_size = 4;
+        let t = Instant::now();
         let networks = Networks::open(config).await.unwrap();
+        let opened = t.elapsed();
         let _guard = Guard::new(&networks);
         let t = Instant::now();
         let pooled = networks.acquire(NetworkKind::Public, None).await.unwrap();
         let from_pool = t.elapsed();
+        let mut held = Vec::new();
+        for _ in 1..4 {
+            held.push(networks.acquire(NetworkKind::Public, None).await.unwrap());
+        }
         let t = Instant::now();
         let made = networks.acquire(NetworkKind::Public, None).await.unwrap();
         let new = t.elapsed();
@@ -1620,13 +1635,27 @@ mod tests {
             .await
             .unwrap();
         let with_port = t.elapsed();
-        println!(
-            "acquire: from the pool {from_pool:?}, a new namespace {new:?}, pooled with a published port {with_port:?}"
+        assert_eq!(
+            made.netns_name, "nt6-public-4",
+            "made anew: the pool held four"
         );
-        assert_ne!(pooled.netns_name, made.netns_name);
-        for job in [pooled, made, published] {
+        let t = Instant::now();
+        networks.release(published).await.unwrap();
+        let unpublished = t.elapsed();
+        held.push(pooled);
+        for job in held {
             networks.release(job).await.unwrap();
         }
+        // The pool is full again: this one goes.
+        let t = Instant::now();
+        networks.release(made).await.unwrap();
+        let deleted = t.elapsed();
+        assert!(!Path::new("/run/netns/nt6-public-4").exists());
+        println!(
+            "open (4 + 4 namespaces) {opened:?}; acquire: from the pool {from_pool:?}, a new namespace {new:?}, \
+             pooled with a published port {with_port:?}; release: unpublishing to the pool {unpublished:?}, \
+             deleting (pool full) {deleted:?}"
+        );
         close_and_check(&networks).await;
     }
 
