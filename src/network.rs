@@ -983,15 +983,17 @@ impl Networks {
             }
         }
         let base = veth_counters(&host_veth).unwrap_or((0, 0));
-        {
+        let closed = {
             let mut state = self.state();
-            if state.closed {
-                // `close` ran meanwhile and may have missed what this made.
-                drop(state);
-                let _ = self.delete(kind, index).await;
-                return Err(NetworkError::Closed);
+            if !state.closed {
+                state.in_use.insert(netns_name.clone(), base);
             }
-            state.in_use.insert(netns_name.clone(), base);
+            state.closed
+        };
+        if closed {
+            // `close` ran meanwhile and may have missed what this made.
+            let _ = self.delete(kind, index).await;
+            return Err(NetworkError::Closed);
         }
         let config = &self.inner.config;
         let (resolv_conf, hosts) = match kind {
