@@ -2,7 +2,7 @@
 # Container fixtures for the tests: a local OCI registry on loopback and two
 # tiny images built from busybox-static with umoci (no Docker needed).
 #
-#   scripts/containers.sh [start]  install (if missing) runc, docker-registry,
+#   scripts/containers.sh [start]  install (if missing) runc, docker-registry, iproute2, iptables,
 #                                  umoci, skopeo, busybox-static (apt); start
 #                                  the registry (or reuse one already answering
 #                                  on the port); build and push
@@ -31,7 +31,7 @@ cd "$(dirname "$0")/.."
 port=${BW_REGISTRY_PORT:-5055}
 dir=${BW_CONTAINERS_DIR:-/tmp/bw-containers}
 registry=127.0.0.1:$port
-packages=(runc docker-registry umoci skopeo busybox-static)
+packages=(runc docker-registry umoci skopeo busybox-static iproute2 iptables)
 # Fixed timestamp for image configs, history and file times: same digests on every run.
 created=2024-01-01T00:00:00Z
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 use batch_worker_model::{Event, ProcessKind, UnknownFields};
 use serde_json::{Map, Value};
 
+use crate::network::NetworkKind;
 use crate::wire::{truncate, validate_env, AttemptFields, EnvVar};
 
 /// One entry of `input_files` (`{from: URL, to: path}`) or `output_files`
@@ -142,6 +143,15 @@ pub struct JobSpec {
     pub env: Vec<EnvVar>,
     /// `timeout`, if present and positive.
     pub timeout: Option<Duration>,
+    /// `network`: `public` (Hail's default, also when absent or null) or
+    /// `private` (Hail's own trusted jobs). Honoured by a worker that gives
+    /// each container job its own network (see [`crate::network`]).
+    #[serde(default)]
+    pub network: Option<NetworkKind>,
+    /// `port`: a port (1..=65535) the job serves on, which the worker
+    /// publishes on a host port and names in `HAIL_BATCH_WORKER_PORT`.
+    #[serde(default)]
+    pub port: Option<u16>,
     /// `resources`, as sent (`cores_mcpu`, `memory_bytes`, `storage_gib`).
     pub resources: Value,
     /// `resources.cores_mcpu`: CPU the job reserves, in mcpu
@@ -260,6 +270,31 @@ impl JobSpec {
                 (secs > 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
             }
         };
+        let network = match spec.get("network") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(kind)) if kind == "public" => Some(NetworkKind::Public),
+            Some(Value::String(kind)) if kind == "private" => Some(NetworkKind::Private),
+            Some(other) => {
+                return Err(SpecCorrupt(format!(
+                    "network: expected \"public\" or \"private\" (or null: public), got {}",
+                    describe(Some(other))
+                )))
+            }
+        };
+        let port = match spec.get("port") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| {
+                        SpecCorrupt(format!(
+                            "port: expected a port number from 1 to 65535, got {}",
+                            describe(Some(v))
+                        ))
+                    })?,
+            ),
+        };
         let resources = match spec.get("resources") {
             None | Some(Value::Null) => None,
             // Kept as sent in the journal's `spec_loaded` and shown in the
@@ -316,6 +351,8 @@ impl JobSpec {
             },
             env,
             timeout,
+            network,
+            port,
             resources: resources.map_or(Value::Null, |r| Value::Object(r.clone())),
             cores_mcpu,
             memory_bytes,
@@ -606,6 +643,17 @@ mod tests {
         assert_eq!(s.timeout, Some(Duration::from_millis(2500)));
         assert_eq!(s.process, ProcessKind::Docker);
         assert!(s.unsupported.is_empty());
+        assert_eq!((s.network, s.port), (None, None));
+        let s = spec(
+            r#"{"job_id":12,"process":{"type":"docker","command":["x"]},"network":"private","port":8000}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.network, s.port),
+            (Some(NetworkKind::Private), Some(8000))
+        );
+        let s = spec(r#"{"job_id":12,"process":{"type":"docker","command":["x"]},"network":"public","port":null}"#).unwrap();
+        assert_eq!((s.network, s.port), (Some(NetworkKind::Public), None));
     }
 
     #[test]
@@ -623,6 +671,11 @@ mod tests {
             ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[1]}}", "process.command"),
             ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[\"\"]}}", "process.command"),
             ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[\"x\"]},\"timeout\":-1}", "timeout"),
+            ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[\"x\"]},\"network\":\"hostile\"}", "network"),
+            ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[\"x\"]},\"network\":3}", "network"),
+            ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[\"x\"]},\"port\":0}", "port"),
+            ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[\"x\"]},\"port\":70000}", "port"),
+            ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[\"x\"]},\"port\":\"80\"}", "port"),
             ("{\"job_id\":12,\"process\":{\"type\":\"docker\",\"command\":[\"x\"]},\"env\":[{\"name\":\"A=B\",\"value\":\"\"}]}", "env[0].name"),
         ];
         for (text, needle) in cases {

@@ -1,5 +1,9 @@
+//! This file is long (about 1,700 lines, half of them tests on real
+//! namespaces) because the namespaces, their rules and the tests that
+//! break them belong together.
+//!
 //! A network namespace per container job, as Hail's worker gives it
-//! (issue 21): the host side.
+//! (issue 21): the host side. Not yet wired into the container executor.
 //!
 //! # Namespaces
 //!
@@ -1336,8 +1340,28 @@ mod tests {
         assert!(left.is_empty(), "left after close: {left:#?}");
     }
 
+    /// Whether this process may make namespaces and rules (root, with `ip`
+    /// and `iptables`); without, the test skips, saying so, unless
+    /// `BW_REQUIRE_NETWORK` is set (CI), where it fails.
+    fn can_make_networks() -> bool {
+        let root = nix::unistd::geteuid().is_root();
+        let tools = which::which("ip").is_ok() && which::which("iptables").is_ok();
+        if root && tools {
+            return true;
+        }
+        assert!(
+            std::env::var_os("BW_REQUIRE_NETWORK").is_none(),
+            "BW_REQUIRE_NETWORK is set but this process is not root with ip and iptables"
+        );
+        eprintln!("skipped: network namespace tests need root, ip and iptables");
+        false
+    }
+
     #[tokio::test]
     async fn a_public_job_fetches_from_the_outside_host() {
+        if !can_make_networks() {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let networks = Networks::open(config(1)).await.unwrap();
         let mut guard = Guard::new(&networks);
@@ -1365,6 +1389,9 @@ mod tests {
 
     #[tokio::test]
     async fn public_jobs_reach_neither_blocked_addresses_nor_the_api_port_private_jobs_do() {
+        if !can_make_networks() {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let api = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
         let api_port = api.local_addr().unwrap().port();
@@ -1427,6 +1454,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_published_port_answers_external_traffic_until_released() {
+        if !can_make_networks() {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let job_dir = tempfile::tempdir().unwrap();
         std::fs::write(job_dir.path().join("hello.txt"), "hello from the job\n").unwrap();
@@ -1502,6 +1532,9 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_cannot_reach_each_other() {
+        if !can_make_networks() {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let job_dir = tempfile::tempdir().unwrap();
         std::fs::write(job_dir.path().join("hello.txt"), "hello from b\n").unwrap();
@@ -1556,6 +1589,9 @@ mod tests {
 
     #[tokio::test]
     async fn open_after_a_crash_removes_the_leftovers() {
+        if !can_make_networks() {
+            return;
+        }
         let config = config(5);
         let networks = Networks::open(config.clone()).await.unwrap();
         let guard = Guard::new(&networks);
@@ -1615,6 +1651,9 @@ mod tests {
 
     #[tokio::test]
     async fn acquire_from_the_pool_is_faster_than_making_a_namespace() {
+        if !can_make_networks() {
+            return;
+        }
         let mut config = config(6);
         config.pool_size = 4;
         let t = Instant::now();
