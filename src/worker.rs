@@ -607,7 +607,16 @@ impl Worker {
             cores_mcpu: settings.capacity.cores_mcpu,
             memory_bytes: settings.capacity.memory_bytes,
             free_cores_mcpu: free_mcpu,
-            free_memory_bytes: free_mib.saturating_mul(1 << 20),
+            // Admission counts memory in whole MiB: what is reserved, taken
+            // from the exact capacity (an idle worker shows all of it).
+            free_memory_bytes: {
+                let capacity_mib = settings.capacity.memory_bytes >> 20;
+                let reserved_mib = capacity_mib.saturating_sub(free_mib);
+                settings
+                    .capacity
+                    .memory_bytes
+                    .saturating_sub(reserved_mib << 20)
+            },
             attempts: self.table().len(),
             taking_jobs: self.taking_jobs().is_ok(),
         }

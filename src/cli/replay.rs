@@ -47,11 +47,12 @@ pub struct ReplayArgs {
     pub until: Option<u64>,
     /// Write a Chrome trace-event file (JSON) here, for Perfetto
     /// (ui.perfetto.dev) or chrome://tracing: a track per attempt, a slice
-    /// per phase, grouped by batch.
+    /// per phase, grouped by batch. `-`: standard output (then alone).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
     /// Write an SVG picture here: a row per attempt, its phases as
-    /// coloured bars over time, and the cores in use beneath.
+    /// coloured bars over time, and the cores in use beneath. `-`:
+    /// standard output (then alone).
     #[arg(long, value_name = "FILE.svg")]
     pub timeline: Option<PathBuf>,
 }
@@ -64,8 +65,28 @@ fn parse_job(text: &str) -> Result<(i64, i64), String> {
     Ok((id(batch)?, id(job)?))
 }
 
+/// `1 attempt`, `3 attempts`.
+fn attempts(n: usize) -> String {
+    format!("{n} attempt{}", if n == 1 { "" } else { "s" })
+}
+
+/// Where an output went, for a person.
+fn shown(path: &Path) -> String {
+    if path.as_os_str() == "-" {
+        "standard output".to_owned()
+    } else {
+        path.display().to_string()
+    }
+}
+
 fn write_file(path: &Path, what: &str, bytes: &[u8]) -> Result<(), CliError> {
-    std::fs::write(path, bytes).map_err(|source| CliError::Io {
+    // `-`: standard output, as a person pipes it.
+    let written = if path.as_os_str() == "-" {
+        std::io::Write::write_all(&mut std::io::stdout(), bytes)
+    } else {
+        std::fs::write(path, bytes)
+    };
+    written.map_err(|source| CliError::Io {
         context: format!("writing the {what} to {}", path.display()),
         source,
     })
@@ -99,20 +120,23 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, CliError> {
         })?;
         write_file(path, "trace", &trace)?;
         eprintln!(
-            "trace of {} attempts written to {} (open it in ui.perfetto.dev or chrome://tracing)",
-            report.timelines.len(),
-            path.display()
+            "trace of {} written to {} (open it in ui.perfetto.dev or chrome://tracing)",
+            attempts(report.timelines.len()),
+            shown(path)
         );
     }
     if let Some(path) = &args.timeline {
         write_file(path, "timeline picture", report.timeline_svg().as_bytes())?;
         eprintln!(
-            "timeline of {} attempts written to {} (open it in a browser)",
-            report.timelines.len(),
-            path.display()
+            "timeline of {} written to {} (open it in a browser)",
+            attempts(report.timelines.len()),
+            shown(path)
         );
     }
-    if args.json {
+    let to_stdout = |path: &Option<PathBuf>| path.as_ref().is_some_and(|p| p.as_os_str() == "-");
+    if to_stdout(&args.trace) || to_stdout(&args.timeline) {
+        // Standard output holds the trace or the picture alone.
+    } else if args.json {
         let json = serde_json::to_string_pretty(&report).map_err(|e| CliError::Io {
             context: "printing the report".into(),
             source: e.into(),

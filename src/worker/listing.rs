@@ -163,7 +163,8 @@ pub struct WorkerInfo {
     pub memory_bytes: u64,
     /// Cores not reserved now, in mcpu.
     pub free_cores_mcpu: u64,
-    /// Memory not reserved now, in bytes (MiB granularity).
+    /// Memory not reserved now, in bytes (reservations count in whole
+    /// MiB; an idle worker shows `memory_bytes`).
     pub free_memory_bytes: u64,
     /// Attempts the worker holds (running, waiting, and finished ones kept).
     pub attempts: usize,

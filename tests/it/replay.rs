@@ -917,3 +917,34 @@ fn a_2000_attempt_timeline_stays_small_and_the_text_stays_short() {
     let text = replay_text(&file, &[]);
     assert!(text.lines().count() < 40, "{text}");
 }
+
+#[test]
+fn a_trace_or_picture_to_standard_output_comes_alone() {
+    // Given the good journal
+    let journal = fixtures().join("good.jnl");
+    for (flag, check) in [("--trace", "JSON"), ("--timeline", "SVG")] {
+        // When the trace or the picture is asked for on standard output
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_batch-worker"))
+            .arg("replay")
+            .arg(&journal)
+            .args([flag, "-"])
+            .output()
+            .expect("replay runs");
+
+        // Then standard output holds it alone, and no file named `-` is made
+        assert!(out.status.success(), "{flag}: {out:?}");
+        let stdout = String::from_utf8(out.stdout).expect("UTF-8");
+        match check {
+            "JSON" => {
+                let trace: serde_json::Value =
+                    serde_json::from_str(&stdout).expect("one JSON value");
+                assert!(trace["traceEvents"].is_array());
+            }
+            _ => {
+                roxmltree::Document::parse(&stdout).expect("one SVG document");
+            }
+        }
+        assert!(String::from_utf8_lossy(&out.stderr).contains("standard output"));
+        assert!(!std::path::Path::new("-").exists());
+    }
+}
