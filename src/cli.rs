@@ -107,24 +107,30 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the worker's HTTP API until SIGINT/SIGTERM or `POST /api/v1alpha/kill`.
+    ///
     /// Flags may also come from `--config FILE` (TOML, keys are the flags'
     /// names) and from `BATCH_WORKER_<FLAG>` environment variables; flags
     /// win over the environment, which wins over the file.
     Serve(Box<ServeArgs>),
-    /// Print the configuration `serve` would run with (same flags, file and
-    /// environment), as TOML, each value with its source; secrets masked.
-    /// Defaults `serve` derives are resolved (the paths under the data
+    /// Print the configuration `serve` would run with, as TOML.
+    ///
+    /// The same flags, file and environment as `serve`; each value with its
+    /// source; secrets masked. Defaults `serve` derives are resolved (the paths under the data
     /// directory, the stores, the machine's cores and memory), sizes in
     /// bytes with their units beside them.
     Config(Box<ServeArgs>),
-    /// Run a worker and an embedded driver on loopback, schedule jobs with
-    /// good, failing, missing and corrupt specs, and print what became of
-    /// each. Exits non-zero if any job ends other than planned or any
+    /// Run a worker and a driver on loopback with 200 jobs: the main demo.
+    ///
+    /// Schedules jobs with good, failing, missing and corrupt specs, and
+    /// prints what became of each. Exits non-zero if any job ends other than planned or any
     /// create call fails.
     Demo(DemoArgs),
-    /// Replay a worker's data directory, a journal file or a directory of
-    /// `*.jnl` files through the job state machine: a summary, problems,
-    /// and on request timelines, a Chrome trace and an SVG picture.
+    /// Replay a worker's journal: a summary, problems, timelines, a trace, a picture.
+    ///
+    /// Takes a worker's data directory, a journal file or a directory of
+    /// `*.jnl` files, and folds it through the job state machine: a
+    /// summary, problems, and on request timelines, a Chrome trace and an
+    /// SVG picture.
     Replay(ReplayArgs),
     /// Look at job specs as the worker reads them.
     Spec {
@@ -132,17 +138,19 @@ pub enum Command {
         #[command(subcommand)]
         command: SpecCommand,
     },
-    /// A worker's jobs, from the shell: list, status, events, log (-f
-    /// follows), cancel. Talks to the worker at --worker
+    /// A worker's jobs: list, status, events, log (-f follows), cancel.
+    ///
+    /// Talks to the worker at --worker
     /// (http://127.0.0.1:5000 by default).
     Jobs {
         /// What to do.
         #[command(subcommand)]
         command: jobs::JobsCommand,
     },
-    /// Submit job specs by hand (a JSON Lines file, one spec per line):
-    /// write them as a bunch in the worker's spec store, create each job
-    /// as Hail's driver would, and print each job's outcome as it ends.
+    /// Submit job specs by hand from a JSON Lines file and wait for them.
+    ///
+    /// Writes them as a bunch in the worker's spec store, creates each job
+    /// as Hail's driver would, and prints each job's outcome as it ends.
     /// Exits 0 when every job succeeded.
     Submit(Box<submit::SubmitArgs>),
     /// Spec bunches, as Hail's driver writes them.
