@@ -126,6 +126,8 @@ fn every_field_runnable(job_id: i64) -> Value {
     spec["process"]["image"] = json!("ubuntu:24.04");
     spec["env"] = json!([{"name": "STAGE", "value": "x"}]);
     spec["timeout"] = json!(60);
+    spec["network"] = json!("private");
+    spec["port"] = json!(8000);
     spec["resources"]["cores_mcpu"] = json!(250);
     spec["resources"]["memory_bytes"] = json!(1_000_000);
     spec["resources"]["storage_gib"] = json!(0);
