@@ -5,7 +5,7 @@
 //! a 2 s timeout, receives `job_started` / `job_complete`), and reports what
 //! became of every job against what its spec was made for.
 //!
-//! This file is long (about 890 lines) because it is one run read top to
+//! This file is long (about 970 lines) because it is one run read top to
 //! bottom: set-up, the driver's create loop, the checks and the report; the
 //! plan of job kinds, the embedded driver, the progress line and the
 //! outcome table are in `demo/`.

@@ -1,3 +1,7 @@
+//! This file is long (about 700 lines) because every driver call (activate,
+//! job_started, job_complete, billing_update, deactivate) shares one
+//! transport, one retry policy and one description of a failed call.
+//!
 //! The driver client: activation, `job_started` and `job_complete`.
 //!
 //! A worker first activates: `POST {driver}/api/v1alpha/instances/activate`

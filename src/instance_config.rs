@@ -1,4 +1,4 @@
-//! This file is long (about 830 lines, 245 of them tests) because it is
+//! This file is long (about 840 lines, 245 of them tests) because it is
 //! the whole of Hail's billing arithmetic for two clouds: every resource
 //! type, its machine tables and their checks against Hail's own values.
 //!

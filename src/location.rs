@@ -1,3 +1,6 @@
+//! This file is long (about 730 lines, 250 of them tests) because every
+//! near miss it recognises has its own suggestion and its own test.
+//!
 //! Locations as people type them: store locations (`--spec-store`,
 //! `--logs-store`, `spec show --store`, the URLs of a job spec's
 //! `input_files` and `output_files`) and the driver's URL (`--driver-url`),

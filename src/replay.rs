@@ -1,3 +1,7 @@
+//! This file is long (about 730 lines) because it is the one fold of a
+//! journal for the replay tool: reading, checking, tallying and the report
+//! types the renderers in `replay/` share.
+//!
 //! Replay: rebuilds every attempt from journal records with the `model`
 //! crate's transition function (the one definition of the rules), and
 //! reports timelines, a summary and every problem found.

@@ -5,7 +5,7 @@
 //! samples (copied from the team's `shared/samples/` into `tests/fixtures/samples/`) by the
 //! integration tests.
 //!
-//! This file is long (about 770 lines, a third of them tests) because it is the whole wire
+//! This file is long (about 940 lines, a third of them tests) because it is the whole wire
 //! contract with the driver in one place: the create body and its
 //! field-naming validation, secrets, and the report bodies.
 

@@ -1,4 +1,4 @@
-//! This file is long (about 620 lines) because it is the worker's one
+//! This file is long (about 670 lines) because it is the worker's one
 //! facade (create, record, cancel, reads) over the modules below it.
 //!
 //! The worker: the table of job attempts, and the shell that performs the

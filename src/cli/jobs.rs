@@ -1,3 +1,7 @@
+//! This file is long (about 610 lines) because the five `jobs`
+//! subcommands share their flags, their renderers and the log follow loop;
+//! each renderer is a pure function the tests call.
+//!
 //! `jobs list | status | events | log [-f] | cancel`: one worker's jobs
 //! from the shell, as tables for people or `--json` for programs, over the
 //! worker's API ([`crate::client::WorkerClient`]).

@@ -120,8 +120,9 @@ impl BunchArgs {
         SpecStore::new(store, root, SpecLoadConfig::default()).map_err(StartError::Runtime)
     }
 
-    /// Reads the specs and writes them as a bunch of batch `batch_id`.
-    async fn write(&self, url: &Url, batch_id: i64) -> Result<(Bunch, Vec<SpecLine>), CliError> {
+    /// Reads and checks the specs file, noting each line whose `job_id`
+    /// is replaced.
+    fn read(&self) -> Result<Vec<SpecLine>, CliError> {
         let specs = read_specs(&self.specs, self.start_job_id)?;
         for spec in specs.iter().filter(|s| s.replaced_job_id.is_some()) {
             eprintln!(
@@ -132,6 +133,12 @@ impl BunchArgs {
                 spec.job_id
             );
         }
+        Ok(specs)
+    }
+
+    /// Writes `specs` (from [`BunchArgs::read`]) as a bunch of batch
+    /// `batch_id`.
+    async fn write(&self, url: &Url, batch_id: i64, specs: &[SpecLine]) -> Result<Bunch, CliError> {
         let token = match &self.token {
             Some(token) => {
                 if token.is_empty()
@@ -148,7 +155,7 @@ impl BunchArgs {
             None => crate::submit::new_token(),
         };
         let store = self.open(url)?;
-        let keys = write_bunch(&store, batch_id, &token, &specs)
+        let keys = write_bunch(&store, batch_id, &token, specs)
             .await
             .map_err(|e| CliError::Io {
                 context: format!("writing the bunch to {}", redact_url(url)),
@@ -169,15 +176,12 @@ impl BunchArgs {
             redact_url(url).trim_end_matches('/'),
             store.shown(&keys.specs),
         );
-        Ok((
-            Bunch {
-                batch_id,
-                token,
-                start_job_id: self.start_job_id,
-                user: self.user.clone(),
-            },
-            specs,
-        ))
+        Ok(Bunch {
+            batch_id,
+            token,
+            start_job_id: self.start_job_id,
+            user: self.user.clone(),
+        })
     }
 }
 
@@ -210,7 +214,8 @@ pub async fn run_bunch(command: &BunchCommand) -> Result<ExitCode, CliError> {
             Some(Box::new(std::io::BufWriter::new(file)))
         }
     };
-    let (bunch, specs) = args.bunch.write(&args.store, args.batch).await?;
+    let specs = args.bunch.read()?;
+    let bunch = args.bunch.write(&args.store, args.batch, &specs).await?;
     println!(
         "batch_id={} token={} start_job_id={} jobs={}",
         bunch.batch_id,
@@ -256,7 +261,7 @@ pub async fn run(args: &SubmitArgs) -> Result<ExitCode, CliError> {
         None => worker_store(&info)?,
     };
     // The specs are checked before anything is written or created.
-    read_specs(&args.bunch.specs, args.bunch.start_job_id)?;
+    let specs = args.bunch.read()?;
     let mut tries = 0;
     // With no --batch, the next free batch; a concurrent submit may take
     // the same one first: its first create then gets 403 and the next free
@@ -265,8 +270,8 @@ pub async fn run(args: &SubmitArgs) -> Result<ExitCode, CliError> {
         Some(batch) => batch,
         None => next_batch(&client, 0).await?,
     };
-    let (bunch, specs, first) = loop {
-        let (bunch, specs) = args.bunch.write(&store, batch_id).await?;
+    let (bunch, first) = loop {
+        let bunch = args.bunch.write(&store, batch_id, &specs).await?;
         let first_job = specs[0].job_id;
         let body = bunch.create_body(first_job);
         let outcome = client.create(&body).await;
@@ -281,7 +286,7 @@ pub async fn run(args: &SubmitArgs) -> Result<ExitCode, CliError> {
             batch_id = next_batch(&client, batch_id).await?;
             continue;
         }
-        break (bunch, specs, (first_job, attempt_of(&body), outcome));
+        break (bunch, (first_job, attempt_of(&body), outcome));
     };
     let job_ids: Vec<i64> = specs.iter().map(|s| s.job_id).collect();
     let mut outcomes = vec![first];

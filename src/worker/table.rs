@@ -1,4 +1,4 @@
-//! This file is long (about 600 lines, half of them given/when/then tests)
+//! This file is long (about 610 lines, half of them given/when/then tests)
 //! because the table step and its tests sit together.
 //!
 //! The job table: one entry per attempt, and [`Table::record`], the

@@ -1,4 +1,4 @@
-//! This file is long (about 800 lines) because Hail's status is one
+//! This file is long (about 840 lines) because Hail's status is one
 //! nested shape (job, tasks, steps, container status) built in one place,
 //! with the report bodies derived from it and Python's `json.dumps`
 //! layout for `status.json`.

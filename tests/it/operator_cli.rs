@@ -9,6 +9,31 @@ use serde_json::Value;
 
 use crate::support::{ServeChild, HANG_GUARD};
 
+/// A `serve` child on loopback with its spec store under `dir/specs`,
+/// activated by an embedded driver.
+struct Worker {
+    dir: tempfile::TempDir,
+    specs: std::path::PathBuf,
+    serve: ServeChild,
+    _driver: EmbeddedDriver,
+}
+
+impl Worker {
+    async fn start() -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
+        std::fs::create_dir_all(&specs).unwrap();
+        let driver = EmbeddedDriver::start().await.unwrap();
+        let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+        Worker {
+            dir,
+            specs,
+            serve,
+            _driver: driver,
+        }
+    }
+}
+
 /// Runs the binary with `args` (and `BATCH_WORKER_URL` = `worker`) to its
 /// exit, off the test's runtime threads.
 async fn cli(worker: &str, args: &[&str]) -> Output {
@@ -39,11 +64,12 @@ fn text(out: &Output) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_submits_lists_reads_follows_and_cancels_through_the_binary() {
     // Given a worker serving on loopback, and a specs file a person wrote
-    let dir = tempfile::tempdir().unwrap();
-    let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
-    std::fs::create_dir_all(&specs).unwrap();
-    let driver = EmbeddedDriver::start().await.unwrap();
-    let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    let Worker {
+        dir,
+        specs,
+        serve,
+        _driver,
+    } = Worker::start().await;
     let file = dir.path().join("specs.jsonl");
     std::fs::write(
         &file,
@@ -182,11 +208,12 @@ async fn an_operator_submits_lists_reads_follows_and_cancels_through_the_binary(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bunch_write_gives_create_bodies_a_raw_create_runs() {
     // Given a worker and a bunch written by `bunch write`
-    let dir = tempfile::tempdir().unwrap();
-    let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
-    std::fs::create_dir_all(&specs).unwrap();
-    let driver = EmbeddedDriver::start().await.unwrap();
-    let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    let Worker {
+        dir,
+        specs,
+        serve,
+        _driver,
+    } = Worker::start().await;
     let file = dir.path().join("specs.jsonl");
     std::fs::write(
         &file,
@@ -239,12 +266,13 @@ async fn bunch_write_gives_create_bodies_a_raw_create_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_list_pages_and_refuses_bad_parameters_with_the_envelope() {
-    // Given a worker with five jobs of two batches
-    let dir = tempfile::tempdir().unwrap();
-    let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
-    std::fs::create_dir_all(&specs).unwrap();
-    let driver = EmbeddedDriver::start().await.unwrap();
-    let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    // Given a worker with six jobs of two batches
+    let Worker {
+        dir,
+        specs: _,
+        serve,
+        _driver,
+    } = Worker::start().await;
     let file = dir.path().join("specs.jsonl");
     let line = r#"{"process": {"type": "docker", "image": "x", "command": ["true"]}}"#;
     std::fs::write(&file, format!("{line}\n{line}\n{line}\n")).unwrap();
@@ -308,11 +336,12 @@ async fn the_list_pages_and_refuses_bad_parameters_with_the_envelope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submits_take_different_batches_and_bad_ids_write_nothing() {
     // Given a worker and one specs file
-    let dir = tempfile::tempdir().unwrap();
-    let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
-    std::fs::create_dir_all(&specs).unwrap();
-    let driver = EmbeddedDriver::start().await.unwrap();
-    let serve = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    let Worker {
+        dir,
+        specs,
+        serve,
+        _driver,
+    } = Worker::start().await;
     let file = dir.path().join("specs.jsonl");
     let line = r#"{"process": {"type": "docker", "image": "x", "command": ["true"]}}"#;
     std::fs::write(&file, format!("{line}\n{line}\n")).unwrap();
