@@ -17,10 +17,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use batch_worker::container::{ContainerNetwork, RuncConfig, RuncRunner};
+use batch_worker::container::{ContainerNetwork, JobNetworks, RuncConfig, RuncRunner};
 use batch_worker::image::{ImageConfig, ImageStore, PullProcess, DEFAULT_PULL_MAX_MEMORY_BYTES};
 use batch_worker::journal::Durability;
 use batch_worker::logs_store::LogsStore;
+use batch_worker::network::NetworkConfig;
 use batch_worker::runner::{HostRunner, Runner};
 use batch_worker::spec_store::{SpecLoadConfig, SpecStore};
 use batch_worker::store::StoreOptions;
@@ -151,7 +152,13 @@ async fn one_job(worker: &Worker, batch_id: i64, job_id: i64) -> Timing {
 fn percentiles(mut values: Vec<f64>) -> String {
     values.sort_by(f64::total_cmp);
     let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-    format!("{:.1} / {:.1} / {:.1}", at(0.5), at(0.9), at(1.0))
+    format!(
+        "{:.1} / {:.1} / {:.1} / {:.1}",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0)
+    )
 }
 
 async fn measure(name: &str, bench: &Bench, image: &str, jobs: i64) {
@@ -206,9 +213,38 @@ fn main() {
             runc: "runc".into(),
             state_dir: dir.path().join("runc"),
             network: ContainerNetwork::None,
+            job_networks: None,
             kill_grace: Duration::from_secs(5),
         })
         .expect("runc runs");
+        // A network namespace per job, from a pool of 4 per kind, on
+        // ranges and a prefix of the bench's own (root, ip, iptables).
+        let job_networks = if nix::unistd::geteuid().is_root() && which::which("iptables").is_ok() {
+            let config = NetworkConfig {
+                public_range: ("10.240.0.0".parse().unwrap(), 16),
+                private_range: ("10.241.0.0".parse().unwrap(), 16),
+                prefix: "bwbench".into(),
+                ..NetworkConfig::default()
+            };
+            Some(
+                JobNetworks::open(config, dir.path().join("networks"), dir.path(), "127.0.0.1".into())
+                    .await
+                    .expect("the job networks open"),
+            )
+        } else {
+            println!("no root with iptables: the namespace rows are skipped\n");
+            None
+        };
+        let namespaced = job_networks.clone().map(|networks| {
+            RuncRunner::new(RuncConfig {
+                runc: "runc".into(),
+                state_dir: dir.path().join("runc-ns"),
+                network: ContainerNetwork::Namespace,
+                job_networks: Some(networks),
+                kill_grace: Duration::from_secs(5),
+            })
+            .expect("runc runs")
+        });
         let mut config = ImageConfig::new(dir.path().join("images"));
         config.insecure_registries = vec![image.split('/').next().unwrap().to_owned()];
         // As `serve` pulls: in a child process with bounded memory.
@@ -217,8 +253,12 @@ fn main() {
             max_memory_bytes: DEFAULT_PULL_MAX_MEMORY_BYTES,
         });
         let images = Arc::new(ImageStore::new(config).expect("the image cache opens"));
-        let containers = worker(Arc::new(runc), Some(images)).await;
+        let containers = worker(Arc::new(runc), Some(images.clone())).await;
         let host = worker(Arc::new(HostRunner::default()), None).await;
+        let namespaced = match namespaced {
+            Some(runner) => Some(worker(Arc::new(runner), Some(images.clone())).await),
+            None => None,
+        };
 
         // The first pull, cold: batch 1.
         write_bunch(&containers.writer, 1, &image, 1).await;
@@ -244,12 +284,18 @@ fn main() {
             time_of("image_pulled").unwrap() - time_of("resources_granted").unwrap(),
             pull.to_running
         );
-        println!("`sh -c true` jobs, ms, p50 / p90 / max:\n");
+        println!("`sh -c true` jobs, ms, p50 / p90 / p99 / max:\n");
         println!(
             "| executor | jobs | create call | create → running | running → exited | create → final |"
         );
         println!("|---|---|---|---|---|---|");
         measure("host", &host, &image, jobs).await;
-        measure("runc", &containers, &image, jobs).await;
+        measure("runc, network none", &containers, &image, jobs).await;
+        if let Some(namespaced) = &namespaced {
+            measure("runc, a pooled namespace", namespaced, &image, jobs).await;
+        }
+        if let Some(networks) = job_networks {
+            networks.close_blocking();
+        }
     });
 }

@@ -62,7 +62,7 @@ fn lifecycle(job: i64) -> Vec<Event> {
                 unknown_fields: Default::default(),
             },
             Event::ResourcesGranted,
-            Event::ProcessStarted { pid: 4242 },
+            Event::process_started(4242),
             Event::StartedDelivered,
             Event::ProcessExited {
                 exit: ExitStatus::Code { code: 0 },

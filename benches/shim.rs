@@ -59,6 +59,8 @@ async fn row(name: &str, runner: HostRunner, jobs: usize) {
             secrets: Vec::new(),
             timeout: None,
             storage_bytes: None,
+            network: None,
+            port: None,
         };
         let began = Instant::now();
         let process = runner.spawn(&request).await.expect("true starts");

@@ -26,6 +26,7 @@ pub mod config;
 pub mod demo;
 pub mod derived;
 pub mod image;
+pub mod job_network;
 pub mod jobs;
 pub mod replay;
 pub mod serve;

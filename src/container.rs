@@ -49,7 +49,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use batch_worker_model::{ExitStatus, JobKey};
+use batch_worker_model::{ExitStatus, JobAddress, JobKey};
 use oci_spec::runtime::{
     get_default_mounts, Capabilities, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder,
     LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder,
@@ -58,12 +58,16 @@ use oci_spec::runtime::{
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use crate::network::{JobNetwork, NetworkKind};
 use crate::runner::{
     AttemptDir, LaunchError, Process as JobProcess, ProcessRequest, Runner, ShimHandle,
 };
 
+mod network;
 mod user;
 
+pub(crate) use network::on_own_runtime;
+pub use network::JobNetworks;
 pub use user::{JobUser, UserError};
 
 /// `PATH` in a container whose image sets none.
@@ -84,6 +88,9 @@ pub enum ContainerNetwork {
     None,
     /// The worker's network namespace.
     Host,
+    /// A network namespace per job, public or private as its spec's
+    /// `network` says, as Hail's worker gives it ([`crate::network`]).
+    Namespace,
 }
 
 /// Settings of the runc executor.
@@ -96,6 +103,9 @@ pub struct RuncConfig {
     pub state_dir: PathBuf,
     /// Network of the containers.
     pub network: ContainerNetwork,
+    /// The job networks, with [`ContainerNetwork::Namespace`] (required
+    /// then, ignored otherwise).
+    pub job_networks: Option<JobNetworks>,
     /// Time between SIGTERM and SIGKILL when ending a container.
     pub kill_grace: Duration,
 }
@@ -143,6 +153,11 @@ impl RuncRunner {
                 config.runc.display(),
                 String::from_utf8_lossy(&version.stderr).trim()
             )));
+        }
+        if config.network == ContainerNetwork::Namespace && config.job_networks.is_none() {
+            return Err(LaunchError(
+                "--container-network namespace: the job networks are not set up".into(),
+            ));
         }
         Ok(RuncRunner { config, shim: None })
     }
@@ -224,6 +239,16 @@ impl Cleanup {
     }
 }
 
+impl RuncRunner {
+    /// Container `id`'s job network back to the pool, if it holds one
+    /// (after its container is deleted). Blocking.
+    fn release_network(&self, id: &str) {
+        if let Some(networks) = &self.config.job_networks {
+            networks.release_blocking(id);
+        }
+    }
+}
+
 impl Drop for Cleanup {
     /// An abandoned spawn drops its cleanup on an async thread: the runc
     /// calls and the unmount then go to a blocking thread.
@@ -246,9 +271,17 @@ impl Drop for Cleanup {
     }
 }
 
-/// Deletes container `id` (if it exists), unmounts the bundle's root file
-/// system and removes the bundle. Blocking; idempotent.
+/// Deletes container `id` (if it exists), gives back its job network (if
+/// it holds one), unmounts the bundle's root file system and removes the
+/// bundle. Blocking; idempotent.
 fn clean_up_now(runner: &RuncRunner, id: &str, bundle: &Path) {
+    delete_container(runner, id);
+    runner.release_network(id);
+    remove_bundle(bundle);
+}
+
+/// Deletes container `id`, if it exists (its processes with it). Blocking.
+fn delete_container(runner: &RuncRunner, id: &str) {
     if runner.config.state_dir.join(id).exists() {
         match runner
             .runc()
@@ -263,6 +296,11 @@ fn clean_up_now(runner: &RuncRunner, id: &str, bundle: &Path) {
             Err(e) => tracing::warn!(container = id, error = %e, "runc delete failed"),
         }
     }
+}
+
+/// Unmounts the bundle's root file system and removes the bundle.
+/// Blocking; idempotent.
+fn remove_bundle(bundle: &Path) {
     let rootfs = bundle.join("rootfs");
     // Not mounted (EINVAL) or gone (ENOENT) is fine.
     let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
@@ -285,11 +323,34 @@ impl Runner for RuncRunner {
     async fn spawn(&self, request: &ProcessRequest) -> Result<Box<dyn JobProcess>, LaunchError> {
         let runner = self.clone();
         let memory_limit_bytes = request.memory_bytes;
+        let id = container_id(&request.key);
+        // From here on, dropping the cleanup (an abandoned spawn, a
+        // failure) deletes what was made and gives the network back.
+        let cleanup = Cleanup {
+            runner: self.clone(),
+            id: id.clone(),
+            bundle: bundle_dir(&request.dir),
+            armed: true,
+        };
+        let network = match (&self.config.job_networks, self.config.network) {
+            (Some(networks), ContainerNetwork::Namespace) => {
+                let kind = request.network.unwrap_or(NetworkKind::Public);
+                let network = networks
+                    .acquire(&request.key, &id, kind, request.port)
+                    .await
+                    .map_err(|e| LaunchError(format!("cannot set up the job's network: {e}")))?;
+                Some(network)
+            }
+            _ => None,
+        };
+        let address = network.as_ref().map(network::address);
         let request = request.clone();
         let root = request.dir.root.clone();
-        let (start, cleanup) = tokio::task::spawn_blocking(move || runner.start_now(&request))
-            .await
-            .map_err(|e| LaunchError(format!("the spawning thread failed: {e}")))??;
+        let (start, cleanup) = tokio::task::spawn_blocking(move || {
+            runner.start_now(&request, cleanup, network.as_ref())
+        })
+        .await
+        .map_err(|e| LaunchError(format!("the spawning thread failed: {e}")))??;
         let pid_file = cleanup.bundle.join("pid");
         let waiter = match start {
             Start::Runc(child) => Waiter::Runc(child),
@@ -305,6 +366,7 @@ impl Runner for RuncRunner {
             started: Instant::now(),
             memory_limit_bytes,
             cleanup,
+            address,
         };
         // runc writes the pid file once the container's process exists.
         loop {
@@ -356,7 +418,14 @@ impl Runner for RuncRunner {
             .and_then(|resources| *resources.memory())
             .and_then(|memory| memory.limit())
             .map_or(0, |limit| limit.max(0) as u64);
-        tracing::info!(%key, pid, "container re-attached");
+        let id = container_id(key);
+        let address = self
+            .config
+            .job_networks
+            .as_ref()
+            .and_then(|n| n.of(&id))
+            .map(|n| network::address(&n));
+        tracing::info!(%key, pid, network = ?address, "container re-attached");
         Some((
             pid,
             Box::new(RuncProcess {
@@ -366,10 +435,11 @@ impl Runner for RuncRunner {
                 memory_limit_bytes,
                 cleanup: Cleanup {
                     runner: self.clone(),
-                    id: container_id(key),
+                    id,
                     bundle,
                     armed: true,
                 },
+                address,
             }),
         ))
     }
@@ -418,6 +488,19 @@ impl Runner for RuncRunner {
         self.config.kill_grace
     }
 
+    /// Removes the job networks (namespaces, veths, chains) when no job
+    /// holds one.
+    fn stopped(&self) {
+        if let Some(networks) = &self.config.job_networks {
+            networks.close_blocking();
+        }
+    }
+
+    /// The job's veth counters, when it has a network of its own.
+    fn network_bytes(&self, key: &JobKey) -> Option<(u64, u64)> {
+        self.config.job_networks.as_ref()?.bytes(&container_id(key))
+    }
+
     fn clean_up(&self, key: &JobKey, dir: &AttemptDir) -> bool {
         let id = container_id(key);
         let bundle = bundle_dir(dir);
@@ -432,23 +515,24 @@ impl Runner for RuncRunner {
 impl RuncRunner {
     /// The blocking part of [`Runner::spawn`]: the bundle, then `runc run`
     /// started, or, with a shim, what the shim is to start.
-    fn start_now(&self, request: &ProcessRequest) -> Result<(Start, Cleanup), LaunchError> {
+    fn start_now(
+        &self,
+        request: &ProcessRequest,
+        cleanup: Cleanup,
+        network: Option<&JobNetwork>,
+    ) -> Result<(Start, Cleanup), LaunchError> {
         let image = request.image.as_ref().ok_or_else(|| {
             LaunchError(
                 "the spec has no process.image; the runc executor runs every job in its image"
                     .into(),
             )
         })?;
-        let id = container_id(&request.key);
-        let bundle = bundle_dir(&request.dir);
-        let cleanup = Cleanup {
-            runner: self.clone(),
-            id: id.clone(),
-            bundle: bundle.clone(),
-            armed: true,
-        };
-        // A leftover of this attempt (a spawn abandoned mid-way) goes first.
-        clean_up_now(self, &id, &bundle);
+        let id = cleanup.id.clone();
+        let bundle = cleanup.bundle.clone();
+        // A leftover of this attempt (a spawn abandoned mid-way) goes first
+        // (its network, if it had one, went back when it was abandoned).
+        delete_container(self, &id);
+        remove_bundle(&bundle);
         let fail = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
             LaunchError(format!("cannot {what} {}: {e}", path.display()))
         };
@@ -476,7 +560,18 @@ impl RuncRunner {
             .map_err(|e| LaunchError(e.to_string()))?;
         settle_staged(&work, &image.rootfs, &user)?;
         let secret_mounts = write_secrets(&bundle, request, &user)?;
-        let spec = runtime_spec(request, &id, secret_mounts, self.config.network, &user)?;
+        let joined = match network {
+            Some(network) => Some(self.network_files(&bundle, network)?),
+            None => None,
+        };
+        let spec = runtime_spec(
+            request,
+            &id,
+            secret_mounts,
+            self.config.network,
+            joined.as_ref(),
+            &user,
+        )?;
         let config = bundle.join("config.json");
         spec.save(&config).map_err(|e| fail("write", &config, &e))?;
         let log_path = request.dir.main_log();
@@ -547,6 +642,56 @@ impl RuncRunner {
             .spawn()
             .map_err(|e| fail("run", &self.config.runc, &e))?;
         Ok((Start::Runc(child), cleanup))
+    }
+}
+
+/// What a container joins of its job network: the namespace, the files
+/// bind-mounted at `/etc/resolv.conf` and `/etc/hosts`, and the variables
+/// Hail gives a job with a published port.
+#[derive(Debug)]
+struct Joined {
+    netns_path: PathBuf,
+    resolv_conf: PathBuf,
+    hosts: PathBuf,
+    /// `HAIL_BATCH_WORKER_PORT` (the host port) and `HAIL_BATCH_WORKER_IP`
+    /// (the worker's address), when the job has a port.
+    env: Vec<(String, String)>,
+}
+
+impl RuncRunner {
+    /// Writes `network`'s resolver and hosts files into the bundle (world
+    /// readable, mounted read-only).
+    fn network_files(&self, bundle: &Path, network: &JobNetwork) -> Result<Joined, LaunchError> {
+        use std::os::unix::fs::PermissionsExt;
+        let write = |name: &str, text: &str| {
+            let path = bundle.join(name);
+            std::fs::write(&path, text)
+                .and_then(|()| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                })
+                .map_err(|e| LaunchError(format!("cannot write {}: {e}", path.display())))?;
+            Ok::<_, LaunchError>(path)
+        };
+        let worker_ip = self
+            .config
+            .job_networks
+            .as_ref()
+            .map_or("", |n| n.worker_ip())
+            .to_owned();
+        Ok(Joined {
+            netns_path: network.netns_path.clone(),
+            resolv_conf: write("resolv.conf", &network.resolv_conf)?,
+            hosts: write("hosts", &network.hosts)?,
+            env: network
+                .published
+                .map(|(host_port, _)| {
+                    vec![
+                        ("HAIL_BATCH_WORKER_PORT".to_owned(), host_port.to_string()),
+                        ("HAIL_BATCH_WORKER_IP".to_owned(), worker_ip),
+                    ]
+                })
+                .unwrap_or_default(),
+        })
     }
 }
 
@@ -679,6 +824,7 @@ fn runtime_spec(
     id: &str,
     secret_mounts: Vec<(PathBuf, String)>,
     network: ContainerNetwork,
+    joined: Option<&Joined>,
     user: &JobUser,
 ) -> Result<Spec, LaunchError> {
     let invalid = |e: oci_spec::OciSpecError| LaunchError(format!("invalid runtime config: {e}"));
@@ -691,7 +837,8 @@ fn runtime_spec(
         .cloned()
         .collect();
     process.set_args(Some(args));
-    process.set_env(Some(container_env(request, &user.home)));
+    let extra_env = joined.map_or(&[][..], |j| &j.env[..]);
+    process.set_env(Some(container_env(request, &user.home, extra_env)));
     process.set_user(
         UserBuilder::default()
             .uid(user.uid)
@@ -722,6 +869,28 @@ fn runtime_spec(
                 .build()
                 .map_err(invalid)?,
         );
+    }
+    if let Some(joined) = joined {
+        for (source, destination) in [
+            (&joined.resolv_conf, "/etc/resolv.conf"),
+            (&joined.hosts, "/etc/hosts"),
+        ] {
+            mounts.push(
+                MountBuilder::default()
+                    .destination(destination)
+                    .typ("bind")
+                    .source(source)
+                    .options(vec![
+                        "rbind".into(),
+                        "ro".into(),
+                        "nosuid".into(),
+                        "nodev".into(),
+                        "noexec".into(),
+                    ])
+                    .build()
+                    .map_err(invalid)?,
+            );
+        }
     }
     let mut resources = LinuxResourcesBuilder::default()
         .devices(vec![LinuxDeviceCgroupBuilder::default()
@@ -761,7 +930,14 @@ fn runtime_spec(
         .clone()
         .unwrap_or_default()
         .into_iter()
-        .filter(|ns| network == ContainerNetwork::None || ns.typ() != LinuxNamespaceType::Network)
+        .filter(|ns| network != ContainerNetwork::Host || ns.typ() != LinuxNamespaceType::Network)
+        .map(|mut ns| {
+            // The job's own namespace, made by the worker: joined by path.
+            if let (LinuxNamespaceType::Network, Some(joined)) = (ns.typ(), joined) {
+                ns.set_path(Some(joined.netns_path.clone()));
+            }
+            ns
+        })
         .collect::<Vec<_>>();
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
@@ -820,9 +996,10 @@ fn job_capabilities() -> LinuxCapabilities {
 }
 
 /// The container's environment: the image's `Env`, then `HAIL_*` ids, then
-/// the job's `env` (later entries win); `PATH` from the image or
-/// [`CONTAINER_PATH`]; `HOME` the user's `home` unless one of them set it.
-fn container_env(request: &ProcessRequest, home: &str) -> Vec<String> {
+/// the job's `env`, then `extra` (the published port's variables; later
+/// entries win); `PATH` from the image or [`CONTAINER_PATH`]; `HOME` the
+/// user's `home` unless one of them set it.
+fn container_env(request: &ProcessRequest, home: &str, extra: &[(String, String)]) -> Vec<String> {
     let image = request.image.as_ref().expect("checked by the caller");
     // Later entries win, in the place of the first: linear in the number
     // of variables (a spec may carry very many).
@@ -845,6 +1022,9 @@ fn container_env(request: &ProcessRequest, home: &str) -> Vec<String> {
     set("HAIL_ATTEMPT_ID", &request.key.attempt_id);
     for var in &request.env {
         set(&var.name, &var.value);
+    }
+    for (name, value) in extra {
+        set(name, value);
     }
     if !index.contains_key("HOME") {
         env.push(("HOME".to_owned(), home.to_owned()));
@@ -870,6 +1050,8 @@ pub struct RuncProcess {
     started: Instant,
     memory_limit_bytes: u64,
     cleanup: Cleanup,
+    /// The job's own network, when it has one.
+    address: Option<JobAddress>,
 }
 
 #[async_trait]
@@ -877,6 +1059,10 @@ impl JobProcess for RuncProcess {
     /// The container's first process, as the host sees it.
     fn pid(&self) -> u32 {
         self.pid
+    }
+
+    fn network(&self) -> Option<JobAddress> {
+        self.address.clone()
     }
 
     /// See [`crate::runner::Process::wait`]: a kill is `runc kill` SIGTERM,
@@ -1081,6 +1267,8 @@ mod tests {
             })),
             cores_mcpu: 1500,
             memory_bytes: 64 << 20,
+            network: None,
+            port: None,
             secrets: Vec::new(),
             timeout: None,
             storage_bytes: None,
@@ -1096,6 +1284,7 @@ mod tests {
             "bw-7-3-Ab12",
             vec![(dir.path().join("s/0"), "/gsa-key".into())],
             ContainerNetwork::None,
+            None,
             &JobUser {
                 uid: 1000,
                 gid: 1001,
@@ -1167,7 +1356,7 @@ mod tests {
             })
             .collect();
         let started = std::time::Instant::now();
-        let env = container_env(&request, "/");
+        let env = container_env(&request, "/", &[]);
         // Quadratic, this took minutes; linear, a few ms (debug build).
         assert!(
             started.elapsed() < Duration::from_secs(2),
@@ -1246,6 +1435,7 @@ mod tests {
             "c",
             vec![],
             ContainerNetwork::Host,
+            None,
             &root,
         )
         .unwrap();

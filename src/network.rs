@@ -231,8 +231,10 @@ impl std::fmt::Debug for Networks {
 }
 
 /// One job's network namespace, from [`Networks::acquire`]; give it back
-/// with [`Networks::release`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// with [`Networks::release`]. Its JSON (serde) is what a worker keeps
+/// while the job runs, to hand back to [`Networks::open_keeping`] after a
+/// restart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobNetwork {
     /// Its kind.
     pub kind: NetworkKind,
@@ -357,6 +359,14 @@ fn cidr(net: (Ipv4Addr, u8)) -> String {
     format!("{}/{}", net.0, net.1)
 }
 
+/// The index of `job`'s namespace under `names` (`<prefix>-<kind>-<index>`).
+fn index_in(names: &Names, job: &JobNetwork) -> Option<u32> {
+    job.netns_name
+        .strip_prefix(&format!("{}-{}-", names.prefix, job.kind.word()))
+        .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse().ok())
+}
+
 /// The host and job addresses of namespace `index` of a range: the
 /// `index`-th /24, `.10` and `.11`.
 fn addresses(range_base: u32, index: u32) -> (Ipv4Addr, Ipv4Addr) {
@@ -461,6 +471,14 @@ fn check_config(config: &NetworkConfig) -> Result<[(u32, u32); 2], NetworkError>
     Ok([public, private])
 }
 
+/// Checks `config` as [`Networks::open`] does, without changing anything.
+///
+/// # Errors
+/// [`NetworkError::Config`] naming the unusable field.
+pub fn check(config: &NetworkConfig) -> Result<(), NetworkError> {
+    check_config(config).map(|_| ())
+}
+
 /// Runs `program args`; its stdout, or a typed error naming the command
 /// and its stderr.
 async fn run(program: &str, args: &[&str]) -> Result<String, NetworkError> {
@@ -495,8 +513,11 @@ async fn iptables(table: &str, args: &[&str]) -> Result<String, NetworkError> {
     run("iptables", &all).await
 }
 
-/// Deletes every namespace, host veth, chain and jump of this prefix.
-async fn remove_prefix(names: &Names) -> Result<(), NetworkError> {
+/// Deletes every namespace, host veth, chain and jump of this prefix, but
+/// the namespaces (and their host veths) named in `keep`.
+async fn remove_prefix(names: &Names, keep: &[JobNetwork]) -> Result<(), NetworkError> {
+    let kept_netns = |name: &str| keep.iter().any(|k| k.netns_name == name);
+    let kept_veth = |name: &str| keep.iter().any(|k| k.host_veth == name);
     // Host veths first (deleting one end deletes both), so a namespace a
     // lingering process keeps alive does not keep its veth.
     let links = ip(&["-o", "link", "show"]).await?;
@@ -506,7 +527,7 @@ async fn remove_prefix(names: &Names) -> Result<(), NetworkError> {
             continue;
         };
         let name = name.split('@').next().unwrap_or(name);
-        if names.is_host_veth(name) {
+        if names.is_host_veth(name) && !kept_veth(name) {
             ignore_missing(ip(&["link", "delete", name]).await)?;
         }
     }
@@ -516,7 +537,7 @@ async fn remove_prefix(names: &Names) -> Result<(), NetworkError> {
         let Some(name) = line.split_whitespace().next() else {
             continue;
         };
-        if names.is_netns(name) {
+        if names.is_netns(name) && !kept_netns(name) {
             ignore_missing(ip(&["netns", "delete", name]).await)?;
         }
     }
@@ -808,14 +829,63 @@ const LOCALHOST_LINES: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhos
 impl Networks {
     /// Removes leftovers of this prefix (namespaces, veths, chains, jumps:
     /// from a crash), sets `net.ipv4.ip_forward` to 1, installs the
-    /// chains, and makes `pool_size` namespaces of each kind.
+    /// chains, and makes `pool_size` namespaces of each kind. Same as
+    /// [`Networks::open_keeping`] with nothing to keep.
     ///
     /// Errors: [`NetworkError::Config`] for an unusable config (before any
     /// change), else the first failing command; what it made is removed.
     pub async fn open(config: NetworkConfig) -> Result<Networks, NetworkError> {
+        Ok(Networks::open_keeping(config, Vec::new()).await?.0)
+    }
+
+    /// [`Networks::open`], keeping the job networks of `keep` (those of
+    /// jobs that outlived a worker restart, from the JSON the worker
+    /// kept): each one whose namespace and host veth still exist, with
+    /// the names and addresses this config gives its index, stays as it
+    /// is, in use (give it back with [`Networks::release`]); its published
+    /// port is published again. The rest of `keep` is returned, not kept
+    /// (its namespace, if any, is removed with the other leftovers).
+    ///
+    /// Errors: as [`Networks::open`].
+    pub async fn open_keeping(
+        config: NetworkConfig,
+        keep: Vec<JobNetwork>,
+    ) -> Result<(Networks, Vec<JobNetwork>), NetworkError> {
         let ranges = check_config(&config)?;
         let names = Names::new(&config.prefix);
-        remove_prefix(&names).await?;
+        let (kept, lost): (Vec<JobNetwork>, Vec<JobNetwork>) = keep.into_iter().partition(|job| {
+            let index = index_in(&names, job);
+            index.is_some_and(|index| {
+                let (host_ip, job_ip) = addresses(ranges[job.kind.slot()].0, index);
+                index < ranges[job.kind.slot()].1
+                    && job.host_ip == host_ip
+                    && job.job_ip == job_ip
+                    && job.host_veth == names.host_veth(job.kind, index)
+                    && job.netns_path == Path::new("/run/netns").join(&job.netns_name)
+                    && job.netns_path.exists()
+                    && Path::new("/sys/class/net").join(&job.host_veth).exists()
+                    && job
+                        .published
+                        .is_none_or(|(host_port, _)| config.port_range.contains(&host_port))
+            })
+        });
+        // Two records of one namespace or one host port: keep the first.
+        let mut kept_unique: Vec<JobNetwork> = Vec::new();
+        let mut lost = lost;
+        for job in kept {
+            let clash = kept_unique.iter().any(|k| {
+                k.netns_name == job.netns_name
+                    || (k.published.is_some()
+                        && k.published.map(|p| p.0) == job.published.map(|p| p.0))
+            });
+            if clash {
+                lost.push(job);
+            } else {
+                kept_unique.push(job);
+            }
+        }
+        let kept = kept_unique;
+        remove_prefix(&names, &kept).await?;
         let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
         std::fs::write(forward, "1").map_err(|source| NetworkError::Io {
             path: forward.to_path_buf(),
@@ -831,29 +901,64 @@ impl Networks {
                 config,
             }),
         };
+        {
+            let mut state = networks.state();
+            for job in &kept {
+                let index = index_in(&names, job).expect("checked above");
+                state.taken[job.kind.slot()].insert(index);
+                if let Some((host_port, _)) = job.published {
+                    state.ports.insert(host_port);
+                }
+                let base = veth_counters(&job.host_veth).unwrap_or((0, 0));
+                state.in_use.insert(job.netns_name.clone(), base);
+            }
+        }
+        let pool_size = networks.inner.config.pool_size;
+        let handle = &networks;
         let filled = async {
-            install_chains(&networks.inner.config, &names).await?;
+            install_chains(&handle.inner.config, &names).await?;
+            for job in &kept {
+                if let Some(pair) = job.published {
+                    let rules =
+                        port_rules(&names, &job.netns_name, &job.host_veth, job.job_ip, pair);
+                    publish(&rules).await?;
+                }
+            }
             let mut made = Vec::new();
             for kind in [NetworkKind::Public, NetworkKind::Private] {
-                for index in 0..networks.inner.config.pool_size as u32 {
-                    networks.state().taken[kind.slot()].insert(index);
-                    made.push(networks.create(kind, index));
+                let slots = handle.range(kind).1;
+                let free: Vec<u32> = {
+                    let mut state = handle.state();
+                    let taken = &mut state.taken[kind.slot()];
+                    let free: Vec<u32> = (0..slots)
+                        .filter(|i| !taken.contains(i))
+                        .take(pool_size)
+                        .collect();
+                    taken.extend(free.iter().copied());
+                    free
+                };
+                for index in free {
+                    made.push(
+                        async move { handle.create(kind, index).await.map(|()| (kind, index)) },
+                    );
                 }
             }
             futures::future::try_join_all(made).await
         };
-        if let Err(e) = filled.await {
-            let _ = remove_prefix(&names).await;
-            return Err(e);
-        }
-        {
-            let mut state = networks.state();
-            for kind in [NetworkKind::Public, NetworkKind::Private] {
-                state.pools[kind.slot()] =
-                    (0..networks.inner.config.pool_size as u32).rev().collect();
+        match filled.await {
+            Err(e) => {
+                let _ = remove_prefix(&names, &[]).await;
+                Err(e)
+            }
+            Ok(made) => {
+                let mut state = networks.state();
+                for (kind, index) in made.into_iter().rev() {
+                    state.pools[kind.slot()].push(index);
+                }
+                drop(state);
+                Ok((networks, lost))
             }
         }
-        Ok(networks)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -1074,12 +1179,7 @@ impl Networks {
         let not = || NetworkError::NotAcquired {
             netns_name: job.netns_name.clone(),
         };
-        let prefix = format!("{}-{}-", self.inner.names.prefix, job.kind.word());
-        let index: u32 = job
-            .netns_name
-            .strip_prefix(&prefix)
-            .and_then(|i| i.parse().ok())
-            .ok_or_else(not)?;
+        let index = index_in(&self.inner.names, job).ok_or_else(not)?;
         self.state()
             .in_use
             .remove(&job.netns_name)
@@ -1113,7 +1213,7 @@ impl Networks {
             state.ports.clear();
             state.in_use.clear();
         }
-        remove_prefix(&self.inner.names).await
+        remove_prefix(&self.inner.names, &[]).await
     }
 }
 

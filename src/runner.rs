@@ -139,6 +139,11 @@ pub struct ProcessRequest {
     /// The spec's storage bound (`resources.storage_gib`), in bytes; `None`:
     /// the runner's default.
     pub storage_bytes: Option<u64>,
+    /// The spec's `network` (`None`: Hail's default, public). Only
+    /// containers with a network of their own use it.
+    pub network: Option<crate::network::NetworkKind>,
+    /// The spec's `port`: the job's TCP port to publish on a host port.
+    pub port: Option<u16>,
 }
 
 /// A process could not be started.
@@ -164,6 +169,19 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
     /// Time between asking a process to end and killing it; shutdown
     /// waits this long (plus a margin) for processes to end.
     fn kill_grace(&self) -> Duration;
+
+    /// Called at a graceful exit once no job process is left: removes what
+    /// the runner keeps for jobs to come (a container runner's pooled
+    /// network namespaces and rules). Blocking. The default does nothing.
+    fn stopped(&self) {}
+
+    /// Bytes (up, down) the job of attempt `key` sent and received so
+    /// far, when its runner counts them (a network of its own); `None`
+    /// (the default) else.
+    fn network_bytes(&self, key: &JobKey) -> Option<(u64, u64)> {
+        let _ = key;
+        None
+    }
 
     /// Removes what a process of attempt `key` may have left when the
     /// worker stopped without ending it (a crash): for containers, the
@@ -211,6 +229,12 @@ pub trait Process: Send + std::fmt::Debug {
     /// Its process id, as journaled in `process_started` (for a host
     /// process also its process group id).
     fn pid(&self) -> u32;
+
+    /// The job's own network, journaled in `process_started`: a container
+    /// with a network namespace of its own; `None` (the default) else.
+    fn network(&self) -> Option<batch_worker_model::JobAddress> {
+        None
+    }
 
     /// Waits for the process to end: by itself, by running past `timeout`
     /// (then [`ExitStatus::TimedOut`]), or by `kill` being cancelled (then

@@ -199,7 +199,7 @@ impl JobChart {
     #[state(superstate = "running")]
     fn starting(context: &mut Decision, event: &Event) -> Outcome<State> {
         match event {
-            Event::ProcessStarted { pid } => {
+            Event::ProcessStarted { pid, .. } => {
                 context.effects.push(Effect::ReportStarted);
                 Transition(State::executing(*pid))
             }

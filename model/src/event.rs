@@ -58,6 +58,36 @@ pub fn upcast(event_version: u32, mut event: Event) -> Vec<Event> {
     }
 }
 
+/// Where a job's network namespace is, as the job and the world see it
+/// (the spec's `network` and `port`, and what the worker gave them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobAddress {
+    /// `"public"` or `"private"`: the spec's `network` (Hail's names).
+    pub mode: String,
+    /// The job's own IPv4 address, inside its namespace (e.g.
+    /// `172.21.0.11`).
+    pub ip: std::net::Ipv4Addr,
+    /// The TCP port the job serves on (the spec's `port`), if it asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The worker's host port published to `port` (what the job gets in
+    /// `HAIL_BATCH_WORKER_PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+}
+
+impl JobAddress {
+    /// For people: "public network, 172.21.0.11", then ", port 8080 on
+    /// host port 46572" when a port is published.
+    pub fn in_words(&self) -> String {
+        let mut words = format!("{} network, {}", self.mode, self.ip);
+        if let (Some(port), Some(host_port)) = (self.port, self.host_port) {
+            words.push_str(&format!(", port {port} on host port {host_port}"));
+        }
+        words
+    }
+}
+
 /// One fact about one job attempt.
 ///
 /// Serialised as `{"type": "spec_loaded", ...fields}`.
@@ -184,6 +214,11 @@ pub enum Event {
     ProcessStarted {
         /// The host process id.
         pid: u32,
+        /// The job's own network, when it has one (a container with
+        /// `--container-network namespace`); absent otherwise (and in
+        /// records written before it existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<Box<JobAddress>>,
     },
     /// The job's process could not be spawned (no such program, permission
     /// denied, working directory could not be made, ...).
@@ -270,6 +305,11 @@ impl Event {
             job_group_id: 0,
             secret_names: Vec::new(),
         }
+    }
+
+    /// An [`Event::ProcessStarted`] of `pid` without a network of its own.
+    pub fn process_started(pid: u32) -> Event {
+        Event::ProcessStarted { pid, network: None }
     }
 
     /// The event with each of its free texts (messages, image references,

@@ -33,7 +33,7 @@ pub mod view;
 
 pub use effect::Effect;
 pub use event::{
-    upcast, Event, ExitStatus, ProcessKind, UnknownField, UnknownFields, EVENT_VERSION,
+    upcast, Event, ExitStatus, JobAddress, ProcessKind, UnknownField, UnknownFields, EVENT_VERSION,
 };
 pub use key::JobKey;
 pub use machine::{Applied, IllegalTransition, JobAttempt};

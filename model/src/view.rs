@@ -13,7 +13,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::event::{Event, ExitStatus, UnknownFields};
+use crate::event::{Event, ExitStatus, JobAddress, UnknownFields};
 use crate::key::JobKey;
 use crate::machine::{Applied, IllegalTransition, JobAttempt};
 use crate::state::JobState;
@@ -197,7 +197,12 @@ impl AttemptView {
             Event::InputsStaged { .. } | Event::InputsFailed { .. } => {
                 at(steps).inputs_done_ms = Some(time_ms)
             }
-            Event::ProcessStarted { .. } => self.started_at_ms = Some(time_ms),
+            Event::ProcessStarted { network, .. } => {
+                self.started_at_ms = Some(time_ms);
+                if network.is_some() {
+                    at(steps).network = network.clone();
+                }
+            }
             Event::ProcessExited { exit, duration_ms } => {
                 self.exit = Some(*exit);
                 self.exit_duration_ms = Some(*duration_ms);
@@ -324,6 +329,7 @@ impl AttemptView {
             output_files: 0,
             image: false,
             unknown_fields: UnknownFields::none(),
+            network: None,
         };
         self.steps.as_deref().unwrap_or(&NONE)
     }
@@ -409,6 +415,8 @@ pub struct Steps {
     /// The spec's fields that neither the worker nor Hail knows
     /// (`spec_loaded.unknown_fields`): ignored, shown as warnings.
     pub unknown_fields: UnknownFields,
+    /// The job's own network (`process_started.network`), when it has one.
+    pub network: Option<Box<JobAddress>>,
 }
 
 #[cfg(test)]
@@ -454,7 +462,7 @@ mod tests {
                 "cores_mcpu": 250, "memory_bytes": 0, "storage_gib": 2
             }))),
             Event::ResourcesGranted,
-            Event::ProcessStarted { pid: 7 },
+            Event::process_started(7),
             Event::StartedDelivered,
             Event::ProcessExited {
                 exit: ExitStatus::Code { code: 3 },
@@ -520,9 +528,7 @@ mod tests {
 
         let (mut fresh, _) =
             AttemptView::created(key(), 1, 0, &Event::created(2), History::Kept).unwrap();
-        let illegal = fresh
-            .apply(2, 1, &Event::ProcessStarted { pid: 1 })
-            .unwrap_err();
+        let illegal = fresh.apply(2, 1, &Event::process_started(1)).unwrap_err();
         assert_eq!(illegal.state, "accepted");
         assert_eq!(fresh.history().len(), 1);
         assert_eq!(fresh.started_at_ms(), None);

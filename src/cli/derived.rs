@@ -22,6 +22,10 @@ pub const IMAGES_DIR: &str = "images";
 /// is unset.
 pub const RUNC_DIR: &str = "runc";
 
+/// Under the data directory: the records of job networks in use
+/// (`--container-network namespace`), one `{container id}.json` each.
+pub const NETWORKS_DIR: &str = "networks";
+
 /// The values `serve` runs with, derived defaults resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {

@@ -19,7 +19,7 @@ use super::{derived, heading, store_or_local, CliError, RegistryArgs, SpecArgs, 
 use crate::admission::Capacity;
 use crate::api::{ApiConfig, ApiToken, DEFAULT_MAX_BUFFERED_BODY_BYTES};
 use crate::cgroup::{CgroupMode, Cgroups};
-use crate::container::{ContainerNetwork, RuncConfig, RuncRunner};
+use crate::container::{ContainerNetwork, JobNetworks, RuncConfig, RuncRunner};
 use crate::driver_client::{DriverClient, ReportRetry};
 use crate::image::{ImageStore, PullProcess};
 use crate::instance_config::InstanceConfig;
@@ -296,9 +296,14 @@ pub struct ExecutorArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[arg(help_heading = heading::CONTAINERS)]
-    /// Network of job containers: `none` (only loopback) or `host`.
+    /// Network of job containers: `none` (only loopback), `host` (the
+    /// worker's), or `namespace` (one per job, public or private as its
+    /// spec says, as Hail gives it; needs root, `ip` and `iptables`).
     #[arg(long, value_enum, default_value = "none")]
     pub container_network: ContainerNetwork,
+    /// Job networks (`--container-network namespace`).
+    #[command(flatten)]
+    pub job_network: super::job_network::JobNetworkArgs,
     #[arg(help_heading = heading::CONTAINERS)]
     /// Memory limit of each image pull's child process (its heap), e.g.
     /// 1GiB (2^30 bytes; 1G is 10^9); at least 64MiB. A registry whose answers need more ends the
@@ -332,6 +337,25 @@ impl ExecutorArgs {
             return Err(StartError::Invalid("--image-pulls-max: at least 1".into()));
         }
         Ok(())
+    }
+
+    /// The job networks of `--container-network namespace` (their records
+    /// under `{data_dir}/networks`), keeping those of containers that
+    /// outlived the last worker; public jobs are kept from `api`'s port.
+    fn open_job_networks(
+        &self,
+        data_dir: &Path,
+        api: &ApiEndpoint,
+    ) -> Result<JobNetworks, StartError> {
+        let config = self.job_network.config(api.port)?;
+        let (records, data) = (data_dir.join(derived::NETWORKS_DIR), data_dir.to_owned());
+        let worker_ip = api.ip.clone();
+        let opened = crate::container::on_own_runtime(async move {
+            JobNetworks::open(config, records, &data, worker_ip)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        opened.map_err(|e| StartError::Invalid(format!("--container-network namespace: {e}")))
     }
 
     /// The image cache: `--image-cache-dir`, else `{data_dir}/images`.
@@ -374,7 +398,12 @@ impl ExecutorArgs {
     /// # Errors
     /// [`StartError::Invalid`]: runc does not run, or the image cache or
     /// the credentials file is unusable.
-    pub fn build(&self, data_dir: &Path, kill_grace: Duration) -> Result<Executor, StartError> {
+    pub fn build(
+        &self,
+        data_dir: &Path,
+        kill_grace: Duration,
+        api: &ApiEndpoint,
+    ) -> Result<Executor, StartError> {
         self.check()?;
         match self.executor {
             ExecutorKind::Host => {
@@ -417,10 +446,15 @@ impl ExecutorArgs {
                     max_memory_bytes,
                 });
                 images.max_concurrent_pulls = self.image_pulls_max;
+                let job_networks = match self.container_network {
+                    ContainerNetwork::Namespace => Some(self.open_job_networks(data_dir, api)?),
+                    ContainerNetwork::None | ContainerNetwork::Host => None,
+                };
                 let runner = RuncRunner::new(RuncConfig {
                     runc: self.runc.clone(),
                     state_dir: self.runc_root(data_dir),
                     network: self.container_network,
+                    job_networks,
                     kill_grace,
                 })
                 .map_err(|e| StartError::Invalid(format!("--executor runc: {e}")))?;
@@ -439,6 +473,17 @@ impl ExecutorArgs {
     }
 }
 
+/// Where the worker's API is, as its jobs see it: the port public jobs
+/// may not reach, the address jobs with a port get in
+/// `HAIL_BATCH_WORKER_IP`.
+#[derive(Debug, Clone, Default)]
+pub struct ApiEndpoint {
+    /// The API's listening port.
+    pub port: Option<u16>,
+    /// The worker's address (the one it gives the driver).
+    pub ip: String,
+}
+
 /// Opens the worker `serve` runs (see [`crate::worker::WorkerBuilder`]):
 /// the spec store (throttled when `blob_latency_ms` > 0), the logs store,
 /// the driver client, the capacity, the executor (made once the data
@@ -448,7 +493,7 @@ impl ExecutorArgs {
 /// # Errors
 /// [`CliError`] naming what could not be set up; a data directory another
 /// worker holds is refused before anything in it is touched.
-pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
+pub fn build_worker(args: &ServeArgs, api: ApiEndpoint) -> Result<Worker, CliError> {
     // Flag values are checked before anything is made on disk.
     args.check()?;
     let name = args.name.clone().unwrap_or_else(default_name);
@@ -523,7 +568,7 @@ pub fn build_worker(args: &ServeArgs) -> Result<Worker, CliError> {
     let worker = builder
         .executor_with(move |data_dir| {
             executor
-                .build(data_dir, kill_grace)
+                .build(data_dir, kill_grace, &api)
                 .map_err(|e| e.to_string())
         })
         .stores_with(move |data_dir| {
@@ -779,7 +824,13 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
         api_auth = if api_config.api_token.is_some() { "bearer token" } else { "none" },
         "batch-worker starting"
     );
-    let worker = build_worker(args)?;
+    let worker = build_worker(
+        args,
+        ApiEndpoint {
+            port: Some(local.port()),
+            ip: ip_address.clone(),
+        },
+    )?;
     tracing::info!(listen = %local, name = worker.name(), "batch-worker serving");
     // Credentials' values are masked.
     let options = args.store_options()?;
@@ -877,7 +928,10 @@ mod tests {
                 unreachable!()
             };
             let dir = tempfile::tempdir().unwrap();
-            match args.executor.build(dir.path(), Duration::from_secs(1)) {
+            match args
+                .executor
+                .build(dir.path(), Duration::from_secs(1), &ApiEndpoint::default())
+            {
                 Err(StartError::Invalid(message)) => message,
                 Err(e) => panic!("{e}"),
                 Ok(_) => "built".to_owned(),

@@ -11,7 +11,7 @@
 //! accepts a payload the derived one would not, nor gives another value.
 
 use batch_worker_model::{
-    ErrorKind, Event, ExitStatus, JobKey, ProcessKind, UnknownField, UnknownFields,
+    ErrorKind, Event, ExitStatus, JobAddress, JobKey, ProcessKind, UnknownField, UnknownFields,
 };
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
@@ -161,8 +161,8 @@ impl<'de> Visitor<'de> for TagFirstVisitor {
                 Event::ImagePullFailed { image, message }
             }
             "process_started" => {
-                let ProcessStarted { pid, .. } = fields_of(fields)?;
-                Event::ProcessStarted { pid }
+                let ProcessStarted { pid, network, .. } = fields_of(fields)?;
+                Event::ProcessStarted { pid, network }
             }
             "launch_failed" => Event::LaunchFailed {
                 message: message(fields)?,
@@ -285,7 +285,11 @@ variant_fields! {
     ImagePullFailed { image: String, message: String }
     SpecLoadFailed { kind: ErrorKind, message: String }
     Files { files: u32, size_bytes: u64 }
-    ProcessStarted { pid: u32 }
+    ProcessStarted {
+        pid: u32,
+        #[serde(default)]
+        network: Option<Box<JobAddress>>,
+    }
     ProcessExited { exit: ExitStatus, duration_ms: u64 }
 }
 
@@ -359,7 +363,7 @@ mod tests {
                 size_bytes: 1 << 40,
             },
             Event::InputsFailed { message: message() },
-            Event::ProcessStarted { pid: 4242 },
+            Event::process_started(4242),
             Event::LaunchFailed { message: message() },
             Event::ProcessExited {
                 exit: ExitStatus::Signal { signal: 9 },

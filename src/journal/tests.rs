@@ -54,7 +54,7 @@ fn event() -> impl Strategy<Value = Event> {
             kind: ErrorKind::SpecCorrupt,
             message
         }),
-        any::<u32>().prop_map(|pid| Event::ProcessStarted { pid }),
+        any::<u32>().prop_map(|pid| Event::process_started(pid)),
         (any::<i32>(), any::<u64>()).prop_map(|(code, duration_ms)| Event::ProcessExited {
             exit: ExitStatus::Code { code },
             duration_ms

@@ -295,7 +295,7 @@ mod tests {
             (0, Event::SpecLoadStarted),
             (0, loaded),
             (granted, Event::ResourcesGranted),
-            (granted, Event::ProcessStarted { pid: 1 }),
+            (granted, Event::process_started(1)),
         ] {
             view.apply(2, time, &event).unwrap();
         }

@@ -266,7 +266,10 @@ fn event_detail(event: &Event) -> String {
             format!("{image}, {}", if *pulled { "pulled" } else { "cached" })
         }
         Event::ImagePullFailed { image, message } => format!("{image}: {message}"),
-        Event::ProcessStarted { pid } => format!("pid {pid}"),
+        Event::ProcessStarted { pid, network } => match network {
+            None => format!("pid {pid}"),
+            Some(n) => format!("pid {pid}, {}", n.in_words()),
+        },
         Event::ProcessExited { exit, duration_ms } => {
             format!(
                 "{} after {}",

@@ -265,6 +265,9 @@ impl Worker {
                 processes = *live.borrow(),
                 "job processes still running at exit"
             );
+        } else {
+            let runner = self.inner.ports.runner.clone();
+            let _ = tokio::task::spawn_blocking(move || runner.stopped()).await;
         }
     }
 

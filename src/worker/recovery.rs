@@ -106,9 +106,9 @@ impl Worker {
                             | RunPhase::Cancelling),
                     } = &state
                     {
-                        if let Some((pid, work, kill)) = self.reattach(entry, &dir) {
+                        if let Some((started, work, kill)) = self.reattach(entry, &dir) {
                             if *phase == RunPhase::Starting {
-                                started_late.push((key.clone(), pid));
+                                started_late.push((key.clone(), started));
                             }
                             if *phase == RunPhase::Cancelling {
                                 kill.cancel();
@@ -176,8 +176,8 @@ impl Worker {
         }
         let reattached_count = reattached.len();
         // What the journal missed: the process had started.
-        for (key, pid) in started_late {
-            self.record(&key, Event::ProcessStarted { pid });
+        for (key, started) in started_late {
+            self.record(&key, started);
         }
         self.perform(reattached);
         self.perform(redo);
@@ -199,13 +199,14 @@ impl Worker {
 impl Worker {
     /// Re-attaches `entry`'s process (in `dir`) if its runner can and its
     /// spec was recorded: the entry gets its spec, a kill token and its
-    /// cores and memory back. Returns the process's pid, the work that
-    /// waits for it, and its kill token.
+    /// cores and memory back. Returns its `process_started` (pid and
+    /// network, for an attempt whose start the journal missed), the work
+    /// that waits for it, and its kill token.
     fn reattach(
         &self,
         entry: &mut JobEntry,
         dir: &AttemptDir,
-    ) -> Option<(u32, Work, tokio_util::sync::CancellationToken)> {
+    ) -> Option<(Event, Work, tokio_util::sync::CancellationToken)> {
         let key = entry.view.key().clone();
         let spec: crate::job_spec::JobSpec = match std::fs::read(dir.spec_record()) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
@@ -218,6 +219,7 @@ impl Worker {
             Err(_) => return None,
         };
         let (pid, process) = self.inner.ports.runner.reattach(&key, dir)?;
+        let network = process.network().map(Box::new);
         let request = crate::admission::Request {
             cores_mcpu: spec.cores_mcpu,
             memory_bytes: spec.memory_bytes,
@@ -242,6 +244,6 @@ impl Worker {
             kill: kill.clone(),
             grant,
         };
-        Some((pid, work, kill))
+        Some((Event::ProcessStarted { pid, network }, work, kill))
     }
 }

@@ -27,7 +27,7 @@
 use std::sync::Arc;
 
 use batch_worker_model::{
-    AttemptView, ErrorKind, ExitStatus, JobState, Outcome, RunPhase, UnknownField,
+    AttemptView, ErrorKind, ExitStatus, JobAddress, JobState, Outcome, RunPhase, UnknownField,
 };
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -287,6 +287,13 @@ pub struct Extension {
     /// shows. Absent when none.
     #[serde(skip_serializing_if = "is_zero")]
     pub spec_warnings_omitted: u32,
+    /// The job's own network once its process started (`--container-network
+    /// namespace`): `{"mode": "public", "ip": "172.21.0.11", "port": 8080,
+    /// "host_port": 46572}` (`port` and `host_port` only when the spec has
+    /// a `port`). Absent otherwise. Kept after the job ends: the address it
+    /// had, though the port is no longer published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<JobAddress>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -362,6 +369,7 @@ pub fn status(view: &AttemptView, identity: &Identity) -> JobStatus {
                 .map(SpecWarning::of)
                 .collect(),
             spec_warnings_omitted: view.steps().unknown_fields.omitted(),
+            network: view.steps().network.as_deref().cloned(),
         },
     }
 }

@@ -57,6 +57,7 @@ fn runc_runner(dir: &Path) -> Arc<RuncRunner> {
         runc: "runc".into(),
         state_dir: dir.join("runc"),
         network: ContainerNetwork::None,
+        job_networks: None,
         kill_grace: Duration::from_millis(500),
     })
     .expect("runc runs");
@@ -669,6 +670,7 @@ async fn a_crash_leaves_containers_to_their_shims_and_the_restart_reattaches() {
         runc: "runc".into(),
         state_dir: data.path().join("runc"),
         network: ContainerNetwork::None,
+        job_networks: None,
         kill_grace: Duration::from_millis(500),
     })
     .unwrap();

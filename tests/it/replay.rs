@@ -88,7 +88,7 @@ fn good_events() -> Vec<(JobKey, Event)> {
             },
         ),
         (a.clone(), Event::ResourcesGranted),
-        (a.clone(), Event::ProcessStarted { pid: 4242 }),
+        (a.clone(), Event::process_started(4242)),
         (
             a,
             Event::ProcessExited {
@@ -112,7 +112,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
     let second_payload = bytes(&good[..1]).len() + 12 + 5;
     corrupt[second_payload] ^= 0x20;
     let mut illegal = good_events();
-    illegal.insert(1, (key(12, "Xq3T9b"), Event::ProcessStarted { pid: 1 }));
+    illegal.insert(1, (key(12, "Xq3T9b"), Event::process_started(1)));
     let mut after_terminal = good_events();
     after_terminal.push((key(14, "Zz9Yy8"), Event::CancelRequested));
     let mut two_live = good_events();
@@ -365,7 +365,7 @@ fn ran(key: &JobKey, exit: Option<ExitStatus>) -> Life {
         (key.clone(), Event::SpecLoadStarted),
         (key.clone(), loaded(None, 0, 0)),
         (key.clone(), Event::ResourcesGranted),
-        (key.clone(), Event::ProcessStarted { pid: 100 }),
+        (key.clone(), Event::process_started(100)),
         (key.clone(), Event::StartedDelivered),
     ];
     if let Some(exit) = exit {
@@ -454,7 +454,7 @@ fn outcomes() -> Vec<JournalRecord> {
                     size_bytes: 4096,
                 },
             ),
-            (image.clone(), Event::ProcessStarted { pid: 200 }),
+            (image.clone(), Event::process_started(200)),
             (
                 image.clone(),
                 Event::ProcessExited {

@@ -78,7 +78,7 @@ fn histories() -> Vec<(&'static str, Vec<Event>)> {
     let loading = vec![Event::SpecLoadStarted];
     let waiting = [loading.clone(), vec![docker_loaded()]].concat();
     let starting = [waiting.clone(), vec![Event::ResourcesGranted]].concat();
-    let executing = [starting.clone(), vec![Event::ProcessStarted { pid: 42 }]].concat();
+    let executing = [starting.clone(), vec![Event::process_started(42)]].concat();
     vec![
         ("accepted", vec![]),
         ("loading_spec", loading.clone()),
@@ -98,7 +98,7 @@ fn histories() -> Vec<(&'static str, Vec<Event>)> {
                 vec![
                     loaded_with_files(0, 1),
                     Event::ResourcesGranted,
-                    Event::ProcessStarted { pid: 42 },
+                    Event::process_started(42),
                     exited(0),
                 ],
             ]
@@ -183,7 +183,7 @@ fn all_events() -> Vec<Event> {
         loaded_with_image(0),
         image_pulled(),
         image_pull_failed(),
-        Event::ProcessStarted { pid: 7 },
+        Event::process_started(7),
         Event::OutputsUploaded {
             files: 1,
             size_bytes: 5,
@@ -290,7 +290,7 @@ fn legal(state: &str, event: &Event) -> Option<(JobState, Vec<Effect>)> {
         ("running.uploading_outputs", Event::StartedDelivered) => {
             Some((running(RunPhase::UploadingOutputs), vec![]))
         }
-        ("running.starting", Event::ProcessStarted { pid }) => Some((
+        ("running.starting", Event::ProcessStarted { pid, .. }) => Some((
             running(RunPhase::Executing { pid: *pid }),
             vec![ReportStarted],
         )),
@@ -426,7 +426,7 @@ fn happy_path_waits_for_resources_then_uploads_logs_before_reporting() {
     assert_eq!(attempt.state().wire_state(), crate::WireState::Pending);
     let granted = attempt.apply(&Event::ResourcesGranted).unwrap();
     assert_eq!(granted.effects, vec![Effect::SpawnProcess]);
-    let started = attempt.apply(&Event::ProcessStarted { pid: 9 }).unwrap();
+    let started = attempt.apply(&Event::process_started(9)).unwrap();
     assert_eq!(started.effects, vec![Effect::ReportStarted]);
     attempt.apply(&Event::StartedDelivered).unwrap();
     let done = attempt.apply(&exited(0)).unwrap();
@@ -454,7 +454,7 @@ fn a_failed_logs_upload_still_reports_and_keeps_the_outcome() {
         Event::SpecLoadStarted,
         docker_loaded(),
         Event::ResourcesGranted,
-        Event::ProcessStarted { pid: 9 },
+        Event::process_started(9),
         exited(2),
     ]);
     let failed = attempt
@@ -559,7 +559,7 @@ fn replay_rebuilds_the_same_state() {
         Event::SpecLoadStarted,
         docker_loaded(),
         Event::ResourcesGranted,
-        Event::ProcessStarted { pid: 3 },
+        Event::process_started(3),
         exited(3),
     ];
     let attempt = JobAttempt::replay(&history).unwrap();
@@ -575,7 +575,7 @@ fn replay_rebuilds_the_same_state() {
 
 #[test]
 fn replay_names_the_first_illegal_event() {
-    let history = [Event::created(7), Event::ProcessStarted { pid: 3 }];
+    let history = [Event::created(7), Event::process_started(3)];
     let (index, err) = JobAttempt::replay(&history).unwrap_err();
     assert_eq!(index, 1);
     assert_eq!(err.state, "accepted");
@@ -613,7 +613,7 @@ fn version_1_histories_replay_through_upcast() {
     let v1 = [
         Event::SpecLoadStarted,
         docker_loaded(),
-        Event::ProcessStarted { pid: 3 },
+        Event::process_started(3),
         exited(0),
     ];
     // When it is upcast and replayed
@@ -762,7 +762,7 @@ fn an_out_of_memory_exit_is_a_failure_with_exit_code_137() {
         Event::SpecLoadStarted,
         docker_loaded(),
         Event::ResourcesGranted,
-        Event::ProcessStarted { pid: 3 },
+        Event::process_started(3),
     ]);
     attempt
         .apply(&Event::ProcessExited {
@@ -786,7 +786,7 @@ fn a_job_over_its_storage_bound_errors_storage_exceeded_with_both_sizes_said() {
         Event::SpecLoadStarted,
         docker_loaded(),
         Event::ResourcesGranted,
-        Event::ProcessStarted { pid: 3 },
+        Event::process_started(3),
     ]);
     let applied = attempt
         .apply(&Event::ProcessExited {

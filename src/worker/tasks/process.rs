@@ -120,6 +120,8 @@ impl Worker {
             secrets: spec.secrets.clone(),
             timeout: spec.timeout,
             storage_bytes: spec.storage_bytes(),
+            network: spec.network,
+            port: spec.port,
         };
         if kill.is_cancelled() {
             // Cancelled while the spec was being turned into a process.
@@ -164,7 +166,14 @@ impl Worker {
         match spawned {
             Err(e) => self.record(&key, Event::LaunchFailed { message: e.0 }),
             Ok(process) => {
-                self.record(&key, Event::ProcessStarted { pid: process.pid() });
+                let network = process.network().map(Box::new);
+                self.record(
+                    &key,
+                    Event::ProcessStarted {
+                        pid: process.pid(),
+                        network,
+                    },
+                );
                 let sampling = self.start_sampling(&key);
                 let (exit, duration_ms) = process.wait(spec.timeout, kill).await;
                 sampling.cancel();

@@ -48,11 +48,15 @@ impl Worker {
         let mut cpu_seen = 0u64;
         for tries in 0u32.. {
             let (probe_key, probe_runner) = (key.clone(), runner.clone());
-            let usage = tokio::task::spawn_blocking(move || probe_runner.usage(&probe_key))
-                .await
-                .ok()
-                .flatten();
-            let Some(usage) = usage else {
+            let usage = tokio::task::spawn_blocking(move || {
+                probe_runner
+                    .usage(&probe_key)
+                    .map(|usage| (usage, probe_runner.network_bytes(&probe_key)))
+            })
+            .await
+            .ok()
+            .flatten();
+            let Some((usage, network_bytes)) = usage else {
                 return;
             };
             let non_io_storage_bytes = files.measure(&work).await;
@@ -66,8 +70,8 @@ impl Worker {
                 }),
                 non_io_storage_bytes,
                 io_storage_bytes: 0,
-                net_up_bytes: None,
-                net_down_bytes: None,
+                net_up_bytes: network_bytes.map(|(up, _)| up),
+                net_down_bytes: network_bytes.map(|(_, down)| down),
             };
             let record = sampler.sample(readings);
             if file.is_none() || record.is_some() {
