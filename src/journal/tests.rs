@@ -54,7 +54,19 @@ fn event() -> impl Strategy<Value = Event> {
             kind: ErrorKind::SpecCorrupt,
             message
         }),
-        any::<u32>().prop_map(|pid| Event::process_started(pid)),
+        (any::<u32>(), any::<Option<(u32, Option<u16>)>>()).prop_map(|(pid, network)| {
+            Event::ProcessStarted {
+                pid,
+                network: network.map(|(ip, port)| {
+                    Box::new(batch_worker_model::JobAddress {
+                        mode: "public".into(),
+                        ip: ip.into(),
+                        port,
+                        host_port: port.map(|p| p.wrapping_add(1)),
+                    })
+                }),
+            }
+        }),
         (any::<i32>(), any::<u64>()).prop_map(|(code, duration_ms)| Event::ProcessExited {
             exit: ExitStatus::Code { code },
             duration_ms

@@ -87,6 +87,7 @@ mod hanging_store;
 mod hostile_clients;
 mod hostile_specs;
 mod job_bounds;
+mod job_networks;
 mod journal_replay;
 mod log_format;
 mod logs_upload;

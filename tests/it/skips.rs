@@ -54,15 +54,39 @@ pub fn service_var(service: Service, var: &str) -> Option<String> {
     );
     let test = std::thread::current().name().unwrap_or("a test").to_owned();
     eprintln!("skipped: {var} is not set ({})", service.how());
+    record(test, var);
+    None
+}
+
+/// Records that `test` skipped for want of `what`.
+fn record(test: String, what: &str) {
     SKIPPED
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(test, var.to_owned());
+        .insert(test, what.to_owned());
     AT_EXIT.call_once(|| {
         // SAFETY: `summary` is an `extern "C" fn()` that does not unwind.
         unsafe { libc::atexit(summary) };
     });
-    None
+}
+
+/// Whether this process may make network namespaces and rules (root,
+/// with `ip` and `iptables`); when not, the calling test skips (recorded)
+/// unless `BW_REQUIRE_NETWORK` is set (CI), where it fails.
+pub fn root_network() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let tools = which::which("ip").is_ok() && which::which("iptables").is_ok();
+    if root && tools {
+        return true;
+    }
+    assert!(
+        std::env::var_os("BW_REQUIRE_NETWORK").is_none(),
+        "BW_REQUIRE_NETWORK is set but this process is not root with ip and iptables"
+    );
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    eprintln!("skipped: network namespace tests need root, ip and iptables");
+    record(test, "root with ip and iptables");
+    false
 }
 
 /// Writes the skip summary to fd 2 (libtest captures `eprintln!` inside
