@@ -3,7 +3,8 @@
 //! break them belong together.
 //!
 //! A network namespace per container job, as Hail's worker gives it
-//! (issue 21): the host side. Not yet wired into the container executor.
+//! (issue 21): the host side. The runc executor joins its containers to
+//! these (`--container-network namespace`, `container/network.rs`).
 //!
 //! # Namespaces
 //!

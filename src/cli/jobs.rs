@@ -408,6 +408,11 @@ pub fn render_status(status: &Value) -> String {
             .collect();
         add("billed", parts.join(", "));
     }
+    if let Ok(network) =
+        serde_json::from_value::<batch_worker_model::JobAddress>(ext["network"].clone())
+    {
+        add("network", network.in_words());
+    }
     for task in ["input", "main", "output"] {
         let t = &status["container_statuses"][task];
         if t.is_null() {
@@ -613,5 +618,30 @@ pub fn exit_code_of(status: &Value) -> ExitCode {
 impl From<ClientError> for CliError {
     fn from(error: ClientError) -> CliError {
         CliError::Client(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_with_a_network_names_its_address_and_published_port() {
+        let status = serde_json::json!({
+            "batch_id": 1, "job_id": 3, "state": "Running",
+            "batch_worker": {
+                "worker_state": "running.executing",
+                "network": {"mode": "public", "ip": "172.21.0.11", "port": 8000, "host_port": 46572}
+            }
+        });
+        let text = render_status(&status);
+        assert!(
+            text.lines().any(|l| l.starts_with("network")
+                && l.ends_with("public network, 172.21.0.11, port 8000 on host port 46572")),
+            "{text}"
+        );
+        let without =
+            serde_json::json!({"batch_id": 1, "job_id": 3, "state": "Running", "batch_worker": {}});
+        assert!(!render_status(&without).contains("network"));
     }
 }
