@@ -283,6 +283,53 @@ struct State {
     in_use: HashMap<String, (u64, u64)>,
 }
 
+/// What an [`Networks::acquire`] in flight holds. Dropped armed (the
+/// acquire failed, or its caller gave up mid-way), it frees the host port
+/// and the index, on a task that first removes the port's rules (those
+/// made) and the namespace: a half-made network is never pooled.
+struct Reserved {
+    networks: Networks,
+    kind: NetworkKind,
+    index: u32,
+    host_port: Option<u16>,
+    rules: Vec<(&'static str, String, Vec<String>)>,
+    armed: bool,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (networks, kind, index, host_port) =
+            (self.networks.clone(), self.kind, self.index, self.host_port);
+        let rules = std::mem::take(&mut self.rules);
+        let free = move |networks: &Networks| {
+            let mut state = networks.state();
+            if let Some(port) = host_port {
+                state.ports.remove(&port);
+            }
+            state.taken[kind.slot()].remove(&index);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = unpublish(&rules).await;
+                    let _ = networks.delete(kind, index).await;
+                    free(&networks);
+                });
+            }
+            // No runtime to remove them on: the index stays taken (never
+            // reused half-made); `close` or the next start removes it.
+            Err(_) => {
+                if let Some(port) = host_port {
+                    networks.state().ports.remove(&port);
+                }
+            }
+        }
+    }
+}
+
 /// The names a prefix gives.
 #[derive(Debug, Clone)]
 struct Names {
@@ -484,9 +531,12 @@ pub fn check(config: &NetworkConfig) -> Result<(), NetworkError> {
 /// and its stderr.
 async fn run(program: &str, args: &[&str]) -> Result<String, NetworkError> {
     let command = || format!("{program} {}", args.join(" "));
+    // A caller giving up mid-way (a dropped `acquire`) ends the command
+    // too, before what it made is removed.
     let out = Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|source| NetworkError::Spawn {
@@ -1015,6 +1065,10 @@ impl Networks {
     /// empty), with TCP `port` of the job published on a free host port of
     /// `port_range` when Some.
     ///
+    /// Cancel-safe: dropped before it returns, it removes what it made of a
+    /// new namespace and its port's rules (on a task of the current
+    /// runtime), and frees the host port and the address slot.
+    ///
     /// Errors: [`NetworkError::Closed`], [`NetworkError::Exhausted`] (every
     /// /24 of the range taken), [`NetworkError::PortsExhausted`], or a
     /// failing command.
@@ -1064,21 +1118,18 @@ impl Networks {
             };
             (pooled, index, host_port)
         };
-        let undo = |state: &mut State, keep: bool| {
-            if let Some(p) = host_port {
-                state.ports.remove(&p);
-            }
-            if keep {
-                state.pools[kind.slot()].push(index);
-            } else {
-                state.taken[kind.slot()].remove(&index);
-            }
+        // From here until the end, a failure or the caller giving up
+        // (this future dropped) gives the index and the host port back.
+        let mut reserved = Reserved {
+            networks: self.clone(),
+            kind,
+            index,
+            host_port,
+            rules: Vec::new(),
+            armed: true,
         };
         if !pooled {
-            if let Err(e) = self.create(kind, index).await {
-                undo(&mut self.state(), false);
-                return Err(e);
-            }
+            self.create(kind, index).await?;
         }
         let names = &self.inner.names;
         let netns_name = names.netns(kind, index);
@@ -1086,12 +1137,10 @@ impl Networks {
         let (host_ip, job_ip) = addresses(self.range(kind).0, index);
         let published = host_port.zip(port);
         if let Some(pair) = published {
-            let rules = port_rules(names, &netns_name, &host_veth, job_ip, pair);
-            if let Err(e) = publish(&rules).await {
-                undo(&mut self.state(), true);
-                return Err(e);
-            }
+            reserved.rules = port_rules(names, &netns_name, &host_veth, job_ip, pair);
+            publish(&reserved.rules).await?;
         }
+        reserved.armed = false;
         let base = veth_counters(&host_veth).unwrap_or((0, 0));
         let closed = {
             let mut state = self.state();
@@ -1798,6 +1847,54 @@ mod tests {
              pooled with a published port {with_port:?}; release: unpublishing to the pool {unpublished:?}, \
              deleting (pool full) {deleted:?}"
         );
+        close_and_check(&networks).await;
+    }
+
+    #[tokio::test]
+    async fn an_acquire_given_up_midway_leaves_nothing_and_frees_its_port() {
+        if !can_make_networks() {
+            return;
+        }
+        let networks = Networks::open(config(7)).await.unwrap();
+        let _guard = Guard::new(&networks);
+        let held = networks.acquire(NetworkKind::Public, None).await.unwrap();
+        assert_eq!(held.netns_name, "nt7-public-0");
+        // The pool is empty: the next one is made (10 ms or more), and its
+        // caller gives up after 2 ms.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(2),
+            networks.acquire(NetworkKind::Public, Some(8000)),
+        )
+        .await;
+        assert!(gave_up.is_err(), "made within 2 ms: {gave_up:?}");
+        let freed = || {
+            let state = networks.state();
+            state.ports.is_empty() && !state.taken[NetworkKind::Public.slot()].contains(&1)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !freed() {
+            assert!(
+                Instant::now() < deadline,
+                "the slot and port were not freed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = leftovers("nt7").await;
+        assert!(
+            !left
+                .iter()
+                .any(|l| l.contains("nt7-public-1") || l.contains("nt7hp1")),
+            "{left:#?}"
+        );
+        // The slot and the host port are usable again.
+        let again = networks
+            .acquire(NetworkKind::Public, Some(8000))
+            .await
+            .unwrap();
+        assert_eq!(again.netns_name, "nt7-public-1");
+        assert_eq!(again.published, Some((40700, 8000)));
+        networks.release(again).await.unwrap();
+        networks.release(held).await.unwrap();
         close_and_check(&networks).await;
     }
 

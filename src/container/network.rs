@@ -7,9 +7,10 @@
 //! of the job is left in the namespace when the next job gets it). While
 //! the job runs, `{records}/{container id}.json` holds
 //! `{"key": JobKey, "network": JobNetwork}`: a restarted worker reads
-//! these, keeps the namespaces of the jobs whose shims still run
-//! ([`Networks::open_keeping`]) and hands each back with its re-attached
-//! container; any other record is dropped with its namespace.
+//! these, keeps the namespaces of the jobs whose shims still run and have
+//! not recorded their end ([`Networks::open_keeping`]), and hands each back
+//! with its re-attached container; any other record is dropped with its
+//! namespace.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -147,7 +148,9 @@ impl JobNetworks {
     /// on a thread of its own with its own runtime, so it may be called
     /// from any thread. Does nothing when `id` holds none.
     pub fn release_blocking(&self, id: &str) {
+        let record = self.records.join(format!("{id}.json"));
         let Some(network) = self.in_use().remove(id) else {
+            let _ = std::fs::remove_file(&record);
             return;
         };
         let (networks, netns) = (self.networks.clone(), network.netns_name.clone());
@@ -161,7 +164,7 @@ impl JobNetworks {
                 tracing::warn!(container = id, %netns, error = %e, "job network not released cleanly")
             }
         }
-        let _ = std::fs::remove_file(self.records.join(format!("{id}.json")));
+        let _ = std::fs::remove_file(&record);
     }
 
     /// Bytes (up, down) container `id`'s job sent and received since its
@@ -244,10 +247,14 @@ fn read_records(records: &Path, data_dir: &Path) -> Vec<(String, Record)> {
         let record: Option<Record> = std::fs::read(&path)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        // Kept while its container runs: its shim runs and has not
+        // recorded the end (an ended one's network is of no more use; its
+        // re-attach finds none to give back).
         let live = record.as_ref().is_some_and(|r| {
+            let root = AttemptDir::new(data_dir, &r.key).root;
             super::container_id(&r.key) == id
-                && crate::runner::ShimHandle::find(&AttemptDir::new(data_dir, &r.key).root)
-                    .is_some()
+                && crate::runner::ShimHandle::find(&root).is_some()
+                && crate::shim::read_exit(&root).is_none()
         });
         match record {
             Some(record) if live => found.push((id, record)),
