@@ -388,6 +388,32 @@ async fn public_and_private_jobs_reach_what_their_mode_allows_a_port_is_publishe
     };
     let (up, down) = runner.network_bytes(&key).expect("the job's counters");
     assert!(up > 0 && down > 0, "bytes up {up}, down {down}");
+    // The resource usage carries Hail's two network fields: finite, and
+    // the answer the job sent shows as upload.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, usage) = h.get("/api/v1alpha/batches/1/jobs/3/resource_usage").await;
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(usage["main"].as_str().unwrap_or_default())
+            .unwrap();
+        let records = batch_worker::resource_usage::decode(&bytes).unwrap_or_default();
+        if records.iter().any(|r| r.network_upload > 0.0) {
+            assert!(
+                records
+                    .iter()
+                    .all(|r| r.network_upload.is_finite() && r.network_download.is_finite()),
+                "{records:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upload in the resource usage: {records:?}"
+        );
+        outside.fetch(&url).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Two jobs: the next public job reaches neither the port job's
     // address nor its published port (through its own gateway).
