@@ -214,6 +214,14 @@ pub enum NetworkError {
     /// [`Networks::close`] has run.
     #[error("the job networks are closed")]
     Closed,
+    /// Another live worker (process) holds this prefix's job networks.
+    #[error("another worker holds the job networks of prefix `{prefix}` (its lock {path} is taken); one worker per host uses a prefix: stop it, or give this one --job-network-prefix and ranges of its own")]
+    InUse {
+        /// The prefix.
+        prefix: String,
+        /// The lock file.
+        path: PathBuf,
+    },
 }
 
 /// The job networks of one worker: a Clone-able handle on the pools, the
@@ -261,6 +269,10 @@ pub struct JobNetwork {
 }
 
 struct Inner {
+    /// `/run/batch-worker-networks-<prefix>.lock`, held (flock) for the
+    /// life of these networks: a second worker on the prefix is refused
+    /// rather than removing the first's namespaces as leftovers.
+    _lock: nix::fcntl::Flock<std::fs::File>,
     config: NetworkConfig,
     names: Names,
     /// Addresses per kind (`NetworkKind::slot`) and their slot counts.
@@ -608,6 +620,32 @@ async fn remove_prefix(names: &Names, keep: &[JobNetwork]) -> Result<(), Network
     Ok(())
 }
 
+/// Takes the prefix's lock (see [`Inner`]), without waiting.
+fn lock_prefix(prefix: &str) -> Result<nix::fcntl::Flock<std::fs::File>, NetworkError> {
+    let path = PathBuf::from(format!("/run/batch-worker-networks-{prefix}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| NetworkError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => NetworkError::InUse {
+                prefix: prefix.to_owned(),
+                path: path.clone(),
+            },
+            other => NetworkError::Io {
+                path: path.clone(),
+                source: other.into(),
+            },
+        },
+    )
+}
+
 /// A deletion's result, with "it is gone already" as success.
 fn ignore_missing(result: Result<String, NetworkError>) -> Result<(), NetworkError> {
     match result {
@@ -936,6 +974,7 @@ impl Networks {
             }
         }
         let kept = kept_unique;
+        let lock = lock_prefix(&config.prefix)?;
         remove_prefix(&names, &kept).await?;
         let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
         std::fs::write(forward, "1").map_err(|source| NetworkError::Io {
@@ -944,6 +983,7 @@ impl Networks {
         })?;
         let networks = Networks {
             inner: Arc::new(Inner {
+                _lock: lock,
                 names: names.clone(),
                 ranges,
                 host_resolv_conf: host_resolv_conf(),
@@ -1744,7 +1784,12 @@ mod tests {
         }
         let config = config(5);
         let networks = Networks::open(config.clone()).await.unwrap();
-        let guard = Guard::new(&networks);
+        // A second worker on the prefix is refused, and changes nothing.
+        let second = Networks::open(config.clone()).await;
+        assert!(
+            matches!(&second, Err(NetworkError::InUse { prefix, .. }) if prefix == "nt5"),
+            "{second:?}"
+        );
         let job = networks
             .acquire(NetworkKind::Public, Some(8000))
             .await
@@ -1762,8 +1807,8 @@ mod tests {
         iptables("filter", &["-I", "FORWARD", "1", "-j", "NT5-FORWARD"])
             .await
             .unwrap();
-        // The crash: the handle goes without close (the guard's clone
-        // closes only at the end, whatever happens).
+        // The crash: the handle goes without close (and with it the lock,
+        // as a killed process's).
         drop(job);
         drop(networks);
         let before = leftovers("nt5").await;
@@ -1777,6 +1822,7 @@ mod tests {
         );
 
         let reopened = Networks::open(config).await.unwrap();
+        let guard = Guard::new(&reopened);
         let after = leftovers("nt5").await;
         let mut netns: Vec<&String> = after.iter().filter(|l| l.starts_with("netns")).collect();
         netns.sort();
