@@ -207,6 +207,11 @@ impl RuncRunner {
     }
 }
 
+/// A job container's host name: `job-{job_id}`.
+fn job_hostname(key: &JobKey) -> String {
+    format!("job-{}", key.job_id)
+}
+
 /// The container id of attempt `key`.
 pub fn container_id(key: &JobKey) -> String {
     format!("bw-{}-{}-{}", key.batch_id, key.job_id, key.attempt_id)
@@ -561,7 +566,7 @@ impl RuncRunner {
         settle_staged(&work, &image.rootfs, &user)?;
         let secret_mounts = write_secrets(&bundle, request, &user)?;
         let joined = match network {
-            Some(network) => Some(self.network_files(&bundle, network)?),
+            Some(network) => Some(self.network_files(&bundle, network, &request.key)?),
             None => None,
         };
         let spec = runtime_spec(
@@ -660,8 +665,14 @@ struct Joined {
 
 impl RuncRunner {
     /// Writes `network`'s resolver and hosts files into the bundle (world
-    /// readable, mounted read-only).
-    fn network_files(&self, bundle: &Path, network: &JobNetwork) -> Result<Joined, LaunchError> {
+    /// readable, mounted read-only); the hosts file also names the job's
+    /// host name at its address, as Hail's does.
+    fn network_files(
+        &self,
+        bundle: &Path,
+        network: &JobNetwork,
+        key: &JobKey,
+    ) -> Result<Joined, LaunchError> {
         use std::os::unix::fs::PermissionsExt;
         let write = |name: &str, text: &str| {
             let path = bundle.join(name);
@@ -681,7 +692,15 @@ impl RuncRunner {
         Ok(Joined {
             netns_path: network.netns_path.clone(),
             resolv_conf: write("resolv.conf", &network.resolv_conf)?,
-            hosts: write("hosts", &network.hosts)?,
+            hosts: write(
+                "hosts",
+                &format!(
+                    "{}{}\t{}\n",
+                    network.hosts,
+                    network.job_ip,
+                    job_hostname(key)
+                ),
+            )?,
             env: network
                 .published
                 .map(|(host_port, _)| {
@@ -950,7 +969,7 @@ fn runtime_spec(
         linux = linux.readonly_paths(readonly.clone());
     }
     let mut spec = Spec::default();
-    spec.set_hostname(Some(format!("job-{}", request.key.job_id)));
+    spec.set_hostname(Some(job_hostname(&request.key)));
     spec.set_process(Some(process));
     spec.set_root(Some(
         RootBuilder::default()

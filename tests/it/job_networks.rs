@@ -248,7 +248,7 @@ fn job(job_id: i64, image: &str, script: &str, extra: Value) -> Value {
 /// `wget` crashes, being static): `REACHED url` and the body's last line,
 /// or `BLOCKED url`, per URL.
 fn probe(urls: &[String]) -> String {
-    let mut script = String::from("cat /etc/resolv.conf; ");
+    let mut script = String::from("cat /etc/resolv.conf /etc/hosts; ");
     for url in urls {
         let rest = url.strip_prefix("http://").unwrap();
         let (authority, path) = rest.split_once('/').unwrap();
@@ -334,6 +334,7 @@ async fn public_and_private_jobs_reach_what_their_mode_allows_a_port_is_publishe
     assert_eq!(h.wait_final(1, 1).await, ok, "{}", h.log_text(1, 1).await);
     let log = h.log_text(1, 1).await;
     assert!(log.contains("nameserver 10.219.1.2\n"), "{log}");
+    assert!(log.contains("10.232.0.11\tjob-1\n"), "its own name: {log}");
     assert!(log.contains("hello from outside 1\n"), "{log}");
     for (url, word) in [
         (&web, "REACHED"),
