@@ -179,22 +179,6 @@ pub enum NetworkError {
         /// What was expected.
         message: String,
     },
-    /// Every host port of `port_range` is published already.
-    #[error("no free host port in {first}..={last}: each is published by a running job; widen `port_range`")]
-    PortsExhausted {
-        /// The range's first port.
-        first: u16,
-        /// The range's last port.
-        last: u16,
-    },
-    /// Every /24 of the kind's range is taken by a namespace.
-    #[error("no free {kind:?} network: all {slots} address slots of the range are in use")]
-    Exhausted {
-        /// The kind asked for.
-        kind: NetworkKind,
-        /// How many namespaces the range holds.
-        slots: u32,
-    },
     /// [`Networks::release`] got a job network these networks did not give
     /// (or gave and took back already).
     #[error("`{netns_name}` is not a job network acquired from these networks")]
@@ -280,6 +264,9 @@ struct Inner {
     host_resolv_conf: String,
     host_hosts: String,
     state: Mutex<State>,
+    /// Notified whenever a host port or an address slot is given back (and
+    /// at close): what a waiting [`Networks::acquire`] waits for.
+    freed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -322,6 +309,8 @@ impl Drop for Reserved {
                 state.ports.remove(&port);
             }
             state.taken[kind.slot()].remove(&index);
+            drop(state);
+            networks.inner.freed.notify_waiters();
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -337,6 +326,7 @@ impl Drop for Reserved {
                 if let Some(port) = host_port {
                     networks.state().ports.remove(&port);
                 }
+                networks.inner.freed.notify_waiters();
             }
         }
     }
@@ -989,6 +979,7 @@ impl Networks {
                 host_resolv_conf: host_resolv_conf(),
                 host_hosts: std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
                 state: Mutex::new(State::default()),
+                freed: tokio::sync::Notify::new(),
                 config,
             }),
         };
@@ -1061,6 +1052,51 @@ impl Networks {
         self.inner.ranges[kind.slot()]
     }
 
+    /// Takes a host port (when `port`) and a namespace index of `kind`:
+    /// `(pooled, index, host port)`, or `None` when either is exhausted
+    /// (nothing taken then). A host port is one of `port_range` no job
+    /// holds and no program on the host listens on (TCP, any address).
+    fn reserve(
+        &self,
+        kind: NetworkKind,
+        port: bool,
+    ) -> Result<Option<(bool, u32, Option<u16>)>, NetworkError> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(NetworkError::Closed);
+        }
+        let host_port = if port {
+            let range = self.inner.config.port_range.clone();
+            let free = range
+                .filter(|p| !state.ports.contains(p))
+                .find(|p| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, *p)).is_ok());
+            match free {
+                Some(free) => Some(free),
+                None => return Ok(None),
+            }
+        } else {
+            None
+        };
+        let (pooled, index) = match state.pools[kind.slot()].pop() {
+            Some(index) => (true, index),
+            None => {
+                let slots = self.range(kind).1;
+                let taken = &state.taken[kind.slot()];
+                match (0..slots).find(|i| !taken.contains(i)) {
+                    Some(index) => (false, index),
+                    None => return Ok(None),
+                }
+            }
+        };
+        if !pooled {
+            state.taken[kind.slot()].insert(index);
+        }
+        if let Some(p) = host_port {
+            state.ports.insert(p);
+        }
+        Ok(Some((pooled, index, host_port)))
+    }
+
     /// Makes namespace `index` of `kind` (its index already taken).
     async fn create(&self, kind: NetworkKind, index: u32) -> Result<(), NetworkError> {
         let names = &self.inner.names;
@@ -1109,54 +1145,36 @@ impl Networks {
     /// new namespace and its port's rules (on a task of the current
     /// runtime), and frees the host port and the address slot.
     ///
-    /// Errors: [`NetworkError::Closed`], [`NetworkError::Exhausted`] (every
-    /// /24 of the range taken), [`NetworkError::PortsExhausted`], or a
-    /// failing command.
+    /// Waits while every host port of `port_range` (when `port`) or every
+    /// /24 of the kind's range is in use, as Hail's worker waits on its
+    /// queues, until a [`Networks::release`] gives one back (the caller
+    /// bounds the wait: the worker's spawn deadline, a cancel).
+    ///
+    /// Errors: [`NetworkError::Closed`], or a failing command.
     pub async fn acquire(
         &self,
         kind: NetworkKind,
         port: Option<u16>,
     ) -> Result<JobNetwork, NetworkError> {
-        let (pooled, index, host_port) = {
-            let mut state = self.state();
-            if state.closed {
-                return Err(NetworkError::Closed);
-            }
-            let host_port = match port {
-                None => None,
-                Some(_) => {
-                    let range = &self.inner.config.port_range;
-                    let free = range.clone().find(|p| !state.ports.contains(p));
-                    let Some(free) = free else {
-                        return Err(NetworkError::PortsExhausted {
-                            first: *range.start(),
-                            last: *range.end(),
-                        });
-                    };
-                    state.ports.insert(free);
-                    Some(free)
-                }
-            };
-            let (pooled, index) = match state.pools[kind.slot()].pop() {
-                Some(index) => (true, index),
+        // As Hail's queues of namespaces and ports: when every host port
+        // (or every address slot) is taken, wait for one to be given back.
+        let (pooled, index, host_port) = loop {
+            let freed = self.inner.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.reserve(kind, port.is_some())? {
+                Some(reserved) => break reserved,
                 None => {
-                    let slots = self.range(kind).1;
-                    let taken = &mut state.taken[kind.slot()];
-                    match (0..slots).find(|i| !taken.contains(i)) {
-                        Some(index) => {
-                            taken.insert(index);
-                            (false, index)
-                        }
-                        None => {
-                            if let Some(p) = host_port {
-                                state.ports.remove(&p);
-                            }
-                            return Err(NetworkError::Exhausted { kind, slots });
-                        }
-                    }
+                    tracing::info!(
+                        kind = kind.word(),
+                        port = port.is_some(),
+                        "every host port or address slot is in use: waiting for one"
+                    );
+                    // Also looked at again each second: a host port some
+                    // other program held may be free by now.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), freed).await;
                 }
-            };
-            (pooled, index, host_port)
+            }
         };
         // From here until the end, a failure or the caller giving up
         // (this future dropped) gives the index and the host port back.
@@ -1261,6 +1279,7 @@ impl Networks {
             self.state().taken[kind.slot()].remove(&index);
             result = result.and(deleted);
         }
+        self.inner.freed.notify_waiters();
         result
     }
 
@@ -1303,6 +1322,7 @@ impl Networks {
             state.ports.clear();
             state.in_use.clear();
         }
+        self.inner.freed.notify_waiters();
         remove_prefix(&self.inner.names, &[]).await
     }
 }
@@ -1677,24 +1697,47 @@ mod tests {
             "from the outside host"
         );
 
-        // Never two jobs on one host port; none left, a clear error.
+        // Never two jobs on one host port; none left, the next waits for
+        // one to be given back (as Hail's port queue).
         let other = networks
             .acquire(NetworkKind::Private, Some(9000))
             .await
             .unwrap();
         assert_eq!(other.published, Some((40301, 9000)));
-        let full = networks.acquire(NetworkKind::Public, Some(8000)).await;
-        assert!(
-            matches!(
-                full,
-                Err(NetworkError::PortsExhausted {
-                    first: 40300,
-                    last: 40301
-                })
-            ),
-            "{full:?}"
-        );
+        let waiting = tokio::spawn({
+            let networks = networks.clone();
+            async move { networks.acquire(NetworkKind::Public, Some(8001)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "no free port, yet it returned");
         networks.release(other).await.unwrap();
+        let third = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the release")
+            .unwrap()
+            .unwrap();
+        assert_eq!(third.published, Some((40301, 8001)));
+        networks.release(third).await.unwrap();
+        // A host port some program listens on is not given to a job; it is
+        // once that program has gone (looked at again each second).
+        let squatter = std::net::TcpListener::bind(("0.0.0.0", 40301)).unwrap();
+        let waiting = tokio::spawn({
+            let networks = networks.clone();
+            async move { networks.acquire(NetworkKind::Private, Some(9000)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !waiting.is_finished(),
+            "given the port a program listens on"
+        );
+        drop(squatter);
+        let later = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the port is seen free again")
+            .unwrap()
+            .unwrap();
+        assert_eq!(later.published, Some((40301, 9000)));
+        networks.release(later).await.unwrap();
 
         let netns = job.netns_name.clone();
         networks.release(job).await.unwrap();

@@ -17,11 +17,11 @@ pub struct JobNetworkArgs {
     #[arg(help_heading = heading::CONTAINERS)]
     /// Addresses of public jobs (`--container-network namespace`): a /24
     /// per job namespace (Hail's 172.21.0.0/16).
-    #[arg(long, default_value = "172.21.0.0/16", value_name = "CIDR")]
+    #[arg(long, default_value = "172.21.0.0/16", value_name = "CIDR", value_parser = parse_cidr)]
     pub job_network_public: ipnet::Ipv4Net,
     #[arg(help_heading = heading::CONTAINERS)]
     /// Addresses of private jobs (Hail's 172.20.0.0/16).
-    #[arg(long, default_value = "172.20.0.0/16", value_name = "CIDR")]
+    #[arg(long, default_value = "172.20.0.0/16", value_name = "CIDR", value_parser = parse_cidr)]
     pub job_network_private: ipnet::Ipv4Net,
     #[arg(help_heading = heading::CONTAINERS)]
     /// Namespaces of each kind made ahead of time, so that a job's start
@@ -40,24 +40,43 @@ pub struct JobNetworkArgs {
         long,
         default_value = "8.8.8.8,8.8.4.4",
         value_delimiter = ',',
-        value_name = "IP,..."
+        value_name = "IP,...",
+        value_parser = parse_ip
     )]
     pub public_dns: Vec<Ipv4Addr>,
     #[arg(help_heading = heading::CONTAINERS)]
     /// The cloud's metadata server: public jobs never reach it (on the
     /// host nor through it).
-    #[arg(long, default_value = "169.254.169.254", value_name = "IP")]
+    #[arg(long, default_value = "169.254.169.254", value_name = "IP", value_parser = parse_ip)]
     pub metadata_address: Ipv4Addr,
     #[arg(help_heading = heading::CONTAINERS)]
     /// The cluster's internal addresses, which public jobs never reach
     /// (e.g. 10.128.0.0/9,10.0.0.0/8); private jobs do.
-    #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+    #[arg(long, value_delimiter = ',', value_name = "CIDR,...", value_parser = parse_cidr)]
     pub internal_cidrs: Vec<ipnet::Ipv4Net>,
-    /// Names of namespaces, veths (`<prefix>h…`) and iptables chains
-    /// (`<PREFIX>-FORWARD`…): 1 to 10 of a-z0-9, so that two workers on
-    /// one host (tests) keep apart.
-    #[arg(long, hide = true, default_value = "bw", help_heading = heading::TESTING)]
+    #[arg(help_heading = heading::CONTAINERS)]
+    /// Names of the job networks' namespaces (`<prefix>-public-N`), host
+    /// veths (`<prefix>h…`), iptables chains (`<PREFIX>-FORWARD`…) and lock
+    /// (`/run/batch-worker-networks-<prefix>.lock`): 1 to 10 of a-z0-9, a
+    /// letter first. One worker per host holds a prefix.
+    #[arg(long, default_value = "bw", value_name = "PREFIX")]
     pub job_network_prefix: String,
+}
+
+/// An IPv4 network `ADDRESS/LENGTH`, e.g. `10.128.0.0/9`.
+fn parse_cidr(text: &str) -> Result<ipnet::Ipv4Net, String> {
+    text.trim().parse::<ipnet::Ipv4Net>().map_err(|_| {
+        format!(
+            "{text:?} is not an IPv4 network: expected ADDRESS/LENGTH (length 0 to 32), e.g. 10.128.0.0/9; separate several with commas, no spaces"
+        )
+    })
+}
+
+/// An IPv4 address, e.g. `169.254.169.254`.
+fn parse_ip(text: &str) -> Result<Ipv4Addr, String> {
+    text.trim().parse::<Ipv4Addr>().map_err(|_| {
+        format!("{text:?} is not an IPv4 address: expected four numbers such as 169.254.169.254 (no /length, no :port)")
+    })
 }
 
 /// `46572-47571` (or one port) as a range.
@@ -102,8 +121,11 @@ impl JobNetworkArgs {
         };
         check("job-network-public", self.job_network_public)?;
         check("job-network-private", self.job_network_private)?;
+        for &internal in &self.internal_cidrs {
+            check("internal-cidrs", internal)?;
+        }
         let mut blocked = vec![(self.metadata_address, 32)];
-        blocked.extend(self.internal_cidrs.iter().map(|n| net(n.trunc())));
+        blocked.extend(self.internal_cidrs.iter().map(|&n| net(n)));
         let config = NetworkConfig {
             public_range: net(self.job_network_public),
             private_range: net(self.job_network_private),
@@ -114,10 +136,36 @@ impl JobNetworkArgs {
             api_port,
             prefix: self.job_network_prefix.clone(),
         };
-        crate::network::check(&config)
-            .map_err(|e| StartError::Invalid(format!("--container-network namespace: {e}")))?;
+        crate::network::check(&config).map_err(|e| match e {
+            crate::network::NetworkError::Config { field, message } => {
+                StartError::Invalid(format!("--{}: {}", flag_of(field), flags_in(&message)))
+            }
+            other => StartError::Invalid(format!("--container-network namespace: {other}")),
+        })?;
         Ok(config)
     }
+}
+
+/// The flag that sets [`NetworkConfig`]'s `field`.
+fn flag_of(field: &str) -> &'static str {
+    match field {
+        "public_range" => "job-network-public",
+        "private_range" => "job-network-private",
+        "pool_size" => "job-network-pool",
+        "port_range" => "job-port-range",
+        "prefix" => "job-network-prefix",
+        "blocked" => "internal-cidrs",
+        _ => "container-network",
+    }
+}
+
+/// `message` with the config's field names said as their flags.
+fn flags_in(message: &str) -> String {
+    ["public_range", "private_range", "pool_size", "port_range"]
+        .iter()
+        .fold(message.to_owned(), |m, field| {
+            m.replace(field, &format!("--{}", flag_of(field)))
+        })
 }
 
 #[cfg(test)]
@@ -173,11 +221,29 @@ mod tests {
             "{e}"
         );
         let e = config(&["--job-network-private", "172.21.0.0/16"]).unwrap_err();
-        assert!(e.contains("overlaps"), "{e}");
+        assert!(
+            e.starts_with("--job-network-private: ")
+                && e.contains("overlaps --job-network-public 172.21.0.0/16"),
+            "{e}"
+        );
         let e = config(&["--job-network-public", "10.0.0.0/26"]).unwrap_err();
         assert!(e.contains("prefix length"), "{e}");
+        let e = config(&["--job-network-pool", "300"]).unwrap_err();
+        assert!(
+            e.starts_with("--job-network-pool: ") && e.contains("--job-network-public"),
+            "{e}"
+        );
         let e = config(&["--internal-cidrs", "10.0.0.0"]).unwrap_err();
-        assert!(e.contains("--internal-cidrs"), "{e}");
+        assert!(
+            e.contains("--internal-cidrs") && e.contains("ADDRESS/LENGTH"),
+            "{e}"
+        );
+        let e = config(&["--internal-cidrs", "10.0.0.1/8"]).unwrap_err();
+        assert!(e.contains("did you mean 10.0.0.0/8?"), "{e}");
+        let e = config(&["--metadata-address", "169.254.169.254/32"]).unwrap_err();
+        assert!(e.contains("no /length"), "{e}");
+        let e = config(&["--public-dns", "8.8.8.8:53"]).unwrap_err();
+        assert!(e.contains("no :port"), "{e}");
         assert_eq!(
             config(&["--job-port-range", "8080"]).unwrap().port_range,
             8080..=8080

@@ -336,6 +336,12 @@ impl ExecutorArgs {
         if self.image_pulls_max == 0 {
             return Err(StartError::Invalid("--image-pulls-max: at least 1".into()));
         }
+        self.job_network.config(None)?;
+        if self.executor == ExecutorKind::Host && self.container_network != ContainerNetwork::None {
+            return Err(StartError::Invalid(
+                "--container-network applies to container jobs: give --executor runc too (host processes run in the worker's own network)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -348,6 +354,11 @@ impl ExecutorArgs {
         api: &ApiEndpoint,
     ) -> Result<JobNetworks, StartError> {
         let config = self.job_network.config(api.port)?;
+        if !nix::unistd::geteuid().is_root() {
+            return Err(StartError::Invalid(
+                "--container-network namespace: the worker must run as root (it makes network namespaces and iptables rules)".into(),
+            ));
+        }
         let (records, data) = (data_dir.join(derived::NETWORKS_DIR), data_dir.to_owned());
         let worker_ip = api.ip.clone();
         let opened = crate::container::on_own_runtime(async move {
@@ -448,7 +459,10 @@ impl ExecutorArgs {
                 images.max_concurrent_pulls = self.image_pulls_max;
                 let job_networks = match self.container_network {
                     ContainerNetwork::Namespace => Some(self.open_job_networks(data_dir, api)?),
-                    ContainerNetwork::None | ContainerNetwork::Host => None,
+                    ContainerNetwork::None | ContainerNetwork::Host => {
+                        warn_of_kept_networks(data_dir);
+                        None
+                    }
                 };
                 let runner = RuncRunner::new(RuncConfig {
                     runc: self.runc.clone(),
@@ -470,6 +484,23 @@ impl ExecutorArgs {
                 })
             }
         }
+    }
+}
+
+/// Logs a warning when `{data_dir}/networks/` holds records of job networks
+/// from a run with `--container-network namespace` (a crash left them):
+/// this run leaves them, and their namespaces and rules, as they are.
+fn warn_of_kept_networks(data_dir: &Path) {
+    let dir = data_dir.join(derived::NETWORKS_DIR);
+    let records = std::fs::read_dir(&dir)
+        .map(|entries| entries.flatten().count())
+        .unwrap_or(0);
+    if records > 0 {
+        tracing::warn!(
+            records,
+            dir = %dir.display(),
+            "job networks of an earlier --container-network namespace run are recorded here; this run leaves them and their namespaces and rules as they are: restart with --container-network namespace (and the same --job-network-prefix) to give them back"
+        );
     }
 }
 
@@ -818,12 +849,25 @@ pub async fn run(args: &ServeArgs) -> Result<ExitCode, CliError> {
         memory_bytes = resolved.capacity.memory_bytes,
         memory = derived::human_bytes(resolved.capacity.memory_bytes),
         executor = ?resolved.executor,
+        container_network = ?args.executor.container_network,
         spec_store = resolved.spec_store,
         logs_store = resolved.logs_store,
         driver_url = resolved.driver_url.as_deref().unwrap_or("none (no activation, no reports)"),
         api_auth = if api_config.api_token.is_some() { "bearer token" } else { "none" },
         "batch-worker starting"
     );
+    if args.executor.container_network == ContainerNetwork::Namespace {
+        let n = &args.executor.job_network;
+        tracing::info!(
+            prefix = %n.job_network_prefix,
+            public = %n.job_network_public,
+            private = %n.job_network_private,
+            pool = n.job_network_pool,
+            ports = %format!("{}-{}", n.job_port_range.start(), n.job_port_range.end()),
+            worker_ip = %ip_address,
+            "job networks"
+        );
+    }
     let worker = build_worker(
         args,
         ApiEndpoint {
