@@ -20,7 +20,8 @@
 //! namespace has a /24 of its kind's range: the `i`-th /24 of the range,
 //! host end `.10`, job end `.11` (172.21.3.10 and 172.21.3.11 for public
 //! namespace 3 with the default range); inside, `lo` is up and the
-//! default route goes via the host end.
+//! default route goes via the host end. IPv6 is off on the host end: a
+//! job's IPv6 reaches nothing (the rules below are IPv4's).
 //!
 //! Namespaces are pooled: [`Networks::open`] makes
 //! [`NetworkConfig::pool_size`] of each kind, [`Networks::acquire`] takes
@@ -875,6 +876,28 @@ fn host_resolv_conf() -> String {
     main
 }
 
+/// Turns IPv6 off on host veth `veth` (before it is up): the host then
+/// drops every IPv6 packet the job sends. Left on, the veth's link-local
+/// address (which a job works out from its gateway's MAC) would reach every
+/// host service listening on `[::]`, a dual-stack API port included, past
+/// the rules, which are IPv4's. Jobs get no IPv6, as Hail's. A host without
+/// IPv6 has nothing to turn off.
+///
+/// Errors: [`NetworkError::Io`] when the sysctl cannot be written.
+fn disable_ipv6(veth: &str) -> Result<(), NetworkError> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{veth}/disable_ipv6"));
+    match std::fs::write(&path, "1") {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && !Path::new("/proc/sys/net/ipv6").exists() =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(NetworkError::Io { path, source }),
+    }
+}
+
 const LOCALHOST_LINES: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 
 impl Networks {
@@ -969,6 +992,8 @@ impl Networks {
         let filled = async {
             install_chains(&handle.inner.config, &names).await?;
             for job in &kept {
+                // Made by an older worker, maybe with IPv6 on.
+                disable_ipv6(&job.host_veth)?;
                 if let Some(pair) = job.published {
                     let rules =
                         port_rules(&names, &job.netns_name, &job.host_veth, job.job_ip, pair);
@@ -1037,6 +1062,7 @@ impl Networks {
                 &netns,
             ])
             .await?;
+            disable_ipv6(&veth)?;
             ip(&["address", "add", &host_cidr, "dev", &veth]).await?;
             ip(&["link", "set", "dev", &veth, "up"]).await?;
             ip(&["-n", &netns, "address", "add", &job_cidr, "dev", "eth0"]).await?;
@@ -1847,6 +1873,80 @@ mod tests {
              pooled with a published port {with_port:?}; release: unpublishing to the pool {unpublished:?}, \
              deleting (pool full) {deleted:?}"
         );
+        close_and_check(&networks).await;
+    }
+
+    /// The EUI-64 link-local address of host veth `veth`, as a job works it
+    /// out from its gateway's MAC (in its `/proc/net/arp`).
+    fn link_local_of(veth: &str) -> String {
+        let mac = std::fs::read_to_string(format!("/sys/class/net/{veth}/address")).unwrap();
+        let b: Vec<u8> = mac
+            .trim()
+            .split(':')
+            .map(|x| u8::from_str_radix(x, 16).unwrap())
+            .collect();
+        format!(
+            "fe80::{:02x}{:02x}:{:02x}ff:fe{:02x}:{:02x}{:02x}",
+            b[0] ^ 2,
+            b[1],
+            b[2],
+            b[3],
+            b[4],
+            b[5]
+        )
+    }
+
+    #[tokio::test]
+    async fn jobs_reach_nothing_of_the_host_over_ipv6_not_even_a_dual_stack_api() {
+        if !can_make_networks() {
+            return;
+        }
+        // The API listening on `[::]:PORT` (dual stack), as `--listen
+        // [::]:5000` makes it.
+        let api = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
+        let api_port = api.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = api.accept().await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\napi\n").await;
+            }
+        });
+        let mut config = config(21);
+        config.api_port = Some(api_port);
+        let networks = Networks::open(config).await.unwrap();
+        let _guard = Guard::new(&networks);
+        let public = networks.acquire(NetworkKind::Public, None).await.unwrap();
+        let private = networks.acquire(NetworkKind::Private, None).await.unwrap();
+        // The listener answers jobs allowed to reach it (over IPv4).
+        let v4 = format!("http://{}:{api_port}/", private.host_ip);
+        assert_eq!(fetch(&private.netns_name, &v4).await, Ok("api\n".into()));
+        for job in [&public, &private] {
+            // An address the host end has is usable once its duplicate
+            // address detection is over (a second or two).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ip(&["-6", "-o", "address", "show", "dev", &job.host_veth])
+                .await
+                .unwrap()
+                .contains("tentative")
+            {
+                assert!(Instant::now() < deadline, "still tentative after 10 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let url = format!(
+                "http://[{}%25eth0]:{api_port}/",
+                link_local_of(&job.host_veth)
+            );
+            let got = fetch(&job.netns_name, &url).await;
+            assert!(got.is_err(), "{} reached {url}: {got:?}", job.netns_name);
+            let v6 = ip(&["-6", "-o", "address", "show", "dev", &job.host_veth])
+                .await
+                .unwrap();
+            assert_eq!(v6, "", "the host end {} has IPv6", job.host_veth);
+        }
+        networks.release(public).await.unwrap();
+        networks.release(private).await.unwrap();
         close_and_check(&networks).await;
     }
 
