@@ -181,7 +181,7 @@ pub enum NetworkError {
         message: String,
     },
     /// Every host port of `port_range` is published already.
-    #[error("no free host port in {first}..={last}: each is published by a running job; widen `port_range`")]
+    #[error("no free host port in {first}-{last} (`--job-port-range`): each is published by a running job; widen the range")]
     PortsExhausted {
         /// The range's first port.
         first: u16,
@@ -189,7 +189,7 @@ pub enum NetworkError {
         last: u16,
     },
     /// Every /24 of the kind's range is taken by a namespace.
-    #[error("no free {kind:?} network: all {slots} address slots of the range are in use")]
+    #[error("no free {} network: all {slots} /24s of its range (`--job-network-{}`) hold running jobs' namespaces; widen the range", .kind.word(), .kind.word())]
     Exhausted {
         /// The kind asked for.
         kind: NetworkKind,
@@ -2022,6 +2022,29 @@ mod tests {
         assert!(bad(|c| c.pool_size = 300).starts_with("pool_size: "));
         let ok = check_config(&NetworkConfig::default()).unwrap();
         assert_eq!(ok[0], (u32::from(Ipv4Addr::new(172, 21, 0, 0)), 256));
+    }
+
+    #[test]
+    fn exhaustion_names_the_flag_to_widen() {
+        let ports = NetworkError::PortsExhausted {
+            first: 43000,
+            last: 43001,
+        }
+        .to_string();
+        assert!(
+            ports.contains("43000-43001") && ports.contains("`--job-port-range`"),
+            "{ports}"
+        );
+        for (kind, flag) in [
+            (NetworkKind::Public, "`--job-network-public`"),
+            (NetworkKind::Private, "`--job-network-private`"),
+        ] {
+            let slots = NetworkError::Exhausted { kind, slots: 2 }.to_string();
+            assert!(
+                slots.contains(flag) && slots.contains(&format!("no free {} network", kind.word())),
+                "{slots}"
+            );
+        }
     }
 
     #[test]
