@@ -128,7 +128,8 @@ pub struct NetworkConfig {
     /// CIDRs public jobs never reach, forwarded or on the host; default
     /// the metadata server 169.254.169.254/32; add the internal ones.
     pub blocked: Vec<(Ipv4Addr, u8)>,
-    /// The worker's own API port: public jobs may not reach the host on it.
+    /// The worker's own API port: public jobs may not reach the host on it;
+    /// never in `port_range`.
     pub api_port: Option<u16>,
     /// Name prefix of namespaces, veths and chains: 1 to 10 of `a-z0-9`,
     /// a letter first; default "bw".
@@ -501,6 +502,18 @@ fn check_config(config: &NetworkConfig) -> Result<[(u32, u32); 2], NetworkError>
             field: "port_range",
             message: format!(
                 "{}..={} is empty: expected first <= last",
+                config.port_range.start(),
+                config.port_range.end()
+            ),
+        });
+    }
+    if let Some(api) = config.api_port.filter(|p| config.port_range.contains(p)) {
+        // A job published there would take every request to the API (the
+        // DNAT comes before the worker's socket).
+        return Err(NetworkError::Config {
+            field: "port_range",
+            message: format!(
+                "{}-{} (`--job-port-range`) holds the worker's API port {api} (`--listen`): a job's published port there would take the API's requests; choose a range without it",
                 config.port_range.start(),
                 config.port_range.end()
             ),
@@ -2020,6 +2033,11 @@ mod tests {
         let empty = bad(|c| c.port_range = 5..=4);
         assert!(empty.starts_with("port_range: "));
         assert!(bad(|c| c.pool_size = 300).starts_with("pool_size: "));
+        let api = bad(|c| c.api_port = Some(46600));
+        assert!(
+            api.starts_with("port_range: ") && api.contains("API port 46600"),
+            "{api}"
+        );
         let ok = check_config(&NetworkConfig::default()).unwrap();
         assert_eq!(ok[0], (u32::from(Ipv4Addr::new(172, 21, 0, 0)), 256));
     }

@@ -178,6 +178,12 @@ mod tests {
         assert!(e.contains("prefix length"), "{e}");
         let e = config(&["--internal-cidrs", "10.0.0.0"]).unwrap_err();
         assert!(e.contains("--internal-cidrs"), "{e}");
+        // The API's port (5000 here) is never a job's host port.
+        let e = config(&["--job-port-range", "4990-5010"]).unwrap_err();
+        assert!(
+            e.contains("`--job-port-range`") && e.contains("API port 5000"),
+            "{e}"
+        );
         assert_eq!(
             config(&["--job-port-range", "8080"]).unwrap().port_range,
             8080..=8080
