@@ -911,6 +911,12 @@ fn disable_ipv6(veth: &str) -> Result<(), NetworkError> {
     }
 }
 
+/// Whether a TCP socket of the host listens on `port` (any address): it
+/// cannot be bound on `0.0.0.0`. A published port is never one of these.
+fn host_listens_on(port: u16) -> bool {
+    std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_err()
+}
+
 const LOCALHOST_LINES: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 
 impl Networks {
@@ -1102,7 +1108,8 @@ impl Networks {
 
     /// A ready namespace of `kind` (from the pool; a new one when it is
     /// empty), with TCP `port` of the job published on a free host port of
-    /// `port_range` when Some.
+    /// `port_range` when Some (the lowest one neither published nor
+    /// listened on by a host socket).
     ///
     /// Cancel-safe: dropped before it returns, it removes what it made of a
     /// new namespace and its port's rules (on a task of the current
@@ -1125,7 +1132,11 @@ impl Networks {
                 None => None,
                 Some(_) => {
                     let range = &self.inner.config.port_range;
-                    let free = range.clone().find(|p| !state.ports.contains(p));
+                    // Not one a host service listens on: the job's DNAT
+                    // would take its connections.
+                    let free = range
+                        .clone()
+                        .find(|p| !state.ports.contains(p) && !host_listens_on(*p));
                     let Some(free) = free else {
                         return Err(NetworkError::PortsExhausted {
                             first: *range.start(),
@@ -1716,6 +1727,34 @@ mod tests {
             .unwrap();
         assert_eq!(again.published, Some((40300, 8001)));
         networks.release(again).await.unwrap();
+        close_and_check(&networks).await;
+    }
+
+    #[tokio::test]
+    async fn a_host_port_a_host_service_listens_on_is_never_published() {
+        if !can_make_networks() {
+            return;
+        }
+        let mut config = config(22);
+        config.port_range = 42200..=42202;
+        // A service of the host on the range's first port (dual stack).
+        let service = tokio::net::TcpListener::bind("[::]:42200").await.unwrap();
+        let networks = Networks::open(config).await.unwrap();
+        let _guard = Guard::new(&networks);
+        let job = networks
+            .acquire(NetworkKind::Public, Some(8000))
+            .await
+            .unwrap();
+        assert_eq!(job.published, Some((42201, 8000)));
+        drop(service);
+        // Free again: the next job may have it.
+        let next = networks
+            .acquire(NetworkKind::Public, Some(8000))
+            .await
+            .unwrap();
+        assert_eq!(next.published, Some((42200, 8000)));
+        networks.release(job).await.unwrap();
+        networks.release(next).await.unwrap();
         close_and_check(&networks).await;
     }
 
