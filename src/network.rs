@@ -53,6 +53,10 @@
 //!   `OUTPUT` one serves the host's own requests to its non-loopback
 //!   addresses (127.0.0.1 would need `route_localnet`, not set here).
 //!
+//! While [`Networks::open_keeping`] remakes the chains around jobs kept
+//! running after a crash, a guard first in `FORWARD` and `INPUT` drops
+//! everything from the job veths (commented `<prefix>-restarting`).
+//!
 //! A job cannot reach another job, even through that job's published
 //! port. [`Networks::open`] sets `net.ipv4.ip_forward` to 1 and
 //! [`Networks::close`] leaves it so (other services may need it).
@@ -637,6 +641,63 @@ fn ignore_missing(result: Result<String, NetworkError>) -> Result<(), NetworkErr
     }
 }
 
+/// The built-in chains a restart's guard is in: job traffic forwarded,
+/// and to the host.
+const GUARDED: [&str; 2] = ["FORWARD", "INPUT"];
+
+/// The rule spec (after the chain) of the guard that drops everything
+/// from the job veths while [`Networks::open_keeping`] rebuilds the chains
+/// around jobs kept running: without it, a kept public job reaches the
+/// blocked addresses and the API port until the chains are back.
+fn guard_spec(names: &Names) -> Vec<String> {
+    let comment = format!("{}-restarting", names.prefix);
+    [
+        "-i",
+        &names.all_veths(),
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-j",
+        "DROP",
+    ]
+    .iter()
+    .map(|w| w.to_string())
+    .collect()
+}
+
+/// Puts the restart's guard first in `FORWARD` and `INPUT` (once).
+async fn insert_guard(names: &Names) -> Result<(), NetworkError> {
+    let spec = guard_spec(names);
+    for builtin in GUARDED {
+        let mut check = vec!["-C", builtin];
+        check.extend(spec.iter().map(String::as_str));
+        if iptables("filter", &check).await.is_ok() {
+            continue;
+        }
+        let mut insert = vec!["-I", builtin, "1"];
+        insert.extend(spec.iter().map(String::as_str));
+        iptables("filter", &insert).await?;
+    }
+    Ok(())
+}
+
+/// Deletes every copy of the restart's guard (one a crash mid-restart
+/// left included).
+async fn remove_guard(names: &Names) -> Result<(), NetworkError> {
+    let spec = guard_spec(names);
+    for builtin in GUARDED {
+        let rules = iptables("filter", &["-S", builtin]).await?;
+        let comment = format!("--comment {}-restarting", names.prefix);
+        for _ in rules.lines().filter(|l| l.contains(&comment)) {
+            let mut delete = vec!["-D", builtin];
+            delete.extend(spec.iter().map(String::as_str));
+            iptables("filter", &delete).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates this prefix's chains, their fixed rules, and their jumps.
 async fn install_chains(config: &NetworkConfig, names: &Names) -> Result<(), NetworkError> {
     let all = names.all_veths();
@@ -978,12 +1039,21 @@ impl Networks {
             }
         }
         let kept = kept_unique;
-        remove_prefix(&names, &kept).await?;
+        // The kept jobs run on while their rules are remade: all their
+        // traffic is dropped meanwhile (a few hundred ms).
+        insert_guard(&names).await?;
+        if let Err(e) = remove_prefix(&names, &kept).await {
+            let _ = remove_guard(&names).await;
+            return Err(e);
+        }
         let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
-        std::fs::write(forward, "1").map_err(|source| NetworkError::Io {
-            path: forward.to_path_buf(),
-            source,
-        })?;
+        if let Err(source) = std::fs::write(forward, "1") {
+            let _ = remove_guard(&names).await;
+            return Err(NetworkError::Io {
+                path: forward.to_path_buf(),
+                source,
+            });
+        }
         let networks = Networks {
             inner: Arc::new(Inner {
                 names: names.clone(),
@@ -1019,6 +1089,8 @@ impl Networks {
                     publish(&rules).await?;
                 }
             }
+            // The chains are whole again.
+            remove_guard(&names).await?;
             let mut made = Vec::new();
             for kind in [NetworkKind::Public, NetworkKind::Private] {
                 let slots = handle.range(kind).1;
@@ -1043,6 +1115,7 @@ impl Networks {
         match filled.await {
             Err(e) => {
                 let _ = remove_prefix(&names, &[]).await;
+                let _ = remove_guard(&names).await;
                 Err(e)
             }
             Ok(made) => {
@@ -1313,7 +1386,8 @@ impl Networks {
             state.ports.clear();
             state.in_use.clear();
         }
-        remove_prefix(&self.inner.names, &[]).await
+        remove_prefix(&self.inner.names, &[]).await?;
+        remove_guard(&self.inner.names).await
     }
 }
 
@@ -1813,6 +1887,54 @@ mod tests {
             .collect();
         assert_eq!(ours.len(), 2, "{ours:?}");
         close_and_check(&networks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_kept_across_a_restart_never_reaches_a_blocked_address_meanwhile() {
+        if !can_make_networks() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(23);
+        config.blocked = vec![(Ipv4Addr::new(10, 213, 23, 254), 32)];
+        let networks = Networks::open(config.clone()).await.unwrap();
+        let mut guard = Guard::new(&networks);
+        let _out = outside(23, &mut guard, dir.path()).await;
+        let job = networks.acquire(NetworkKind::Public, None).await.unwrap();
+        // The job tries the blocked address all along (20 ms per try),
+        // printing what it reached.
+        let probe = "import socket, time\n\
+                     end = time.time() + 4\n\
+                     while time.time() < end:\n\
+                     \x20   s = socket.socket(); s.settimeout(0.02)\n\
+                     \x20   try:\n\
+                     \x20       s.connect(('10.213.23.254', 8080)); print('REACHED', flush=True)\n\
+                     \x20   except OSError:\n\
+                     \x20       pass\n\
+                     \x20   s.close()\n\
+                     print('DONE', flush=True)\n";
+        let child = Command::new("ip")
+            .args(["netns", "exec", &job.netns_name, "python3", "-c", probe])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The crash (no close), then the restart keeping the job.
+        drop(networks);
+        let (reopened, lost) = Networks::open_keeping(config, vec![job.clone()])
+            .await
+            .unwrap();
+        assert!(lost.is_empty(), "{lost:?}");
+        let out = child.wait_with_output().await.unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(out.ends_with("DONE\n"), "the probe did not finish: {out:?}");
+        assert!(
+            !out.contains("REACHED"),
+            "reached it during the restart: {out}"
+        );
+        reopened.release(job).await.unwrap();
+        close_and_check(&reopened).await;
     }
 
     #[tokio::test]
