@@ -972,10 +972,31 @@ fn disable_ipv6(veth: &str) -> Result<(), NetworkError> {
     }
 }
 
-/// Whether a TCP socket of the host listens on `port` (any address): it
-/// cannot be bound on `0.0.0.0`. A published port is never one of these.
-fn host_listens_on(port: u16) -> bool {
-    std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_err()
+/// The TCP ports sockets of the host listen on (any address, IPv4 or 6),
+/// from `/proc/net/tcp` and `/proc/net/tcp6` (an unreadable one counts as
+/// none). A published port is never one of these: its DNAT would take
+/// their connections. (Ports that are only some connection's local end are
+/// not listed: a DNAT takes only new connections.)
+fn host_listening_ports() -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        // "  sl  local_address rem_address   st ...": "0100007F:1F90 ... 0A".
+        for line in text.lines().skip(1) {
+            let mut words = line.split_whitespace();
+            let local = words.nth(1);
+            let listening = words.nth(1) == Some("0A");
+            let port = local
+                .and_then(|l| l.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if let (true, Some(port)) = (listening, port) {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
 }
 
 const LOCALHOST_LINES: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
@@ -1196,6 +1217,7 @@ impl Networks {
         kind: NetworkKind,
         port: Option<u16>,
     ) -> Result<JobNetwork, NetworkError> {
+        let listening = port.map(|_| host_listening_ports()).unwrap_or_default();
         let (pooled, index, host_port) = {
             let mut state = self.state();
             if state.closed {
@@ -1209,7 +1231,7 @@ impl Networks {
                     // would take its connections.
                     let free = range
                         .clone()
-                        .find(|p| !state.ports.contains(p) && !host_listens_on(*p));
+                        .find(|p| !state.ports.contains(p) && !listening.contains(p));
                     let Some(free) = free else {
                         return Err(NetworkError::PortsExhausted {
                             first: *range.start(),
