@@ -698,6 +698,21 @@ async fn remove_guard(names: &Names) -> Result<(), NetworkError> {
     Ok(())
 }
 
+/// A rule deletion's result, with "no such rule" or "no such chain"
+/// (`iptables -D` of iptables-nft and of iptables-legacy) as success.
+fn ignore_missing_rule(result: Result<String, NetworkError>) -> Result<(), NetworkError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(NetworkError::Command { stderr, .. })
+            if stderr.contains("does a matching rule exist")
+                || stderr.contains("No chain/target/match by that name") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates this prefix's chains, their fixed rules, and their jumps.
 async fn install_chains(config: &NetworkConfig, names: &Names) -> Result<(), NetworkError> {
     let all = names.all_veths();
@@ -898,13 +913,15 @@ async fn publish(rules: &[(&'static str, String, Vec<String>)]) -> Result<(), Ne
     Ok(())
 }
 
-/// Deletes the rules; all are tried, the first failure is returned.
+/// Deletes the rules; all are tried, the first failure is returned. A
+/// rule (or chain) that is gone already counts as deleted: a firewall
+/// reload that flushed a chain must not keep the host port taken for good.
 async fn unpublish(rules: &[(&'static str, String, Vec<String>)]) -> Result<(), NetworkError> {
     let mut first = Ok(());
     for (table, chain, spec) in rules {
         let mut words: Vec<&str> = vec!["-D", chain];
         words.extend(spec.iter().map(String::as_str));
-        if let Err(e) = iptables(table, &words).await {
+        if let Err(e) = ignore_missing_rule(iptables(table, &words).await) {
             if first.is_ok() {
                 first = Err(e);
             }
@@ -1850,6 +1867,40 @@ mod tests {
             .unwrap();
         assert_eq!(next.published, Some((42200, 8000)));
         networks.release(job).await.unwrap();
+        networks.release(next).await.unwrap();
+        close_and_check(&networks).await;
+    }
+
+    #[tokio::test]
+    async fn a_port_whose_rules_a_firewall_reload_flushed_is_freed_at_release() {
+        if !can_make_networks() {
+            return;
+        }
+        let mut config = config(24);
+        config.port_range = 42400..=42400;
+        let networks = Networks::open(config).await.unwrap();
+        let _guard = Guard::new(&networks);
+        let job = networks
+            .acquire(NetworkKind::Public, Some(8000))
+            .await
+            .unwrap();
+        // Someone flushes one of our chains (a firewall reload).
+        iptables("nat", &["-F", "NT24-PREROUTING"]).await.unwrap();
+        networks.release(job).await.unwrap();
+        assert_eq!(
+            run("iptables-save", &[])
+                .await
+                .unwrap()
+                .matches("nt24-public-0")
+                .count(),
+            0
+        );
+        // The one host port is free again.
+        let next = networks
+            .acquire(NetworkKind::Public, Some(8000))
+            .await
+            .unwrap();
+        assert_eq!(next.published, Some((42400, 8000)));
         networks.release(next).await.unwrap();
         close_and_check(&networks).await;
     }
