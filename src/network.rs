@@ -619,6 +619,20 @@ async fn remove_prefix(names: &Names, keep: &[JobNetwork]) -> Result<(), Network
         }
         let new = format!("-N {chain}");
         if rules.lines().any(|l| l == new) {
+            // A rule of someone else's jumping here keeps the chain: say
+            // which, before touching the chain's rules.
+            let target = format!("-j {chain}");
+            if let Some(foreign) = rules
+                .lines()
+                .find(|l| l.starts_with("-A ") && l.ends_with(&target) && *l != jump)
+            {
+                return Err(NetworkError::Config {
+                    field: "prefix",
+                    message: format!(
+                        "chain {chain} (table {table}) is this prefix's, but a rule not made by the worker jumps to it: `{foreign}`; delete that rule or choose another `--job-network-prefix`"
+                    ),
+                });
+            }
             iptables(table, &["-F", &chain]).await?;
             iptables(table, &["-X", &chain]).await?;
         }
@@ -1903,6 +1917,41 @@ mod tests {
         assert_eq!(next.published, Some((42400, 8000)));
         networks.release(next).await.unwrap();
         close_and_check(&networks).await;
+    }
+
+    #[tokio::test]
+    async fn a_foreign_jump_into_a_chain_of_the_prefix_is_named_at_open() {
+        if !can_make_networks() {
+            return;
+        }
+        iptables("filter", &["-N", "NT25-INPUT"]).await.unwrap();
+        iptables("filter", &["-A", "NT25-INPUT", "-j", "RETURN"])
+            .await
+            .unwrap();
+        let foreign = ["INPUT", "-p", "tcp", "--dport", "1", "-j", "NT25-INPUT"];
+        iptables("filter", &[&["-A"], &foreign[..]].concat())
+            .await
+            .unwrap();
+        let opened = Networks::open(config(25)).await;
+        let kept = iptables("filter", &["-S", "NT25-INPUT"]).await;
+        iptables("filter", &[&["-D"], &foreign[..]].concat())
+            .await
+            .unwrap();
+        let _ = iptables("filter", &["-F", "NT25-INPUT"]).await;
+        let _ = iptables("filter", &["-X", "NT25-INPUT"]).await;
+        match opened {
+            Err(NetworkError::Config { field, message }) => {
+                assert_eq!(field, "prefix");
+                assert!(
+                    message.contains("-A INPUT -p tcp -m tcp --dport 1 -j NT25-INPUT"),
+                    "{message}"
+                );
+            }
+            other => panic!("opened: {other:?}"),
+        }
+        // Its rules were left alone.
+        assert!(kept.unwrap().contains("-A NT25-INPUT -j RETURN"));
+        assert_eq!(leftovers("nt25").await, Vec::<String>::new());
     }
 
     #[tokio::test]
