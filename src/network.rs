@@ -57,6 +57,11 @@
 //! running after a crash, a guard first in `FORWARD` and `INPUT` drops
 //! everything from the job veths (commented `<prefix>-restarting`).
 //!
+//! Inside each namespace, `filter OUTPUT` repeats the essentials (its own
+//! /24 accepted, then DROP to both job ranges and, public, to each
+//! `blocked` CIDR): a reload of the host's firewall that flushes the
+//! chains above leaves them, and the job cannot change them.
+//!
 //! A job cannot reach another job, even through that job's published
 //! port. [`Networks::open`] sets `net.ipv4.ip_forward` to 1 and
 //! [`Networks::close`] leaves it so (other services may need it).
@@ -727,6 +732,33 @@ fn ignore_missing_rule(result: Result<String, NetworkError>) -> Result<(), Netwo
     }
 }
 
+/// The namespace's own `filter OUTPUT` rules (`-A` specs): its own /24
+/// accepted, then DROP to both job ranges (other jobs) and, for public
+/// jobs, to each `blocked` CIDR. They repeat the host's chains inside the
+/// namespace, where a reload of the host's firewall (which flushes the
+/// worker's chains) never reaches them and the job cannot change them (no
+/// `CAP_NET_ADMIN`). `own` is the namespace's /24, e.g. `172.21.3.10/24`.
+fn inner_rules(config: &NetworkConfig, kind: NetworkKind, own: &str) -> Vec<Vec<String>> {
+    let words = |w: &[&str]| w.iter().map(|w| w.to_string()).collect::<Vec<String>>();
+    let mut rules = vec![words(&["-A", "OUTPUT", "-d", own, "-j", "ACCEPT"])];
+    for range in [config.public_range, config.private_range] {
+        rules.push(words(&["-A", "OUTPUT", "-d", &cidr(range), "-j", "DROP"]));
+    }
+    if kind == NetworkKind::Public {
+        for &b in &config.blocked {
+            rules.push(words(&["-A", "OUTPUT", "-d", &cidr(b), "-j", "DROP"]));
+        }
+    }
+    rules
+}
+
+/// `iptables -w 60 <args>` inside namespace `netns`.
+async fn netns_iptables(netns: &str, args: &[&str]) -> Result<String, NetworkError> {
+    let mut all = vec!["netns", "exec", netns, "iptables", "-w", IPTABLES_WAIT_SECS];
+    all.extend_from_slice(args);
+    run("ip", &all).await
+}
+
 /// Creates this prefix's chains, their fixed rules, and their jumps.
 async fn install_chains(config: &NetworkConfig, names: &Names) -> Result<(), NetworkError> {
     let all = names.all_veths();
@@ -1213,6 +1245,10 @@ impl Networks {
             ip(&["-n", &netns, "link", "set", "dev", "eth0", "up"]).await?;
             ip(&["-n", &netns, "link", "set", "dev", "lo", "up"]).await?;
             ip(&["-n", &netns, "route", "add", "default", "via", &host_ip]).await?;
+            for rule in inner_rules(&self.inner.config, kind, &host_cidr) {
+                let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+                netns_iptables(&netns, &rule).await?;
+            }
             Ok(())
         };
         let result = made.await;
@@ -1952,6 +1988,41 @@ mod tests {
         // Its rules were left alone.
         assert!(kept.unwrap().contains("-A NT25-INPUT -j RETURN"));
         assert_eq!(leftovers("nt25").await, Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_host_firewall_reload_flushing_the_chains_still_keeps_public_jobs_in() {
+        if !can_make_networks() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let job_dir = tempfile::tempdir().unwrap();
+        std::fs::write(job_dir.path().join("hello.txt"), "hello from b\n").unwrap();
+        let mut config = config(26);
+        config.blocked = vec![(Ipv4Addr::new(10, 213, 26, 254), 32)];
+        let networks = Networks::open(config).await.unwrap();
+        let mut guard = Guard::new(&networks);
+        let _out = outside(26, &mut guard, dir.path()).await;
+        let a = networks.acquire(NetworkKind::Public, None).await.unwrap();
+        let b = networks.acquire(NetworkKind::Private, None).await.unwrap();
+        serve(&mut guard, &b.netns_name, 8000, job_dir.path(), b.job_ip).await;
+        // A reload of the host's firewall empties the worker's chains.
+        for chain in ["NT26-FORWARD", "NT26-INPUT"] {
+            iptables("filter", &["-F", chain]).await.unwrap();
+        }
+        let hello = Ok("hello from outside 26\n".to_string());
+        let web = "http://10.213.26.2:8080/hello.txt";
+        assert_eq!(fetch(&a.netns_name, web).await, hello, "the internet");
+        for url in [
+            "http://10.213.26.254:8080/hello.txt".to_string(),
+            format!("http://{}:8000/hello.txt", b.job_ip),
+        ] {
+            let got = fetch(&a.netns_name, &url).await;
+            assert!(got.is_err(), "public reached {url}: {got:?}");
+        }
+        networks.release(a).await.unwrap();
+        networks.release(b).await.unwrap();
+        close_and_check(&networks).await;
     }
 
     #[tokio::test]
