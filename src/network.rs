@@ -553,19 +553,39 @@ pub fn check(config: &NetworkConfig) -> Result<(), NetworkError> {
 /// Runs `program args`; its stdout, or a typed error naming the command
 /// and its stderr.
 async fn run(program: &str, args: &[&str]) -> Result<String, NetworkError> {
+    run_with_input(program, args, None).await
+}
+
+/// [`run`], with `input` on the command's standard input when Some.
+async fn run_with_input(
+    program: &str,
+    args: &[&str],
+    input: Option<&[u8]>,
+) -> Result<String, NetworkError> {
     let command = || format!("{program} {}", args.join(" "));
+    let spawn_error = |source| NetworkError::Spawn {
+        command: command(),
+        source,
+    };
     // A caller giving up mid-way (a dropped `acquire`) ends the command
     // too, before what it made is removed.
-    let out = Command::new(program)
+    let mut child = Command::new(program)
         .args(args)
-        .stdin(std::process::Stdio::null())
+        .stdin(match input {
+            Some(_) => std::process::Stdio::piped(),
+            None => std::process::Stdio::null(),
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| NetworkError::Spawn {
-            command: command(),
-            source,
-        })?;
+        .spawn()
+        .map_err(spawn_error)?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, input)
+            .await
+            .map_err(spawn_error)?;
+    }
+    let out = child.wait_with_output().await.map_err(spawn_error)?;
     if !out.status.success() {
         return Err(NetworkError::Command {
             command: command(),
@@ -732,7 +752,8 @@ fn ignore_missing_rule(result: Result<String, NetworkError>) -> Result<(), Netwo
     }
 }
 
-/// The namespace's own `filter OUTPUT` rules (`-A` specs): its own /24
+/// The namespace's own `filter OUTPUT` rules (`-A` specs, made by one
+/// `iptables-restore` in the namespace): its own /24
 /// accepted, then DROP to both job ranges (other jobs) and, for public
 /// jobs, to each `blocked` CIDR. They repeat the host's chains inside the
 /// namespace, where a reload of the host's firewall (which flushes the
@@ -750,13 +771,6 @@ fn inner_rules(config: &NetworkConfig, kind: NetworkKind, own: &str) -> Vec<Vec<
         }
     }
     rules
-}
-
-/// `iptables -w 60 <args>` inside namespace `netns`.
-async fn netns_iptables(netns: &str, args: &[&str]) -> Result<String, NetworkError> {
-    let mut all = vec!["netns", "exec", netns, "iptables", "-w", IPTABLES_WAIT_SECS];
-    all.extend_from_slice(args);
-    run("ip", &all).await
 }
 
 /// Creates this prefix's chains, their fixed rules, and their jumps.
@@ -1245,10 +1259,21 @@ impl Networks {
             ip(&["-n", &netns, "link", "set", "dev", "eth0", "up"]).await?;
             ip(&["-n", &netns, "link", "set", "dev", "lo", "up"]).await?;
             ip(&["-n", &netns, "route", "add", "default", "via", &host_ip]).await?;
+            let mut restore = String::from("*filter\n");
             for rule in inner_rules(&self.inner.config, kind, &host_cidr) {
-                let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-                netns_iptables(&netns, &rule).await?;
+                restore.push_str(&rule.join(" "));
+                restore.push('\n');
             }
+            restore.push_str("COMMIT\n");
+            let restore_args = [
+                "netns",
+                "exec",
+                &netns,
+                "iptables-restore",
+                "-w",
+                IPTABLES_WAIT_SECS,
+            ];
+            run_with_input("ip", &restore_args, Some(restore.as_bytes())).await?;
             Ok(())
         };
         let result = made.await;
