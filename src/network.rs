@@ -1,4 +1,4 @@
-//! This file is long (about 1,750 lines, half of them tests on real
+//! This file is long (about 2,450 lines, 950 of them tests on real
 //! namespaces) because the namespaces, their rules and the tests that
 //! break them belong together.
 //!
