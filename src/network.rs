@@ -680,6 +680,59 @@ fn ignore_missing(result: Result<String, NetworkError>) -> Result<(), NetworkErr
     }
 }
 
+/// Refuses ranges that the host routes elsewhere already (a LAN, a VPN,
+/// a container bridge): a namespace's /24 there would take the host's
+/// traffic to those addresses, or never get its own. Routes on this
+/// prefix's host veths (a crashed worker's) and the default route do not
+/// count.
+///
+/// Errors: [`NetworkError::Config`] naming the range's field and the
+/// route; a failing `ip`.
+async fn check_routes(config: &NetworkConfig, names: &Names) -> Result<(), NetworkError> {
+    let routes = ip(&["-4", "-o", "route", "show"]).await?;
+    for line in routes.lines() {
+        let mut words = line.split_whitespace().peekable();
+        // "unreachable 10.0.0.0/8", "blackhole ...": the type first.
+        if words.peek().is_some_and(|w| {
+            ["unicast", "unreachable", "blackhole", "prohibit", "throw"].contains(w)
+        }) {
+            words.next();
+        }
+        let Some(destination) = words.next() else {
+            continue;
+        };
+        let (address, len) = destination.split_once('/').unwrap_or((destination, "32"));
+        let (Ok(address), Ok(len)) = (address.parse::<Ipv4Addr>(), len.parse::<u8>()) else {
+            continue; // "default"
+        };
+        let mut rest = line.split_whitespace();
+        let device = rest.by_ref().skip_while(|w| *w != "dev").nth(1);
+        if len == 0 || device.is_some_and(|d| names.is_host_veth(d)) {
+            continue;
+        }
+        for (field, flag, range) in [
+            ("public_range", "--job-network-public", config.public_range),
+            (
+                "private_range",
+                "--job-network-private",
+                config.private_range,
+            ),
+        ] {
+            if overlaps(range, (address, len)) {
+                return Err(NetworkError::Config {
+                    field,
+                    message: format!(
+                        "{} (`{flag}`) overlaps the host's route `{}`: jobs' namespaces there would take the host's traffic to those addresses; choose a range the host does not route",
+                        cidr(range),
+                        line.trim()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The built-in chains a restart's guard is in: job traffic forwarded,
 /// and to the host.
 const GUARDED: [&str; 2] = ["FORWARD", "INPUT"];
@@ -1137,6 +1190,7 @@ impl Networks {
             }
         }
         let kept = kept_unique;
+        check_routes(&config, &names).await?;
         // The kept jobs run on while their rules are remade: all their
         // traffic is dropped meanwhile (a few hundred ms).
         insert_guard(&names).await?;
@@ -2048,6 +2102,39 @@ mod tests {
         networks.release(a).await.unwrap();
         networks.release(b).await.unwrap();
         close_and_check(&networks).await;
+    }
+
+    #[tokio::test]
+    async fn a_range_the_host_routes_elsewhere_is_refused_at_open() {
+        if !can_make_networks() {
+            return;
+        }
+        // A LAN of the host inside the public range (10.154.0.0/16).
+        let _ = ip(&["link", "delete", "nt27l0"]).await;
+        ip(&[
+            "link", "add", "nt27l0", "type", "veth", "peer", "name", "nt27l1",
+        ])
+        .await
+        .unwrap();
+        ip(&["address", "add", "10.154.3.2/24", "dev", "nt27l0"])
+            .await
+            .unwrap();
+        ip(&["link", "set", "nt27l0", "up"]).await.unwrap();
+        ip(&["link", "set", "nt27l1", "up"]).await.unwrap();
+        let opened = Networks::open(config(27)).await;
+        ip(&["link", "delete", "nt27l0"]).await.unwrap();
+        match opened {
+            Err(NetworkError::Config { field, message }) => {
+                assert_eq!(field, "public_range");
+                assert!(
+                    message.contains("`--job-network-public`")
+                        && message.contains("10.154.3.0/24 dev nt27l0"),
+                    "{message}"
+                );
+            }
+            other => panic!("opened: {other:?}"),
+        }
+        assert_eq!(leftovers("nt27").await, Vec::<String>::new());
     }
 
     #[tokio::test]
