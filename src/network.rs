@@ -1,4 +1,4 @@
-//! This file is long (about 1,750 lines, half of them tests on real
+//! This file is long (about 2,450 lines, 950 of them tests on real
 //! namespaces) because the namespaces, their rules and the tests that
 //! break them belong together.
 //!
@@ -20,7 +20,8 @@
 //! namespace has a /24 of its kind's range: the `i`-th /24 of the range,
 //! host end `.10`, job end `.11` (172.21.3.10 and 172.21.3.11 for public
 //! namespace 3 with the default range); inside, `lo` is up and the
-//! default route goes via the host end.
+//! default route goes via the host end. IPv6 is off on the host end: a
+//! job's IPv6 reaches nothing (the rules below are IPv4's).
 //!
 //! Namespaces are pooled: [`Networks::open`] makes
 //! [`NetworkConfig::pool_size`] of each kind, [`Networks::acquire`] takes
@@ -51,6 +52,15 @@
 //!   `<job ip>:<job port>`, commented with the namespace's name; the
 //!   `OUTPUT` one serves the host's own requests to its non-loopback
 //!   addresses (127.0.0.1 would need `route_localnet`, not set here).
+//!
+//! While [`Networks::open_keeping`] remakes the chains around jobs kept
+//! running after a crash, a guard first in `FORWARD` and `INPUT` drops
+//! everything from the job veths (commented `<prefix>-restarting`).
+//!
+//! Inside each namespace, `filter OUTPUT` repeats the essentials (its own
+//! /24 accepted, then DROP to both job ranges and, public, to each
+//! `blocked` CIDR): a reload of the host's firewall that flushes the
+//! chains above leaves them, and the job cannot change them.
 //!
 //! A job cannot reach another job, even through that job's published
 //! port. [`Networks::open`] sets `net.ipv4.ip_forward` to 1 and
@@ -127,7 +137,8 @@ pub struct NetworkConfig {
     /// CIDRs public jobs never reach, forwarded or on the host; default
     /// the metadata server 169.254.169.254/32; add the internal ones.
     pub blocked: Vec<(Ipv4Addr, u8)>,
-    /// The worker's own API port: public jobs may not reach the host on it.
+    /// The worker's own API port: public jobs may not reach the host on it;
+    /// never in `port_range`.
     pub api_port: Option<u16>,
     /// Name prefix of namespaces, veths and chains: 1 to 10 of `a-z0-9`,
     /// a letter first; default "bw".
@@ -507,6 +518,18 @@ fn check_config(config: &NetworkConfig) -> Result<[(u32, u32); 2], NetworkError>
             ),
         });
     }
+    if let Some(api) = config.api_port.filter(|p| config.port_range.contains(p)) {
+        // A job published there would take every request to the API (the
+        // DNAT comes before the worker's socket).
+        return Err(NetworkError::Config {
+            field: "port_range",
+            message: format!(
+                "{}-{} (`--job-port-range`) holds the worker's API port {api} (`--listen`): a job's published port there would take the API's requests; choose a range without it",
+                config.port_range.start(),
+                config.port_range.end()
+            ),
+        });
+    }
     for (field, (_, slots)) in [("public_range", public), ("private_range", private)] {
         if config.pool_size > slots as usize {
             return Err(NetworkError::Config {
@@ -532,19 +555,39 @@ pub fn check(config: &NetworkConfig) -> Result<(), NetworkError> {
 /// Runs `program args`; its stdout, or a typed error naming the command
 /// and its stderr.
 async fn run(program: &str, args: &[&str]) -> Result<String, NetworkError> {
+    run_with_input(program, args, None).await
+}
+
+/// [`run`], with `input` on the command's standard input when Some.
+async fn run_with_input(
+    program: &str,
+    args: &[&str],
+    input: Option<&[u8]>,
+) -> Result<String, NetworkError> {
     let command = || format!("{program} {}", args.join(" "));
+    let spawn_error = |source| NetworkError::Spawn {
+        command: command(),
+        source,
+    };
     // A caller giving up mid-way (a dropped `acquire`) ends the command
     // too, before what it made is removed.
-    let out = Command::new(program)
+    let mut child = Command::new(program)
         .args(args)
-        .stdin(std::process::Stdio::null())
+        .stdin(match input {
+            Some(_) => std::process::Stdio::piped(),
+            None => std::process::Stdio::null(),
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| NetworkError::Spawn {
-            command: command(),
-            source,
-        })?;
+        .spawn()
+        .map_err(spawn_error)?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, input)
+            .await
+            .map_err(spawn_error)?;
+    }
+    let out = child.wait_with_output().await.map_err(spawn_error)?;
     if !out.status.success() {
         return Err(NetworkError::Command {
             command: command(),
@@ -603,6 +646,20 @@ async fn remove_prefix(names: &Names, keep: &[JobNetwork]) -> Result<(), Network
         }
         let new = format!("-N {chain}");
         if rules.lines().any(|l| l == new) {
+            // A rule of someone else's jumping here keeps the chain: say
+            // which, before touching the chain's rules.
+            let target = format!("-j {chain}");
+            if let Some(foreign) = rules
+                .lines()
+                .find(|l| l.starts_with("-A ") && l.ends_with(&target) && *l != jump)
+            {
+                return Err(NetworkError::Config {
+                    field: "prefix",
+                    message: format!(
+                        "chain {chain} (table {table}) is this prefix's, but a rule not made by the worker jumps to it: `{foreign}`; delete that rule or choose another `--job-network-prefix`"
+                    ),
+                });
+            }
             iptables(table, &["-F", &chain]).await?;
             iptables(table, &["-X", &chain]).await?;
         }
@@ -649,6 +706,152 @@ fn ignore_missing(result: Result<String, NetworkError>) -> Result<(), NetworkErr
         }
         Err(e) => Err(e),
     }
+}
+
+/// Refuses ranges that the host routes elsewhere already (a LAN, a VPN,
+/// a container bridge): a namespace's /24 there would take the host's
+/// traffic to those addresses, or never get its own. Routes on this
+/// prefix's host veths (a crashed worker's) and the default route do not
+/// count.
+///
+/// Errors: [`NetworkError::Config`] naming the range's field and the
+/// route; a failing `ip`.
+async fn check_routes(config: &NetworkConfig, names: &Names) -> Result<(), NetworkError> {
+    let routes = ip(&["-4", "-o", "route", "show"]).await?;
+    for line in routes.lines() {
+        let mut words = line.split_whitespace().peekable();
+        // "unreachable 10.0.0.0/8", "blackhole ...": the type first.
+        if words.peek().is_some_and(|w| {
+            ["unicast", "unreachable", "blackhole", "prohibit", "throw"].contains(w)
+        }) {
+            words.next();
+        }
+        let Some(destination) = words.next() else {
+            continue;
+        };
+        let (address, len) = destination.split_once('/').unwrap_or((destination, "32"));
+        let (Ok(address), Ok(len)) = (address.parse::<Ipv4Addr>(), len.parse::<u8>()) else {
+            continue; // "default"
+        };
+        let mut rest = line.split_whitespace();
+        let device = rest.by_ref().skip_while(|w| *w != "dev").nth(1);
+        if len == 0 || device.is_some_and(|d| names.is_host_veth(d)) {
+            continue;
+        }
+        for (field, flag, range) in [
+            ("public_range", "--job-network-public", config.public_range),
+            (
+                "private_range",
+                "--job-network-private",
+                config.private_range,
+            ),
+        ] {
+            if overlaps(range, (address, len)) {
+                return Err(NetworkError::Config {
+                    field,
+                    message: format!(
+                        "{} (`{flag}`) overlaps the host's route `{}`: jobs' namespaces there would take the host's traffic to those addresses; choose a range the host does not route",
+                        cidr(range),
+                        line.trim()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The built-in chains a restart's guard is in: job traffic forwarded,
+/// and to the host.
+const GUARDED: [&str; 2] = ["FORWARD", "INPUT"];
+
+/// The rule spec (after the chain) of the guard that drops everything
+/// from the job veths while [`Networks::open_keeping`] rebuilds the chains
+/// around jobs kept running: without it, a kept public job reaches the
+/// blocked addresses and the API port until the chains are back.
+fn guard_spec(names: &Names) -> Vec<String> {
+    let comment = format!("{}-restarting", names.prefix);
+    [
+        "-i",
+        &names.all_veths(),
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-j",
+        "DROP",
+    ]
+    .iter()
+    .map(|w| w.to_string())
+    .collect()
+}
+
+/// Puts the restart's guard first in `FORWARD` and `INPUT` (once).
+async fn insert_guard(names: &Names) -> Result<(), NetworkError> {
+    let spec = guard_spec(names);
+    for builtin in GUARDED {
+        let mut check = vec!["-C", builtin];
+        check.extend(spec.iter().map(String::as_str));
+        if iptables("filter", &check).await.is_ok() {
+            continue;
+        }
+        let mut insert = vec!["-I", builtin, "1"];
+        insert.extend(spec.iter().map(String::as_str));
+        iptables("filter", &insert).await?;
+    }
+    Ok(())
+}
+
+/// Deletes every copy of the restart's guard (one a crash mid-restart
+/// left included).
+async fn remove_guard(names: &Names) -> Result<(), NetworkError> {
+    let spec = guard_spec(names);
+    for builtin in GUARDED {
+        let rules = iptables("filter", &["-S", builtin]).await?;
+        let comment = format!("--comment {}-restarting", names.prefix);
+        for _ in rules.lines().filter(|l| l.contains(&comment)) {
+            let mut delete = vec!["-D", builtin];
+            delete.extend(spec.iter().map(String::as_str));
+            iptables("filter", &delete).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A rule deletion's result, with "no such rule" or "no such chain"
+/// (`iptables -D` of iptables-nft and of iptables-legacy) as success.
+fn ignore_missing_rule(result: Result<String, NetworkError>) -> Result<(), NetworkError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(NetworkError::Command { stderr, .. })
+            if stderr.contains("does a matching rule exist")
+                || stderr.contains("No chain/target/match by that name") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The namespace's own `filter OUTPUT` rules (`-A` specs, made by one
+/// `iptables-restore` in the namespace): its own /24
+/// accepted, then DROP to both job ranges (other jobs) and, for public
+/// jobs, to each `blocked` CIDR. They repeat the host's chains inside the
+/// namespace, where a reload of the host's firewall (which flushes the
+/// worker's chains) never reaches them and the job cannot change them (no
+/// `CAP_NET_ADMIN`). `own` is the namespace's /24, e.g. `172.21.3.10/24`.
+fn inner_rules(config: &NetworkConfig, kind: NetworkKind, own: &str) -> Vec<Vec<String>> {
+    let words = |w: &[&str]| w.iter().map(|w| w.to_string()).collect::<Vec<String>>();
+    let mut rules = vec![words(&["-A", "OUTPUT", "-d", own, "-j", "ACCEPT"])];
+    for range in [config.public_range, config.private_range] {
+        rules.push(words(&["-A", "OUTPUT", "-d", &cidr(range), "-j", "DROP"]));
+    }
+    if kind == NetworkKind::Public {
+        for &b in &config.blocked {
+            rules.push(words(&["-A", "OUTPUT", "-d", &cidr(b), "-j", "DROP"]));
+        }
+    }
+    rules
 }
 
 /// Creates this prefix's chains, their fixed rules, and their jumps.
@@ -851,13 +1054,15 @@ async fn publish(rules: &[(&'static str, String, Vec<String>)]) -> Result<(), Ne
     Ok(())
 }
 
-/// Deletes the rules; all are tried, the first failure is returned.
+/// Deletes the rules; all are tried, the first failure is returned. A
+/// rule (or chain) that is gone already counts as deleted: a firewall
+/// reload that flushed a chain must not keep the host port taken for good.
 async fn unpublish(rules: &[(&'static str, String, Vec<String>)]) -> Result<(), NetworkError> {
     let mut first = Ok(());
     for (table, chain, spec) in rules {
         let mut words: Vec<&str> = vec!["-D", chain];
         words.extend(spec.iter().map(String::as_str));
-        if let Err(e) = iptables(table, &words).await {
+        if let Err(e) = ignore_missing_rule(iptables(table, &words).await) {
             if first.is_ok() {
                 first = Err(e);
             }
@@ -901,6 +1106,55 @@ fn host_resolv_conf() -> String {
         }
     }
     main
+}
+
+/// Turns IPv6 off on host veth `veth` (before it is up): the host then
+/// drops every IPv6 packet the job sends. Left on, the veth's link-local
+/// address (which a job works out from its gateway's MAC) would reach every
+/// host service listening on `[::]`, a dual-stack API port included, past
+/// the rules, which are IPv4's. Jobs get no IPv6, as Hail's. A host without
+/// IPv6 has nothing to turn off.
+///
+/// Errors: [`NetworkError::Io`] when the sysctl cannot be written.
+fn disable_ipv6(veth: &str) -> Result<(), NetworkError> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{veth}/disable_ipv6"));
+    match std::fs::write(&path, "1") {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && !Path::new("/proc/sys/net/ipv6").exists() =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(NetworkError::Io { path, source }),
+    }
+}
+
+/// The TCP ports sockets of the host listen on (any address, IPv4 or 6),
+/// from `/proc/net/tcp` and `/proc/net/tcp6` (an unreadable one counts as
+/// none). A published port is never one of these: its DNAT would take
+/// their connections. (Ports that are only some connection's local end are
+/// not listed: a DNAT takes only new connections.)
+fn host_listening_ports() -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        // "  sl  local_address rem_address   st ...": "0100007F:1F90 ... 0A".
+        for line in text.lines().skip(1) {
+            let mut words = line.split_whitespace();
+            let local = words.nth(1);
+            let listening = words.nth(1) == Some("0A");
+            let port = local
+                .and_then(|l| l.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if let (true, Some(port)) = (listening, port) {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
 }
 
 const LOCALHOST_LINES: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
@@ -965,12 +1219,22 @@ impl Networks {
         }
         let kept = kept_unique;
         let lock = lock_prefix(&config.prefix)?;
-        remove_prefix(&names, &kept).await?;
+        check_routes(&config, &names).await?;
+        // The kept jobs run on while their rules are remade: all their
+        // traffic is dropped meanwhile (a few hundred ms).
+        insert_guard(&names).await?;
+        if let Err(e) = remove_prefix(&names, &kept).await {
+            let _ = remove_guard(&names).await;
+            return Err(e);
+        }
         let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
-        std::fs::write(forward, "1").map_err(|source| NetworkError::Io {
-            path: forward.to_path_buf(),
-            source,
-        })?;
+        if let Err(source) = std::fs::write(forward, "1") {
+            let _ = remove_guard(&names).await;
+            return Err(NetworkError::Io {
+                path: forward.to_path_buf(),
+                source,
+            });
+        }
         let networks = Networks {
             inner: Arc::new(Inner {
                 _lock: lock,
@@ -1000,12 +1264,16 @@ impl Networks {
         let filled = async {
             install_chains(&handle.inner.config, &names).await?;
             for job in &kept {
+                // Made by an older worker, maybe with IPv6 on.
+                disable_ipv6(&job.host_veth)?;
                 if let Some(pair) = job.published {
                     let rules =
                         port_rules(&names, &job.netns_name, &job.host_veth, job.job_ip, pair);
                     publish(&rules).await?;
                 }
             }
+            // The chains are whole again.
+            remove_guard(&names).await?;
             let mut made = Vec::new();
             for kind in [NetworkKind::Public, NetworkKind::Private] {
                 let slots = handle.range(kind).1;
@@ -1030,6 +1298,7 @@ impl Networks {
         match filled.await {
             Err(e) => {
                 let _ = remove_prefix(&names, &[]).await;
+                let _ = remove_guard(&names).await;
                 Err(e)
             }
             Ok(made) => {
@@ -1055,21 +1324,20 @@ impl Networks {
     /// Takes a host port (when `port`) and a namespace index of `kind`:
     /// `(pooled, index, host port)`, or `None` when either is exhausted
     /// (nothing taken then). A host port is one of `port_range` no job
-    /// holds and no program on the host listens on (TCP, any address).
+    /// holds and not in `listening` (the host's listening TCP ports).
     fn reserve(
         &self,
         kind: NetworkKind,
         port: bool,
+        listening: &BTreeSet<u16>,
     ) -> Result<Option<(bool, u32, Option<u16>)>, NetworkError> {
         let mut state = self.state();
         if state.closed {
             return Err(NetworkError::Closed);
         }
         let host_port = if port {
-            let range = self.inner.config.port_range.clone();
-            let free = range
-                .filter(|p| !state.ports.contains(p))
-                .find(|p| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, *p)).is_ok());
+            let mut range = self.inner.config.port_range.clone();
+            let free = range.find(|p| !state.ports.contains(p) && !listening.contains(p));
             match free {
                 Some(free) => Some(free),
                 None => return Ok(None),
@@ -1113,12 +1381,28 @@ impl Networks {
                 &netns,
             ])
             .await?;
+            disable_ipv6(&veth)?;
             ip(&["address", "add", &host_cidr, "dev", &veth]).await?;
             ip(&["link", "set", "dev", &veth, "up"]).await?;
             ip(&["-n", &netns, "address", "add", &job_cidr, "dev", "eth0"]).await?;
             ip(&["-n", &netns, "link", "set", "dev", "eth0", "up"]).await?;
             ip(&["-n", &netns, "link", "set", "dev", "lo", "up"]).await?;
             ip(&["-n", &netns, "route", "add", "default", "via", &host_ip]).await?;
+            let mut restore = String::from("*filter\n");
+            for rule in inner_rules(&self.inner.config, kind, &host_cidr) {
+                restore.push_str(&rule.join(" "));
+                restore.push('\n');
+            }
+            restore.push_str("COMMIT\n");
+            let restore_args = [
+                "netns",
+                "exec",
+                &netns,
+                "iptables-restore",
+                "-w",
+                IPTABLES_WAIT_SECS,
+            ];
+            run_with_input("ip", &restore_args, Some(restore.as_bytes())).await?;
             Ok(())
         };
         let result = made.await;
@@ -1139,7 +1423,8 @@ impl Networks {
 
     /// A ready namespace of `kind` (from the pool; a new one when it is
     /// empty), with TCP `port` of the job published on a free host port of
-    /// `port_range` when Some.
+    /// `port_range` when Some (the lowest one neither published nor
+    /// listened on by a host socket).
     ///
     /// Cancel-safe: dropped before it returns, it removes what it made of a
     /// new namespace and its port's rules (on a task of the current
@@ -1162,13 +1447,16 @@ impl Networks {
             let freed = self.inner.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            match self.reserve(kind, port.is_some())? {
+            // Not a port a host service listens on: the job's DNAT would
+            // take its connections.
+            let listening = port.map(|_| host_listening_ports()).unwrap_or_default();
+            match self.reserve(kind, port.is_some(), &listening)? {
                 Some(reserved) => break reserved,
                 None => {
                     tracing::info!(
                         kind = kind.word(),
                         port = port.is_some(),
-                        "every host port or address slot is in use: waiting for one"
+                        "every host port of --job-port-range (or every /24 of the job range) is in use: waiting for one to be given back; widen the range if this is common"
                     );
                     // Also looked at again each second: a host port some
                     // other program held may be free by now.
@@ -1245,8 +1533,8 @@ impl Networks {
     /// full or the networks are closed.
     ///
     /// Errors: [`NetworkError::NotAcquired`], or a failing command (when
-    /// the port's rules cannot be removed the host port stays taken and
-    /// the namespace is deleted rather than pooled).
+    /// the port's rules cannot be removed the host port and the address
+    /// slot stay taken and the namespace is deleted rather than pooled).
     pub async fn release(&self, job: JobNetwork) -> Result<(), NetworkError> {
         let index = self.index_of(&job)?;
         let kind = job.kind;
@@ -1276,7 +1564,12 @@ impl Networks {
         };
         if !pool {
             let deleted = self.delete(kind, index).await;
-            self.state().taken[kind.slot()].remove(&index);
+            // A port whose rules could not be removed keeps its slot taken
+            // too: a new namespace at the same address would inherit the
+            // stale DNAT. Both come back at the next start.
+            if result.is_ok() {
+                self.state().taken[kind.slot()].remove(&index);
+            }
             result = result.and(deleted);
         }
         self.inner.freed.notify_waiters();
@@ -1323,7 +1616,8 @@ impl Networks {
             state.in_use.clear();
         }
         self.inner.freed.notify_waiters();
-        remove_prefix(&self.inner.names, &[]).await
+        remove_prefix(&self.inner.names, &[]).await?;
+        remove_guard(&self.inner.names).await
     }
 }
 
@@ -1764,6 +2058,171 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_host_port_a_host_service_listens_on_is_never_published() {
+        if !can_make_networks() {
+            return;
+        }
+        let mut config = config(22);
+        config.port_range = 42200..=42202;
+        // A service of the host on the range's first port (dual stack).
+        let service = tokio::net::TcpListener::bind("[::]:42200").await.unwrap();
+        let networks = Networks::open(config).await.unwrap();
+        let _guard = Guard::new(&networks);
+        let job = networks
+            .acquire(NetworkKind::Public, Some(8000))
+            .await
+            .unwrap();
+        assert_eq!(job.published, Some((42201, 8000)));
+        drop(service);
+        // Free again: the next job may have it.
+        let next = networks
+            .acquire(NetworkKind::Public, Some(8000))
+            .await
+            .unwrap();
+        assert_eq!(next.published, Some((42200, 8000)));
+        networks.release(job).await.unwrap();
+        networks.release(next).await.unwrap();
+        close_and_check(&networks).await;
+    }
+
+    #[tokio::test]
+    async fn a_port_whose_rules_a_firewall_reload_flushed_is_freed_at_release() {
+        if !can_make_networks() {
+            return;
+        }
+        let mut config = config(24);
+        config.port_range = 42400..=42400;
+        let networks = Networks::open(config).await.unwrap();
+        let _guard = Guard::new(&networks);
+        let job = networks
+            .acquire(NetworkKind::Public, Some(8000))
+            .await
+            .unwrap();
+        // Someone flushes one of our chains (a firewall reload).
+        iptables("nat", &["-F", "NT24-PREROUTING"]).await.unwrap();
+        networks.release(job).await.unwrap();
+        assert_eq!(
+            run("iptables-save", &[])
+                .await
+                .unwrap()
+                .matches("nt24-public-0")
+                .count(),
+            0
+        );
+        // The one host port is free again.
+        let next = networks
+            .acquire(NetworkKind::Public, Some(8000))
+            .await
+            .unwrap();
+        assert_eq!(next.published, Some((42400, 8000)));
+        networks.release(next).await.unwrap();
+        close_and_check(&networks).await;
+    }
+
+    #[tokio::test]
+    async fn a_foreign_jump_into_a_chain_of_the_prefix_is_named_at_open() {
+        if !can_make_networks() {
+            return;
+        }
+        iptables("filter", &["-N", "NT25-INPUT"]).await.unwrap();
+        iptables("filter", &["-A", "NT25-INPUT", "-j", "RETURN"])
+            .await
+            .unwrap();
+        let foreign = ["INPUT", "-p", "tcp", "--dport", "1", "-j", "NT25-INPUT"];
+        iptables("filter", &[&["-A"], &foreign[..]].concat())
+            .await
+            .unwrap();
+        let opened = Networks::open(config(25)).await;
+        let kept = iptables("filter", &["-S", "NT25-INPUT"]).await;
+        iptables("filter", &[&["-D"], &foreign[..]].concat())
+            .await
+            .unwrap();
+        let _ = iptables("filter", &["-F", "NT25-INPUT"]).await;
+        let _ = iptables("filter", &["-X", "NT25-INPUT"]).await;
+        match opened {
+            Err(NetworkError::Config { field, message }) => {
+                assert_eq!(field, "prefix");
+                assert!(
+                    message.contains("-A INPUT -p tcp -m tcp --dport 1 -j NT25-INPUT"),
+                    "{message}"
+                );
+            }
+            other => panic!("opened: {other:?}"),
+        }
+        // Its rules were left alone.
+        assert!(kept.unwrap().contains("-A NT25-INPUT -j RETURN"));
+        assert_eq!(leftovers("nt25").await, Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_host_firewall_reload_flushing_the_chains_still_keeps_public_jobs_in() {
+        if !can_make_networks() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let job_dir = tempfile::tempdir().unwrap();
+        std::fs::write(job_dir.path().join("hello.txt"), "hello from b\n").unwrap();
+        let mut config = config(26);
+        config.blocked = vec![(Ipv4Addr::new(10, 213, 26, 254), 32)];
+        let networks = Networks::open(config).await.unwrap();
+        let mut guard = Guard::new(&networks);
+        let _out = outside(26, &mut guard, dir.path()).await;
+        let a = networks.acquire(NetworkKind::Public, None).await.unwrap();
+        let b = networks.acquire(NetworkKind::Private, None).await.unwrap();
+        serve(&mut guard, &b.netns_name, 8000, job_dir.path(), b.job_ip).await;
+        // A reload of the host's firewall empties the worker's chains.
+        for chain in ["NT26-FORWARD", "NT26-INPUT"] {
+            iptables("filter", &["-F", chain]).await.unwrap();
+        }
+        let hello = Ok("hello from outside 26\n".to_string());
+        let web = "http://10.213.26.2:8080/hello.txt";
+        assert_eq!(fetch(&a.netns_name, web).await, hello, "the internet");
+        for url in [
+            "http://10.213.26.254:8080/hello.txt".to_string(),
+            format!("http://{}:8000/hello.txt", b.job_ip),
+        ] {
+            let got = fetch(&a.netns_name, &url).await;
+            assert!(got.is_err(), "public reached {url}: {got:?}");
+        }
+        networks.release(a).await.unwrap();
+        networks.release(b).await.unwrap();
+        close_and_check(&networks).await;
+    }
+
+    #[tokio::test]
+    async fn a_range_the_host_routes_elsewhere_is_refused_at_open() {
+        if !can_make_networks() {
+            return;
+        }
+        // A LAN of the host inside the public range (10.154.0.0/16).
+        let _ = ip(&["link", "delete", "nt27l0"]).await;
+        ip(&[
+            "link", "add", "nt27l0", "type", "veth", "peer", "name", "nt27l1",
+        ])
+        .await
+        .unwrap();
+        ip(&["address", "add", "10.154.3.2/24", "dev", "nt27l0"])
+            .await
+            .unwrap();
+        ip(&["link", "set", "nt27l0", "up"]).await.unwrap();
+        ip(&["link", "set", "nt27l1", "up"]).await.unwrap();
+        let opened = Networks::open(config(27)).await;
+        ip(&["link", "delete", "nt27l0"]).await.unwrap();
+        match opened {
+            Err(NetworkError::Config { field, message }) => {
+                assert_eq!(field, "public_range");
+                assert!(
+                    message.contains("`--job-network-public`")
+                        && message.contains("10.154.3.0/24 dev nt27l0"),
+                    "{message}"
+                );
+            }
+            other => panic!("opened: {other:?}"),
+        }
+        assert_eq!(leftovers("nt27").await, Vec::<String>::new());
+    }
+
+    #[tokio::test]
     async fn jobs_cannot_reach_each_other() {
         if !can_make_networks() {
             return;
@@ -1818,6 +2277,57 @@ mod tests {
             .collect();
         assert_eq!(ours.len(), 2, "{ours:?}");
         close_and_check(&networks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_kept_across_a_restart_never_reaches_a_blocked_address_meanwhile() {
+        if !can_make_networks() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(23);
+        config.blocked = vec![(Ipv4Addr::new(10, 213, 23, 254), 32)];
+        let networks = Networks::open(config.clone()).await.unwrap();
+        let mut guard = Guard::new(&networks);
+        let _out = outside(23, &mut guard, dir.path()).await;
+        let job = networks.acquire(NetworkKind::Public, None).await.unwrap();
+        // The job tries the blocked address all along (20 ms per try),
+        // printing what it reached.
+        let probe = "import socket, time\n\
+                     end = time.time() + 4\n\
+                     while time.time() < end:\n\
+                     \x20   s = socket.socket(); s.settimeout(0.02)\n\
+                     \x20   try:\n\
+                     \x20       s.connect(('10.213.23.254', 8080)); print('REACHED', flush=True)\n\
+                     \x20   except OSError:\n\
+                     \x20       pass\n\
+                     \x20   s.close()\n\
+                     print('DONE', flush=True)\n";
+        let child = Command::new("ip")
+            .args(["netns", "exec", &job.netns_name, "python3", "-c", probe])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The crash (no close: the lock goes with the last handle, as a
+        // killed process's), then the restart keeping the job.
+        guard.networks = None;
+        drop(networks);
+        let (reopened, lost) = Networks::open_keeping(config, vec![job.clone()])
+            .await
+            .unwrap();
+        guard.networks = Some(reopened.clone());
+        assert!(lost.is_empty(), "{lost:?}");
+        let out = child.wait_with_output().await.unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(out.ends_with("DONE\n"), "the probe did not finish: {out:?}");
+        assert!(
+            !out.contains("REACHED"),
+            "reached it during the restart: {out}"
+        );
+        reopened.release(job).await.unwrap();
+        close_and_check(&reopened).await;
     }
 
     #[tokio::test]
@@ -1939,6 +2449,80 @@ mod tests {
         close_and_check(&networks).await;
     }
 
+    /// The EUI-64 link-local address of host veth `veth`, as a job works it
+    /// out from its gateway's MAC (in its `/proc/net/arp`).
+    fn link_local_of(veth: &str) -> String {
+        let mac = std::fs::read_to_string(format!("/sys/class/net/{veth}/address")).unwrap();
+        let b: Vec<u8> = mac
+            .trim()
+            .split(':')
+            .map(|x| u8::from_str_radix(x, 16).unwrap())
+            .collect();
+        format!(
+            "fe80::{:02x}{:02x}:{:02x}ff:fe{:02x}:{:02x}{:02x}",
+            b[0] ^ 2,
+            b[1],
+            b[2],
+            b[3],
+            b[4],
+            b[5]
+        )
+    }
+
+    #[tokio::test]
+    async fn jobs_reach_nothing_of_the_host_over_ipv6_not_even_a_dual_stack_api() {
+        if !can_make_networks() {
+            return;
+        }
+        // The API listening on `[::]:PORT` (dual stack), as `--listen
+        // [::]:5000` makes it.
+        let api = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
+        let api_port = api.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = api.accept().await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\napi\n").await;
+            }
+        });
+        let mut config = config(21);
+        config.api_port = Some(api_port);
+        let networks = Networks::open(config).await.unwrap();
+        let _guard = Guard::new(&networks);
+        let public = networks.acquire(NetworkKind::Public, None).await.unwrap();
+        let private = networks.acquire(NetworkKind::Private, None).await.unwrap();
+        // The listener answers jobs allowed to reach it (over IPv4).
+        let v4 = format!("http://{}:{api_port}/", private.host_ip);
+        assert_eq!(fetch(&private.netns_name, &v4).await, Ok("api\n".into()));
+        for job in [&public, &private] {
+            // An address the host end has is usable once its duplicate
+            // address detection is over (a second or two).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ip(&["-6", "-o", "address", "show", "dev", &job.host_veth])
+                .await
+                .unwrap()
+                .contains("tentative")
+            {
+                assert!(Instant::now() < deadline, "still tentative after 10 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let url = format!(
+                "http://[{}%25eth0]:{api_port}/",
+                link_local_of(&job.host_veth)
+            );
+            let got = fetch(&job.netns_name, &url).await;
+            assert!(got.is_err(), "{} reached {url}: {got:?}", job.netns_name);
+            let v6 = ip(&["-6", "-o", "address", "show", "dev", &job.host_veth])
+                .await
+                .unwrap();
+            assert_eq!(v6, "", "the host end {} has IPv6", job.host_veth);
+        }
+        networks.release(public).await.unwrap();
+        networks.release(private).await.unwrap();
+        close_and_check(&networks).await;
+    }
+
     #[tokio::test]
     async fn an_acquire_given_up_midway_leaves_nothing_and_frees_its_port() {
         if !can_make_networks() {
@@ -2009,6 +2593,11 @@ mod tests {
         let empty = bad(|c| c.port_range = 5..=4);
         assert!(empty.starts_with("port_range: "));
         assert!(bad(|c| c.pool_size = 300).starts_with("pool_size: "));
+        let api = bad(|c| c.api_port = Some(46600));
+        assert!(
+            api.starts_with("port_range: ") && api.contains("API port 46600"),
+            "{api}"
+        );
         let ok = check_config(&NetworkConfig::default()).unwrap();
         assert_eq!(ok[0], (u32::from(Ipv4Addr::new(172, 21, 0, 0)), 256));
     }

@@ -244,6 +244,12 @@ mod tests {
         assert!(e.contains("no /length"), "{e}");
         let e = config(&["--public-dns", "8.8.8.8:53"]).unwrap_err();
         assert!(e.contains("no :port"), "{e}");
+        // The API's port (5000 here) is never a job's host port.
+        let e = config(&["--job-port-range", "4990-5010"]).unwrap_err();
+        assert!(
+            e.contains("`--job-port-range`") && e.contains("API port 5000"),
+            "{e}"
+        );
         assert_eq!(
             config(&["--job-port-range", "8080"]).unwrap().port_range,
             8080..=8080
