@@ -23,7 +23,9 @@
 //! `/batch-worker/{container}`: memory limited to `resources.memory_bytes`
 //! (swap included), CPU to `resources.cores_mcpu` (a CFS quota), processes
 //! to [`PIDS_LIMIT`], no network but loopback unless `--container-network
-//! host`.
+//! host` (the worker's) or `namespace` (a namespace of its own, acquired
+//! before the bundle is written and given back after the delete:
+//! `container/network.rs`).
 //!
 //! The job runs as the image's `User`, resolved in the image's own
 //! `/etc/passwd` and `/etc/group` (`user.rs`); inputs staged before the
@@ -38,11 +40,12 @@
 //! deleted, the overlay unmounted and the bundle (secrets included)
 //! removed.
 //!
-//! This file is long (about 1,000 lines of code, 1,230 with tests) because
-//! a bundle, its mounts, the two ways of running `runc run` (the worker's
-//! child, or its shim's, re-attached after a restart) and the cleanup are
-//! one concern whose steps must stay in order; the image's user is in
-//! `container/user.rs`, the shim's side in `shim.rs`.
+//! This file is long (about 1,250 lines of code, 1,490 with tests) because
+//! a bundle, its mounts, the job's network joined, the two ways of running
+//! `runc run` (the worker's child, or its shim's, re-attached after a
+//! restart) and the cleanup are one concern whose steps must stay in
+//! order; the image's user is in `container/user.rs`, the job network's
+//! records in `container/network.rs`, the shim's side in `shim.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

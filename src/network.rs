@@ -1,4 +1,4 @@
-//! This file is long (about 2,450 lines, 950 of them tests on real
+//! This file is long (about 2,600 lines, 1,000 of them tests on real
 //! namespaces) because the namespaces, their rules and the tests that
 //! break them belong together.
 //!

@@ -2,7 +2,7 @@
 //! a busy port leaves the data directory untouched), activation with the
 //! driver, and the HTTP API until SIGINT/SIGTERM or `POST /api/v1alpha/kill`.
 //!
-//! This file is long (about 900 lines) because `serve`'s many flags, each
+//! This file is long (about 1,000 lines) because `serve`'s many flags, each
 //! with its doc and check, are most of it, and the executor they build
 //! (host runner, user, cgroups, shim, or runc) belongs with them.
 
