@@ -82,6 +82,15 @@ impl AttemptDir {
         self.root.join("spec.json")
     }
 
+    /// `stopped_by_worker`: written by a graceful stop just before it ends
+    /// the attempt's process. A restarted worker finding it does not take
+    /// the end the stop gave the process (a shim's `exit.json` of 137 or
+    /// 143) as the job's own: the job ends `worker_restarted`, as every
+    /// job a stop abandons.
+    pub fn stopped_mark(&self) -> PathBuf {
+        self.root.join("stopped_by_worker")
+    }
+
     /// The log of one of Hail's tasks (`input`, `main`, `output`):
     /// `main.log` is the process's output; `input.log` and `output.log`
     /// say what the worker's transfers did.

@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use batch_worker_model::{JobState, RunPhase};
 use serde::Serialize;
 use tokio::sync::watch;
 
 use super::Worker;
 use crate::driver_client::ReportError;
+use crate::runner::AttemptDir;
 
 /// Where the worker is in its life. Phases only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -252,6 +254,19 @@ impl Worker {
         self.inner.lifecycle.advance(Phase::Stopping);
         for entry in self.table().values() {
             if !entry.view.is_terminal() {
+                // A process the stop ends (not one a cancel is ending)
+                // is marked first: its end is the worker's, not the job's.
+                if let JobState::Running {
+                    phase: RunPhase::Starting | RunPhase::Executing { .. },
+                } = entry.view.state()
+                {
+                    let dir = AttemptDir::new(&self.inner.settings.data_dir, entry.view.key());
+                    if dir.root.exists() {
+                        if let Err(e) = std::fs::write(dir.stopped_mark(), b"") {
+                            tracing::warn!(key = %entry.view.key(), error = %e, "stop mark not written: after a restart the job may be reported with the end the stop gave it");
+                        }
+                    }
+                }
                 entry.runtime.abort();
             }
         }

@@ -208,6 +208,10 @@ impl Worker {
         dir: &AttemptDir,
     ) -> Option<(Event, Work, tokio_util::sync::CancellationToken)> {
         let key = entry.view.key().clone();
+        if stopped_by_worker(dir) {
+            tracing::info!(%key, "the last worker's stop ended this job's process: not re-attached (worker_restarted)");
+            return None;
+        }
         let spec: crate::job_spec::JobSpec = match std::fs::read(dir.spec_record()) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
                 Ok(spec) => spec,
@@ -245,5 +249,20 @@ impl Worker {
             grant,
         };
         Some((Event::ProcessStarted { pid, network }, work, kill))
+    }
+}
+
+/// Whether a graceful stop ended the attempt's process (its
+/// [`AttemptDir::stopped_mark`] exists) and the process had not ended by
+/// itself before the mark was written (its shim's `exit.json`, if any, is
+/// not older than the mark).
+fn stopped_by_worker(dir: &AttemptDir) -> bool {
+    let modified = |path: std::path::PathBuf| std::fs::metadata(path).and_then(|m| m.modified());
+    let Ok(stopped) = modified(dir.stopped_mark()) else {
+        return false;
+    };
+    match modified(crate::shim::exit_path(&dir.root)) {
+        Ok(exited) if crate::shim::read_exit(&dir.root).is_some() => exited >= stopped,
+        _ => true,
     }
 }

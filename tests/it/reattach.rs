@@ -325,3 +325,72 @@ fn a_shim_whose_worker_died_before_the_handshake_still_runs_and_records_the_job(
     );
     assert!(batch_worker::shim::read_pids(&root).is_some());
 }
+
+/// A graceful stop (SIGTERM) ends the jobs still running under their
+/// shims; after the restart each is reported `worker_restarted`, as the
+/// README says of every job a stop abandons, not `failed` with the exit
+/// the stop gave it. A job that ended by itself before the stop keeps its
+/// own end.
+#[tokio::test]
+async fn after_a_graceful_stop_its_jobs_end_worker_restarted_not_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, specs) = (dir.path().join("data"), dir.path().join("specs"));
+    std::fs::create_dir_all(&specs).unwrap();
+    let bunch = vec![
+        serde_json::to_vec(&shell_spec(1, "sleep 60")).unwrap(),
+        serde_json::to_vec(&shell_spec(2, "exit 4")).unwrap(),
+    ];
+    write_local_bunch(&specs, 43, "stopped", &bunch).await;
+    let driver = EmbeddedDriver::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let mut first = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    for job_id in [1, 2] {
+        let status = http
+            .post(format!("{}/api/v1alpha/batches/jobs/create", first.base))
+            .json(&create_body(43, job_id, "stopped", 1))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::OK);
+    }
+    first.wait_event(43, 1, "process_started").await;
+    first.wait_event(43, 2, "process_exited").await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(first.child.wait().unwrap().success());
+    let second = ServeChild::start(&data, &specs, driver.url.as_str(), &[]).await;
+    second.wait_event(43, 1, "worker_restarted").await;
+    let status = |job_id: i64| {
+        let http = http.clone();
+        let base = second.base.clone();
+        async move {
+            let status: Value = http
+                .get(format!(
+                    "{base}/api/v1alpha/batches/43/jobs/{job_id}/status"
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            status
+        }
+    };
+    let stopped = status(1).await;
+    assert_eq!(stopped["state"], "error", "{stopped}");
+    assert_eq!(
+        stopped["batch_worker"]["error_kind"], "worker_restarted",
+        "{stopped}"
+    );
+    let own = status(2).await;
+    assert_eq!(own["state"], "failed", "{own}");
+    assert_eq!(
+        own["container_statuses"]["main"]["container_status"]["exit_code"], 4,
+        "{own}"
+    );
+}
