@@ -40,7 +40,7 @@
 //! deleted, the overlay unmounted and the bundle (secrets included)
 //! removed.
 //!
-//! This file is long (about 1,250 lines of code, 1,490 with tests) because
+//! This file is long (about 1,230 lines of code, 1,470 with tests) because
 //! a bundle, its mounts, the job's network joined, the two ways of running
 //! `runc run` (the worker's child, or its shim's, re-attached after a
 //! restart) and the cleanup are one concern whose steps must stay in
@@ -875,7 +875,17 @@ fn runtime_spec(
     // worker's.
     process.set_oom_score_adj(Some(1000));
     let mut mounts = get_default_mounts();
-    for (source, destination) in secret_mounts {
+    // Secrets, then the job network's files: read-only binds.
+    let network_files = joined.map(|j| {
+        [
+            (j.resolv_conf.clone(), "/etc/resolv.conf".to_owned()),
+            (j.hosts.clone(), "/etc/hosts".to_owned()),
+        ]
+    });
+    for (source, destination) in secret_mounts
+        .into_iter()
+        .chain(network_files.into_iter().flatten())
+    {
         mounts.push(
             MountBuilder::default()
                 .destination(destination)
@@ -891,28 +901,6 @@ fn runtime_spec(
                 .build()
                 .map_err(invalid)?,
         );
-    }
-    if let Some(joined) = joined {
-        for (source, destination) in [
-            (&joined.resolv_conf, "/etc/resolv.conf"),
-            (&joined.hosts, "/etc/hosts"),
-        ] {
-            mounts.push(
-                MountBuilder::default()
-                    .destination(destination)
-                    .typ("bind")
-                    .source(source)
-                    .options(vec![
-                        "rbind".into(),
-                        "ro".into(),
-                        "nosuid".into(),
-                        "nodev".into(),
-                        "noexec".into(),
-                    ])
-                    .build()
-                    .map_err(invalid)?,
-            );
-        }
     }
     let mut resources = LinuxResourcesBuilder::default()
         .devices(vec![LinuxDeviceCgroupBuilder::default()

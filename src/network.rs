@@ -544,6 +544,14 @@ fn check_config(config: &NetworkConfig) -> Result<[(u32, u32); 2], NetworkError>
     Ok([public, private])
 }
 
+/// Whether this process can make job networks: it runs as root and finds
+/// `ip` and `iptables` on `PATH`.
+pub fn can_make_networks() -> bool {
+    nix::unistd::geteuid().is_root()
+        && which::which("ip").is_ok()
+        && which::which("iptables").is_ok()
+}
+
 /// Checks `config` as [`Networks::open`] does, without changing anything.
 ///
 /// # Errors
@@ -1848,9 +1856,7 @@ mod tests {
     /// and `iptables`); without, the test skips, saying so, unless
     /// `BW_REQUIRE_NETWORK` is set (CI), where it fails.
     fn can_make_networks() -> bool {
-        let root = nix::unistd::geteuid().is_root();
-        let tools = which::which("ip").is_ok() && which::which("iptables").is_ok();
-        if root && tools {
+        if super::can_make_networks() {
             return true;
         }
         assert!(

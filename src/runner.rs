@@ -11,6 +11,11 @@
 //! group, so ending it (timeout, cancel) ends everything it started:
 //! SIGTERM to the group, then SIGKILL after the grace period.
 //!
+//! This file is long (about 750 lines) because the `Runner` and `Process`
+//! contract, the attempt directory's layout and the host runner that
+//! implements them are read together; the shim's side is in
+//! `runner/shimmed.rs`, cgroups in `cgroup.rs`.
+//!
 //! Through a shim (`runner/shimmed.rs`) the process outlives the worker and
 //! is re-attached after a restart. This file is long (about 680 lines, 40
 //! of them tests) because the contract the worker relies on (spawn, wait,

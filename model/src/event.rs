@@ -5,6 +5,11 @@
 //! are what the journal stores, so their serde shape is a persistent format:
 //! add variants and optional fields, never change existing ones without
 //! bumping [`EVENT_VERSION`].
+//!
+//! This file is long (about 640 lines, 65 of them tests) because the
+//! event enum, the values its variants carry (exit status, unknown fields,
+//! the job's network address), the version upcast and the truncation of
+//! free texts are one persistent format, changed together.
 
 use serde::{Deserialize, Serialize};
 

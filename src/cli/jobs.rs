@@ -1,4 +1,4 @@
-//! This file is long (about 610 lines) because the five `jobs`
+//! This file is long (about 650 lines) because the five `jobs`
 //! subcommands share their flags, their renderers and the log follow loop;
 //! each renderer is a pure function the tests call.
 //!

@@ -2,6 +2,9 @@
 //! byte recovers exactly the whole records before the cut, and a flipped
 //! byte is never silently taken for a shorter journal unless it lies in
 //! the last record.
+//!
+//! This file is long (about 600 lines) because every property shares the
+//! strategies that generate each kind of event and record.
 
 use batch_worker_model::{
     ErrorKind, Event, ExitStatus, JobKey, ProcessKind, UnknownField, UnknownFields, EVENT_VERSION,

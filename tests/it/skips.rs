@@ -74,9 +74,7 @@ fn record(test: String, what: &str) {
 /// with `ip` and `iptables`); when not, the calling test skips (recorded)
 /// unless `BW_REQUIRE_NETWORK` is set (CI), where it fails.
 pub fn root_network() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let tools = which::which("ip").is_ok() && which::which("iptables").is_ok();
-    if root && tools {
+    if batch_worker::network::can_make_networks() {
         return true;
     }
     assert!(
